@@ -1,0 +1,280 @@
+"""``ScriptRunConfig``: one description of a training run, valid on every compute target.
+
+Named as in Azure ML v1. :meth:`ScriptRunConfig.validate` checks every field before any compute
+is used and raises :class:`ConfigurationError` naming the field and the fix; it returns the
+resolved facts the lifecycle needs (absolute source folder, the script's relative path, the
+command line, the resolved environment).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Union
+
+from airflow_provider.core.distributed import (
+    DistributedConfig,
+    MpiConfiguration,
+    PyTorchConfiguration,
+    TensorflowConfiguration,
+)
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from airflow_provider.core.targets.base import ComputeTarget
+
+__all__ = ["Argument", "ResolvedRunConfig", "ScriptRunConfig"]
+
+Argument = Union[str, int, float, bool, "os.PathLike[str]"]
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_SNAPSHOT_SIZE_LIMIT_MB = 300.0
+
+
+@dataclass
+class ScriptRunConfig:
+    """What to run, where, and with what (Azure ML v1's ``ScriptRunConfig``).
+
+    :param source_directory: folder snapshotted and used as the script's working folder.
+    :param script: Python file to run, relative to ``source_directory``. Excludes ``command``.
+    :param command: a command line instead of a script: a list (run as is) or a string (run by
+        ``/bin/sh -c``). Excludes ``script``.
+    :param arguments: arguments after the script or list command; numbers are rendered as strings.
+    :param compute_target: ``"local"``, the name of a registered target, or a ComputeTarget.
+    :param environment: an :class:`Environment`, a registered ``"name"`` / ``"name:version"``,
+        or None for the current interpreter.
+    :param distributed_job_config: an MPI, PyTorch or TensorFlow configuration.
+    :param max_run_duration_seconds: stop the run (Failed) after this many seconds.
+    :param environment_variables: extra variables for the run's process.
+    :param snapshot_size_limit_mb: refuse source folders whose snapshot is larger than this.
+    """
+
+    source_directory: str | os.PathLike[str]
+    script: str | os.PathLike[str] | None = None
+    command: str | list[Any] | None = None
+    arguments: list[Any] | None = None
+    compute_target: Union[str, ComputeTarget] = "local"
+    environment: Union[Environment, str, None] = None
+    distributed_job_config: DistributedConfig | None = None
+    max_run_duration_seconds: float | None = None
+    environment_variables: dict[str, str] | None = None
+    snapshot_size_limit_mb: float = DEFAULT_SNAPSHOT_SIZE_LIMIT_MB
+
+    def validate(self) -> ResolvedRunConfig:
+        """Check every field; return the resolved run description.
+
+        :raises ConfigurationError: naming the first bad field and how to fix it.
+        """
+        source = _validate_source_directory(self.source_directory)
+        script = _validate_script(source, self.script, self.command)
+        arguments = _render_arguments(self.arguments)
+        command = _validate_command(self.command, arguments)
+        _validate_target(self.compute_target)
+        environment = _resolve_environment(self.environment)
+        _validate_distribution(self.distributed_job_config)
+        limit = _validate_positive("max_run_duration_seconds", self.max_run_duration_seconds)
+        snapshot_limit = _validate_positive("snapshot_size_limit_mb", self.snapshot_size_limit_mb)
+        variables = _validate_variables(self.environment_variables)
+        return ResolvedRunConfig(
+            source_directory=source,
+            script=script,
+            command=command,
+            arguments=arguments,
+            environment=environment,
+            distributed_job_config=self.distributed_job_config,
+            max_run_duration_seconds=limit,
+            environment_variables=variables,
+            snapshot_size_limit_bytes=int((snapshot_limit or DEFAULT_SNAPSHOT_SIZE_LIMIT_MB) * 1024 * 1024),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedRunConfig:
+    """A validated :class:`ScriptRunConfig`: every path absolute, every argument a string.
+
+    :param script: the script's POSIX path relative to the source folder, or None.
+    :param command: the command as an argv list (a string command is ``/bin/sh -c``), or None.
+    """
+
+    source_directory: Path
+    script: str | None
+    command: list[str] | None
+    arguments: list[str]
+    environment: Environment | None
+    distributed_job_config: DistributedConfig | None
+    max_run_duration_seconds: float | None
+    environment_variables: dict[str, str]
+    snapshot_size_limit_bytes: int
+
+    def argv(self, python: str) -> list[str]:
+        """The command line of the run, for a given interpreter.
+
+        :param python: the interpreter path on the target.
+        """
+        if self.script is not None:
+            return [python, self.script, *self.arguments]
+        assert self.command is not None
+        return list(self.command)
+
+    def describe_command(self) -> str:
+        """The command line as one readable string (for tags and details)."""
+        if self.script is not None:
+            return shlex.join(["python", self.script, *self.arguments])
+        assert self.command is not None
+        return shlex.join(self.command)
+
+
+def _field(name: str) -> str:
+    return f"ScriptRunConfig.{name}"
+
+
+def _validate_source_directory(value: object) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigurationError(_field("source_directory"), f"must be a folder path, got {value!r}.",
+                                 'pass the folder holding your training code, e.g. "./src".')
+    path = Path(os.fspath(value)).expanduser().resolve()
+    if not path.exists():
+        raise ConfigurationError(_field("source_directory"), f"{str(path)!r} does not exist.",
+                                 "pass an existing folder (relative paths start at the current folder).")
+    if not path.is_dir():
+        raise ConfigurationError(_field("source_directory"), f"{str(path)!r} is a file, not a folder.",
+                                 "pass the folder that contains it, and the file name as script.")
+    return path
+
+
+def _validate_script(source: Path, script: object, command: object) -> str | None:
+    if script is not None and command is not None:
+        raise ConfigurationError(_field("script"), "script and command are both set.",
+                                 "set script (a Python file) or command (a command line), not both.")
+    if script is None:
+        if command is None:
+            raise ConfigurationError(_field("script"), "neither script nor command is set.",
+                                     'set script="train.py" or command=["python", "train.py"].')
+        return None
+    if not isinstance(script, (str, os.PathLike)) or not os.fspath(script):
+        raise ConfigurationError(_field("script"), f"must be a file path, got {script!r}.",
+                                 'pass the script relative to source_directory, e.g. "train.py".')
+    candidate = Path(os.fspath(script))
+    full = (candidate if candidate.is_absolute() else source / candidate).resolve()
+    try:
+        relative = full.relative_to(source)
+    except ValueError:
+        raise ConfigurationError(
+            _field("script"), f"{os.fspath(script)!r} is outside source_directory {str(source)!r}.",
+            "move the script into source_directory (only that folder is sent to the target).",
+        ) from None
+    if not full.is_file():
+        raise ConfigurationError(_field("script"), f"{str(full)!r} does not exist.",
+                                 f"pass a file relative to source_directory {str(source)!r}.")
+    return PurePosixPath(*relative.parts).as_posix()
+
+
+def _render_arguments(arguments: object) -> list[str]:
+    if arguments is None:
+        return []
+    if not isinstance(arguments, (list, tuple)):
+        raise ConfigurationError(_field("arguments"), f"must be a list, got {type(arguments).__name__}.",
+                                 'pass a list such as ["--epochs", 10, "--lr", 0.01].')
+    return [_render_argument(f"arguments[{i}]", a) for i, a in enumerate(arguments)]
+
+
+def _render_argument(name: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # type: ignore[arg-type]
+    try:
+        import numbers
+
+        if isinstance(value, numbers.Number) and not isinstance(value, complex):
+            return str(value.item() if hasattr(value, "item") else value)
+    except ImportError:  # pragma: no cover
+        pass
+    raise ConfigurationError(
+        _field(name), f"{type(value).__name__} {value!r} cannot be a command-line argument.",
+        "use strings or numbers; serialise structures yourself, e.g. json.dumps(value).",
+    )
+
+
+def _validate_command(command: object, arguments: list[str]) -> list[str] | None:
+    if command is None:
+        return None
+    if isinstance(command, str):
+        if not command.strip():
+            raise ConfigurationError(_field("command"), "is an empty string.", "pass the command to run.")
+        line = " ".join([command, *map(shlex.quote, arguments)])
+        return ["/bin/sh", "-c", line]
+    if isinstance(command, (list, tuple)):
+        if not command:
+            raise ConfigurationError(_field("command"), "is an empty list.",
+                                     'pass the program and its arguments, e.g. ["python", "train.py"].')
+        return [_render_argument(f"command[{i}]", c) for i, c in enumerate(command)] + arguments
+    raise ConfigurationError(_field("command"), f"must be a list or a string, got {type(command).__name__}.",
+                             'pass ["python", "train.py", "--epochs", "3"] or "python train.py --epochs 3".')
+
+
+def _validate_target(target: object) -> None:
+    from airflow_provider.core.targets.base import ComputeTarget
+
+    if isinstance(target, ComputeTarget):
+        return
+    if not isinstance(target, str) or not target:
+        raise ConfigurationError(_field("compute_target"), f"must be a target name, got {target!r}.",
+                                 'pass "local" or a ComputeTarget object.')
+
+
+def _resolve_environment(environment: object) -> Environment | None:
+    if environment is None:
+        return None
+    if isinstance(environment, str):
+        return Environment.resolve(environment)
+    if isinstance(environment, dict):
+        environment = Environment.from_dict(environment)
+    if not isinstance(environment, Environment):
+        raise ConfigurationError(_field("environment"), f"must be an Environment, got {type(environment).__name__}.",
+                                 'pass Environment(...), a registered "name[:version]", or None.')
+    environment.validate()
+    return environment
+
+
+def _validate_distribution(config: object) -> None:
+    if config is None:
+        return
+    if not isinstance(config, (MpiConfiguration, PyTorchConfiguration, TensorflowConfiguration)):
+        raise ConfigurationError(
+            _field("distributed_job_config"), f"{type(config).__name__} is not a distributed configuration.",
+            "pass MpiConfiguration, PyTorchConfiguration or TensorflowConfiguration.",
+        )
+
+
+def _validate_positive(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(_field(name), f"must be a number of seconds, got {value!r}.",
+                                 "pass a positive number, or None for no limit.")
+    if value <= 0:
+        raise ConfigurationError(_field(name), f"must be positive, got {value}.",
+                                 "pass a positive number, or None for no limit.")
+    return float(value)
+
+
+def _validate_variables(variables: object) -> dict[str, str]:
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise ConfigurationError(_field("environment_variables"), f"must be a dict, got {type(variables).__name__}.",
+                                 'pass {"NAME": "value"}.')
+    for key, value in variables.items():
+        if not isinstance(key, str) or not _ENV_VAR_NAME.match(key):
+            raise ConfigurationError(_field("environment_variables"), f"{key!r} is not a valid variable name.",
+                                     "use letters, digits and '_', not starting with a digit.")
+        if not isinstance(value, str):
+            raise ConfigurationError(_field(f"environment_variables[{key!r}]"),
+                                     f"must be a string, got {type(value).__name__}.", f"pass str({value!r}).")
+    return dict(variables)

@@ -1,0 +1,140 @@
+"""The events a training script logs, as one JSON object per line of the run's events file.
+
+The script side (:mod:`run_context`) appends lines; the watcher (:mod:`relay`) reads them from a
+byte offset and relays them to MLflow. This module is the only place that knows the wire format,
+and it imports nothing outside the standard library, so the script side stays cheap to import.
+
+Line format: ``{"e": <kind>, ...}`` with kinds ``metric``, ``tag``, ``file``, ``row`` and
+``table``. Only complete lines (ending with a newline) are ever parsed, so a line being written
+while the watcher reads is picked up on the next read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = [
+    "EVENTS_FILE_VARIABLE",
+    "UPLOADS_DIR_VARIABLE",
+    "Event",
+    "FileEvent",
+    "MetricEvent",
+    "RowEvent",
+    "TableEvent",
+    "TagEvent",
+    "decode_event",
+    "encode_event",
+    "split_complete_lines",
+]
+
+EVENTS_FILE_VARIABLE = "TRAINING_RUN_EVENTS_FILE"
+"""Environment variable holding the absolute path of the run's events file."""
+UPLOADS_DIR_VARIABLE = "TRAINING_RUN_UPLOADS_DIR"
+"""Environment variable holding the folder where files passed to ``upload_file`` are staged."""
+
+
+@dataclass(frozen=True)
+class MetricEvent:
+    """One numeric value of a metric series."""
+
+    key: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class TagEvent:
+    """A run tag (string values logged with ``run.log`` also land here)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """A file to upload as a run artifact.
+
+    :param artifact_path: where it lands among the run's artifacts, e.g. ``"images/loss.png"``.
+    :param source: its path relative to the job folder on the target.
+    """
+
+    artifact_path: str
+    source: str
+
+
+@dataclass(frozen=True)
+class RowEvent:
+    """One row appended to the table ``name`` (``run.log_row``)."""
+
+    name: str
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TableEvent:
+    """Columns appended to the table ``name`` (``run.log_table``)."""
+
+    name: str
+    columns: dict[str, list[Any]]
+
+
+Event = Union[MetricEvent, TagEvent, FileEvent, RowEvent, TableEvent]
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode one event as a complete line.
+
+    :param event: the event to encode.
+    """
+    if isinstance(event, MetricEvent):
+        record: dict[str, Any] = {
+            "e": "metric", "k": event.key, "v": event.value, "s": event.step, "t": event.timestamp_ms
+        }
+    elif isinstance(event, TagEvent):
+        record = {"e": "tag", "k": event.key, "v": event.value}
+    elif isinstance(event, FileEvent):
+        record = {"e": "file", "a": event.artifact_path, "src": event.source}
+    elif isinstance(event, RowEvent):
+        record = {"e": "row", "n": event.name, "r": event.row}
+    else:
+        record = {"e": "table", "n": event.name, "c": event.columns}
+    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def decode_event(line: bytes) -> Event | None:
+    """Decode one line; ``None`` for a line that is not an event of a kind we know.
+
+    :param line: one line of the events file, with or without its newline.
+    """
+    try:
+        record = json.loads(line)
+        kind = record["e"]
+        if kind == "metric":
+            return MetricEvent(str(record["k"]), float(record["v"]), int(record["s"]), int(record["t"]))
+        if kind == "tag":
+            return TagEvent(str(record["k"]), str(record["v"]))
+        if kind == "file":
+            return FileEvent(str(record["a"]), str(record["src"]))
+        if kind == "row":
+            return RowEvent(str(record["n"]), dict(record["r"]))
+        if kind == "table":
+            return TableEvent(str(record["n"]), {str(k): list(v) for k, v in record["c"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+def split_complete_lines(chunk: bytes) -> tuple[list[bytes], int]:
+    """Split a chunk into its complete lines.
+
+    :param chunk: bytes read from some offset.
+    :return: the complete lines (without newlines) and how many bytes they span, so the caller
+        advances its offset by exactly that much and re-reads the incomplete tail later.
+    """
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], 0
+    return chunk[:end].split(b"\n"), end + 1

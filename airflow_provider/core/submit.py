@@ -1,0 +1,408 @@
+"""``Experiment.submit``: the one lifecycle every target goes through.
+
+Validate -> find or create the MLflow run (reattach by run key) -> snapshot and git state ->
+prepare the environment -> stage -> launch detached -> (``ScriptRun``) watch -> finalize.
+Each step is recorded as the run's detailed state (Queued, Preparing, Starting, Running,
+Finalizing, Completed | Failed | Canceled).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from airflow_provider.core import events as events_module
+from airflow_provider.core import run_context as run_context_module
+from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
+from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
+from airflow_provider.core.git import read_git_state
+from airflow_provider.core.paths import state_dir
+from airflow_provider.core.snapshot import SnapshotStore
+from airflow_provider.core.targets import resolve_target
+from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
+from airflow_provider.core.tracking import RunState, Tags, Tracker
+from airflow_provider.core.watcher import OutputSink, RunWatcher
+
+__all__ = ["Experiment", "ScriptRun"]
+
+log = logging.getLogger(__name__)
+
+RUNTIME_DIR = "runtime"
+"""Folder of the job that holds the run-context package, put on the job's ``PYTHONPATH``."""
+
+
+class Experiment:
+    """A named group of runs: an MLflow experiment (Azure ML v1's ``Experiment``).
+
+    :param name: the experiment's name (created in MLflow when missing).
+    :param tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else the embedded store.
+    """
+
+    def __init__(self, name: str, tracking_uri: str | None = None) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError("Experiment.name", f"must be a non-empty string, got {name!r}.",
+                                     'pass a name such as "churn-model".')
+        self.name = name
+        self.tracker = Tracker(tracking_uri)
+        self._id: str | None = None
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI runs of this experiment go to."""
+        return self.tracker.tracking_uri
+
+    @property
+    def id(self) -> str:
+        """The MLflow experiment id (the experiment is created on first use)."""
+        if self._id is None:
+            self._id = self.tracker.experiment_id(self.name)
+        return self._id
+
+    def submit(self, config: ScriptRunConfig, tags: dict[str, str] | None = None, *,
+               run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
+               secret_variables: dict[str, str] | None = None) -> ScriptRun:
+        """Validate ``config`` and start the run detached; return its handle at once.
+
+        :param config: the run to start.
+        :param tags: extra MLflow tags for the run.
+        :param run_key: a stable key (e.g. dag/task/logical run/map index). When a run with this key
+            exists and ``reattach`` is True: a run still going is reattached, a finished one is
+            returned as it is; only a failed or canceled one is started afresh.
+        :param reattach: False always starts a new run.
+        :param run_name: MLflow's display name of the run.
+        :param secret_variables: variables for the run's process that are never written to MLflow.
+        """
+        resolved = config.validate()
+        target = resolve_target(config.compute_target)
+        if resolved.distributed_job_config is not None:
+            raise ConfigurationError(
+                "ScriptRunConfig.distributed_job_config",
+                f"distributed runs are not supported on the {target.kind} target in this version.",
+                "remove distributed_job_config, or run on a target that supports it.",
+            )
+        _validate_tags(tags)
+        target.check()
+        if run_key is not None and reattach:
+            existing = self._reattach(run_key, target)
+            if existing is not None:
+                return existing
+        store = SnapshotStore()
+        snapshot = store.take(resolved.source_directory, max_bytes=resolved.snapshot_size_limit_bytes).snapshot
+        git = read_git_state(resolved.source_directory)
+        initial_tags = {
+            **(tags or {}),
+            Tags.RUN_KEY: run_key or f"adhoc/{uuid.uuid4().hex}",
+            Tags.TARGET: target.describe(),
+            Tags.SNAPSHOT_ID: snapshot.id,
+            Tags.SOURCE_DIRECTORY: str(resolved.source_directory),
+            Tags.COMMAND: resolved.describe_command(),
+            Tags.SOURCE_NAME: resolved.script or resolved.describe_command(),
+            Tags.SOURCE_TYPE: "JOB",
+            **(git.mlflow_tags() if git else {}),
+        }
+        if resolved.environment is not None:
+            initial_tags[Tags.ENVIRONMENT_NAME] = str(resolved.environment)
+        run_id = self.tracker.create_run(self.id, initial_tags, run_name)
+        handle: JobHandle | None = None
+        try:
+            self.tracker.log_text(run_id, snapshot.manifest_json(), "snapshot/manifest.json")
+            if git is not None and git.diff:
+                self.tracker.log_text(run_id, git.diff, "git/uncommitted.diff")
+            self.tracker.set_state(run_id, RunState.PREPARING)
+            prepared = self._prepare_environment(run_id, target, resolved)
+            self.tracker.set_state(run_id, RunState.STARTING)
+            handle = target.stage(run_id, snapshot, store, _runtime_files())
+            target.launch(handle, self._job_spec(run_id, target, handle, resolved, prepared, secret_variables))
+            self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+        except BaseException as exc:
+            self._fail_before_start(run_id, target, handle, exc)
+            raise
+        return ScriptRun(self, run_id, target, handle)
+
+    # ------------------------------------------------------------------ steps
+    def _reattach(self, run_key: str, target: ComputeTarget) -> ScriptRun | None:
+        previous = self.tracker.find_run_by_key(self.id, run_key)
+        if previous is None:
+            return None
+        run_id = previous.info.run_id
+        if previous.info.status == "FINISHED":
+            log.info("Run %s for key %s already completed; collecting its result", run_id, run_key)
+            return ScriptRun(self, run_id, None, None)
+        if previous.info.status != "RUNNING":
+            return None
+        handle_json = previous.data.tags.get(Tags.JOB)
+        if handle_json:
+            handle = target.find(JobHandle.from_dict(json.loads(handle_json)).job_id)
+            if handle is not None:
+                log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
+                return ScriptRun(self, run_id, target, handle)
+        message = "the run's job was never launched or is gone from the target; a new run replaces it"
+        self.tracker.set_state(run_id, RunState.FAILED, {Tags.ERROR: message})
+        self.tracker.terminate(run_id, RunState.FAILED)
+        return None
+
+    def _prepare_environment(self, run_id: str, target: ComputeTarget,
+                             resolved: ResolvedRunConfig) -> PreparedEnvironment:
+        try:
+            prepared = target.prepare_environment(resolved.environment)
+        except EnvironmentBuildError as exc:
+            if exc.log_path is not None and exc.log_path.exists():
+                self.tracker.log_artifact(run_id, _named_copy(exc.log_path, "environment_build.log"),
+                                          "system_logs")
+            raise
+        self.tracker.set_tags(run_id, {
+            Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
+            Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
+        })
+        if prepared.build_log is not None:
+            self.tracker.log_artifact(run_id, _named_copy(prepared.build_log, "environment_build.log"),
+                                      "system_logs")
+        return prepared
+
+    def _job_spec(self, run_id: str, target: ComputeTarget, handle: JobHandle, resolved: ResolvedRunConfig,
+                  prepared: PreparedEnvironment, secrets: dict[str, str] | None) -> JobSpec:
+        paths = target.job_paths(handle)
+        runtime = f"{paths['job_dir']}/{RUNTIME_DIR}"
+        env = {
+            **(resolved.environment.environment_variables if resolved.environment else {}),
+            **resolved.environment_variables,
+            **(secrets or {}),
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_EXPERIMENT_ID": self.id,
+            "MLFLOW_EXPERIMENT_NAME": self.name,
+            events_module.EVENTS_FILE_VARIABLE: paths["events"],
+            events_module.UPLOADS_DIR_VARIABLE: paths["uploads"],
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (resolved.environment_variables.get("PYTHONPATH"), runtime) if p),
+        }
+        return JobSpec(
+            argv=tuple(resolved.argv(prepared.python)),
+            env=env,
+            unset_env=("VIRTUAL_ENV", "PYTHONHOME"),
+            path_prepend=(os.path.dirname(prepared.python),),
+            max_run_duration_seconds=resolved.max_run_duration_seconds,
+        )
+
+    def _fail_before_start(self, run_id: str, target: ComputeTarget, handle: JobHandle | None,
+                           exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            self.tracker.set_state(run_id, RunState.FAILED, {Tags.ERROR: message})
+            self.tracker.terminate(run_id, RunState.FAILED)
+        finally:
+            if handle is not None:
+                target.cancel(handle, grace_seconds=2)
+                target.cleanup(handle)
+
+
+class ScriptRun:
+    """A submitted run (Azure ML v1's ``ScriptRun``): status, details, metrics, files, control.
+
+    :param experiment: the run's experiment.
+    :param run_id: the MLflow run id.
+    :param target: the target its job runs on (None when the run was already over).
+    :param handle: its job (None when the run was already over).
+    """
+
+    def __init__(self, experiment: Experiment, run_id: str, target: ComputeTarget | None,
+                 handle: JobHandle | None) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        self.target = target
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"ScriptRun(id={self.id!r}, experiment={self.experiment.name!r})"
+
+    @property
+    def tracker(self) -> Tracker:
+        """The experiment's tracker."""
+        return self.experiment.tracker
+
+    # ------------------------------------------------------------------ status
+    def get_status(self) -> str:
+        """The detailed state (``Running``, ``Completed``, ...); advances the run one step when
+        no other watcher is driving it."""
+        state = self._state()
+        if not state.is_terminal and self.handle is not None:
+            lock = self._lock()
+            try:
+                lock.acquire(timeout=0)
+            except TimeoutError:
+                return state.value
+            try:
+                if not self._state().is_terminal:
+                    watcher = self._watcher(None)
+                    status = watcher.step()
+                    if status.state != "running":
+                        watcher.finalize(status)
+            finally:
+                lock.release()
+            state = self._state()
+        return state.value
+
+    def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
+                            output: OutputSink | None = None, poll_interval: float = 1.0) -> dict[str, Any]:
+        """Watch the run to its end, finalize it, and return its details.
+
+        :param show_output: print the run's output here as it comes.
+        :param raise_on_error: raise :class:`RunFailedError` when it ends Failed or Canceled.
+        :param output: a callable receiving each output line (instead of printing).
+        :param poll_interval: the longest pause between polls of the target.
+        """
+        sink = output or (print if show_output else None)
+        if self.handle is not None:
+            with self._lock():
+                if not self._state().is_terminal:
+                    watcher = self._watcher(sink)
+                    watcher.finalize(watcher.watch(poll_interval))
+        details = self.get_details()
+        if raise_on_error and details["status"] != RunState.COMPLETED.value:
+            error = details.get("error") or {}
+            raise RunFailedError(self.id, details["status"], error.get("message", "unknown error"),
+                                 error.get("logTail", ""))
+        return details
+
+    def cancel(self) -> None:
+        """Stop the run's whole process tree (SIGTERM, grace, SIGKILL); it ends Canceled."""
+        if self.handle is None or self.target is None or self._state().is_terminal:
+            return
+        self.target.cancel(self.handle)
+        with self._lock():
+            if not self._state().is_terminal:
+                watcher = self._watcher(None)
+                watcher.finalize(self.target.poll(self.handle))
+
+    # ------------------------------------------------------------------ history
+    def get_details(self) -> dict[str, Any]:
+        """Status, times, target, snapshot, environment, git properties, error, log files."""
+        run = self.tracker.get_run(self.id)
+        tags = run.data.tags
+        details: dict[str, Any] = {
+            "runId": self.id,
+            "experimentId": run.info.experiment_id,
+            "status": tags.get(Tags.STATE, RunState.QUEUED.value),
+            "mlflowStatus": run.info.status,
+            "startTimeUtc": _iso(run.info.start_time),
+            "endTimeUtc": _iso(run.info.end_time),
+            "target": tags.get(Tags.TARGET),
+            "command": tags.get(Tags.COMMAND),
+            "snapshotId": tags.get(Tags.SNAPSHOT_ID),
+            "environment": {
+                "name": tags.get(Tags.ENVIRONMENT_NAME),
+                "fingerprint": tags.get(Tags.ENVIRONMENT_FINGERPRINT),
+                "description": tags.get(Tags.ENVIRONMENT_DESCRIPTION),
+            },
+            "properties": {k: v for k, v in tags.items() if k.startswith("mlflow.source.git.")
+                           or k == "training.git.dirty"},
+            "stateTimes": {k[len(Tags.STATE_TIME_PREFIX):]: v for k, v in tags.items()
+                           if k.startswith(Tags.STATE_TIME_PREFIX)},
+            "artifactUri": run.info.artifact_uri,
+            "logFiles": [p for p in self.tracker.list_artifacts(self.id)
+                         if p.startswith(("system_logs/", "logs/"))],
+        }
+        if Tags.EXIT_CODE in tags:
+            details["exitCode"] = int(tags[Tags.EXIT_CODE])
+        if Tags.ERROR in tags:
+            details["error"] = {"message": tags[Tags.ERROR], "logTail": tags.get(Tags.ERROR_LOG_TAIL, "")}
+        return details
+
+    def get_metrics(self) -> dict[str, float | list[float]]:
+        """Every metric: one value, or the list of values of a series (ordered by step)."""
+        run = self.tracker.get_run(self.id)
+        metrics: dict[str, float | list[float]] = {}
+        for key in sorted(run.data.metrics):
+            values = [m.value for m in self.tracker.metric_history(self.id, key)]
+            metrics[key] = values[0] if len(values) == 1 else values
+        return metrics
+
+    def get_file_names(self) -> list[str]:
+        """Every artifact path of the run."""
+        return self.tracker.list_artifacts(self.id)
+
+    def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> Path:
+        """Download the artifact ``name`` (e.g. ``"outputs/model.pkl"``).
+
+        :param name: the artifact's path in the run.
+        :param output_file_path: where to write it; default its base name in the current folder.
+        """
+        destination = Path(output_file_path or Path(name).name)
+        if destination.is_dir():
+            destination = destination / Path(name).name
+        with tempfile.TemporaryDirectory(prefix="download-") as scratch:
+            try:
+                local = self.tracker.client.download_artifacts(self.id, name, scratch)
+            except Exception as exc:
+                raise FileNotFoundError(
+                    f"run {self.id} has no artifact {name!r}; it has: {self.get_file_names()}"
+                ) from exc
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(local, destination)
+        return destination
+
+    def restore_snapshot(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Rebuild the exact source tree the run was submitted with.
+
+        :param path: the folder to write it to; default ``./snapshot_<run id>``.
+        """
+        snapshot_id = self.tracker.get_run(self.id).data.tags.get(Tags.SNAPSHOT_ID)
+        if not snapshot_id:
+            raise ConfigurationError("ScriptRun.restore_snapshot", f"run {self.id} has no snapshot.", "")
+        return SnapshotStore().restore(snapshot_id, Path(path or f"snapshot_{self.id}"))
+
+    # ------------------------------------------------------------------ internals
+    def _state(self) -> RunState:
+        return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
+
+    def _watcher(self, output: OutputSink | None) -> RunWatcher:
+        assert self.target is not None and self.handle is not None
+        return RunWatcher(self.tracker, self.target, self.handle, self.id, output)
+
+    def _lock(self) -> Any:
+        from filelock import FileLock
+
+        folder = state_dir() / "locks"
+        folder.mkdir(exist_ok=True)
+        return FileLock(str(folder / f"{self.id}.lock"))
+
+
+def _runtime_files() -> dict[str, bytes]:
+    """The run-context package the job imports (``from airflow_provider.core import Run``)."""
+    package = f"{RUNTIME_DIR}/airflow_provider"
+    return {
+        f"{package}/__init__.py": b"",
+        f"{package}/core/__init__.py": b'from airflow_provider.core.run_context import Run\n__all__ = ["Run"]\n',
+        f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
+        f"{package}/core/events.py": Path(events_module.__file__).read_bytes(),
+    }
+
+
+def _named_copy(path: Path, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="artifact-"))
+    target = folder / name
+    shutil.copyfile(path, target)
+    return target
+
+
+def _validate_tags(tags: object) -> None:
+    if tags is None:
+        return
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ConfigurationError("Experiment.submit.tags", f"must map strings to strings, got {tags!r}.",
+                                 'pass {"team": "search"}; convert values with str().')
+
+
+def _iso(milliseconds: int | None) -> str | None:
+    if not milliseconds:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")

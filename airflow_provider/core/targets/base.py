@@ -1,0 +1,193 @@
+"""The compute-target contract: what differs between local, Docker, SSH and MPI.
+
+A target prepares an environment, stages a snapshot into a per-run job folder, launches the job
+detached (see :mod:`job_runner`), and then answers a watcher that may come and go: find the job by
+id, poll it, read its driver log and events from a byte offset, fetch files, cancel, clean up.
+Everything else (validation, MLflow, relaying, finalizing) lives once in :mod:`submit`.
+
+Job folder layout on every target (names from :mod:`job_runner`)::
+
+    <job_id>/job.json  runner.json  exit.json  driver.log  events.jsonl  uploads/  work/
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.snapshot import Snapshot, SnapshotStore
+from airflow_provider.core.targets import job_runner
+
+__all__ = ["Channel", "ComputeTarget", "JobHandle", "JobSpec", "JobState", "JobStatus"]
+
+Channel = Literal["driver", "events"]
+JobState = Literal["running", "ended", "lost", "not_found"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run once the snapshot is staged.
+
+    :param argv: the command, relative to the job's ``work/`` folder.
+    :param env: variables added to the job's environment.
+    :param unset_env: variables removed from the inherited environment.
+    :param path_prepend: folders put in front of the job's ``PATH`` (the environment's ``bin``).
+    :param max_run_duration_seconds: limit enforced by the runner on the target; None for none.
+    :param grace_seconds: time between SIGTERM and SIGKILL when the job is stopped.
+    """
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    unset_env: tuple[str, ...] = ()
+    path_prepend: tuple[str, ...] = ()
+    max_run_duration_seconds: float | None = None
+    grace_seconds: float = 10.0
+
+    def to_job_json(self) -> dict[str, Any]:
+        """The runner's ``job.json``."""
+        return {
+            "argv": list(self.argv),
+            "env": dict(self.env),
+            "unset_env": list(self.unset_env),
+            "path_prepend": list(self.path_prepend),
+            "max_run_duration_seconds": self.max_run_duration_seconds,
+            "grace_seconds": self.grace_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """Enough to find a job again from any process: crosses XCom and triggers.
+
+    :param target: the target kind (``"local"``, ``"docker"``, ...).
+    :param job_id: the job's id (the MLflow run id).
+    :param location: where the job folder is on the target.
+    """
+
+    target: str
+    job_id: str
+    location: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Serialise to plain strings."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobHandle:
+        """Rebuild from :meth:`to_dict` output.
+
+        :param data: the serialised handle.
+        """
+        return cls(str(data["target"]), str(data["job_id"]), str(data["location"]))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a poll learned.
+
+    :param state: ``running``; ``ended`` (``exit.json`` written); ``lost`` (the runner died
+        without writing it); ``not_found`` (no such job folder).
+    :param exit_code: the command's exit code when it exited normally.
+    :param signal: the signal that killed the command, if any.
+    :param reason: ``exited``, ``timeout``, ``canceled`` or ``launch_failed`` (from the runner).
+    :param message: the runner's explanation.
+    """
+
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        """The command ran to its end and exited 0."""
+        return self.state == "ended" and self.reason == "exited" and self.exit_code == 0
+
+    @classmethod
+    def from_exit_json(cls, data: dict[str, Any]) -> JobStatus:
+        """Build from the runner's ``exit.json``.
+
+        :param data: the parsed file.
+        """
+        return cls("ended", data.get("exit_code"), data.get("signal"), str(data.get("reason", "")),
+                   str(data.get("message", "")))
+
+
+class ComputeTarget(abc.ABC):
+    """Where a run's job executes. One subclass per kind; see the module docstring."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for the run's details, e.g. ``"local (this machine: host1)"``."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook with a sensible default
+        """Raise :class:`TargetError` when the target cannot be used (before any compute)."""
+
+    @abc.abstractmethod
+    def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
+        """Make the environment ready on the target; a cache hit must be nearly free."""
+
+    @abc.abstractmethod
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore,
+              extras: Mapping[str, bytes]) -> JobHandle:
+        """Create the job folder and put the snapshot's files in its ``work/`` folder.
+
+        :param job_id: the job's id (the MLflow run id).
+        :param snapshot: what to put in ``work/``.
+        :param store: where the snapshot's blobs are.
+        :param extras: more files for the job folder, by relative path (the run-context runtime).
+        """
+
+    def job_paths(self, handle: JobHandle) -> dict[str, str]:
+        """Absolute paths of the job folder's parts as the job itself sees them.
+
+        :param handle: the job.
+        :return: ``job_dir``, ``events`` and ``uploads`` paths.
+        """
+        return {
+            "job_dir": handle.location,
+            "events": f"{handle.location}/{job_runner.EVENTS_FILE}",
+            "uploads": f"{handle.location}/{job_runner.UPLOADS_DIR}",
+        }
+
+    @abc.abstractmethod
+    def launch(self, handle: JobHandle, spec: JobSpec) -> None:
+        """Start the job detached, so it outlives the caller."""
+
+    @abc.abstractmethod
+    def find(self, job_id: str) -> JobHandle | None:
+        """Find an existing job folder by id (for reattaching), None when there is none."""
+
+    @abc.abstractmethod
+    def poll(self, handle: JobHandle) -> JobStatus:
+        """Report whether the job runs, ended (and how) or was lost."""
+
+    @abc.abstractmethod
+    def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
+        """Return up to ``limit`` bytes of the driver log or events file from ``offset``."""
+
+    @abc.abstractmethod
+    def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
+        """Make a file or folder of the job folder readable here.
+
+        :param relative_path: path inside the job folder, e.g. ``"work/outputs"``.
+        :param scratch: a local folder the target may copy into.
+        :return: a local path (inside ``scratch`` or the original on a local target), or None
+            when it does not exist.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0) -> None:
+        """Stop the job's whole process tree: SIGTERM, ``grace_seconds``, then SIGKILL."""
+
+    @abc.abstractmethod
+    def cleanup(self, handle: JobHandle) -> None:
+        """Remove what the job left on the target (its job folder)."""

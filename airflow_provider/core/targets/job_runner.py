@@ -1,0 +1,276 @@
+"""The supervisor of one detached job: standard library only, runnable as a plain file.
+
+Every target starts ``python3 job_runner.py JOB_DIR`` as the leader of a new session, on the
+machine where the job runs (this machine, a container, an SSH host). It reads ``job.json``, starts
+the user's command as the leader of its own process group with stdout and stderr appended to
+``driver.log``, and records everything a watcher needs in files, so that any watcher, started at
+any time, can find the job, read its log from a byte offset, and learn how it ended:
+
+``runner.json``  pids, process group and start time, written atomically once the command started;
+``exit.json``    how it ended (exit code, signal, reason, message), written atomically last.
+
+The runner enforces ``max_run_duration_seconds`` itself (it holds when no watcher is alive), and on
+SIGTERM (a cancel) stops the whole process tree: SIGTERM to the command's process group and every
+descendant (the runner is a child subreaper, so orphaned grandchildren stay its descendants), a
+grace period, then SIGKILL. When the command exits, processes it left behind are stopped the same
+way: nothing of the run survives its end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+JOB_SPEC = "job.json"
+RUNNER_STATE = "runner.json"
+EXIT_STATE = "exit.json"
+DRIVER_LOG = "driver.log"
+EVENTS_FILE = "events.jsonl"
+UPLOADS_DIR = "uploads"
+WORK_DIR = "work"
+
+REASON_EXITED = "exited"
+REASON_TIMEOUT = "timeout"
+REASON_CANCELED = "canceled"
+REASON_LAUNCH_FAILED = "launch_failed"
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def write_json_atomically(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    temporary = f"{path}.tmp.{os.getpid()}"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (from /proc); None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, start_ticks: int | None) -> bool:
+    """True when ``pid`` runs and is the same process that started at ``start_ticks``."""
+    ticks = process_start_ticks(pid)
+    return ticks is not None and (start_ticks is None or ticks == start_ticks)
+
+
+def _parent_and_group(pid: int) -> tuple[int, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_members(root_pid: int, group: int) -> set[int]:
+    """Every live descendant of ``root_pid`` and every member of process group ``group``."""
+    parents: dict[int, int] = {}
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        facts = _parent_and_group(int(entry))
+        if facts is None:
+            continue
+        parents[int(entry)] = facts[0]
+        if facts[1] == group:
+            members.add(int(entry))
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if pid not in members and (parent == root_pid or parent in members):
+                members.add(pid)
+                changed = True
+    members.discard(root_pid)
+    return members
+
+
+class JobRunner:
+    """Runs one job described by ``JOB_DIR/job.json``; see the module docstring."""
+
+    def __init__(self, job_dir: str) -> None:
+        self.job_dir = os.path.abspath(job_dir)
+        with open(os.path.join(self.job_dir, JOB_SPEC)) as handle:
+            self.spec: dict[str, Any] = json.load(handle)
+        self.stop_reason: str | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+        self.child_status: int | None = None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.job_dir, name)
+
+    def run(self) -> int:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        _become_subreaper()
+        write_json_atomically(self.path(RUNNER_STATE), {
+            "runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid()),
+        })
+        try:
+            self.child = self._start_child()
+        except OSError as exc:
+            self._finish(None, None, REASON_LAUNCH_FAILED, f"could not start {self.spec['argv'][0]!r}: {exc}")
+            return 1
+        started = time.time()
+        write_json_atomically(self.path(RUNNER_STATE), {
+            "runner_pid": os.getpid(),
+            "runner_start_ticks": process_start_ticks(os.getpid()),
+            "child_pid": self.child.pid,
+            "child_pgid": self.child.pid,
+            "started_at": started,
+        })
+        limit = self.spec.get("max_run_duration_seconds")
+        deadline = started + float(limit) if limit else None
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *_STOP_SIGNALS})
+        while True:
+            self._reap()
+            if self.child_status is not None:
+                break
+            if self.stop_reason is None and deadline is not None and time.time() >= deadline:
+                self.stop_reason = REASON_TIMEOUT
+            if self.stop_reason is not None:
+                self._stop_tree(float(self.spec.get("grace_seconds", 10)))
+                continue
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            received = signal.sigtimedwait({signal.SIGCHLD, *_STOP_SIGNALS}, wait)
+            if received is not None and received.si_signo in _STOP_SIGNALS:
+                self.stop_reason = REASON_CANCELED
+        # The command ended: stop whatever it left behind, then record how it ended.
+        self._stop_tree(grace=2.0)
+        status = self.child_status
+        code = os.waitstatus_to_exitcode(status) if status is not None else None
+        exit_code = code if code is not None and code >= 0 else None
+        killed_by = -code if code is not None and code < 0 else None
+        reason = self.stop_reason or REASON_EXITED
+        message = ""
+        if reason == REASON_TIMEOUT:
+            message = f"the run exceeded max_run_duration_seconds={limit} and was stopped"
+        elif reason == REASON_CANCELED:
+            message = "the run was canceled"
+        elif killed_by is not None:
+            message = f"the command was killed by signal {signal.Signals(killed_by).name}"
+        elif exit_code:
+            message = f"the command exited with code {exit_code}"
+        self._finish(exit_code, killed_by, reason, message)
+        return 0
+
+    # ------------------------------------------------------------------ helpers
+    def _start_child(self) -> subprocess.Popen[bytes]:
+        environment = dict(os.environ)
+        environment.update(self.spec.get("env", {}))
+        prepend = self.spec.get("path_prepend", [])
+        if prepend:
+            environment["PATH"] = os.pathsep.join([*prepend, environment.get("PATH", os.defpath)])
+        for name in self.spec.get("unset_env", []):
+            environment.pop(name, None)
+        log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            return subprocess.Popen(
+                self.spec["argv"],
+                cwd=self.path(self.spec.get("cwd", WORK_DIR)),
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            os.close(log)
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = REASON_CANCELED
+
+    def _reap(self) -> None:
+        """Collect every exited child (the command and adopted orphans)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.child is not None and pid == self.child.pid:
+                self.child_status = status
+                self.child.returncode = os.waitstatus_to_exitcode(status)
+
+    def _stop_tree(self, grace: float) -> None:
+        """SIGTERM to every process of the run, wait up to ``grace`` seconds, then SIGKILL."""
+        assert self.child is not None
+        group = self.child.pid
+        members = tree_members(os.getpid(), group)
+        if not members:
+            return
+        _signal_all(members, group, signal.SIGTERM)
+        deadline = time.time() + grace
+        while time.time() < deadline:
+            self._reap()
+            members = tree_members(os.getpid(), group)
+            if not members:
+                return
+            time.sleep(0.05)
+        _signal_all(members, group, signal.SIGKILL)
+        for _ in range(100):
+            self._reap()
+            if not tree_members(os.getpid(), group):
+                return
+            time.sleep(0.02)
+
+    def _finish(self, exit_code: int | None, killed_by: int | None, reason: str, message: str) -> None:
+        write_json_atomically(self.path(EXIT_STATE), {
+            "exit_code": exit_code,
+            "signal": killed_by,
+            "reason": reason,
+            "message": message,
+            "ended_at": time.time(),
+        })
+
+
+def _signal_all(members: set[int], group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except OSError:
+        pass
+    for pid in members:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``python3 job_runner.py JOB_DIR``."""
+    if len(argv) != 2:
+        print("usage: job_runner.py JOB_DIR", file=sys.stderr)
+        return 2
+    return JobRunner(argv[1]).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

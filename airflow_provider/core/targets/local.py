@@ -1,0 +1,192 @@
+"""The local target: jobs run as detached processes on this machine.
+
+Job folders live under ``<state>/local/jobs/<job_id>``. The job's supervisor
+(:mod:`job_runner`) is started as the leader of a new session, so the job outlives the process
+that launched it (an Airflow worker, a deferred task's triggerer, a notebook).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.environment_cache import EnvironmentCache, PreparedEnvironment
+from airflow_provider.core.errors import TargetError
+from airflow_provider.core.paths import state_dir
+from airflow_provider.core.snapshot import Snapshot, SnapshotStore
+from airflow_provider.core.targets import job_runner
+from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+
+__all__ = ["LocalTarget"]
+
+_CHANNEL_FILES: dict[str, str] = {"driver": job_runner.DRIVER_LOG, "events": job_runner.EVENTS_FILE}
+_LAUNCH_TIMEOUT_SECONDS = 30.0
+
+
+class LocalTarget(ComputeTarget):
+    """Run jobs as processes on this machine.
+
+    :param jobs_root: where job folders are made; default ``<state>/local/jobs``.
+    :param environment_cache: the cache of managed virtual environments.
+    """
+
+    kind: ClassVar[str] = "local"
+
+    def __init__(self, jobs_root: str | Path | None = None,
+                 environment_cache: EnvironmentCache | None = None) -> None:
+        self.jobs_root = Path(jobs_root) if jobs_root else state_dir() / "local" / "jobs"
+        self.environment_cache = environment_cache or EnvironmentCache()
+        self._runners: dict[str, subprocess.Popen[bytes]] = {}
+
+    def describe(self) -> str:
+        return f"local ({socket.gethostname()})"
+
+    def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
+        return self.environment_cache.prepare(environment)
+
+    def job_dir(self, handle: JobHandle) -> Path:
+        """The job folder of ``handle``."""
+        return Path(handle.location)
+
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore,
+              extras: Mapping[str, bytes]) -> JobHandle:
+        job_dir = self.jobs_root / job_id
+        (job_dir / job_runner.UPLOADS_DIR).mkdir(parents=True, exist_ok=True)
+        for relative, content in extras.items():
+            path = job_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        work = job_dir / job_runner.WORK_DIR
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        store.materialize(snapshot, work)
+        return JobHandle(self.kind, job_id, str(job_dir))
+
+    def launch(self, handle: JobHandle, spec: JobSpec) -> None:
+        job_dir = self.job_dir(handle)
+        spec_path = job_dir / job_runner.JOB_SPEC
+        descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle_file:
+            json.dump(spec.to_job_json(), handle_file)
+        with open(job_dir / "runner.log", "ab") as runner_log:
+            runner = subprocess.Popen(
+                [sys.executable, "-I", "-S", job_runner.__file__, str(job_dir)],
+                stdin=subprocess.DEVNULL, stdout=runner_log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        self._runners[handle.job_id] = runner
+        deadline = time.monotonic() + _LAUNCH_TIMEOUT_SECONDS
+        while not (job_dir / job_runner.RUNNER_STATE).exists():
+            if runner.poll() is not None and not (job_dir / job_runner.EXIT_STATE).exists():
+                raise TargetError(f"the job supervisor exited at once: {self._runner_log(job_dir)}")
+            if time.monotonic() > deadline:
+                raise TargetError(f"the job supervisor did not start within {_LAUNCH_TIMEOUT_SECONDS}s")
+            time.sleep(0.002)
+
+    def find(self, job_id: str) -> JobHandle | None:
+        job_dir = self.jobs_root / job_id
+        if not (job_dir / job_runner.JOB_SPEC).exists():
+            return None
+        return JobHandle(self.kind, job_id, str(job_dir))
+
+    def poll(self, handle: JobHandle) -> JobStatus:
+        job_dir = self.job_dir(handle)
+        runner = self._runners.get(handle.job_id)
+        if runner is not None:
+            runner.poll()  # reap the supervisor when it has exited
+        exit_state = _read_json(job_dir / job_runner.EXIT_STATE)
+        if exit_state is not None:
+            return JobStatus.from_exit_json(exit_state)
+        if not job_dir.exists():
+            return JobStatus("not_found")
+        state = _read_json(job_dir / job_runner.RUNNER_STATE)
+        if state is None:
+            return JobStatus("lost", message="the job was staged but its supervisor never started")
+        if job_runner.is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
+            return JobStatus("running")
+        exit_state = _read_json(job_dir / job_runner.EXIT_STATE)  # it may have just finished
+        if exit_state is not None:
+            return JobStatus.from_exit_json(exit_state)
+        return JobStatus("lost", message=f"the job supervisor died: {self._runner_log(job_dir)}")
+
+    def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
+        try:
+            with open(self.job_dir(handle) / _CHANNEL_FILES[channel], "rb") as stream:
+                stream.seek(offset)
+                return stream.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
+        path = self.job_dir(handle) / relative_path
+        return path if path.exists() else None
+
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0) -> None:
+        job_dir = self.job_dir(handle)
+        if (job_dir / job_runner.EXIT_STATE).exists():
+            return
+        state = _read_json(job_dir / job_runner.RUNNER_STATE) or {}
+        runner_pid = state.get("runner_pid")
+        if runner_pid and job_runner.is_alive(int(runner_pid), state.get("runner_start_ticks")):
+            os.kill(int(runner_pid), signal.SIGTERM)  # the runner stops the tree and writes exit.json
+            deadline = time.monotonic() + grace_seconds + 10
+            while time.monotonic() < deadline:
+                if self.poll(handle).state != "running":
+                    return
+                time.sleep(0.02)
+        # The supervisor is gone or stuck: stop the command's tree ourselves and record it.
+        child = state.get("child_pid")
+        if child:
+            _stop_tree_without_runner(int(child), grace_seconds)
+        if not (job_dir / job_runner.EXIT_STATE).exists():
+            job_runner.write_json_atomically(str(job_dir / job_runner.EXIT_STATE), {
+                "exit_code": None, "signal": None, "reason": job_runner.REASON_CANCELED,
+                "message": "the run was canceled (its supervisor was not running)", "ended_at": time.time(),
+            })
+
+    def cleanup(self, handle: JobHandle) -> None:
+        self._runners.pop(handle.job_id, None)
+        shutil.rmtree(self.job_dir(handle), ignore_errors=True)
+
+    @staticmethod
+    def _runner_log(job_dir: Path) -> str:
+        try:
+            return (job_dir / "runner.log").read_text(errors="replace")[-2000:] or "(runner.log is empty)"
+        except OSError:
+            return "(no runner.log)"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as stream:
+            data: dict[str, Any] = json.load(stream)
+            return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
+    members = job_runner.tree_members(child_pid, child_pid) | {child_pid}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+        deadline = time.monotonic() + (grace_seconds if signum == signal.SIGTERM else 5)
+        while time.monotonic() < deadline:
+            members = {p for p in members if job_runner.process_start_ticks(p) is not None}
+            if not members:
+                return
+            time.sleep(0.05)

@@ -1,0 +1,306 @@
+"""Run history in MLflow: experiments, runs found by key, detailed states, batched metrics, artifacts.
+
+Tracking URI, in order: the caller's argument, ``MLFLOW_TRACKING_URI``, else the embedded default
+``sqlite:///<state>/mlflow.db`` with artifacts in ``<state>/mlartifacts`` (see :mod:`paths`).
+For a SQLite URI, experiments this module creates keep their artifacts beside the database file
+instead of MLflow's ``./mlruns`` relative to whatever the current directory is.
+
+MLflow imports are deferred to first use, so importing the core stays cheap.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider.core.errors import TrackingError
+from airflow_provider.core.paths import state_dir
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Run
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["RunState", "Tags", "Tracker", "resolve_tracking_uri"]
+
+# MLflow's log_batch limits (mlflow.utils.validation): entities per call and request size.
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_TAGS_PER_BATCH = 100
+_MAX_BATCH_BYTES = 900_000
+_MAX_TAG_VALUE = 8000
+
+
+class RunState(str, enum.Enum):
+    """The detailed state of a run, kept as tags beside MLflow's coarse status."""
+
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    FINALIZING = "Finalizing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Completed, Failed or Canceled."""
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELED)
+
+    @property
+    def mlflow_status(self) -> str:
+        """The MLflow run status this state ends with."""
+        return {RunState.COMPLETED: "FINISHED", RunState.FAILED: "FAILED",
+                RunState.CANCELED: "KILLED"}.get(self, "RUNNING")
+
+
+class Tags:
+    """Names of the tags this provider writes (one place, never repeated as literals)."""
+
+    STATE = "training.state"
+    STATE_TIME_PREFIX = "training.state_time."
+    RUN_KEY = "training.run_key"
+    TARGET = "training.target"
+    JOB = "training.job"
+    SNAPSHOT_ID = "training.snapshot_id"
+    SOURCE_DIRECTORY = "training.source_directory"
+    COMMAND = "training.command"
+    ENVIRONMENT_NAME = "training.environment.name"
+    ENVIRONMENT_FINGERPRINT = "training.environment.fingerprint"
+    ENVIRONMENT_DESCRIPTION = "training.environment.description"
+    DISTRIBUTION = "training.distribution"
+    ERROR = "training.error"
+    ERROR_LOG_TAIL = "training.error_log_tail"
+    EXIT_CODE = "training.exit_code"
+    EVENTS_OFFSET = "training.relay.events_offset"
+    RUN_NAME = "mlflow.runName"
+    SOURCE_NAME = "mlflow.source.name"
+    SOURCE_TYPE = "mlflow.source.type"
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """Return the tracking URI to use (argument, ``MLFLOW_TRACKING_URI``, embedded default).
+
+    :param explicit: a URI given by the caller.
+    """
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{state_dir() / 'mlflow.db'}"
+
+
+def _sqlite_artifact_root(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///"):])
+    return database.parent / "mlartifacts"
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric value to log (the relay's unit of work)."""
+
+    key: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+class Tracker:
+    """A small façade over :class:`mlflow.tracking.MlflowClient` for the run lifecycle.
+
+    :param tracking_uri: the MLflow tracking URI; see :func:`resolve_tracking_uri`.
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, created on first use."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # ------------------------------------------------------------------ experiments and runs
+    def experiment_id(self, name: str) -> str:
+        """Return the id of experiment ``name``, creating it when missing.
+
+        :param name: the experiment's name.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                return str(experiment.experiment_id)
+            root = _sqlite_artifact_root(self.tracking_uri)
+            location = None
+            if root is not None:
+                slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "experiment"
+                location = (root / f"{slug}-{int(time.time() * 1000)}").as_uri()
+            try:
+                return str(self.client.create_experiment(name, artifact_location=location))
+            except MlflowException:  # created concurrently by someone else
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                return str(experiment.experiment_id)
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow at {self.tracking_uri} refused experiment {name!r}: {exc}") from exc
+
+    def find_run_by_key(self, experiment_id: str, run_key: str) -> Run | None:
+        """The newest run of the experiment tagged with ``run_key``, or None.
+
+        :param experiment_id: where to look.
+        :param run_key: the run key (dag, task, logical run, map index).
+        """
+        quoted = run_key.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{Tags.RUN_KEY}` = '{quoted}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None = None) -> str:
+        """Create a run with ``tags`` (state Queued) and return its id.
+
+        :param experiment_id: the experiment to create it in.
+        :param tags: the initial tags.
+        :param run_name: MLflow's display name.
+        """
+        initial = dict(tags)
+        initial[Tags.STATE] = RunState.QUEUED.value
+        initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = _now_iso()
+        run = self.client.create_run(experiment_id, tags=_clip_tags(initial), run_name=run_name)
+        return str(run.info.run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        """Fetch a run.
+
+        :param run_id: the MLflow run id.
+        """
+        return self.client.get_run(run_id)
+
+    # ------------------------------------------------------------------ writes
+    def set_state(self, run_id: str, state: RunState, extra_tags: dict[str, str] | None = None) -> None:
+        """Record the detailed state (with its time) and any extra tags in one call.
+
+        :param run_id: the MLflow run id.
+        :param state: the state entered now.
+        :param extra_tags: more tags to set in the same call.
+        """
+        tags = {Tags.STATE: state.value, Tags.STATE_TIME_PREFIX + state.value: _now_iso()}
+        tags.update(extra_tags or {})
+        self.set_tags(run_id, tags)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set several tags, batched under MLflow's limits.
+
+        :param run_id: the MLflow run id.
+        :param tags: tag name -> value (clipped to MLflow's value length).
+        """
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in _clip_tags(tags).items()]
+        for start in range(0, len(items), _MAX_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=items[start : start + _MAX_TAGS_PER_BATCH], synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: Sequence[MetricValue],
+                    tags: dict[str, str] | None = None) -> None:
+        """Log metrics with ``log_batch`` in chunks under MLflow's count and size limits.
+
+        ``tags`` are written with the last chunk (the relay puts its offset there).
+
+        :param run_id: the MLflow run id.
+        :param metrics: the values, in order.
+        :param tags: tags written after all metrics.
+        """
+        from mlflow.entities import Metric, RunTag
+
+        tag_items = [RunTag(k, v) for k, v in _clip_tags(tags or {}).items()]
+        chunk: list[Metric] = []
+        size = 0
+        for metric in metrics:
+            cost = len(metric.key) + 80
+            if len(chunk) >= _MAX_METRICS_PER_BATCH - len(tag_items) or size + cost > _MAX_BATCH_BYTES:
+                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+                chunk, size = [], 0
+            chunk.append(Metric(metric.key, metric.value, metric.timestamp_ms, metric.step))
+            size += cost
+        if chunk or tag_items:
+            self.client.log_batch(run_id, metrics=chunk, tags=tag_items, synchronous=True)
+
+    def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or a folder's contents as run artifacts.
+
+        :param run_id: the MLflow run id.
+        :param local_path: a file or folder here.
+        :param artifact_path: the folder inside the run's artifacts (None: the root).
+        """
+        path = Path(local_path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Upload ``text`` as the artifact ``artifact_file``.
+
+        :param run_id: the MLflow run id.
+        :param text: the content.
+        :param artifact_file: its path inside the run's artifacts.
+        """
+        self.client.log_text(run_id, text, artifact_file)
+
+    def terminate(self, run_id: str, state: RunState) -> None:
+        """End the MLflow run with the status of ``state``, only if it is still active.
+
+        :param run_id: the MLflow run id.
+        :param state: a terminal state.
+        """
+        run = self.client.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            self.client.set_terminated(run_id, state.mlflow_status)
+
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """All values of one metric, ordered by step then time.
+
+        :param run_id: the MLflow run id.
+        :param key: the metric's name.
+        """
+        history = self.client.get_metric_history(run_id, key)
+        return sorted(history, key=lambda m: (m.step, m.timestamp))
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """Every artifact file path below ``path`` (recursively).
+
+        :param run_id: the MLflow run id.
+        :param path: a folder inside the run's artifacts (None: the root).
+        """
+        files: list[str] = []
+        for info in self.client.list_artifacts(run_id, path):
+            if info.is_dir:
+                files.extend(self.list_artifacts(run_id, info.path))
+            else:
+                files.append(info.path)
+        return files
+
+
+def _clip_tags(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:_MAX_TAG_VALUE] for k, v in tags.items()}
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+

@@ -1,0 +1,200 @@
+"""Watches one submitted run: streams its log, relays its events, finalizes it on any ending.
+
+A watcher holds nothing that is not also on the target or in MLflow, so any process can start
+one for a run (``wait_for_completion``, a retried Airflow task, a trigger) and carry on where the
+last one stopped. Finalizing happens on success, failure, timeout, cancel and loss alike: the
+driver log, ``./outputs`` and ``./logs`` reach MLflow, then the MLflow status is set and the
+job's folder on the target is removed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from airflow_provider.core.relay import EventRelay
+from airflow_provider.core.targets import job_runner
+from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
+from airflow_provider.core.tracking import RunState, Tags, Tracker
+
+__all__ = ["OutputSink", "RunWatcher", "final_state"]
+
+log = logging.getLogger(__name__)
+
+OutputSink = Callable[[str], None]
+"""Receives the run's output one line at a time (without the newline)."""
+
+DRIVER_LOG_ARTIFACT = "system_logs/driver.log"
+_LOG_TAIL_BYTES = 4096
+_LOG_TAIL_LINES = 40
+
+
+def final_state(status: JobStatus) -> tuple[RunState, str]:
+    """The terminal state and error message for how a job ended.
+
+    :param status: the job's final status.
+    """
+    if status.succeeded:
+        return RunState.COMPLETED, ""
+    if status.reason == job_runner.REASON_CANCELED:
+        return RunState.CANCELED, status.message or "the run was canceled"
+    if status.state == "lost":
+        return RunState.FAILED, f"the job was lost: {status.message}"
+    if status.state == "not_found":
+        return RunState.FAILED, "the job's folder is gone from the target"
+    return RunState.FAILED, status.message or f"the command exited with code {status.exit_code}"
+
+
+class RunWatcher:
+    """Drives one run from Running to its terminal state.
+
+    :param tracker: where the run lives.
+    :param target: where the job runs.
+    :param handle: the job.
+    :param run_id: the MLflow run id.
+    :param output: where the run's output lines go live (None: nowhere).
+    :param upload_interval: seconds between uploads of the driver log and ``./logs`` while running.
+    """
+
+    def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
+                 output: OutputSink | None = None, upload_interval: float = 15.0) -> None:
+        self.tracker = tracker
+        self.target = target
+        self.handle = handle
+        self.run_id = run_id
+        self.output = output
+        self.upload_interval = upload_interval
+        self.relay = EventRelay(tracker, target, handle, run_id)
+        self.log_offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial_line = ""
+        self._last_upload = time.monotonic()
+        self._uploaded_logs: dict[str, tuple[int, int]] = {}
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> JobStatus:
+        """Poll once: relay new events, stream new output, upload logs when due.
+
+        :return: the job's status after this step.
+        """
+        status = self.target.poll(self.handle)
+        self.relay.pump()
+        self.stream_output()
+        if status.state == "running" and time.monotonic() - self._last_upload >= self.upload_interval:
+            self._upload_logs()
+        return status
+
+    def stream_output(self, final: bool = False) -> int:
+        """Send complete new lines of the driver log to the output sink.
+
+        :param final: also flush a last line that has no newline.
+        :return: how many bytes were read.
+        """
+        total = 0
+        while True:
+            chunk = self.target.read(self.handle, "driver", self.log_offset)
+            if not chunk:
+                break
+            self.log_offset += len(chunk)
+            total += len(chunk)
+            text = self._partial_line + self._decoder.decode(chunk)
+            lines = text.split("\n")
+            self._partial_line = lines.pop()
+            if self.output is not None:
+                for line in lines:
+                    self.output(line)
+        if final:
+            text = self._partial_line + self._decoder.decode(b"", final=True)
+            self._partial_line = ""
+            if text and self.output is not None:
+                self.output(text)
+        return total
+
+    def watch(self, poll_interval: float = 1.0) -> JobStatus:
+        """Step until the job ends, polling quickly at first, then every ``poll_interval`` seconds.
+
+        :param poll_interval: the longest pause between two polls.
+        :return: the final status.
+        """
+        pause = 0.005
+        while True:
+            status = self.step()
+            if status.state != "running":
+                return status
+            time.sleep(pause)
+            pause = min(poll_interval, pause * 1.5)
+
+    # ------------------------------------------------------------------ the end
+    def finalize(self, status: JobStatus) -> RunState:
+        """Collect everything, record the terminal state, clean up the target.
+
+        :param status: how the job ended.
+        :return: the terminal state recorded.
+        """
+        state, error = final_state(status)
+        self.tracker.set_state(self.run_id, RunState.FINALIZING)
+        problems: list[str] = []
+        for action in (self.relay.pump, lambda: self.stream_output(final=True), self._upload_final):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - finalizing must reach the terminal state
+                log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
+                problems.append(f"{type(exc).__name__}: {exc}")
+        tags = {}
+        if status.exit_code is not None:
+            tags[Tags.EXIT_CODE] = str(status.exit_code)
+        if error or problems:
+            tail = self.log_tail()
+            message = error or "the run ended but collecting its results failed"
+            if problems:
+                message += " (while finalizing: " + "; ".join(problems) + ")"
+            tags[Tags.ERROR] = message
+            tags[Tags.ERROR_LOG_TAIL] = tail
+            if not error:
+                state = RunState.FAILED
+        self.tracker.set_state(self.run_id, state, tags)
+        self.tracker.terminate(self.run_id, state)
+        self.target.cleanup(self.handle)
+        return state
+
+    def log_tail(self) -> str:
+        """The last lines of the driver log."""
+        start = max(0, self.log_offset - _LOG_TAIL_BYTES)
+        data = self.target.read(self.handle, "driver", start, _LOG_TAIL_BYTES)
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+    def _upload_logs(self) -> None:
+        """Upload the driver log and changed files of ``./logs`` while the run goes on."""
+        self._last_upload = time.monotonic()
+        try:
+            with tempfile.TemporaryDirectory(prefix="watch-") as scratch:
+                self._upload_driver_log(Path(scratch))
+                logs = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/logs", Path(scratch))
+                if logs is not None and logs.is_dir():
+                    for path in sorted(p for p in logs.rglob("*") if p.is_file()):
+                        stat = path.stat()
+                        key = path.relative_to(logs).as_posix()
+                        if self._uploaded_logs.get(key) != (stat.st_size, stat.st_mtime_ns):
+                            folder = Path("logs", key).parent.as_posix()
+                            self.tracker.log_artifact(self.run_id, path, folder)
+                            self._uploaded_logs[key] = (stat.st_size, stat.st_mtime_ns)
+        except Exception:  # noqa: BLE001 - a failed interim upload is retried at the next interval
+            log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
+
+    def _upload_driver_log(self, scratch: Path) -> None:
+        driver = self.target.fetch(self.handle, job_runner.DRIVER_LOG, scratch)
+        if driver is not None:
+            self.tracker.log_artifact(self.run_id, driver, "system_logs")
+
+    def _upload_final(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="finalize-") as scratch:
+            self._upload_driver_log(Path(scratch))
+            for name in ("outputs", "logs"):
+                folder = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/{name}", Path(scratch))
+                if folder is not None and folder.is_dir() and any(folder.iterdir()):
+                    self.tracker.log_artifact(self.run_id, folder, name)
