@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_provider.core.snapshot import SnapshotStore  # noqa: E402
+from airflow_provider.core.snapshot import SnapshotStore
 
 FOLDERS = ["src", "src/models", "src/models/layers", "src/data", "configs", "notebooks", "assets/img"]
 
@@ -37,8 +37,8 @@ def generate(source: Path, files: int, total_bytes: int, seed: int = 7) -> None:
     rest = total_bytes - sum(big)
     sizes = big + [rest // (files - len(big))] * (files - len(big))
     (source / ".gitignore").write_text("__pycache__/\n*.pyc\n/outputs/\n")
-    for folder in [*FOLDERS, "outputs"]:
-        (source / folder).mkdir(parents=True, exist_ok=True)
+    for name in [*FOLDERS, "outputs"]:
+        (source / name).mkdir(parents=True, exist_ok=True)
     for index, size in enumerate(sizes):
         folder = source / FOLDERS[index % len(FOLDERS)] / f"part{index % 10}"
         folder.mkdir(exist_ok=True)

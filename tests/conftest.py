@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,3 +29,66 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     yield state
+
+
+def _open_runs(database: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        try:
+            rows = connection.execute(
+                "SELECT run_uuid FROM runs WHERE status IN ('RUNNING', 'SCHEDULED') AND lifecycle_stage='active'"
+            ).fetchall()
+        except sqlite3.OperationalError:  # the store was never initialised
+            return []
+    return [row[0] for row in rows]
+
+
+def _live_runner_pids(state: Path) -> list[int]:
+    import json
+
+    from airflow_provider.core.targets import job_runner
+
+    alive = []
+    for runner_state in state.glob("local/jobs/*/runner.json"):
+        data = json.loads(runner_state.read_text())
+        for pid_key, ticks_key in (("runner_pid", "runner_start_ticks"), ("child_pid", None)):
+            pid = data.get(pid_key)
+            if pid and job_runner.is_alive(int(pid), data.get(ticks_key) if ticks_key else None):
+                alive.append(int(pid))
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(isolated_state: Path) -> Iterator[None]:
+    """Fail a test that leaves an MLflow run open or a job process running in its state folder."""
+    yield
+    database = isolated_state / "mlflow.db"
+    if database.exists():
+        still_open = _open_runs(database)
+        assert not still_open, f"the test left MLflow runs open: {still_open}"
+    leftovers = _live_runner_pids(isolated_state)
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    assert not leftovers, f"the test left job processes running: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def _mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty MLflow SQLite store, made once per session (migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    database = folder / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
+
+
+@pytest.fixture
+def tracking_uri(isolated_state: Path, _mlflow_db_template: Path) -> str:
+    """The test's own MLflow store: the embedded default location, pre-initialised."""
+    import shutil
+
+    shutil.copyfile(_mlflow_db_template, isolated_state / "mlflow.db")
+    return f"sqlite:///{isolated_state / 'mlflow.db'}"

@@ -56,8 +56,8 @@ class ScriptRunConfig:
     script: str | os.PathLike[str] | None = None
     command: str | list[Any] | None = None
     arguments: list[Any] | None = None
-    compute_target: Union[str, ComputeTarget] = "local"
-    environment: Union[Environment, str, None] = None
+    compute_target: str | ComputeTarget = "local"
+    environment: Environment | str | None = None
     distributed_job_config: DistributedConfig | None = None
     max_run_duration_seconds: float | None = None
     environment_variables: dict[str, str] | None = None
@@ -184,10 +184,10 @@ def _render_arguments(arguments: object) -> list[str]:
 def _render_argument(name: str, value: object) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, bool) or isinstance(value, (int, float)):
+    if isinstance(value, (bool, int, float)):
         return str(value)
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[arg-type]
+        return str(os.fspath(value))
     try:
         import numbers
 

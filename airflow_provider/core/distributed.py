@@ -6,7 +6,7 @@ They validate here; launching them is the job of the targets that support them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from airflow_provider.core.errors import ConfigurationError
 
@@ -120,7 +120,7 @@ class TensorflowConfiguration:
         return {"type": "tensorflow", **asdict(self)}
 
 
-DistributedConfig = Union[MpiConfiguration, PyTorchConfiguration, TensorflowConfiguration]
+DistributedConfig = MpiConfiguration | PyTorchConfiguration | TensorflowConfiguration
 
 _BY_TYPE: dict[str, type[MpiConfiguration] | type[PyTorchConfiguration] | type[TensorflowConfiguration]] = {
     "mpi": MpiConfiguration,

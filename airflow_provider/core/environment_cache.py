@@ -145,6 +145,8 @@ class EnvironmentCache:
             return self._cached(env, fingerprint)
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / f"{fingerprint}.lock")):
+            if (final / MARKER_NAME).exists():
+                return self._cached(env, fingerprint)
             self._remove_stale_temps(fingerprint)
             return self._build(env, fingerprint)
 
@@ -237,6 +239,7 @@ class EnvironmentCache:
                 f"Building environment {_label(env)} failed: {step} exited with code {code} "
                 f"(full log: {log.name}).",
                 "\n".join(tail[-LOG_TAIL_LINES:]),
+                Path(log.name),
             )
 
     def _find_uv(self) -> str | None:

@@ -81,7 +81,8 @@ class TableEvent:
     columns: dict[str, list[Any]]
 
 
-Event = Union[MetricEvent, TagEvent, FileEvent, RowEvent, TableEvent]
+# Union, not |: this module also runs inside the job, on whatever Python the target has.
+Event = Union[MetricEvent, TagEvent, FileEvent, RowEvent, TableEvent]  # noqa: UP007
 
 
 def encode_event(event: Event) -> bytes:

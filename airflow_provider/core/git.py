@@ -185,7 +185,7 @@ def _read(path: Path) -> GitState | None:
             return None
         diff = raw_diff.decode("utf-8", "replace")
 
-    url = _git(root, env, "config", "--get", "remote.origin.url", ok_codes=(0, 1))
+    url = _git(root, env, "config", "--get", "remote.origin.url")  # exit 1: no origin
     url_text = url.decode("utf-8", "replace").strip() if url else ""
     return GitState(
         commit=commit,
@@ -203,7 +203,7 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-def _git(cwd: Path, env: dict[str, str], *args: str, ok_codes: tuple[int, ...] = (0,)) -> bytes | None:
+def _git(cwd: Path, env: dict[str, str], *args: str) -> bytes | None:
     """Run one git command; its stdout, or ``None`` when git is missing, fails or times out."""
     command = ["git", "-C", str(cwd), "-c", "safe.directory=*", "-c", "core.quotePath=false", *args]
     try:
@@ -217,7 +217,7 @@ def _git(cwd: Path, env: dict[str, str], *args: str, ok_codes: tuple[int, ...] =
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if result.returncode not in ok_codes:
+    if result.returncode != 0:
         return None
     return result.stdout
 

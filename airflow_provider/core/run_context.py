@@ -178,11 +178,11 @@ class Run:
             print(f"Attempted to upload file {name}")
             return
         staged = self._stage_name(name)
-        if hasattr(path_or_stream, "read"):
-            with open(staged, "wb") as out:
-                shutil.copyfileobj(path_or_stream, out)  # type: ignore[misc]
+        if isinstance(path_or_stream, (str, os.PathLike)):
+            shutil.copyfile(os.fspath(path_or_stream), staged)
         else:
-            shutil.copyfile(os.fspath(path_or_stream), staged)  # type: ignore[arg-type]
+            with open(staged, "wb") as out:
+                shutil.copyfileobj(path_or_stream, out)
         self._emit_file(name, staged)
 
     def log_image(self, name: str, path: str | os.PathLike[str] | None = None, plot: Any = None,

@@ -11,19 +11,20 @@ result as a manifest; ``SnapshotStore.restore`` rebuilds the exact tree elsewher
     └── statcache/<key>.json      per source directory (<key> = sha256 of its resolved path):
                                   relative path -> [size, mtime_ns, inode, ctime_ns, digest]
 
-Every file is written to a temporary name next to its final place and moved with ``os.replace``,
-so readers never see a partial file; leftover ``.*.tmp`` files after a crash are garbage. Blobs are
-written before the manifest that names them, so an existing manifest means all its blobs exist.
-Empty directories are not part of a snapshot (as in git). Sockets, FIFOs and devices are skipped.
+Every file is written under a temporary name next to its final place, then moved with
+``os.replace``, so readers never see a partial file (``.*.tmp`` leftovers of a crash are garbage).
+Blobs are written before the manifest naming them: an existing manifest means all its blobs exist.
+Empty directories are not part of a snapshot (as in git); sockets, FIFOs and devices are skipped.
 
-The stat cache lets an unchanged directory be snapshotted without reading file contents. An
-entry is trusted only when size, mtime, inode and ctime all match, and entries are recorded only
-for files whose mtime is more than two seconds older than the snapshot, so a file written in the
-same clock tick as a snapshot is always hashed again ("racy git").
+The stat cache lets an unchanged directory be snapshotted without reading any file. An entry is
+trusted only when size, mtime, inode and ctime all match, and it is recorded only for a file whose
+mtime is more than two seconds older than the snapshot, so a file written in the same clock tick
+as a snapshot is hashed again next time ("racy git").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -48,10 +49,11 @@ SOURCE_FIELD = "ScriptRunConfig.source_directory"
 DEFAULT_MAX_BYTES = 300 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _RACY_NS = 2_000_000_000
-_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _tmp_counter = itertools.count()
 
-_Specs = tuple[tuple[str, GitIgnoreSpec], ...]
+# (folder prefix such as "pkg/", its ignore spec, a regex matching when any of its patterns does)
+_Specs = tuple[tuple[str, GitIgnoreSpec, "re.Pattern[str]"], ...]
 _Found = tuple[str, str, os.stat_result]  # (relative POSIX path, path to open, stat of the content)
 
 
@@ -73,7 +75,7 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An immutable snapshot: the sorted manifest entries and the id derived from them.
+    """An immutable snapshot: the manifest entries sorted by path, and the id derived from them.
 
     :param id: sha256 hex digest of :meth:`manifest_json`.
     :param entries: the files, sorted by path.
@@ -84,7 +86,7 @@ class Snapshot:
 
     @classmethod
     def from_entries(cls, entries: Iterable[ManifestEntry]) -> Snapshot:
-        """Sort ``entries`` and compute the snapshot id.
+        """Sort ``entries`` by path and compute the snapshot id.
 
         :param entries: the files of the snapshot, in any order.
         """
@@ -93,31 +95,32 @@ class Snapshot:
 
     @property
     def total_size(self) -> int:
-        """Total size in bytes of the files in the snapshot."""
+        """Total size in bytes of the files."""
         return sum(entry.size for entry in self.entries)
 
     def manifest_json(self) -> str:
-        """Return the canonical manifest ``{"version": 1, "entries": [[path, digest, size, exec]]}``."""
+        """Return the canonical manifest ``{"entries": [[path, digest, size, exec], ...], "version": 1}``."""
         return _canonical(self.entries)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-compatible dict (the manifest plus ``id``); see :meth:`from_dict`."""
+        """Return a JSON-compatible dict: the manifest plus ``id``; see :meth:`from_dict`."""
         return {"id": self.id, **json.loads(self.manifest_json())}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
-        """Rebuild a snapshot from :meth:`to_dict` output (or a manifest) and check its id.
+        """Rebuild a snapshot from :meth:`to_dict` output (or a bare manifest), checking its id.
 
         :param data: the dict; ``id`` is optional and, when present, must match the entries.
         :raises SnapshotError: when ``data`` is not a valid manifest or its id does not match.
         """
         try:
-            snapshot = cls.from_entries(
-                ManifestEntry(str(path), str(digest), int(size), bool(executable))
-                for path, digest, size, executable in data["entries"]
-            )
+            entries = [ManifestEntry(str(p), str(d), int(s), bool(x)) for p, d, s, x in data["entries"]]
+            bad = next((entry.digest for entry in entries if not _HEX64.match(entry.digest)), None)
+            if bad is not None:
+                raise ValueError(f"digest {bad!r} is not a sha256 hex digest")
         except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotError("snapshot", f"not a snapshot manifest ({exc!r}).") from exc
+            raise SnapshotError("snapshot", f"not a snapshot manifest ({exc}).") from exc
+        snapshot = cls.from_entries(entries)
         if data.get("id", snapshot.id) != snapshot.id:
             raise SnapshotError("snapshot", f"id {data['id']} does not match its entries ({snapshot.id}).")
         return snapshot
@@ -130,7 +133,7 @@ class SnapshotResult:
     :param snapshot: the snapshot taken.
     :param new_blobs: how many blobs this call wrote to the store.
     :param new_bytes: how many bytes those blobs hold.
-    :param skipped_links: links to a directory containing them (loops), which were not followed.
+    :param skipped_links: links to a directory that contains them (loops); not followed.
     """
 
     snapshot: Snapshot
@@ -148,6 +151,7 @@ class SnapshotStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else state_dir() / "snapshots"
         self._blobs = str(self.root / "blobs")
+        self._made_dirs: set[str] = set()
 
     def blob_path(self, digest: str) -> Path:
         """Return where the blob of ``digest`` lives: ``root/blobs/ab/abcdef…``.
@@ -164,7 +168,7 @@ class SnapshotStore:
         return os.path.isfile(self._blob(digest))
 
     def take(self, source_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> SnapshotResult:
-        """Snapshot ``source_dir``, storing only blobs the store does not hold yet.
+        """Snapshot ``source_dir``, storing only the blobs the store does not hold yet.
 
         :param source_dir: the directory to snapshot.
         :param max_bytes: largest total size of the included files.
@@ -174,7 +178,7 @@ class SnapshotStore:
         if not source.is_dir():
             problem = "is not a directory" if source.exists() else "does not exist"
             raise SnapshotError(SOURCE_FIELD, f"{str(source)!r} {problem}.", "Pass the script's folder.")
-        start_ns = time.time_ns()
+        racy_ns = time.time_ns() - _RACY_NS
         ignore_name = ".amlignore" if (source / ".amlignore").is_file() else ".gitignore"
         found, skipped = _walk(str(source), ignore_name)
         total = sum(st.st_size for _, _, st in found)
@@ -185,15 +189,15 @@ class SnapshotStore:
         cache_path = self.root / "statcache" / f"{hashlib.sha256(real.encode()).hexdigest()}.json"
         old_cache = _read_cache(cache_path, real)
         new_cache: dict[str, list[Any]] = {}
-        racy_ns = start_ns - _RACY_NS
+        found.sort()  # by relative path (unique), so entries are built in manifest order
         digests: list[str] = []
         for rel, path, st in found:
-            key = list(_stamp(st))
+            key = _stamp(st)
             cached = old_cache.get(rel)
             if cached is not None and cached[:4] == key and st.st_mtime_ns < racy_ns:
                 digest: str = cached[4]
             else:
-                digest = _hash_file(path, rel)
+                digest = _hash_file(rel, path, st.st_size)
             if st.st_mtime_ns < racy_ns:
                 new_cache[rel] = [*key, digest]
             digests.append(digest)
@@ -223,15 +227,15 @@ class SnapshotStore:
         :raises SnapshotError: when the store holds no such snapshot.
         """
         manifest = self.root / "manifests" / f"{snapshot_id}.json"
-        if not _ID_PATTERN.match(snapshot_id) or not manifest.is_file():
+        if not _HEX64.match(snapshot_id) or not manifest.is_file():
             raise SnapshotError(
                 "snapshot_id",
                 f"no snapshot {snapshot_id!r} in the snapshot store {self.root}.",
-                "Use an id returned by SnapshotStore.take() on this machine's state folder.",
+                "Use an id returned by SnapshotStore.take() with the same state folder.",
             )
         snapshot = Snapshot.from_dict(json.loads(manifest.read_text(encoding="utf-8")))
         if snapshot.id != snapshot_id:
-            raise SnapshotError("snapshot_id", f"manifest {manifest} is corrupt (id {snapshot.id}).")
+            raise SnapshotError("snapshot_id", f"manifest {manifest} is corrupt (its id is {snapshot.id}).")
         return snapshot
 
     def materialize(self, snapshot: Snapshot, dest: str | Path) -> None:
@@ -242,18 +246,17 @@ class SnapshotStore:
         :raises FileExistsError: when ``dest`` exists and is not an empty directory.
         :raises SnapshotError: when a path is unsafe or a blob is missing from the store.
         """
-        target_root = Path(dest)
-        if target_root.exists() and (not target_root.is_dir() or any(target_root.iterdir())):
-            raise FileExistsError(f"cannot materialize snapshot {snapshot.id}: {target_root} is not empty")
-        target_root.mkdir(parents=True, exist_ok=True)
+        root = Path(dest)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise FileExistsError(f"cannot materialize snapshot {snapshot.id}: {root} is not empty")
+        root.mkdir(parents=True, exist_ok=True)
         made: set[str] = set()
         for entry in snapshot.entries:
             parts = entry.path.split("/")
             if any(part in ("", ".", "..") for part in parts):
                 raise SnapshotError("snapshot", f"unsafe path {entry.path!r} in snapshot {snapshot.id}.")
-            target = os.path.join(target_root, *parts)
-            parent = os.path.dirname(target)
-            if parent not in made:
+            target = os.path.join(root, *parts)
+            if (parent := os.path.dirname(target)) not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
             try:
@@ -266,7 +269,7 @@ class SnapshotStore:
                 ) from exc
             if entry.executable:
                 mode = os.stat(target).st_mode
-                os.chmod(target, mode | ((mode & 0o444) >> 2))
+                os.chmod(target, mode | ((mode & 0o444) >> 2))  # x wherever r, like chmod +x
 
     def restore(self, snapshot_id: str, dest: str | Path) -> Path:
         """Load ``snapshot_id`` and materialize it into ``dest``; return ``dest``.
@@ -281,9 +284,11 @@ class SnapshotStore:
         return f"{self._blobs}/{digest[:2]}/{digest}"
 
     def _write_blob(self, rel: str, path: str, st: os.stat_result, digest: str) -> None:
-        target = self._blob(digest)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{os.path.dirname(target)}/.{digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"
+        """Copy ``path`` into the blob of ``digest``; refuse if it changed since ``st`` was taken."""
+        if (folder := f"{self._blobs}/{digest[:2]}") not in self._made_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._made_dirs.add(folder)
+        tmp = f"{folder}/.{digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"
         try:
             try:
                 shutil.copyfile(path, tmp)
@@ -291,28 +296,25 @@ class SnapshotStore:
             except OSError as exc:
                 raise _unreadable(rel, exc) from exc
             if _stamp(after) != _stamp(st):
-                raise SnapshotError(
-                    SOURCE_FIELD,
-                    f"{rel} changed while it was being snapshotted.",
-                    "Submit again once nothing writes into the source directory.",
-                )
-            os.replace(tmp, target)
+                raise _changed(rel)
+            os.replace(tmp, f"{folder}/{digest}")
         finally:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+def _stamp(st: os.stat_result) -> list[int]:
+    """What the stat cache compares: size, mtime, inode, ctime."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _canonical(entries: Iterable[ManifestEntry]) -> str:
-    rows = [[e.path, e.digest, e.size, e.executable] for e in entries]
+    rows = [[entry.path, entry.digest, entry.size, entry.executable] for entry in entries]
     return json.dumps({"entries": rows, "version": 1}, separators=(",", ":"), sort_keys=True)
 
 
 def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
-    """Return the included files (sorted later) and the directory links skipped as loops."""
+    """Return the included files and the directory links skipped because they loop."""
     root_real = os.path.realpath(root)
     root_stat = os.stat(root)
     found: list[_Found] = []
@@ -325,12 +327,8 @@ def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
         try:
             with os.scandir(path) as iterator:
                 entries = list(iterator)
-            for entry in entries:
-                if entry.name == ignore_name and entry.is_file():
-                    with open(entry.path, encoding="utf-8", errors="replace") as lines:
-                        spec = GitIgnoreSpec.from_lines(lines)
-                    if len(spec):
-                        specs = (*specs, (prefix, spec))
+            if any(entry.name == ignore_name and entry.is_file() for entry in entries):
+                specs = (*specs, *_read_spec(os.path.join(path, ignore_name), prefix))
         except OSError as exc:
             raise _unreadable(prefix or ".", exc) from exc
         for entry in entries:
@@ -348,12 +346,10 @@ def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
                 target = os.path.realpath(entry.path)
                 if st is None or not (target == root_real or target.startswith(root_real + os.sep)):
                     raise _link_error(rel, os.readlink(entry.path), target, dangling=st is None)
-                if is_dir:
-                    node = (st.st_dev, st.st_ino)
-                    if node in ancestors:
-                        skipped.append(rel)
-                    else:
-                        stack.append((entry.path, rel + "/", specs, ancestors | {node}))
+                if is_dir and (st.st_dev, st.st_ino) in ancestors:
+                    skipped.append(rel)
+                elif is_dir:
+                    stack.append((entry.path, rel + "/", specs, ancestors | {(st.st_dev, st.st_ino)}))
                 elif stat.S_ISREG(st.st_mode):
                     found.append((rel, entry.path, st))
             elif entry.is_dir(follow_symlinks=False):
@@ -365,23 +361,40 @@ def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
     return found, skipped
 
 
+def _read_spec(path: str, prefix: str) -> _Specs:
+    """Parse one ignore file; also build one regex telling fast whether any pattern matches."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        spec = GitIgnoreSpec.from_lines(lines)
+    regexes = [p.regex.pattern for p in spec.patterns if p.include is not None and p.regex is not None]
+    if not regexes:
+        return ()
+    try:  # named groups would clash once joined; matching does not need them
+        quick = re.compile("|".join(re.sub(r"\(\?P<\w+>", "(?:", str(r)) for r in regexes))
+    except re.error:
+        quick = re.compile("")  # always "maybe": fall back to pathspec for every path
+    return ((prefix, spec, quick),)
+
+
 def _ignored(specs: _Specs, rel: str, is_dir: bool) -> bool:
-    """Apply the ignore files from the deepest up; the deepest one with a matching pattern wins."""
-    for prefix, spec in reversed(specs):
-        result = spec.check_file(rel[len(prefix) :] + ("/" if is_dir else ""))
-        if result.include is not None:
-            return result.include
+    """Apply the ignore files from the deepest up: the deepest one with a matching pattern decides."""
+    for prefix, spec, quick in reversed(specs):
+        path = rel[len(prefix) :] + ("/" if is_dir else "")
+        if quick.search(path) and (include := spec.check_file(path).include) is not None:
+            return include
     return False
 
 
-def _hash_file(path: str, rel: str) -> str:
-    digest = hashlib.sha256()
+def _hash_file(rel: str, path: str, size: int) -> str:
+    digest, read = hashlib.sha256(), 0
     try:
         with open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
+                read += len(chunk)
     except OSError as exc:
         raise _unreadable(rel, exc) from exc
+    if read != size:
+        raise _changed(rel)
     return digest.hexdigest()
 
 
@@ -415,23 +428,21 @@ def _human(size: float) -> str:
 
 
 def _too_big(source: Path, found: list[_Found], total: int, limit: int, ignore_name: str) -> SnapshotError:
-    largest = sorted(found, key=lambda item: item[2].st_size, reverse=True)[:5]
     folders: dict[str, int] = {}
     for rel, _, st in found:
         if "/" in rel:
             top = rel.split("/", 1)[0] + "/"
             folders[top] = folders.get(top, 0) + st.st_size
-    top_folders = sorted(folders.items(), key=lambda item: item[1], reverse=True)[:5]
-    files_text = ", ".join(f"{rel} ({_human(st.st_size)})" for rel, _, st in largest)
-    folders_text = ", ".join(f"{name} ({_human(size)})" for name, size in top_folders) or "none"
-    example = top_folders[0][0] if top_folders else largest[0][0]
+    files = sorted(((rel, st.st_size) for rel, _, st in found), key=lambda item: -item[1])[:5]
+    tops = sorted(folders.items(), key=lambda item: -item[1])[:5]
+    listing = [", ".join(f"{name} ({_human(size)})" for name, size in top) or "none" for top in (files, tops)]
     return SnapshotError(
         SOURCE_FIELD,
         f"{source} holds {len(found)} files totalling {_human(total)} (after applying {ignore_name}), "
-        f"more than the snapshot limit of {_human(limit)}. Largest files: {files_text}. "
-        f"Largest top-level folders: {folders_text}.",
-        f"Add what the run does not need to {source / '.amlignore'} (or .gitignore when there is no "
-        f".amlignore), e.g. a line `{example}`, or raise the limit with "
+        f"more than the snapshot limit of {_human(limit)}. Largest files: {listing[0]}. "
+        f"Largest top-level folders: {listing[1]}.",
+        f"add what the run does not need to {source / '.amlignore'} (or .gitignore when there is no "
+        f".amlignore), e.g. a line `{(tops or files)[0][0]}`, or raise the limit with "
         "ScriptRunConfig(snapshot_size_limit_mb=...).",
     )
 
@@ -451,4 +462,12 @@ def _unreadable(rel: str, exc: OSError) -> SnapshotError:
         SOURCE_FIELD,
         f"cannot read {rel}: {exc.strerror or exc}.",
         f"make {rel} readable by this user, or add it to .amlignore.",
+    )
+
+
+def _changed(rel: str) -> SnapshotError:
+    return SnapshotError(
+        SOURCE_FIELD,
+        f"{rel} changed while it was being snapshotted.",
+        "submit again once nothing writes into the source directory.",
     )

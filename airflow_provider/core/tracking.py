@@ -264,13 +264,17 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def terminate(self, run_id: str, state: RunState) -> None:
-        """End the MLflow run with the status of ``state``, only if it is still active.
+        """End the MLflow run with the status of ``state``.
+
+        The watcher owns a submitted run's final status: a script that used ``mlflow`` directly
+        has MLflow's ``atexit`` hook mark the run FINISHED when it exits, even when it then fails,
+        so a status that differs from ``state`` is overwritten.
 
         :param run_id: the MLflow run id.
         :param state: a terminal state.
         """
         run = self.client.get_run(run_id)
-        if run.info.status in ("RUNNING", "SCHEDULED"):
+        if run.info.status != state.mlflow_status or not run.info.end_time:
             self.client.set_terminated(run_id, state.mlflow_status)
 
     def metric_history(self, run_id: str, key: str) -> list[Metric]:

@@ -141,7 +141,7 @@ class RunWatcher:
         for action in (self.relay.pump, lambda: self.stream_output(final=True), self._upload_final):
             try:
                 action()
-            except Exception as exc:  # noqa: BLE001 - finalizing must reach the terminal state
+            except Exception as exc:
                 log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
                 problems.append(f"{type(exc).__name__}: {exc}")
         tags = {}
@@ -183,7 +183,7 @@ class RunWatcher:
                             folder = Path("logs", key).parent.as_posix()
                             self.tracker.log_artifact(self.run_id, path, folder)
                             self._uploaded_logs[key] = (stat.st_size, stat.st_mtime_ns)
-        except Exception:  # noqa: BLE001 - a failed interim upload is retried at the next interval
+        except Exception:
             log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
 
     def _upload_driver_log(self, scratch: Path) -> None:

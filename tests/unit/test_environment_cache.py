@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +10,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Literal, cast
 
 import pytest
 
@@ -23,35 +22,12 @@ from airflow_provider.core.environment_cache import (
     environment_fingerprint,
 )
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
+from tests.conftest import skip_or_fail
+from tests.helpers import make_wheel
 
 REPO_ROOT = Path(environment_cache.__file__).resolve().parents[2]
 INSTALLERS = ["uv", "pip"]
-
-
-def _record_line(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{name},sha256={digest},{len(data)}"
-
-
-def make_wheel(folder: Path, name: str, version: str, module: str, entry_points: str = "") -> Path:
-    """Write a minimal pure-Python wheel by hand (a zip with dist-info) and return its path."""
-    dist_info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": module.encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist_info}/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    if entry_points:
-        files[f"{dist_info}/entry_points.txt"] = entry_points.encode()
-    record = [_record_line(path, data) for path, data in files.items()] + [f"{dist_info}/RECORD,,"]
-    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in files.items():
-            archive.writestr(member, data)
-    return path
+InstallerName = Literal["uv", "pip"]
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +48,13 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(params=INSTALLERS)
-def installer(request: pytest.FixtureRequest) -> str:
+def installer(request: pytest.FixtureRequest) -> InstallerName:
     if request.param == "uv" and shutil.which("uv") is None:
         try:
             import uv  # noqa: F401
         except ImportError:
-            pytest.skip("uv is not installed")
-    return str(request.param)
+            skip_or_fail("uv is not installed")
+    return cast(InstallerName, request.param)
 
 
 def pip_env(*requirements: str | Path, name: str = "train-env") -> Environment:
@@ -168,11 +144,11 @@ def test_user_managed_with_a_bad_interpreter_is_a_configuration_error(tmp_path: 
 
 # ----------------------------------------------------------------- pip environments
 def test_pip_environment_is_built_once_then_reused(
-    tmp_path: Path, wheels: dict[str, Path], installer: str
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
 ) -> None:
     root = tmp_path / "envs"
     env = pip_env(wheels["tiny"])
-    first = EnvironmentCache(root, installer=installer).prepare(env)  # type: ignore[arg-type]
+    first = EnvironmentCache(root, installer=installer).prepare(env)
     assert first.built and first.kind == "pip"
     assert first.build_log is not None and first.build_log.is_file()
     assert first.build_log.parent == root / "logs"
@@ -184,7 +160,7 @@ def test_pip_environment_is_built_once_then_reused(
     assert run_python(sys.executable, "import importlib.util as u; print(u.find_spec('tinypkg'))") == "None"
     assert str(wheels["tiny"]) in (root / first.fingerprint / "requirements.txt").read_text()
 
-    second = EnvironmentCache(root, installer=installer).prepare(env)  # type: ignore[arg-type]
+    second = EnvironmentCache(root, installer=installer).prepare(env)
     assert not second.built and second.build_log is None
     assert (second.python, second.fingerprint) == (first.python, first.fingerprint)
     assert "cache" in second.description
@@ -193,9 +169,11 @@ def test_pip_environment_is_built_once_then_reused(
     assert PreparedEnvironment.from_dict(first.to_dict()) == first
 
 
-def test_environment_works_after_the_rename(tmp_path: Path, wheels: dict[str, Path], installer: str) -> None:
+def test_environment_works_after_the_rename(
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
+) -> None:
     root = tmp_path / "envs"
-    prepared = EnvironmentCache(root, installer=installer).prepare(pip_env(wheels["tiny"]))  # type: ignore[arg-type]
+    prepared = EnvironmentCache(root, installer=installer).prepare(pip_env(wheels["tiny"]))
     bin_dir = root / prepared.fingerprint / "bin"
     for path in bin_dir.iterdir():
         if path.is_file() and not path.is_symlink():
@@ -209,11 +187,11 @@ def test_environment_works_after_the_rename(tmp_path: Path, wheels: dict[str, Pa
 
 
 def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing(
-    tmp_path: Path, wheels: dict[str, Path], installer: str
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
 ) -> None:
     root = tmp_path / "envs"
     env = pip_env(wheels["broken"], name="broken-env")
-    cache = EnvironmentCache(root, installer=installer)  # type: ignore[arg-type]
+    cache = EnvironmentCache(root, installer=installer)
     with pytest.raises(EnvironmentBuildError) as info:
         cache.prepare(env)
     error = info.value
@@ -244,7 +222,9 @@ def test_stale_temporary_folders_are_removed_on_a_miss(tmp_path: Path, wheels: d
 
 
 # ----------------------------------------------------------------- concurrency
-def test_four_threads_build_exactly_once(tmp_path: Path, wheels: dict[str, Path], installer: str) -> None:
+def test_four_threads_build_exactly_once(
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
+) -> None:
     root = tmp_path / "envs"
     env = pip_env(wheels["tiny"])
     barrier = threading.Barrier(4)
@@ -252,7 +232,7 @@ def test_four_threads_build_exactly_once(tmp_path: Path, wheels: dict[str, Path]
     errors: list[BaseException] = []
 
     def worker() -> None:
-        cache = EnvironmentCache(root, installer=installer)  # type: ignore[arg-type]
+        cache = EnvironmentCache(root, installer=installer)
         barrier.wait()
         try:
             results.append(cache.prepare(env))
@@ -291,9 +271,14 @@ print(prepared.built, prepared.python, value)
 """
 
 
-def test_two_processes_build_exactly_once(tmp_path: Path, wheels: dict[str, Path], installer: str) -> None:
+def test_two_processes_build_exactly_once(
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
+) -> None:
     root, go = tmp_path / "envs", tmp_path / "go"
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     command = [sys.executable, "-c", PROCESS_SNIPPET, str(root), installer, str(go), str(wheels["tiny"])]
     processes = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
@@ -302,7 +287,7 @@ def test_two_processes_build_exactly_once(tmp_path: Path, wheels: dict[str, Path
     time.sleep(1.0)  # let both import and wait at the start line
     go.touch()
     outputs = [process.communicate(timeout=240) for process in processes]
-    for process, (_, stderr) in zip(processes, outputs):
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
     lines = sorted(stdout.split() for stdout, _ in outputs)
     assert [line[0] for line in lines] == ["False", "True"]

@@ -18,6 +18,7 @@ way: nothing of the run survives its end.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -245,15 +246,11 @@ class JobRunner:
 
 
 def _signal_all(members: set[int], group: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(group, signum)
-    except OSError:
-        pass
     for pid in members:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signum)
-        except OSError:
-            pass
 
 
 def _become_subreaper() -> None:

@@ -7,6 +7,7 @@ that launched it (an Airflow worker, a deferred task's triggerer, a notebook).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,10 +181,8 @@ def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
     members = job_runner.tree_members(child_pid, child_pid) | {child_pid}
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in members:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signum)
-            except OSError:
-                pass
         deadline = time.monotonic() + (grace_seconds if signum == signal.SIGTERM else 5)
         while time.monotonic() < deadline:
             members = {p for p in members if job_runner.process_start_ticks(p) is not None}

@@ -1,0 +1,79 @@
+"""Small helpers shared by tests: writing training scripts, inspecting processes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import textwrap
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_script(folder: Path, body: str, name: str = "train.py") -> Path:
+    """Write a dedented training script into ``folder`` (created if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                found.append(int(entry))
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, message: str = "condition") -> None:
+    """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.05)
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def make_wheel(folder: Path, name: str, version: str, module: str, entry_points: str = "") -> Path:
+    """Write a minimal pure-Python wheel by hand (a zip with dist-info) and return its path."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": module.encode(),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    if entry_points:
+        files[f"{dist_info}/entry_points.txt"] = entry_points.encode()
+    record = [_record_line(path, data) for path, data in files.items()] + [f"{dist_info}/RECORD,,"]
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return path
