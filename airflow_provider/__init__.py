@@ -1,7 +1,8 @@
 """Airflow provider for training runs: local, Docker, SSH and MPI targets, run history in MLflow.
 
 This module must stay free of Airflow and MLflow imports: training scripts import
-``airflow_provider.core`` through it.
+``airflow_provider.core`` through it, and Airflow calls :func:`get_provider_info` while it
+discovers providers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,28 @@ from typing import Any
 __version__ = "0.1.0"
 
 DISTRIBUTION_NAME = "airflow-provider-training-runs"
+MINIMUM_AIRFLOW_VERSION = "3.2.0"
+
+_STRING = {"type": ["string", "null"]}
+_INTEGER = {"type": ["integer", "null"]}
+_BOOLEAN = {"type": ["boolean", "null"]}
+_SECRET = {"type": ["string", "null"], "format": "password"}
+
+
+def _connection_type(kind: str, hook: str, name: str, fields: dict[str, Any], hidden: list[str],
+                     relabeling: dict[str, str] | None = None,
+                     placeholders: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "hook-class-name": f"airflow_provider.hooks.{hook}",
+        "hook-name": name,
+        "connection-type": kind,
+        "conn-fields": fields,
+        "ui-field-behaviour": {
+            "hidden-fields": hidden,
+            "relabeling": relabeling or {},
+            "placeholders": placeholders or {},
+        },
+    }
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -18,7 +41,74 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": DISTRIBUTION_NAME,
         "name": "Training Runs",
-        "description": "Submit machine-learning training runs to local, Docker, SSH and MPI "
-        "compute targets, with run history in MLflow.",
+        "description": "Submit machine-learning training runs to local, Docker, SSH and MPI compute "
+        "targets, with run history in MLflow (the Azure ML v1 ScriptRunConfig workflow, open source).",
         "versions": [__version__],
+        "integrations": [{"integration-name": "Training Runs", "tags": ["software"]}],
+        "operators": [{"integration-name": "Training Runs",
+                       "python-modules": ["airflow_provider.operators.submit_training_run"]}],
+        "hooks": [{"integration-name": "Training Runs",
+                   "python-modules": ["airflow_provider.hooks.compute", "airflow_provider.hooks.mlflow"]}],
+        "triggers": [{"integration-name": "Training Runs",
+                      "python-modules": ["airflow_provider.triggers.training_run"]}],
+        "extra-links": ["airflow_provider.links.MLflowRunLink"],
+        "connection-types": [
+            _connection_type(
+                "training_local", "compute.LocalComputeHook", "Training: local processes",
+                {"jobs_root": {"label": "Jobs folder", "schema": _STRING,
+                               "description": "Where job folders are made (default: under $AIRFLOW_HOME)."}},
+                ["host", "schema", "login", "password", "port", "extra"],
+            ),
+            _connection_type(
+                "training_docker", "compute.DockerComputeHook", "Training: Docker daemon",
+                {
+                    "tls_ca_cert": {"label": "TLS CA certificate (path)", "schema": _STRING},
+                    "tls_client_cert": {"label": "TLS client certificate (path)", "schema": _STRING},
+                    "tls_client_key": {"label": "TLS client key (path)", "schema": _STRING},
+                    "registry": {"label": "Registry for base images", "schema": _STRING},
+                    "network": {"label": "Network", "schema": _STRING},
+                    "user": {"label": "Run as user", "schema": _STRING},
+                    "shm_size": {"label": "Shared memory size", "schema": _STRING},
+                    "mem_limit": {"label": "Memory limit", "schema": _STRING},
+                    "cpus": {"label": "CPU limit", "schema": {"type": ["number", "null"]}},
+                    "gpus": {"label": "GPU count (-1 for all)", "schema": _INTEGER},
+                },
+                ["schema"],
+                {"host": "Daemon URL", "login": "Registry user", "password": "Registry password"},
+                {"host": "unix:///var/run/docker.sock"},
+            ),
+            _connection_type(
+                "training_ssh", "compute.SSHComputeHook", "Training: SSH host",
+                {
+                    "private_key": {"label": "Private key (inline)", "schema": _SECRET},
+                    "key_file": {"label": "Private key file", "schema": _STRING},
+                    "passphrase": {"label": "Key passphrase", "schema": _SECRET},
+                    "host_key": {"label": "Pinned host key", "schema": _STRING},
+                    "known_hosts": {"label": "known_hosts file", "schema": _STRING},
+                    "accept_unknown_host_keys": {"label": "Accept unknown host keys", "schema": _BOOLEAN},
+                    "work_root": {"label": "Remote working root", "schema": _STRING},
+                    "python": {"label": "Remote Python interpreter", "schema": _STRING},
+                    "connect_timeout": {"label": "Connect timeout (s)", "schema": _INTEGER},
+                    "keepalive": {"label": "Keepalive interval (s)", "schema": _INTEGER},
+                },
+                ["schema"],
+            ),
+            _connection_type(
+                "training_mpi", "compute.MPIComputeHook", "Training: MPI hosts",
+                {
+                    "hosts": {"label": "Hosts (host[:slots], comma separated)", "schema": _STRING},
+                    "ssh_conn_ids": {"label": "SSH connections (comma separated)", "schema": _STRING},
+                    "launcher": {"label": "Launcher", "schema": {"type": ["string", "null"],
+                                                                 "enum": ["openmpi", "mpich"]}},
+                },
+                ["schema", "port"],
+            ),
+            _connection_type(
+                "mlflow", "mlflow.MLflowTrackingHook", "MLflow tracking server",
+                {"token": {"label": "Bearer token", "schema": _SECRET}},
+                ["schema", "port", "extra"],
+                {"host": "Tracking URI"},
+                {"host": "http://mlflow.example.com:5000"},
+            ),
+        ],
     }

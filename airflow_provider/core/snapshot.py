@@ -14,7 +14,8 @@ result as a manifest; ``SnapshotStore.restore`` rebuilds the exact tree elsewher
 Every file is written under a temporary name next to its final place, then moved with
 ``os.replace``, so readers never see a partial file (``.*.tmp`` leftovers of a crash are garbage).
 Blobs are written before the manifest naming them: an existing manifest means all its blobs exist.
-Empty directories are not part of a snapshot (as in git); sockets, FIFOs and devices are skipped.
+Empty directories are not part of a snapshot (as in git); sockets, FIFOs and devices are skipped,
+and so is the store itself when it lies inside the source directory.
 
 The stat cache lets an unchanged directory be snapshotted without reading any file. An entry is
 trusted only when size, mtime, inode and ctime all match, and it is recorded only for a file whose
@@ -180,7 +181,7 @@ class SnapshotStore:
             raise SnapshotError(SOURCE_FIELD, f"{str(source)!r} {problem}.", "Pass the script's folder.")
         racy_ns = time.time_ns() - _RACY_NS
         ignore_name = ".amlignore" if (source / ".amlignore").is_file() else ".gitignore"
-        found, skipped = _walk(str(source), ignore_name)
+        found, skipped = _walk(str(source), ignore_name, _node(self.root))
         total = sum(st.st_size for _, _, st in found)
         if total > max_bytes:
             raise _too_big(source, found, total, max_bytes, ignore_name)
@@ -303,6 +304,14 @@ class SnapshotStore:
                 os.unlink(tmp)
 
 
+def _node(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _stamp(st: os.stat_result) -> list[int]:
     """What the stat cache compares: size, mtime, inode, ctime."""
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
@@ -313,8 +322,11 @@ def _canonical(entries: Iterable[ManifestEntry]) -> str:
     return json.dumps({"entries": rows, "version": 1}, separators=(",", ":"), sort_keys=True)
 
 
-def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
-    """Return the included files and the directory links skipped because they loop."""
+def _walk(root: str, ignore_name: str, store: tuple[int, int] | None) -> tuple[list[_Found], list[str]]:
+    """Return the included files and the directory links skipped because they loop.
+
+    The folder ``store`` (device, inode) is skipped: a store inside the source must not snapshot itself.
+    """
     root_real = os.path.realpath(root)
     root_stat = os.stat(root)
     found: list[_Found] = []
@@ -348,13 +360,13 @@ def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
                     raise _link_error(rel, os.readlink(entry.path), target, dangling=st is None)
                 if is_dir and (st.st_dev, st.st_ino) in ancestors:
                     skipped.append(rel)
-                elif is_dir:
+                elif is_dir and (st.st_dev, st.st_ino) != store:
                     stack.append((entry.path, rel + "/", specs, ancestors | {(st.st_dev, st.st_ino)}))
                 elif stat.S_ISREG(st.st_mode):
                     found.append((rel, entry.path, st))
             elif entry.is_dir(follow_symlinks=False):
-                if not (specs and _ignored(specs, rel, True)):
-                    st = entry.stat(follow_symlinks=False)
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) != store and not (specs and _ignored(specs, rel, True)):
                     stack.append((entry.path, rel + "/", specs, ancestors | {(st.st_dev, st.st_ino)}))
             elif entry.is_file(follow_symlinks=False) and not (specs and _ignored(specs, rel, False)):
                 found.append((rel, entry.path, entry.stat(follow_symlinks=False)))
@@ -363,8 +375,12 @@ def _walk(root: str, ignore_name: str) -> tuple[list[_Found], list[str]]:
 
 def _read_spec(path: str, prefix: str) -> _Specs:
     """Parse one ignore file; also build one regex telling fast whether any pattern matches."""
-    with open(path, encoding="utf-8", errors="replace") as lines:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    try:
         spec = GitIgnoreSpec.from_lines(lines)
+    except ValueError:  # an invalid pattern (e.g. a trailing backslash) never matches, as in git
+        spec = GitIgnoreSpec.from_lines([line for line in lines if _valid_pattern(line)])
     regexes = [p.regex.pattern for p in spec.patterns if p.include is not None and p.regex is not None]
     if not regexes:
         return ()
@@ -373,6 +389,14 @@ def _read_spec(path: str, prefix: str) -> _Specs:
     except re.error:
         quick = re.compile("")  # always "maybe": fall back to pathspec for every path
     return ((prefix, spec, quick),)
+
+
+def _valid_pattern(line: str) -> bool:
+    try:
+        GitIgnoreSpec.from_lines([line])
+    except ValueError:
+        return False
+    return True
 
 
 def _ignored(specs: _Specs, rel: str, is_dir: bool) -> bool:
@@ -469,5 +493,5 @@ def _changed(rel: str) -> SnapshotError:
     return SnapshotError(
         SOURCE_FIELD,
         f"{rel} changed while it was being snapshotted.",
-        "submit again once nothing writes into the source directory.",
+        f"add {rel} to .amlignore if the run does not need it, or submit again once nothing writes to it.",
     )

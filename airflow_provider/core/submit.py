@@ -240,7 +240,7 @@ class ScriptRun:
                 return state.value
             try:
                 if not self._state().is_terminal:
-                    watcher = self._watcher(None)
+                    watcher = self.watcher(None)
                     status = watcher.step()
                     if status.state != "running":
                         watcher.finalize(status)
@@ -250,19 +250,21 @@ class ScriptRun:
         return state.value
 
     def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
-                            output: OutputSink | None = None, poll_interval: float = 1.0) -> dict[str, Any]:
+                            output: OutputSink | None = None, poll_interval: float = 1.0,
+                            log_offset: int = 0) -> dict[str, Any]:
         """Watch the run to its end, finalize it, and return its details.
 
         :param show_output: print the run's output here as it comes.
         :param raise_on_error: raise :class:`RunFailedError` when it ends Failed or Canceled.
         :param output: a callable receiving each output line (instead of printing).
         :param poll_interval: the longest pause between polls of the target.
+        :param log_offset: skip this many bytes of output (already shown by an earlier watcher).
         """
         sink = output or (print if show_output else None)
         if self.handle is not None:
             with self._lock():
                 if not self._state().is_terminal:
-                    watcher = self._watcher(sink)
+                    watcher = self.watcher(sink, log_offset)
                     watcher.finalize(watcher.watch(poll_interval))
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
@@ -278,7 +280,7 @@ class ScriptRun:
         self.target.cancel(self.handle)
         with self._lock():
             if not self._state().is_terminal:
-                watcher = self._watcher(None)
+                watcher = self.watcher(None)
                 watcher.finalize(self.target.poll(self.handle))
 
     # ------------------------------------------------------------------ history
@@ -362,9 +364,14 @@ class ScriptRun:
     def _state(self) -> RunState:
         return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
 
-    def _watcher(self, output: OutputSink | None) -> RunWatcher:
+    def watcher(self, output: OutputSink | None, log_offset: int = 0) -> RunWatcher:
+        """A watcher for this run (for callers that drive it themselves, like a trigger).
+
+        :param output: where output lines go.
+        :param log_offset: where in the driver log output starts.
+        """
         assert self.target is not None and self.handle is not None
-        return RunWatcher(self.tracker, self.target, self.handle, self.id, output)
+        return RunWatcher(self.tracker, self.target, self.handle, self.id, output, log_offset=log_offset)
 
     def _lock(self) -> Any:
         from filelock import FileLock

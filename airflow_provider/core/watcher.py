@@ -58,10 +58,11 @@ class RunWatcher:
     :param run_id: the MLflow run id.
     :param output: where the run's output lines go live (None: nowhere).
     :param upload_interval: seconds between uploads of the driver log and ``./logs`` while running.
+    :param log_offset: where in the driver log output starts (what an earlier watcher already showed).
     """
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
-                 output: OutputSink | None = None, upload_interval: float = 15.0) -> None:
+                 output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0) -> None:
         self.tracker = tracker
         self.target = target
         self.handle = handle
@@ -69,7 +70,7 @@ class RunWatcher:
         self.output = output
         self.upload_interval = upload_interval
         self.relay = EventRelay(tracker, target, handle, run_id)
-        self.log_offset = 0
+        self.log_offset = log_offset
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial_line = ""
         self._last_upload = time.monotonic()

@@ -134,6 +134,14 @@ def test_negation_in_the_same_file(src: Path, store: SnapshotStore) -> None:
     assert paths(store.take(src)) == [".gitignore", "deep/important.csv", "important.csv"]
 
 
+def test_invalid_pattern_and_crlf_lines_are_handled_like_git(src: Path, store: SnapshotStore) -> None:
+    # CRLF line ends; the invalid pattern "bad\\" (trailing backslash) never matches, as in git.
+    write(src, ".gitignore", "*.log\r\nbad\\\r\n# comment\r\n")
+    write(src, "a.log")
+    write(src, "bad")
+    assert paths(store.take(src)) == [".gitignore", "bad"]
+
+
 def test_ignored_directory_is_pruned(src: Path, store: SnapshotStore, tmp_path: Path) -> None:
     write(src, ".gitignore", "venv/\n!venv/keep.txt\n")
     write(src, "venv/keep.txt")  # as in git, a file cannot be re-included from an excluded folder
@@ -470,3 +478,13 @@ def test_materialize_rejects_unsafe_paths(store: SnapshotStore, tmp_path: Path) 
     with pytest.raises(SnapshotError, match="unsafe path"):
         store.materialize(snapshot, tmp_path / "dest")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_store_inside_the_source_does_not_snapshot_itself(src: Path) -> None:
+    store = SnapshotStore(src / ".state" / "snapshots")
+    write(src, "train.py", "print(1)\n")
+    age(src)
+    first = store.take(src)
+    second = store.take(src)
+    assert paths(second) == ["train.py"]
+    assert second.snapshot == first.snapshot

@@ -1,0 +1,21 @@
+"""Airflow hooks: an Airflow connection -> a configured core compute target or MLflow tracking."""
+
+from airflow_provider.hooks.compute import (
+    ComputeHook,
+    DockerComputeHook,
+    LocalComputeHook,
+    MPIComputeHook,
+    SSHComputeHook,
+    compute_hook_for,
+)
+from airflow_provider.hooks.mlflow import MLflowTrackingHook
+
+__all__ = [
+    "ComputeHook",
+    "DockerComputeHook",
+    "LocalComputeHook",
+    "MLflowTrackingHook",
+    "MPIComputeHook",
+    "SSHComputeHook",
+    "compute_hook_for",
+]

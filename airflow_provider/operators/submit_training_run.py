@@ -1,0 +1,268 @@
+"""``SubmitTrainingRunOperator``: one DAG task submits one training run and waits for it.
+
+The operator owns the lifecycle; hooks only turn connections into targets. Everything is
+validated in ``execute()`` (never at DAG parse time, where templated fields are still raw Jinja).
+The run key (dag_id, task_id, run_id, map_index) leaves out the try number, so a retried try
+reattaches to a job that outlived its worker, or collects a result that is already there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider.core.config import ScriptRunConfig
+from airflow_provider.core.distributed import DistributedConfig
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.targets.base import JobHandle
+from airflow_provider.core.tracking import RunState
+from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
+from airflow_provider.hooks.mlflow import MLflowTrackingHook
+from airflow_provider.links import MLflowRunLink, mlflow_run_url
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["SubmitTrainingRunOperator"]
+
+OUTPUT_PREFIX = "[run] "
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
+
+
+class SubmitTrainingRunOperator(BaseOperator):
+    """Submit a training run (Azure ML v1's ``ScriptRunConfig`` + ``Experiment.submit``) and wait for it.
+
+    :param source_directory: folder snapshotted and sent to the target. (templated)
+    :param script: Python file to run, relative to ``source_directory``. (templated)
+    :param command: command line instead of a script, a list or a shell string. (templated)
+    :param arguments: arguments; numbers are rendered as strings. (templated)
+    :param compute_target: ``"local"``, an Airflow connection id of a training target, or a hook.
+    :param environment: an :class:`Environment`, a registered ``"name[:version]"``, a dict, or None
+        for the worker's interpreter.
+    :param distributed_job_config: an MPI, PyTorch or TensorFlow configuration.
+    :param max_run_duration_seconds: stop the run (Failed) after this many seconds.
+    :param environment_variables: variables for the run's process. (templated)
+    :param secret_environment_variables: variables whose values are masked in logs and never
+        recorded in MLflow. (templated)
+    :param experiment_name: the MLflow experiment; default the DAG id. (templated)
+    :param tracking_conn_id: an ``mlflow`` connection; default ``MLFLOW_TRACKING_URI`` or the
+        embedded store under ``$AIRFLOW_HOME/training_runs``.
+    :param tags: extra MLflow tags. (templated)
+    :param deferrable: release the worker slot while the run goes on; a trigger watches it.
+    :param poll_interval: seconds between polls of the target.
+    :param reattach_on_retry: False starts every try afresh instead of reattaching.
+    """
+
+    template_fields: Sequence[str] = (
+        "source_directory",
+        "script",
+        "command",
+        "arguments",
+        "experiment_name",
+        "tags",
+        "environment_variables",
+        "secret_environment_variables",
+    )
+    template_fields_renderers = {"tags": "json", "environment_variables": "json", "arguments": "py"}
+    operator_extra_links = (MLflowRunLink(),)
+    ui_color = "#d5f0e3"
+
+    def __init__(
+        self,
+        *,
+        source_directory: str,
+        script: str | None = None,
+        command: str | list[Any] | None = None,
+        arguments: list[Any] | None = None,
+        compute_target: str | ComputeHook = "local",
+        environment: Environment | str | dict[str, Any] | None = None,
+        distributed_job_config: DistributedConfig | None = None,
+        max_run_duration_seconds: float | None = None,
+        environment_variables: dict[str, str] | None = None,
+        secret_environment_variables: dict[str, str] | None = None,
+        experiment_name: str | None = None,
+        tracking_conn_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        deferrable: bool = False,
+        poll_interval: float = 5.0,
+        reattach_on_retry: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source_directory = source_directory
+        self.script = script
+        self.command = command
+        self.arguments = arguments
+        self.compute_target = compute_target
+        self.environment = environment
+        self.distributed_job_config = distributed_job_config
+        self.max_run_duration_seconds = max_run_duration_seconds
+        self.environment_variables = environment_variables
+        self.secret_environment_variables = secret_environment_variables
+        self.experiment_name = experiment_name
+        self.tracking_conn_id = tracking_conn_id
+        self.tags = tags
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.reattach_on_retry = reattach_on_retry
+        self._run: ScriptRun | None = None
+
+    # ------------------------------------------------------------------ hooks (built lazily)
+    @cached_property
+    def compute_hook(self) -> ComputeHook:
+        """The hook of ``compute_target``."""
+        return compute_hook_for(self.compute_target)
+
+    @cached_property
+    def tracking_hook(self) -> MLflowTrackingHook:
+        """The MLflow tracking hook."""
+        return MLflowTrackingHook(self.tracking_conn_id)
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        experiment = self._experiment(context)
+        config, secrets = self._run_config()
+        tags = {
+            **self._string_tags(),
+            "airflow.dag_id": ti.dag_id,
+            "airflow.task_id": ti.task_id,
+            "airflow.run_id": ti.run_id,
+            "airflow.map_index": str(ti.map_index),
+            "airflow.try_number": str(ti.try_number),
+        }
+        run_key = f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
+        try:
+            run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
+                                    run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets)
+        except ConfigurationError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc  # retrying cannot fix a bad configuration
+        self._run = run
+        self.log.info("Training run %s submitted to %s (experiment %r, tracking %s)", run.id,
+                      self.compute_hook.target_reference, experiment.name, experiment.tracking_uri)
+        url = mlflow_run_url(experiment.tracking_uri, experiment.id, run.id)
+        ti.xcom_push(key=MLflowRunLink().xcom_key, value=url or "")  # "": no UI for a local store
+        if url:
+            self.log.info("MLflow run: %s", url)
+        if self.deferrable and run.handle is not None and run.get_status() not in _TERMINAL:
+            from airflow_provider.triggers.training_run import TrainingRunTrigger
+
+            self.defer(
+                trigger=TrainingRunTrigger(
+                    run_id=run.id,
+                    experiment_name=experiment.name,
+                    tracking_uri=experiment.tracking_uri,
+                    tracking_conn_id=self.tracking_conn_id,
+                    compute_target=self.compute_hook.target_reference,
+                    handle=run.handle.to_dict(),
+                    poll_interval=self.poll_interval,
+                ),
+                method_name="execute_complete",
+            )
+        details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
+                                          poll_interval=self.poll_interval)
+        return self._result(run, details, experiment)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger saw the job end: finalize the run and return its result.
+
+        :param context: the task context.
+        :param event: the trigger's event (run id, job handle, log offset, status).
+        """
+        experiment = self._experiment(context)
+        run = ScriptRun(experiment, event["run_id"], self.compute_hook.get_target(),
+                        JobHandle.from_dict(event["handle"]))
+        self._run = run
+        if event.get("status") == "error":
+            self.log.error("The trigger watching run %s failed: %s", run.id, event.get("message"))
+        details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
+                                          poll_interval=self.poll_interval,
+                                          log_offset=int(event.get("log_offset", 0)))
+        return self._result(run, details, experiment)
+
+    def on_kill(self) -> None:
+        """Stop the run's whole process tree when Airflow kills the task; the run ends Canceled."""
+        if self._run is not None:
+            self.log.info("Task killed: canceling training run %s", self._run.id)
+            self._run.cancel()
+
+    # ------------------------------------------------------------------ helpers
+    def _experiment(self, context: Context) -> Experiment:
+        tracking_uri = self.tracking_hook.configure_process()
+        return Experiment(self.experiment_name or context["ti"].dag_id, tracking_uri=tracking_uri)
+
+    def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:
+        from airflow.sdk.log import mask_secret
+
+        try:
+            target = self.compute_hook.get_target()
+        except TargetError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        secrets = dict(self.secret_environment_variables or {})
+        plain = dict(self.environment_variables or {})
+        for name, value in plain.items():
+            if _SECRET_NAME.search(name) and isinstance(value, str):
+                mask_secret(value, name)
+        for name, value in secrets.items():
+            if not isinstance(value, str):
+                raise ConfigurationError(f"secret_environment_variables[{name!r}]",
+                                         f"must be a string, got {type(value).__name__}.", "pass a string.")
+            mask_secret(value, name)
+        credentials = self.tracking_hook.get_credentials()
+        for name, value in credentials.items():
+            mask_secret(value, name)
+        config = ScriptRunConfig(
+            source_directory=self.source_directory,
+            script=self.script,
+            command=self.command,
+            arguments=self.arguments,
+            compute_target=target,
+            environment=self.environment,
+            distributed_job_config=self.distributed_job_config,
+            max_run_duration_seconds=self.max_run_duration_seconds,
+            environment_variables=plain,
+        )
+        return config, {**secrets, **credentials}
+
+    def _string_tags(self) -> dict[str, str]:
+        if self.tags is None:
+            return {}
+        if not isinstance(self.tags, dict):
+            raise ConfigurationError("tags", f"must be a dict, got {type(self.tags).__name__}.",
+                                     'pass {"team": "search"}.')
+        return {str(k): str(v) for k, v in self.tags.items()}
+
+    def _log_output(self, line: str) -> None:
+        self.log.info("%s%s", OUTPUT_PREFIX, line)
+
+    def _result(self, run: ScriptRun, details: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
+        if details["status"] != RunState.COMPLETED.value:
+            from airflow.sdk.exceptions import AirflowException
+
+            error = details.get("error") or {}
+            raise AirflowException(
+                f"Training run {run.id} ended {details['status']}: {error.get('message', 'unknown error')}\n"
+                f"--- last lines of its log ---\n{error.get('logTail', '')}"
+            )
+        final_metrics = dict(run.tracker.get_run(run.id).data.metrics)
+        return {
+            "run_id": run.id,
+            "experiment_id": details["experimentId"],
+            "status": details["status"],
+            "metrics": final_metrics,
+            "artifact_uri": details["artifactUri"],
+            "tracking_url": mlflow_run_url(experiment.tracking_uri, details["experimentId"], run.id),
+        }
+
+
+_TERMINAL = {RunState.COMPLETED.value, RunState.FAILED.value, RunState.CANCELED.value}
