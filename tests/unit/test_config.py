@@ -182,7 +182,7 @@ def test_distributed_configs_validate_and_round_trip() -> None:
         assert distributed_config_from_dict(config.to_dict()) == config
     assert MpiConfiguration(process_count_per_node=2, node_count=3).total_processes == 6
     assert PyTorchConfiguration(process_count=4, node_count=2).processes_per_node == 2
-    with pytest.raises(ConfigurationError, match="MpiConfiguration.node_count"):
+    with pytest.raises(ConfigurationError, match=r"MpiConfiguration\.node_count"):
         MpiConfiguration(node_count=0)
     with pytest.raises(ConfigurationError, match="process_count_per_node"):
         MpiConfiguration(process_count_per_node=1.5)  # type: ignore[arg-type]

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -392,15 +394,43 @@ def test_source_that_is_a_file(tmp_path: Path, store: SnapshotStore) -> None:
         store.take(write(tmp_path, "train.py"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read files without read permission")
-def test_unreadable_file_is_named(src: Path, store: SnapshotStore) -> None:
+def test_unreadable_file_is_named() -> None:
+    """Run the snapshot as an unprivileged user (root reads every file), in a subprocess."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="unreadable-"))  # /tmp itself: pytest's folders are root-only
+    try:
+        _check_unreadable_file_is_named(base)
+    finally:
+        shutil.rmtree(base)
+
+
+def _check_unreadable_file_is_named(base: Path) -> None:
+    src = base / "src"
+    write(src, "train.py", "print('hi')\n")
     secret = write(src, "secret.txt", "s")
     secret.chmod(0)
-    try:
-        with pytest.raises(SnapshotError, match=r"secret\.txt"):
-            store.take(src)
-    finally:
-        secret.chmod(0o644)
+    store_root = base / "store-for-nobody"
+    store_root.mkdir()
+    for folder in (base, src, store_root):
+        folder.chmod(0o777)
+    code = (
+        "import sys\n"
+        "from airflow_provider.core.snapshot import SnapshotStore\n"
+        "from airflow_provider.core.errors import SnapshotError\n"
+        "try:\n"
+        f"    SnapshotStore({str(store_root)!r}).take({str(src)!r})\n"
+        "except SnapshotError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "HOME": str(store_root), "TRAINING_RUNS_HOME": str(store_root)})
+    assert result.returncode == 3, result.stderr
+    assert "secret.txt" in result.stdout
 
 
 # --- restore ---------------------------------------------------------------------------------------------

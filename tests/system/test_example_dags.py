@@ -1,0 +1,60 @@
+"""The example DAGs, run end to end through ``dag.test()``; assertions on what landed in MLflow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from airflow_provider.core.tracking import Tags, resolve_tracking_uri
+
+
+@pytest.fixture
+def client(isolated_state: Path) -> MlflowClient:
+    return MlflowClient(resolve_tracking_uri())
+
+
+def test_train_local(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    outcome = run_dag("train_local")
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    assert set(result) == {"run_id", "experiment_id", "status", "metrics", "artifact_uri", "tracking_url"}
+    assert result["status"] == "Completed" and result["tracking_url"] is None
+    assert "[run] epoch 29: loss=" in outcome["output"], "the script's output streams into the task log"
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["airflow.dag_id"] == "train_local"
+    assert run.data.tags[Tags.RUN_KEY].startswith("train_local/train/")
+    assert run.data.tags["model_type"] == "logistic_regression"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(losses) == 30 and losses[-1] < losses[0]
+    assert result["metrics"]["accuracy"] > 0.8
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "outputs")}
+    assert artifacts == {"outputs/metrics.json", "outputs/model.npz"}
+
+
+def test_scheduled_retraining_promotes_only_a_better_challenger(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient
+) -> None:
+    first = run_dag("scheduled_retraining", logical_date="2026-03-01T00:00:00+00:00")
+    assert first["state"] == "success", first["output"][-3000:]
+    decision = first["xcom"]["promote_if_better"]
+    assert decision["promoted"] is True and decision["challenger_version"] == "1"
+    champion = client.get_model_version_by_alias("churn-classifier", "champion")
+    assert str(champion.version) == "1"
+
+    second = run_dag("scheduled_retraining", logical_date="2026-03-02T00:00:00+00:00")
+    assert second["state"] == "success", second["output"][-3000:]
+    decision = second["xcom"]["promote_if_better"]
+    assert decision["challenger_version"] == "2"
+    champion_now = client.get_model_version_by_alias("churn-classifier", "champion")
+    scores = {v: float(client.get_run(client.get_model_version("churn-classifier", v).run_id).data.metrics["accuracy"])
+              for v in ("1", "2")}
+    best = max(scores, key=lambda v: (scores[v], v == "1"))  # a tie keeps the old champion
+    assert str(champion_now.version) == best
+    assert decision["promoted"] is (best == "2")
+    run = client.get_run(second["xcom"]["train_challenger"]["run_id"])
+    assert run.data.tags["retraining.decision"] == ("promoted" if best == "2" else "kept champion")
