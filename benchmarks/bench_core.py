@@ -24,8 +24,10 @@ with ``--check`` when a goal was missed.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
+import gc
 import importlib.util
 import inspect
 import io
@@ -34,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,6 +135,41 @@ def child_env(pythonpath: str | None) -> dict[str, str]:
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     return env
+
+
+class Stopwatch:
+    """Wall time of a ``with`` block, and the garbage collector's share of it.
+
+    A full (generation 2) collection takes ~0.2 s in this process (MLflow and SQLAlchemy make a
+    big heap) and lands wherever allocations happen to cross the collector's thresholds. So the
+    block starts with ``gc.collect()``: every measurement starts with no collection debt left by
+    earlier code, and only the collections its own allocations trigger are counted in it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.gc_seconds = 0.0
+        self.full_collections = 0
+        self._start = 0.0
+        self._gc_start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        gc.collect()
+        gc.callbacks.append(self._on_gc)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        self.gc_seconds += time.perf_counter() - self._gc_start
+        if info["generation"] == 2:
+            self.full_collections += 1
 
 
 class CallTimer:
@@ -252,6 +290,7 @@ def breakdown(experiment: Experiment, config: ScriptRunConfig, runs: int) -> dic
     totals = []
     with timer.patched("phase", PHASES) as missing, timer.patched("mlflow", client_methods):
         for _ in range(runs):
+            gc.collect()  # a mean over few runs: keep a stray full collection (~0.2 s) out of it
             totals.append(time_submission(experiment, config)[1])
     phase_labels = [label for _, _, label in PHASES if label not in missing]
     mean_total = sum(totals) / runs
@@ -419,44 +458,62 @@ class RunBook:
                     self.tracker.client.set_terminated(run_id, "FINISHED")
 
 
-def relay_once(book: RunBook, job_dir: Path, expected: int) -> float:
-    """Relay the events file into a fresh run; return the seconds ``pump()`` took."""
+def relay_once(book: RunBook, job_dir: Path, expected: int) -> Stopwatch:
+    """Relay the events file into a fresh run; time ``pump()``."""
     run_id = book.new_run("relay")
     handle = JobHandle(LocalTarget.kind, run_id, str(job_dir))
     relay = EventRelay(book.tracker, LocalTarget(jobs_root=job_dir.parent / "jobs"), handle, run_id)
-    start = time.perf_counter()
-    relayed = relay.pump()
-    elapsed = time.perf_counter() - start
+    with Stopwatch() as watch:
+        relayed = relay.pump()
     stored = book.count_metrics(run_id)
     if relayed != expected or stored != expected:
         raise RuntimeError(f"relay moved {relayed} events and MLflow holds {stored}, expected {expected}")
-    return elapsed
+    return watch
 
 
-def per_call_once(book: RunBook, events: Sequence[MetricEvent]) -> float:
-    """Log ``events`` one ``log_metric`` call each into a fresh run; return the seconds taken."""
+def per_call_once(book: RunBook, events: Sequence[MetricEvent]) -> Stopwatch:
+    """Log ``events`` with one ``log_metric`` call each into a fresh run; time the calls."""
     run_id = book.new_run("per-call")
     client = book.tracker.client
-    start = time.perf_counter()
-    for e in events:
-        client.log_metric(run_id, e.key, e.value, timestamp=e.timestamp_ms, step=e.step, synchronous=True)
-    elapsed = time.perf_counter() - start
+    with Stopwatch() as watch:
+        for e in events:
+            client.log_metric(run_id, e.key, e.value, timestamp=e.timestamp_ms, step=e.step, synchronous=True)
     if book.count_metrics(run_id) != len(events):
         raise RuntimeError("per-call logging lost metric values")
-    return elapsed
+    return watch
 
 
-def batch_once(book: RunBook, metrics: Sequence[Any], batch_size: int) -> float:
-    """Log prebuilt ``Metric`` entities with ``log_batch`` chunks into a fresh run; return the seconds."""
+def batch_once(book: RunBook, metrics: Sequence[Any], batch_size: int) -> Stopwatch:
+    """Log prebuilt ``Metric`` entities in ``log_batch`` chunks into a fresh run; time the calls."""
     run_id = book.new_run("log-batch")
     client = book.tracker.client
-    start = time.perf_counter()
-    for first in range(0, len(metrics), batch_size):
-        client.log_batch(run_id, metrics=metrics[first : first + batch_size], synchronous=True)
-    elapsed = time.perf_counter() - start
+    with Stopwatch() as watch:
+        for first in range(0, len(metrics), batch_size):
+            client.log_batch(run_id, metrics=metrics[first : first + batch_size], synchronous=True)
     if book.count_metrics(run_id) != len(metrics):
         raise RuntimeError("log_batch lost metric values")
-    return elapsed
+    return watch
+
+
+def interleaved(book: RunBook, job_dir: Path, events: Sequence[MetricEvent], metrics: Sequence[Any],
+                settings: Settings, per_call: bool) -> tuple[list[Stopwatch], list[Stopwatch], list[Stopwatch]]:
+    """Repeat relay, log_batch (and per-call) measurements; return the stopwatches of each.
+
+    Relay and batch take turns to go first: every insert makes the SQLite file bigger and the next
+    insert a little slower, and that drift must hit both alike.
+    """
+    relay_w: list[Stopwatch] = []
+    batch_w: list[Stopwatch] = []
+    per_call_w: list[Stopwatch] = []
+    for repeat in range(settings.relay_repeats):
+        if repeat % 2 == 0:
+            relay_w.append(relay_once(book, job_dir, len(events)))
+        batch_w.append(batch_once(book, metrics, settings.batch_size))
+        if repeat % 2 == 1:
+            relay_w.append(relay_once(book, job_dir, len(events)))
+        if per_call:
+            per_call_w.append(per_call_once(book, events[: settings.per_call_sample]))
+    return relay_w, batch_w, per_call_w
 
 
 def bench_relay(work: Path, settings: Settings) -> dict[str, Any]:
@@ -479,33 +536,57 @@ def bench_relay(work: Path, settings: Settings) -> dict[str, Any]:
     try:
         batch_once(book, metrics[: settings.batch_size], settings.batch_size)  # warm-up: SQL paths, caches
         per_call_once(book, events[:20])
-        relay_s, batch_s, per_call_s = [], [], []
-        for _ in range(settings.relay_repeats):  # interleaved, so drift hits every path alike
-            relay_s.append(relay_once(book, job_dir, count))
-            batch_s.append(batch_once(book, metrics, settings.batch_size))
-            per_call_s.append(per_call_once(book, events[: settings.per_call_sample]))
+        relay_w, batch_w, per_call_w = interleaved(book, job_dir, events, metrics, settings, per_call=True)
+        # What-if: the same with the heap MLflow and SQLAlchemy left behind frozen (see README).
+        gc.collect()
+        gc.freeze()
+        try:
+            frozen_relay_w, frozen_batch_w, _ = interleaved(book, job_dir, events, metrics, settings, per_call=False)
+        finally:
+            gc.unfreeze()
     finally:
         book.terminate_all()
+    relay_s = [w.seconds for w in relay_w]
+    batch_s = [w.seconds for w in batch_w]
+    per_call_s = [w.seconds for w in per_call_w]
 
     relay_rate = count / statistics.median(relay_s)
     batch_rate = count / statistics.median(batch_s)
     per_call_rate = settings.per_call_sample / statistics.median(per_call_s)
+    frozen_relay_rate = count / statistics.median(w.seconds for w in frozen_relay_w)
+    frozen_batch_rate = count / statistics.median(w.seconds for w in frozen_batch_w)
     result: dict[str, Any] = {
         "metrics": count,
         "events_file_bytes": len(raw),
         "run_log_calls_per_s": count / write_s,
         "parse_only_s": parse_s,
         "relay_pump_s": summary(relay_s),
+        "relay_gc_s": summary([w.gc_seconds for w in relay_w]),
+        "relay_full_collections": [w.full_collections for w in relay_w],
         "relay_metrics_per_s": relay_rate,
         "log_batch_s": summary(batch_s),
+        "log_batch_gc_s": summary([w.gc_seconds for w in batch_w]),
+        "log_batch_full_collections": [w.full_collections for w in batch_w],
         "log_batch_metrics_per_s": batch_rate,
         "log_batch_size": settings.batch_size,
         "per_call_sample": settings.per_call_sample,
         "per_call_sample_s": summary(per_call_s),
+        "per_call_gc_s": summary([w.gc_seconds for w in per_call_w]),
         "per_call_metrics_per_s": per_call_rate,
         "per_call_extrapolated_s": count / per_call_rate,
         "relay_over_per_call": relay_rate / per_call_rate,
         "relay_over_log_batch": relay_rate / batch_rate,
+        "log_batch_over_per_call": batch_rate / per_call_rate,
+        "gc_frozen": {
+            "relay_pump_s": summary([w.seconds for w in frozen_relay_w]),
+            "relay_gc_s": summary([w.gc_seconds for w in frozen_relay_w]),
+            "relay_metrics_per_s": frozen_relay_rate,
+            "log_batch_s": summary([w.seconds for w in frozen_batch_w]),
+            "log_batch_metrics_per_s": frozen_batch_rate,
+            "relay_over_per_call": frozen_relay_rate / per_call_rate,
+            "relay_over_log_batch": frozen_relay_rate / frozen_batch_rate,
+            "relay_speedup": frozen_relay_rate / relay_rate,
+        },
         "runs_created_and_terminated": len(book.run_ids),
     }
     repeats = f"median of {settings.relay_repeats}, fresh run each"
@@ -515,14 +596,25 @@ def bench_relay(work: Path, settings: Settings) -> dict[str, Any]:
         ("EventRelay.pump() into MLflow", f"{relay_rate:,.0f} metrics/s",
          f"{statistics.median(relay_s):.3f} s, {repeats}"),
         ("  of which reading + decoding lines", f"{parse_s:.3f} s", "measured alone"),
+        ("  of which garbage collection", f"{result['relay_gc_s']['median']:.3f} s",
+         f"full collections per repeat: {result['relay_full_collections']}"),
         (f"direct log_batch loop ({settings.batch_size}/batch)", f"{batch_rate:,.0f} metrics/s",
          f"{statistics.median(batch_s):.3f} s, {repeats}"),
+        ("  of which garbage collection", f"{result['log_batch_gc_s']['median']:.3f} s",
+         f"full collections per repeat: {result['log_batch_full_collections']}"),
         ("per-call log_metric", f"{per_call_rate:,.0f} metrics/s",
          f"{settings.per_call_sample} calls; {count:,} would take {count / per_call_rate:.1f} s"),
         ("relay / per-call", f"{over_per_call:.1f}x",
          f"goal >= {GOAL_RELAY_OVER_PER_CALL:g}x: {verdict(over_per_call >= GOAL_RELAY_OVER_PER_CALL)}"),
         ("relay / direct log_batch", f"{over_batch:.2f}x",
          f"goal >= {GOAL_RELAY_OVER_BATCH}x: {verdict(over_batch >= GOAL_RELAY_OVER_BATCH)}"),
+        ("direct log_batch / per-call", f"{result['log_batch_over_per_call']:.1f}x",
+         "the most relay / per-call can be while the relay goes through log_batch"),
+        ("what-if gc.freeze(): EventRelay.pump()", f"{frozen_relay_rate:,.0f} metrics/s",
+         f"x{frozen_relay_rate / relay_rate:.2f}; GC {result['gc_frozen']['relay_gc_s']['median']:.3f} s; "
+         f"relay / per-call {frozen_relay_rate / per_call_rate:.1f}x"),
+        ("what-if gc.freeze(): direct log_batch", f"{frozen_batch_rate:,.0f} metrics/s",
+         f"relay / log_batch {frozen_relay_rate / frozen_batch_rate:.2f}x"),
     ])
     return result
 
@@ -718,85 +810,92 @@ def parse_summary_line(text: str) -> dict[str, Any]:
     return found
 
 
-def call_main(module: ModuleType, quick: bool, settings: Settings) -> dict[str, Any]:
-    """Call ``module.main`` in this process with arguments it understands."""
-    main = module.main
-    takes_argv = bool(inspect.signature(main).parameters)
+def snapshot_bench_interface() -> tuple[set[str], set[str]]:
+    """The top-level function names and the ``--options`` of bench_snapshot.py, read without running it."""
+    source = SNAPSHOT_BENCH.read_text()
+    functions = {node.name for node in ast.parse(source).body
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    options = set(re.findall(r"""["'](--[a-z][a-z0-9-]*)["']""", source))
+    return functions, options
 
-    def invoke(args: list[str]) -> tuple[Any, str, Any]:
-        """Return main's value, its output and its SystemExit code (None when it returned)."""
-        value, code = None, None
-        with preserved_process_state([str(SNAPSHOT_BENCH), *args]) as output:
-            try:
-                value = main(args) if takes_argv else main()
-            except SystemExit as exc:
-                code = exc.code
-        return value, output.getvalue(), code
 
-    _, help_text, _ = invoke(["--help"])
-    if "usage" not in help_text.lower():  # main() does not parse options itself: ask a subprocess
-        help_text = subprocess.run([sys.executable, str(SNAPSHOT_BENCH), "--help"], capture_output=True,
-                                   text=True, check=False).stdout
-    if quick and "--quick" in help_text:
-        args = ["--quick"]
-    elif quick and all(option in help_text for option in settings.snapshot_args[::2]):
-        args = list(settings.snapshot_args)
-    elif quick:
-        return {"status": "skipped", "reason": "main() has no --quick (or --files/--mb): too slow for --quick"}
-    else:
-        args = []
+def load_snapshot_bench() -> ModuleType:
+    """Import bench_snapshot.py as a module (its ``if __name__ == "__main__"`` part does not run)."""
+    spec = importlib.util.spec_from_file_location("bench_snapshot", SNAPSHOT_BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def echo(text: str) -> None:
+    """Print a foreign benchmark's output, indented."""
+    if text.strip():
+        print("\n".join(f"    | {line}" for line in text.splitlines()))
+
+
+def call_function(function: Callable[..., Any], args: list[str], pass_argv: bool,
+                  kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Call a benchmark function in this process with ``sys.argv`` = ``args``; capture what it prints."""
+    value, code = None, None
     start = time.perf_counter()
-    value, text, code = invoke(args)
+    with preserved_process_state([str(SNAPSHOT_BENCH), *args]) as output:
+        try:
+            value = function(args) if pass_argv else function(**kwargs)
+        except SystemExit as exc:
+            code = exc.code
     elapsed = time.perf_counter() - start
-    print("\n".join(f"    | {line}" for line in text.splitlines()))
+    echo(output.getvalue())
+    how = f"called {function.__name__}() with " + (f"argv {args}" if not kwargs else f"{kwargs}")
     if code not in (0, None):
-        return {"status": "error", "how": f"main() with argv {args}", "reason": f"exited with {code}"}
-    return {"status": "ok", "how": f"called bench_snapshot.main() with argv {args}", "elapsed_s": elapsed,
-            "summary": parse_summary_line(text), "returned": value if isinstance(value, dict) else None}
+        return {"status": "error", "how": how, "reason": f"it exited with status {code}"}
+    return {"status": "ok", "how": how, "elapsed_s": elapsed, "summary": parse_summary_line(output.getvalue()),
+            "returned": value if isinstance(value, dict) else None}
 
 
-def run_as_subprocess(quick: bool) -> dict[str, Any]:
-    """Run bench_snapshot.py as a program (when it exposes no callable)."""
-    help_text = subprocess.run([sys.executable, str(SNAPSHOT_BENCH), "--help"], capture_output=True, text=True,
-                               check=False).stdout
-    if quick and "--quick" not in help_text:
-        return {"status": "skipped", "reason": "no callable and no --quick flag"}
-    args = ["--quick"] if quick else []
+def run_as_subprocess(args: list[str]) -> dict[str, Any]:
+    """Run bench_snapshot.py as a program (when it exposes no function)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(SNAPSHOT_BENCH), *args], capture_output=True, text=True,
                           check=False, env=child_env(None))
-    print("\n".join(f"    | {line}" for line in done.stdout.splitlines()))
-    status = "ok" if done.returncode == 0 else "error"
-    return {"status": status, "how": f"subprocess with {args}", "elapsed_s": time.perf_counter() - start,
-            "returncode": done.returncode, "summary": parse_summary_line(done.stdout),
-            "stderr_tail": done.stderr[-500:] if done.returncode else ""}
+    echo(done.stdout)
+    return {"status": "ok" if done.returncode == 0 else "error", "how": f"subprocess with {args}",
+            "elapsed_s": time.perf_counter() - start, "returncode": done.returncode,
+            "summary": parse_summary_line(done.stdout), "stderr_tail": done.stderr[-500:] if done.returncode else ""}
+
+
+def run_snapshot_bench(settings: Settings) -> dict[str, Any]:
+    """Pick how to run bench_snapshot.py (see benchmarks/README.md) and run it."""
+    quick = settings.mode == "quick"
+    functions, options = snapshot_bench_interface()
+    api_name = next((name for name in SNAPSHOT_API_NAMES if name in functions), None)
+    if api_name is not None:
+        api = getattr(load_snapshot_bench(), api_name)
+        kwargs = {"quick": quick} if "quick" in inspect.signature(api).parameters else {}
+        return call_function(api, [], False, kwargs)
+    if quick and "--quick" in options:
+        args = ["--quick"]
+    elif quick and set(settings.snapshot_args[::2]) <= options:
+        args = list(settings.snapshot_args)
+    elif quick:
+        return {"status": "skipped", "reason": "it has neither --quick nor --files/--mb: too slow for --quick"}
+    else:
+        args = []
+    if "main" not in functions:
+        if quick and args != ["--quick"]:
+            return {"status": "skipped", "reason": "it exposes no function and has no --quick option"}
+        return run_as_subprocess(args)
+    main = load_snapshot_bench().main
+    return call_function(main, args, bool(inspect.signature(main).parameters), {})
 
 
 def bench_snapshot(settings: Settings) -> dict[str, Any]:
     """Section (d): the other engineer's snapshot benchmark, however it can be run."""
-    quick = settings.mode == "quick"
     print("\n== (d) snapshot benchmark (benchmarks/bench_snapshot.py)")
-    if not SNAPSHOT_BENCH.exists():
-        result: dict[str, Any] = {"status": "skipped", "reason": "benchmarks/bench_snapshot.py does not exist"}
+    if SNAPSHOT_BENCH.exists():
+        result = run_snapshot_bench(settings)
     else:
-        spec = importlib.util.spec_from_file_location("bench_snapshot", SNAPSHOT_BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        api = next((getattr(module, n) for n in SNAPSHOT_API_NAMES if callable(getattr(module, n, None))), None)
-        if api is not None:
-            kwargs = {"quick": quick} if "quick" in inspect.signature(api).parameters else {}
-            start = time.perf_counter()
-            with preserved_process_state([str(SNAPSHOT_BENCH)]) as output:
-                value = api(**kwargs)
-            print("\n".join(f"    | {line}" for line in output.getvalue().splitlines()))
-            result = {"status": "ok", "how": f"called {api.__name__}(**{kwargs})",
-                      "elapsed_s": time.perf_counter() - start, "summary": parse_summary_line(output.getvalue()),
-                      "returned": value if isinstance(value, dict) else None}
-        elif callable(getattr(module, "main", None)):
-            result = call_main(module, quick, settings)
-        else:
-            result = run_as_subprocess(quick)
+        result = {"status": "skipped", "reason": "benchmarks/bench_snapshot.py does not exist"}
     print(f"  status: {result['status']}"
           + (f" ({result.get('how')}, {result['elapsed_s']:.1f} s)" if "elapsed_s" in result else "")
           + (f": {result['reason']}" if "reason" in result else ""))
@@ -877,6 +976,10 @@ def goals(results: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: runs end, temp folder goes
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every section; print the tables and the final JSON line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -886,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     work = Path(tempfile.mkdtemp(prefix="bench_core_"))
     saved_env = dict(os.environ)

@@ -273,15 +273,29 @@ class ScriptRun:
                                  error.get("logTail", ""))
         return details
 
-    def cancel(self) -> None:
-        """Stop the run's whole process tree (SIGTERM, grace, SIGKILL); it ends Canceled."""
+    def cancel(self, wait: bool = True) -> None:
+        """Stop the run's whole process tree (SIGTERM, grace, SIGKILL); it ends Canceled.
+
+        :param wait: wait for the job to end and finalize the run here, unless another watcher
+            (maybe this process's own ``wait_for_completion``) is driving it and will do so.
+            False only asks the job's supervisor to stop it.
+        """
         if self.handle is None or self.target is None or self._state().is_terminal:
             return
-        self.target.cancel(self.handle)
-        with self._lock():
+        self.target.cancel(self.handle, wait=wait)
+        if not wait:
+            return
+        lock = self._lock()
+        try:
+            lock.acquire(timeout=0)
+        except TimeoutError:
+            return  # the watcher holding the lock sees the job end and finalizes it
+        try:
             if not self._state().is_terminal:
                 watcher = self.watcher(None)
                 watcher.finalize(self.target.poll(self.handle))
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ history
     def get_details(self) -> dict[str, Any]:

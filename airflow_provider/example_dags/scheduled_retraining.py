@@ -8,6 +8,7 @@ tagged on the challenger's MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,8 @@ with DAG(
         from airflow_provider.core.tracking import resolve_tracking_uri
 
         client = MlflowClient(resolve_tracking_uri())
-        try:
+        with contextlib.suppress(MlflowException):  # it exists already
             client.create_registered_model(MODEL_NAME)
-        except MlflowException:
-            pass  # it exists already
         version = client.create_model_version(
             MODEL_NAME, source=f"{result['artifact_uri']}/outputs", run_id=result["run_id"]
         )

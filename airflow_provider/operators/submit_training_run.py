@@ -20,11 +20,12 @@ from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.submit import Experiment, ScriptRun
-from airflow_provider.core.targets.base import JobHandle
 from airflow_provider.core.tracking import RunState
+from airflow_provider.finalizer import finalize_in_background
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
+from airflow_provider.run_reference import RunReference
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -112,6 +113,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.reattach_on_retry = reattach_on_retry
         self._run: ScriptRun | None = None
+        self._reference: RunReference | None = None
 
     # ------------------------------------------------------------------ hooks (built lazily)
     @cached_property
@@ -146,25 +148,20 @@ class SubmitTrainingRunOperator(BaseOperator):
 
             raise AirflowFailException(str(exc)) from exc  # retrying cannot fix a bad configuration
         self._run = run
+        if run.handle is not None:
+            self._reference = RunReference(run.id, experiment.name, experiment.tracking_uri, self.tracking_conn_id,
+                                           self.compute_hook.target_reference, run.handle.to_dict())
         self.log.info("Training run %s submitted to %s (experiment %r, tracking %s)", run.id,
                       self.compute_hook.target_reference, experiment.name, experiment.tracking_uri)
         url = mlflow_run_url(experiment.tracking_uri, experiment.id, run.id)
         ti.xcom_push(key=MLflowRunLink().xcom_key, value=url or "")  # "": no UI for a local store
         if url:
             self.log.info("MLflow run: %s", url)
-        if self.deferrable and run.handle is not None and run.get_status() not in _TERMINAL:
+        if self.deferrable and self._reference is not None and run.get_status() not in _TERMINAL:
             from airflow_provider.triggers.training_run import TrainingRunTrigger
 
             self.defer(
-                trigger=TrainingRunTrigger(
-                    run_id=run.id,
-                    experiment_name=experiment.name,
-                    tracking_uri=experiment.tracking_uri,
-                    tracking_conn_id=self.tracking_conn_id,
-                    compute_target=self.compute_hook.target_reference,
-                    handle=run.handle.to_dict(),
-                    poll_interval=self.poll_interval,
-                ),
+                trigger=TrainingRunTrigger(self._reference.to_dict(), poll_interval=self.poll_interval),
                 method_name="execute_complete",
             )
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
@@ -175,11 +172,11 @@ class SubmitTrainingRunOperator(BaseOperator):
         """Resume after the trigger saw the job end: finalize the run and return its result.
 
         :param context: the task context.
-        :param event: the trigger's event (run id, job handle, log offset, status).
+        :param event: the trigger's event (run reference, log offset, status).
         """
-        experiment = self._experiment(context)
-        run = ScriptRun(experiment, event["run_id"], self.compute_hook.get_target(),
-                        JobHandle.from_dict(event["handle"]))
+        self._reference = RunReference.from_dict(event["reference"])
+        run = self._reference.script_run()
+        experiment = run.experiment
         self._run = run
         if event.get("status") == "error":
             self.log.error("The trigger watching run %s failed: %s", run.id, event.get("message"))
@@ -189,10 +186,16 @@ class SubmitTrainingRunOperator(BaseOperator):
         return self._result(run, details, experiment)
 
     def on_kill(self) -> None:
-        """Stop the run's whole process tree when Airflow kills the task; the run ends Canceled."""
-        if self._run is not None:
-            self.log.info("Task killed: canceling training run %s", self._run.id)
-            self._run.cancel()
+        """Stop the run's whole process tree when Airflow kills the task; the run ends Canceled.
+
+        Airflow SIGKILLs the task a few seconds after calling this, so the job is only asked to
+        stop here, and a detached finalizer records the run's outputs, logs and final state.
+        """
+        if self._reference is None or self._run is None:
+            return
+        self.log.info("Task killed: canceling training run %s", self._run.id)
+        self._run.cancel(wait=False)
+        finalize_in_background(self._reference)
 
     # ------------------------------------------------------------------ helpers
     def _experiment(self, context: Context) -> Experiment:

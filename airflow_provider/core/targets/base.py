@@ -185,8 +185,13 @@ class ComputeTarget(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0) -> None:
-        """Stop the job's whole process tree: SIGTERM, ``grace_seconds``, then SIGKILL."""
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
+        """Stop the job's whole process tree: SIGTERM, ``grace_seconds``, then SIGKILL.
+
+        :param handle: the job.
+        :param grace_seconds: time between SIGTERM and SIGKILL when the target stops it itself.
+        :param wait: wait until the job has ended (False: ask its supervisor to stop it, return).
+        """
 
     @abc.abstractmethod
     def cleanup(self, handle: JobHandle) -> None:

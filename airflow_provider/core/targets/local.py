@@ -133,7 +133,7 @@ class LocalTarget(ComputeTarget):
         path = self.job_dir(handle) / relative_path
         return path if path.exists() else None
 
-    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0) -> None:
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
         job_dir = self.job_dir(handle)
         if (job_dir / job_runner.EXIT_STATE).exists():
             return
@@ -141,6 +141,8 @@ class LocalTarget(ComputeTarget):
         runner_pid = state.get("runner_pid")
         if runner_pid and job_runner.is_alive(int(runner_pid), state.get("runner_start_ticks")):
             os.kill(int(runner_pid), signal.SIGTERM)  # the runner stops the tree and writes exit.json
+            if not wait:
+                return
             deadline = time.monotonic() + grace_seconds + 10
             while time.monotonic() < deadline:
                 if self.poll(handle).state != "running":

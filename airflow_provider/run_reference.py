@@ -1,0 +1,55 @@
+"""Everything another process needs to pick up a submitted run: the trigger, ``execute_complete``
+and the detached finalizer rebuild the run from it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.targets.base import JobHandle
+
+__all__ = ["RunReference"]
+
+
+@dataclass(frozen=True)
+class RunReference:
+    """A submitted run, by value.
+
+    :param run_id: the MLflow run id.
+    :param experiment_name: its experiment.
+    :param tracking_uri: the MLflow tracking URI.
+    :param tracking_conn_id: the ``mlflow`` connection (for credentials), if any.
+    :param compute_target: ``"local"`` or the compute connection id.
+    :param handle: the job handle (``JobHandle.to_dict()``).
+    """
+
+    run_id: str
+    experiment_name: str
+    tracking_uri: str
+    tracking_conn_id: str | None
+    compute_target: str
+    handle: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to plain JSON types."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReference:
+        """Rebuild from :meth:`to_dict` output.
+
+        :param data: the serialised reference.
+        """
+        return cls(str(data["run_id"]), str(data["experiment_name"]), str(data["tracking_uri"]),
+                   data.get("tracking_conn_id"), str(data["compute_target"]), dict(data["handle"]))
+
+    def script_run(self) -> ScriptRun:
+        """Rebuild the run's handle here (reads the connections; creates no job)."""
+        from airflow_provider.hooks.compute import compute_hook_for
+        from airflow_provider.hooks.mlflow import MLflowTrackingHook
+
+        MLflowTrackingHook(self.tracking_conn_id).configure_process()
+        target = compute_hook_for(self.compute_target).get_target()
+        experiment = Experiment(self.experiment_name, tracking_uri=self.tracking_uri)
+        return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle))

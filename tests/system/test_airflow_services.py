@@ -1,0 +1,248 @@
+"""Against a real Airflow (scheduler, triggerer, dag-processor, API server: ``airflow standalone``).
+
+Proves what ``dag.test()`` cannot: a deferred task is watched by the real triggerer; a try whose
+worker process is SIGKILLed is retried and the retry reattaches to the job that outlived it (the
+script's side effect happens once); marking a running or a deferred task failed in Airflow stops
+the job's whole process tree and the MLflow run ends Canceled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import pid_alive, wait_until
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = """
+import os, sys, time
+from airflow_provider.core import Run
+control = os.environ["CONTROL_DIR"]
+name = os.environ["RUN_NAME"]
+run = Run.get_context()
+with open(os.path.join(control, name + ".executions"), "a") as out:
+    out.write(f"{os.getpid()}\\n")
+for i in range(10_000):
+    run.log("tick", i)
+    print("tick", i, flush=True)
+    if os.path.exists(os.path.join(control, name + ".go")) and i >= 3:
+        break
+    time.sleep(0.2)
+os.makedirs("outputs", exist_ok=True)
+open("outputs/done.txt", "w").write(name)
+"""
+
+DAG_TEMPLATE = """
+from datetime import datetime, timedelta
+from airflow.sdk import DAG
+from airflow_provider.operators import SubmitTrainingRunOperator
+
+def training_dag(dag_id, deferrable, retries=0):
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        SubmitTrainingRunOperator(
+            task_id="train", source_directory={source!r}, script="train.py", deferrable=deferrable,
+            poll_interval=1, retries=retries, retry_delay=timedelta(seconds=1), experiment_name=dag_id,
+            environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id}},
+        )
+    return dag
+
+deferred_success = training_dag("svc_deferred_success", True)
+deferred_kill = training_dag("svc_deferred_kill", True)
+running_kill = training_dag("svc_running_kill", False)
+reattach = training_dag("svc_reattach", False, retries=1)
+"""
+
+
+@dataclass
+class Airflow:
+    home: Path
+    control: Path
+    api: httpx.Client
+
+    def trigger(self, dag_id: str) -> str:
+        assert self.api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+        response = self.api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        assert response.status_code == 200, response.text
+        return str(response.json()["dag_run_id"])
+
+    def task(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_for_task(self, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def reached() -> bool:
+            found.update(self.task(dag_id, run_id))
+            return found.get("state") in states
+
+        wait_until(reached, timeout=timeout, message=f"{dag_id} task in {states}")
+        return found
+
+    def mark(self, dag_id: str, run_id: str, state: str) -> None:
+        response = self.api.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train",
+                                  json={"new_state": state})
+        assert response.status_code == 200, response.text
+
+    def executions(self, name: str) -> list[int]:
+        path = self.control / f"{name}.executions"
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def mlflow(self) -> MlflowClient:
+        return MlflowClient(f"sqlite:///{self.home / 'training_runs' / 'mlflow.db'}")
+
+    def run_of(self, experiment: str) -> Any:
+        client = self.mlflow()
+        found = client.get_experiment_by_name(experiment)
+        assert found is not None, f"no experiment {experiment}"
+        (run,) = client.search_runs([found.experiment_id])
+        return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+    home = tmp_path_factory.mktemp("airflow-services")
+    control = home / "control"
+    source = home / "source"
+    for folder in (control, source, home / "dags"):
+        folder.mkdir()
+    (source / "train.py").write_text(textwrap.dedent(SCRIPT))
+    (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(source=str(source), control=str(control)))
+    port = _free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TRAINING_RUNS_", "MLFLOW_", "AIRFLOW"))},
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+    }
+    log = open(home / "standalone.log", "wb")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen([f"{venv_bin}/airflow", "standalone"], env=environment, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError((home / "standalone.log").read_text()[-3000:])
+            with contextlib.suppress(httpx.HTTPError):
+                return passwords.exists() and httpx.get(f"{base}/api/v2/monitor/health").status_code == 200
+            return False
+
+        wait_until(ready, timeout=180, message="airflow standalone to answer")
+        password = json.loads(passwords.read_text())["admin"]
+        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}).json()
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
+        wait_until(lambda: api.get("/api/v2/dags/svc_reattach").status_code == 200, timeout=120,
+                   message="the DAGs to be parsed")
+        yield Airflow(home, control, api)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
+    run_id = airflow.trigger("svc_deferred_success")
+    airflow.wait_for_task("svc_deferred_success", run_id, {"deferred"})
+    (airflow.control / "svc_deferred_success.go").write_text("go")
+    task = airflow.wait_for_task("svc_deferred_success", run_id, {"success", "failed"})
+    assert task["state"] == "success"
+    run = airflow.run_of("svc_deferred_success")
+    assert run.info.status == "FINISHED" and run.data.tags["training.state"] == "Completed"
+    ticks = airflow.mlflow().get_metric_history(run.info.run_id, "tick")
+    assert sorted(m.step for m in ticks) == list(range(len(ticks))) and len(ticks) >= 4
+    assert [a.path for a in airflow.mlflow().list_artifacts(run.info.run_id, "outputs")] == ["outputs/done.txt"]
+    assert len(airflow.executions("svc_deferred_success")) == 1
+
+
+def test_marking_a_deferred_task_failed_stops_the_job(airflow: Airflow) -> None:
+    run_id = airflow.trigger("svc_deferred_kill")
+    airflow.wait_for_task("svc_deferred_kill", run_id, {"deferred"})
+    wait_until(lambda: bool(airflow.executions("svc_deferred_kill")), message="the script to start")
+    (pid,) = airflow.executions("svc_deferred_kill")
+
+    def trigger_is_relaying() -> bool:  # only the trigger relays while the task is deferred
+        with contextlib.suppress(AssertionError):
+            return bool(airflow.mlflow().get_metric_history(airflow.run_of("svc_deferred_kill").info.run_id, "tick"))
+        return False
+
+    wait_until(trigger_is_relaying, timeout=60, message="the triggerer to watch the run")
+    airflow.mark("svc_deferred_kill", run_id, "failed")
+    wait_until(lambda: not pid_alive(pid), timeout=60, message="the job to be stopped")
+    wait_until(lambda: airflow.run_of("svc_deferred_kill").info.status == "KILLED", timeout=60,
+               message="the MLflow run to end KILLED")
+    run = airflow.run_of("svc_deferred_kill")
+    assert run.data.tags["training.state"] == "Canceled"
+    assert airflow.task("svc_deferred_kill", run_id)["state"] == "failed"
+
+
+def test_marking_a_running_task_failed_stops_the_job(airflow: Airflow) -> None:
+    run_id = airflow.trigger("svc_running_kill")
+    airflow.wait_for_task("svc_running_kill", run_id, {"running"})
+    wait_until(lambda: bool(airflow.executions("svc_running_kill")), message="the script to start")
+    (pid,) = airflow.executions("svc_running_kill")
+    airflow.mark("svc_running_kill", run_id, "failed")
+    wait_until(lambda: not pid_alive(pid), timeout=60, message="the job to be stopped")
+    wait_until(lambda: airflow.run_of("svc_running_kill").info.status == "KILLED", timeout=60,
+               message="the MLflow run to end KILLED")
+
+
+def test_a_retry_after_a_killed_worker_reattaches_to_the_job(airflow: Airflow) -> None:
+    run_id = airflow.trigger("svc_reattach")
+    airflow.wait_for_task("svc_reattach", run_id, {"running"})
+    wait_until(lambda: bool(airflow.executions("svc_reattach")), message="the script to start")
+    (script_pid,) = airflow.executions("svc_reattach")
+    jobs = airflow.home / "training_runs" / "local" / "jobs"
+    (runner_state,) = jobs.glob("*/runner.json")
+    runner_pid = json.loads(runner_state.read_text())["runner_pid"]
+    with open(f"/proc/{runner_pid}/stat") as stat:
+        task_process = int(stat.read().rsplit(")", 1)[1].split()[1])  # the runner's parent: the task
+    os.kill(task_process, signal.SIGKILL)  # the worker dies; the job must live on
+    airflow.wait_for_task("svc_reattach", run_id, {"up_for_retry", "running", "failed"}, timeout=120)
+    assert pid_alive(script_pid), "the job died with its worker"
+    wait_until(lambda: airflow.task("svc_reattach", run_id)["try_number"] == 2, timeout=120,
+               message="the second try")
+    airflow.wait_for_task("svc_reattach", run_id, {"running"})
+    time.sleep(2)  # the retry reattaches; give it time to start watching
+    (airflow.control / "svc_reattach.go").write_text("go")
+    task = airflow.wait_for_task("svc_reattach", run_id, {"success", "failed"})
+    assert task["state"] == "success" and task["try_number"] == 2
+    assert airflow.executions("svc_reattach") == [script_pid], "the script ran more than once"
+    run = airflow.run_of("svc_reattach")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["airflow.try_number"] == "1"  # the run was created by the first try

@@ -1,0 +1,212 @@
+"""Guards the public API: exported names, Azure-compatible signatures, and what importing costs.
+
+A change that renames, reorders or drops a public name breaks user code and DAGs; these tests make
+such a change a deliberate one (update the expected sets here together with the README).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+import airflow_provider
+import airflow_provider.core as core
+
+CORE_API = {
+    "ScriptRunConfig",
+    "Environment",
+    "Experiment",
+    "Run",
+    "ScriptRun",
+    "MpiConfiguration",
+    "PyTorchConfiguration",
+    "TensorflowConfiguration",
+    "RunState",
+    "ConfigurationError",
+    "EnvironmentBuildError",
+    "RunFailedError",
+    "TargetError",
+    "TrackingError",
+    "TrainingRunError",
+}
+HOOKS_API = {
+    "ComputeHook",
+    "DockerComputeHook",
+    "LocalComputeHook",
+    "MLflowTrackingHook",
+    "MPIComputeHook",
+    "SSHComputeHook",
+    "compute_hook_for",
+}
+SCRIPT_RUN_CONFIG_ORDER = [
+    "source_directory",
+    "script",
+    "command",
+    "arguments",
+    "compute_target",
+    "environment",
+    "distributed_job_config",
+    "max_run_duration_seconds",
+    "environment_variables",
+]
+OPERATOR_PARAMETERS = {
+    # name: documented default (inspect.Parameter.empty: required)
+    "source_directory": inspect.Parameter.empty,
+    "script": None,
+    "command": None,
+    "arguments": None,
+    "compute_target": "local",
+    "environment": None,
+    "distributed_job_config": None,
+    "max_run_duration_seconds": None,
+    "environment_variables": None,
+    "secret_environment_variables": None,
+    "experiment_name": None,
+    "tracking_conn_id": None,
+    "tags": None,
+    "deferrable": False,
+    "poll_interval": 5.0,
+    "reattach_on_retry": True,
+}
+TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
+             "secret_environment_variables", "experiment_name", "tags"}
+
+
+# ---------------------------------------------------------------------- airflow_provider.core
+def test_core_all_is_the_documented_set() -> None:
+    assert len(core.__all__) == len(set(core.__all__)), "duplicate names in airflow_provider.core.__all__"
+    assert set(core.__all__) == CORE_API
+
+
+@pytest.mark.parametrize("name", sorted(CORE_API))
+def test_core_name_resolves_to_its_object(name: str) -> None:
+    value = getattr(core, name)
+    assert value.__name__ == name
+    assert value.__module__.startswith("airflow_provider.core."), value.__module__
+    # the lazy import caches the value and "from ... import" sees the same object
+    namespace: dict[str, object] = {}
+    exec(f"from airflow_provider.core import {name}", namespace)
+    assert namespace[name] is value is getattr(core, name)
+
+
+def test_core_error_classes_share_one_base() -> None:
+    for name in ("ConfigurationError", "EnvironmentBuildError", "RunFailedError", "TargetError", "TrackingError"):
+        assert issubclass(getattr(core, name), core.TrainingRunError), name
+
+
+def test_core_dir_lists_the_public_names() -> None:
+    assert dir(core) == sorted(CORE_API)
+
+
+def test_core_unknown_attribute_raises_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        _ = core.NoSuchThing  # type: ignore[attr-defined]
+    assert not hasattr(core, "Workspace")
+    with pytest.raises(ImportError):
+        exec("from airflow_provider.core import Workspace", {})
+
+
+def test_script_run_config_keeps_azure_parameter_names_in_order() -> None:
+    parameters = inspect.signature(core.ScriptRunConfig).parameters
+    names = list(parameters)
+    assert names[: len(SCRIPT_RUN_CONFIG_ORDER)] == SCRIPT_RUN_CONFIG_ORDER
+    assert parameters["source_directory"].default is inspect.Parameter.empty
+    for name in SCRIPT_RUN_CONFIG_ORDER:
+        assert parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+    assert parameters["compute_target"].default == "local"
+    for name in SCRIPT_RUN_CONFIG_ORDER[1:]:
+        if name != "compute_target":
+            assert parameters[name].default is None, name
+
+
+# ---------------------------------------------------------------------- airflow_provider (package)
+def test_package_exposes_provider_info_and_version() -> None:
+    from importlib import metadata
+
+    assert airflow_provider.__version__ == metadata.version("airflow-provider-training-runs")
+    assert airflow_provider.get_provider_info()["package-name"] == "airflow-provider-training-runs"
+
+
+def _imported_after(code: str) -> dict[str, list[str]]:
+    """Top-level packages of interest present in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = (
+        f"{code}\n"
+        "import json, sys\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy = ('airflow', 'mlflow', 'docker', 'paramiko', 'sqlalchemy')\n"
+        "print(json.dumps(sorted(r for r in roots if r in heavy)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_package_and_core_import_neither_airflow_nor_mlflow() -> None:
+    code = (
+        "import airflow_provider\n"
+        "airflow_provider.get_provider_info()\n"
+        "import airflow_provider.core\n"
+        "from airflow_provider.core import Run\n"
+        "Run.get_context\n"
+    )
+    assert _imported_after(code) == []
+
+
+def test_every_core_name_imports_without_airflow() -> None:
+    code = (
+        "import airflow_provider.core as core\n"
+        "for name in core.__all__:\n"
+        "    getattr(core, name)\n"
+    )
+    assert "airflow" not in _imported_after(code)
+
+
+# ---------------------------------------------------------------------- operators and hooks
+def test_operators_all() -> None:
+    import airflow_provider.operators as operators
+
+    assert operators.__all__ == ["SubmitTrainingRunOperator"]
+    from airflow_provider.operators.submit_training_run import SubmitTrainingRunOperator
+
+    assert operators.SubmitTrainingRunOperator is SubmitTrainingRunOperator
+
+
+def test_hooks_all() -> None:
+    import airflow_provider.hooks as hooks
+
+    assert set(hooks.__all__) == HOOKS_API
+    for name in HOOKS_API:
+        assert getattr(hooks, name).__module__.startswith("airflow_provider.hooks."), name
+
+
+def test_operator_has_the_documented_keyword_parameters() -> None:
+    from airflow_provider.operators import SubmitTrainingRunOperator
+
+    parameters = inspect.signature(SubmitTrainingRunOperator.__init__).parameters
+    own = {name: p for name, p in parameters.items() if name not in ("self", "kwargs")}
+    assert set(own) == set(OPERATOR_PARAMETERS)
+    for name, default in OPERATOR_PARAMETERS.items():
+        assert own[name].kind is inspect.Parameter.KEYWORD_ONLY, f"{name} should be keyword-only"
+        assert own[name].default == default or own[name].default is default, name
+    assert parameters["kwargs"].kind is inspect.Parameter.VAR_KEYWORD, "BaseOperator arguments pass through"
+    # the azure-compatible parameters come first, in the same order as ScriptRunConfig
+    assert [n for n in own if n in SCRIPT_RUN_CONFIG_ORDER] == SCRIPT_RUN_CONFIG_ORDER
+    docstring = inspect.getdoc(SubmitTrainingRunOperator) or ""
+    undocumented = [name for name in OPERATOR_PARAMETERS if f":param {name}:" not in docstring]
+    assert not undocumented, f"parameters missing from the docstring: {undocumented}"
+
+
+def test_operator_templated_fields_are_the_documented_ones() -> None:
+    from airflow_provider.operators import SubmitTrainingRunOperator
+
+    assert set(SubmitTrainingRunOperator.template_fields) == TEMPLATED
+    assert len(SubmitTrainingRunOperator.template_fields) == len(TEMPLATED)
+    docstring = inspect.getdoc(SubmitTrainingRunOperator) or ""
+    for name in TEMPLATED:
+        line = next(line for line in docstring.splitlines() if line.startswith(f":param {name}:"))
+        block = docstring[docstring.index(line):].split(":param ")[1]
+        assert "(templated)" in block, f"{name} is templated but its docstring does not say so"
