@@ -98,8 +98,8 @@ def get_provider_info() -> dict[str, Any]:
                 {
                     "hosts": {"label": "Hosts (host[:slots], comma separated)", "schema": _STRING},
                     "ssh_conn_ids": {"label": "SSH connections (comma separated)", "schema": _STRING},
-                    "launcher": {"label": "Launcher", "schema": {"type": ["string", "null"],
-                                                                 "enum": ["openmpi", "mpich"]}},
+                    "launcher": {"label": "Launcher", "schema": {"type": ["string", "null"], "default": "openmpi",
+                                                                 "enum": ["openmpi", "mpich", None]}},
                 },
                 ["schema", "port"],
             ),

@@ -28,7 +28,7 @@ from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
 from airflow_provider.core.tracking import RunState, Tags, Tracker
-from airflow_provider.core.watcher import OutputSink, RunWatcher
+from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
 
 __all__ = ["Experiment", "ScriptRun"]
 
@@ -218,6 +218,8 @@ class ScriptRun:
         self.id = run_id
         self.target = target
         self.handle = handle
+        self.log_upload_interval = 15.0
+        """Seconds between uploads of the driver log and ``./logs`` while the run goes on."""
 
     def __repr__(self) -> str:
         return f"ScriptRun(id={self.id!r}, experiment={self.experiment.name!r})"
@@ -328,7 +330,7 @@ class ScriptRun:
         if Tags.EXIT_CODE in tags:
             details["exitCode"] = int(tags[Tags.EXIT_CODE])
         if Tags.ERROR in tags:
-            details["error"] = {"message": tags[Tags.ERROR], "logTail": tags.get(Tags.ERROR_LOG_TAIL, "")}
+            details["error"] = {"message": tags[Tags.ERROR], "logTail": self._driver_log_tail()}
         return details
 
     def get_metrics(self) -> dict[str, float | list[float]]:
@@ -375,6 +377,17 @@ class ScriptRun:
         return SnapshotStore().restore(snapshot_id, Path(path or f"snapshot_{self.id}"))
 
     # ------------------------------------------------------------------ internals
+    def _driver_log_tail(self, lines: int = 40) -> str:
+        with tempfile.TemporaryDirectory(prefix="driver-log-") as scratch:
+            try:
+                local = self.tracker.client.download_artifacts(self.id, DRIVER_LOG_ARTIFACT, scratch)
+            except Exception:  # no driver log (the run never started): no tail
+                return ""
+            with open(local, "rb") as stream:
+                stream.seek(max(0, os.path.getsize(local) - 8192))
+                text = stream.read().decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
     def _state(self) -> RunState:
         return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
 
@@ -385,7 +398,8 @@ class ScriptRun:
         :param log_offset: where in the driver log output starts.
         """
         assert self.target is not None and self.handle is not None
-        return RunWatcher(self.tracker, self.target, self.handle, self.id, output, log_offset=log_offset)
+        return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
+                          upload_interval=self.log_upload_interval, log_offset=log_offset)
 
     def _lock(self) -> Any:
         from filelock import FileLock

@@ -76,7 +76,6 @@ class Tags:
     ENVIRONMENT_DESCRIPTION = "training.environment.description"
     DISTRIBUTION = "training.distribution"
     ERROR = "training.error"
-    ERROR_LOG_TAIL = "training.error_log_tail"
     EXIT_CODE = "training.exit_code"
     EVENTS_OFFSET = "training.relay.events_offset"
     RUN_NAME = "mlflow.runName"

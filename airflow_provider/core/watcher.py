@@ -149,12 +149,12 @@ class RunWatcher:
         if status.exit_code is not None:
             tags[Tags.EXIT_CODE] = str(status.exit_code)
         if error or problems:
-            tail = self.log_tail()
+            # The message only: the log tail is the script's raw output, which may print secrets,
+            # and tags are no place for those. get_details() reads the tail from the driver log.
             message = error or "the run ended but collecting its results failed"
             if problems:
                 message += " (while finalizing: " + "; ".join(problems) + ")"
             tags[Tags.ERROR] = message
-            tags[Tags.ERROR_LOG_TAIL] = tail
             if not error:
                 state = RunState.FAILED
         self.tracker.set_state(self.run_id, state, tags)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook
 
@@ -45,11 +46,11 @@ class MLflowTrackingHook(BaseHook):
             return resolve_tracking_uri(None)
         host = str(connection.host or "")
         if "://" not in host:
-            scheme = connection.schema or "http"
-            host = f"{scheme}://{host}"
-        if connection.port and host.count(":") < 2:
-            host = f"{host}:{connection.port}"
-        return host
+            host = f"{connection.schema or 'http'}://{host}"
+        parts = urlsplit(host)
+        if connection.port and parts.port is None:
+            parts = parts._replace(netloc=f"{parts.netloc}:{connection.port}")
+        return urlunsplit(parts)
 
     def get_credentials(self) -> dict[str, str]:
         """MLflow's credential variables for this connection (secret: never logged or recorded)."""

@@ -128,6 +128,14 @@ class SubmitTrainingRunOperator(BaseOperator):
 
     # ------------------------------------------------------------------ execution
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self._submit_and_watch(context)
+        except (ConfigurationError, TargetError) as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc  # retrying cannot fix a bad configuration
+
+    def _submit_and_watch(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         experiment = self._experiment(context)
         config, secrets = self._run_config()
@@ -140,13 +148,8 @@ class SubmitTrainingRunOperator(BaseOperator):
             "airflow.try_number": str(ti.try_number),
         }
         run_key = f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
-        try:
-            run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
-                                    run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets)
-        except ConfigurationError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc  # retrying cannot fix a bad configuration
+        run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
+                                run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets)
         self._run = run
         if run.handle is not None:
             self._reference = RunReference(run.id, experiment.name, experiment.tracking_uri, self.tracking_conn_id,
@@ -205,12 +208,7 @@ class SubmitTrainingRunOperator(BaseOperator):
     def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:
         from airflow.sdk.log import mask_secret
 
-        try:
-            target = self.compute_hook.get_target()
-        except TargetError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc
+        target = self.compute_hook.get_target()
         secrets = dict(self.secret_environment_variables or {})
         plain = dict(self.environment_variables or {})
         for name, value in plain.items():

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider.core.watcher import RunWatcher
-from airflow_provider.run_reference import RunReference
+if TYPE_CHECKING:
+    from airflow_provider.core.submit import ScriptRun
+    from airflow_provider.core.watcher import RunWatcher
 
 __all__ = ["TrainingRunTrigger"]
 
@@ -43,6 +44,12 @@ class TrainingRunTrigger(BaseTrigger):
             {"reference": self.reference, "poll_interval": self.poll_interval, "log_offset": self.log_offset},
         )
 
+    def _script_run(self) -> ScriptRun:
+        # Imported here, in a worker thread: the triggerer imports this module on its event loop.
+        from airflow_provider.run_reference import RunReference
+
+        return RunReference.from_dict(self.reference).script_run()
+
     def _output(self, line: str) -> None:
         self.log.info("%s%s", OUTPUT_PREFIX, line)
 
@@ -52,7 +59,7 @@ class TrainingRunTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            script_run = await asyncio.to_thread(RunReference.from_dict(self.reference).script_run)
+            script_run = await asyncio.to_thread(self._script_run)
             watcher: RunWatcher = await asyncio.to_thread(script_run.watcher, self._output, self.log_offset)
             pause = min(0.2, self.poll_interval)
             while True:
@@ -70,5 +77,5 @@ class TrainingRunTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The user marked the deferred task failed/success or cleared it: stop the job."""
         self.log.info("Task killed while deferred: canceling training run %s", self.reference.get("run_id"))
-        script_run = await asyncio.to_thread(RunReference.from_dict(self.reference).script_run)
+        script_run = await asyncio.to_thread(self._script_run)
         await asyncio.to_thread(script_run.cancel)

@@ -434,3 +434,29 @@ def test_a_source_directory_over_the_limit_fails_before_any_run_exists(tmp_path:
         experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", snapshot_size_limit_mb=1))
     assert "data.bin" in str(caught.value) and ".amlignore" in str(caught.value)
     assert MlflowClient().search_runs([experiment.id]) == []
+
+
+def test_logs_folder_and_driver_log_are_uploaded_while_the_run_goes_on(tmp_path: Path) -> None:
+    go_file = tmp_path / "go"
+    write_script(tmp_path / "src", """
+        import os, time
+        os.makedirs("logs", exist_ok=True)
+        with open("logs/progress.log", "w") as out:
+            out.write("half way\\n")
+        print("still training", flush=True)
+        while not os.path.exists(os.environ["GO_FILE"]):
+            time.sleep(0.05)
+    """)
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"GO_FILE": str(go_file)})
+    run = Experiment("interim-uploads").submit(config)
+    run.log_upload_interval = 0.3
+    waiter = threading.Thread(target=run.wait_for_completion)
+    waiter.start()
+    try:
+        wait_until(lambda: {"logs/progress.log", "system_logs/driver.log"} <= artifacts(run.id),
+                   message="interim uploads")
+        assert run.get_details()["status"] == "Running"
+    finally:
+        go_file.write_text("go")
+        waiter.join()
+    assert run.get_details()["status"] == "Completed"

@@ -108,6 +108,12 @@ class Airflow:
     def mlflow(self) -> MlflowClient:
         return MlflowClient(f"sqlite:///{self.home / 'training_runs' / 'mlflow.db'}")
 
+    def trigger_is_relaying(self, experiment: str) -> bool:
+        """True once metrics reach MLflow: only the trigger relays while the task is deferred."""
+        with contextlib.suppress(AssertionError):
+            return bool(self.mlflow().get_metric_history(self.run_of(experiment).info.run_id, "tick"))
+        return False
+
     def run_of(self, experiment: str) -> Any:
         client = self.mlflow()
         found = client.get_experiment_by_name(experiment)
@@ -179,6 +185,11 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
 def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
     run_id = airflow.trigger("svc_deferred_success")
     airflow.wait_for_task("svc_deferred_success", run_id, {"deferred"})
+    # Let the triggerer take over first: an event fired before the scheduler has processed the
+    # deferral makes Airflow 3.3 fail the task ("finished with state success, but ... queued").
+    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_success"), timeout=60,
+               message="the triggerer to watch the run")
+    time.sleep(2)
     (airflow.control / "svc_deferred_success.go").write_text("go")
     task = airflow.wait_for_task("svc_deferred_success", run_id, {"success", "failed"})
     assert task["state"] == "success"
@@ -195,13 +206,8 @@ def test_marking_a_deferred_task_failed_stops_the_job(airflow: Airflow) -> None:
     airflow.wait_for_task("svc_deferred_kill", run_id, {"deferred"})
     wait_until(lambda: bool(airflow.executions("svc_deferred_kill")), message="the script to start")
     (pid,) = airflow.executions("svc_deferred_kill")
-
-    def trigger_is_relaying() -> bool:  # only the trigger relays while the task is deferred
-        with contextlib.suppress(AssertionError):
-            return bool(airflow.mlflow().get_metric_history(airflow.run_of("svc_deferred_kill").info.run_id, "tick"))
-        return False
-
-    wait_until(trigger_is_relaying, timeout=60, message="the triggerer to watch the run")
+    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_kill"), timeout=60,
+               message="the triggerer to watch the run")
     airflow.mark("svc_deferred_kill", run_id, "failed")
     wait_until(lambda: not pid_alive(pid), timeout=60, message="the job to be stopped")
     wait_until(lambda: airflow.run_of("svc_deferred_kill").info.status == "KILLED", timeout=60,
@@ -227,8 +233,8 @@ def test_a_retry_after_a_killed_worker_reattaches_to_the_job(airflow: Airflow) -
     airflow.wait_for_task("svc_reattach", run_id, {"running"})
     wait_until(lambda: bool(airflow.executions("svc_reattach")), message="the script to start")
     (script_pid,) = airflow.executions("svc_reattach")
-    jobs = airflow.home / "training_runs" / "local" / "jobs"
-    (runner_state,) = jobs.glob("*/runner.json")
+    run = airflow.run_of("svc_reattach")
+    runner_state = airflow.home / "training_runs" / "local" / "jobs" / run.info.run_id / "runner.json"
     runner_pid = json.loads(runner_state.read_text())["runner_pid"]
     with open(f"/proc/{runner_pid}/stat") as stat:
         task_process = int(stat.read().rsplit(")", 1)[1].split()[1])  # the runner's parent: the task

@@ -58,3 +58,36 @@ def test_scheduled_retraining_promotes_only_a_better_challenger(
     assert decision["promoted"] is (best == "2")
     run = client.get_run(second["xcom"]["train_challenger"]["run_id"])
     assert run.data.tags["retraining.decision"] == ("promoted" if best == "2" else "kept champion")
+
+
+DEFERRABLE_DAG = '''
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider.operators import SubmitTrainingRunOperator
+
+with DAG("deferrable_dag_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    SubmitTrainingRunOperator(task_id="train", source_directory={source!r}, script="train.py",
+                              deferrable=True, poll_interval=0.5, experiment_name="deferrable")
+'''
+
+
+def test_deferrable_mode_end_to_end_in_dag_test(run_dag: Callable[..., dict[str, Any]], client: MlflowClient,
+                                                tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(
+        "import time\nfrom airflow_provider.core import Run\nrun = Run.get_context()\n"
+        "for i in range(20):\n    run.log('step_metric', i)\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
+    )
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "deferrable.py").write_text(DEFERRABLE_DAG.format(source=str(source)))
+    outcome = run_dag("deferrable_dag_test", dags_folder=dags)
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    assert "running trigger in line" in outcome["output"], "the task did not defer"
+    result = outcome["xcom"]["train"]
+    assert result["status"] == "Completed"
+    history = client.get_metric_history(result["run_id"], "step_metric")
+    assert sorted(m.value for m in history) == [float(i) for i in range(20)]
+    printed = [line for line in outcome["output"].splitlines() if "[run] line " in line]
+    assert len(printed) == 20, "every output line is shown exactly once across trigger and worker"
