@@ -942,6 +942,9 @@ def cleanup(work: Path, keep: bool) -> dict[str, Any]:
             report[name] = action(state)
         except Exception as exc:
             report[name] = f"failed: {exc!r}"
+    # Everything the core put in the temporary folder and did not remove itself (see main()).
+    scratch = work / "tmp"
+    report["temp_leftovers"] = sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else []
     if keep:
         report["kept"] = str(work)
     else:
@@ -999,6 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial MLflow database tables"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # a benchmark must not phone home (nor wait on it)
+    # Temporary files of this process and its children go inside the work folder: they are removed
+    # with it, and whatever is left there at the end was leaked (reported as temp_leftovers).
+    (work / "tmp").mkdir()
+    os.environ["TMPDIR"] = str(work / "tmp")
+    tempfile.tempdir = str(work / "tmp")
 
     print(f"bench_core ({settings.mode}): Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"state in {work / 'state'}")
@@ -1026,6 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
             results["mlflow"] = mlflow.__version__
     finally:
         results["cleanup"] = cleanup(work, args.keep)
+        tempfile.tempdir = None
         os.environ.clear()
         os.environ.update(saved_env)
 
@@ -1037,6 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
                 + [("total time", f"{results['total_s']:.1f} s", f"mode {settings.mode}")])
     if results["cleanup"].get("kept"):
         print(f"  kept {results['cleanup']['kept']}")
+    if results["cleanup"]["temp_leftovers"]:
+        print(f"  temporary files the core left behind (removed now): {results['cleanup']['temp_leftovers']}")
     print(json.dumps(results, default=str))
     if failed:
         return 1

@@ -117,7 +117,10 @@ class Experiment:
                 self.tracker.log_text(run_id, git.diff, "git/uncommitted.diff")
             self.tracker.set_state(run_id, RunState.PREPARING)
             prepared = self._prepare_environment(run_id, target, resolved)
-            self.tracker.set_state(run_id, RunState.STARTING)
+            self.tracker.set_state(run_id, RunState.STARTING, {
+                Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
+                Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
+            })
             handle = target.stage(run_id, snapshot, store, _runtime_files())
             target.launch(handle, self._job_spec(run_id, target, handle, resolved, prepared, secret_variables))
             self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
@@ -154,17 +157,17 @@ class Experiment:
             prepared = target.prepare_environment(resolved.environment)
         except EnvironmentBuildError as exc:
             if exc.log_path is not None and exc.log_path.exists():
-                self.tracker.log_artifact(run_id, _named_copy(exc.log_path, "environment_build.log"),
-                                          "system_logs")
+                self._log_build_log(run_id, exc.log_path)
             raise
-        self.tracker.set_tags(run_id, {
-            Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
-            Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
-        })
         if prepared.build_log is not None:
-            self.tracker.log_artifact(run_id, _named_copy(prepared.build_log, "environment_build.log"),
-                                      "system_logs")
+            self._log_build_log(run_id, prepared.build_log)
         return prepared
+
+    def _log_build_log(self, run_id: str, path: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="artifact-") as scratch:
+            named = Path(scratch) / "environment_build.log"
+            shutil.copyfile(path, named)
+            self.tracker.log_artifact(run_id, named, "system_logs")
 
     def _job_spec(self, run_id: str, target: ComputeTarget, handle: JobHandle, resolved: ResolvedRunConfig,
                   prepared: PreparedEnvironment, secrets: dict[str, str] | None) -> JobSpec:
@@ -324,8 +327,8 @@ class ScriptRun:
             "stateTimes": {k[len(Tags.STATE_TIME_PREFIX):]: v for k, v in tags.items()
                            if k.startswith(Tags.STATE_TIME_PREFIX)},
             "artifactUri": run.info.artifact_uri,
-            "logFiles": [p for p in self.tracker.list_artifacts(self.id)
-                         if p.startswith(("system_logs/", "logs/"))],
+            "logFiles": [*self.tracker.list_artifacts(self.id, "system_logs"),
+                         *self.tracker.list_artifacts(self.id, "logs")],
         }
         if Tags.EXIT_CODE in tags:
             details["exitCode"] = int(tags[Tags.EXIT_CODE])
@@ -418,13 +421,6 @@ def _runtime_files() -> dict[str, bytes]:
         f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
         f"{package}/core/events.py": Path(events_module.__file__).read_bytes(),
     }
-
-
-def _named_copy(path: Path, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="artifact-"))
-    target = folder / name
-    shutil.copyfile(path, target)
-    return target
 
 
 def _validate_tags(tags: object) -> None:

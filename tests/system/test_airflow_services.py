@@ -172,6 +172,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
                    message="the DAGs to be parsed")
         yield Airflow(home, control, api)
     finally:
+        leftovers = _stop_leftover_jobs(home / "training_runs" / "local" / "jobs")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -180,6 +181,21 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+    assert not leftovers, f"job processes were still running after the tests: {leftovers}"
+
+
+def _stop_leftover_jobs(jobs: Path) -> list[int]:
+    """Kill job processes the tests left running (and report them: a test must not leave any)."""
+    alive = []
+    for runner_state in jobs.glob("*/runner.json"):
+        data = json.loads(runner_state.read_text())
+        for key in ("child_pid", "runner_pid"):
+            pid = data.get(key)
+            if pid and pid_alive(int(pid)):
+                alive.append(int(pid))
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(pid), signal.SIGKILL)
+    return alive
 
 
 def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:

@@ -19,14 +19,16 @@ way: nothing of the run survives its end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 JOB_SPEC = "job.json"
 RUNNER_STATE = "runner.json"
@@ -255,6 +257,8 @@ def _signal_all(members: set[int], group: int, signum: int) -> None:
 
 def _become_subreaper() -> None:
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
