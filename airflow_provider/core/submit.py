@@ -285,9 +285,9 @@ class ScriptRun:
             (maybe this process's own ``wait_for_completion``) is driving it and will do so.
             False only asks the job's supervisor to stop it.
         """
-        if self.handle is None or self.target is None or self._state().is_terminal:
+        if self.handle is None or self.target is None:
             return
-        self.target.cancel(self.handle, wait=wait)
+        self.target.cancel(self.handle, wait=wait)  # first, and without MLflow: stopping must not wait on it
         if not wait:
             return
         lock = self._lock()

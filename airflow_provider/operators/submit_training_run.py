@@ -19,9 +19,9 @@ from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.submit import Experiment, ScriptRun
 from airflow_provider.core.tracking import RunState
-from airflow_provider.finalizer import finalize_in_background
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
@@ -114,6 +114,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.reattach_on_retry = reattach_on_retry
         self._run: ScriptRun | None = None
         self._reference: RunReference | None = None
+        self._credentials: dict[str, str] = {}
 
     # ------------------------------------------------------------------ hooks (built lazily)
     @cached_property
@@ -179,6 +180,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         """
         self._reference = RunReference.from_dict(event["reference"])
         run = self._reference.script_run()
+        self._credentials = self.tracking_hook.get_credentials()
         experiment = run.experiment
         self._run = run
         if event.get("status") == "error":
@@ -194,15 +196,16 @@ class SubmitTrainingRunOperator(BaseOperator):
         Airflow SIGKILLs the task a few seconds after calling this, so the job is only asked to
         stop here, and a detached finalizer records the run's outputs, logs and final state.
         """
-        if self._reference is None or self._run is None:
+        if self._run is None or self._run.handle is None:
             return
         self.log.info("Task killed: canceling training run %s", self._run.id)
         self._run.cancel(wait=False)
-        finalize_in_background(self._reference)
+        finalize_in_background(self._run, self._credentials)
 
     # ------------------------------------------------------------------ helpers
     def _experiment(self, context: Context) -> Experiment:
         tracking_uri = self.tracking_hook.configure_process()
+        self._credentials = self.tracking_hook.get_credentials()
         return Experiment(self.experiment_name or context["ti"].dag_id, tracking_uri=tracking_uri)
 
     def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:

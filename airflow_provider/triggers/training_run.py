@@ -75,7 +75,21 @@ class TrainingRunTrigger(BaseTrigger):
             yield self._event("error", f"{type(exc).__name__}: {exc}")
 
     async def on_kill(self) -> None:
-        """The user marked the deferred task failed/success or cleared it: stop the job."""
+        """The user marked the deferred task failed/success or cleared it: stop the job.
+
+        The job is asked to stop at once; a detached finalizer records the run's outputs, logs and
+        Canceled state, so neither the triggerer's bound on ``on_kill`` nor a busy tracking store
+        can leave the job running or the run open.
+        """
         self.log.info("Task killed while deferred: canceling training run %s", self.reference.get("run_id"))
-        script_run = await asyncio.to_thread(self._script_run)
-        await asyncio.to_thread(script_run.cancel)
+        # One thread does it all: the triggerer may cancel on_kill itself (it did, in tests), and a
+        # cancelled await does not stop a function already running in a thread.
+        await asyncio.to_thread(self._stop_job_and_finalize_in_background)
+
+    def _stop_job_and_finalize_in_background(self) -> None:
+        from airflow_provider.core.finalizer import finalize_in_background
+        from airflow_provider.hooks.mlflow import MLflowTrackingHook
+
+        script_run = self._script_run()
+        script_run.cancel(wait=False)
+        finalize_in_background(script_run, MLflowTrackingHook(self.reference.get("tracking_conn_id")).get_credentials())

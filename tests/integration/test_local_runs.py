@@ -21,6 +21,7 @@ from airflow_provider.core import (
     ScriptRunConfig,
 )
 from airflow_provider.core.errors import SnapshotError
+from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.tracking import Tags
 from tests.helpers import make_wheel, pid_alive, processes_in_group, wait_until, write_script
 
@@ -460,3 +461,17 @@ def test_logs_folder_and_driver_log_are_uploaded_while_the_run_goes_on(tmp_path:
         go_file.write_text("go")
         waiter.join()
     assert run.get_details()["status"] == "Completed"
+
+
+def test_a_detached_finalizer_records_a_run_whose_watcher_is_gone(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", SPAWNING_SCRIPT)
+    pids_file = tmp_path / "pids.txt"
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)})
+    run = Experiment("finalizer").submit(config)
+    pids = _recorded_pids(pids_file, 3)
+    run.cancel(wait=False)  # what on_kill does: ask the job to stop, then leave
+    finalize_in_background(run)
+    wait_until(lambda: run.get_details()["mlflowStatus"] == "KILLED", timeout=60, message="the finalizer")
+    assert run.get_details()["status"] == "Canceled"
+    assert not [p for p in pids if pid_alive(p)]
+    assert "outputs/started.txt" in artifacts(run.id)

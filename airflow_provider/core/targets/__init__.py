@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.targets.base import ComputeTarget
 
-__all__ = ["ComputeTarget", "known_targets", "resolve_target"]
+__all__ = ["ComputeTarget", "known_targets", "resolve_target", "target_from_spec"]
 
 # name -> (module, class, install hint)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -18,6 +19,27 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 def known_targets() -> list[str]:
     """Names :func:`resolve_target` accepts."""
     return sorted(_REGISTRY)
+
+
+def _target_class(kind: str) -> type[ComputeTarget]:
+    module_name, class_name, hint = _REGISTRY[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TargetError(f"compute target {kind!r} needs an extra package: {hint or exc}") from exc
+    target_class: type[ComputeTarget] = getattr(module, class_name)
+    return target_class
+
+
+def target_from_spec(spec: dict[str, Any]) -> ComputeTarget:
+    """Rebuild a target from ``ComputeTarget.to_spec()`` output.
+
+    :param spec: the serialised target, with its ``kind``.
+    """
+    kind = spec.get("kind")
+    if kind not in _REGISTRY:
+        raise TargetError(f"unknown compute target kind {kind!r}; known: {', '.join(known_targets())}")
+    return _target_class(str(kind)).from_spec(spec)
 
 
 def resolve_target(target: str | ComputeTarget) -> ComputeTarget:
@@ -33,10 +55,4 @@ def resolve_target(target: str | ComputeTarget) -> ComputeTarget:
             f"{', '.join(known_targets())}; other targets (docker, ssh, mpi) are Airflow connections "
             "used through SubmitTrainingRunOperator, or ComputeTarget objects passed directly."
         )
-    module_name, class_name, hint = _REGISTRY[target]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TargetError(f"compute target {target!r} needs an extra package: {hint or exc}") from exc
-    instance: ComputeTarget = getattr(module, class_name)()
-    return instance
+    return _target_class(target)()

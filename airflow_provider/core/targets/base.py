@@ -125,6 +125,21 @@ class ComputeTarget(abc.ABC):
     kind: ClassVar[str]
 
     @abc.abstractmethod
+    def to_spec(self) -> dict[str, Any]:
+        """Plain data that rebuilds this target in another process (:func:`target_from_spec`).
+
+        It may hold credentials: pass it to processes on this machine only, never log it.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_spec(cls, spec: dict[str, Any]) -> ComputeTarget:
+        """Rebuild a target from :meth:`to_spec` output.
+
+        :param spec: the serialised target.
+        """
+
+    @abc.abstractmethod
     def describe(self) -> str:
         """One line for the run's details, e.g. ``"local (this machine: host1)"``."""
 

@@ -49,6 +49,13 @@ class LocalTarget(ComputeTarget):
         self.environment_cache = environment_cache or EnvironmentCache()
         self._runners: dict[str, subprocess.Popen[bytes]] = {}
 
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "jobs_root": str(self.jobs_root)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LocalTarget:
+        return cls(jobs_root=spec.get("jobs_root"))
+
     def describe(self) -> str:
         return f"local ({socket.gethostname()})"
 

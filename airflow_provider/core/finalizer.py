@@ -1,0 +1,87 @@
+"""A detached process that finalizes a canceled run after the process watching it is gone.
+
+When Airflow kills a running task (mark failed/success, clear), ``on_kill`` asks the job to stop
+and starts this process, because Airflow SIGKILLs the task a few seconds later, maybe before the
+run's outputs, logs and final state reach MLflow; a deferred task's trigger does the same. This
+process waits for the job to end, takes the run's watcher lock (released by the kernel when the
+task process dies, or by the task itself if it finalized first) and finalizes the run if nobody
+has. It imports neither Airflow nor anything that needs an Airflow connection: the target is
+rebuilt from its spec, and tracking credentials come in its environment.
+
+Usage: ``python -m airflow_provider.core.finalizer '<JSON>'``; its output goes to
+``<state>/logs/finalizer-<run id>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from airflow_provider.core.paths import state_dir
+from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.targets import target_from_spec
+from airflow_provider.core.targets.base import JobHandle
+
+__all__ = ["finalize_in_background", "main"]
+
+_STOP_TIMEOUT_SECONDS = 120.0
+_ATTEMPTS = 5
+
+
+def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = None) -> None:
+    """Start the finalizer for ``run`` as a detached process (own session, no stdin).
+
+    :param run: a submitted run with a target and a job handle.
+    :param environment: extra variables for the finalizer (tracking credentials): never in argv.
+    """
+    assert run.target is not None and run.handle is not None
+    description = {
+        "run_id": run.id,
+        "experiment_name": run.experiment.name,
+        "tracking_uri": run.experiment.tracking_uri,
+        "target": run.target.to_spec(),
+        "handle": run.handle.to_dict(),
+    }
+    folder = state_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"finalizer-{run.id}.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "airflow_provider.core.finalizer", json.dumps(description)],
+            env={**os.environ, **(environment or {})}, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+
+
+def _script_run(description: dict[str, Any]) -> ScriptRun:
+    experiment = Experiment(description["experiment_name"], tracking_uri=description["tracking_uri"])
+    return ScriptRun(experiment, description["run_id"], target_from_spec(description["target"]),
+                     JobHandle.from_dict(description["handle"]))
+
+
+def main(argv: list[str]) -> int:
+    """Finalize the run described by ``argv[1]``; retry while the tracking store is busy."""
+    logging.basicConfig(level=logging.INFO)
+    run = _script_run(json.loads(argv[1]))
+    assert run.target is not None and run.handle is not None
+    deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+    while run.target.poll(run.handle).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            run.cancel(wait=True)  # forces the stop if the job outlived its grace period
+            details = run.wait_for_completion(raise_on_error=False)
+            logging.info("Run %s finalized: %s", run.id, details["status"])
+            return 0
+        except Exception:
+            logging.exception("Finalizing run %s failed (attempt %d of %d)", run.id, attempt, _ATTEMPTS)
+            time.sleep(2 * attempt)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
