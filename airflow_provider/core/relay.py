@@ -23,6 +23,7 @@ from airflow_provider.core.events import (
     TableEvent,
     TagEvent,
     decode_event,
+    decode_events,
     split_complete_lines,
 )
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle
@@ -77,8 +78,7 @@ class EventRelay:
         tags: dict[str, str] = {}
         files: list[FileEvent] = []
         touched_tables: set[str] = set()
-        for line in lines:
-            event = decode_event(line)
+        for event in decode_events(lines):
             if isinstance(event, MetricEvent):
                 metrics.append(MetricValue(event.key, event.value, event.step, event.timestamp_ms))
             elif isinstance(event, TagEvent):
