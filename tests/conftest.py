@@ -92,3 +92,46 @@ def tracking_uri(isolated_state: Path, _mlflow_db_template: Path) -> str:
 
     shutil.copyfile(_mlflow_db_template, isolated_state / "mlflow.db")
     return f"sqlite:///{isolated_state / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on a free 127.0.0.1 port, for the whole session; yields its URI."""
+    import contextlib
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.helpers import wait_until
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               cwd=folder, env=environment)
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError((folder / "server.log").read_text()[-3000:])
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{uri}/health", timeout=2).status_code == 200
+        return False
+
+    try:
+        wait_until(healthy, timeout=120, message="mlflow server to answer")
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()

@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import Experiment, ScriptRunConfig
 from airflow_provider.links import mlflow_run_url
-from tests.helpers import wait_until, write_script
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               cwd=folder, env=environment)
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError((folder / "server.log").read_text()[-3000:])
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{uri}/health", timeout=2).status_code == 200
-        return False
-
-    try:
-        wait_until(healthy, timeout=120, message="mlflow server to answer")
-        yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+from tests.helpers import write_script
 
 
 def test_a_run_lands_on_the_tracking_server(mlflow_server: str, tmp_path: Path) -> None:

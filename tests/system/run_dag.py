@@ -24,7 +24,8 @@ def main() -> None:
         raise SystemExit(f"DAG {dag_id!r} not found; import errors: {bag.import_errors}")
     dag = bag.dags[dag_id]
     run = dag.test(logical_date=logical_date)
-    outcome: dict[str, object] = {"state": str(run.state), "run_id": run.run_id, "tasks": {}, "xcom": {}}
+    outcome: dict[str, object] = {"state": str(run.state), "run_id": run.run_id, "tasks": {}, "xcom": {},
+                                  "xcom_links": {}}
     with create_session() as session:
         for ti in run.get_task_instances(session=session):
             outcome["tasks"][ti.task_id] = str(ti.state)  # type: ignore[index]
@@ -33,6 +34,10 @@ def main() -> None:
             value = session.scalars(query).first()
             if value is not None:
                 outcome["xcom"][ti.task_id] = XComModel.deserialize_value(value)  # type: ignore[index]
+            links = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, task_ids=ti.task_id))
+            outcome["xcom_links"][ti.task_id] = {  # type: ignore[index]
+                x.key: XComModel.deserialize_value(x) for x in links if x.key.startswith("_link_")
+            }
     print(json.dumps(outcome, default=str))
 
 

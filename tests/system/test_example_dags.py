@@ -91,3 +91,37 @@ def test_deferrable_mode_end_to_end_in_dag_test(run_dag: Callable[..., dict[str,
     assert sorted(m.value for m in history) == [float(i) for i in range(20)]
     printed = [line for line in outcome["output"].splitlines() if "[run] line " in line]
     assert len(printed) == 20, "every output line is shown exactly once across trigger and worker"
+
+
+SERVER_DAG = '''
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider.operators import SubmitTrainingRunOperator
+
+with DAG("tracked_on_server", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    SubmitTrainingRunOperator(task_id="train", source_directory={source!r}, script="train.py",
+                              tracking_conn_id="mlflow_live", experiment_name="on-server")
+'''
+
+
+def test_operator_with_an_mlflow_connection_links_to_the_server(
+    run_dag: Callable[..., dict[str, Any]], mlflow_server: str, tmp_path: Path
+) -> None:
+    import json
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text("from airflow_provider.core import Run\nRun.get_context().log('score', 0.75)\n")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "server.py").write_text(SERVER_DAG.format(source=str(source)))
+    connection = json.dumps({"conn_type": "mlflow", "host": mlflow_server})
+    outcome = run_dag("tracked_on_server", dags_folder=dags, extra_env={"AIRFLOW_CONN_MLFLOW_LIVE": connection})
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(result["run_id"]).data.metrics["score"] == 0.75
+    assert result["tracking_url"] == f"{mlflow_server}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+    assert f"MLflow run: {result['tracking_url']}" in outcome["output"]
+    links = outcome["xcom_links"]["train"]
+    assert links == {"_link_MLflowRunLink": result["tracking_url"]}
