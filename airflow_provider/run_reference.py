@@ -44,12 +44,18 @@ class RunReference:
         return cls(str(data["run_id"]), str(data["experiment_name"]), str(data["tracking_uri"]),
                    data.get("tracking_conn_id"), str(data["compute_target"]), dict(data["handle"]))
 
-    def script_run(self) -> ScriptRun:
-        """Rebuild the run's handle here (reads the connections; creates no job)."""
+    def script_run(self, configure_credentials: bool = True) -> ScriptRun:
+        """Rebuild the run's handle here (reads the connections; creates no job).
+
+        :param configure_credentials: put the tracking connection's credentials in this process's
+            environment (MLflow reads them there). Never in a process shared by several tasks,
+            like the triggerer: one connection's credentials would go to another's server.
+        """
         from airflow_provider.hooks.compute import compute_hook_for
         from airflow_provider.hooks.mlflow import MLflowTrackingHook
 
-        MLflowTrackingHook(self.tracking_conn_id).configure_process()
+        if configure_credentials:
+            MLflowTrackingHook(self.tracking_conn_id).configure_process()
         target = compute_hook_for(self.compute_target).get_target()
         experiment = Experiment(self.experiment_name, tracking_uri=self.tracking_uri)
         return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle))

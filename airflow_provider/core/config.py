@@ -8,6 +8,7 @@ command line, the resolved environment).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -75,8 +76,10 @@ class ScriptRunConfig:
         _validate_target(self.compute_target)
         environment = _resolve_environment(self.environment)
         _validate_distribution(self.distributed_job_config)
-        limit = _validate_positive("max_run_duration_seconds", self.max_run_duration_seconds)
-        snapshot_limit = _validate_positive("snapshot_size_limit_mb", self.snapshot_size_limit_mb)
+        limit = _validate_positive("max_run_duration_seconds", self.max_run_duration_seconds, "seconds",
+                                   "or None for no limit")
+        snapshot_limit = _validate_positive("snapshot_size_limit_mb", self.snapshot_size_limit_mb, "megabytes",
+                                            f"(default {DEFAULT_SNAPSHOT_SIZE_LIMIT_MB:g})")
         variables = _validate_variables(self.environment_variables)
         return ResolvedRunConfig(
             source_directory=source,
@@ -183,6 +186,9 @@ def _render_arguments(arguments: object) -> list[str]:
 
 def _render_argument(name: str, value: object) -> str:
     if isinstance(value, str):
+        if "\0" in value:
+            raise ConfigurationError(_field(name), "contains a NUL character, which no command line can hold.",
+                                     "remove the NUL character.")
         return value
     if isinstance(value, (bool, int, float)):
         return str(value)
@@ -252,15 +258,14 @@ def _validate_distribution(config: object) -> None:
         )
 
 
-def _validate_positive(name: str, value: object) -> float | None:
+def _validate_positive(name: str, value: object, unit: str, alternative: str) -> float | None:
     if value is None:
         return None
+    fix = f"pass a positive, finite number of {unit}, {alternative}."
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(_field(name), f"must be a number of seconds, got {value!r}.",
-                                 "pass a positive number, or None for no limit.")
-    if value <= 0:
-        raise ConfigurationError(_field(name), f"must be positive, got {value}.",
-                                 "pass a positive number, or None for no limit.")
+        raise ConfigurationError(_field(name), f"must be a number of {unit}, got {value!r}.", fix)
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(_field(name), f"must be positive and finite, got {value}.", fix)
     return float(value)
 
 
@@ -277,4 +282,8 @@ def _validate_variables(variables: object) -> dict[str, str]:
         if not isinstance(value, str):
             raise ConfigurationError(_field(f"environment_variables[{key!r}]"),
                                      f"must be a string, got {type(value).__name__}.", f"pass str({value!r}).")
+        if "\0" in value:
+            raise ConfigurationError(_field(f"environment_variables[{key!r}]"),
+                                     "contains a NUL character, which no environment variable can hold.",
+                                     "remove the NUL character.")
     return dict(variables)

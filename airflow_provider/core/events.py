@@ -12,6 +12,8 @@ while the watcher reads is picked up on the next read.
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -28,12 +30,28 @@ __all__ = [
     "decode_events",
     "encode_event",
     "split_complete_lines",
+    "valid_name",
 ]
 
 EVENTS_FILE_VARIABLE = "TRAINING_RUN_EVENTS_FILE"
 """Environment variable holding the absolute path of the run's events file."""
 UPLOADS_DIR_VARIABLE = "TRAINING_RUN_UPLOADS_DIR"
 """Environment variable holding the folder where files passed to ``upload_file`` are staged."""
+
+
+MAX_EVENT_BYTES = 1 << 20
+"""The largest event line; bigger payloads belong in files (``upload_file``)."""
+
+_NAME = re.compile(r"^[/\w.\- :]{1,250}$")
+
+
+def valid_name(name: object) -> bool:
+    """True when MLflow accepts ``name`` as a metric or tag key (its own rules, checked early).
+
+    :param name: the proposed name.
+    """
+    return (isinstance(name, str) and _NAME.match(name) is not None
+            and posixpath.normpath(name) == name and not name.startswith(("/", "..")))
 
 
 @dataclass(frozen=True)

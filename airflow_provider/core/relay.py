@@ -25,6 +25,7 @@ from airflow_provider.core.events import (
     decode_event,
     decode_events,
     split_complete_lines,
+    valid_name,
 )
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle
 from airflow_provider.core.tracking import MetricValue, Tags, Tracker
@@ -51,6 +52,7 @@ class EventRelay:
         tags = tracker.get_run(run_id).data.tags
         self.offset = int(tags.get(Tags.EVENTS_OFFSET, "0"))
         self.relayed = 0
+        self.dropped = int(tags.get(Tags.DROPPED_EVENTS, "0"))
         self._tables: dict[str, list[dict[str, Any]]] = {}
         if self.offset:
             self._rebuild_tables()
@@ -64,6 +66,10 @@ class EventRelay:
         while True:
             chunk = self.target.read(self.handle, "events", self.offset, _READ_LIMIT)
             lines, consumed = split_complete_lines(chunk)
+            if not consumed and len(chunk) == _READ_LIMIT:  # a line longer than any event may be
+                if self._skip_oversized_line():
+                    continue
+                return total
             if not consumed:
                 return total
             self._relay(lines, self.offset + consumed)
@@ -79,6 +85,9 @@ class EventRelay:
         files: list[FileEvent] = []
         touched_tables: set[str] = set()
         for event in decode_events(lines):
+            if isinstance(event, (MetricEvent, TagEvent)) and not valid_name(event.key):
+                self.dropped += 1  # MLflow would refuse the whole batch: keep the rest flowing
+                continue
             if isinstance(event, MetricEvent):
                 metrics.append(MetricValue(event.key, event.value, event.step, event.timestamp_ms))
             elif isinstance(event, TagEvent):
@@ -97,7 +106,28 @@ class EventRelay:
             self.tracker.set_tags(self.run_id, tags)
             tags = {}
         tags[Tags.EVENTS_OFFSET] = str(new_offset)
+        if self.dropped:
+            tags[Tags.DROPPED_EVENTS] = str(self.dropped)
         self.tracker.log_metrics(self.run_id, metrics, tags)
+
+    def _skip_oversized_line(self) -> bool:
+        """Move the offset past a line too long to be an event (written by something else).
+
+        :return: False when the line has no end yet (it is still being written).
+        """
+        position = self.offset + _READ_LIMIT
+        while True:
+            chunk = self.target.read(self.handle, "events", position, _READ_LIMIT)
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                self.offset = position + newline + 1
+                self.dropped += 1
+                self.tracker.set_tags(self.run_id, {Tags.EVENTS_OFFSET: str(self.offset),
+                                                    Tags.DROPPED_EVENTS: str(self.dropped)})
+                return True
+            if len(chunk) < _READ_LIMIT:
+                return False
+            position += len(chunk)
 
     def _upload(self, event: FileEvent) -> None:
         with tempfile.TemporaryDirectory(prefix="relay-") as scratch:

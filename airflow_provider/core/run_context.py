@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from airflow_provider.core.events import (
     EVENTS_FILE_VARIABLE,
+    MAX_EVENT_BYTES,
     UPLOADS_DIR_VARIABLE,
     Event,
     FileEvent,
@@ -30,6 +31,7 @@ from airflow_provider.core.events import (
     TableEvent,
     TagEvent,
     encode_event,
+    valid_name,
 )
 
 __all__ = ["Run"]
@@ -100,6 +102,7 @@ class Run:
         :param description: kept for Azure ML compatibility; not stored.
         :param step: the value's step; default: one more than the last step of this name.
         """
+        _check_name("metric", name)
         if isinstance(value, str):
             self._emit(TagEvent(name, value), f"Attempted to log string metric {name}: {value}")
             return
@@ -114,6 +117,7 @@ class Run:
         :param value: the numbers.
         :param description: kept for Azure ML compatibility; not stored.
         """
+        _check_name("metric", name)
         values = [_as_number(name, v) for v in value]
         if self.is_offline:
             print(f"Attempted to log list metric {name}:\n{values}")
@@ -134,6 +138,7 @@ class Run:
         :param description: kept for Azure ML compatibility; not stored.
         :param kwargs: the row's columns and values.
         """
+        _check_name("table", name)
         self._emit(RowEvent(name, dict(kwargs)), f"Attempted to log row {name}:\n{kwargs}")
 
     def log_table(self, name: str, value: Mapping[str, Iterable[Any]], description: str = "") -> None:
@@ -143,6 +148,7 @@ class Run:
         :param value: column name -> list of values; all lists of one length.
         :param description: kept for Azure ML compatibility; not stored.
         """
+        _check_name("table", name)
         columns = {str(k): list(v) for k, v in value.items()}
         if len({len(v) for v in columns.values()}) > 1:
             raise ValueError(f"log_table({name!r}): all columns must have the same length")
@@ -155,6 +161,7 @@ class Run:
         :param key: tag name.
         :param value: tag value, converted with ``str``.
         """
+        _check_name("tag", key)
         text = "" if value is None else str(value)
         self._emit(TagEvent(key, text), f"Attempted to set tag {key}: {text}")
 
@@ -174,6 +181,7 @@ class Run:
         :param name: artifact path inside the run.
         :param path_or_stream: a file path or a binary stream.
         """
+        _check_name("artifact", name)
         if self.is_offline or self._uploads_dir is None:
             print(f"Attempted to upload file {name}")
             return
@@ -194,6 +202,7 @@ class Run:
         :param plot: a matplotlib figure or ``matplotlib.pyplot`` (anything with ``savefig``).
         :param description: kept for Azure ML compatibility; not stored.
         """
+        _check_name("image", name)
         if (path is None) == (plot is None):
             raise ValueError("log_image needs exactly one of path= or plot=")
         if self.is_offline or self._uploads_dir is None:
@@ -229,7 +238,13 @@ class Run:
             if offline_message:
                 print(offline_message)
             return
-        self._write_lines(encode_event(event), 1)
+        line = encode_event(event)
+        if len(line) > MAX_EVENT_BYTES:
+            raise ValueError(
+                f"{type(event).__name__} of {len(line)} bytes is over the {MAX_EVENT_BYTES}-byte limit of one "
+                "logged value; write it to a file and log it with run.upload_file(name, path)."
+            )
+        self._write_lines(line, 1)
 
     def _write_lines(self, data: bytes, events: int) -> None:
         assert self._events_fd is not None
@@ -242,6 +257,14 @@ class Run:
         while view:
             written = os.write(self._events_fd, view)
             view = view[written:]
+
+
+def _check_name(kind: str, name: object) -> None:
+    if not valid_name(name):
+        raise ValueError(
+            f"{kind} name {name!r} cannot be stored in MLflow: use 1-250 letters, digits, '_', '-', '.', ' ', "
+            "':' or '/' (no '..', no leading '/'). Rename it, e.g. 'top1_accuracy_val'."
+        )
 
 
 def _as_number(name: str, value: Any) -> float:

@@ -135,10 +135,12 @@ class Experiment:
         if previous is None:
             return None
         run_id = previous.info.run_id
-        if previous.info.status == "FINISHED":
+        # Decide from our own state tag: a script using mlflow directly can change MLflow's status.
+        state = RunState(previous.data.tags.get(Tags.STATE, RunState.QUEUED.value))
+        if state is RunState.COMPLETED:
             log.info("Run %s for key %s already completed; collecting its result", run_id, run_key)
             return ScriptRun(self, run_id, None, None)
-        if previous.info.status != "RUNNING":
+        if state.is_terminal:
             return None
         handle_json = previous.data.tags.get(Tags.JOB)
         if handle_json:
@@ -147,8 +149,9 @@ class Experiment:
                 log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
                 return ScriptRun(self, run_id, target, handle)
         message = "the run's job was never launched or is gone from the target; a new run replaces it"
-        self.tracker.set_state(run_id, RunState.FAILED, {Tags.ERROR: message})
+        self.tracker.set_tags(run_id, {Tags.ERROR: message})
         self.tracker.terminate(run_id, RunState.FAILED)
+        self.tracker.set_state(run_id, RunState.FAILED)
         return None
 
     def _prepare_environment(self, run_id: str, target: ComputeTarget,
@@ -198,8 +201,9 @@ class Experiment:
                            exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
         try:
-            self.tracker.set_state(run_id, RunState.FAILED, {Tags.ERROR: message})
+            self.tracker.set_tags(run_id, {Tags.ERROR: message})
             self.tracker.terminate(run_id, RunState.FAILED)
+            self.tracker.set_state(run_id, RunState.FAILED)
         finally:
             if handle is not None:
                 target.cancel(handle, grace_seconds=2)
@@ -394,15 +398,17 @@ class ScriptRun:
     def _state(self) -> RunState:
         return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
 
-    def watcher(self, output: OutputSink | None, log_offset: int = 0) -> RunWatcher:
+    def watcher(self, output: OutputSink | None, log_offset: int = 0, live_tracking: bool = True) -> RunWatcher:
         """A watcher for this run (for callers that drive it themselves, like a trigger).
 
         :param output: where output lines go.
         :param log_offset: where in the driver log output starts.
+        :param live_tracking: relay metrics and upload logs while the run goes on.
         """
         assert self.target is not None and self.handle is not None
         return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
-                          upload_interval=self.log_upload_interval, log_offset=log_offset)
+                          upload_interval=self.log_upload_interval, log_offset=log_offset,
+                          live_tracking=live_tracking)
 
     def _lock(self) -> Any:
         from filelock import FileLock

@@ -66,6 +66,7 @@ class Tags:
     STATE = "training.state"
     STATE_TIME_PREFIX = "training.state_time."
     RUN_KEY = "training.run_key"
+    RUN_KEY_HASH = "training.run_key_hash"
     TARGET = "training.target"
     JOB = "training.job"
     SNAPSHOT_ID = "training.snapshot_id"
@@ -78,6 +79,7 @@ class Tags:
     ERROR = "training.error"
     EXIT_CODE = "training.exit_code"
     EVENTS_OFFSET = "training.relay.events_offset"
+    DROPPED_EVENTS = "training.relay.dropped_events"
     RUN_NAME = "mlflow.runName"
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
@@ -165,9 +167,8 @@ class Tracker:
         :param experiment_id: where to look.
         :param run_key: the run key (dag, task, logical run, map index).
         """
-        quoted = run_key.replace("'", "\\'")
         runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{Tags.RUN_KEY}` = '{quoted}'",
+            [experiment_id], filter_string=f"tags.`{Tags.RUN_KEY_HASH}` = '{run_key_hash(run_key)}'",
             order_by=["attributes.start_time DESC"], max_results=1,
         )
         return runs[0] if runs else None
@@ -180,6 +181,8 @@ class Tracker:
         :param run_name: MLflow's display name.
         """
         initial = dict(tags)
+        if Tags.RUN_KEY in initial:
+            initial[Tags.RUN_KEY_HASH] = run_key_hash(initial[Tags.RUN_KEY])
         initial[Tags.STATE] = RunState.QUEUED.value
         initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = _now_iso()
         run = self.client.create_run(experiment_id, tags=_clip_tags(initial), run_name=run_name)
@@ -315,6 +318,16 @@ def _freeze_imported_objects() -> None:
 
         gc.freeze()
         _frozen = True
+
+
+def run_key_hash(run_key: str) -> str:
+    """The searchable form of a run key (any characters, any length).
+
+    :param run_key: the run key.
+    """
+    import hashlib
+
+    return hashlib.sha256(run_key.encode()).hexdigest()[:40]
 
 
 def _clip_tags(tags: dict[str, Any]) -> dict[str, str]:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from airflow_provider.core.errors import TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
@@ -59,17 +60,21 @@ class RunWatcher:
     :param output: where the run's output lines go live (None: nowhere).
     :param upload_interval: seconds between uploads of the driver log and ``./logs`` while running.
     :param log_offset: where in the driver log output starts (what an earlier watcher already showed).
+    :param live_tracking: relay events and upload logs while the run goes on; False only polls and
+        streams output (MLflow is then written by whoever finalizes).
     """
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
-                 output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0) -> None:
+                 output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
+                 live_tracking: bool = True) -> None:
         self.tracker = tracker
         self.target = target
         self.handle = handle
         self.run_id = run_id
         self.output = output
         self.upload_interval = upload_interval
-        self.relay = EventRelay(tracker, target, handle, run_id)
+        self.live_tracking = live_tracking
+        self._relay: EventRelay | None = None
         self.log_offset = log_offset
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial_line = ""
@@ -83,11 +88,20 @@ class RunWatcher:
         :return: the job's status after this step.
         """
         status = self.target.poll(self.handle)
-        self.relay.pump()
+        if self.live_tracking:
+            self.relay.pump()
         self.stream_output()
-        if status.state == "running" and time.monotonic() - self._last_upload >= self.upload_interval:
+        if (self.live_tracking and status.state == "running"
+                and time.monotonic() - self._last_upload >= self.upload_interval):
             self._upload_logs()
         return status
+
+    @property
+    def relay(self) -> EventRelay:
+        """The event relay (created on first use: it reads the run's offset from MLflow)."""
+        if self._relay is None:
+            self._relay = EventRelay(self.tracker, self.target, self.handle, self.run_id)
+        return self._relay
 
     def stream_output(self, final: bool = False) -> int:
         """Send complete new lines of the driver log to the output sink.
@@ -133,8 +147,14 @@ class RunWatcher:
     def finalize(self, status: JobStatus) -> RunState:
         """Collect everything, record the terminal state, clean up the target.
 
+        Safe to repeat: if collecting fails, the run stays Finalizing and the job folder stays on
+        the target, so the next watcher (a new ``wait_for_completion``, a retried task) collects
+        again. The detailed state is written last, after MLflow's status, so a watcher that sees a
+        terminal state knows everything before it happened.
+
         :param status: how the job ended.
         :return: the terminal state recorded.
+        :raises TrackingError: when the results could not be collected (nothing was lost).
         """
         state, error = final_state(status)
         self.tracker.set_state(self.run_id, RunState.FINALIZING)
@@ -145,20 +165,22 @@ class RunWatcher:
             except Exception as exc:
                 log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
                 problems.append(f"{type(exc).__name__}: {exc}")
+        if problems:
+            raise TrackingError(
+                f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
+                "kept on the target: wait for the run again, or resubmit with the same run key, to collect them"
+            )
         tags = {}
         if status.exit_code is not None:
             tags[Tags.EXIT_CODE] = str(status.exit_code)
-        if error or problems:
+        if error:
             # The message only: the log tail is the script's raw output, which may print secrets,
             # and tags are no place for those. get_details() reads the tail from the driver log.
-            message = error or "the run ended but collecting its results failed"
-            if problems:
-                message += " (while finalizing: " + "; ".join(problems) + ")"
-            tags[Tags.ERROR] = message
-            if not error:
-                state = RunState.FAILED
-        self.tracker.set_state(self.run_id, state, tags)
+            tags[Tags.ERROR] = error
+        if tags:
+            self.tracker.set_tags(self.run_id, tags)
         self.tracker.terminate(self.run_id, state)
+        self.tracker.set_state(self.run_id, state)
         self.target.cleanup(self.handle)
         return state
 

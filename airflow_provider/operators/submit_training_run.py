@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["SubmitTrainingRunOperator"]
 
 OUTPUT_PREFIX = "[run] "
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
@@ -115,6 +116,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self._run: ScriptRun | None = None
         self._reference: RunReference | None = None
         self._credentials: dict[str, str] = {}
+        self._killed = False
 
     # ------------------------------------------------------------------ hooks (built lazily)
     @cached_property
@@ -152,6 +154,9 @@ class SubmitTrainingRunOperator(BaseOperator):
         run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
                                 run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets)
         self._run = run
+        if self._killed:  # on_kill came while submitting, before there was a run to cancel
+            self.on_kill()
+            raise RuntimeError(f"the task was killed while submitting training run {run.id}; it was canceled")
         if run.handle is not None:
             self._reference = RunReference(run.id, experiment.name, experiment.tracking_uri, self.tracking_conn_id,
                                            self.compute_hook.target_reference, run.handle.to_dict())
@@ -196,8 +201,9 @@ class SubmitTrainingRunOperator(BaseOperator):
         Airflow SIGKILLs the task a few seconds after calling this, so the job is only asked to
         stop here, and a detached finalizer records the run's outputs, logs and final state.
         """
+        self._killed = True
         if self._run is None or self._run.handle is None:
-            return
+            return  # nothing launched yet: execute() cancels the run as soon as submit returns
         self.log.info("Task killed: canceling training run %s", self._run.id)
         self._run.cancel(wait=False)
         finalize_in_background(self._run, self._credentials)
@@ -218,6 +224,9 @@ class SubmitTrainingRunOperator(BaseOperator):
             if _SECRET_NAME.search(name) and isinstance(value, str):
                 mask_secret(value, name)
         for name, value in secrets.items():
+            if not isinstance(name, str) or not _ENV_VAR_NAME.match(name):
+                raise ConfigurationError("secret_environment_variables", f"{name!r} is not a valid variable name.",
+                                         "use letters, digits and '_', not starting with a digit.")
             if not isinstance(value, str):
                 raise ConfigurationError(f"secret_environment_variables[{name!r}]",
                                          f"must be a string, got {type(value).__name__}.", "pass a string.")

@@ -48,7 +48,12 @@ class TrainingRunTrigger(BaseTrigger):
         # Imported here, in a worker thread: the triggerer imports this module on its event loop.
         from airflow_provider.run_reference import RunReference
 
-        return RunReference.from_dict(self.reference).script_run()
+        return RunReference.from_dict(self.reference).script_run(configure_credentials=False)
+
+    def _credentials(self) -> dict[str, str]:
+        from airflow_provider.hooks.mlflow import MLflowTrackingHook
+
+        return MLflowTrackingHook(self.reference.get("tracking_conn_id")).get_credentials()
 
     def _output(self, line: str) -> None:
         self.log.info("%s%s", OUTPUT_PREFIX, line)
@@ -60,7 +65,11 @@ class TrainingRunTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             script_run = await asyncio.to_thread(self._script_run)
-            watcher: RunWatcher = await asyncio.to_thread(script_run.watcher, self._output, self.log_offset)
+            # The triggerer is shared by many tasks and MLflow takes credentials from the process
+            # environment: with a credentialed tracking server, metrics are relayed when the task
+            # resumes on a worker; this trigger then only streams the output and watches the job.
+            live = not await asyncio.to_thread(self._credentials)
+            watcher: RunWatcher = await asyncio.to_thread(script_run.watcher, self._output, self.log_offset, live)
             pause = min(0.2, self.poll_interval)
             while True:
                 status = await asyncio.to_thread(watcher.step)
@@ -88,8 +97,7 @@ class TrainingRunTrigger(BaseTrigger):
 
     def _stop_job_and_finalize_in_background(self) -> None:
         from airflow_provider.core.finalizer import finalize_in_background
-        from airflow_provider.hooks.mlflow import MLflowTrackingHook
 
         script_run = self._script_run()
         script_run.cancel(wait=False)
-        finalize_in_background(script_run, MLflowTrackingHook(self.reference.get("tracking_conn_id")).get_credentials())
+        finalize_in_background(script_run, self._credentials())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from airflow_provider.core import (
     ScriptRun,
     ScriptRunConfig,
 )
-from airflow_provider.core.errors import SnapshotError
+from airflow_provider.core.errors import SnapshotError, TrackingError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.tracking import Tags
 from tests.helpers import make_wheel, pid_alive, processes_in_group, wait_until, write_script
@@ -475,3 +476,88 @@ def test_a_detached_finalizer_records_a_run_whose_watcher_is_gone(tmp_path: Path
     assert run.get_details()["status"] == "Canceled"
     assert not [p for p in pids if pid_alive(p)]
     assert "outputs/started.txt" in artifacts(run.id)
+
+
+def test_a_killed_supervisor_stops_its_command_and_fails_the_run(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", SPAWNING_SCRIPT)
+    pids_file = tmp_path / "pids.txt"
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)})
+    run = Experiment("lost-runner").submit(config)
+    pids = _recorded_pids(pids_file, 3)
+    assert run.handle is not None
+    runner_pid = json.loads((Path(run.handle.location) / "runner.json").read_text())["runner_pid"]
+    os.kill(runner_pid, signal.SIGKILL)  # the OOM killer, or kill -9
+    with pytest.raises(RunFailedError, match="job supervisor died"):
+        run.wait_for_completion()
+    main_pid = pids[1]
+    wait_until(lambda: not pid_alive(main_pid), timeout=30, message="the orphaned command to stop")
+    assert "left running, was stopped" in run.get_details()["error"]["message"]
+
+
+def test_events_mlflow_would_refuse_are_dropped_and_the_rest_arrives(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import json, os
+        from airflow_provider.core import Run
+        run = Run.get_context()
+        try:
+            run.log("top-1 acc@val", 0.9)
+        except ValueError as error:
+            print("refused:", error)
+        with open(os.environ["TRAINING_RUN_EVENTS_FILE"], "a") as events:  # a writer without the check
+            events.write(json.dumps({"e": "metric", "k": "bad@name", "v": 1, "s": 0, "t": 1}) + "\\n")
+            events.write("x" * (9 * 1024 * 1024) + "\\n")  # longer than any event may be
+        for step in range(3):
+            run.log("loss", 1.0 / (step + 1))
+    """)
+    run = Experiment("bad-names").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    lines: list[str] = []
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed"
+    assert any(line.startswith("refused: metric name 'top-1 acc@val' cannot be stored") for line in lines)
+    assert run.get_metrics() == {"loss": [1.0, 0.5, pytest.approx(1 / 3)]}
+    assert run_tags(run.id)[Tags.DROPPED_EVENTS] == "2"
+
+
+def test_results_that_cannot_be_collected_are_kept_for_the_next_watcher(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/model.txt", "w").write("model")
+        os.symlink("/nonexistent/target", "outputs/broken-link")
+    """)
+    experiment = Experiment("collect-again")
+    config = ScriptRunConfig(tmp_path / "src", "train.py")
+    run = experiment.submit(config, run_key="collect/again")
+    with pytest.raises(TrackingError, match="job folder is kept"):
+        run.wait_for_completion()
+    assert run.get_details()["status"] == "Finalizing"
+    assert run.handle is not None
+    work = Path(run.handle.location) / "work"
+    assert (work / "outputs" / "model.txt").exists(), "the outputs were deleted"
+    (work / "outputs" / "broken-link").unlink()  # the operator fixes what blocked the upload
+    again = experiment.submit(config, run_key="collect/again")  # a retry collects, it does not rerun
+    assert again.id == run.id
+    assert again.wait_for_completion()["status"] == "Completed"
+    assert "outputs/model.txt" in artifacts(run.id)
+
+
+def test_a_retry_reattaches_even_when_the_script_ended_its_mlflow_run(tmp_path: Path) -> None:
+    go_file = tmp_path / "go"
+    write_script(tmp_path / "src", """
+        import os, time
+        import mlflow
+        with mlflow.start_run():          # ends the MLflow run (FINISHED) while the job goes on
+            mlflow.log_metric("inside", 1.0)
+        open(os.environ["GO_FILE"] + ".ready", "w").close()
+        while not os.path.exists(os.environ["GO_FILE"]):
+            time.sleep(0.05)
+    """)
+    experiment = Experiment("script-ends-run")
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"GO_FILE": str(go_file)})
+    first = experiment.submit(config, run_key="k/ended")
+    wait_until(lambda: Path(str(go_file) + ".ready").exists(), message="the script's mlflow block")
+    assert MlflowClient().get_run(first.id).info.status == "FINISHED"
+    second = experiment.submit(config, run_key="k/ended")
+    assert second.id == first.id and second.handle is not None
+    go_file.write_text("go")
+    assert second.wait_for_completion()["status"] == "Completed"

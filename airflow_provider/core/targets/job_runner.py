@@ -138,6 +138,7 @@ class JobRunner:
             "runner_start_ticks": process_start_ticks(os.getpid()),
             "child_pid": self.child.pid,
             "child_pgid": self.child.pid,
+            "child_start_ticks": process_start_ticks(self.child.pid),
             "started_at": started,
         })
         limit = self.spec.get("max_run_duration_seconds")
@@ -248,8 +249,7 @@ class JobRunner:
 
 
 def _signal_all(members: set[int], group: int, signum: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(group, signum)
+    # Each process by pid, never killpg: once the group's leader is reaped its id may be reused.
     for pid in members:
         with contextlib.suppress(OSError):
             os.kill(pid, signum)

@@ -99,6 +99,8 @@ class LocalTarget(ComputeTarget):
             if runner.poll() is not None and not (job_dir / job_runner.EXIT_STATE).exists():
                 raise TargetError(f"the job supervisor exited at once: {self._runner_log(job_dir)}")
             if time.monotonic() > deadline:
+                runner.kill()
+                runner.wait()
                 raise TargetError(f"the job supervisor did not start within {_LAUNCH_TIMEOUT_SECONDS}s")
             time.sleep(0.002)
 
@@ -126,7 +128,9 @@ class LocalTarget(ComputeTarget):
         exit_state = _read_json(job_dir / job_runner.EXIT_STATE)  # it may have just finished
         if exit_state is not None:
             return JobStatus.from_exit_json(exit_state)
-        return JobStatus("lost", message=f"the job supervisor died: {self._runner_log(job_dir)}")
+        # The supervisor was killed (OOM killer, kill -9): stop what it left running, unwatched.
+        stopped = _stop_orphaned_command(state, grace_seconds=5)
+        return JobStatus("lost", message=f"the job supervisor died{stopped}: {self._runner_log(job_dir)}")
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         try:
@@ -156,9 +160,7 @@ class LocalTarget(ComputeTarget):
                     return
                 time.sleep(0.02)
         # The supervisor is gone or stuck: stop the command's tree ourselves and record it.
-        child = state.get("child_pid")
-        if child:
-            _stop_tree_without_runner(int(child), grace_seconds)
+        _stop_orphaned_command(state, grace_seconds)
         if not (job_dir / job_runner.EXIT_STATE).exists():
             job_runner.write_json_atomically(str(job_dir / job_runner.EXIT_STATE), {
                 "exit_code": None, "signal": None, "reason": job_runner.REASON_CANCELED,
@@ -184,6 +186,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             return data
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _stop_orphaned_command(state: dict[str, Any], grace_seconds: float) -> str:
+    """Stop the command of a job whose supervisor is gone, if it still runs (same start time).
+
+    :return: a note for the status message ("" when there was nothing to stop).
+    """
+    child = state.get("child_pid")
+    if not child or not job_runner.is_alive(int(child), state.get("child_start_ticks")):
+        return ""
+    _stop_tree_without_runner(int(child), grace_seconds)
+    return " (its command, left running, was stopped)"
 
 
 def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
