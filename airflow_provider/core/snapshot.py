@@ -402,10 +402,42 @@ def _valid_pattern(line: str) -> bool:
 def _ignored(specs: _Specs, rel: str, is_dir: bool) -> bool:
     """Apply the ignore files from the deepest up: the deepest one with a matching pattern decides."""
     for prefix, spec, quick in reversed(specs):
-        path = rel[len(prefix) :] + ("/" if is_dir else "")
-        if quick.search(path) and (include := spec.check_file(path).include) is not None:
+        path = rel[len(prefix) :]
+        if is_dir:
+            decision = _folder_decision(spec, path)
+            if decision is not None:
+                return decision
+        elif quick.search(path) and (include := spec.check_file(path).include) is not None:
             return include
     return False
+
+
+def _folder_decision(spec: GitIgnoreSpec, folder: str) -> bool | None:
+    """Whether ``folder`` itself is excluded, as git decides it: the last pattern that applies to
+    the folder itself wins (a pattern matching only what is inside it, like ``foo/**``, does not).
+
+    pathspec's ``check_file("foo/")`` also counts patterns that match the folder's contents, and
+    would prune folders git walks into (``*`` + ``!*/``, ``foo/**`` + ``!foo/bar``).
+    """
+    decision: bool | None = None
+    with_slash = folder + "/"
+    for pattern in spec.patterns:
+        regex = pattern.regex
+        if pattern.include is None or regex is None:
+            continue
+        if regex.pattern == ".":  # "*": matches every path
+            applies = True
+        else:
+            whole = regex.match(folder)
+            candidates = [regex.match(with_slash)] if regex.pattern.startswith("^") else regex.finditer(with_slash)
+            applies = (whole is not None and whole.end() == len(folder)) or (
+                "ps_d" in regex.groupindex
+                and any(m is not None and m.group("ps_d") is not None and m.end("ps_d") == len(with_slash)
+                        for m in candidates)
+            )
+        if applies:
+            decision = bool(pattern.include)
+    return decision
 
 
 def _hash_file(rel: str, path: str, size: int) -> str:

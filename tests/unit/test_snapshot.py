@@ -518,3 +518,30 @@ def test_store_inside_the_source_does_not_snapshot_itself(src: Path) -> None:
     second = store.take(src)
     assert paths(second) == ["train.py"]
     assert second.snapshot == first.snapshot
+
+
+GIT_CASES = [
+    (["*", "!*/", "!*.py"], ["a.txt", "b.py", "pkg/c.py", "pkg/d.txt", "pkg/sub/e.py"]),
+    (["foo/**", "!foo/bar"], ["foo/bar", "foo/baz", "x/foo/y"]),
+    (["build/"], ["build/out.o", "src/build/x.o", "src/main.c"]),
+    (["*.log", "!keep.log"], ["a.log", "keep.log", "d/keep.log", "d/b.log"]),
+    (["/root-only.txt", "docs/*.md", "**/tmp"], ["root-only.txt", "d/root-only.txt", "docs/a.md", "docs/x/b.md",
+                                                  "tmp/t", "a/b/tmp/t", "a/tmpx"]),
+    (["data/", "!data/keep.csv", "*.ckpt", "!best.ckpt"], ["data/keep.csv", "data/x.csv", "m/best.ckpt",
+                                                            "m/last.ckpt", "train.py"]),
+    (["/*", "!/src/", "!/README.md"], ["src/a.py", "src/b/c.py", "tests/t.py", "README.md", "setup.py"]),
+    (["**/cache/**", "!**/cache/keep"], ["cache/a", "x/cache/keep", "x/cache/b/c", "x/cachex/d"]),
+]
+
+
+@pytest.mark.parametrize(("patterns", "files"), GIT_CASES)
+def test_ignore_rules_agree_with_git(tmp_path: Path, store: SnapshotStore, patterns: list[str],
+                                     files: list[str]) -> None:
+    src = tmp_path / "repo"
+    for name in files:
+        write(src, name, name)
+    (src / ".gitignore").write_text("\n".join(patterns) + "\n")
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    listed = subprocess.run(["git", "-C", str(src), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert paths(store.take(src)) == sorted(listed)
