@@ -114,12 +114,16 @@ class EnvironmentCache:
     :param root: folder holding the cached environments; default ``state_dir()/"envs"``.
     :param base_python: interpreter environments are based on; default ``sys.executable``.
     :param installer: ``"uv"``, ``"pip"`` (``python -m venv`` + pip), or ``"auto"`` (uv when found).
+    :param build_timeout_seconds: a build step (venv, pip install) that runs longer fails; a run
+        waiting for another process's build of the same environment waits at most twice as long.
     """
 
     def __init__(
-        self, root: Path | None = None, *, base_python: str | None = None, installer: Installer = "auto"
+        self, root: Path | None = None, *, base_python: str | None = None, installer: Installer = "auto",
+        build_timeout_seconds: float = 1800.0,
     ) -> None:
         self.root = Path(root) if root is not None else state_dir() / "envs"
+        self.build_timeout_seconds = build_timeout_seconds
         python = base_python or sys.executable
         self.base_python = python if os.path.isabs(python) else (shutil.which(python) or python)
         self.installer = installer
@@ -144,11 +148,18 @@ class EnvironmentCache:
         if (final / MARKER_NAME).exists():
             return self._cached(env, fingerprint)
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f"{fingerprint}.lock")):
-            if (final / MARKER_NAME).exists():
-                return self._cached(env, fingerprint)
-            self._remove_stale_temps(fingerprint)
-            return self._build(env, fingerprint)
+        try:
+            with FileLock(str(self.root / f"{fingerprint}.lock"), timeout=2 * self.build_timeout_seconds):
+                if (final / MARKER_NAME).exists():
+                    return self._cached(env, fingerprint)
+                self._remove_stale_temps(fingerprint)
+                return self._build(env, fingerprint)
+        except Timeout as exc:
+            raise EnvironmentBuildError(
+                f"Environment {_label(env)}: another process has been building it for over "
+                f"{2 * self.build_timeout_seconds:g} s (lock {self.root / f'{fingerprint}.lock'}); stop that build "
+                "or remove the lock file if its process is gone."
+            ) from exc
 
     def python_version(self) -> str:
         """The full ``sys.version`` of the base interpreter, asked once per instance."""
@@ -226,8 +237,11 @@ class EnvironmentCache:
         try:
             code = subprocess.run(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **_SUBPROCESS_ENV}, check=False,
+                env={**os.environ, **_SUBPROCESS_ENV}, check=False, timeout=self.build_timeout_seconds,
             ).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            log.write(f"timed out after {self.build_timeout_seconds:g} s (build_timeout_seconds)\n".encode())
+            code = -1
         except OSError as exc:
             log.write(f"{exc}\n".encode())
             code = -1

@@ -90,7 +90,8 @@ class RunWatcher:
         status = self.target.poll(self.handle)
         if self.live_tracking:
             self.relay.pump()
-        self.stream_output()
+        if self.output is not None:  # nobody to show it to: finalize reads the log once, at the end
+            self.stream_output()
         if (self.live_tracking and status.state == "running"
                 and time.monotonic() - self._last_upload >= self.upload_interval):
             self._upload_logs()

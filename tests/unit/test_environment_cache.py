@@ -294,3 +294,15 @@ def test_two_processes_build_exactly_once(
     assert lines[0][1:] == lines[1][1:] and lines[0][2] == "42"
     fingerprint = Path(lines[0][1]).parent.parent.name
     assert len(build_logs(root, fingerprint)) == 1
+
+
+def test_a_build_step_that_hangs_times_out(tmp_path: Path, installer: InstallerName) -> None:
+    hanging = tmp_path / "hang-1.0-py3-none-any.whl"
+    os.mkfifo(hanging)  # the installer blocks opening it, as on a dead network share
+    cache = EnvironmentCache(tmp_path / "envs", installer=installer, build_timeout_seconds=3)
+    started = time.monotonic()
+    with pytest.raises(EnvironmentBuildError) as caught:
+        cache.prepare(pip_env(hanging, name="hangs"))
+    assert time.monotonic() - started < 60
+    assert "timed out after 3 s (build_timeout_seconds)" in caught.value.log_tail
+    assert not list((tmp_path / "envs").glob(".tmp-*")), "the half-built environment was left behind"

@@ -142,18 +142,19 @@ class JobRunner:
             "started_at": started,
         })
         limit = self.spec.get("max_run_duration_seconds")
-        deadline = started + float(limit) if limit else None
+        # The deadline runs on the monotonic clock: a wall-clock jump neither ends a run early nor late.
+        deadline = time.monotonic() + float(limit) if limit else None
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *_STOP_SIGNALS})
         while True:
             self._reap()
             if self.child_status is not None:
                 break
-            if self.stop_reason is None and deadline is not None and time.time() >= deadline:
+            if self.stop_reason is None and deadline is not None and time.monotonic() >= deadline:
                 self.stop_reason = REASON_TIMEOUT
             if self.stop_reason is not None:
                 self._stop_tree(float(self.spec.get("grace_seconds", 10)))
                 continue
-            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             received = signal.sigtimedwait({signal.SIGCHLD, *_STOP_SIGNALS}, wait)
             if received is not None and received.si_signo in _STOP_SIGNALS:
                 self.stop_reason = REASON_CANCELED
@@ -224,8 +225,8 @@ class JobRunner:
         if not members:
             return
         _signal_all(members, group, signal.SIGTERM)
-        deadline = time.time() + grace
-        while time.time() < deadline:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
             self._reap()
             members = tree_members(os.getpid(), group)
             if not members:
