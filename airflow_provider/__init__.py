@@ -65,6 +65,8 @@ def get_provider_info() -> dict[str, Any]:
                     "tls_ca_cert": {"label": "TLS CA certificate (path)", "schema": _STRING},
                     "tls_client_cert": {"label": "TLS client certificate (path)", "schema": _STRING},
                     "tls_client_key": {"label": "TLS client key (path)", "schema": _STRING},
+                    "image": {"label": "Default image", "schema": _STRING},
+                    "python": {"label": "Python inside the image", "schema": _STRING},
                     "registry": {"label": "Registry for base images", "schema": _STRING},
                     "network": {"label": "Network", "schema": _STRING},
                     "user": {"label": "Run as user", "schema": _STRING},

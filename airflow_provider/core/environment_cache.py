@@ -54,6 +54,7 @@ class PreparedEnvironment:
     :param built: ``True`` when this call built the environment (a cache miss).
     :param build_log: the build log, when this call built the environment.
     :param description: human-readable summary for the run's details.
+    :param image: the container image the run uses (container targets only).
     """
 
     kind: EnvironmentKind
@@ -62,6 +63,7 @@ class PreparedEnvironment:
     built: bool
     build_log: Path | None
     description: str
+    image: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
@@ -72,6 +74,7 @@ class PreparedEnvironment:
             "built": self.built,
             "build_log": None if self.build_log is None else str(self.build_log),
             "description": self.description,
+            "image": self.image,
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class PreparedEnvironment:
             built=bool(data["built"]),
             build_log=None if log is None else Path(log),
             description=str(data["description"]),
+            image=data.get("image"),
         )
 
 

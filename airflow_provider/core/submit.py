@@ -121,7 +121,7 @@ class Experiment:
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             })
-            handle = target.stage(run_id, snapshot, store, _runtime_files())
+            handle = target.stage(run_id, snapshot, store, _runtime_files(), prepared)
             target.launch(handle, self._job_spec(run_id, target, handle, resolved, prepared, secret_variables))
             self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
         except BaseException as exc:
@@ -193,7 +193,7 @@ class Experiment:
             argv=tuple(resolved.argv(prepared.python)),
             env=env,
             unset_env=("VIRTUAL_ENV", "PYTHONHOME"),
-            path_prepend=(os.path.dirname(prepared.python),),
+            path_prepend=tuple(p for p in (os.path.dirname(prepared.python),) if p),
             max_run_duration_seconds=resolved.max_run_duration_seconds,
         )
 

@@ -88,11 +88,32 @@ class _NotYetAvailableHook(ComputeHook):
         )
 
 
-class DockerComputeHook(_NotYetAvailableHook):
-    """Runs jobs in containers of a Docker daemon (daemon URL, TLS, registry, run options)."""
+class DockerComputeHook(ComputeHook):
+    """Runs jobs in containers of a Docker daemon.
+
+    Connection: host = daemon URL (``unix:///var/run/docker.sock``, ``tcp://127.0.0.1:2375``);
+    extra fields ``image`` (default image), ``python``, ``network``, ``user``, ``shm_size``,
+    ``mem_limit``, ``cpus`` and ``gpus``.
+    """
 
     conn_type = "training_docker"
     hook_name = "Training: Docker daemon"
+
+    def get_target(self) -> ComputeTarget:
+        from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+
+        extra = self.connection_extra
+        connection = self.get_connection(self.conn_id) if self.conn_id else None
+        options: dict[str, Any] = {k: extra[k] for k in ("network", "user", "shm_size", "mem_limit") if extra.get(k)}
+        if extra.get("cpus"):
+            options["nano_cpus"] = int(float(extra["cpus"]) * 1e9)
+        if extra.get("gpus"):
+            import docker
+
+            options["device_requests"] = [docker.types.DeviceRequest(count=int(extra["gpus"]), capabilities=[["gpu"]])]
+        return DockerTarget(base_url=(connection.host if connection is not None else None) or None,
+                            image=extra.get("image") or DEFAULT_IMAGE, python=extra.get("python") or "python3",
+                            run_options=options)
 
 
 class SSHComputeHook(_NotYetAvailableHook):

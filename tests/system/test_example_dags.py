@@ -125,3 +125,28 @@ def test_operator_with_an_mlflow_connection_links_to_the_server(
     assert f"MLflow run: {result['tracking_url']}" in outcome["output"]
     links = outcome["xcom_links"]["train"]
     assert links == {"_link_MLflowRunLink": result["tracking_url"]}
+
+
+def test_train_docker(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    import json
+
+    import docker
+
+    from airflow_provider.core.targets.docker import DEFAULT_IMAGE
+    from tests.conftest import skip_or_fail
+
+    try:
+        docker.from_env().images.get(DEFAULT_IMAGE)
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine or base image (run scripts/components.sh): {exc}")
+    connection = json.dumps({"conn_type": "training_docker", "host": "unix:///var/run/docker.sock",
+                             "extra": {"image": DEFAULT_IMAGE}})
+    outcome = run_dag("train_docker", extra_env={"AIRFLOW_CONN_TRAINING_DOCKER_DEFAULT": connection})
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["training.target"] == "docker (unix:///var/run/docker.sock)"
+    assert len(client.get_metric_history(result["run_id"], "accuracy")) == 20
+    assert [a.path for a in client.list_artifacts(result["run_id"], "outputs")] == ["outputs/weights.json"]
+    assert "[run] epoch 19: accuracy=" in outcome["output"]
+    assert not docker.from_env().containers.list(all=True, filters={"label": "training.managed=true"})

@@ -13,6 +13,7 @@ __all__ = ["ComputeTarget", "known_targets", "resolve_target", "target_from_spec
 # name -> (module, class, install hint)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "local": ("airflow_provider.core.targets.local", "LocalTarget", ""),
+    "docker": ("airflow_provider.core.targets.docker", "DockerTarget", "pip install docker"),
 }
 
 

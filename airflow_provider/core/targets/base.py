@@ -151,14 +151,16 @@ class ComputeTarget(abc.ABC):
         """Make the environment ready on the target; a cache hit must be nearly free."""
 
     @abc.abstractmethod
-    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore,
-              extras: Mapping[str, bytes]) -> JobHandle:
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
+              environment: PreparedEnvironment) -> JobHandle:
         """Create the job folder and put the snapshot's files in its ``work/`` folder.
 
         :param job_id: the job's id (the MLflow run id).
         :param snapshot: what to put in ``work/``.
         :param store: where the snapshot's blobs are.
         :param extras: more files for the job folder, by relative path (the run-context runtime).
+        :param environment: the prepared environment (a container target creates its container from
+            its image here).
         """
 
     def job_paths(self, handle: JobHandle) -> dict[str, str]:

@@ -66,8 +66,8 @@ class LocalTarget(ComputeTarget):
         """The job folder of ``handle``."""
         return Path(handle.location)
 
-    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore,
-              extras: Mapping[str, bytes]) -> JobHandle:
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
+              environment: PreparedEnvironment) -> JobHandle:
         job_dir = self.jobs_root / job_id
         (job_dir / job_runner.UPLOADS_DIR).mkdir(parents=True, exist_ok=True)
         for relative, content in extras.items():

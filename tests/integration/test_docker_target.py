@@ -1,0 +1,144 @@
+"""The Docker target against a real dockerd and a locally built base image (no registry)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from airflow_provider.core import Experiment, RunFailedError, ScriptRunConfig, TargetError
+from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
+from tests.conftest import skip_or_fail
+from tests.helpers import write_script
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+
+
+def _client() -> Any:
+    import docker
+
+    return docker.from_env()
+
+
+@pytest.fixture
+def target() -> Iterator[DockerTarget]:
+    candidate = DockerTarget()
+    try:
+        candidate.check()
+    except TargetError as exc:
+        skip_or_fail(f"no Docker engine (run scripts/components.sh as root): {exc}")
+    try:
+        candidate.client.images.get(DEFAULT_IMAGE)
+    except Exception:
+        skip_or_fail(f"no base image {DEFAULT_IMAGE} (run scripts/components.sh)")
+    yield candidate
+    leftovers = candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def test_a_run_in_a_container_lands_metrics_outputs_and_logs(target: DockerTarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os, sys
+        from airflow_provider.core import Run
+        run = Run.get_context()
+        for i in range(20):
+            run.log("loss", 1.0 / (i + 1))
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/model.txt", "w").write("in a container")
+        print("python", sys.version.split()[0], "hostname", os.uname().nodename, "args", sys.argv[1:])
+    """)
+    lines: list[str] = []
+    run = Experiment("docker").submit(ScriptRunConfig(tmp_path / "src", "train.py", arguments=["--lr", 0.1],
+                                                      compute_target=target))
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", details
+    assert details["environment"]["description"].startswith(f"image {DEFAULT_IMAGE}")
+    assert any("args ['--lr', '0.1']" in line for line in lines)
+    assert not any(os.uname().nodename in line for line in lines if "hostname" in line)  # not this host
+    assert len(MlflowClient().get_metric_history(run.id, "loss")) == 20
+    assert run.download_file("outputs/model.txt", tmp_path / "m.txt").read_text() == "in a container"
+    assert "system_logs/driver.log" in details["logFiles"]
+
+
+def test_a_failing_script_in_a_container(target: DockerTarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os, sys
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/partial.txt", "w").write("partial")
+        sys.exit(3)
+    """)
+    run = Experiment("docker-fail").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    details = run.wait_for_completion(raise_on_error=False)
+    assert details["status"] == "Failed" and details["exitCode"] == 3
+    assert "exited with code 3" in details["error"]["message"]
+    assert "outputs/partial.txt" in run.get_file_names()
+
+
+def test_timeout_and_cancel_stop_the_container(target: DockerTarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", os.environ["STUBBORN"]])
+        print("started", flush=True)
+        time.sleep(300)
+    """)
+    experiment = Experiment("docker-stop")
+    variables = {"STUBBORN": STUBBORN}
+    timed = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                              max_run_duration_seconds=2, environment_variables=variables))
+    with pytest.raises(RunFailedError, match="max_run_duration_seconds=2"):
+        timed.wait_for_completion()
+    canceled = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                                 environment_variables=variables))
+    canceled.cancel()
+    assert canceled.get_details()["status"] == "Canceled"
+    assert canceled.get_details()["mlflowStatus"] == "KILLED"
+
+
+def test_a_retry_reattaches_to_the_running_container(target: DockerTarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os, time
+        os.makedirs("outputs", exist_ok=True)
+        open(f"outputs/execution-{os.getpid()}-{time.time()}", "w").close()
+        time.sleep(3)
+    """)
+    experiment = Experiment("docker-reattach")
+    config = ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target)
+    first = experiment.submit(config, run_key="dag/task/run/0")
+    second = experiment.submit(config, run_key="dag/task/run/0")
+    assert second.id == first.id and second.handle == first.handle
+    second.wait_for_completion()
+    assert len([f for f in first.get_file_names() if f.startswith("outputs/execution-")]) == 1
+
+
+def test_out_of_memory_is_reported_as_such(tmp_path: Path, target: DockerTarget) -> None:
+    limited = DockerTarget(run_options={"mem_limit": "64m", "memswap_limit": "64m"})
+    write_script(tmp_path / "src", """
+        blocks = []
+        for _ in range(100):
+            blocks.append(bytearray(16 * 1024 * 1024))
+    """)
+    run = Experiment("docker-oom").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=limited))
+    details = run.wait_for_completion(raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert "ran out of memory" in details["error"]["message"], details["error"]
+
+
+def test_a_container_that_cannot_start_fails_before_running(target: DockerTarget, tmp_path: Path) -> None:
+    broken = DockerTarget(python="/no/such/python")
+    write_script(tmp_path / "src", "print('never')\n")
+    experiment = Experiment("docker-nostart")
+    with pytest.raises(TargetError, match="did not start"):
+        experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=broken))
+    (run,) = MlflowClient().search_runs([experiment.id])
+    assert run.info.status == "FAILED" and "did not start" in run.data.tags["training.error"]
