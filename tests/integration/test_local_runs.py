@@ -162,18 +162,23 @@ SPAWNING_SCRIPT = """
 """
 
 
+def _submit_spawning_script(tmp_path: Path, experiment: str, **limits: float) -> tuple[ScriptRun, list[int]]:
+    """Submit SPAWNING_SCRIPT; return the run and its pids once recorded (script, child, daemon)."""
+    write_script(tmp_path / "src", SPAWNING_SCRIPT)
+    pids_file = tmp_path / "pids.txt"
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)},
+                             **limits)  # type: ignore[arg-type]
+    run = Experiment(experiment).submit(config)
+    return run, _recorded_pids(pids_file, 3)
+
+
 def _recorded_pids(path: Path, count: int) -> list[int]:
     wait_until(lambda: path.exists() and len(path.read_text().split()) >= count, message="pids recorded")
     return [int(p) for p in path.read_text().split()]
 
 
 def test_timeout_stops_the_whole_process_tree(tmp_path: Path) -> None:
-    write_script(tmp_path / "src", SPAWNING_SCRIPT)
-    pids_file = tmp_path / "pids.txt"
-    config = ScriptRunConfig(tmp_path / "src", "train.py", max_run_duration_seconds=3,
-                             environment_variables={"PIDS_FILE": str(pids_file)})
-    run = Experiment("timeout").submit(config)
-    pids = _recorded_pids(pids_file, 3)
+    run, pids = _submit_spawning_script(tmp_path, "timeout", max_run_duration_seconds=3)
     with pytest.raises(RunFailedError) as caught:
         run.wait_for_completion()
     assert "max_run_duration_seconds=3" in caught.value.error
@@ -185,11 +190,7 @@ def test_timeout_stops_the_whole_process_tree(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_the_whole_process_tree(tmp_path: Path) -> None:
-    write_script(tmp_path / "src", SPAWNING_SCRIPT)
-    pids_file = tmp_path / "pids.txt"
-    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)})
-    run = Experiment("cancel").submit(config)
-    pids = _recorded_pids(pids_file, 3)
+    run, pids = _submit_spawning_script(tmp_path, "cancel")
     run.cancel()
     details = run.get_details()
     assert details["status"] == "Canceled" and details["mlflowStatus"] == "KILLED"
@@ -465,11 +466,7 @@ def test_logs_folder_and_driver_log_are_uploaded_while_the_run_goes_on(tmp_path:
 
 
 def test_a_detached_finalizer_records_a_run_whose_watcher_is_gone(tmp_path: Path) -> None:
-    write_script(tmp_path / "src", SPAWNING_SCRIPT)
-    pids_file = tmp_path / "pids.txt"
-    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)})
-    run = Experiment("finalizer").submit(config)
-    pids = _recorded_pids(pids_file, 3)
+    run, pids = _submit_spawning_script(tmp_path, "finalizer")
     run.cancel(wait=False)  # what on_kill does: ask the job to stop, then leave
     finalize_in_background(run)
     wait_until(lambda: run.get_details()["mlflowStatus"] == "KILLED", timeout=60, message="the finalizer")
@@ -479,11 +476,7 @@ def test_a_detached_finalizer_records_a_run_whose_watcher_is_gone(tmp_path: Path
 
 
 def test_a_killed_supervisor_stops_its_command_and_fails_the_run(tmp_path: Path) -> None:
-    write_script(tmp_path / "src", SPAWNING_SCRIPT)
-    pids_file = tmp_path / "pids.txt"
-    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"PIDS_FILE": str(pids_file)})
-    run = Experiment("lost-runner").submit(config)
-    pids = _recorded_pids(pids_file, 3)
+    run, pids = _submit_spawning_script(tmp_path, "lost-runner")
     assert run.handle is not None
     runner_pid = json.loads((Path(run.handle.location) / "runner.json").read_text())["runner_pid"]
     os.kill(runner_pid, signal.SIGKILL)  # the OOM killer, or kill -9
