@@ -10,6 +10,7 @@ run. When a user marks the deferred task failed or success (or clears it), Airfl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainingRunTrigger"]
 
 OUTPUT_PREFIX = "[run] "
+MINIMUM_SECONDS_BEFORE_EVENT = 10.0
 
 
 class TrainingRunTrigger(BaseTrigger):
@@ -71,10 +73,15 @@ class TrainingRunTrigger(BaseTrigger):
             live = not await asyncio.to_thread(self._credentials)
             watcher: RunWatcher = await asyncio.to_thread(script_run.watcher, self._output, self.log_offset, live)
             pause = min(0.2, self.poll_interval)
+            started = time.monotonic()
             while True:
                 status = await asyncio.to_thread(watcher.step)
                 self.log_offset = watcher.log_offset
                 if status.state != "running":
+                    # Airflow 3.3 fails a task whose trigger fires before the scheduler has taken in
+                    # the executor's event for the deferral, which can come seconds late ("finished
+                    # with state success, but the task instance's state attribute is queued").
+                    await asyncio.sleep(max(0.0, MINIMUM_SECONDS_BEFORE_EVENT - (time.monotonic() - started)))
                     yield self._event("ended")
                     return
                 await asyncio.sleep(pause)
