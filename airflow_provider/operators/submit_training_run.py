@@ -166,7 +166,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         ti.xcom_push(key=MLflowRunLink().xcom_key, value=url or "")  # "": no UI for a local store
         if url:
             self.log.info("MLflow run: %s", url)
-        if self.deferrable and self._reference is not None and run.get_status() not in _TERMINAL:
+        if self.deferrable and self._reference is not None and not RunState(run.get_status()).is_terminal:
             from airflow_provider.triggers.training_run import TrainingRunTrigger
 
             self.defer(
@@ -277,5 +277,3 @@ class SubmitTrainingRunOperator(BaseOperator):
             "tracking_url": mlflow_run_url(experiment.tracking_uri, details["experimentId"], run.id),
         }
 
-
-_TERMINAL = {RunState.COMPLETED.value, RunState.FAILED.value, RunState.CANCELED.value}

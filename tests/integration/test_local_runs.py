@@ -554,3 +554,22 @@ def test_a_retry_reattaches_even_when_the_script_ended_its_mlflow_run(tmp_path: 
     assert second.id == first.id and second.handle is not None
     go_file.write_text("go")
     assert second.wait_for_completion()["status"] == "Completed"
+
+
+def test_a_watcher_without_live_tracking_leaves_mlflow_to_the_finalizer(tmp_path: Path) -> None:
+    """What the shared triggerer does with a credentialed server: watch and stream, write nothing."""
+    write_script(tmp_path / "src", """
+        from airflow_provider.core import Run
+        for i in range(5):
+            Run.get_context().log("m", i)
+        print("done")
+    """)
+    run = Experiment("not-live").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    lines: list[str] = []
+    watcher = run.watcher(lines.append, live_tracking=False)
+    status = watcher.watch(poll_interval=0.05)
+    assert status.state == "ended" and lines == ["done"]
+    assert MlflowClient().get_metric_history(run.id, "m") == []
+    assert Tags.EVENTS_OFFSET not in run_tags(run.id)
+    run.wait_for_completion(log_offset=watcher.log_offset)  # the worker finalizes and relays
+    assert [m.value for m in MlflowClient().get_metric_history(run.id, "m")] == [0.0, 1.0, 2.0, 3.0, 4.0]
