@@ -26,5 +26,10 @@ if docker info >/dev/null 2>&1 && ! docker image inspect "$BASE_IMAGE" >/dev/nul
     /usr/bin/python3 scripts/hostfs_tar.py python3 python3-venv python3-pip \
         | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
 fi
+# Containers an interrupted earlier test session left on this daemon would fail the leftovers check.
+if docker info >/dev/null 2>&1; then
+    stale=$(docker ps -aq --filter label=training.managed=true)
+    [ -z "$stale" ] || docker rm -f $stale >/dev/null
+fi
 docker info >/dev/null 2>&1 && echo "components: dockerd up, base image $BASE_IMAGE ready" || echo "components: no Docker engine"
 exit 0

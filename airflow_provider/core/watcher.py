@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from airflow_provider.core.errors import TrackingError
+from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
@@ -63,6 +63,9 @@ class RunWatcher:
     :param live_tracking: relay events and upload logs while the run goes on; False only polls and
         streams output (MLflow is then written by whoever finalizes).
     """
+
+    max_step_failures: int = 6
+    """Consecutive failed polls (about a minute of backing off) before watching gives up."""
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
                  output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
@@ -137,8 +140,22 @@ class RunWatcher:
         :return: the final status.
         """
         pause = 0.005
+        failures: list[str] = []
         while True:
-            status = self.step()
+            try:
+                status = self.step()
+            except Exception as exc:  # a daemon restarting, a dropped connection, a busy store
+                failures.append(f"{type(exc).__name__}: {exc}")
+                if len(failures) > self.max_step_failures:
+                    raise TargetError(
+                        f"watching run {self.run_id} failed {len(failures)} times in a row (last: {failures[-1]}); "
+                        "the job may still be running: wait for the run again, or retry the task, to reattach"
+                    ) from exc
+                log.warning("Watching run %s: %s; trying again (%d of %d)", self.run_id, failures[-1],
+                            len(failures), self.max_step_failures)
+                time.sleep(min(30.0, 0.5 * 2 ** len(failures)))
+                continue
+            failures.clear()
             if status.state != "running":
                 return status
             time.sleep(pause)

@@ -142,3 +142,23 @@ def test_a_container_that_cannot_start_fails_before_running(target: DockerTarget
         experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=broken))
     (run,) = MlflowClient().search_runs([experiment.id])
     assert run.info.status == "FAILED" and "did not start" in run.data.tags["training.error"]
+
+
+def test_reading_a_container_that_stopped_since_the_last_poll_reads_its_filesystem(target: DockerTarget) -> None:
+    """The race CI once hit: the container ends between the poll that saw it running and the read."""
+    from airflow_provider.core.targets.docker import _tail_running
+
+    container = target.client.containers.run(
+        DEFAULT_IMAGE, ["sh", "-c", "printf 'one\\ntwo\\n' > /tmp/log; sleep 0.5"], detach=True,
+        labels={LABEL_MANAGED: "true"},
+    )
+    try:
+        assert container.status in ("created", "running")
+        container.reload()
+        assert container.status == "running"
+        container.wait(timeout=30)
+        assert container.status == "running"  # what the reader last saw
+        assert _tail_running(container, "/tmp/log", 4) is None
+        assert container.status == "exited"
+    finally:
+        container.remove(force=True)

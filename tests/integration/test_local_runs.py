@@ -21,9 +21,12 @@ from airflow_provider.core import (
     ScriptRun,
     ScriptRunConfig,
 )
-from airflow_provider.core.errors import SnapshotError, TrackingError
+from airflow_provider.core.errors import SnapshotError, TargetError, TrackingError
 from airflow_provider.core.finalizer import finalize_in_background
+from airflow_provider.core.targets.base import JobHandle, JobStatus
+from airflow_provider.core.targets.local import LocalTarget
 from airflow_provider.core.tracking import Tags
+from airflow_provider.core.watcher import RunWatcher
 from tests.helpers import make_wheel, pid_alive, processes_in_group, wait_until, write_script
 
 pytestmark = pytest.mark.usefixtures("tracking_uri")
@@ -573,3 +576,44 @@ def test_a_watcher_without_live_tracking_leaves_mlflow_to_the_finalizer(tmp_path
     assert Tags.EVENTS_OFFSET not in run_tags(run.id)
     run.wait_for_completion(log_offset=watcher.log_offset)  # the worker finalizes and relays
     assert [m.value for m in MlflowClient().get_metric_history(run.id, "m")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+class _FlakyTarget(LocalTarget):
+    """The local target whose polls fail ``failures`` times in a row, as a restarting daemon's would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def poll(self, handle: JobHandle) -> JobStatus:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("the daemon is restarting")
+        return super().poll(handle)
+
+
+def test_watching_rides_out_a_few_failed_polls(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "import time; time.sleep(0.5); print('done')")
+    run = Experiment("flaky").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    run.target = _FlakyTarget(failures=2)
+    lines: list[str] = []
+    assert run.wait_for_completion(output=lines.append)["status"] == "Completed"
+    assert lines == ["done"]
+
+
+def test_watching_gives_up_with_a_clear_error_and_a_retry_reattaches(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_script(tmp_path / "src", "print('once')")
+    experiment = Experiment("flaky-for-good")
+    config = ScriptRunConfig(tmp_path / "src", "train.py")
+    run = experiment.submit(config, run_key="flaky/for-good")
+    monkeypatch.setattr(RunWatcher, "max_step_failures", 1)
+    run.target = _FlakyTarget(failures=10)
+    with pytest.raises(TargetError, match=r"failed 2 times in a row .*the daemon is restarting.*reattach"):
+        run.wait_for_completion()
+    assert run.get_details()["status"] == "Running"  # not finalized: nobody knows how it ended
+    again = experiment.submit(config, run_key="flaky/for-good")
+    assert again.id == run.id
+    details = again.wait_for_completion()
+    assert details["status"] == "Completed"
+    assert again.download_file("system_logs/driver.log", tmp_path / "d.log").read_text().count("once") == 1

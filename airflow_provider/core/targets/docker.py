@@ -200,9 +200,10 @@ class DockerTarget(ComputeTarget):
             return b""
         path = f"{JOB_ROOT}/{_FILES[channel]}"
         if container.status == "running":
-            code, output = container.exec_run(["tail", "-c", f"+{offset + 1}", path], demux=False)
-            return bytes(output or b"")[:limit] if code == 0 else b""
-        content = _get_file(container, path)
+            tail = _tail_running(container, path, offset)
+            if tail is not None:
+                return tail[:limit]
+        content = _get_file(container, path)  # works whether the container runs or not
         return (content or b"")[offset : offset + limit]
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
@@ -265,6 +266,21 @@ def _put_file(container: Any, path: str, content: bytes, mode: int) -> None:
         info.mode = mode
         tar.addfile(info, io.BytesIO(content))
     container.put_archive(str(Path(path).parent), archive.getvalue())
+
+
+def _tail_running(container: Any, path: str, offset: int) -> bytes | None:
+    """The bytes of ``path`` from ``offset`` on, read by ``exec`` in the running container;
+    None when the container stopped meanwhile (the caller reads the file from its filesystem)."""
+    import docker
+
+    try:
+        code, output = container.exec_run(["tail", "-c", f"+{offset + 1}", path], demux=False)
+    except docker.errors.APIError:
+        container.reload()
+        if container.status != "running":  # it ended between the poll and this read
+            return None
+        raise
+    return bytes(output or b"") if code == 0 else b""
 
 
 def _get_file(container: Any, path: str) -> bytes | None:
