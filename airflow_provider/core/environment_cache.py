@@ -55,6 +55,7 @@ class PreparedEnvironment:
     :param build_log: the build log, when this call built the environment.
     :param description: human-readable summary for the run's details.
     :param image: the container image the run uses (container targets only).
+    :param build_log_artifact: the build log's name under the run's ``system_logs/``.
     """
 
     kind: EnvironmentKind
@@ -64,6 +65,7 @@ class PreparedEnvironment:
     build_log: Path | None
     description: str
     image: str | None = None
+    build_log_artifact: str = "environment_build.log"
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
@@ -75,6 +77,7 @@ class PreparedEnvironment:
             "build_log": None if self.build_log is None else str(self.build_log),
             "description": self.description,
             "image": self.image,
+            "build_log_artifact": self.build_log_artifact,
         }
 
     @classmethod
@@ -92,6 +95,7 @@ class PreparedEnvironment:
             build_log=None if log is None else Path(log),
             description=str(data["description"]),
             image=data.get("image"),
+            build_log_artifact=str(data.get("build_log_artifact", "environment_build.log")),
         )
 
 

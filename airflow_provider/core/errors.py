@@ -70,11 +70,14 @@ class EnvironmentBuildError(TrainingRunError):
     :param message: one-line summary.
     :param log_tail: the last lines of the build log, shown to the user.
     :param log_path: the whole build log, when it was kept (uploaded as a run artifact).
+    :param artifact_name: the build log's name under the run's ``system_logs/``.
     """
 
-    def __init__(self, message: str, log_tail: str = "", log_path: Path | None = None) -> None:
+    def __init__(self, message: str, log_tail: str = "", log_path: Path | None = None,
+                 artifact_name: str = "environment_build.log") -> None:
         self.log_tail = log_tail
         self.log_path = log_path
+        self.artifact_name = artifact_name
         super().__init__(f"{message}\n--- build log tail ---\n{log_tail}" if log_tail else message)
 
 

@@ -160,15 +160,15 @@ class Experiment:
             prepared = target.prepare_environment(resolved.environment)
         except EnvironmentBuildError as exc:
             if exc.log_path is not None and exc.log_path.exists():
-                self._log_build_log(run_id, exc.log_path)
+                self._log_build_log(run_id, exc.log_path, exc.artifact_name)
             raise
         if prepared.build_log is not None:
-            self._log_build_log(run_id, prepared.build_log)
+            self._log_build_log(run_id, prepared.build_log, prepared.build_log_artifact)
         return prepared
 
-    def _log_build_log(self, run_id: str, path: Path) -> None:
+    def _log_build_log(self, run_id: str, path: Path, name: str) -> None:
         with tempfile.TemporaryDirectory(prefix="artifact-") as scratch:
-            named = Path(scratch) / "environment_build.log"
+            named = Path(scratch) / name
             shutil.copyfile(path, named)
             self.tracker.log_artifact(run_id, named, "system_logs")
 

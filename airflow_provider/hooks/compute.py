@@ -91,9 +91,12 @@ class _NotYetAvailableHook(ComputeHook):
 class DockerComputeHook(ComputeHook):
     """Runs jobs in containers of a Docker daemon.
 
-    Connection: host = daemon URL (``unix:///var/run/docker.sock``, ``tcp://127.0.0.1:2375``);
-    extra fields ``image`` (default image), ``python``, ``network``, ``user``, ``shm_size``,
-    ``mem_limit``, ``cpus`` and ``gpus``.
+    Connection: host = daemon URL (``unix:///var/run/docker.sock``, ``tcp://127.0.0.1:2376``); login
+    and password = registry credentials (with extra ``registry``). Extra fields: TLS
+    (``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``: each a path or PEM text;
+    ``tls_verify``, ``tls_hostname``), ``image`` (default image), ``python``, and run options
+    ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``.
+    Every field is checked (:mod:`airflow_provider.hooks.docker_options`) before anything connects.
     """
 
     conn_type = "training_docker"
@@ -101,19 +104,16 @@ class DockerComputeHook(ComputeHook):
 
     def get_target(self) -> ComputeTarget:
         from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+        from airflow_provider.hooks.docker_options import docker_target_settings
 
-        extra = self.connection_extra
         connection = self.get_connection(self.conn_id) if self.conn_id else None
-        options: dict[str, Any] = {k: extra[k] for k in ("network", "user", "shm_size", "mem_limit") if extra.get(k)}
-        if extra.get("cpus"):
-            options["nano_cpus"] = int(float(extra["cpus"]) * 1e9)
-        if extra.get("gpus"):
-            import docker
-
-            options["device_requests"] = [docker.types.DeviceRequest(count=int(extra["gpus"]), capabilities=[["gpu"]])]
-        return DockerTarget(base_url=(connection.host if connection is not None else None) or None,
-                            image=extra.get("image") or DEFAULT_IMAGE, python=extra.get("python") or "python3",
-                            run_options=options)
+        settings = docker_target_settings(self.conn_id, connection.host if connection else None,
+                                          connection.login if connection else None,
+                                          connection.password if connection else None, self.connection_extra,
+                                          connection.port if connection else None)
+        return DockerTarget(base_url=settings["base_url"], image=settings["image"] or DEFAULT_IMAGE,
+                            python=settings["python"] or "python3", run_options=settings["run_options"],
+                            tls=settings["tls"], registry_auth=settings["registry_auth"])
 
 
 class SSHComputeHook(_NotYetAvailableHook):

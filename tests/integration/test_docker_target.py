@@ -146,19 +146,19 @@ def test_a_container_that_cannot_start_fails_before_running(target: DockerTarget
 
 def test_reading_a_container_that_stopped_since_the_last_poll_reads_its_filesystem(target: DockerTarget) -> None:
     """The race CI once hit: the container ends between the poll that saw it running and the read."""
-    from airflow_provider.core.targets.docker import _tail_running
+    from airflow_provider.core.targets import job_runner
+    from airflow_provider.core.targets.base import JobHandle
 
+    log = f"/job/{job_runner.DRIVER_LOG}"
     container = target.client.containers.run(
-        DEFAULT_IMAGE, ["sh", "-c", "printf 'one\\ntwo\\n' > /tmp/log; sleep 0.5"], detach=True,
+        DEFAULT_IMAGE, ["sh", "-c", f"mkdir -p /job && printf 'one\\ntwo\\n' > {log}"], detach=True,
         labels={LABEL_MANAGED: "true"},
     )
     try:
-        assert container.status in ("created", "running")
-        container.reload()
-        assert container.status == "running"
         container.wait(timeout=30)
-        assert container.status == "running"  # what the reader last saw
-        assert _tail_running(container, "/tmp/log", 4) is None
-        assert container.status == "exited"
+        handle = JobHandle("docker", "stopped-since", str(container.id))
+        target._states[handle.location] = "running"  # what the last poll saw
+        target._sizes[(handle.location, log)] = 8 << 20  # a large log: read by exec, which now fails
+        assert target.read(handle, "driver", 4) == b"two\n"
     finally:
         container.remove(force=True)

@@ -13,6 +13,7 @@ Job folder layout on every target (names from :mod:`job_runner`)::
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,6 +187,18 @@ class ComputeTarget(abc.ABC):
     @abc.abstractmethod
     def poll(self, handle: JobHandle) -> JobStatus:
         """Report whether the job runs, ended (and how) or was lost."""
+
+    wakes_on_end: ClassVar[bool] = False
+    """True when :meth:`wait` returns as soon as the job ends, so the watcher need not poll fast."""
+
+    def wait(self, handle: JobHandle, timeout: float) -> None:
+        """Block up to ``timeout`` seconds between two polls; a target that can tell when the job
+        ends returns as soon as it does (the default just sleeps).
+
+        :param handle: the job.
+        :param timeout: the longest wait, in seconds.
+        """
+        time.sleep(timeout)
 
     @abc.abstractmethod
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:

@@ -6,14 +6,16 @@ the container runs), so a daemon reached over TCP works like the local socket. T
 main process is :mod:`job_runner`, as on every target; containers carry the labels
 ``training.run_id`` and ``training.managed`` so a retried task finds its container again.
 
-This first version runs environments whose image exists on the daemon (``docker.base_image``,
-or the target's default image) as they are; images built from pip requirements come next.
+Environments become images once per fingerprint (:mod:`docker_images`): a base image as it is, or
+one built from a Dockerfile and/or pip requirements.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import time
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import PreparedEnvironment, environment_fingerprint
-from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
 
@@ -35,6 +38,10 @@ JOB_ROOT = "/job"
 LABEL_RUN_ID = "training.run_id"
 LABEL_MANAGED = "training.managed"
 _FILES: dict[str, str] = {"driver": job_runner.DRIVER_LOG, "events": job_runner.EVENTS_FILE}
+_COPY_WHOLE_BELOW = 1 << 20
+"""A running job's log smaller than this is read whole (``get_archive``); a larger one by ``exec tail``."""
+_TLS_FILES: dict[str, str] = {"ca_cert": "TLS CA certificate", "client_cert": "TLS client certificate",
+                              "client_key": "TLS client key"}
 
 
 class DockerTarget(ComputeTarget):
@@ -45,80 +52,113 @@ class DockerTarget(ComputeTarget):
     :param python: the interpreter inside the image.
     :param run_options: extra ``containers.create`` options (network, user, mem_limit, shm_size,
         nano_cpus, device_requests, volumes, labels).
+    :param tls: TLS to a ``tcp://`` daemon: ``ca_cert``, ``client_cert`` and ``client_key`` (paths of
+        PEM files), ``verify`` (check the daemon's certificate against ``ca_cert``; default True) and
+        ``assert_hostname`` (the name the daemon's certificate must carry when it is not the URL's host).
+        Kept in :meth:`to_spec` (paths only).
+    :param registry_auth: credentials for pulling base images (``username``, ``password``,
+        ``serveraddress``). Never part of :meth:`to_spec`: the spec ends up on a command line.
     """
 
     kind: ClassVar[str] = "docker"
+    wakes_on_end: ClassVar[bool] = True
+    build_timeout_seconds: float = 1800.0
+    """An image build that prints nothing for this long fails."""
 
     def __init__(self, base_url: str | None = None, image: str = DEFAULT_IMAGE, python: str = "python3",
-                 run_options: dict[str, Any] | None = None) -> None:
+                 run_options: dict[str, Any] | None = None, *, tls: dict[str, Any] | None = None,
+                 registry_auth: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.image = image
         self.python = python
         self.run_options = dict(run_options or {})
+        self.tls: dict[str, Any] | None = dict(tls) if tls else None
+        self.registry_auth: dict[str, str] | None = dict(registry_auth) if registry_auth else None
         self._client: Any = None
+        self._unsent: dict[str, io.BytesIO] = {}  # staged archives launch sends
+        self._states: dict[str, str] = {}  # container status at the last poll
+        self._ended_files: dict[str, dict[str, bytes | None]] = {}  # files of stopped containers
+        self._sizes: dict[tuple[str, str], int] = {}  # size of a log file at its last read
 
     # ------------------------------------------------------------------ plumbing
     @property
     def client(self) -> Any:
-        """The docker SDK client, connected on first use."""
+        """The docker SDK client, connected on first use (over TLS when :attr:`tls` is set)."""
         if self._client is None:
             import docker
 
+            where = self.base_url or "DOCKER_HOST / the local socket"
+            tls = self._tls_config(where)
             try:
-                self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
+                if tls is not None:
+                    self._client = _tls_client(str(self.base_url), tls, (self.tls or {}).get("assert_hostname"))
+                else:
+                    self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
                 self._client.ping()
             except Exception as exc:
                 self._client = None
                 raise TargetError(
-                    f"the Docker daemon at {self.base_url or 'DOCKER_HOST / the local socket'} cannot be reached "
-                    f"({exc}). Start dockerd, or fix the connection's daemon URL."
+                    f"the Docker daemon at {where} cannot be reached ({_first_line(exc)}). "
+                    f"{_connection_fix(exc, self.tls)}"
                 ) from exc
         return self._client
 
+    def _tls_config(self, where: str) -> Any:
+        """The ``docker.tls.TLSConfig`` for :attr:`tls` (None without TLS), after checking its files.
+
+        :param where: the daemon URL, for error messages.
+        """
+        if not self.tls:
+            return None
+        import docker.tls
+
+        if not (self.base_url or "").startswith(("tcp://", "https://")):
+            raise TargetError(f"the Docker daemon at {where}: TLS settings need a tcp:// daemon URL. Fix: set the "
+                              "connection's host to e.g. tcp://127.0.0.1:2376, or remove the tls_* extra fields.")
+        for key, label in _TLS_FILES.items():
+            path = self.tls.get(key)
+            if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+                raise TargetError(f"the Docker daemon at {where}: the {label} {path} (connection extra "
+                                  f"tls_{key}) is not a readable file. Fix: give the path of a PEM file on this "
+                                  "machine, or the PEM text itself.")
+        cert_path, key_path = self.tls.get("client_cert"), self.tls.get("client_key")
+        if bool(cert_path) != bool(key_path):
+            raise TargetError(f"the Docker daemon at {where}: a TLS client certificate needs its key and the other "
+                              "way round. Fix: set both tls_client_cert and tls_client_key, or neither.")
+        return docker.tls.TLSConfig(client_cert=(cert_path, key_path) if cert_path and key_path else None,
+                                    ca_cert=self.tls.get("ca_cert"), verify=bool(self.tls.get("verify", True)))
+
     def to_spec(self) -> dict[str, Any]:
+        # registry_auth stays out on purpose: the spec is passed on a command line.
         return {"kind": self.kind, "base_url": self.base_url, "image": self.image, "python": self.python,
-                "run_options": self.run_options}
+                "run_options": self.run_options, "tls": self.tls}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> DockerTarget:
         return cls(spec.get("base_url"), spec.get("image", DEFAULT_IMAGE), spec.get("python", "python3"),
-                   spec.get("run_options"))
+                   spec.get("run_options"), tls=spec.get("tls"))
 
     def describe(self) -> str:
-        return f"docker ({self.base_url or 'local daemon'})"
+        return f"docker ({self.base_url or 'local daemon'}{', TLS' if self.tls else ''})"
 
     def check(self) -> None:
         _ = self.client
 
-    def _container(self, handle: JobHandle) -> Any:
-        import docker
-
-        try:
-            return self.client.containers.get(handle.location)
-        except docker.errors.NotFound:
-            return None
-
     # ------------------------------------------------------------------ environment and staging
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
-        if environment is not None and environment.kind == "pip":
-            raise ConfigurationError(
-                "environment.python.pip_packages",
-                "images built from pip requirements are not available on the Docker target in this version.",
-                "bake the packages into an image and set environment.docker.base_image with "
-                "python.user_managed_dependencies=True.",
-            )
-        image = (environment.docker.base_image if environment is not None else None) or self.image
-        python = (environment.python.interpreter_path if environment is not None else None) or self.python
-        try:
-            image_id = str(self.client.images.get(image).id)
-        except Exception as exc:
-            raise ConfigurationError(
-                "environment.docker.base_image", f"image {image!r} is not on the Docker daemon ({exc}).",
-                "build or load it on the daemon first (no registry is reachable from here).",
-            ) from exc
-        fingerprint = environment_fingerprint(environment, image_id)
-        return PreparedEnvironment(environment.kind if environment is not None else "current", python, fingerprint,
-                                   False, None, f"image {image} ({image_id[:19]}), interpreter {python}", image)
+        """Find or build the environment's image on the daemon (see :mod:`docker_images`)."""
+        from airflow_provider.core.targets.docker_images import ImageBuilder
+
+        builder = ImageBuilder(self.client, self.image, self.python, self.registry_auth,
+                               self.build_timeout_seconds)
+        resolved = builder.resolve(environment)
+        how = "built now" if resolved.built else "cached"
+        description = (f"image {resolved.image} ({resolved.image_id[:19]}, {how}), interpreter {resolved.python}"
+                       if resolved.image.startswith(f"{IMAGE_REPOSITORY}:")
+                       else f"image {resolved.image} ({resolved.image_id[:19]}), interpreter {resolved.python}")
+        return PreparedEnvironment(environment.kind if environment is not None else "current", resolved.python,
+                                   resolved.fingerprint, resolved.built, resolved.build_log, description,
+                                   resolved.image, build_log_artifact="image_build.log")
 
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
@@ -147,18 +187,33 @@ class DockerTarget(ComputeTarget):
                 info = tarfile.TarInfo(f"job/{relative}")
                 info.size = len(content)
                 tar.addfile(info, io.BytesIO(content))
-        container.put_archive("/", archive.getvalue())
+        self._unsent[str(container.id)] = archive  # launch adds job.json and sends it in one request
         return JobHandle(self.kind, job_id, str(container.id))
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
-        container = self._container(handle)
-        if container is None:
-            raise TargetError(f"the container of job {handle.job_id} is gone before it started")
-        _put_file(container, f"{JOB_ROOT}/{job_runner.JOB_SPEC}", json.dumps(spec.to_job_json()).encode(), 0o600)
+        import docker
+
+        archive = self._unsent.pop(handle.location, None)
+        job_json = json.dumps(spec.to_job_json()).encode()
         try:
-            container.start()
+            if archive is None:  # staged by another process: only the spec is missing
+                _put_file(self.client.containers.get(handle.location), f"{JOB_ROOT}/{job_runner.JOB_SPEC}",
+                          job_json, 0o600)
+            else:
+                archive.seek(0)
+                with tarfile.open(fileobj=archive, mode="a") as tar:
+                    info = tarfile.TarInfo(f"job/{job_runner.JOB_SPEC}")
+                    info.size = len(job_json)
+                    info.mode = 0o600
+                    tar.addfile(info, io.BytesIO(job_json))
+                self.client.api.put_archive(handle.location, "/", archive.getvalue())
+        except docker.errors.NotFound as exc:
+            raise TargetError(f"the container of job {handle.job_id} is gone before it started") from exc
+        try:
+            self.client.api.start(handle.location)
         except Exception as exc:
             raise TargetError(f"the container of job {handle.job_id} did not start: {exc}") from exc
+        self._states[handle.location] = "running"
 
     def job_paths(self, handle: JobHandle) -> dict[str, str]:
         return {"job_dir": JOB_ROOT, "events": f"{JOB_ROOT}/{job_runner.EVENTS_FILE}",
@@ -170,19 +225,23 @@ class DockerTarget(ComputeTarget):
 
     # ------------------------------------------------------------------ watching
     def poll(self, handle: JobHandle) -> JobStatus:
-        container = self._container(handle)
-        if container is None:
+        import docker
+
+        try:
+            attrs = self.client.api.inspect_container(handle.location)
+        except docker.errors.NotFound:
             return JobStatus("not_found")
-        state = container.attrs.get("State", {})
+        state = attrs.get("State", {})
+        self._states[handle.location] = str(state.get("Status"))
         if state.get("Status") == "running":
             return JobStatus("running")
-        exit_state = _get_file(container, f"{JOB_ROOT}/{job_runner.EXIT_STATE}")
+        exit_state = self._file(handle, f"{JOB_ROOT}/{job_runner.EXIT_STATE}")
         if exit_state is not None:
             status = JobStatus.from_exit_json(json.loads(exit_state))
             if state.get("OOMKilled"):
                 return JobStatus(status.state, status.exit_code, status.signal, status.reason,
                                  f"{status.message}: the container ran out of memory (OOMKilled at its limit of "
-                                 f"{container.attrs['HostConfig'].get('Memory')} bytes); raise mem_limit")
+                                 f"{attrs['HostConfig'].get('Memory')} bytes); raise mem_limit")
             return status
         if state.get("OOMKilled"):
             return JobStatus("lost", message=f"the container ran out of memory and was killed (OOMKilled, exit code "
@@ -194,61 +253,188 @@ class DockerTarget(ComputeTarget):
         return JobStatus("lost", message=f"the container exited with code {state.get('ExitCode')} before its "
                                          f"supervisor recorded an ending: {state.get('Error') or 'no error reported'}")
 
+    def wait(self, handle: JobHandle, timeout: float) -> None:
+        """Block until the container stops (the daemon's wait), or ``timeout`` seconds pass."""
+        if self._states.get(handle.location) != "running":
+            time.sleep(timeout)
+            return
+        started = time.monotonic()
+        try:
+            self.client.api.wait(handle.location, timeout=max(timeout, 0.001))
+        except Exception:  # the timeout (a read timeout), or a daemon error the next poll reports
+            time.sleep(max(0.0, timeout - (time.monotonic() - started)))
+
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
-        container = self._container(handle)
-        if container is None:
-            return b""
         path = f"{JOB_ROOT}/{_FILES[channel]}"
-        if container.status == "running":
-            tail = _tail_running(container, path, offset)
+        key = (handle.location, path)
+        if self._states.get(handle.location) == "running" and self._sizes.get(key, 0) > _COPY_WHOLE_BELOW:
+            tail = self._tail_running(handle, path, offset)  # a large file: only its new part
             if tail is not None:
+                self._sizes[key] = offset + len(tail)
                 return tail[:limit]
-        content = _get_file(container, path)  # works whether the container runs or not
-        return (content or b"")[offset : offset + limit]
+        content = self._file(handle, path) or b""  # a small file: one request, no process in the container
+        self._sizes[key] = len(content)
+        return content[offset : offset + limit]
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
-        container = self._container(handle)
-        if container is None:
-            return None
-        import docker
-
-        try:
-            stream, _ = container.get_archive(f"{JOB_ROOT}/{relative_path}")
-        except docker.errors.NotFound:
+        archive = self._archive(handle, f"{JOB_ROOT}/{relative_path}")
+        if archive is None:
             return None
         destination = scratch / "fetched" / relative_path.replace("/", "_")
         if destination.exists():
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(destination, filter="data")
         return destination / Path(relative_path).name
 
+    def _tail_running(self, handle: JobHandle, path: str, offset: int) -> bytes | None:
+        """The bytes of ``path`` from ``offset`` on, read by ``exec`` in the running container;
+        None when that failed (it stopped since the last poll: the caller reads its filesystem)."""
+        import docker
+
+        try:
+            exec_id = self.client.api.exec_create(handle.location, ["tail", "-c", f"+{offset + 1}", path],
+                                                  stdout=True, stderr=False)
+            return bytes(self.client.api.exec_start(exec_id) or b"")
+        except docker.errors.APIError:
+            return None
+
+    def _archive(self, handle: JobHandle, path: str) -> bytes | None:
+        """``get_archive`` of ``path`` (a tar), None when missing. A stopped container's files no
+        longer change, so they are fetched once."""
+        import docker
+
+        ended = self._states.get(handle.location) in ("exited", "dead")
+        cache = self._ended_files.setdefault(handle.location, {})
+        if ended and path in cache:
+            return cache[path]
+        try:
+            stream, _ = self.client.api.get_archive(handle.location, path)
+            archive: bytes | None = b"".join(stream)
+        except docker.errors.NotFound:
+            archive = None
+        if ended:
+            cache[path] = archive
+        return archive
+
+    def _file(self, handle: JobHandle, path: str) -> bytes | None:
+        archive = self._archive(handle, path)
+        if archive is None:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            member = tar.next()
+            extracted = tar.extractfile(member) if member is not None else None
+            return extracted.read() if extracted is not None else None
+
     # ------------------------------------------------------------------ control
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
-        container = self._container(handle)
-        if container is None or container.status != "running":
-            return
-        container.kill(signal="SIGTERM")  # the supervisor (PID 1) stops the tree, records it, exits
+        import docker
+
+        try:
+            if self.client.api.inspect_container(handle.location)["State"]["Status"] != "running":
+                return
+            # The supervisor (PID 1) stops the whole tree (SIGTERM, its grace, SIGKILL), records it, exits.
+            self.client.api.kill(handle.location, signal="SIGTERM")
+        except docker.errors.NotFound:
+            return  # removed: whoever removed it collected it
+        except docker.errors.APIError:
+            if self.poll(handle).state != "running":
+                return  # it ended between the inspect and the signal
+            raise
         if not wait:
             return
-        deadline = time.monotonic() + grace_seconds + 10
-        while time.monotonic() < deadline:
-            container.reload()
-            if container.status != "running":
-                return
-            time.sleep(0.1)
-        container.kill()
-        container.wait(timeout=30)
-        _put_file(container, f"{JOB_ROOT}/{job_runner.EXIT_STATE}", json.dumps({
-            "exit_code": None, "signal": 9, "reason": job_runner.REASON_CANCELED,
-            "message": "the run was canceled (its container had to be killed)", "ended_at": time.time(),
-        }).encode(), 0o644)
+        try:
+            self.client.api.wait(handle.location, timeout=grace_seconds + 10)
+            return
+        except docker.errors.NotFound:
+            return
+        except Exception:  # the supervisor did not stop in time (read timeout): kill the container
+            pass
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.kill(handle.location)
+            self.client.api.wait(handle.location, timeout=30)
+            self._ended_files.pop(handle.location, None)
+            _put_file(self.client.containers.get(handle.location), f"{JOB_ROOT}/{job_runner.EXIT_STATE}", json.dumps({
+                "exit_code": None, "signal": 9, "reason": job_runner.REASON_CANCELED,
+                "message": "the run was canceled (its container had to be killed)", "ended_at": time.time(),
+            }).encode(), 0o644)
 
     def cleanup(self, handle: JobHandle) -> None:
-        container = self._container(handle)
-        if container is not None:
-            container.remove(force=True)
+        import docker
+
+        self._ended_files.pop(handle.location, None)
+        self._states.pop(handle.location, None)
+        for key in [key for key in self._sizes if key[0] == handle.location]:
+            del self._sizes[key]
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(handle.location, force=True)
+
+
+def _tls_client(base_url: str, tls: Any, assert_hostname: str | None) -> Any:
+    """A ``docker.DockerClient`` for a daemon behind TLS.
+
+    Two details docker-py leaves out: ``REQUESTS_CA_BUNDLE`` (and the like) must not replace
+    ``tls.ca_cert`` or ``verify=False`` (requests prefers them to the session's setting), and docker-py 7 has no
+    ``assert_hostname``. Both are set on the session before the first request, so the API version is
+    asked by a first client made with a fixed version.
+
+    :param base_url: the ``tcp://`` daemon URL.
+    :param tls: its ``docker.tls.TLSConfig``.
+    :param assert_hostname: the name the daemon's certificate must carry, when not the URL's host.
+    """
+    import docker
+    import requests.adapters
+    import requests.utils
+
+    def configured(version: str) -> Any:
+        client = docker.DockerClient(base_url=base_url, tls=tls, version=version)
+        if client.api.verify is not True:  # a CA file, or no verification: not the environment's bundle
+            client.api.trust_env = False
+            client.api.proxies = requests.utils.get_environ_proxies(base_url.replace("tcp://", "https://", 1))
+        if assert_hostname:
+            adapter = requests.adapters.HTTPAdapter(pool_connections=docker.constants.DEFAULT_NUM_POOLS)
+            adapter.poolmanager.connection_pool_kw["assert_hostname"] = assert_hostname
+            client.api.mount("https://", adapter)
+        return client
+
+    probe = configured(docker.constants.MINIMUM_DOCKER_API_VERSION)
+    try:
+        version = str(probe.version(api_version=False)["ApiVersion"])
+    finally:
+        probe.close()
+    return configured(version)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__
+
+
+def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
+    """What to do about a daemon that could not be reached, from the error chain of ``exc``."""
+    chain: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    text = " | ".join(chain)
+    if "HTTP request to an HTTPS server" in text:
+        return ("Fix: this daemon speaks TLS: set the connection's tls_ca_cert, tls_client_cert and tls_client_key "
+                "extra fields.")
+    if not tls:
+        return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
+    if "hostname" in text.lower() and ("match" in text.lower() or "not valid" in text.lower()):
+        return ("Fix: the daemon's certificate does not carry this host name: connect by a name it carries, or set "
+                "tls_hostname to one of them.")
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("Fix: TLS handshake failed, the daemon's certificate is not signed by tls_ca_cert (CA mismatch): set "
+                "tls_ca_cert to the CA that signed the daemon's certificate.")
+    if any(marker in text.lower() for marker in ("certificate required", "bad certificate", "unknown ca", "ssl",
+                                                 "tls", "connection reset", "eof occurred")):
+        return ("Fix: the daemon refused the TLS handshake (client cert/CA mismatch): it wants a client certificate "
+                "signed by the CA it trusts; set tls_client_cert and tls_client_key to such a pair.")
+    return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
 
 
 def _add_folder(tar: tarfile.TarFile, name: str) -> None:
@@ -266,31 +452,3 @@ def _put_file(container: Any, path: str, content: bytes, mode: int) -> None:
         info.mode = mode
         tar.addfile(info, io.BytesIO(content))
     container.put_archive(str(Path(path).parent), archive.getvalue())
-
-
-def _tail_running(container: Any, path: str, offset: int) -> bytes | None:
-    """The bytes of ``path`` from ``offset`` on, read by ``exec`` in the running container;
-    None when the container stopped meanwhile (the caller reads the file from its filesystem)."""
-    import docker
-
-    try:
-        code, output = container.exec_run(["tail", "-c", f"+{offset + 1}", path], demux=False)
-    except docker.errors.APIError:
-        container.reload()
-        if container.status != "running":  # it ended between the poll and this read
-            return None
-        raise
-    return bytes(output or b"") if code == 0 else b""
-
-
-def _get_file(container: Any, path: str) -> bytes | None:
-    import docker
-
-    try:
-        stream, _ = container.get_archive(path)
-    except docker.errors.NotFound:
-        return None
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        member = tar.next()
-        handle = tar.extractfile(member) if member is not None else None
-        return handle.read() if handle is not None else None

@@ -1,0 +1,322 @@
+"""The fields of a ``training_docker`` connection, checked before anything connects.
+
+:func:`docker_target_settings` reads a connection's host, login, password and extra fields and
+returns the keyword arguments of :class:`~airflow_provider.core.targets.docker.DockerTarget`. Every
+extra field is checked for its name, type and format first: a wrong one raises
+:class:`~airflow_provider.core.errors.ConfigurationError` whose field reads
+``connection 'my_conn' extra.mem_limit`` and whose fix says what to write. TLS material given as
+PEM text (rather than a path) is written once to a 0600 file under the state folder, named by the
+SHA-256 of its content, because docker-py reads certificates from files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from airflow_provider.core.errors import ConfigurationError
+
+__all__ = ["KNOWN_EXTRA_FIELDS", "docker_target_settings", "pem_file"]
+
+_PREFIX = "extra__training_docker__"  # how Airflow 2 forms stored the fields; still accepted
+_TLS_FILES = {"tls_ca_cert": ("ca_cert", "CERTIFICATE"), "tls_client_cert": ("client_cert", "CERTIFICATE"),
+              "tls_client_key": ("client_key", "PRIVATE KEY")}
+_BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+_MODES = ("ro", "rw")
+_RESERVED_LABELS = ("training.run_id", "training.managed")
+_JOB_ROOT = "/job"
+
+
+class _Fields:
+    """The connection's fields with the errors of one connection id.
+
+    :param conn_id: the connection id, for error messages.
+    :param extra: the connection's extra fields (empty values already dropped).
+    """
+
+    def __init__(self, conn_id: str, extra: dict[str, Any]) -> None:
+        self.conn_id = conn_id
+        self.extra = extra
+
+    def error(self, key: str, problem: str, fix: str) -> ConfigurationError:
+        where = key if key in ("host", "login", "password") else f"extra.{key}"
+        return ConfigurationError(f"connection {self.conn_id!r} {where}", problem, fix)
+
+    def text(self, key: str, fix: str, check: Callable[[str], bool] = lambda value: True) -> str | None:
+        value = self.extra.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int) or not check(str(value).strip()):
+            raise self.error(key, f"{value!r} is not valid.", fix)
+        return str(value).strip()
+
+
+def docker_target_settings(conn_id: str | None, host: str | None, login: str | None, password: str | None,
+                           extra: Mapping[str, Any], port: int | None = None) -> dict[str, Any]:
+    """Check a ``training_docker`` connection and return the ``DockerTarget`` keyword arguments.
+
+    :param conn_id: the connection id (for error messages).
+    :param host: the daemon URL (``unix://``, ``tcp://``, ``https://``, ``ssh://``; empty: DOCKER_HOST or the
+        local socket).
+    :param login: the registry user.
+    :param password: the registry password.
+    :param extra: the connection's extra fields.
+    :param port: the connection's port, added to a ``tcp://`` host that names none.
+    :raises ConfigurationError: naming the first field at fault.
+    """
+    fields = _Fields(conn_id or "(none)", _plain_extra(extra))
+    unknown = sorted(set(fields.extra) - KNOWN_EXTRA_FIELDS)
+    if unknown:
+        raise fields.error(unknown[0], "is not a field of a training_docker connection.",
+                           f"remove it; the fields are {', '.join(sorted(KNOWN_EXTRA_FIELDS))}.")
+    tls, pem_texts = _tls(fields, host)
+    settings = {
+        "base_url": _base_url(fields, host, tls is not None, port),
+        "image": fields.text("image", "write an image reference such as training-runs/python:3.11.",
+                             lambda v: bool(v) and not any(c.isspace() for c in v)),
+        "python": fields.text("python", "write the interpreter inside the image, e.g. python3 or /usr/bin/python3.",
+                              lambda v: bool(v) and not any(c.isspace() for c in v)),
+        "run_options": _run_options(fields),
+        "tls": tls,
+        "registry_auth": _registry_auth(fields, login, password),
+    }
+    for name, text in pem_texts.items():  # only once every field is known to be right
+        assert tls is not None
+        tls[name] = pem_file(text)
+    return settings
+
+
+KNOWN_EXTRA_FIELDS = frozenset({
+    "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify", "tls_hostname", "registry", "image",
+    "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels",
+})
+"""Every extra field a ``training_docker`` connection may have."""
+
+
+def pem_file(content: str) -> str:
+    """Write PEM text once to a 0600 file named by its SHA-256 and return the file's path.
+
+    :param content: the PEM text.
+    """
+    from airflow_provider.core.paths import state_dir
+
+    data = (content.strip() + "\n").encode()
+    folder = state_dir() / "docker-tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = folder / hashlib.sha256(data).hexdigest()
+    if not (path.is_file() and path.read_bytes() == data):
+        temporary = folder / f".{path.name}.{os.getpid()}"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    return str(path)
+
+
+def _plain_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The extra fields without Airflow's old ``extra__<type>__`` prefix and without empty values."""
+    plain: dict[str, Any] = {}
+    for key, value in extra.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        plain[name] = value
+    return plain
+
+
+def _tls(fields: _Fields, host: str | None) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The ``tls`` argument (None without TLS) and the PEM texts still to write to files, by key."""
+    tls: dict[str, Any] = {}
+    pem_texts: dict[str, str] = {}
+    for key, (name, kind) in _TLS_FILES.items():
+        value = fields.extra.get(key)
+        if value is None:
+            continue
+        fix = (f"write the absolute path of a PEM file, or paste the PEM text itself (-----BEGIN {kind}----- ... "
+               f"-----END {kind}-----).")
+        if not isinstance(value, str):
+            raise fields.error(key, f"expected a path or PEM text, got {type(value).__name__}.", fix)
+        value = value.strip()
+        if "-----BEGIN" in value:
+            if not re.search(f"-----BEGIN [A-Z ]*{kind}-----.+-----END [A-Z ]*{kind}-----", value, re.DOTALL):
+                raise fields.error(key, f"is PEM text but not a complete {kind.lower()}.", fix)
+            tls[name] = pem_texts[name] = value
+        elif not Path(value).expanduser().is_absolute() or "\n" in value:
+            raise fields.error(key, f"{value[:80]!r} is neither an absolute path nor PEM text.", fix)
+        else:
+            tls[name] = str(Path(value).expanduser())
+    verify = _boolean(fields, "tls_verify")
+    hostname = fields.text("tls_hostname", "write the host name the daemon's certificate carries, e.g. "
+                           "docker.example.com (no scheme, no port).", lambda v: bool(_HOSTNAME.match(v)))
+    if not tls and verify is None and hostname is None and not (host or "").strip().startswith("https://"):
+        return None, {}
+    if bool(tls.get("client_cert")) != bool(tls.get("client_key")):
+        missing = "tls_client_key" if tls.get("client_cert") else "tls_client_cert"
+        raise fields.error(missing, "is missing: a client certificate and its key go together.",
+                           "set both tls_client_cert and tls_client_key, or neither.")
+    tls["verify"] = True if verify is None else verify
+    if hostname is not None:
+        tls["assert_hostname"] = hostname
+    return tls, pem_texts
+
+
+def _boolean(fields: _Fields, key: str) -> bool | None:
+    value = fields.extra.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise fields.error(key, f"{value!r} is not a boolean.", "write true or false.")
+
+
+def _base_url(fields: _Fields, host: str | None, tls: bool, port: int | None) -> str | None:
+    url = (host or "").strip()
+    if not url:
+        if tls:
+            raise fields.error("host", "is empty but TLS fields are set.",
+                               "write the daemon URL, e.g. tcp://127.0.0.1:2376.")
+        return None
+    if "://" not in url:
+        url = f"tcp://{url}"
+    scheme = url.split("://", 1)[0]
+    if scheme not in ("unix", "tcp", "http", "https", "ssh"):
+        raise fields.error("host", f"{host!r} is not a Docker daemon URL.",
+                           "write unix:///var/run/docker.sock, tcp://HOST:2376 or ssh://USER@HOST.")
+    if tls and scheme not in ("tcp", "https"):
+        raise fields.error("host", f"{host!r} cannot be reached over TLS.",
+                           "write tcp://HOST:2376 (or https://HOST:2376), or remove the tls_* fields.")
+    if port and scheme in ("tcp", "http", "https") and not re.search(r":\d+/?$", url.split("://", 1)[1]):
+        url = f"{url.rstrip('/')}:{port}"
+    return url
+
+
+def _registry_auth(fields: _Fields, login: str | None, password: str | None) -> dict[str, str] | None:
+    registry = fields.text("registry", "write the registry's host[:port], e.g. registry.example.com:5000.",
+                           lambda v: bool(v) and not any(c.isspace() for c in v))
+    if not login and not password:
+        return None
+    if not login or not password:
+        raise fields.error("login" if not login else "password", "is empty while the other registry field is set.",
+                           "set both the registry user (login) and password, or neither.")
+    auth = {"username": login, "password": password}
+    if registry:
+        auth["serveraddress"] = registry
+    return auth
+
+
+def _run_options(fields: _Fields) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in ("network", "user"):
+        value = fields.text(key, f"write the {key} as text (user: NAME, UID or UID:GID).",
+                            lambda v: bool(v) and not any(c.isspace() for c in v))
+        if value is not None:
+            options[key] = value
+    for key in ("shm_size", "mem_limit"):
+        value = fields.extra.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not ((isinstance(value, int) and value > 0)
+                                           or (isinstance(value, str) and _BYTES.match(value.strip()))):
+            raise fields.error(key, f"{value!r} is not a size.",
+                               "write a number of bytes or a size with a unit b, k, m or g, e.g. 512m or 2g.")
+        options[key] = value.strip() if isinstance(value, str) else value
+    cpus = _number(fields, "cpus", "write the number of CPUs, a number above 0 such as 2 or 0.5.")
+    if cpus is not None:
+        if cpus <= 0:
+            raise fields.error("cpus", f"{cpus!r} is not above 0.", "write a number above 0 such as 2 or 0.5.")
+        options["nano_cpus"] = int(cpus * 1e9)
+    gpus = _gpus(fields)
+    if gpus:
+        options["device_requests"] = [{"count": gpus, "capabilities": [["gpu"]]}]
+    volumes = _volumes(fields)
+    if volumes:
+        options["volumes"] = volumes
+    labels = _labels(fields)
+    if labels:
+        options["labels"] = labels
+    return options
+
+
+def _number(fields: _Fields, key: str, fix: str) -> float | None:
+    value = fields.extra.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise fields.error(key, f"{value!r} is not a number.", fix)
+
+
+def _gpus(fields: _Fields) -> int:
+    value = fields.extra.get("gpus")
+    fix = "write a number of GPUs (1, 2, ...), 0 for none, or -1 / \"all\" for every GPU."
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return -1
+    try:
+        count = int(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        count = None
+    if isinstance(value, bool | float) or count is None or count < -1:
+        raise fields.error("gpus", f"{value!r} is not a GPU count.", fix)
+    return count
+
+
+def _volumes(fields: _Fields) -> list[str]:
+    value = fields.extra.get("volumes")
+    fix = ('write a list of "/host/path:/container/path[:ro|rw]" strings, or {"/host/path": {"bind": '
+           '"/container/path", "mode": "ro"}}; both paths absolute, not under /job.')
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[,\n]", value) if part.strip()]
+    entries: list[tuple[Any, Any, Any]] = []
+    if isinstance(value, Mapping):
+        for source, spec in value.items():
+            if not isinstance(spec, Mapping) or set(spec) - {"bind", "mode"}:
+                raise fields.error("volumes", f"{source!r}: {spec!r} is not {{'bind': ..., 'mode': ...}}.", fix)
+            entries.append((source, spec.get("bind"), spec.get("mode", "rw")))
+    elif isinstance(value, list):
+        for item in value:
+            parts = item.strip().split(":") if isinstance(item, str) else []
+            if len(parts) not in (2, 3):
+                raise fields.error("volumes", f"{item!r} is not host:container[:ro|rw].", fix)
+            entries.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"))
+    else:
+        raise fields.error("volumes", f"expected a list or a mapping, got {type(value).__name__}.", fix)
+    volumes = []
+    for source, bind, mode in entries:
+        for path in (source, bind):
+            if not isinstance(path, str) or not PurePosixPath(path).is_absolute():
+                raise fields.error("volumes", f"{path!r} is not an absolute path.", fix)
+        if PurePosixPath(bind) == PurePosixPath(_JOB_ROOT) or PurePosixPath(_JOB_ROOT) in PurePosixPath(bind).parents:
+            raise fields.error("volumes", f"{bind!r} would hide the job folder {_JOB_ROOT}.", fix)
+        if mode not in _MODES:
+            raise fields.error("volumes", f"mode {mode!r} of {source!r} is neither ro nor rw.", fix)
+        volumes.append(f"{source}:{bind}:{mode}")
+    return volumes
+
+
+def _labels(fields: _Fields) -> dict[str, str]:
+    value = fields.extra.get("labels")
+    fix = 'write a mapping of text to text, e.g. {"team": "vision"}.'
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                                 for k, v in value.items()):
+        raise fields.error("labels", f"{value!r} is not a mapping of text to text.", fix)
+    reserved = sorted(set(value) & set(_RESERVED_LABELS))
+    if reserved:
+        raise fields.error("labels", f"{reserved[0]!r} is set by the provider itself.", "use another label name.")
+    return dict(value)
