@@ -10,9 +10,11 @@ BASE_IMAGE=${TRAINING_RUNS_BASE_IMAGE:-training-runs/python:3.11}
 
 have_root() { [ "$(id -u)" = 0 ]; }
 
-if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
+    || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1; then
     if have_root; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
+            openssh-server openssh-client >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi
@@ -108,4 +110,197 @@ fi
 docker info >/dev/null 2>&1 && echo "components: dockerd up, base image $BASE_IMAGE ready" || echo "components: no Docker engine"
 docker_tls_up && echo "components: dockerd also on $DOCKER_TLS_URL (TLS, client certificates in $DOCKER_TLS_DIR)" \
     || echo "components: no Docker TLS endpoint on $DOCKER_TLS_URL"
+# SSH hosts for the SSH target's tests; root logs in to both with one client key
+# ($SSHD_DIR/client_ed25519, made here; tests/ssh_hosts.py reads the same files):
+#  * a loopback sshd on 127.0.0.1:2222 (this machine's filesystem), state in $SSHD_DIR;
+#  * a separate host: the container $SSH_HOST_CONTAINER at $SSH_HOST_IP:22 on the docker network
+#    $SSH_NET, with its own filesystem and hostname, from the image $SSH_HOST_IMAGE built offline
+#    from this machine's packages (built once; remade only when missing or its keys changed).
+# Tests may rotate a server's host key; the original keys stay in the state folders (and in
+# /etc/ssh/original/ in the container) and are put back here when a test left a key rotated.
+COMPONENTS_DIR=${TRAINING_RUNS_COMPONENTS_DIR:-/var/lib/training-runs-components}
+SSHD_DIR=$COMPONENTS_DIR/sshd
+SSHD_PORT=2222
+SSH_HOST_DIR=$COMPONENTS_DIR/ssh-host
+SSH_HOST_IMAGE=training-runs/ssh-host:3.11
+SSH_HOST_CONTAINER=training-runs-ssh-host
+SSH_NET=training-runs-net
+SSH_NET_SUBNET=172.28.0.0/24
+SSH_HOST_IP=172.28.0.10
+
+# The host key HOST:PORT presents ("ssh-ed25519 AAAA..."), or nothing when no SSH server answers.
+ssh_key_seen() {
+    ssh-keyscan -T 3 -t ed25519 -p "$2" "$1" 2>/dev/null | awk 'NF >= 3 { print $2 " " $3; exit }'
+}
+pub_key() { awk '{ print $1 " " $2; exit }' "$1" 2>/dev/null; }
+# Wait until HOST:PORT presents KEY (sshd re-executes itself on SIGHUP: the port is briefly closed).
+wait_for_key() {
+    local _
+    for _ in $(seq 100); do [ "$(ssh_key_seen "$1" "$2")" = "$3" ] && return 0; sleep 0.1; done
+    return 1
+}
+make_key() {  # FILE COMMENT: an ed25519 key pair, once
+    [ -s "$1" ] && [ -s "$1.pub" ] && return 0
+    rm -f "$1" "$1.pub" && ssh-keygen -q -t ed25519 -N '' -C "$2" -f "$1"
+}
+
+sshd_loopback_config() {
+    cat <<CFG
+# Written by scripts/components.sh: the loopback sshd of the SSH target's tests.
+ListenAddress 127.0.0.1
+Port $SSHD_PORT
+HostKey $SSHD_DIR/active_host_key
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PrintMotd no
+MaxSessions 64
+MaxStartups 64:30:128
+Subsystem sftp internal-sftp
+LogLevel ERROR
+CFG
+}
+
+start_loopback_sshd() {
+    local d=$SSHD_DIR reload= pid= config
+    mkdir -p -m 755 "$d" && mkdir -p -m 755 /run/sshd || return 1  # /run/sshd: sshd's privilege separation dir
+    make_key "$d/host_ed25519" training-runs-loopback-host && make_key "$d/client_ed25519" training-runs-tests || return 1
+    cmp -s "$d/client_ed25519.pub" "$d/authorized_keys" || install -m 600 "$d/client_ed25519.pub" "$d/authorized_keys"
+    if ! cmp -s "$d/host_ed25519" "$d/active_host_key" || ! cmp -s "$d/host_ed25519.pub" "$d/active_host_key.pub"; then
+        install -m 600 "$d/host_ed25519" "$d/active_host_key" && install -m 644 "$d/host_ed25519.pub" "$d/active_host_key.pub"
+        reload=1
+    fi
+    config=$(sshd_loopback_config)
+    if [ "$config" != "$(cat "$d/sshd_config" 2>/dev/null)" ]; then
+        printf '%s\n' "$config" >"$d/sshd_config" && reload=1
+    fi
+    /usr/sbin/sshd -t -f "$d/sshd_config" || return 1
+    pid=$(cat "$d/sshd.pid" 2>/dev/null)
+    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-f $d/sshd_config "; then
+        [ -n "$reload" ] && kill -HUP "$pid"
+    elif [ -n "$(ssh_key_seen 127.0.0.1 "$SSHD_PORT")" ]; then
+        echo "components: 127.0.0.1:$SSHD_PORT is served by an sshd this script did not start" >&2
+        return 1
+    else
+        /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log" || return 1  # daemonizes, writes sshd.pid
+    fi
+    wait_for_key 127.0.0.1 "$SSHD_PORT" "$(pub_key "$d/host_ed25519.pub")"
+}
+
+ssh_host_sshd_config() {
+    cat <<CFG
+# Written by scripts/components.sh: the SSH host container of the SSH target's tests.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+MaxSessions 64
+MaxStartups 64:30:128
+Subsystem sftp internal-sftp
+LogLevel ERROR
+CFG
+}
+
+# The image: this machine's python3 + openssh-server packages (docker import), then a build without
+# network adding the sshd user, a baked host key (also kept in /etc/ssh/original/) and root's key.
+build_ssh_host_image() {
+    local keys=$1 ctx rootfs=training-runs/ssh-host-rootfs:3.11 rc
+    ctx=$(mktemp -d) || return 1
+    if ! /usr/bin/python3 scripts/hostfs_tar.py python3 python3-venv python3-pip openssh-server 2>/dev/null \
+            | docker import -c 'ENV LANG=C.UTF-8' - "$rootfs" >/dev/null; then
+        rm -rf "$ctx"
+        return 1
+    fi
+    cp "$SSH_HOST_DIR/host_ed25519" "$ctx/ssh_host_ed25519_key"
+    cp "$SSH_HOST_DIR/host_ed25519.pub" "$ctx/ssh_host_ed25519_key.pub"
+    cp "$SSHD_DIR/client_ed25519.pub" "$ctx/authorized_keys"
+    ssh_host_sshd_config >"$ctx/sshd_config"
+    cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $rootfs
+COPY ssh_host_ed25519_key ssh_host_ed25519_key.pub authorized_keys sshd_config /tmp/ssh/
+RUN set -e; getent passwd sshd >/dev/null || useradd -r -d /run/sshd -s /usr/sbin/nologin sshd; \\
+    mkdir -p -m 755 /run/sshd /etc/ssh/original; mkdir -p -m 700 /root/.ssh; \\
+    install -m 600 /tmp/ssh/ssh_host_ed25519_key /etc/ssh/original/ssh_host_ed25519_key; \\
+    install -m 644 /tmp/ssh/ssh_host_ed25519_key.pub /etc/ssh/original/ssh_host_ed25519_key.pub; \\
+    cp -p /etc/ssh/original/ssh_host_ed25519_key /etc/ssh/original/ssh_host_ed25519_key.pub /etc/ssh/; \\
+    install -m 600 /tmp/ssh/authorized_keys /root/.ssh/authorized_keys; \\
+    install -m 644 /tmp/ssh/sshd_config /etc/ssh/sshd_config; rm -rf /tmp/ssh; /usr/sbin/sshd -t
+EXPOSE 22
+CMD ["/usr/sbin/sshd", "-D", "-e"]
+DOCKERFILE
+    docker build -q --network none --label training.test-component=ssh-host --label "training.ssh-keys=$keys" \
+        -t "$SSH_HOST_IMAGE" "$ctx" >"$ctx/build.log" 2>&1  # the legacy builder warns on every build
+    rc=$?
+    [ $rc = 0 ] || cat "$ctx/build.log" >&2
+    docker rmi "$rootfs" >/dev/null 2>&1  # only untags it: the image built on it keeps the layers
+    rm -rf "$ctx"
+    return $rc
+}
+
+start_ssh_host() {
+    local keys image old_image= state subnet original seen= _
+    mkdir -p -m 755 "$SSH_HOST_DIR" && make_key "$SSH_HOST_DIR/host_ed25519" training-runs-ssh-host || return 1
+    [ -s "$SSHD_DIR/client_ed25519.pub" ] || return 1
+    keys=$(cat "$SSH_HOST_DIR/host_ed25519.pub" "$SSHD_DIR/client_ed25519.pub" | sha256sum | cut -c1-16)
+    if [ "$(docker image inspect -f '{{index .Config.Labels "training.ssh-keys"}}' "$SSH_HOST_IMAGE" 2>/dev/null)" != "$keys" ]; then
+        old_image=$(docker image inspect -f '{{.Id}}' "$SSH_HOST_IMAGE" 2>/dev/null)
+        build_ssh_host_image "$keys" || { echo "components: could not build $SSH_HOST_IMAGE" >&2; return 1; }
+    fi
+    image=$(docker image inspect -f '{{.Id}}' "$SSH_HOST_IMAGE") || return 1
+    subnet=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$SSH_NET" 2>/dev/null)
+    if [ -z "$subnet" ]; then
+        docker network create --driver bridge --subnet "$SSH_NET_SUBNET" --label training.test-component=network \
+            "$SSH_NET" >/dev/null || return 1
+    elif [ "$subnet" != "$SSH_NET_SUBNET" ]; then
+        echo "components: docker network $SSH_NET has subnet $subnet, not $SSH_NET_SUBNET" >&2
+        return 1
+    fi
+    state=$(docker inspect -f '{{.State.Running}} {{.Image}} {{index .Config.Labels "training.test-component"}}' \
+        "$SSH_HOST_CONTAINER" 2>/dev/null)
+    if [ -n "$state" ] && [ "${state##* }" != ssh-host ]; then
+        echo "components: a container named $SSH_HOST_CONTAINER exists that this script did not make" >&2
+        return 1
+    fi
+    if [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f2)" != "$image" ]; then
+        docker rm -f "$SSH_HOST_CONTAINER" >/dev/null && state=
+    fi
+    if [ -z "$state" ]; then
+        docker run -d --name "$SSH_HOST_CONTAINER" --hostname "$SSH_HOST_CONTAINER" --network "$SSH_NET" \
+            --ip "$SSH_HOST_IP" --label training.test-component=ssh-host --restart unless-stopped \
+            "$SSH_HOST_IMAGE" >/dev/null || return 1
+    elif [ "${state%% *}" != true ]; then
+        docker start "$SSH_HOST_CONTAINER" >/dev/null || return 1
+    fi
+    # The image this run replaced, when nothing uses it any more.
+    [ -z "$old_image" ] || [ "$old_image" = "$image" ] || docker rmi "$old_image" >/dev/null 2>&1
+    original=$(pub_key "$SSH_HOST_DIR/host_ed25519.pub")
+    for _ in $(seq 100); do seen=$(ssh_key_seen "$SSH_HOST_IP" 22) && [ -n "$seen" ] && break; sleep 0.1; done
+    [ "$seen" = "$original" ] && return 0
+    # A test left the host key rotated: put the original back.
+    docker exec "$SSH_HOST_CONTAINER" sh -c 'cp -p /etc/ssh/original/ssh_host_ed25519_key \
+        /etc/ssh/original/ssh_host_ed25519_key.pub /etc/ssh/ && kill -HUP 1' >/dev/null 2>&1
+    wait_for_key "$SSH_HOST_IP" 22 "$original"
+}
+
+if have_root && [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null 2>&1; then
+    mkdir -p -m 755 "$COMPONENTS_DIR"
+    exec 9>"$COMPONENTS_DIR/.ssh.lock" && flock -w 300 9  # one run at a time sets the SSH hosts up
+    start_loopback_sshd || echo "components: could not start the loopback sshd (log: $SSHD_DIR/sshd.log)" >&2
+    if docker info >/dev/null 2>&1; then
+        start_ssh_host || echo "components: the SSH host container does not answer (docker logs $SSH_HOST_CONTAINER)" >&2
+    fi
+    exec 9>&-
+fi
+[ -n "$(ssh_key_seen 127.0.0.1 "$SSHD_PORT")" ] \
+    && echo "components: sshd on 127.0.0.1:$SSHD_PORT (root, client key $SSHD_DIR/client_ed25519)" \
+    || echo "components: no loopback sshd on 127.0.0.1:$SSHD_PORT"
+[ -n "$(ssh_key_seen "$SSH_HOST_IP" 22)" ] \
+    && echo "components: SSH host container $SSH_HOST_CONTAINER at $SSH_HOST_IP:22 (image $SSH_HOST_IMAGE, network $SSH_NET)" \
+    || echo "components: no SSH host container at $SSH_HOST_IP:22"
 exit 0

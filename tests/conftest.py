@@ -135,3 +135,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         log.close()
+
+
+# --- SSH hosts (started by scripts/components.sh; see tests/ssh_hosts.py) ---------------------------
+
+from tests.ssh_hosts import SSHHost, container_host, loopback_host, restore_host_key  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ssh_loopback() -> SSHHost:
+    """The loopback sshd on 127.0.0.1:2222 (root, client key; this machine's filesystem)."""
+    host = loopback_host()
+    if host is None:
+        skip_or_fail("no loopback sshd on 127.0.0.1:2222 (run scripts/components.sh as root)")
+    assert host is not None
+    restore_host_key(host)  # an interrupted earlier session may have left it rotated
+    return host
+
+
+@pytest.fixture(scope="session")
+def ssh_container() -> SSHHost:
+    """The SSH host container training-runs-ssh-host at 172.28.0.10:22 (own filesystem and hostname)."""
+    host = container_host()
+    if host is None:
+        skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
+    assert host is not None
+    restore_host_key(host)  # an interrupted earlier session may have left it rotated
+    return host

@@ -15,10 +15,12 @@ build log under ``<root>/logs/``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -243,13 +245,18 @@ class EnvironmentCache:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
         try:
-            code = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **_SUBPROCESS_ENV}, check=False, timeout=self.build_timeout_seconds,
-            ).returncode  # fmt: skip
-        except subprocess.TimeoutExpired:
-            log.write(f"timed out after {self.build_timeout_seconds:g} s (build_timeout_seconds)\n".encode())
-            code = -1
+            # Its own process group: a timeout stops the installer's helpers too, which would
+            # otherwise go on writing into the folder being removed.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, **_SUBPROCESS_ENV}, start_new_session=True)
+            try:
+                code = process.wait(timeout=self.build_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                log.write(f"timed out after {self.build_timeout_seconds:g} s (build_timeout_seconds)\n".encode())
+                code = -1
         except OSError as exc:
             log.write(f"{exc}\n".encode())
             code = -1

@@ -52,8 +52,8 @@ def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = 
     with open(folder / f"finalizer-{run.id}.log", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "airflow_provider.core.finalizer", json.dumps(description)],
-            env={**os.environ, **(environment or {})}, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            env={**os.environ, **(environment or {}), **run.target.secret_environment()},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
         )
 
 
@@ -69,7 +69,13 @@ def main(argv: list[str]) -> int:
     run = _script_run(json.loads(argv[1]))
     assert run.target is not None and run.handle is not None
     deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
-    while run.target.poll(run.handle).state == "running" and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        try:
+            if run.target.poll(run.handle).state != "running":
+                break
+        except Exception:  # a daemon restarting, a dropped connection: the job is still there
+            logging.exception("Polling run %s failed; trying again", run.id)
+            time.sleep(2)
         time.sleep(0.2)
     for attempt in range(1, _ATTEMPTS + 1):
         try:

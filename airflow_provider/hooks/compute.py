@@ -116,11 +116,30 @@ class DockerComputeHook(ComputeHook):
                             tls=settings["tls"], registry_auth=settings["registry_auth"])
 
 
-class SSHComputeHook(_NotYetAvailableHook):
-    """Runs jobs detached on a remote Linux host over SSH (paramiko)."""
+class SSHComputeHook(ComputeHook):
+    """Runs jobs detached on a remote Linux host over SSH (paramiko).
+
+    Connection: host, port, login, password; extra fields ``key_file`` or ``private_key`` (with
+    ``passphrase``), ``host_key`` (pinned, as in known_hosts) or ``known_hosts`` (a file),
+    ``accept_unknown_host_keys``, ``work_root``, ``python``, ``connect_timeout``, ``keepalive``,
+    ``keep_failed_job_folders``, ``blob_cache_max_mb``, ``env_cache_max_count``,
+    ``kept_job_max_age_days``. Every field is checked before connecting.
+    """
 
     conn_type = "training_ssh"
     hook_name = "Training: SSH host"
+
+    def get_target(self) -> ComputeTarget:
+        from airflow_provider.core.targets.ssh import SSHTarget
+        from airflow_provider.core.targets.ssh_connection import SSHSettings
+        from airflow_provider.hooks.ssh_options import ssh_target_arguments
+
+        if not self.conn_id:
+            raise TargetError("the SSH compute target needs a training_ssh connection id.")
+        connection = self.get_connection(self.conn_id)
+        arguments = ssh_target_arguments(self.conn_id, connection.host, connection.port, connection.login,
+                                         connection.password, dict(connection.extra_dejson))
+        return SSHTarget(SSHSettings(**arguments.pop("settings")), **arguments)
 
 
 class MPIComputeHook(_NotYetAvailableHook):

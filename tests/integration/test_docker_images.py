@@ -42,8 +42,10 @@ def target() -> Iterator[DockerTarget]:
     except Exception as exc:
         skip_or_fail(f"no Docker engine or base image {DEFAULT_IMAGE} (run scripts/components.sh): {exc}")
     before = {image.id for image in candidate.client.images.list(IMAGE_REPOSITORY)}
+    running = {c.id for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})}
     yield candidate
-    leftovers = candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    leftovers = [c for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+                 if c.id not in running]
     for container in leftovers:
         container.remove(force=True)
     for image in candidate.client.images.list(IMAGE_REPOSITORY):

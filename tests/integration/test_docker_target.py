@@ -40,8 +40,10 @@ def target() -> Iterator[DockerTarget]:
         candidate.client.images.get(DEFAULT_IMAGE)
     except Exception:
         skip_or_fail(f"no base image {DEFAULT_IMAGE} (run scripts/components.sh)")
+    before = {c.id for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})}
     yield candidate
-    leftovers = candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+    leftovers = [c for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+                 if c.id not in before]  # only this test's: other sessions may share the daemon
     for container in leftovers:
         container.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"

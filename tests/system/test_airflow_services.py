@@ -3,7 +3,9 @@
 Proves what ``dag.test()`` cannot: a deferred task is watched by the real triggerer; a try whose
 worker process is SIGKILLed is retried and the retry reattaches to the job that outlived it (the
 script's side effect happens once); marking a running or a deferred task failed in Airflow stops
-the job's whole process tree and the MLflow run ends Canceled.
+the job's whole process tree and the MLflow run ends Canceled. The last two also for the Docker
+target (a ``training_docker`` connection in the standalone's environment): the container is stopped,
+what the script wrote is collected by the detached finalizer and the container is removed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import skip_or_fail
 from tests.helpers import pid_alive, wait_until
 
 pytestmark = pytest.mark.slow
@@ -48,17 +51,36 @@ os.makedirs("outputs", exist_ok=True)
 open("outputs/done.txt", "w").write(name)
 """
 
+# Runs in a container, which sees none of this machine's files: the test knows it runs from the
+# "tick" metrics reaching MLflow, and stops it by marking the task failed.
+DOCKER_SCRIPT = """
+import os, time
+from airflow_provider.core import Run
+run = Run.get_context()
+os.makedirs("outputs", exist_ok=True)
+open("outputs/started.txt", "w").write(os.environ["RUN_NAME"])
+for i in range(1500):
+    run.log("tick", i)
+    print("tick", i, flush=True)
+    time.sleep(0.2)
+"""
+
+DOCKER_CONN_ID = "svc_docker"
+DOCKER_URL = "unix:///var/run/docker.sock"
+DOCKER_IMAGE = "training-runs/python:3.11"
+
 DAG_TEMPLATE = """
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
 from airflow_provider.operators import SubmitTrainingRunOperator
 
-def training_dag(dag_id, deferrable, retries=0):
+def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={source!r}):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         SubmitTrainingRunOperator(
-            task_id="train", source_directory={source!r}, script="train.py", deferrable=deferrable,
+            task_id="train", source_directory=source, script="train.py", deferrable=deferrable,
             poll_interval=1, retries=retries, retry_delay=timedelta(seconds=1), experiment_name=dag_id,
             environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id}},
+            compute_target=compute_target,
         )
     return dag
 
@@ -66,6 +88,10 @@ deferred_success = training_dag("svc_deferred_success", True)
 deferred_kill = training_dag("svc_deferred_kill", True)
 running_kill = training_dag("svc_running_kill", False)
 reattach = training_dag("svc_reattach", False, retries=1)
+docker_deferred_kill = training_dag("svc_docker_deferred_kill", True, compute_target={docker_conn!r},
+                                    source={docker_source!r})
+docker_running_kill = training_dag("svc_docker_running_kill", False, compute_target={docker_conn!r},
+                                   source={docker_source!r})
 """
 
 
@@ -133,10 +159,13 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     home = tmp_path_factory.mktemp("airflow-services")
     control = home / "control"
     source = home / "source"
-    for folder in (control, source, home / "dags"):
+    docker_source = home / "docker_source"
+    for folder in (control, source, docker_source, home / "dags"):
         folder.mkdir()
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
-    (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(source=str(source), control=str(control)))
+    (docker_source / "train.py").write_text(textwrap.dedent(DOCKER_SCRIPT))
+    (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
+        source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -149,6 +178,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}": json.dumps({
+            "conn_type": "training_docker", "host": DOCKER_URL, "extra": {"image": DOCKER_IMAGE}}),
     }
     log = open(home / "standalone.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen([f"{venv_bin}/airflow", "standalone"], env=environment, stdout=log,
@@ -268,3 +299,87 @@ def test_a_retry_after_a_killed_worker_reattaches_to_the_job(airflow: Airflow) -
     run = airflow.run_of("svc_reattach")
     assert run.info.status == "FINISHED"
     assert run.data.tags["airflow.try_number"] == "1"  # the run was created by the first try
+
+
+# ---------------------------------------------------------------------------- the Docker target
+@pytest.fixture(scope="module")
+def docker_client() -> Any:
+    """The local daemon, with the base image the Docker DAGs run in (skip or fail without them)."""
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=DOCKER_URL)
+        client.ping()
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine at {DOCKER_URL} (run scripts/components.sh as root): {exc}")
+    try:
+        client.images.get(DOCKER_IMAGE)
+    except Exception:
+        skip_or_fail(f"no base image {DOCKER_IMAGE} (run scripts/components.sh)")
+    return client
+
+
+@pytest.fixture
+def docker_runs(docker_client: Any) -> Iterator[list[str]]:
+    """Run ids whose containers the test checks; any still there at teardown are removed."""
+    run_ids: list[str] = []
+    yield run_ids
+    for run_id in run_ids:
+        for container in _containers_of(docker_client, run_id):
+            container.remove(force=True)
+
+
+def _containers_of(client: Any, run_id: str) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": f"training.run_id={run_id}"}))
+
+
+def _assert_docker_run_canceled(airflow: Airflow, docker_client: Any, dag_id: str, run_id: str,
+                                tmp_path: Path) -> None:
+    """The task failed, the run ends Canceled with what the script wrote, and its container is gone."""
+    wait_until(lambda: airflow.run_of(dag_id).data.tags.get("training.state") == "Canceled", timeout=90,
+               message=f"the MLflow run of {dag_id} to end Canceled")
+    run = airflow.run_of(dag_id)
+    assert run.info.status == "KILLED"
+    assert airflow.task(dag_id, run_id)["state"] == "failed"
+    client = airflow.mlflow()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "outputs")] == ["outputs/started.txt"]
+    assert "system_logs/driver.log" in [a.path for a in client.list_artifacts(run.info.run_id, "system_logs")]
+    driver_log = Path(client.download_artifacts(run.info.run_id, "system_logs/driver.log", str(tmp_path)))
+    assert "tick 0" in driver_log.read_text()
+    assert client.get_metric_history(run.info.run_id, "tick")
+    wait_until(lambda: not _containers_of(docker_client, run.info.run_id), timeout=60,
+               message=f"the container of run {run.info.run_id} to be removed")
+
+
+def _wait_for_ticks(airflow: Airflow, dag_id: str, docker_runs: list[str]) -> None:
+    """Wait until the script in the container has logged a tick (it sees no host file to signal on)."""
+    wait_until(lambda: _has_run(airflow, dag_id), timeout=60, message=f"the MLflow run of {dag_id}")
+    docker_runs.append(airflow.run_of(dag_id).info.run_id)
+    wait_until(lambda: airflow.trigger_is_relaying(dag_id), timeout=90,
+               message=f"the first tick of {dag_id} in MLflow")
+
+
+def _has_run(airflow: Airflow, experiment: str) -> bool:
+    with contextlib.suppress(AssertionError, ValueError):
+        return bool(airflow.run_of(experiment))
+    return False
+
+
+def test_marking_a_deferred_docker_task_failed_stops_the_container(
+        docker_client: Any, airflow: Airflow, docker_runs: list[str], tmp_path: Path) -> None:
+    dag_id = "svc_docker_deferred_kill"
+    run_id = airflow.trigger(dag_id)
+    airflow.wait_for_task(dag_id, run_id, {"deferred"})
+    _wait_for_ticks(airflow, dag_id, docker_runs)  # relayed by the triggerer: the task is deferred
+    airflow.mark(dag_id, run_id, "failed")
+    _assert_docker_run_canceled(airflow, docker_client, dag_id, run_id, tmp_path)
+
+
+def test_marking_a_running_docker_task_failed_stops_the_container(
+        docker_client: Any, airflow: Airflow, docker_runs: list[str], tmp_path: Path) -> None:
+    dag_id = "svc_docker_running_kill"
+    run_id = airflow.trigger(dag_id)
+    airflow.wait_for_task(dag_id, run_id, {"running"})
+    _wait_for_ticks(airflow, dag_id, docker_runs)
+    airflow.mark(dag_id, run_id, "failed")
+    _assert_docker_run_canceled(airflow, docker_client, dag_id, run_id, tmp_path)

@@ -150,3 +150,28 @@ def test_train_docker(run_dag: Callable[..., dict[str, Any]], client: MlflowClie
     assert [a.path for a in client.list_artifacts(result["run_id"], "outputs")] == ["outputs/weights.json"]
     assert "[run] epoch 19: accuracy=" in outcome["output"]
     assert not docker.from_env().containers.list(all=True, filters={"label": "training.managed=true"})
+
+
+def test_train_ssh(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    import json
+    import socket
+
+    from tests.conftest import skip_or_fail
+    from tests.ssh_hosts import container_host
+
+    host = container_host()
+    if host is None:
+        skip_or_fail("no SSH host container (run scripts/components.sh as root)")
+    assert host is not None
+    connection = json.dumps({"conn_type": "training_ssh", "host": host.host, "port": host.port,
+                             "login": host.username,
+                             "extra": {"key_file": str(host.key_path), "host_key": host.host_public_key}})
+    outcome = run_dag("train_ssh", extra_env={"AIRFLOW_CONN_TRAINING_SSH_DEFAULT": connection})
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["training.target"] == f"ssh (root@{host.host}:{host.port})"
+    assert len(client.get_metric_history(result["run_id"], "accuracy")) == 20
+    assert [a.path for a in client.list_artifacts(result["run_id"], "outputs")] == ["outputs/weights.json"]
+    assert "[run] epoch 19: accuracy=" in outcome["output"]
+    assert socket.gethostname() not in run.data.tags.get("training.target", "")

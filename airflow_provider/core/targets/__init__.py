@@ -14,6 +14,7 @@ __all__ = ["ComputeTarget", "known_targets", "resolve_target", "target_from_spec
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "local": ("airflow_provider.core.targets.local", "LocalTarget", ""),
     "docker": ("airflow_provider.core.targets.docker", "DockerTarget", "pip install docker"),
+    "ssh": ("airflow_provider.core.targets.ssh", "SSHTarget", "pip install paramiko"),
 }
 
 

@@ -144,6 +144,11 @@ class ComputeTarget(abc.ABC):
     def describe(self) -> str:
         """One line for the run's details, e.g. ``"local (this machine: host1)"``."""
 
+    def secret_environment(self) -> dict[str, str]:
+        """Variables a detached process (the finalizer) needs to rebuild this target from
+        :meth:`to_spec`, which never holds secrets; empty by default."""
+        return {}
+
     def check(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Raise :class:`TargetError` when the target cannot be used (before any compute)."""
 

@@ -235,7 +235,7 @@ class DockerTarget(ComputeTarget):
         self._states[handle.location] = str(state.get("Status"))
         if state.get("Status") == "running":
             return JobStatus("running")
-        exit_state = self._file(handle, f"{JOB_ROOT}/{job_runner.EXIT_STATE}")
+        exit_state = self._exit_line(handle) or self._file(handle, f"{JOB_ROOT}/{job_runner.EXIT_STATE}")
         if exit_state is not None:
             status = JobStatus.from_exit_json(json.loads(exit_state))
             if state.get("OOMKilled"):
@@ -252,6 +252,19 @@ class DockerTarget(ComputeTarget):
             return JobStatus("running")  # launched a moment ago
         return JobStatus("lost", message=f"the container exited with code {state.get('ExitCode')} before its "
                                          f"supervisor recorded an ending: {state.get('Error') or 'no error reported'}")
+
+    def _exit_line(self, handle: JobHandle) -> bytes | None:
+        """The ending the supervisor printed last (its ``exit.json``), from the container's log; None
+        when the log lacks it (killed, or a log driver that keeps nothing)."""
+        try:
+            tail = bytes(self.client.api.logs(handle.location, stdout=True, stderr=False, tail=3))
+        except Exception:
+            return None
+        prefix = job_runner.EXIT_LINE_PREFIX.encode()
+        for line in reversed(tail.splitlines()):
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        return None
 
     def wait(self, handle: JobHandle, timeout: float) -> None:
         """Block until the container stops (the daemon's wait), or ``timeout`` seconds pass."""

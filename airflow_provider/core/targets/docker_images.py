@@ -29,12 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from filelock import FileLock, Timeout
 
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
+from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 
 __all__ = ["IMAGE_REPOSITORY", "ImageBuilder", "ResolvedImage"]
@@ -49,7 +49,6 @@ _LAYOUT_VERSION = "1"  # bump when the generated Dockerfile changes meaning
 _LOG_TAIL_LINES = 40
 _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<stage>\S+))?",
                         re.IGNORECASE | re.MULTILINE)
-_FILE_REFERENCE = re.compile(r"^(?:(?P<name>[A-Za-z0-9._-]+(?:\[[^\]]*\])?)\s*@\s*)?(?P<location>\S+)$")
 
 
 @dataclass(frozen=True)
@@ -287,38 +286,11 @@ def _dockerfile(base: str, requirements: list[str], python: str, name: str, fing
 
 def _stage_requirements(requirements: list[str], context: _BuildContext) -> list[str]:
     """Copy local files the requirements name into the build context; the rewritten lines."""
-    lines: list[str] = []
-    for line in requirements:
-        option = re.match(r"^(-f|--find-links)(?:\s+|=)(\S+)$", line)
-        if option is not None:
-            local = _local_path(option.group(2))
-            if local is not None and local.is_dir():
-                digest = hashlib.sha256(str(local).encode()).hexdigest()[:12]
-                for path in sorted(p for p in local.iterdir() if p.is_file()):
-                    context.add(f"{BUILD_FOLDER}/links/{digest}/{path.name}", path.read_bytes())
-                lines.append(f"--find-links {IN_IMAGE_BUILD_FOLDER}/links/{digest}")
-                continue
-        reference = _FILE_REFERENCE.match(line) if not line.startswith("-") else None
-        local = _local_path(reference.group("location")) if reference is not None else None
-        if reference is not None and local is not None and local.is_file():
-            content = local.read_bytes()
-            folder = hashlib.sha256(content).hexdigest()[:12]
-            context.add(f"{BUILD_FOLDER}/wheels/{folder}/{local.name}", content)
-            staged = f"{IN_IMAGE_BUILD_FOLDER}/wheels/{folder}/{local.name}"
-            lines.append(f"{reference.group('name')} @ file://{staged}" if reference.group("name") else staged)
-            continue
-        lines.append(line)
+    lines, files = localize_requirements(requirements, IN_IMAGE_BUILD_FOLDER)
+    for relative, content in files.items():
+        context.add(f"{BUILD_FOLDER}/{relative}", content)
     context.add(f"{BUILD_FOLDER}/requirements.txt", ("\n".join(lines) + "\n").encode())
     return lines
-
-
-def _local_path(location: str) -> Path | None:
-    """The host path a requirement's location names, or None for an index name or a remote URL."""
-    if location.startswith("file://"):
-        return Path(unquote(urlparse(location).path))
-    if location.startswith(("/", "./", "../", "~")) or os.sep in location:
-        return Path(location).expanduser()
-    return None
 
 
 def _context_files(folder: Path) -> list[tuple[Path, str]]:

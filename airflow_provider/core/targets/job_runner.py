@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 JOB_SPEC = "job.json"
 RUNNER_STATE = "runner.json"
 EXIT_STATE = "exit.json"
+EXIT_LINE_PREFIX = "training-runs-exit: "
 DRIVER_LOG = "driver.log"
 EVENTS_FILE = "events.jsonl"
 UPLOADS_DIR = "uploads"
@@ -104,6 +105,78 @@ def tree_members(root_pid: int, group: int) -> set[int]:
                 changed = True
     members.discard(root_pid)
     return members
+
+
+def stop_orphaned_command(state: dict[str, Any], grace_seconds: float) -> str:
+    """Stop the command of a job whose supervisor is gone, if it still runs (same start time).
+
+    :return: a note for the status message ("" when there was nothing to stop).
+    """
+    child = state.get("child_pid")
+    if not child or not is_alive(int(child), state.get("child_start_ticks")):
+        return ""
+    _stop_tree_without_runner(int(child), grace_seconds)
+    return " (its command, left running, was stopped)"
+
+
+def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
+    members = tree_members(child_pid, child_pid) | {child_pid}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + (grace_seconds if signum == signal.SIGTERM else 5)
+        while time.monotonic() < deadline:
+            members = {p for p in members if process_start_ticks(p) is not None}
+            if not members:
+                return
+            time.sleep(0.05)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing or half-written."""
+    try:
+        with open(path) as stream:
+            data: dict[str, Any] = json.load(stream)
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
+    """Stop a job's whole process tree, on the machine where it runs.
+
+    SIGTERM to its supervisor, which stops the tree (its own grace period, then SIGKILL) and
+    records the ending; with ``wait``, wait for that, and when the supervisor is gone or stuck,
+    stop the command's tree directly and record the cancel in ``exit.json``.
+
+    :param job_dir: the job folder.
+    :param grace_seconds: time between SIGTERM and SIGKILL.
+    :param wait: wait until the job has ended (False: signal the supervisor and return).
+    """
+    exit_path = os.path.join(job_dir, EXIT_STATE)
+    if os.path.exists(exit_path):
+        return
+    state = read_json(os.path.join(job_dir, RUNNER_STATE)) or {}
+    runner_pid = state.get("runner_pid")
+    if runner_pid and is_alive(int(runner_pid), state.get("runner_start_ticks")):
+        os.kill(int(runner_pid), signal.SIGTERM)  # the runner stops the tree and writes exit.json
+        if not wait:
+            return
+        deadline = time.monotonic() + grace_seconds + 10
+        while time.monotonic() < deadline:
+            if os.path.exists(exit_path) or not is_alive(int(runner_pid), state.get("runner_start_ticks")):
+                if os.path.exists(exit_path):
+                    return
+                break
+            time.sleep(0.02)
+    # The supervisor is gone or stuck: stop the command's tree ourselves and record it.
+    stop_orphaned_command(state, grace_seconds)
+    if not os.path.exists(exit_path):
+        write_json_atomically(exit_path, {
+            "exit_code": None, "signal": None, "reason": REASON_CANCELED,
+            "message": "the run was canceled (its supervisor was not running)", "ended_at": time.time(),
+        })
 
 
 class JobRunner:
@@ -240,13 +313,14 @@ class JobRunner:
             time.sleep(0.02)
 
     def _finish(self, exit_code: int | None, killed_by: int | None, reason: str, message: str) -> None:
-        write_json_atomically(self.path(EXIT_STATE), {
-            "exit_code": exit_code,
-            "signal": killed_by,
-            "reason": reason,
-            "message": message,
-            "ended_at": time.time(),
-        })
+        ending = {"exit_code": exit_code, "signal": killed_by, "reason": reason, "message": message,
+                  "ended_at": time.time()}
+        write_json_atomically(self.path(EXIT_STATE), ending)
+        # Also the supervisor's last output line: a container target reads it from the container's
+        # log without copying a file out of its filesystem.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.write(EXIT_LINE_PREFIX + json.dumps(ending) + "\n")
+            sys.stdout.flush()
 
 
 def _signal_all(members: set[int], group: int, signum: int) -> None:

@@ -7,11 +7,9 @@ that launched it (an Airflow worker, a deferred task's triggerer, a notebook).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -129,7 +127,7 @@ class LocalTarget(ComputeTarget):
         if exit_state is not None:
             return JobStatus.from_exit_json(exit_state)
         # The supervisor was killed (OOM killer, kill -9): stop what it left running, unwatched.
-        stopped = _stop_orphaned_command(state, grace_seconds=5)
+        stopped = job_runner.stop_orphaned_command(state, grace_seconds=5)
         return JobStatus("lost", message=f"the job supervisor died{stopped}: {self._runner_log(job_dir)}")
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
@@ -145,27 +143,7 @@ class LocalTarget(ComputeTarget):
         return path if path.exists() else None
 
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
-        job_dir = self.job_dir(handle)
-        if (job_dir / job_runner.EXIT_STATE).exists():
-            return
-        state = _read_json(job_dir / job_runner.RUNNER_STATE) or {}
-        runner_pid = state.get("runner_pid")
-        if runner_pid and job_runner.is_alive(int(runner_pid), state.get("runner_start_ticks")):
-            os.kill(int(runner_pid), signal.SIGTERM)  # the runner stops the tree and writes exit.json
-            if not wait:
-                return
-            deadline = time.monotonic() + grace_seconds + 10
-            while time.monotonic() < deadline:
-                if self.poll(handle).state != "running":
-                    return
-                time.sleep(0.02)
-        # The supervisor is gone or stuck: stop the command's tree ourselves and record it.
-        _stop_orphaned_command(state, grace_seconds)
-        if not (job_dir / job_runner.EXIT_STATE).exists():
-            job_runner.write_json_atomically(str(job_dir / job_runner.EXIT_STATE), {
-                "exit_code": None, "signal": None, "reason": job_runner.REASON_CANCELED,
-                "message": "the run was canceled (its supervisor was not running)", "ended_at": time.time(),
-            })
+        job_runner.cancel_job(str(self.job_dir(handle)), grace_seconds, wait)
 
     def cleanup(self, handle: JobHandle) -> None:
         self._runners.pop(handle.job_id, None)
@@ -186,29 +164,3 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             return data
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _stop_orphaned_command(state: dict[str, Any], grace_seconds: float) -> str:
-    """Stop the command of a job whose supervisor is gone, if it still runs (same start time).
-
-    :return: a note for the status message ("" when there was nothing to stop).
-    """
-    child = state.get("child_pid")
-    if not child or not job_runner.is_alive(int(child), state.get("child_start_ticks")):
-        return ""
-    _stop_tree_without_runner(int(child), grace_seconds)
-    return " (its command, left running, was stopped)"
-
-
-def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
-    members = job_runner.tree_members(child_pid, child_pid) | {child_pid}
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in members:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + (grace_seconds if signum == signal.SIGTERM else 5)
-        while time.monotonic() < deadline:
-            members = {p for p in members if job_runner.process_start_ticks(p) is not None}
-            if not members:
-                return
-            time.sleep(0.05)

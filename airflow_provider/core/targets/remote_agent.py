@@ -1,0 +1,348 @@
+"""The SSH target's helper on the remote host: standard library only, runnable as a plain file.
+
+The SSH target copies this file and :mod:`job_runner` once per version into
+``<root>/runtime/<version>/`` and starts ``python3 remote_agent.py serve`` once per SSH connection:
+requests and answers then cost one round trip each, not a shell and an interpreter start (see
+:func:`serve`). Every operation is idempotent, so a watcher that lost its connection asks again.
+
+Layout under the root: ``blobs/ab/<sha256>`` (the content-addressed store, hard-linked into job
+folders), ``jobs/<job id>/`` (as on every target), ``envs/<fingerprint>/`` (virtual environments,
+built once under a lock), ``files/`` (local files named by requirements), ``logs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import IO, Any
+
+try:
+    from airflow_provider.core.targets import job_runner
+except ImportError:  # on the remote host: a plain file copied next to this one
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import job_runner  # type: ignore[no-redef]
+
+MARKER = ".training-runs-complete"
+KEPT_MARKER = ".kept"
+_LAUNCH_TIMEOUT_SECONDS = 30.0
+_GC_EVERY_SECONDS = 600.0
+
+
+def _blob_path(root: str, digest: str) -> str:
+    return os.path.join(root, "blobs", digest[:2], digest)
+
+
+def op_hello(request: dict[str, Any]) -> dict[str, Any]:
+    """What the target needs to know about this host and its Python."""
+    uv = shutil.which("uv") or next((p for p in (os.path.expanduser("~/.local/bin/uv"), "/usr/local/bin/uv")
+                                     if os.access(p, os.X_OK)), None)
+    return {"python_version": sys.version, "executable": sys.executable, "home": os.path.expanduser("~"),
+            "uv": uv, "hostname": os.uname().nodename}
+
+
+def op_missing(request: dict[str, Any]) -> dict[str, Any]:
+    """Which of the snapshot's blobs the store lacks (one round trip for the whole snapshot)."""
+    root = request["root"]
+    return {"missing": [d for d in request["digests"] if not os.path.exists(_blob_path(root, d))]}
+
+
+def op_put_blobs(request: dict[str, Any], stream: IO[bytes]) -> dict[str, Any]:
+    """Store the blobs of a tar stream (members named by their sha256), each checked and renamed
+    into place, so a half-sent blob is never seen."""
+    root = request["root"]
+    stored = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            source = tar.extractfile(member)
+            assert source is not None
+            digest = member.name
+            final = _blob_path(root, digest)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            hasher = hashlib.sha256()
+            descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".tmp-")
+            with os.fdopen(descriptor, "wb") as out:
+                for chunk in iter(lambda: source.read(1 << 20), b""):  # noqa: B023
+                    hasher.update(chunk)
+                    out.write(chunk)
+            if hasher.hexdigest() != digest:
+                os.unlink(temporary)
+                raise ValueError(f"blob {digest} arrived damaged")
+            os.chmod(temporary, 0o444)
+            os.replace(temporary, final)
+            stored += 1
+    return {"stored": stored}
+
+
+def op_launch(request: dict[str, Any]) -> dict[str, Any]:
+    """Materialize the job folder from the store, write its files and start its supervisor
+    detached; a second call for the same job only reports that it was launched."""
+    root, job_dir = request["root"], request["job_dir"]
+    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(job_dir, ".launched"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return {"launched": False}
+    work = os.path.join(job_dir, job_runner.WORK_DIR)
+    if os.path.exists(work):
+        shutil.rmtree(work)
+    os.makedirs(work)
+    for relative, digest, executable in request["manifest"]:
+        target = os.path.join(work, relative)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        source = _blob_path(root, digest)
+        try:
+            os.link(source, target)  # blobs are read-only: a script cannot damage the store through a link
+        except OSError:
+            shutil.copyfile(source, target)
+        if executable:
+            with contextlib.suppress(OSError):
+                os.chmod(target, 0o755)
+        os.utime(source)  # recently used: eviction keeps it
+    for relative, text in request["extras"].items():
+        path = os.path.join(job_dir, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+    descriptor = os.open(os.path.join(job_dir, job_runner.JOB_SPEC), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(request["job_json"], out)
+    runner_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_runner.py")
+    with open(os.path.join(job_dir, "runner.log"), "ab") as runner_log:
+        runner = subprocess.Popen([sys.executable, "-I", "-S", runner_file, job_dir], stdin=subprocess.DEVNULL,
+                                  stdout=runner_log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  close_fds=True)
+    deadline = time.monotonic() + _LAUNCH_TIMEOUT_SECONDS
+    while not os.path.exists(os.path.join(job_dir, job_runner.RUNNER_STATE)):
+        if runner.poll() is not None and not os.path.exists(os.path.join(job_dir, job_runner.EXIT_STATE)):
+            return {"launched": False, "error": "the job supervisor exited at once: " + _runner_log(job_dir)}
+        if time.monotonic() > deadline:
+            runner.kill()
+            return {"launched": False, "error": f"the job supervisor did not start within {_LAUNCH_TIMEOUT_SECONDS}s"}
+        time.sleep(0.002)
+    return {"launched": True}
+
+
+def op_poll(request: dict[str, Any]) -> dict[str, Any]:
+    """How the job is doing; a supervisor that died leaves its command stopped and the job lost."""
+    job_dir = request["job_dir"]
+    exit_state = job_runner.read_json(os.path.join(job_dir, job_runner.EXIT_STATE))
+    if exit_state is not None:
+        return {"state": "ended", "exit": exit_state}
+    if not os.path.isdir(job_dir):
+        return {"state": "not_found"}
+    state = job_runner.read_json(os.path.join(job_dir, job_runner.RUNNER_STATE))
+    if state is None:
+        launched = os.path.exists(os.path.join(job_dir, ".launched"))
+        return {"state": "running"} if launched else {"state": "lost", "message": "staged but never launched"}
+    if job_runner.is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
+        return {"state": "running"}
+    exit_state = job_runner.read_json(os.path.join(job_dir, job_runner.EXIT_STATE))
+    if exit_state is not None:
+        return {"state": "ended", "exit": exit_state}
+    stopped = job_runner.stop_orphaned_command(state, grace_seconds=5)
+    return {"state": "lost", "message": f"the job supervisor died{stopped}: {_runner_log(job_dir)}"}
+
+
+def op_cancel(request: dict[str, Any]) -> dict[str, Any]:
+    job_runner.cancel_job(request["job_dir"], float(request["grace_seconds"]), bool(request["wait"]))
+    return {}
+
+
+def pack(request: dict[str, Any]) -> bytes | None:
+    """A tar of one file or folder of the job; None when it is missing."""
+    path = os.path.join(request["job_dir"], request["relative_path"])
+    if not os.path.lexists(path):
+        return None
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(path, arcname=os.path.basename(path))
+    return archive.getvalue()
+
+
+def op_cleanup(request: dict[str, Any]) -> dict[str, Any]:
+    """Remove a finished job's folder (or keep it, marked, for debugging), then evict old caches."""
+    job_dir = request["job_dir"]
+    if request.get("keep"):
+        with contextlib.suppress(OSError):
+            open(os.path.join(job_dir, KEPT_MARKER), "w").close()
+    else:
+        shutil.rmtree(job_dir, ignore_errors=True)
+    return {"evicted": _collect_garbage(request["root"], request.get("limits") or {})}
+
+
+def op_env(request: dict[str, Any]) -> dict[str, Any]:
+    """The virtual environment for these requirements, built once per fingerprint under a lock."""
+    root = request["root"]
+    requirements = list(request["requirements"])
+    for relative, digest in request.get("files", {}).items():  # local files the requirements name
+        path = os.path.join(root, "files", relative)
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.link(_blob_path(root, digest), path)
+    fingerprint = hashlib.sha256(json.dumps({"python_version": sys.version, "requirements": requirements},
+                                            sort_keys=True).encode()).hexdigest()
+    envs = os.path.join(root, "envs")
+    final = os.path.join(envs, fingerprint)
+    python = os.path.join(final, "bin", "python")
+    if os.path.exists(os.path.join(final, MARKER)):
+        os.utime(final)
+        return {"fingerprint": fingerprint, "python": python, "built": False}
+    os.makedirs(envs, exist_ok=True)
+    os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+    with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(final, MARKER)):
+            return {"fingerprint": fingerprint, "python": python, "built": False}
+        log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
+        requirements_file = os.path.join(envs, f".req-{fingerprint}.txt")
+        with open(requirements_file, "w") as out:
+            out.write("\n".join(requirements) + "\n")
+        temporary = tempfile.mkdtemp(dir=envs, prefix=f".tmp-{fingerprint[:16]}-")
+        uv = op_hello({})["uv"]
+        if uv:  # relocatable: built aside, renamed into place
+            steps = [[uv, "venv", "--relocatable", "--python", sys.executable, temporary],
+                     [uv, "pip", "install", "--python", os.path.join(temporary, "bin", "python"),
+                      "-r", requirements_file]]
+            build_dir = temporary
+        else:  # venv scripts hold absolute paths: built in place, published by the marker
+            shutil.rmtree(temporary)
+            shutil.rmtree(final, ignore_errors=True)
+            steps = [[sys.executable, "-m", "venv", final],
+                     [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                      "-r", requirements_file]]
+            build_dir = final
+        ok = True
+        with open(log_path, "ab") as log:
+            for step in steps:
+                log.write(("$ " + " ".join(step) + "\n").encode())
+                log.flush()
+                try:
+                    completed = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               timeout=float(request.get("timeout", 1800)), check=False,
+                                               env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                                                    "UV_PYTHON_DOWNLOADS": "never"})
+                    ok = completed.returncode == 0
+                except subprocess.TimeoutExpired:
+                    log.write(b"timed out (build_timeout_seconds)\n")
+                    ok = False
+                if not ok:
+                    break
+        if not ok:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
+        open(os.path.join(build_dir, MARKER), "w").close()
+        if build_dir != final:
+            os.rename(build_dir, final)
+        return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path}
+
+
+def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
+    """Evict least recently used blobs and environments over their bounds, and kept job folders
+    past their age; at most every few minutes."""
+    stamp = os.path.join(root, ".gc")
+    try:
+        if time.time() - os.stat(stamp).st_mtime < _GC_EVERY_SECONDS and not limits.get("now"):
+            return 0
+    except FileNotFoundError:
+        pass
+    open(stamp, "w").close()
+    evicted = 0
+    blob_max = int(limits.get("blob_cache_max_bytes", 10 << 30))
+    blobs = []
+    for folder, _dirs, files in os.walk(os.path.join(root, "blobs")):
+        for name in files:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                info = os.stat(path)
+                blobs.append((info.st_atime if info.st_atime > info.st_mtime else info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in blobs)
+    for _, size, path in sorted(blobs):
+        if total <= blob_max:
+            break
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # a job that linked it keeps its own link
+            total -= size
+            evicted += 1
+    env_max = int(limits.get("env_cache_max_count", 20))
+    envs_dir = os.path.join(root, "envs")
+    if os.path.isdir(envs_dir):
+        envs = sorted((os.stat(os.path.join(envs_dir, n)).st_mtime, n) for n in os.listdir(envs_dir)
+                      if os.path.exists(os.path.join(envs_dir, n, MARKER)))
+        for _, name in envs[: max(0, len(envs) - env_max)]:
+            shutil.rmtree(os.path.join(envs_dir, name), ignore_errors=True)
+            evicted += 1
+    kept_days = float(limits.get("kept_job_max_age_days", 7))
+    jobs_dir = os.path.join(root, "jobs")
+    if os.path.isdir(jobs_dir):
+        for name in os.listdir(jobs_dir):
+            marker = os.path.join(jobs_dir, name, KEPT_MARKER)
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(marker).st_mtime > kept_days * 86400:
+                    shutil.rmtree(os.path.join(jobs_dir, name), ignore_errors=True)
+                    evicted += 1
+    return evicted
+
+
+def _runner_log(job_dir: str) -> str:
+    try:
+        with open(os.path.join(job_dir, "runner.log"), errors="replace") as log:
+            return log.read()[-2000:] or "(runner.log is empty)"
+    except OSError:
+        return "(no runner.log)"
+
+
+def serve(source: IO[bytes], sink: IO[bytes]) -> int:
+    """Answer requests until end of input: one JSON line each (``op``, ``payload_size`` and the
+    operation's fields) followed by ``payload_size`` bytes; each answer is a JSON line (``ok``,
+    ``payload_size``) followed by its payload. One process serves a whole SSH connection."""
+    while True:
+        line = source.readline()
+        if not line:
+            return 0
+        request = json.loads(line)
+        operation = request.pop("op")
+        payload = source.read(int(request.pop("payload_size", 0)))
+        data = b""
+        try:
+            if operation == "put_blobs":
+                answer = op_put_blobs(request, io.BytesIO(payload))
+            elif operation == "pack":
+                packed = pack(request)
+                answer = {"missing": packed is None}
+                data = packed or b""
+            else:
+                handler = globals().get(f"op_{operation}")
+                if handler is None:
+                    raise ValueError(f"unknown operation {operation!r}")
+                answer = handler(request)
+            answer["ok"] = True
+        except Exception as exc:
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        answer["payload_size"] = len(data)
+        sink.write(json.dumps(answer).encode() + b"\n" + data)
+        sink.flush()
+
+
+def main(argv: list[str]) -> int:
+    """``python3 remote_agent.py serve``: requests on stdin, answers on stdout."""
+    if argv[1:] != ["serve"]:
+        print("usage: remote_agent.py serve", file=sys.stderr)
+        return 2
+    return serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,381 @@
+"""The SSH target: jobs run detached on a remote Linux host, driven over one paramiko connection.
+
+The remote side is :mod:`remote_agent` and :mod:`job_runner`, copied once per version into
+``<root>/runtime/<version>/``. A run costs few round trips: which of the snapshot's blobs the
+host's content-addressed store lacks (one call for the whole snapshot), those blobs in one tar
+stream, then one call that materializes the job folder from the store (hard links), writes the
+run-context files and ``job.json`` and starts the supervisor in its own session, so the job
+survives the connection. Logs are read over SFTP from a byte offset; a dropped connection is
+reopened with backoff and reading resumes at the same offset. The supervisor enforces
+``max_run_duration_seconds`` on the host itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import shlex
+import shutil
+import tarfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.environment_cache import PreparedEnvironment, environment_fingerprint
+from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, TargetError
+from airflow_provider.core.local_requirements import localize_requirements
+from airflow_provider.core.paths import state_dir
+from airflow_provider.core.snapshot import Snapshot, SnapshotStore
+from airflow_provider.core.targets import job_runner, remote_agent
+from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.ssh_connection import SSHConnection, SSHSettings
+
+__all__ = ["SECRETS_VARIABLE", "SSHTarget"]
+
+SECRETS_VARIABLE = "TRAINING_RUNS_SSH_SECRETS"
+"""Where a detached finalizer finds the key, passphrase and password (never in its command line)."""
+_CHANNEL_FILES: dict[str, str] = {"driver": job_runner.DRIVER_LOG, "events": job_runner.EVENTS_FILE}
+_SECRET_FIELDS = ("private_key", "passphrase", "password")
+
+
+class SSHTarget(ComputeTarget):
+    """Run jobs on a remote host over SSH.
+
+    :param settings: where and how to connect (see :class:`SSHSettings`).
+    :param work_root: the remote folder for blobs, jobs and environments (``~`` is the remote home).
+    :param python: the remote interpreter that runs the supervisor and, without an environment, the script.
+    :param keep_failed_job_folders: keep a failed run's job folder on the host for debugging (removed
+        after ``cache_limits["kept_job_max_age_days"]``).
+    :param cache_limits: ``blob_cache_max_bytes``, ``env_cache_max_count``, ``kept_job_max_age_days``:
+        least recently used blobs and environments beyond them are evicted.
+    :param build_timeout_seconds: an environment build step that runs longer fails.
+    """
+
+    kind: ClassVar[str] = "ssh"
+
+    def __init__(self, settings: SSHSettings, work_root: str = "~/.training-runs", python: str = "python3",
+                 keep_failed_job_folders: bool = True, cache_limits: dict[str, float] | None = None,
+                 build_timeout_seconds: float = 1800.0) -> None:
+        self.settings = settings
+        self.work_root = work_root
+        self.python = python
+        self.keep_failed_job_folders = keep_failed_job_folders
+        self.cache_limits = dict(cache_limits or {})
+        self.build_timeout_seconds = build_timeout_seconds
+        self.connection = SSHConnection(settings)
+        self.bytes_sent = 0
+        """Bytes of blob streams (tar framing included) sent to the host by this object."""
+        self.blob_bytes_sent = 0
+        """Content bytes of the blobs sent to the host by this object."""
+        self._root: str | None = None
+        self._hello: dict[str, Any] | None = None
+        self._pending: dict[str, tuple[list[list[Any]], dict[str, str]]] = {}
+        self._agent_session: _AgentSession | None = None
+        self._lock = threading.Lock()
+        self._ended: dict[str, JobStatus] = {}
+
+    # ------------------------------------------------------------------ spec
+    def to_spec(self) -> dict[str, Any]:
+        fields = {k: v for k, v in vars(self.settings).items() if k not in _SECRET_FIELDS}
+        return {"kind": self.kind, "settings": fields, "work_root": self.work_root, "python": self.python,
+                "keep_failed_job_folders": self.keep_failed_job_folders, "cache_limits": self.cache_limits}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SSHTarget:
+        import os
+
+        secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "{}")
+        settings = SSHSettings(**{**spec["settings"], **{k: v for k, v in secrets.items() if k in _SECRET_FIELDS}})
+        return cls(settings, spec.get("work_root", "~/.training-runs"), spec.get("python", "python3"),
+                   bool(spec.get("keep_failed_job_folders", True)), spec.get("cache_limits"))
+
+    def secret_environment(self) -> dict[str, str]:
+        """Variables a detached process needs to rebuild this target from :meth:`to_spec`."""
+        secrets = {k: getattr(self.settings, k) for k in _SECRET_FIELDS if getattr(self.settings, k)}
+        return {SECRETS_VARIABLE: json.dumps(secrets)} if secrets else {}
+
+    def describe(self) -> str:
+        return f"ssh ({self.settings.username + '@' if self.settings.username else ''}{self.settings.address})"
+
+    def check(self) -> None:
+        self.hello()
+
+    # ------------------------------------------------------------------ the remote helper
+    @property
+    def root(self) -> str:
+        """The absolute remote working root."""
+        if self._root is None:
+            def resolve() -> str:
+                home = self.connection.sftp.normalize(".")
+                return home + self.work_root[1:] if self.work_root.startswith("~") else self.work_root
+            self._root = self.connection.retrying(resolve, what="finding the remote home")
+        return self._root
+
+    @property
+    def runtime_dir(self) -> str:
+        """Where this version's agent and supervisor live on the host."""
+        return f"{self.root}/runtime/{_RUNTIME_VERSION}"
+
+    def hello(self) -> dict[str, Any]:
+        """Install the agent if needed and ask the host about its Python (once per object)."""
+        if self._hello is None:
+            self.connection.retrying(self._install_runtime, what="installing the remote helper")
+            self._hello = self._agent("hello", {})
+        return self._hello
+
+    def _install_runtime(self) -> None:
+        sftp = self.connection.sftp
+        try:
+            sftp.stat(f"{self.runtime_dir}/remote_agent.py")
+            return
+        except FileNotFoundError:
+            pass
+        _makedirs(sftp, self.runtime_dir)
+        for name, content in _RUNTIME_FILES.items():
+            temporary = f"{self.runtime_dir}/.{name}.tmp"
+            with sftp.open(temporary, "wb") as out:
+                out.write(content)
+            sftp.posix_rename(temporary, f"{self.runtime_dir}/{name}")
+
+    def _agent(self, operation: str, request: dict[str, Any], payload: bytes = b"",
+               timeout: float = 600.0) -> dict[str, Any]:
+        """Run one agent operation and return its answer (retried on a new connection when it drops).
+
+        The answer's payload, if any, is under the key ``"payload"``.
+        """
+        def call() -> dict[str, Any]:
+            with self._lock:
+                return self._session().request(operation, request, payload, timeout)
+
+        answer = self.connection.retrying(call, what=f"the remote {operation}")
+        if not answer.get("ok"):
+            raise TargetError(f"the remote {operation} on {self.settings.address} failed: {answer.get('error')}")
+        return answer
+
+    def _session(self) -> _AgentSession:
+        client = self.connection.client
+        if self._agent_session is None or self._agent_session.client is not client or self._agent_session.closed:
+            command = f"{shlex.quote(self.python)} -I -S {shlex.quote(self.runtime_dir + '/remote_agent.py')} serve"
+            self._agent_session = _AgentSession(client, command, self.settings.address, self.python)
+        return self._agent_session
+
+    # ------------------------------------------------------------------ environment
+    def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
+        hello = self.hello()
+        where = f"on {self.settings.address}"
+        if environment is None or environment.kind != "pip":
+            python = (environment.python.interpreter_path if environment is not None else None) or self.python
+            if environment is not None and environment.python.interpreter_path:
+                self._check_interpreter(python)
+            version = str(hello["python_version"])
+            return PreparedEnvironment(environment.kind if environment is not None else "current", python,
+                                       environment_fingerprint(environment, version), False, None,
+                                       f"remote interpreter {python} (Python {version.split()[0]}) {where}")
+        lines, files = localize_requirements(environment.normalized_requirements(), f"{self.root}/files")
+        blobs = {hashlib.sha256(content).hexdigest(): content for content in files.values()}
+        self._send_blobs(list(blobs), lambda digest: blobs[digest])
+        answer = self._agent("env", {"root": self.root, "requirements": lines, "timeout": self.build_timeout_seconds,
+                                     "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}},
+                             timeout=self.build_timeout_seconds + 60)
+        log_path = self._fetch_log(answer["log_path"]) if answer.get("log_path") else None
+        if answer.get("error"):
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
+            raise EnvironmentBuildError(f"building the environment {environment.name!r} {where} failed "
+                                        "(environment.python.pip_packages)", tail, log_path)
+        how = "built now" if answer["built"] else "cached"
+        return PreparedEnvironment("pip", str(answer["python"]), str(answer["fingerprint"]), bool(answer["built"]),
+                                   log_path, f"virtual environment {answer['python']} {where} ({how})")
+
+    def _check_interpreter(self, python: str) -> None:
+        result = self.connection.retrying(lambda: self.connection.run(f"command -v {shlex.quote(python)}"),
+                                          what="checking the interpreter")
+        if result.exit_code != 0:
+            raise ConfigurationError("environment.python.interpreter_path",
+                                     f"{python!r} does not exist on {self.settings.address}.",
+                                     "install it there or fix the path.")
+
+    def _fetch_log(self, remote_path: str) -> Path:
+        folder = state_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / f"ssh-{Path(remote_path).name}"
+        self.connection.retrying(lambda: self.connection.sftp.get(remote_path, str(local)), what="fetching a log")
+        return local
+
+    # ------------------------------------------------------------------ staging and launching
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
+              environment: PreparedEnvironment) -> JobHandle:
+        """Send the blobs the host lacks (one question, one stream); the job folder is made at launch."""
+        self.hello()
+        self._send_blobs(sorted({entry.digest for entry in snapshot.entries}),
+                         lambda digest: store.blob_path(digest).read_bytes())
+        manifest = [[entry.path, entry.digest, entry.executable] for entry in snapshot.entries]
+        self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()})
+        return JobHandle(self.kind, job_id, f"{self.root}/jobs/{job_id}")
+
+    def _send_blobs(self, digests: list[str], content: Any) -> None:
+        if not digests:
+            return
+        missing = self._agent("missing", {"root": self.root, "digests": digests})["missing"]
+        if not missing:
+            return
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for digest in missing:
+                data = content(digest)
+                self.blob_bytes_sent += len(data)
+                info = tarfile.TarInfo(digest)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        payload = archive.getvalue()
+        self._agent("put_blobs", {"root": self.root}, payload)
+        self.bytes_sent += len(payload)
+
+    def launch(self, handle: JobHandle, spec: JobSpec) -> None:
+        pending = self._pending.pop(handle.job_id, None)
+        if pending is None:
+            raise TargetError(f"job {handle.job_id} was not staged by this process; submit it again")
+        manifest, extras = pending
+        extras_text = {k: base64.b64decode(v).decode() for k, v in extras.items()}
+        answer = self._agent("launch", {"root": self.root, "job_dir": handle.location, "manifest": manifest,
+                                        "extras": extras_text, "job_json": spec.to_job_json()})
+        if answer.get("error"):
+            raise TargetError(f"the job on {self.settings.address} did not start: {answer['error']}")
+
+    def find(self, job_id: str) -> JobHandle | None:
+        location = f"{self.root}/jobs/{job_id}"
+
+        def exists() -> bool:
+            try:
+                self.connection.sftp.stat(f"{location}/{job_runner.JOB_SPEC}")
+                return True
+            except FileNotFoundError:
+                return False
+
+        found = self.connection.retrying(exists, what="finding a job")
+        return JobHandle(self.kind, job_id, location) if found else None
+
+    # ------------------------------------------------------------------ watching
+    def poll(self, handle: JobHandle) -> JobStatus:
+        self.hello()
+        answer = self._agent("poll", {"job_dir": handle.location})
+        if answer["state"] == "ended":
+            status = JobStatus.from_exit_json(answer["exit"])
+            self._ended[handle.location] = status
+            return status
+        if answer["state"] == "running":
+            return JobStatus("running")
+        return JobStatus(answer["state"], message=answer.get("message", ""))
+
+    def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
+        path = f"{handle.location}/{_CHANNEL_FILES[channel]}"
+
+        def read_from_offset() -> bytes:
+            try:
+                with self.connection.sftp.open(path, "rb") as remote:
+                    remote.seek(offset)
+                    return bytes(remote.read(limit))
+            except FileNotFoundError:
+                return b""
+
+        return self.connection.retrying(read_from_offset, what="reading the job's log")
+
+    def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
+        self.hello()
+        answer = self._agent("pack", {"job_dir": handle.location, "relative_path": relative_path})
+        if answer["missing"]:
+            return None
+        destination = scratch / "fetched" / relative_path.replace("/", "_")
+        if destination.exists():
+            shutil.rmtree(destination)
+        destination.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(answer["payload"])) as tar:
+            tar.extractall(destination, filter="data")
+        return destination / Path(relative_path).name
+
+    # ------------------------------------------------------------------ control
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
+        self.hello()
+        self._agent("cancel", {"job_dir": handle.location, "grace_seconds": grace_seconds, "wait": wait},
+                    timeout=grace_seconds + 60)
+
+    def cleanup(self, handle: JobHandle) -> None:
+        ended = self._ended.pop(handle.location, None)
+        keep = self.keep_failed_job_folders and (ended is None or not ended.succeeded)
+        self.hello()
+        limits = {k: v for k, v in self.cache_limits.items()}
+        self._agent("cleanup", {"root": self.root, "job_dir": handle.location, "keep": keep, "limits": limits})
+
+
+class _AgentSession:
+    """One ``remote_agent.py serve`` process on the host, spoken to over one SSH channel."""
+
+    def __init__(self, client: Any, command: str, address: str, python: str) -> None:
+        self.client = client
+        self.address = address
+        self.python = python
+        self.channel = client.get_transport().open_session()
+        self.channel.exec_command(command)
+        self.reader = self.channel.makefile("rb")
+        self.closed = False
+
+    def request(self, operation: str, request: dict[str, Any], payload: bytes, timeout: float) -> dict[str, Any]:
+        """Send one request and read its answer.
+
+        :raises EOFError: the agent or the channel went away (the caller reconnects and retries).
+        """
+        try:
+            self.channel.settimeout(timeout)
+            header = {**request, "op": operation, "payload_size": len(payload)}
+            self.channel.sendall(json.dumps(header).encode() + b"\n" + payload)
+            line = self.reader.readline()
+            if not line:
+                self._raise_ended()
+            answer: dict[str, Any] = json.loads(line)
+            size = int(answer.get("payload_size", 0))
+            if size:
+                answer["payload"] = self.reader.read(size)
+            return answer
+        except BaseException:
+            self.close()
+            raise
+
+    def _raise_ended(self) -> None:
+        status = self.channel.recv_exit_status()  # follows the end of its output
+        error = ""
+        while self.channel.recv_stderr_ready():
+            error += self.channel.recv_stderr(65536).decode(errors="replace")
+        error = error.strip()
+        if status == 127 or (self.python in error and ("not found" in error or "No such file" in error)):
+            raise TargetError(
+                f"the remote Python {self.python!r} was not found on {self.address} ({error[-300:]}): install "
+                "Python 3.9+ there or set the connection's extra 'python' to its path."
+            )
+        raise EOFError(f"the remote helper ended (exit status {status}): {error[-2000:]}")
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):  # already broken
+            self.channel.close()
+
+
+def _makedirs(sftp: Any, path: str) -> None:
+    parts = path.strip("/").split("/")
+    current = ""
+    for part in parts:
+        current += "/" + part
+        try:
+            sftp.stat(current)
+        except FileNotFoundError:
+            sftp.mkdir(current, 0o700)
+
+
+_RUNTIME_FILES: dict[str, bytes] = {
+    "remote_agent.py": Path(remote_agent.__file__).read_bytes(),
+    "job_runner.py": Path(job_runner.__file__).read_bytes(),
+}
+_RUNTIME_VERSION = hashlib.sha256(b"".join(_RUNTIME_FILES.values())).hexdigest()[:16]

@@ -1,0 +1,85 @@
+"""The fields of a ``training_ssh`` connection, checked before anything connects.
+
+:func:`ssh_target_arguments` turns a connection's host, port, login, password and extra fields into
+the arguments of :class:`~airflow_provider.core.targets.ssh.SSHTarget`; an unknown or malformed
+field raises :class:`~airflow_provider.core.errors.ConfigurationError` naming it and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider.core.errors import ConfigurationError
+
+__all__ = ["KNOWN_EXTRA_FIELDS", "ssh_target_arguments"]
+
+_STRINGS = ("private_key", "key_file", "passphrase", "host_key", "known_hosts", "work_root", "python")
+_BOOLEANS = ("accept_unknown_host_keys", "keep_failed_job_folders")
+_NUMBERS = ("connect_timeout", "keepalive", "blob_cache_max_mb", "env_cache_max_count", "kept_job_max_age_days")
+KNOWN_EXTRA_FIELDS = frozenset((*_STRINGS, *_BOOLEANS, *_NUMBERS))
+
+
+def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login: str | None,
+                         password: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``SSHTarget`` (``settings`` as a dict of ``SSHSettings`` fields).
+
+    :param conn_id: the connection id, for messages.
+    :param host: the connection's host.
+    :param port: its port (22 when empty).
+    :param login: the remote user.
+    :param password: a password (used when no key is given).
+    :param extra: the extra fields.
+    """
+    extra = {k.removeprefix("extra__training_ssh__"): v for k, v in extra.items() if v not in (None, "")}
+
+    def fail(field: str, problem: str, fix: str) -> ConfigurationError:
+        return ConfigurationError(f"connection {conn_id!r} {field}", problem, fix)
+
+    if not host:
+        raise fail("host", "is empty.", "set the SSH host's name or address.")
+    unknown = sorted(set(extra) - KNOWN_EXTRA_FIELDS)
+    if unknown:
+        raise fail(f"extra.{unknown[0]}", "is not a field of training_ssh connections.",
+                   f"remove it; known fields: {', '.join(sorted(KNOWN_EXTRA_FIELDS))}.")
+    for name in _STRINGS:
+        if name in extra and not isinstance(extra[name], str):
+            raise fail(f"extra.{name}", f"must be a string, got {type(extra[name]).__name__}.", "write it as text.")
+    for name in _BOOLEANS:
+        if name in extra and isinstance(extra[name], str):
+            if extra[name].lower() not in ("true", "false"):
+                raise fail(f"extra.{name}", f"must be true or false, got {extra[name]!r}.", "write true or false.")
+            extra[name] = extra[name].lower() == "true"
+        elif name in extra and not isinstance(extra[name], bool):
+            raise fail(f"extra.{name}", f"must be true or false, got {extra[name]!r}.", "write true or false.")
+    for name in _NUMBERS:
+        if name in extra:
+            try:
+                extra[name] = float(extra[name])
+            except (TypeError, ValueError):
+                raise fail(f"extra.{name}", f"must be a number, got {extra[name]!r}.", "write a number.") from None
+            if extra[name] < 0 or (name == "connect_timeout" and extra[name] == 0):
+                raise fail(f"extra.{name}", f"must be positive, got {extra[name]:g}.", "write a positive number.")
+    if "private_key" in extra and "key_file" in extra:
+        raise fail("extra.private_key", "and key_file are both set.", "keep one of them.")
+    if not (password or "private_key" in extra or "key_file" in extra):
+        raise fail("extra.key_file", "no private key and no password are set.",
+                   "set key_file (a path) or private_key (the key's text), or the connection's password.")
+    if port is not None and not 0 < int(port) < 65536:
+        raise fail("port", f"{port} is not a TCP port.", "use 1-65535 (22 by default).")
+    limits = {}
+    if "blob_cache_max_mb" in extra:
+        limits["blob_cache_max_bytes"] = extra["blob_cache_max_mb"] * 1024 * 1024
+    for name in ("env_cache_max_count", "kept_job_max_age_days"):
+        if name in extra:
+            limits[name] = extra[name]
+    settings = {
+        "host": host, "port": int(port or 22), "username": login or None, "password": password or None,
+        "key_file": extra.get("key_file"), "private_key": extra.get("private_key"),
+        "passphrase": extra.get("passphrase"), "host_key": extra.get("host_key"),
+        "known_hosts": extra.get("known_hosts"),
+        "accept_unknown_host_keys": bool(extra.get("accept_unknown_host_keys", False)),
+        "connect_timeout": float(extra.get("connect_timeout", 10.0)), "keepalive": int(extra.get("keepalive", 30)),
+    }
+    return {"settings": settings, "work_root": extra.get("work_root", "~/.training-runs"),
+            "python": extra.get("python", "python3"),
+            "keep_failed_job_folders": bool(extra.get("keep_failed_job_folders", True)), "cache_limits": limits}
