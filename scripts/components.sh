@@ -11,10 +11,11 @@ BASE_IMAGE=${TRAINING_RUNS_BASE_IMAGE:-training-runs/python:3.11}
 have_root() { [ "$(id -u)" = 0 ]; }
 
 if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
-    || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1; then
+    || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1 \
+    || ! dpkg -s openmpi-bin >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
-            openssh-server openssh-client >/dev/null
+            openssh-server openssh-client openmpi-bin >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi
@@ -303,4 +304,186 @@ fi
 [ -n "$(ssh_key_seen "$SSH_HOST_IP" 22)" ] \
     && echo "components: SSH host container $SSH_HOST_CONTAINER at $SSH_HOST_IP:22 (image $SSH_HOST_IMAGE, network $SSH_NET)" \
     || echo "components: no SSH host container at $SSH_HOST_IP:22"
+# MPI hosts for distributed runs across SSH hosts: three containers $MPI_CONTAINER_PREFIX-1..3 at
+# ${MPI_IPS[*]} on $SSH_NET (hostnames mpi-1..3), from the image $MPI_IMAGE built offline
+# from this machine's packages, so they run the same Open MPI as this machine (openmpi-bin, installed
+# here too), with mpi4py in their system Python. Root logs in with the client key of the SSH hosts;
+# the nodes reach each other as root with their own key pair (/root/.ssh/id_ed25519 in the image,
+# host keys not checked for 172.28.0.*) so mpirun on one node starts ranks on the others over SSH.
+# State (baked host key, the nodes' key pair, the mpi4py wheel) in $MPI_DIR. Rebuilt when the keys,
+# the recipe, the wheel or this machine's Open MPI change; containers remade when the image changed.
+MPI_DIR=$COMPONENTS_DIR/mpi-host
+MPI_IMAGE=training-runs/mpi-host:3.11
+MPI_CONTAINER_PREFIX=training-runs-mpi
+MPI_IPS=(172.28.0.21 172.28.0.22 172.28.0.23)
+
+mpi_host_dockerfile() {
+    cat <<DOCKERFILE
+FROM $1
+COPY ssh_host_ed25519_key ssh_host_ed25519_key.pub id_ed25519 id_ed25519.pub authorized_keys sshd_config \\
+     ssh_config_nodes.conf /tmp/ssh/
+COPY wheels/ /tmp/wheels/
+RUN set -e; getent passwd sshd >/dev/null || useradd -r -d /run/sshd -s /usr/sbin/nologin sshd; \\
+    mkdir -p -m 755 /run/sshd /etc/ssh/ssh_config.d; mkdir -p -m 700 /root/.ssh; \\
+    install -m 600 /tmp/ssh/ssh_host_ed25519_key /etc/ssh/; install -m 644 /tmp/ssh/ssh_host_ed25519_key.pub /etc/ssh/; \\
+    install -m 600 /tmp/ssh/id_ed25519 /root/.ssh/; install -m 644 /tmp/ssh/id_ed25519.pub /root/.ssh/; \\
+    install -m 600 /tmp/ssh/authorized_keys /root/.ssh/authorized_keys; \\
+    install -m 644 /tmp/ssh/sshd_config /etc/ssh/sshd_config; \\
+    install -m 644 /tmp/ssh/ssh_config_nodes.conf /etc/ssh/ssh_config.d/training-runs-nodes.conf; \\
+    python3 -m pip install -q --no-index --no-cache-dir --break-system-packages /tmp/wheels/mpi4py-*.whl; \\
+    rm -rf /tmp/ssh /tmp/wheels; /usr/sbin/sshd -t; python3 -c 'from mpi4py import MPI'
+ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+EXPOSE 22
+CMD ["/usr/sbin/sshd", "-D", "-e"]
+DOCKERFILE
+}
+
+mpi_host_sshd_config() {
+    cat <<CFG
+# Written by scripts/components.sh: an MPI host container.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PrintMotd no
+MaxSessions 64
+MaxStartups 64:30:128
+Subsystem sftp internal-sftp
+# SSH sessions do not inherit the image's ENV: give them (mpirun, the orted it starts) the same.
+SetEnv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+LogLevel ERROR
+CFG
+}
+
+mpi_host_ssh_config() {
+    cat <<CFG
+# Written by scripts/components.sh: the MPI test nodes reach each other (root, /root/.ssh/id_ed25519)
+# without checking host keys; only for the test network.
+Host 172.28.0.* mpi-1 mpi-2 mpi-3
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    IdentityFile /root/.ssh/id_ed25519
+    LogLevel ERROR
+CFG
+}
+
+# The mpi4py binary wheel for Debian's python3 (the version requirements-lock.txt pins), kept in
+# $MPI_DIR/wheels: downloaded once, so rebuilding the image needs no network.
+mpi4py_wheel() {
+    local wheels=$MPI_DIR/wheels version spec=mpi4py wheel
+    version=$(sed -n 's/^mpi4py==\([^ ;]*\).*/\1/p' requirements-lock.txt 2>/dev/null | head -1)
+    [ -z "$version" ] || spec="mpi4py==$version"
+    wheel=$(ls "$wheels"/mpi4py-"${version:-*}"-*.whl 2>/dev/null | head -1)
+    if [ -z "$wheel" ]; then
+        mkdir -p -m 755 "$wheels" && rm -f "$wheels"/mpi4py-*.whl
+        /usr/bin/python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --no-deps \
+            -d "$wheels" "$spec" >/dev/null 2>"$MPI_DIR/pip-download.log" || return 1
+        wheel=$(ls "$wheels"/mpi4py-*.whl 2>/dev/null | head -1)
+    fi
+    [ -n "$wheel" ] && echo "$wheel"
+}
+
+build_mpi_host_image() {  # FROZEN-INPUTS-HASH WHEEL
+    local ctx rootfs=training-runs/mpi-host-rootfs:3.11 rc
+    ctx=$(mktemp -d) || return 1
+    if ! /usr/bin/python3 scripts/hostfs_tar.py python3 python3-venv python3-pip openssh-server openmpi-bin 2>/dev/null \
+            | docker import -c 'ENV LANG=C.UTF-8' - "$rootfs" >/dev/null; then
+        rm -rf "$ctx"
+        return 1
+    fi
+    cp "$MPI_DIR/host_ed25519" "$ctx/ssh_host_ed25519_key" && cp "$MPI_DIR/host_ed25519.pub" "$ctx/ssh_host_ed25519_key.pub"
+    cp "$MPI_DIR/node_ed25519" "$ctx/id_ed25519" && cp "$MPI_DIR/node_ed25519.pub" "$ctx/id_ed25519.pub"
+    cat "$SSHD_DIR/client_ed25519.pub" "$MPI_DIR/node_ed25519.pub" >"$ctx/authorized_keys"
+    mpi_host_sshd_config >"$ctx/sshd_config" && mpi_host_ssh_config >"$ctx/ssh_config_nodes.conf"
+    mkdir "$ctx/wheels" && cp "$2" "$ctx/wheels/"
+    mpi_host_dockerfile "$rootfs" >"$ctx/Dockerfile"
+    docker build -q --network none --label training.test-component=mpi-host --label "training.mpi-inputs=$1" \
+        -t "$MPI_IMAGE" "$ctx" >"$ctx/build.log" 2>&1
+    rc=$?
+    [ $rc = 0 ] || cat "$ctx/build.log" >&2
+    docker rmi "$rootfs" >/dev/null 2>&1  # only untags it
+    rm -rf "$ctx"
+    return $rc
+}
+
+start_mpi_hosts() {
+    local wheel inputs image old_image= subnet original i name ip state others j seen _
+    command -v mpirun >/dev/null 2>&1 || return 1
+    mkdir -p -m 755 "$MPI_DIR" || return 1
+    make_key "$MPI_DIR/host_ed25519" training-runs-mpi-host && make_key "$MPI_DIR/node_ed25519" training-runs-mpi-nodes \
+        || return 1
+    [ -s "$SSHD_DIR/client_ed25519.pub" ] || return 1
+    wheel=$(mpi4py_wheel) || { echo "components: could not download an mpi4py wheel ($MPI_DIR/pip-download.log)" >&2; return 1; }
+    inputs=$( { cat "$MPI_DIR/host_ed25519.pub" "$MPI_DIR/node_ed25519.pub" "$SSHD_DIR/client_ed25519.pub"
+                mpi_host_dockerfile X; mpi_host_sshd_config; mpi_host_ssh_config; basename "$wheel"
+                dpkg-query -W -f '${Version}' openmpi-bin python3 openssh-server; } | sha256sum | cut -c1-16)
+    if [ "$(docker image inspect -f '{{index .Config.Labels "training.mpi-inputs"}}' "$MPI_IMAGE" 2>/dev/null)" != "$inputs" ]; then
+        old_image=$(docker image inspect -f '{{.Id}}' "$MPI_IMAGE" 2>/dev/null)
+        build_mpi_host_image "$inputs" "$wheel" || { echo "components: could not build $MPI_IMAGE" >&2; return 1; }
+    fi
+    image=$(docker image inspect -f '{{.Id}}' "$MPI_IMAGE") || return 1
+    subnet=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$SSH_NET" 2>/dev/null)
+    if [ -z "$subnet" ]; then
+        docker network create --driver bridge --subnet "$SSH_NET_SUBNET" --label training.test-component=network \
+            "$SSH_NET" >/dev/null || return 1
+    elif [ "$subnet" != "$SSH_NET_SUBNET" ]; then
+        echo "components: docker network $SSH_NET has subnet $subnet, not $SSH_NET_SUBNET" >&2
+        return 1
+    fi
+    for i in 1 2 3; do
+        name=$MPI_CONTAINER_PREFIX-$i ip=${MPI_IPS[$((i - 1))]}
+        state=$(docker inspect -f '{{.State.Running}} {{.Image}} {{index .Config.Labels "training.test-component"}}' \
+            "$name" 2>/dev/null)
+        if [ -n "$state" ] && [ "${state##* }" != mpi-host ]; then
+            echo "components: a container named $name exists that this script did not make" >&2
+            return 1
+        fi
+        if [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f2)" != "$image" ]; then
+            docker rm -f "$name" >/dev/null && state=
+        fi
+        if [ -z "$state" ]; then
+            others=()
+            for j in 1 2 3; do [ "$j" = "$i" ] || others+=(--add-host "mpi-$j:${MPI_IPS[$((j - 1))]}"); done
+            docker run -d --name "$name" --hostname "mpi-$i" --network "$SSH_NET" --ip "$ip" "${others[@]}" \
+                --label training.test-component=mpi-host --restart unless-stopped "$MPI_IMAGE" >/dev/null || return 1
+        elif [ "${state%% *}" != true ]; then
+            docker start "$name" >/dev/null || return 1
+        fi
+    done
+    [ -z "$old_image" ] || [ "$old_image" = "$image" ] || docker rmi "$old_image" >/dev/null 2>&1
+    original=$(pub_key "$MPI_DIR/host_ed25519.pub")
+    for ip in "${MPI_IPS[@]}"; do
+        seen=
+        for _ in $(seq 100); do seen=$(ssh_key_seen "$ip" 22) && [ -n "$seen" ] && break; sleep 0.1; done
+        [ "$seen" = "$original" ] || return 1
+    done
+}
+
+if have_root && command -v mpirun >/dev/null 2>&1 && [ -s "$SSHD_DIR/client_ed25519.pub" ] && docker info >/dev/null 2>&1; then
+    exec 9>"$COMPONENTS_DIR/.mpi.lock" && flock -w 300 9  # one run at a time sets the MPI hosts up
+    start_mpi_hosts || echo "components: the MPI host containers do not all answer (docker logs $MPI_CONTAINER_PREFIX-N)" >&2
+    exec 9>&-
+fi
+mpi_up=1
+for ip in "${MPI_IPS[@]}"; do [ -n "$(ssh_key_seen "$ip" 22)" ] || { mpi_up=; break; }; done
+command -v mpirun >/dev/null 2>&1 && echo "components: $(mpirun --version 2>/dev/null | head -1) on this machine" \
+    || echo "components: no mpirun on this machine"
+[ -n "$mpi_up" ] \
+    && echo "components: MPI hosts $MPI_CONTAINER_PREFIX-1..3 at ${MPI_IPS[*]}:22 (image $MPI_IMAGE, hostnames mpi-1..3)" \
+    || echo "components: no MPI host containers at ${MPI_IPS[*]}"
+
+# --- PyTorch (CPU) for torchrun tests: its own venv, from the wheel this kind of machine keeps on disk ---
+TORCH_VENV=${TRAINING_RUNS_TORCH_VENV:-$COMPONENTS_DIR/torch-venv}
+TORCH_VERSION=2.13.0
+if have_root && ! "$TORCH_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" \
+        >/dev/null 2>&1; then
+    links=(); [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
+    rm -rf "$TORCH_VENV.tmp" && /usr/bin/python3 -m venv "$TORCH_VENV.tmp" \
+        && "$TORCH_VENV.tmp/bin/python" -m pip install -q "${links[@]}" "torch==$TORCH_VERSION" numpy >/tmp/torch-venv.log 2>&1 \
+        && rm -rf "$TORCH_VENV" && mv "$TORCH_VENV.tmp" "$TORCH_VENV" \
+        || echo "components: installing torch $TORCH_VERSION failed (see /tmp/torch-venv.log)" >&2
+fi
+"$TORCH_VENV/bin/python" -c "import torch" >/dev/null 2>&1 \
+    && echo "components: torch $TORCH_VERSION (CPU) in $TORCH_VENV" || echo "components: no torch venv"
 exit 0

@@ -139,7 +139,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # --- SSH hosts (started by scripts/components.sh; see tests/ssh_hosts.py) ---------------------------
 
-from tests.ssh_hosts import SSHHost, container_host, loopback_host, restore_host_key  # noqa: E402
+from tests.ssh_hosts import SSHHost, container_host, loopback_host, mpi_hosts, restore_host_key  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +162,13 @@ def ssh_container() -> SSHHost:
     assert host is not None
     restore_host_key(host)  # an interrupted earlier session may have left it rotated
     return host
+
+
+@pytest.fixture(name="mpi_hosts", scope="session")
+def _mpi_hosts() -> list[SSHHost]:
+    """The MPI host containers training-runs-mpi-1..3 at 172.28.0.21..23:22 (hostnames mpi-1..3;
+    Open MPI and mpi4py installed; root logs in with the client key, and the nodes to each other)."""
+    hosts = mpi_hosts()
+    if not hosts:
+        skip_or_fail("no MPI host containers at 172.28.0.21..23:22 (run scripts/components.sh as root)")
+    return hosts

@@ -2,7 +2,10 @@
 
 * the loopback sshd on 127.0.0.1:2222 (this machine's filesystem; state in ``$COMPONENTS/sshd``);
 * the SSH host container ``training-runs-ssh-host`` at 172.28.0.10:22 (docker network
-  ``training-runs-net``), with its own filesystem and hostname.
+  ``training-runs-net``), with its own filesystem and hostname;
+* three MPI host containers ``training-runs-mpi-1..3`` at 172.28.0.21..23:22 (hostnames mpi-1..3,
+  same network), with this machine's Open MPI and mpi4py in their system Python; the nodes log in to
+  each other as root, so ``mpirun`` on one of them starts ranks on the others.
 
 Root logs in to both with the client key ``$COMPONENTS/sshd/client_ed25519``. The helpers here also
 disturb them on purpose: cut the open sessions, rotate a host key (and put the original back).
@@ -29,6 +32,9 @@ CLIENT_KEY = SSHD_DIR / "client_ed25519"
 LOOPBACK_PORT = 2222
 CONTAINER = "training-runs-ssh-host"
 CONTAINER_IP = "172.28.0.10"
+MPI_HOST_DIR = COMPONENTS_DIR / "mpi-host"
+MPI_CONTAINERS = (("training-runs-mpi-1", "172.28.0.21"), ("training-runs-mpi-2", "172.28.0.22"),
+                  ("training-runs-mpi-3", "172.28.0.23"))
 LOOPBACK = "loopback"
 
 # Kills the session processes (``sshd: root@notty``, ``sshd: root@pts/0``, ``sshd: root [priv]``) that
@@ -145,6 +151,25 @@ def container_host() -> SSHHost | None:
     if running != "true" or presented_host_key(CONTAINER_IP, 22) is None:
         return None
     return SSHHost(CONTAINER_IP, 22, "root", CLIENT_KEY, original, CONTAINER)
+
+
+def mpi_hosts() -> list[SSHHost]:
+    """The three MPI host containers (172.28.0.21..23:22, in rank-host order), or [] when not all of
+    them are running and answering."""
+    original = _public_key(MPI_HOST_DIR / "host_ed25519.pub")
+    if original is None or not os.access(CLIENT_KEY, os.R_OK) or shutil.which("docker") is None:
+        return []
+    names = [name for name, _ in MPI_CONTAINERS]
+    try:
+        running = _docker("inspect", "-f", "{{.State.Running}}", *names).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if running != ["true"] * len(names):
+        return []
+    hosts = [SSHHost(ip, 22, "root", CLIENT_KEY, original, name) for name, ip in MPI_CONTAINERS]
+    if any(presented_host_key(host.host, host.port) is None for host in hosts):
+        return []
+    return hosts
 
 
 def _loopback_listener() -> int:

@@ -21,6 +21,7 @@ from airflow_provider.core.distributed import (
     MpiConfiguration,
     PyTorchConfiguration,
     TensorflowConfiguration,
+    launch_command,
 )
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError
@@ -117,10 +118,16 @@ class ResolvedRunConfig:
 
         :param python: the interpreter path on the target.
         """
-        if self.script is not None:
-            return [python, self.script, *self.arguments]
-        assert self.command is not None
-        return list(self.command)
+        command = [python, self.script, *self.arguments] if self.script is not None else list(self.command or [])
+        if self.distributed_job_config is not None:
+            return launch_command(self.distributed_job_config, command, python, self.script is not None)[0]
+        return command
+
+    def distribution_variables(self) -> dict[str, str]:
+        """Variables the distributed launcher needs (none for a single process)."""
+        if self.distributed_job_config is None:
+            return {}
+        return launch_command(self.distributed_job_config, [], "python")[1]
 
     def describe_command(self) -> str:
         """The command line as one readable string (for tags and details)."""

@@ -11,12 +11,17 @@ from typing import Any, Literal
 from airflow_provider.core.errors import ConfigurationError
 
 __all__ = [
+    "LAUNCHER_MODULE",
     "DistributedConfig",
     "MpiConfiguration",
     "PyTorchConfiguration",
     "TensorflowConfiguration",
     "distributed_config_from_dict",
+    "launch_command",
 ]
+
+LAUNCHER_MODULE = "training_runs_launcher"
+"""The per-rank wrapper in the job's runtime folder (see :mod:`airflow_provider.core.rank_launcher`)."""
 
 
 def _require_positive_int(owner: str, name: str, value: object, minimum: int = 1) -> None:
@@ -146,3 +151,32 @@ def distributed_config_from_dict(data: dict[str, Any]) -> DistributedConfig:
         return _BY_TYPE[kind](**fields)
     except TypeError as exc:
         raise ConfigurationError("distributed_job_config", str(exc), "check the field names.") from exc
+
+
+def launch_command(config: DistributedConfig, command: list[str], python: str,
+                   script: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The command line that starts every process of a one-node distributed run, and the
+    variables it needs.
+
+    Each rank runs through the per-rank wrapper, which keeps its output in
+    ``rank_<N>.log`` and shows rank 0's in the driver log.
+
+    :param config: the distribution.
+    :param command: one rank's command (``python script.py args``).
+    :param python: the environment's interpreter.
+    :param script: ``command`` is ``python script.py args`` (run in-process by the launcher, which
+        aborts the MPI job when the script fails), not a command of the user's.
+    """
+    if script:
+        command = [python, "-m", LAUNCHER_MODULE, "script", "--", *command[1:]]
+    rank = [python, "-m", LAUNCHER_MODULE, "rank", "--", *command]
+    if isinstance(config, MpiConfiguration):
+        return (["mpirun", "-np", str(config.total_processes), "--oversubscribe", *rank],
+                {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                 "OMPI_MCA_btl_vader_single_copy_mechanism": "none"})
+    if isinstance(config, PyTorchConfiguration):
+        return ([python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                 "--nproc_per_node", str(config.processes_per_node), "--max_restarts", "0", "--no-python", *rank],
+                {"TRAINING_RUNS_COMMUNICATION_BACKEND": config.communication_backend})
+    return ([python, "-m", LAUNCHER_MODULE, "tensorflow", "--workers", str(config.worker_count),
+             "--ps", str(config.parameter_server_count), "--", *command], {})

@@ -11,6 +11,7 @@ This module imports only the standard library: importing it must not import Airf
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -33,6 +34,7 @@ from airflow_provider.core.events import (
     encode_event,
     valid_name,
 )
+from airflow_provider.core.rank_launcher import current_rank
 
 __all__ = ["Run"]
 
@@ -57,6 +59,9 @@ class Run:
         self._steps: dict[str, int] = {}
         self._lock = threading.Lock()
         self._upload_counter = count(1)
+        rank = current_rank()
+        # Ranks other than 0 of a distributed run log apart: "rank_3/loss", not into rank 0's "loss".
+        self._rank_prefix = f"rank_{rank}/" if rank else ""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -127,7 +132,7 @@ class Run:
             first = self._steps.get(name, 0)
             self._steps[name] = first + len(values)
         lines = b"".join(
-            encode_event(MetricEvent(name, v, first + i, timestamp)) for i, v in enumerate(values)
+            encode_event(MetricEvent(self._rank_prefix + name, v, first + i, timestamp)) for i, v in enumerate(values)
         )
         self._write_lines(lines, len(values))
 
@@ -238,6 +243,10 @@ class Run:
             if offline_message:
                 print(offline_message)
             return
+        if self._rank_prefix and isinstance(event, (MetricEvent, TagEvent)):
+            event = dataclasses.replace(event, key=self._rank_prefix + event.key)
+        elif self._rank_prefix and isinstance(event, (RowEvent, TableEvent)):
+            event = dataclasses.replace(event, name=self._rank_prefix + event.name)
         line = encode_event(event)
         if len(line) > MAX_EVENT_BYTES:
             raise ValueError(

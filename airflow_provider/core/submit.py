@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core import events as events_module
+from airflow_provider.core import rank_launcher
 from airflow_provider.core import run_context as run_context_module
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
+from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
 from airflow_provider.core.git import read_git_state
@@ -27,6 +30,7 @@ from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
+from airflow_provider.core.targets.job_runner import RANKS_DIR
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
 
@@ -81,12 +85,7 @@ class Experiment:
         """
         resolved = config.validate()
         target = resolve_target(config.compute_target)
-        if resolved.distributed_job_config is not None:
-            raise ConfigurationError(
-                "ScriptRunConfig.distributed_job_config",
-                f"distributed runs are not supported on the {target.kind} target in this version.",
-                "remove distributed_job_config, or run on a target that supports it.",
-            )
+        _validate_distribution_for(resolved, target)
         _validate_tags(tags)
         target.check()
         if run_key is not None and reattach:
@@ -186,6 +185,8 @@ class Experiment:
             "MLFLOW_EXPERIMENT_NAME": self.name,
             events_module.EVENTS_FILE_VARIABLE: paths["events"],
             events_module.UPLOADS_DIR_VARIABLE: paths["uploads"],
+            **resolved.distribution_variables(),
+            rank_launcher.RANK_LOG_DIR_VARIABLE: f"{paths['job_dir']}/{RANKS_DIR}",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(p for p in (resolved.environment_variables.get("PYTHONPATH"), runtime) if p),
         }
@@ -337,7 +338,9 @@ class ScriptRun:
         if Tags.EXIT_CODE in tags:
             details["exitCode"] = int(tags[Tags.EXIT_CODE])
         if Tags.ERROR in tags:
-            details["error"] = {"message": tags[Tags.ERROR], "logTail": self._driver_log_tail()}
+            failing_rank = re.search(r"system_logs/rank_\d+\.log", tags[Tags.ERROR])
+            log = failing_rank.group(0) if failing_rank else DRIVER_LOG_ARTIFACT
+            details["error"] = {"message": tags[Tags.ERROR], "logTail": self._log_tail(log)}
         return details
 
     def get_metrics(self) -> dict[str, float | list[float]]:
@@ -384,10 +387,10 @@ class ScriptRun:
         return SnapshotStore().restore(snapshot_id, Path(path or f"snapshot_{self.id}"))
 
     # ------------------------------------------------------------------ internals
-    def _driver_log_tail(self, lines: int = 40) -> str:
+    def _log_tail(self, artifact: str = DRIVER_LOG_ARTIFACT, lines: int = 40) -> str:
         with tempfile.TemporaryDirectory(prefix="driver-log-") as scratch:
             try:
-                local = self.tracker.client.download_artifacts(self.id, DRIVER_LOG_ARTIFACT, scratch)
+                local = self.tracker.client.download_artifacts(self.id, artifact, scratch)
             except Exception:  # no driver log (the run never started): no tail
                 return ""
             with open(local, "rb") as stream:
@@ -426,7 +429,24 @@ def _runtime_files() -> dict[str, bytes]:
         f"{package}/core/__init__.py": b'from airflow_provider.core.run_context import Run\n__all__ = ["Run"]\n',
         f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
         f"{package}/core/events.py": Path(events_module.__file__).read_bytes(),
+        f"{package}/core/rank_launcher.py": Path(rank_launcher.__file__).read_bytes(),
+        f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": Path(rank_launcher.__file__).read_bytes(),
     }
+
+
+def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarget) -> None:
+    config = resolved.distributed_job_config
+    if config is None:
+        return
+    nodes = getattr(config, "node_count", 1)
+    if nodes > target.max_nodes:
+        raise ConfigurationError(
+            "ScriptRunConfig.distributed_job_config.node_count",
+            f"{type(config).__name__} asks for {nodes} nodes, but the {target.kind} target runs on "
+            f"{target.max_nodes}.",
+            "use node_count=1 here (all processes on one machine), or submit to a training_mpi connection "
+            "with enough hosts.",
+        )
 
 
 def _validate_tags(tags: object) -> None:

@@ -10,6 +10,8 @@ job's folder on the target is removed.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import json
 import logging
 import tempfile
 import time
@@ -83,6 +85,7 @@ class RunWatcher:
         self._partial_line = ""
         self._last_upload = time.monotonic()
         self._uploaded_logs: dict[str, tuple[int, int]] = {}
+        self._failing_rank = ""
 
     # ------------------------------------------------------------------ one step
     def step(self) -> JobStatus:
@@ -190,6 +193,8 @@ class RunWatcher:
                 f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
                 "kept on the target: wait for the run again, or resubmit with the same run key, to collect them"
             )
+        if self._failing_rank and state is RunState.FAILED:
+            error = f"{error}; {self._failing_rank}"
         tags = {}
         if status.exit_code is not None:
             tags[Tags.EXIT_CODE] = str(status.exit_code)
@@ -229,6 +234,24 @@ class RunWatcher:
         except Exception:
             log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
 
+    def _upload_rank_logs(self, scratch: Path) -> None:
+        """A distributed run's ``rank_<N>.log`` files go to ``system_logs/``; the first rank that
+        failed is remembered for the run's error."""
+        ranks = self.target.fetch(self.handle, job_runner.RANKS_DIR, scratch)
+        if ranks is None or not ranks.is_dir():
+            return
+        for log_file in sorted(ranks.glob("rank_*.log")):
+            self.tracker.log_artifact(self.run_id, log_file, "system_logs")
+        endings = []
+        for exit_file in ranks.glob("rank_*.exit"):
+            with contextlib.suppress(ValueError, OSError):
+                endings.append(json.loads(exit_file.read_text()))
+        failed = sorted((e for e in endings if e.get("exit_code")), key=lambda e: e.get("ended_at", 0))
+        if failed:
+            first = failed[0]  # its log's tail is the run's log tail (get_details), never in a tag
+            self._failing_rank = (f"rank {first['rank']} failed first (exit code {first['exit_code']}; its log: "
+                                  f"system_logs/rank_{first['rank']}.log)")
+
     def _upload_driver_log(self, scratch: Path) -> None:
         driver = self.target.fetch(self.handle, job_runner.DRIVER_LOG, scratch)
         if driver is not None:
@@ -237,6 +260,7 @@ class RunWatcher:
     def _upload_final(self) -> None:
         with tempfile.TemporaryDirectory(prefix="finalize-") as scratch:
             self._upload_driver_log(Path(scratch))
+            self._upload_rank_logs(Path(scratch))
             for name in ("outputs", "logs"):
                 folder = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/{name}", Path(scratch))
                 if folder is not None and folder.is_dir() and any(folder.iterdir()):

@@ -336,8 +336,11 @@ def _containers_of(client: Any, run_id: str) -> list[Any]:
 def _assert_docker_run_canceled(airflow: Airflow, docker_client: Any, dag_id: str, run_id: str,
                                 tmp_path: Path) -> None:
     """The task failed, the run ends Canceled with what the script wrote, and its container is gone."""
-    wait_until(lambda: airflow.run_of(dag_id).data.tags.get("training.state") == "Canceled", timeout=90,
-               message=f"the MLflow run of {dag_id} to end Canceled")
+    try:
+        wait_until(lambda: airflow.run_of(dag_id).data.tags.get("training.state") == "Canceled", timeout=120,
+                   message=f"the MLflow run of {dag_id} to end Canceled")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_diagnosis(airflow, dag_id, docker_client)}") from None
     run = airflow.run_of(dag_id)
     assert run.info.status == "KILLED"
     assert airflow.task(dag_id, run_id)["state"] == "failed"
@@ -349,6 +352,22 @@ def _assert_docker_run_canceled(airflow: Airflow, docker_client: Any, dag_id: st
     assert client.get_metric_history(run.info.run_id, "tick")
     wait_until(lambda: not _containers_of(docker_client, run.info.run_id), timeout=60,
                message=f"the container of run {run.info.run_id} to be removed")
+
+
+def _diagnosis(airflow: Airflow, dag_id: str, docker_client: Any) -> str:
+    """What a failed kill test needs to be understood: the run's tags, the finalizer's and the
+    task's logs, the containers."""
+    parts = []
+    with contextlib.suppress(Exception):
+        run = airflow.run_of(dag_id)
+        parts.append(f"run {run.info.run_id} status {run.info.status} tags {dict(run.data.tags)}")
+        parts.append(f"containers: {[(c.name, c.status) for c in _containers_of(docker_client, run.info.run_id)]}")
+    for log in sorted((airflow.home / "training_runs" / "logs").glob("finalizer-*.log")):
+        parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
+    for log in sorted((airflow.home / "logs").rglob("*.log")):
+        if dag_id in str(log):
+            parts.append(f"--- {log} ---\n{log.read_text(errors='replace')[-3000:]}")
+    return "\n".join(parts)
 
 
 def _wait_for_ticks(airflow: Airflow, dag_id: str, docker_runs: list[str]) -> None:

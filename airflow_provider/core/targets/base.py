@@ -193,6 +193,8 @@ class ComputeTarget(abc.ABC):
     def poll(self, handle: JobHandle) -> JobStatus:
         """Report whether the job runs, ended (and how) or was lost."""
 
+    max_nodes: ClassVar[int] = 1
+    """How many nodes a distributed run may span on this target."""
     wakes_on_end: ClassVar[bool] = False
     """True when :meth:`wait` returns as soon as the job ends, so the watcher need not poll fast."""
 

@@ -38,6 +38,7 @@ DRIVER_LOG = "driver.log"
 EVENTS_FILE = "events.jsonl"
 UPLOADS_DIR = "uploads"
 WORK_DIR = "work"
+RANKS_DIR = "ranks"  # per-rank logs of distributed runs
 
 REASON_EXITED = "exited"
 REASON_TIMEOUT = "timeout"

@@ -1,0 +1,192 @@
+"""Per-rank wrapper and TensorFlow launcher of distributed runs: standard library only.
+
+It travels in every job's ``runtime/`` folder (on ``PYTHONPATH``) as ``training_runs_launcher``:
+
+``python -m training_runs_launcher rank -- CMD...``
+    runs one rank's command (started by ``mpirun``, ``torchrun`` or the TensorFlow mode below),
+    writes its output to ``$TRAINING_RUNS_RANK_LOG_DIR/rank_<N>.log`` and, for rank 0 only, also
+    to its own output (so the task log shows rank 0 live), then records ``rank_<N>.exit``;
+``python -m training_runs_launcher script -- SCRIPT ARGS...``
+    runs a rank's Python script in-process; when it fails after initialising MPI (mpi4py), it
+    aborts the MPI job, so the other ranks stop instead of waiting for it;
+``python -m training_runs_launcher tensorflow --workers W --ps P -- CMD...``
+    starts W workers and P parameter servers on this machine, each with its own ``TF_CONFIG``;
+    when one fails, the others are stopped and the launcher fails; when every worker has ended,
+    the parameter servers are stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+RANK_LOG_DIR_VARIABLE = "TRAINING_RUNS_RANK_LOG_DIR"
+RANK_VARIABLE = "TRAINING_RUNS_RANK"
+_RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "RANK")
+_GRACE_SECONDS = 10.0
+_PARENT_STOPS_VARIABLE = "TRAINING_RUNS_PARENT_STOPS_RANKS"  # set by the TensorFlow mode, which does
+
+
+def current_rank() -> int | None:
+    """This process's global rank in a distributed run, None outside one."""
+    for name in _RANK_SOURCES:
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def run_rank(command: list[str]) -> int:
+    """Run one rank's command, teeing rank 0's output; return its exit code."""
+    rank = current_rank() or 0
+    if "GROUP_RANK" in os.environ and "NODE_RANK" not in os.environ:  # torchrun's name for it
+        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
+    folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
+    os.makedirs(folder, exist_ok=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    stopped: list[int] = []
+
+    def forward(received: int, _frame: object) -> None:
+        stopped.append(received)
+        child.send_signal(received)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    assert child.stdout is not None
+    output = child.stdout.fileno()
+    with open(os.path.join(folder, f"rank_{rank}.log"), "ab") as log:
+        for chunk in iter(lambda: os.read(output, 65536), b""):
+            log.write(chunk)
+            log.flush()
+            if rank == 0:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+    code = child.wait()
+    _write_json(os.path.join(folder, f"rank_{rank}.exit"), {"rank": rank, "exit_code": code, "ended_at": time.time()})
+    if code != 0 and not stopped and not os.environ.get(_PARENT_STOPS_VARIABLE):
+        # mpirun waits for the other ranks when one exits after MPI_Finalize: stopping the launcher
+        # that started this rank (mpirun, its remote daemon, torchrun's agent) stops them all.
+        with contextlib.suppress(OSError):
+            os.kill(os.getppid(), signal.SIGTERM)
+    return code if code >= 0 else 128 - code
+
+
+def run_script(argv: list[str]) -> int:
+    """Run a Python script in this process, as ``python script.py`` would; when it fails after
+    initialising MPI through mpi4py, abort the whole MPI job (a failing rank would otherwise wait
+    in ``MPI_Finalize`` for ranks that never finish), as ``python -m mpi4py`` does."""
+    sys.argv = list(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+    code = 0
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is not None:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    mpi: Any = sys.modules.get("mpi4py.MPI")
+    if code and mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(code)
+    return code
+
+
+def run_tensorflow(workers: int, parameter_servers: int, command: list[str]) -> int:
+    """Start every TensorFlow task with its ``TF_CONFIG``; fail fast when one fails."""
+    ports = _free_ports(workers + parameter_servers)
+    cluster: dict[str, list[str]] = {"worker": [f"127.0.0.1:{p}" for p in ports[:workers]]}
+    if parameter_servers:
+        cluster["ps"] = [f"127.0.0.1:{p}" for p in ports[workers:]]
+    tasks = [("worker", i) for i in range(workers)] + [("ps", i) for i in range(parameter_servers)]
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    for rank, (kind, index) in enumerate(tasks):
+        environment = {**os.environ, RANK_VARIABLE: str(rank), _PARENT_STOPS_VARIABLE: "1",
+                       "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}})}
+        children.append((kind, subprocess.Popen([sys.executable, "-m", "training_runs_launcher", "rank", "--",
+                                                 *command], env=environment, stdin=subprocess.DEVNULL)))
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stopping.append(received))
+    while True:
+        if stopping:
+            _stop(children)
+            return 128 + stopping[0]
+        codes = [(kind, child.poll()) for kind, child in children]
+        failed = [code for _, code in codes if code not in (None, 0)]
+        if failed:
+            _stop(children)
+            return failed[0] if failed[0] > 0 else 128 - failed[0]
+        if all(code == 0 for kind, code in codes if kind == "worker"):
+            _stop(children)  # parameter servers serve until told to stop
+            return 0
+        time.sleep(0.05)
+
+
+def _stop(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    running = [child for _, child in children if child.poll() is None]
+    for child in running:
+        child.terminate()
+    deadline = time.monotonic() + _GRACE_SECONDS
+    while time.monotonic() < deadline and any(child.poll() is None for child in running):
+        time.sleep(0.05)
+    for child in running:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            candidate = socket.socket()
+            candidate.bind(("127.0.0.1", 0))
+            sockets.append(candidate)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for candidate in sockets:
+            candidate.close()
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as out:
+        json.dump(data, out)
+    os.replace(temporary, path)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point; see the module docstring."""
+    if "--" not in argv or len(argv) < 2:
+        print("usage: training_runs_launcher rank|tensorflow [--workers W --ps P] -- CMD...", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    mode, options, command = argv[1], argv[2:split], argv[split + 1:]
+    if mode == "rank":
+        return run_rank(command)
+    if mode == "script":
+        return run_script(command)
+    if mode == "tensorflow":
+        values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
+        return run_tensorflow(int(values.get("--workers", "1")), int(values.get("--ps", "0")), command)
+    print(f"unknown mode {mode!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
