@@ -175,3 +175,37 @@ def test_train_ssh(run_dag: Callable[..., dict[str, Any]], client: MlflowClient)
     assert [a.path for a in client.list_artifacts(result["run_id"], "outputs")] == ["outputs/weights.json"]
     assert "[run] epoch 19: accuracy=" in outcome["output"]
     assert socket.gethostname() not in run.data.tags.get("training.target", "")
+
+
+def test_train_mpi(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    import shutil
+
+    from tests.conftest import skip_or_fail
+
+    if shutil.which("mpirun") is None:
+        skip_or_fail("no mpirun (run scripts/components.sh as root)")
+    outcome = run_dag("train_mpi")
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    run_id = outcome["xcom"]["train"]["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["loss"] < 0.05
+    assert {f"rank_{r}/shard_loss" for r in (1, 2, 3)} <= set(metrics)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "system_logs")}
+    assert {f"system_logs/rank_{r}.log" for r in range(4)} <= artifacts
+    assert "[run] 4 ranks: loss" in outcome["output"]
+
+
+def test_train_pytorch_ddp(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    from tests.conftest import skip_or_fail
+
+    torch_python = Path("/var/lib/training-runs-components/torch-venv/bin/python")
+    if not torch_python.exists():
+        skip_or_fail("no torch venv (run scripts/components.sh as root)")
+    outcome = run_dag("train_pytorch_ddp", extra_env={"TRAINING_RUNS_TORCH_PYTHON": str(torch_python)})
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    run_id = outcome["xcom"]["train"]["run_id"]
+    history = [m.value for m in client.get_metric_history(run_id, "loss")]
+    assert len(history) == 20 and history[-1] < history[0]
+    assert len(client.get_metric_history(run_id, "rank_1/loss")) == 20
+    assert [a.path for a in client.list_artifacts(run_id, "outputs")] == ["outputs/weights.json"]
+    assert "[run] 2 processes: loss" in outcome["output"]
