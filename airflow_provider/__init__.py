@@ -64,7 +64,7 @@ def get_provider_info() -> dict[str, Any]:
                 {
                     "tls_ca_cert": {"label": "TLS CA certificate (path or PEM)", "schema": _STRING},
                     "tls_client_cert": {"label": "TLS client certificate (path or PEM)", "schema": _STRING},
-                    "tls_client_key": {"label": "TLS client key (path or PEM)", "schema": _STRING},
+                    "tls_client_key": {"label": "TLS client key (path or PEM)", "schema": _SECRET},
                     "tls_verify": {"label": "Verify the daemon's certificate", "schema": _BOOLEAN,
                                    "description": "Default true: check the daemon against the TLS CA certificate."},
                     "tls_hostname": {"label": "TLS host name", "schema": _STRING,

@@ -177,6 +177,23 @@ def test_mpi_ranks_inside_one_container(tmp_path: Path) -> None:
     assert not target.client.containers.list(all=True, filters={"label": f"training.run_id={run.id}"})
 
 
+def test_an_image_without_mpirun_says_what_to_install(tmp_path: Path) -> None:
+    from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+
+    target = DockerTarget(image=DEFAULT_IMAGE)
+    try:
+        target.check()
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine (run scripts/components.sh as root): {exc}")
+    write_script(tmp_path / "src", "print('never')\n")
+    run = Experiment("mpi-missing").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target, distributed_job_config=MpiConfiguration()))
+    details = run.wait_for_completion(raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert "could not start 'mpirun'" in details["error"]["message"]
+    assert "install openmpi-bin" in details["error"]["message"]
+
+
 def test_mpi_ranks_on_one_ssh_host(mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
     """The SSH target, node_count=1: every rank on the remote host."""
     from airflow_provider.core.targets.ssh import SSHTarget

@@ -45,6 +45,10 @@ REASON_TIMEOUT = "timeout"
 REASON_CANCELED = "canceled"
 REASON_LAUNCH_FAILED = "launch_failed"
 
+_LAUNCHER_HINTS = {
+    "mpirun": " (MpiConfiguration needs Open MPI where the job runs: install openmpi-bin there, or use an "
+              "image that has it)",
+}
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -204,7 +208,9 @@ class JobRunner:
         try:
             self.child = self._start_child()
         except OSError as exc:
-            self._finish(None, None, REASON_LAUNCH_FAILED, f"could not start {self.spec['argv'][0]!r}: {exc}")
+            program = self.spec["argv"][0]
+            hint = _LAUNCHER_HINTS.get(os.path.basename(program), "")
+            self._finish(None, None, REASON_LAUNCH_FAILED, f"could not start {program!r}: {exc}{hint}")
             return 1
         started = time.time()
         write_json_atomically(self.path(RUNNER_STATE), {
