@@ -173,7 +173,9 @@ def launch_command(config: DistributedConfig, command: list[str], python: str,
     if isinstance(config, MpiConfiguration):
         return (["mpirun", "-np", str(config.total_processes), "--oversubscribe", *rank],
                 {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                 "OMPI_MCA_btl_vader_single_copy_mechanism": "none"})
+                 "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+                 "TRAINING_RUNS_PROCESSES_PER_NODE": str(config.process_count_per_node),
+                 "TRAINING_RUNS_NODE_COUNT": str(config.node_count)})
     if isinstance(config, PyTorchConfiguration):
         return ([python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                  "--nproc_per_node", str(config.processes_per_node), "--max_restarts", "0", "--no-python", *rank],

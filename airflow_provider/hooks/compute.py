@@ -78,16 +78,6 @@ class LocalComputeHook(ComputeHook):
         return self.conn_id or LOCAL
 
 
-class _NotYetAvailableHook(ComputeHook):
-    """A connection type whose target comes in a later release."""
-
-    def get_target(self) -> ComputeTarget:
-        raise TargetError(
-            f"compute target connection {self.conn_id!r} is of type {self.conn_type!r}, whose runs are not "
-            "available in this version of the provider; use compute_target='local' for now."
-        )
-
-
 class DockerComputeHook(ComputeHook):
     """Runs jobs in containers of a Docker daemon.
 
@@ -142,11 +132,65 @@ class SSHComputeHook(ComputeHook):
         return SSHTarget(SSHSettings(**arguments.pop("settings")), **arguments)
 
 
-class MPIComputeHook(_NotYetAvailableHook):
-    """Runs distributed jobs across a set of SSH hosts with mpirun or torchrun."""
+class MPIComputeHook(ComputeHook):
+    """Runs distributed jobs across a set of SSH hosts with ``mpirun`` (Open MPI).
+
+    Connection: either extra ``ssh_conn_ids`` (comma-separated ``training_ssh`` connections, one
+    per host, the first launching) or extra ``hosts`` (``host[:slots]``, comma separated) reached
+    with this connection's port, login, password and SSH extra fields (``key_file``, ``host_key``
+    or ``known_hosts``, ``work_root``, ...); ``slots`` caps the processes per host; extra
+    ``mpirun_options`` adds arguments to ``mpirun``. ``work_root`` must be the same absolute folder
+    on every host.
+    """
 
     conn_type = "training_mpi"
     hook_name = "Training: MPI hosts"
+
+    def get_target(self) -> ComputeTarget:
+        import shlex
+
+        from airflow_provider.core.errors import ConfigurationError
+        from airflow_provider.core.targets.mpi import MPITarget
+        from airflow_provider.core.targets.ssh import SSHTarget
+        from airflow_provider.core.targets.ssh_connection import SSHSettings
+        from airflow_provider.hooks.ssh_options import ssh_target_arguments
+
+        if not self.conn_id:
+            raise TargetError("the MPI compute target needs a training_mpi connection id.")
+        connection = self.get_connection(self.conn_id)
+        extra = dict(connection.extra_dejson)
+        launcher = extra.pop("launcher", None) or "openmpi"
+        if launcher != "openmpi":
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.launcher",
+                                     f"{launcher!r} is not available in this version.", "use openmpi.")
+        options = shlex.split(str(extra.pop("mpirun_options", "") or ""))
+        conn_ids = [c.strip() for c in str(extra.pop("ssh_conn_ids", "") or "").split(",") if c.strip()]
+        hosts = [h.strip() for h in str(extra.pop("hosts", "") or "").split(",") if h.strip()]
+        if bool(conn_ids) == bool(hosts):
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.hosts",
+                                     "name the hosts either with hosts or with ssh_conn_ids (one of them).",
+                                     'e.g. {"hosts": "10.0.0.1:4,10.0.0.2:4"} or {"ssh_conn_ids": "node1,node2"}.')
+        nodes: list[SSHTarget] = []
+        slots: list[int] = []
+        if conn_ids:
+            for conn_id in conn_ids:
+                node = compute_hook_for(conn_id).get_target()
+                if not isinstance(node, SSHTarget):
+                    raise ConfigurationError(f"connection {self.conn_id!r} extra.ssh_conn_ids",
+                                             f"{conn_id!r} is not a training_ssh connection.",
+                                             "list training_ssh connections.")
+                nodes.append(node)
+                slots.append(0)
+        for entry in hosts:
+            name, _, count = entry.partition(":")
+            if count and not count.isdigit():
+                raise ConfigurationError(f"connection {self.conn_id!r} extra.hosts",
+                                         f"{entry!r} is not host[:slots].", 'e.g. "10.0.0.1:4".')
+            arguments = ssh_target_arguments(self.conn_id, name, connection.port, connection.login,
+                                             connection.password, extra)
+            nodes.append(SSHTarget(SSHSettings(**arguments.pop("settings")), **arguments))
+            slots.append(int(count or 0))
+        return MPITarget(nodes, slots, options)
 
 
 _HOOKS_BY_CONN_TYPE: dict[str, type[ComputeHook]] = {

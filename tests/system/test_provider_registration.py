@@ -283,6 +283,7 @@ def test_providers_manager_sees_the_connection_form_fields(airflow_views: dict[s
             assert widget["is_sensitive"] is password, f"{conn_type}.{field}: sensitive should be {password}"
     sensitive = sorted(name for name, w in widgets.items() if w["is_sensitive"])
     assert sensitive == ["extra__mlflow__token", "extra__training_docker__tls_client_key",
+                         "extra__training_mpi__passphrase", "extra__training_mpi__private_key",
                          "extra__training_ssh__passphrase", "extra__training_ssh__private_key"]
 
 

@@ -15,6 +15,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "local": ("airflow_provider.core.targets.local", "LocalTarget", ""),
     "docker": ("airflow_provider.core.targets.docker", "DockerTarget", "pip install docker"),
     "ssh": ("airflow_provider.core.targets.ssh", "SSHTarget", "pip install paramiko"),
+    "mpi": ("airflow_provider.core.targets.mpi", "MPITarget", "pip install paramiko"),
 }
 
 

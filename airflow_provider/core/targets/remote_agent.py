@@ -12,6 +12,7 @@ built once under a lock), ``files/`` (local files named by requirements), ``logs
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -88,12 +90,21 @@ def op_put_blobs(request: dict[str, Any], stream: IO[bytes]) -> dict[str, Any]:
 def op_launch(request: dict[str, Any]) -> dict[str, Any]:
     """Materialize the job folder from the store, write its files and start its supervisor
     detached; a second call for the same job only reports that it was launched."""
-    root, job_dir = request["root"], request["job_dir"]
+    job_dir = request["job_dir"]
     os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
     try:
         os.close(os.open(os.path.join(job_dir, ".launched"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         return {"launched": False}
+    op_materialize(request)
+    return _start_runner(job_dir, os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_runner.py"))
+
+
+def op_materialize(request: dict[str, Any]) -> dict[str, Any]:
+    """Make the job folder from the store (hard links) and write its files, without starting it
+    (the other nodes of a multi-node run)."""
+    root, job_dir = request["root"], request["job_dir"]
+    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
     work = os.path.join(job_dir, job_runner.WORK_DIR)
     if os.path.exists(work):
         shutil.rmtree(work)
@@ -118,7 +129,44 @@ def op_launch(request: dict[str, Any]) -> dict[str, Any]:
     descriptor = os.open(os.path.join(job_dir, job_runner.JOB_SPEC), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump(request["job_json"], out)
-    runner_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_runner.py")
+    return {}
+
+
+def op_append_once(request: dict[str, Any]) -> dict[str, Any]:
+    """Append base64 ``data`` to ``path`` unless ``marker`` exists, then create it (idempotent)."""
+    try:
+        os.close(os.open(request["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return {"appended": False}
+    with open(request["path"], "ab") as out:
+        out.write(base64.b64decode(request["data"]))
+    return {"appended": True}
+
+
+def op_stop_strays(request: dict[str, Any]) -> dict[str, Any]:
+    """Stop every process working inside a job folder (ranks a remote launcher left behind)."""
+    job_dir = os.path.realpath(request["job_dir"])
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError):
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+                if cwd == job_dir or cwd.startswith(job_dir + "/"):
+                    found.add(int(entry))
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + float(request.get("grace_seconds", 5))
+        while time.monotonic() < deadline and any(job_runner.process_start_ticks(p) is not None for p in found):
+            time.sleep(0.05)
+        found = {p for p in found if job_runner.process_start_ticks(p) is not None}
+        if not found:
+            break
+    return {"remaining": sorted(found)}
+
+
+def _start_runner(job_dir: str, runner_file: str) -> dict[str, Any]:
     with open(os.path.join(job_dir, "runner.log"), "ab") as runner_log:
         runner = subprocess.Popen([sys.executable, "-I", "-S", runner_file, job_dir], stdin=subprocess.DEVNULL,
                                   stdout=runner_log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -236,15 +236,59 @@ class SSHTarget(ComputeTarget):
         self.bytes_sent += len(payload)
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
+        answer = self._agent("launch", self._job_request(handle, spec))
+        if answer.get("error"):
+            raise TargetError(f"the job on {self.settings.address} did not start: {answer['error']}")
+
+    def materialize(self, handle: JobHandle, spec: JobSpec) -> None:
+        """Make the staged job's folder without starting it (another node of a multi-node run).
+
+        :param handle: the staged job.
+        :param spec: its launch specification (written as ``job.json``).
+        """
+        self._agent("materialize", self._job_request(handle, spec))
+
+    def _job_request(self, handle: JobHandle, spec: JobSpec) -> dict[str, Any]:
         pending = self._pending.pop(handle.job_id, None)
         if pending is None:
             raise TargetError(f"job {handle.job_id} was not staged by this process; submit it again")
         manifest, extras = pending
-        extras_text = {k: base64.b64decode(v).decode() for k, v in extras.items()}
-        answer = self._agent("launch", {"root": self.root, "job_dir": handle.location, "manifest": manifest,
-                                        "extras": extras_text, "job_json": spec.to_job_json()})
-        if answer.get("error"):
-            raise TargetError(f"the job on {self.settings.address} did not start: {answer['error']}")
+        return {"root": self.root, "job_dir": handle.location, "manifest": manifest,
+                "extras": {k: base64.b64decode(v).decode() for k, v in extras.items()},
+                "job_json": spec.to_job_json()}
+
+    def read_file(self, path: str) -> bytes | None:
+        """A whole remote file (None when missing).
+
+        :param path: its absolute path on the host.
+        """
+        def read() -> bytes | None:
+            try:
+                with self.connection.sftp.open(path, "rb") as remote:
+                    return bytes(remote.read())
+            except FileNotFoundError:
+                return None
+
+        return self.connection.retrying(read, what=f"reading {path}")
+
+    def append_once(self, path: str, data: bytes, marker: str) -> bool:
+        """Append ``data`` to a remote file unless ``marker`` exists (then create it).
+
+        :return: True when appended now.
+        """
+        self.hello()
+        answer = self._agent("append_once", {"path": path, "data": base64.b64encode(data).decode(), "marker": marker})
+        return bool(answer["appended"])
+
+    def stop_strays(self, job_dir: str, grace_seconds: float = 5.0) -> list[int]:
+        """Stop every process on the host whose working folder is inside ``job_dir``.
+
+        :return: pids that survived even SIGKILL (normally none).
+        """
+        self.hello()
+        answer = self._agent("stop_strays", {"job_dir": job_dir, "grace_seconds": grace_seconds},
+                             timeout=2 * grace_seconds + 60)
+        return [int(pid) for pid in answer["remaining"]]
 
     def find(self, job_id: str) -> JobHandle | None:
         location = f"{self.root}/jobs/{job_id}"
@@ -303,8 +347,17 @@ class SSHTarget(ComputeTarget):
         self._agent("cancel", {"job_dir": handle.location, "grace_seconds": grace_seconds, "wait": wait},
                     timeout=grace_seconds + 60)
 
-    def cleanup(self, handle: JobHandle) -> None:
-        ended = self._ended.pop(handle.location, None)
+    def ended_status(self, handle: JobHandle) -> JobStatus | None:
+        """How the job ended, as this object last polled it (None: not seen ending)."""
+        return self._ended.get(handle.location)
+
+    def cleanup(self, handle: JobHandle, ended: JobStatus | None = None) -> None:
+        """Remove the job folder (kept, marked, when the job failed and the policy says so).
+
+        :param handle: the job.
+        :param ended: how it ended, when another object polled it (a multi-node run).
+        """
+        ended = self._ended.pop(handle.location, None) or ended
         keep = self.keep_failed_job_folders and (ended is None or not ended.succeeded)
         self.hello()
         limits = {k: v for k, v in self.cache_limits.items()}

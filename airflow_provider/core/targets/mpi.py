@@ -1,0 +1,211 @@
+"""The MPI target: one distributed run across several SSH hosts.
+
+Every node is an :class:`SSHTarget` (same incremental staging, same remote environments, same job
+folder path); the job's supervisor runs on the first node and starts ``mpirun`` there with
+``--host`` naming every node's slots and ``-x`` exporting the run's variables, so the ranks on the
+other nodes run in their own copy of the job folder. When the job ends, the other nodes' event
+files are appended once to the first node's (the relay then records their ranks' metrics as
+``rank_<N>/<name>``), their ``rank_<N>.log`` files join the first node's, and any process left in
+a job folder on any node is stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from airflow_provider.core.environment import Environment
+from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.snapshot import Snapshot, SnapshotStore
+from airflow_provider.core.targets import job_runner
+from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.ssh import SSHTarget
+
+__all__ = ["SECRETS_VARIABLE", "MPITarget"]
+
+SECRETS_VARIABLE = "TRAINING_RUNS_MPI_SECRETS"
+_MERGED_MARKER = ".events-merged"
+
+
+class MPITarget(ComputeTarget):
+    """Run distributed jobs across SSH hosts with ``mpirun`` (Open MPI).
+
+    :param nodes: one SSH target per host, the first one launching.
+    :param slots: processes each host may run (its MPI slots), by node; 0 or missing: no limit.
+    :param mpirun_options: extra ``mpirun`` arguments (e.g. ``--mca btl_tcp_if_include 10.0.0.0/24``).
+    """
+
+    kind: ClassVar[str] = "mpi"
+
+    def __init__(self, nodes: list[SSHTarget], slots: list[int] | None = None,
+                 mpirun_options: list[str] | None = None) -> None:
+        if not nodes:
+            raise ConfigurationError("compute target (training_mpi)", "names no host.",
+                                     "list the hosts (hosts or ssh_conn_ids).")
+        self.nodes = nodes
+        self.slots = list(slots or [0] * len(nodes))
+        self.mpirun_options = list(mpirun_options or [])
+
+    @property
+    def max_nodes(self) -> int:  # type: ignore[override]
+        """As many nodes as hosts."""
+        return len(self.nodes)
+
+    @property
+    def first(self) -> SSHTarget:
+        """The node that runs the supervisor and ``mpirun``."""
+        return self.nodes[0]
+
+    # ------------------------------------------------------------------ spec
+    def to_spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "nodes": [node.to_spec() for node in self.nodes], "slots": self.slots,
+                "mpirun_options": self.mpirun_options}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> MPITarget:
+        from airflow_provider.core.targets import ssh
+
+        secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
+        nodes = []
+        for index, node_spec in enumerate(spec["nodes"]):
+            saved = os.environ.get(ssh.SECRETS_VARIABLE)
+            os.environ[ssh.SECRETS_VARIABLE] = json.dumps(secrets[index] if index < len(secrets) else {})
+            try:
+                nodes.append(SSHTarget.from_spec(node_spec))
+            finally:
+                if saved is None:
+                    os.environ.pop(ssh.SECRETS_VARIABLE, None)
+                else:
+                    os.environ[ssh.SECRETS_VARIABLE] = saved
+        return cls(nodes, spec.get("slots"), spec.get("mpirun_options"))
+
+    def secret_environment(self) -> dict[str, str]:
+        from airflow_provider.core.targets import ssh
+
+        secrets = [json.loads(node.secret_environment().get(ssh.SECRETS_VARIABLE, "{}")) for node in self.nodes]
+        return {SECRETS_VARIABLE: json.dumps(secrets)} if any(secrets) else {}
+
+    def describe(self) -> str:
+        return "mpi (" + ", ".join(node.settings.address for node in self.nodes) + ")"
+
+    def check(self) -> None:
+        for node in self.nodes:
+            node.check()
+
+    # ------------------------------------------------------------------ preparing
+    def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
+        prepared = [node.prepare_environment(environment) for node in self.nodes]
+        pythons = {p.python for p in prepared}
+        if len(pythons) > 1:
+            raise ConfigurationError(
+                "environment", f"resolves to different interpreters on the hosts: {sorted(pythons)}.",
+                "give every host the same Python version and an absolute work_root, so environments match.",
+            )
+        first = prepared[0]
+        return dataclasses.replace(first, description=f"{first.description} (on {len(self.nodes)} hosts)")
+
+    def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
+              environment: PreparedEnvironment) -> JobHandle:
+        handles = [node.stage(job_id, snapshot, store, extras, environment) for node in self.nodes]
+        locations = {handle.location for handle in handles}
+        if len(locations) > 1:
+            raise ConfigurationError(
+                "work_root", f"is a different folder on the hosts ({sorted(locations)}).",
+                "set an absolute work_root that exists on every host (mpirun starts every rank in the same folder).",
+            )
+        return JobHandle(self.kind, job_id, handles[0].location)
+
+    def launch(self, handle: JobHandle, spec: JobSpec) -> None:
+        node_handle = self._node_handle(handle)
+        for node in self.nodes[1:]:
+            node.materialize(node_handle, spec)
+        self.first.launch(node_handle, self._across_hosts(spec))
+
+    def _across_hosts(self, spec: JobSpec) -> JobSpec:
+        argv = list(spec.argv)
+        if not argv or os.path.basename(argv[0]) != "mpirun":
+            raise ConfigurationError(
+                "ScriptRunConfig.distributed_job_config",
+                "a training_mpi connection runs MpiConfiguration jobs in this version.",
+                "use MpiConfiguration, or run PyTorch/TensorFlow configurations on one node (local, docker, ssh).",
+            )
+        per_node = int(spec.env.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1"))
+        node_count = int(spec.env.get("TRAINING_RUNS_NODE_COUNT", "1"))
+        for node, slots in zip(self.nodes[:node_count], self.slots, strict=False):
+            if slots and per_node > slots:
+                raise ConfigurationError(
+                    "ScriptRunConfig.distributed_job_config.process_count_per_node",
+                    f"is {per_node}, but {node.settings.host} has {slots} slots.",
+                    "lower process_count_per_node, or raise the host's slots in the connection.",
+                )
+        hosts = [f"{node.settings.host}:{per_node}" for node in self.nodes[:node_count]]
+        exported = [item for name in sorted({*spec.env, "PATH"}) for item in ("-x", name)]
+        options = ["--host", ",".join(hosts), *exported, *self.mpirun_options]
+        position = argv.index("--oversubscribe")
+        argv[position:position + 1] = options
+        return dataclasses.replace(spec, argv=tuple(argv))
+
+    def _node_handle(self, handle: JobHandle) -> JobHandle:
+        return JobHandle(SSHTarget.kind, handle.job_id, handle.location)
+
+    def job_paths(self, handle: JobHandle) -> dict[str, str]:
+        return self.first.job_paths(self._node_handle(handle))
+
+    def find(self, job_id: str) -> JobHandle | None:
+        found = self.first.find(job_id)
+        return JobHandle(self.kind, job_id, found.location) if found is not None else None
+
+    # ------------------------------------------------------------------ watching
+    def poll(self, handle: JobHandle) -> JobStatus:
+        status = self.first.poll(self._node_handle(handle))
+        if status.state != "running":
+            self._merge_events(handle)
+        return status
+
+    def _merge_events(self, handle: JobHandle) -> None:
+        """Append the other nodes' events to the first node's file, once (their ranks' metrics)."""
+        events = f"{handle.location}/{job_runner.EVENTS_FILE}"
+        data = b"".join(node.read_file(events) or b"" for node in self.nodes[1:])
+        self.first.append_once(events, data, f"{handle.location}/{_MERGED_MARKER}")
+
+    def wait(self, handle: JobHandle, timeout: float) -> None:
+        self.first.wait(self._node_handle(handle), timeout)
+
+    def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
+        return self.first.read(self._node_handle(handle), channel, offset, limit)
+
+    def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
+        node_handle = self._node_handle(handle)
+        found = self.first.fetch(node_handle, relative_path, scratch / "node-0")
+        if relative_path != job_runner.RANKS_DIR:
+            return found
+        merged = scratch / "ranks-all-nodes" / job_runner.RANKS_DIR
+        merged.mkdir(parents=True, exist_ok=True)
+        for index, node in enumerate(self.nodes):
+            folder = found if index == 0 else node.fetch(node_handle, relative_path, scratch / f"node-{index}")
+            if folder is not None and folder.is_dir():
+                for item in folder.iterdir():
+                    shutil.copy2(item, merged / item.name)
+        return merged
+
+    # ------------------------------------------------------------------ control
+    def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
+        node_handle = self._node_handle(handle)
+        self.first.cancel(node_handle, grace_seconds, wait)  # mpirun stops the remote ranks
+        if wait:
+            for node in self.nodes[1:]:
+                node.stop_strays(handle.location)
+
+    def cleanup(self, handle: JobHandle) -> None:
+        node_handle = self._node_handle(handle)
+        ended = self.first.ended_status(node_handle)
+        for node in self.nodes:
+            node.stop_strays(handle.location)
+        for node in self.nodes:
+            node.cleanup(node_handle, ended)

@@ -1,0 +1,124 @@
+"""MPI runs across three SSH hosts (containers with their own addresses and filesystems), through
+the training_mpi connection: ranks on every node, metrics and logs of every rank, fail-fast and
+stop-everything on every node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from airflow_provider.core import ConfigurationError, Experiment, MpiConfiguration, RunFailedError, ScriptRunConfig
+from airflow_provider.core.targets.mpi import MPITarget
+from airflow_provider.hooks.compute import compute_hook_for
+from tests.helpers import wait_until, write_script
+from tests.ssh_hosts import SSHHost
+
+WORK_ROOT = "/root/mpi-runs"
+NETWORK_OPTIONS = "--mca btl_tcp_if_include 172.28.0.0/24 --mca oob_tcp_if_include 172.28.0.0/24"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+
+
+@pytest.fixture
+def target(mpi_hosts: list[SSHHost], monkeypatch: pytest.MonkeyPatch) -> MPITarget:
+    first = mpi_hosts[0]
+    connection = {"conn_type": "training_mpi", "login": first.username, "port": first.port,
+                  "extra": {"hosts": ",".join(f"{h.host}:2" for h in mpi_hosts), "key_file": str(first.key_path),
+                            "host_key": first.host_public_key, "work_root": WORK_ROOT,
+                            "mpirun_options": NETWORK_OPTIONS}}
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_MPI", json.dumps(connection))
+    built = compute_hook_for("test_mpi").get_target()
+    assert isinstance(built, MPITarget)
+    return built
+
+
+def _processes_in(container: str, job_dir: str) -> list[str]:
+    listing = subprocess.run(
+        ["docker", "exec", container, "sh", "-c",
+         'for p in /proc/[0-9]*; do echo "$(readlink $p/cwd) $(tr "\\0" " " < $p/cmdline)"; done'],
+        capture_output=True, text=True, timeout=30).stdout
+    return [line for line in listing.splitlines() if line.startswith(job_dir)]
+
+
+def _no_process_left(hosts: list[SSHHost], job_dir: str) -> bool:
+    return not any(_processes_in(f"training-runs-mpi-{i + 1}", job_dir) for i in range(len(hosts)))
+
+
+def test_six_ranks_across_three_hosts(target: MPITarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import socket
+        from mpi4py import MPI
+        from airflow_provider.core import Run
+        comm = MPI.COMM_WORLD
+        rank = comm.Get_rank()
+        Run.get_context().log("rank_seen", rank)
+        print(f"rank {rank} of {comm.Get_size()} on {socket.gethostname()}: sum {comm.allreduce(rank)}", flush=True)
+    """)
+    run = Experiment("mpi-hosts").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
+    lines: list[str] = []
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", details
+    assert lines == ["rank 0 of 6 on mpi-1: sum 15"]
+    logs = {r: run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}.log").read_text() for r in range(6)}
+    assert {log.split(" on ")[1].split(":")[0] for log in logs.values()} == {"mpi-1", "mpi-2", "mpi-3"}
+    metrics = MlflowClient().get_run(run.id).data.metrics
+    assert metrics == {"rank_seen": 0.0, **{f"rank_{r}/rank_seen": float(r) for r in range(1, 6)}}
+    assert MlflowClient().get_run(run.id).data.tags["training.target"].startswith("mpi (172.28.0.21:22")
+
+
+def test_a_failing_remote_rank_stops_every_node(target: MPITarget, mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import sys, time
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        if rank == 4:
+            time.sleep(1)
+            print("rank 4 lost its shard", flush=True)
+            raise RuntimeError("shard 4 is corrupt")
+        time.sleep(300)
+    """)
+    run = Experiment("mpi-hosts-fail").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
+    with pytest.raises(RunFailedError) as caught:
+        run.wait_for_completion()
+    assert "rank 4 failed first" in str(caught.value)
+    assert "shard 4 is corrupt" in caught.value.log_tail
+    job_dir = f"{WORK_ROOT}/jobs/{run.id}"
+    wait_until(lambda: _no_process_left(mpi_hosts, job_dir), timeout=30, message="no rank left on any node")
+
+
+def test_timeout_stops_every_rank_on_every_node(target: MPITarget, mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import signal, time
+        from mpi4py import MPI
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # stubborn: only SIGKILL ends them
+        MPI.COMM_WORLD.Barrier()
+        print("all ranks up", flush=True)
+        time.sleep(300)
+    """)
+    run = Experiment("mpi-hosts-timeout").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target, max_run_duration_seconds=5,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
+    with pytest.raises(RunFailedError, match="max_run_duration_seconds=5"):
+        run.wait_for_completion()
+    job_dir = f"{WORK_ROOT}/jobs/{run.id}"
+    assert _no_process_left(mpi_hosts, job_dir), "a rank survived the timeout"
+
+
+def test_more_nodes_than_hosts_fail_before_anything_starts(target: MPITarget, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "print('never')\n")
+    experiment = Experiment("mpi-hosts-too-many")
+    with pytest.raises(ConfigurationError, match="asks for 4 nodes, but the mpi target runs on 3"):
+        experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                          distributed_job_config=MpiConfiguration(node_count=4)))
+    assert not MlflowClient().search_runs([experiment.id])
