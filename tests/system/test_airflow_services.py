@@ -5,7 +5,9 @@ worker process is SIGKILLed is retried and the retry reattaches to the job that 
 script's side effect happens once); marking a running or a deferred task failed in Airflow stops
 the job's whole process tree and the MLflow run ends Canceled. The last two also for the Docker
 target (a ``training_docker`` connection in the standalone's environment): the container is stopped,
-what the script wrote is collected by the detached finalizer and the container is removed.
+what the script wrote is collected by the detached finalizer and the container is removed; and for
+the SSH target against the SSH host container (a ``training_ssh`` connection, in the environment
+only when that host answers): no process of the job remains on the remote host.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import skip_or_fail
 from tests.helpers import pid_alive, wait_until
+from tests.ssh_hosts import SSHHost, container_host, restore_host_key
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +72,9 @@ DOCKER_CONN_ID = "svc_docker"
 DOCKER_URL = "unix:///var/run/docker.sock"
 DOCKER_IMAGE = "training-runs/python:3.11"
 
+SSH_CONN_ID = "svc_ssh"
+SSH_WORK_ROOT = "/root/svc-runs"
+
 DAG_TEMPLATE = """
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
@@ -92,6 +98,10 @@ docker_deferred_kill = training_dag("svc_docker_deferred_kill", True, compute_ta
                                     source={docker_source!r})
 docker_running_kill = training_dag("svc_docker_running_kill", False, compute_target={docker_conn!r},
                                    source={docker_source!r})
+ssh_deferred_kill = training_dag("svc_ssh_deferred_kill", True, compute_target={ssh_conn!r},
+                                 source={docker_source!r})
+ssh_running_kill = training_dag("svc_ssh_running_kill", False, compute_target={ssh_conn!r},
+                                source={docker_source!r})
 """
 
 
@@ -100,6 +110,7 @@ class Airflow:
     home: Path
     control: Path
     api: httpx.Client
+    ssh_host: SSHHost | None = None  # the SSH host container, when connection svc_ssh points at it
 
     def trigger(self, dag_id: str) -> str:
         assert self.api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
@@ -165,7 +176,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
     (docker_source / "train.py").write_text(textwrap.dedent(DOCKER_SCRIPT))
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
-        source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID))
+        source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
+        ssh_conn=SSH_CONN_ID))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -181,6 +193,12 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}": json.dumps({
             "conn_type": "training_docker", "host": DOCKER_URL, "extra": {"image": DOCKER_IMAGE}}),
     }
+    ssh_host = container_host()
+    if ssh_host is not None:
+        environment[f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}"] = json.dumps({
+            "conn_type": "training_ssh", "host": ssh_host.host, "port": ssh_host.port, "login": ssh_host.username,
+            "extra": {"key_file": str(ssh_host.key_path), "host_key": ssh_host.host_public_key,
+                      "work_root": SSH_WORK_ROOT}})
     log = open(home / "standalone.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen([f"{venv_bin}/airflow", "standalone"], env=environment, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -201,7 +219,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
         wait_until(lambda: api.get("/api/v2/dags/svc_reattach").status_code == 200, timeout=120,
                    message="the DAGs to be parsed")
-        yield Airflow(home, control, api)
+        yield Airflow(home, control, api, ssh_host)
     finally:
         leftovers = _stop_leftover_jobs(home / "training_runs" / "local" / "jobs")
         with contextlib.suppress(ProcessLookupError):
@@ -402,3 +420,111 @@ def test_marking_a_running_docker_task_failed_stops_the_container(
     _wait_for_ticks(airflow, dag_id, docker_runs)
     airflow.mark(dag_id, run_id, "failed")
     _assert_docker_run_canceled(airflow, docker_client, dag_id, run_id, tmp_path)
+
+
+# ---------------------------------------------------------------------------- the SSH target
+@pytest.fixture
+def ssh_runs(airflow: Airflow) -> Iterator[list[str]]:
+    """Run ids whose remote jobs the test checks; processes of theirs still on the SSH host container
+    at teardown are killed (by pid)."""
+    host = airflow.ssh_host
+    if host is None:
+        skip_or_fail("no SSH host container at 172.28.0.10:22 when airflow standalone started "
+                     "(run scripts/components.sh as root)")
+    assert host is not None
+    restore_host_key(host)  # the connection pins the original host key
+    run_ids: list[str] = []
+    yield run_ids
+    for run_id in run_ids:
+        pids = [pid for pid, _ in _remote_processes_of(host, run_id)]
+        if pids:
+            subprocess.run(["docker", "exec", host.name, "kill", "-KILL", *map(str, pids)],
+                           capture_output=True, timeout=60)
+
+
+def _remote_job_dir(run_id: str) -> str:
+    return f"{SSH_WORK_ROOT}/jobs/{run_id}"
+
+
+def _remote_processes_of(host: SSHHost, run_id: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the host's processes that belong to the run: their command line names
+    its job folder (the supervisor), or names train.py and they run in that folder (the script;
+    another run's train.py elsewhere on the shared host is not this run's)."""
+    job_dir = _remote_job_dir(run_id)
+    listing = subprocess.run(["docker", "exec", host.name, "ps", "-eo", "pid,args"], capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    found = []
+    for line in listing.stdout.splitlines()[1:]:
+        pid, _, command = line.strip().partition(" ")
+        if job_dir in command:
+            found.append((int(pid), command))
+        elif "train.py" in command:
+            cwd = subprocess.run(["docker", "exec", host.name, "readlink", f"/proc/{pid}/cwd"], capture_output=True,
+                                 text=True, timeout=60).stdout.strip()
+            if cwd.startswith(job_dir):  # nothing when the process is gone (or was ps itself)
+                found.append((int(pid), command))
+    return found
+
+
+def _remote_job_folder(host: SSHHost, run_id: str) -> list[str] | None:
+    """The names in the run's job folder on the host, or None when it is gone."""
+    result = subprocess.run(["docker", "exec", host.name, "ls", "-A", _remote_job_dir(run_id)], capture_output=True,
+                            text=True, timeout=60)
+    return result.stdout.split() if result.returncode == 0 else None
+
+
+def _assert_ssh_run_canceled(airflow: Airflow, dag_id: str, run_id: str, tmp_path: Path) -> None:
+    """The task failed, the run ends Canceled with what the script wrote, no process of the job is
+    left on the remote host and its job folder is removed or kept (marked ``.kept``)."""
+    host = airflow.ssh_host
+    assert host is not None
+
+    def remote_state() -> str:
+        with contextlib.suppress(Exception):
+            mlflow_run_id = airflow.run_of(dag_id).info.run_id
+            return (f"remote processes: {_remote_processes_of(host, mlflow_run_id)}\n"
+                    f"remote job folder: {_remote_job_folder(host, mlflow_run_id)}")
+        return "remote state unknown"
+
+    try:
+        wait_until(lambda: airflow.run_of(dag_id).data.tags.get("training.state") == "Canceled", timeout=120,
+                   message=f"the MLflow run of {dag_id} to end Canceled")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{remote_state()}\n{_diagnosis(airflow, dag_id, None)}") from None
+    run = airflow.run_of(dag_id)
+    assert run.info.status == "KILLED"
+    assert airflow.task(dag_id, run_id)["state"] == "failed"
+    client = airflow.mlflow()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "outputs")] == ["outputs/started.txt"]
+    assert "system_logs/driver.log" in [a.path for a in client.list_artifacts(run.info.run_id, "system_logs")]
+    driver_log = Path(client.download_artifacts(run.info.run_id, "system_logs/driver.log", str(tmp_path)))
+    assert "tick 0" in driver_log.read_text()
+    assert client.get_metric_history(run.info.run_id, "tick")
+    try:
+        wait_until(lambda: not _remote_processes_of(host, run.info.run_id), timeout=60,
+                   message=f"the processes of run {run.info.run_id} on {host.name} to end")
+        wait_until(lambda: (folder := _remote_job_folder(host, run.info.run_id)) is None or ".kept" in folder,
+                   timeout=30, message=f"the job folder of run {run.info.run_id} to be removed or kept")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{remote_state()}\n{_diagnosis(airflow, dag_id, None)}") from None
+
+
+def test_marking_a_deferred_ssh_task_failed_stops_the_remote_job(
+        airflow: Airflow, ssh_runs: list[str], tmp_path: Path) -> None:
+    dag_id = "svc_ssh_deferred_kill"
+    run_id = airflow.trigger(dag_id)
+    airflow.wait_for_task(dag_id, run_id, {"deferred"})
+    _wait_for_ticks(airflow, dag_id, ssh_runs)  # relayed by the triggerer: the task is deferred
+    airflow.mark(dag_id, run_id, "failed")
+    _assert_ssh_run_canceled(airflow, dag_id, run_id, tmp_path)
+
+
+def test_marking_a_running_ssh_task_failed_stops_the_remote_job(
+        airflow: Airflow, ssh_runs: list[str], tmp_path: Path) -> None:
+    dag_id = "svc_ssh_running_kill"
+    run_id = airflow.trigger(dag_id)
+    airflow.wait_for_task(dag_id, run_id, {"running"})
+    _wait_for_ticks(airflow, dag_id, ssh_runs)
+    airflow.mark(dag_id, run_id, "failed")
+    _assert_ssh_run_canceled(airflow, dag_id, run_id, tmp_path)
