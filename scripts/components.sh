@@ -408,7 +408,7 @@ build_mpi_host_image() {  # FROZEN-INPUTS-HASH WHEEL
 }
 
 start_mpi_hosts() {
-    local wheel inputs image old_image= subnet original i name ip state others j seen _
+    local wheel inputs image old_image= subnet original i name ip state others j seen _ torch_mount mounts
     command -v mpirun >/dev/null 2>&1 || return 1
     mkdir -p -m 755 "$MPI_DIR" || return 1
     make_key "$MPI_DIR/host_ed25519" training-runs-mpi-host && make_key "$MPI_DIR/node_ed25519" training-runs-mpi-nodes \
@@ -431,6 +431,8 @@ start_mpi_hosts() {
         echo "components: docker network $SSH_NET has subnet $subnet, not $SSH_NET_SUBNET" >&2
         return 1
     fi
+    # The PyTorch venv (same Debian Python as the image) is shared read-only: /opt/torch-venv on every node.
+    torch_mount=no; [ -x "$TORCH_VENV/bin/python" ] && torch_mount=yes
     for i in 1 2 3; do
         name=$MPI_CONTAINER_PREFIX-$i ip=${MPI_IPS[$((i - 1))]}
         state=$(docker inspect -f '{{.State.Running}} {{.Image}} {{index .Config.Labels "training.test-component"}}' \
@@ -439,13 +441,16 @@ start_mpi_hosts() {
             echo "components: a container named $name exists that this script did not make" >&2
             return 1
         fi
-        if [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f2)" != "$image" ]; then
+        if [ -n "$state" ] && { [ "$(echo "$state" | cut -d' ' -f2)" != "$image" ] || \
+                [ "$(docker inspect -f '{{index .Config.Labels "training.torch-venv"}}' "$name")" != "$torch_mount" ]; }; then
             docker rm -f "$name" >/dev/null && state=
         fi
         if [ -z "$state" ]; then
             others=()
             for j in 1 2 3; do [ "$j" = "$i" ] || others+=(--add-host "mpi-$j:${MPI_IPS[$((j - 1))]}"); done
+            mounts=(); [ "$torch_mount" = yes ] && mounts=(-v "$TORCH_VENV:/opt/torch-venv:ro")
             docker run -d --name "$name" --hostname "mpi-$i" --network "$SSH_NET" --ip "$ip" "${others[@]}" \
+                "${mounts[@]}" --label training.torch-venv="$torch_mount" \
                 --label training.test-component=mpi-host --restart unless-stopped "$MPI_IMAGE" >/dev/null || return 1
         elif [ "${state%% *}" != true ]; then
             docker start "$name" >/dev/null || return 1
@@ -460,19 +465,6 @@ start_mpi_hosts() {
     done
 }
 
-if have_root && command -v mpirun >/dev/null 2>&1 && [ -s "$SSHD_DIR/client_ed25519.pub" ] && docker info >/dev/null 2>&1; then
-    exec 9>"$COMPONENTS_DIR/.mpi.lock" && flock -w 300 9  # one run at a time sets the MPI hosts up
-    start_mpi_hosts || echo "components: the MPI host containers do not all answer (docker logs $MPI_CONTAINER_PREFIX-N)" >&2
-    exec 9>&-
-fi
-mpi_up=1
-for ip in "${MPI_IPS[@]}"; do [ -n "$(ssh_key_seen "$ip" 22)" ] || { mpi_up=; break; }; done
-command -v mpirun >/dev/null 2>&1 && echo "components: $(mpirun --version 2>/dev/null | head -1) on this machine" \
-    || echo "components: no mpirun on this machine"
-[ -n "$mpi_up" ] \
-    && echo "components: MPI hosts $MPI_CONTAINER_PREFIX-1..3 at ${MPI_IPS[*]}:22 (image $MPI_IMAGE, hostnames mpi-1..3)" \
-    || echo "components: no MPI host containers at ${MPI_IPS[*]}"
-
 # --- PyTorch (CPU) for torchrun tests: its own venv, from the wheel this kind of machine keeps on disk ---
 TORCH_VENV=${TRAINING_RUNS_TORCH_VENV:-$COMPONENTS_DIR/torch-venv}
 TORCH_VERSION=2.13.0
@@ -486,4 +478,18 @@ if have_root && ! "$TORCH_VENV/bin/python" -c "import torch, sys; sys.exit(torch
 fi
 "$TORCH_VENV/bin/python" -c "import torch" >/dev/null 2>&1 \
     && echo "components: torch $TORCH_VERSION (CPU) in $TORCH_VENV" || echo "components: no torch venv"
+
+if have_root && command -v mpirun >/dev/null 2>&1 && [ -s "$SSHD_DIR/client_ed25519.pub" ] && docker info >/dev/null 2>&1; then
+    exec 9>"$COMPONENTS_DIR/.mpi.lock" && flock -w 300 9  # one run at a time sets the MPI hosts up
+    start_mpi_hosts || echo "components: the MPI host containers do not all answer (docker logs $MPI_CONTAINER_PREFIX-N)" >&2
+    exec 9>&-
+fi
+mpi_up=1
+for ip in "${MPI_IPS[@]}"; do [ -n "$(ssh_key_seen "$ip" 22)" ] || { mpi_up=; break; }; done
+command -v mpirun >/dev/null 2>&1 && echo "components: $(mpirun --version 2>/dev/null | head -1) on this machine" \
+    || echo "components: no mpirun on this machine"
+[ -n "$mpi_up" ] \
+    && echo "components: MPI hosts $MPI_CONTAINER_PREFIX-1..3 at ${MPI_IPS[*]}:22 (image $MPI_IMAGE, hostnames mpi-1..3)" \
+    || echo "components: no MPI host containers at ${MPI_IPS[*]}"
+
 exit 0

@@ -179,6 +179,8 @@ def launch_command(config: DistributedConfig, command: list[str], python: str,
     if isinstance(config, PyTorchConfiguration):
         return ([python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                  "--nproc_per_node", str(config.processes_per_node), "--max_restarts", "0", "--no-python", *rank],
-                {"TRAINING_RUNS_COMMUNICATION_BACKEND": config.communication_backend})
+                {"TRAINING_RUNS_COMMUNICATION_BACKEND": config.communication_backend,
+                 "TRAINING_RUNS_PROCESSES_PER_NODE": str(config.processes_per_node),
+                 "TRAINING_RUNS_NODE_COUNT": str(config.node_count)})
     return ([python, "-m", LAUNCHER_MODULE, "tensorflow", "--workers", str(config.worker_count),
              "--ps", str(config.parameter_server_count), "--", *command], {})

@@ -9,6 +9,8 @@ It travels in every job's ``runtime/`` folder (on ``PYTHONPATH``) as ``training_
 ``python -m training_runs_launcher script -- SCRIPT ARGS...``
     runs a rank's Python script in-process; when it fails after initialising MPI (mpi4py), it
     aborts the MPI job, so the other ranks stop instead of waiting for it;
+``python -m training_runs_launcher torchnode --master ADDR --port P -- TORCHRUN...``
+    starts ``torchrun`` with this node's rank (its MPI rank: ``mpirun`` starts one per host);
 ``python -m training_runs_launcher tensorflow --workers W --ps P -- CMD...``
     starts W workers and P parameter servers on this machine, each with its own ``TF_CONFIG``;
     when one fails, the others are stopped and the launcher fails; when every worker has ended,
@@ -106,6 +108,19 @@ def run_script(argv: list[str]) -> int:
     return code
 
 
+def run_torch_node(master: str, port: str, command: list[str]) -> int:
+    """Start ``torchrun`` for this node of a multi-node run; ``mpirun`` started one such process
+    per host, and its rank is the node's rank."""
+    node_rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"):  # the workers' rank is torchrun's RANK
+        os.environ.pop(name, None)
+    position = command.index("torch.distributed.run") + 1
+    command = [*command[:position], "--node_rank", node_rank, "--master_addr", master, "--master_port", port,
+               *command[position:]]
+    os.environ["NODE_RANK"] = node_rank
+    return subprocess.call(command)
+
+
 def run_tensorflow(workers: int, parameter_servers: int, command: list[str]) -> int:
     """Start every TensorFlow task with its ``TF_CONFIG``; fail fast when one fails."""
     ports = _free_ports(workers + parameter_servers)
@@ -181,6 +196,9 @@ def main(argv: list[str]) -> int:
         return run_rank(command)
     if mode == "script":
         return run_script(command)
+    if mode == "torchnode":
+        values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
+        return run_torch_node(values["--master"], values["--port"], command)
     if mode == "tensorflow":
         values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
         return run_tensorflow(int(values.get("--workers", "1")), int(values.get("--ps", "0")), command)

@@ -122,3 +122,40 @@ def test_more_nodes_than_hosts_fail_before_anything_starts(target: MPITarget, tm
         experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
                                           distributed_job_config=MpiConfiguration(node_count=4)))
     assert not MlflowClient().search_runs([experiment.id])
+
+
+def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
+    from airflow_provider.core import Environment, PyTorchConfiguration
+    from tests.conftest import skip_or_fail
+
+    probe = subprocess.run(
+        ["docker", "exec", "training-runs-mpi-2", "/opt/torch-venv/bin/python", "-c", "import torch"],
+        capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        skip_or_fail(f"no torch on the MPI hosts (run scripts/components.sh as root): {probe.stderr[-300:]}")
+    write_script(tmp_path / "src", """
+        import os, socket
+        import torch
+        import torch.distributed as dist
+        from airflow_provider.core import Run
+        dist.init_process_group(os.environ["TRAINING_RUNS_COMMUNICATION_BACKEND"])
+        value = torch.tensor([dist.get_rank() + 1.0])
+        dist.all_reduce(value)
+        Run.get_context().log("sum", value.item())
+        print(f"rank {dist.get_rank()} of {dist.get_world_size()} node {os.environ['NODE_RANK']} "
+              f"on {socket.gethostname()}: sum {value.item()}", flush=True)
+        dist.destroy_process_group()
+    """)
+    environment = Environment("torch-on-hosts")
+    environment.python.user_managed_dependencies = True
+    environment.python.interpreter_path = "/opt/torch-venv/bin/python"
+    run = Experiment("torch-hosts").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target, environment=environment,
+        distributed_job_config=PyTorchConfiguration(process_count=2, node_count=2)))
+    lines: list[str] = []
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", details
+    assert lines[-1] == "rank 0 of 2 node 0 on mpi-1: sum 3.0", lines
+    rank_1 = run.download_file("system_logs/rank_1.log", tmp_path / "r1.log").read_text()
+    assert rank_1.strip().endswith("rank 1 of 2 node 1 on mpi-2: sum 3.0")
+    assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}

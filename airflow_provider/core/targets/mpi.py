@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import ConfigurationError
@@ -129,11 +131,13 @@ class MPITarget(ComputeTarget):
 
     def _across_hosts(self, spec: JobSpec) -> JobSpec:
         argv = list(spec.argv)
+        if "torch.distributed.run" in argv:
+            return self._torch_across_hosts(spec)
         if not argv or os.path.basename(argv[0]) != "mpirun":
             raise ConfigurationError(
                 "ScriptRunConfig.distributed_job_config",
-                "a training_mpi connection runs MpiConfiguration jobs in this version.",
-                "use MpiConfiguration, or run PyTorch/TensorFlow configurations on one node (local, docker, ssh).",
+                "a training_mpi connection runs MpiConfiguration and PyTorchConfiguration jobs.",
+                "use one of them, or run TensorflowConfiguration on one node (local, docker, ssh).",
             )
         per_node = int(spec.env.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1"))
         node_count = int(spec.env.get("TRAINING_RUNS_NODE_COUNT", "1"))
@@ -150,6 +154,24 @@ class MPITarget(ComputeTarget):
         position = argv.index("--oversubscribe")
         argv[position:position + 1] = options
         return dataclasses.replace(spec, argv=tuple(argv))
+
+    def _torch_across_hosts(self, spec: JobSpec) -> JobSpec:
+        """``mpirun`` starts one ``torchrun`` per host (as node N of the job), so stopping and
+        failing work as for MPI ranks; torchrun starts the processes of its node."""
+        argv = list(spec.argv)
+        node_count = int(spec.env.get("TRAINING_RUNS_NODE_COUNT", "1"))
+        per_node = spec.env.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1")
+        python = argv[0]
+        master = self.first.settings.host
+        port = str(random.randint(29500, 39999))
+        torchrun = [python, "-m", "torch.distributed.run", "--nnodes", str(node_count), "--nproc_per_node", per_node,
+                    "--max_restarts", "0", *argv[argv.index("--no-python"):]]
+        environment = {**spec.env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+        exported = [item for name in sorted({*environment, "PATH"}) for item in ("-x", name)]
+        hosts = ",".join(f"{node.settings.host}:1" for node in self.nodes[:node_count])
+        launcher = [python, "-m", LAUNCHER_MODULE, "torchnode", "--master", master, "--port", port, "--"]
+        mpirun = ["mpirun", "--host", hosts, "-np", str(node_count), *exported, *self.mpirun_options]
+        return dataclasses.replace(spec, argv=(*mpirun, *launcher, *torchrun), env=environment)
 
     def _node_handle(self, handle: JobHandle) -> JobHandle:
         return JobHandle(SSHTarget.kind, handle.job_id, handle.location)
