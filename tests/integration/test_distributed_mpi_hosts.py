@@ -159,3 +159,21 @@ def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[S
     rank_1 = run.download_file("system_logs/rank_1.log", tmp_path / "r1.log").read_text()
     assert rank_1.strip().endswith("rank 1 of 2 node 1 on mpi-2: sum 3.0")
     assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}
+
+
+def test_the_spec_rebuilds_every_node_without_secrets(mpi_hosts: list[SSHHost],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider.core.targets.ssh import SSHTarget
+    from airflow_provider.core.targets.ssh_connection import SSHSettings
+
+    nodes = [SSHTarget(SSHSettings(h.host, h.port, h.username, private_key=h.key_path.read_text(),
+                                   host_key=h.host_public_key), work_root=WORK_ROOT) for h in mpi_hosts]
+    target = MPITarget(nodes, [2, 2, 2], NETWORK_OPTIONS.split())
+    spec = target.to_spec()
+    assert "PRIVATE KEY" not in json.dumps(spec)
+    for name, value in target.secret_environment().items():
+        monkeypatch.setenv(name, value)
+    rebuilt = MPITarget.from_spec(json.loads(json.dumps(spec)))
+    rebuilt.check()
+    assert [n.settings for n in rebuilt.nodes] == [n.settings for n in nodes]
+    assert rebuilt.slots == [2, 2, 2] and rebuilt.mpirun_options == NETWORK_OPTIONS.split()

@@ -71,26 +71,13 @@ class MPITarget(ComputeTarget):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MPITarget:
-        from airflow_provider.core.targets import ssh
-
         secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
-        nodes = []
-        for index, node_spec in enumerate(spec["nodes"]):
-            saved = os.environ.get(ssh.SECRETS_VARIABLE)
-            os.environ[ssh.SECRETS_VARIABLE] = json.dumps(secrets[index] if index < len(secrets) else {})
-            try:
-                nodes.append(SSHTarget.from_spec(node_spec))
-            finally:
-                if saved is None:
-                    os.environ.pop(ssh.SECRETS_VARIABLE, None)
-                else:
-                    os.environ[ssh.SECRETS_VARIABLE] = saved
+        nodes = [SSHTarget.from_spec(node, secrets[index] if index < len(secrets) else {})
+                 for index, node in enumerate(spec["nodes"])]
         return cls(nodes, spec.get("slots"), spec.get("mpirun_options"))
 
     def secret_environment(self) -> dict[str, str]:
-        from airflow_provider.core.targets import ssh
-
-        secrets = [json.loads(node.secret_environment().get(ssh.SECRETS_VARIABLE, "{}")) for node in self.nodes]
+        secrets = [node.secrets() for node in self.nodes]
         return {SECRETS_VARIABLE: json.dumps(secrets)} if any(secrets) else {}
 
     def describe(self) -> str:

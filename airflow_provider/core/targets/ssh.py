@@ -86,17 +86,28 @@ class SSHTarget(ComputeTarget):
                 "keep_failed_job_folders": self.keep_failed_job_folders, "cache_limits": self.cache_limits}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> SSHTarget:
+    def from_spec(cls, spec: dict[str, Any], secrets: dict[str, str] | None = None) -> SSHTarget:
+        """Rebuild from :meth:`to_spec` output; the secrets come from ``secrets`` or, by default,
+        from the variable :data:`SECRETS_VARIABLE` (see :meth:`secret_environment`).
+
+        :param spec: the serialised target.
+        :param secrets: the private key, passphrase and password.
+        """
         import os
 
-        secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "{}")
+        if secrets is None:
+            secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "{}")
         settings = SSHSettings(**{**spec["settings"], **{k: v for k, v in secrets.items() if k in _SECRET_FIELDS}})
         return cls(settings, spec.get("work_root", "~/.training-runs"), spec.get("python", "python3"),
                    bool(spec.get("keep_failed_job_folders", True)), spec.get("cache_limits"))
 
+    def secrets(self) -> dict[str, str]:
+        """The private key, passphrase and password this target was given (never in its spec)."""
+        return {k: getattr(self.settings, k) for k in _SECRET_FIELDS if getattr(self.settings, k)}
+
     def secret_environment(self) -> dict[str, str]:
         """Variables a detached process needs to rebuild this target from :meth:`to_spec`."""
-        secrets = {k: getattr(self.settings, k) for k in _SECRET_FIELDS if getattr(self.settings, k)}
+        secrets = self.secrets()
         return {SECRETS_VARIABLE: json.dumps(secrets)} if secrets else {}
 
     def describe(self) -> str:
