@@ -177,7 +177,8 @@ def launch_command(config: DistributedConfig, command: list[str], python: str,
                  "TRAINING_RUNS_PROCESSES_PER_NODE": str(config.process_count_per_node),
                  "TRAINING_RUNS_NODE_COUNT": str(config.node_count)})
     if isinstance(config, PyTorchConfiguration):
-        return ([python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        return ([python, "-m", LAUNCHER_MODULE, "torch", "--backend", config.communication_backend, "--",
+                 python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                  "--nproc_per_node", str(config.processes_per_node), "--max_restarts", "0", "--no-python", *rank],
                 {"TRAINING_RUNS_COMMUNICATION_BACKEND": config.communication_backend,
                  "TRAINING_RUNS_PROCESSES_PER_NODE": str(config.processes_per_node),

@@ -108,6 +108,32 @@ def run_script(argv: list[str]) -> int:
     return code
 
 
+def check_torch_backend(backend: str) -> str:
+    """Why ``torch.distributed`` cannot use ``backend`` here ("" when it can)."""
+    try:
+        import torch  # only in PyTorch runs
+        import torch.distributed as dist
+    except ImportError as exc:
+        return f"PyTorchConfiguration needs torch in the run's environment: {exc}"
+    if not dist.is_available():
+        return "this torch build has no torch.distributed"
+    if backend == "nccl" and not (dist.is_nccl_available() and torch.cuda.is_available()):
+        return ("communication_backend='nccl' needs CUDA GPUs and a torch build with NCCL, and this host has "
+                f"{'no GPU' if not torch.cuda.is_available() else 'no NCCL'}: use communication_backend='gloo'")
+    if backend == "gloo" and not dist.is_gloo_available():
+        return "this torch build has no gloo backend"
+    return ""
+
+
+def run_torch_checked(backend: str, command: list[str]) -> int:
+    """Check the backend, then run ``torchrun`` (one node); fail with the reason before any process starts."""
+    problem = check_torch_backend(backend)
+    if problem:
+        print(f"training-runs: {problem}", file=sys.stderr, flush=True)
+        return 2
+    return subprocess.call(command)
+
+
 def run_torch_node(master: str, port: str, command: list[str]) -> int:
     """Start ``torchrun`` for this node of a multi-node run; ``mpirun`` started one such process
     per host, and its rank is the node's rank."""
@@ -118,6 +144,10 @@ def run_torch_node(master: str, port: str, command: list[str]) -> int:
     command = [*command[:position], "--node_rank", node_rank, "--master_addr", master, "--master_port", port,
                *command[position:]]
     os.environ["NODE_RANK"] = node_rank
+    problem = check_torch_backend(os.environ.get("TRAINING_RUNS_COMMUNICATION_BACKEND", "gloo"))
+    if problem:
+        print(f"training-runs: node {node_rank}: {problem}", file=sys.stderr, flush=True)
+        return 2
     return subprocess.call(command)
 
 
@@ -196,6 +226,9 @@ def main(argv: list[str]) -> int:
         return run_rank(command)
     if mode == "script":
         return run_script(command)
+    if mode == "torch":
+        values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
+        return run_torch_checked(values.get("--backend", "gloo"), command)
     if mode == "torchnode":
         values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
         return run_torch_node(values["--master"], values["--port"], command)

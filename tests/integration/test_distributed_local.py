@@ -255,3 +255,24 @@ def test_torchrun_two_processes_allreduce_with_gloo(tmp_path: Path) -> None:
     assert not any(line.startswith("rank 1") for line in lines), "rank 1 is in its own log"
     assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}
     assert "system_logs/rank_1.log" in _artifacts(run.id, "system_logs")
+
+
+def test_a_backend_this_host_lacks_fails_before_any_process_starts(tmp_path: Path) -> None:
+    if not TORCH_PYTHON.exists():
+        skip_or_fail(f"no torch venv at {TORCH_PYTHON} (run scripts/components.sh as root)")
+    from airflow_provider.core import Environment, PyTorchConfiguration
+
+    marker = tmp_path / "started"
+    write_script(tmp_path / "src", f"open({str(marker)!r}, 'w').close()\n")
+    environment = Environment("torch-cpu")
+    environment.python.user_managed_dependencies = True
+    environment.python.interpreter_path = str(TORCH_PYTHON)
+    run = Experiment("nccl-on-cpu").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", environment=environment,
+        distributed_job_config=PyTorchConfiguration(communication_backend="nccl", process_count=2)))
+    with pytest.raises(RunFailedError) as caught:
+        run.wait_for_completion()
+    assert "communication_backend='nccl' needs CUDA GPUs" in caught.value.log_tail
+    assert "use communication_backend='gloo'" in caught.value.log_tail
+    assert not marker.exists(), "no process of the run started"
+    assert not any(name.startswith("system_logs/rank_") for name in run.get_file_names())

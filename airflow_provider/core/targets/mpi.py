@@ -148,7 +148,7 @@ class MPITarget(ComputeTarget):
         argv = list(spec.argv)
         node_count = int(spec.env.get("TRAINING_RUNS_NODE_COUNT", "1"))
         per_node = spec.env.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1")
-        python = argv[0]
+        python = argv[argv.index("torch.distributed.run") - 2]
         master = self.first.settings.host
         port = str(random.randint(29500, 39999))
         torchrun = [python, "-m", "torch.distributed.run", "--nnodes", str(node_count), "--nproc_per_node", per_node,
