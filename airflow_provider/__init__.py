@@ -112,7 +112,7 @@ def get_provider_info() -> dict[str, Any]:
                     "hosts": {"label": "Hosts (host[:slots], comma separated)", "schema": _STRING},
                     "ssh_conn_ids": {"label": "SSH connections (comma separated)", "schema": _STRING},
                     "launcher": {"label": "Launcher", "schema": {"type": ["string", "null"], "default": "openmpi",
-                                                                 "enum": ["openmpi", None]}},
+                                                                 "enum": ["openmpi", "mpich", None]}},
                     "mpirun_options": {"label": "Extra mpirun arguments", "schema": _STRING},
                     "key_file": {"label": "Private key file (hosts)", "schema": _STRING},
                     "private_key": {"label": "Private key, inline (hosts)", "schema": _SECRET},

@@ -12,10 +12,10 @@ have_root() { [ "$(id -u)" = 0 ]; }
 
 if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
     || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1 \
-    || ! dpkg -s openmpi-bin >/dev/null 2>&1; then
+    || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
-            openssh-server openssh-client openmpi-bin >/dev/null
+            openssh-server openssh-client openmpi-bin mpich >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi
@@ -387,7 +387,7 @@ mpi4py_wheel() {
 build_mpi_host_image() {  # FROZEN-INPUTS-HASH WHEEL
     local ctx rootfs=training-runs/mpi-host-rootfs:3.11 rc
     ctx=$(mktemp -d) || return 1
-    if ! /usr/bin/python3 scripts/hostfs_tar.py python3 python3-venv python3-pip openssh-server openmpi-bin 2>/dev/null \
+    if ! /usr/bin/python3 scripts/hostfs_tar.py python3 python3-venv python3-pip openssh-server openmpi-bin mpich 2>/dev/null \
             | docker import -c 'ENV LANG=C.UTF-8' - "$rootfs" >/dev/null; then
         rm -rf "$ctx"
         return 1
@@ -417,7 +417,7 @@ start_mpi_hosts() {
     wheel=$(mpi4py_wheel) || { echo "components: could not download an mpi4py wheel ($MPI_DIR/pip-download.log)" >&2; return 1; }
     inputs=$( { cat "$MPI_DIR/host_ed25519.pub" "$MPI_DIR/node_ed25519.pub" "$SSHD_DIR/client_ed25519.pub"
                 mpi_host_dockerfile X; mpi_host_sshd_config; mpi_host_ssh_config; basename "$wheel"
-                dpkg-query -W -f '${Version}' openmpi-bin python3 openssh-server; } | sha256sum | cut -c1-16)
+                dpkg-query -W -f '${Version}' openmpi-bin mpich python3 openssh-server; } | sha256sum | cut -c1-16)
     if [ "$(docker image inspect -f '{{index .Config.Labels "training.mpi-inputs"}}' "$MPI_IMAGE" 2>/dev/null)" != "$inputs" ]; then
         old_image=$(docker image inspect -f '{{.Id}}' "$MPI_IMAGE" 2>/dev/null)
         build_mpi_host_image "$inputs" "$wheel" || { echo "components: could not build $MPI_IMAGE" >&2; return 1; }

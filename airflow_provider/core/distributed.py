@@ -174,6 +174,7 @@ def launch_command(config: DistributedConfig, command: list[str], python: str,
         return (["mpirun", "-np", str(config.total_processes), "--oversubscribe", *rank],
                 {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                  "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+                 "MPI4PY_MPIABI": "openmpi",  # mpi4py's wheels ask, when MPICH is installed too
                  "TRAINING_RUNS_PROCESSES_PER_NODE": str(config.process_count_per_node),
                  "TRAINING_RUNS_NODE_COUNT": str(config.node_count)})
     if isinstance(config, PyTorchConfiguration):

@@ -75,6 +75,10 @@ def run_rank(command: list[str]) -> int:
     code = child.wait()
     _write_json(os.path.join(folder, f"rank_{rank}.exit"), {"rank": rank, "exit_code": code, "ended_at": time.time()})
     if code != 0 and not stopped and not os.environ.get(_PARENT_STOPS_VARIABLE):
+        if "PMI_RANK" in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+            # MPICH's Hydra stops every rank when one dies of a signal, not when one exits non-zero.
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
         # mpirun waits for the other ranks when one exits after MPI_Finalize: stopping the launcher
         # that started this rank (mpirun, its remote daemon, torchrun's agent) stops them all.
         with contextlib.suppress(OSError):

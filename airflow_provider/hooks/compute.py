@@ -133,13 +133,14 @@ class SSHComputeHook(ComputeHook):
 
 
 class MPIComputeHook(ComputeHook):
-    """Runs distributed jobs across a set of SSH hosts with ``mpirun`` (Open MPI).
+    """Runs distributed jobs across a set of SSH hosts with Open MPI's ``mpirun`` or MPICH's ``mpiexec``.
 
     Connection: either extra ``ssh_conn_ids`` (comma-separated ``training_ssh`` connections, one
     per host, the first launching) or extra ``hosts`` (``host[:slots]``, comma separated) reached
     with this connection's port, login, password and SSH extra fields (``key_file``, ``host_key``
     or ``known_hosts``, ``work_root``, ...); ``slots`` caps the processes per host; extra
-    ``mpirun_options`` adds arguments to ``mpirun``. ``work_root`` must be the same absolute folder
+    ``mpirun_options`` adds arguments to the launcher, and ``launcher`` is ``openmpi`` (default) or
+    ``mpich``. ``work_root`` must be the same absolute folder
     on every host.
     """
 
@@ -160,9 +161,9 @@ class MPIComputeHook(ComputeHook):
         connection = self.get_connection(self.conn_id)
         extra = dict(connection.extra_dejson)
         launcher = extra.pop("launcher", None) or "openmpi"
-        if launcher != "openmpi":
+        if launcher not in ("openmpi", "mpich"):
             raise ConfigurationError(f"connection {self.conn_id!r} extra.launcher",
-                                     f"{launcher!r} is not available in this version.", "use openmpi.")
+                                     f"{launcher!r} is not a launcher.", "use openmpi (mpirun) or mpich (mpiexec).")
         options = shlex.split(str(extra.pop("mpirun_options", "") or ""))
         conn_ids = [c.strip() for c in str(extra.pop("ssh_conn_ids", "") or "").split(",") if c.strip()]
         hosts = [h.strip() for h in str(extra.pop("hosts", "") or "").split(",") if h.strip()]
@@ -190,7 +191,7 @@ class MPIComputeHook(ComputeHook):
                                              connection.password, extra)
             nodes.append(SSHTarget(SSHSettings(**arguments.pop("settings")), **arguments))
             slots.append(int(count or 0))
-        return MPITarget(nodes, slots, options)
+        return MPITarget(nodes, slots, options, launcher)
 
 
 _HOOKS_BY_CONN_TYPE: dict[str, type[ComputeHook]] = {

@@ -177,3 +177,49 @@ def test_the_spec_rebuilds_every_node_without_secrets(mpi_hosts: list[SSHHost],
     rebuilt.check()
     assert [n.settings for n in rebuilt.nodes] == [n.settings for n in nodes]
     assert rebuilt.slots == [2, 2, 2] and rebuilt.mpirun_options == NETWORK_OPTIONS.split()
+
+
+@pytest.fixture
+def mpich_target(mpi_hosts: list[SSHHost], monkeypatch: pytest.MonkeyPatch) -> MPITarget:
+    first = mpi_hosts[0]
+    connection = {"conn_type": "training_mpi", "login": first.username, "port": first.port,
+                  "extra": {"hosts": ",".join(h.host for h in mpi_hosts[:2]), "key_file": str(first.key_path),
+                            "host_key": first.host_public_key, "work_root": WORK_ROOT, "launcher": "mpich"}}
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_MPICH", json.dumps(connection))
+    built = compute_hook_for("test_mpich").get_target()
+    assert isinstance(built, MPITarget) and built.launcher == "mpich"
+    return built
+
+
+def test_mpich_ranks_across_two_hosts_and_a_failing_rank_stops_them(mpich_target: MPITarget,
+                                                                    mpi_hosts: list[SSHHost],
+                                                                    tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os, socket, sys, time
+        from airflow_provider.core import Run
+        rank, size = int(os.environ["PMI_RANK"]), int(os.environ["PMI_SIZE"])
+        Run.get_context().log("pmi_rank", rank)
+        print(f"rank {rank} of {size} on {socket.gethostname()}", flush=True)
+        if os.environ.get("FAIL_RANK") == str(rank):
+            time.sleep(1)
+            sys.exit(3)
+        if os.environ.get("FAIL_RANK"):
+            time.sleep(300)
+    """)
+    config = MpiConfiguration(process_count_per_node=2, node_count=2)
+    run = Experiment("mpich-hosts").submit(ScriptRunConfig(tmp_path / "src", "train.py",
+                                                           compute_target=mpich_target, distributed_job_config=config))
+    lines: list[str] = []
+    assert run.wait_for_completion(output=lines.append)["status"] == "Completed"
+    assert lines == ["rank 0 of 4 on mpi-1"]
+    logs = [run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}").read_text() for r in range(4)]
+    assert {log.split(" on ")[1].strip() for log in logs} == {"mpi-1", "mpi-2"}
+    assert set(MlflowClient().get_run(run.id).data.metrics) == {"pmi_rank", "rank_1/pmi_rank", "rank_2/pmi_rank",
+                                                               "rank_3/pmi_rank"}
+    failing = Experiment("mpich-hosts").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=mpich_target, distributed_job_config=config,
+        environment_variables={"FAIL_RANK": "3"}))
+    with pytest.raises(RunFailedError, match="rank 3 failed first"):
+        failing.wait_for_completion()
+    job_dir = f"{WORK_ROOT}/jobs/{failing.id}"
+    wait_until(lambda: _no_process_left(mpi_hosts, job_dir), timeout=30, message="no MPICH rank left on any node")

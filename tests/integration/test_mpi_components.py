@@ -4,6 +4,7 @@ this machine: mpi4py ranks across the three containers, and on this machine alon
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import shutil
 import subprocess
@@ -81,6 +82,8 @@ def test_mpirun_on_this_machine() -> None:
     if subprocess.run([sys.executable, "-c", "import mpi4py"], capture_output=True, timeout=30).returncode != 0:
         skip_or_fail(f"mpi4py is not installed for {sys.executable}")
     command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", sys.executable, "-c", ALLREDUCE]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    # With MPICH installed too, mpi4py's binary wheel must be told which MPI it runs under.
+    environment = {**os.environ, "MPI4PY_MPIABI": "openmpi"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert [row[:3] for row in ranks(result.stdout)] == [(rank, 4, 6) for rank in range(4)]

@@ -40,19 +40,25 @@ class MPITarget(ComputeTarget):
 
     :param nodes: one SSH target per host, the first one launching.
     :param slots: processes each host may run (its MPI slots), by node; 0 or missing: no limit.
-    :param mpirun_options: extra ``mpirun`` arguments (e.g. ``--mca btl_tcp_if_include 10.0.0.0/24``).
+    :param mpirun_options: extra launcher arguments (e.g. ``--mca btl_tcp_if_include 10.0.0.0/24``).
+    :param launcher: ``"openmpi"`` (``mpirun``) or ``"mpich"`` (``mpiexec.mpich``, Hydra over ssh);
+        every host needs the same one.
     """
 
     kind: ClassVar[str] = "mpi"
 
     def __init__(self, nodes: list[SSHTarget], slots: list[int] | None = None,
-                 mpirun_options: list[str] | None = None) -> None:
+                 mpirun_options: list[str] | None = None, launcher: str = "openmpi") -> None:
         if not nodes:
             raise ConfigurationError("compute target (training_mpi)", "names no host.",
                                      "list the hosts (hosts or ssh_conn_ids).")
         self.nodes = nodes
         self.slots = list(slots or [0] * len(nodes))
         self.mpirun_options = list(mpirun_options or [])
+        if launcher not in ("openmpi", "mpich"):
+            raise ConfigurationError("compute target (training_mpi) launcher", f"{launcher!r} is not a launcher.",
+                                     "use openmpi or mpich.")
+        self.launcher = launcher
 
     @property
     def max_nodes(self) -> int:  # type: ignore[override]
@@ -67,14 +73,14 @@ class MPITarget(ComputeTarget):
     # ------------------------------------------------------------------ spec
     def to_spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "nodes": [node.to_spec() for node in self.nodes], "slots": self.slots,
-                "mpirun_options": self.mpirun_options}
+                "mpirun_options": self.mpirun_options, "launcher": self.launcher}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> MPITarget:
         secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "[]")
         nodes = [SSHTarget.from_spec(node, secrets[index] if index < len(secrets) else {})
                  for index, node in enumerate(spec["nodes"])]
-        return cls(nodes, spec.get("slots"), spec.get("mpirun_options"))
+        return cls(nodes, spec.get("slots"), spec.get("mpirun_options"), spec.get("launcher", "openmpi"))
 
     def secret_environment(self) -> dict[str, str]:
         secrets = [node.secrets() for node in self.nodes]
@@ -136,11 +142,20 @@ class MPITarget(ComputeTarget):
                     "lower process_count_per_node, or raise the host's slots in the connection.",
                 )
         hosts = [f"{node.settings.host}:{per_node}" for node in self.nodes[:node_count]]
-        exported = [item for name in sorted({*spec.env, "PATH"}) for item in ("-x", name)]
-        options = ["--host", ",".join(hosts), *exported, *self.mpirun_options]
-        position = argv.index("--oversubscribe")
-        argv[position:position + 1] = options
-        return dataclasses.replace(spec, argv=tuple(argv))
+        total = argv[argv.index("-np") + 1]
+        rank_command = argv[argv.index("--oversubscribe") + 1:]
+        environment = {**spec.env, "MPI4PY_MPIABI": "mpich" if self.launcher == "mpich" else "openmpi"}
+        return dataclasses.replace(spec, argv=(*self._launcher_prefix(hosts, total, environment), *rank_command),
+                                   env=environment)
+
+    def _launcher_prefix(self, hosts: list[str], total: str, environment: Mapping[str, str]) -> list[str]:
+        """The launcher's command line up to the per-rank command."""
+        names = sorted({*environment, "PATH"})
+        if self.launcher == "mpich":
+            return ["mpiexec.mpich", "-n", total, "-hosts", ",".join(hosts), "-launcher", "ssh", "-genvall",
+                    *self.mpirun_options]  # Hydra passes the whole environment
+        exported = [item for name in names for item in ("-x", name)]
+        return ["mpirun", "-np", total, "--host", ",".join(hosts), *exported, *self.mpirun_options]
 
     def _torch_across_hosts(self, spec: JobSpec) -> JobSpec:
         """``mpirun`` starts one ``torchrun`` per host (as node N of the job), so stopping and
@@ -154,11 +169,10 @@ class MPITarget(ComputeTarget):
         torchrun = [python, "-m", "torch.distributed.run", "--nnodes", str(node_count), "--nproc_per_node", per_node,
                     "--max_restarts", "0", *argv[argv.index("--no-python"):]]
         environment = {**spec.env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-        exported = [item for name in sorted({*environment, "PATH"}) for item in ("-x", name)]
-        hosts = ",".join(f"{node.settings.host}:1" for node in self.nodes[:node_count])
+        hosts = [f"{node.settings.host}:1" for node in self.nodes[:node_count]]
         launcher = [python, "-m", LAUNCHER_MODULE, "torchnode", "--master", master, "--port", port, "--"]
-        mpirun = ["mpirun", "--host", hosts, "-np", str(node_count), *exported, *self.mpirun_options]
-        return dataclasses.replace(spec, argv=(*mpirun, *launcher, *torchrun), env=environment)
+        prefix = self._launcher_prefix(hosts, str(node_count), environment)
+        return dataclasses.replace(spec, argv=(*prefix, *launcher, *torchrun), env=environment)
 
     def _node_handle(self, handle: JobHandle) -> JobHandle:
         return JobHandle(SSHTarget.kind, handle.job_id, handle.location)
