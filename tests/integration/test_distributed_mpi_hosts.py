@@ -223,3 +223,24 @@ def test_mpich_ranks_across_two_hosts_and_a_failing_rank_stops_them(mpich_target
         failing.wait_for_completion()
     job_dir = f"{WORK_ROOT}/jobs/{failing.id}"
     wait_until(lambda: _no_process_left(mpi_hosts, job_dir), timeout=30, message="no MPICH rank left on any node")
+
+
+def test_cancel_stops_every_rank_on_every_node(target: MPITarget, mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import time
+        from mpi4py import MPI
+        from airflow_provider.core import Run
+        MPI.COMM_WORLD.Barrier()
+        Run.get_context().log("up", 1)
+        print("all ranks up", flush=True)
+        time.sleep(300)
+    """)
+    run = Experiment("mpi-hosts-cancel").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=target,
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
+    job_dir = f"{WORK_ROOT}/jobs/{run.id}"
+    wait_until(lambda: all(_processes_in(f"training-runs-mpi-{i + 1}", job_dir) for i in range(3)), timeout=60,
+               message="ranks running on every node")
+    run.cancel()
+    assert run.get_details()["status"] == "Canceled"
+    assert _no_process_left(mpi_hosts, job_dir), "a rank survived the cancel"
