@@ -145,11 +145,18 @@ class Airflow:
     def mlflow(self) -> MlflowClient:
         return MlflowClient(f"sqlite:///{self.home / 'training_runs' / 'mlflow.db'}")
 
-    def trigger_is_relaying(self, experiment: str) -> bool:
-        """True once metrics reach MLflow: only the trigger relays while the task is deferred."""
-        with contextlib.suppress(AssertionError):
-            return bool(self.mlflow().get_metric_history(self.run_of(experiment).info.run_id, "tick"))
-        return False
+    def ticks(self, experiment: str) -> int:
+        """How many "tick" values of the experiment's run have reached MLflow."""
+        with contextlib.suppress(AssertionError, ValueError):
+            return len(self.mlflow().get_metric_history(self.run_of(experiment).info.run_id, "tick"))
+        return 0
+
+    def trigger_is_relaying(self, experiment: str, since: int = 0) -> bool:
+        """True once ticks beyond ``since`` reach MLflow. Counted from when the task is deferred,
+        only the trigger relays them; the task itself relays what came before it deferred (a job
+        that starts fast has ticks then, and marking the task failed before the triggerer has
+        picked up the trigger stops nothing: Airflow calls no on_kill in that window)."""
+        return self.ticks(experiment) >= since + 2
 
     def run_of(self, experiment: str) -> Any:
         client = self.mlflow()
@@ -252,7 +259,8 @@ def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
     airflow.wait_for_task("svc_deferred_success", run_id, {"deferred"})
     # Let the triggerer take over first: an event fired before the scheduler has processed the
     # deferral makes Airflow 3.3 fail the task ("finished with state success, but ... queued").
-    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_success"), timeout=60,
+    since = airflow.ticks("svc_deferred_success")
+    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_success", since), timeout=60,
                message="the triggerer to watch the run")
     time.sleep(2)
     (airflow.control / "svc_deferred_success.go").write_text("go")
@@ -271,7 +279,8 @@ def test_marking_a_deferred_task_failed_stops_the_job(airflow: Airflow) -> None:
     airflow.wait_for_task("svc_deferred_kill", run_id, {"deferred"})
     wait_until(lambda: bool(airflow.executions("svc_deferred_kill")), message="the script to start")
     (pid,) = airflow.executions("svc_deferred_kill")
-    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_kill"), timeout=60,
+    since = airflow.ticks("svc_deferred_kill")
+    wait_until(lambda: airflow.trigger_is_relaying("svc_deferred_kill", since), timeout=60,
                message="the triggerer to watch the run")
     airflow.mark("svc_deferred_kill", run_id, "failed")
     wait_until(lambda: not pid_alive(pid), timeout=60, message="the job to be stopped")
@@ -392,8 +401,9 @@ def _wait_for_ticks(airflow: Airflow, dag_id: str, docker_runs: list[str]) -> No
     """Wait until the script in the container has logged a tick (it sees no host file to signal on)."""
     wait_until(lambda: _has_run(airflow, dag_id), timeout=60, message=f"the MLflow run of {dag_id}")
     docker_runs.append(airflow.run_of(dag_id).info.run_id)
-    wait_until(lambda: airflow.trigger_is_relaying(dag_id), timeout=90,
-               message=f"the first tick of {dag_id} in MLflow")
+    since = airflow.ticks(dag_id)  # the task is deferred (or running) by now
+    wait_until(lambda: airflow.trigger_is_relaying(dag_id, since), timeout=90,
+               message=f"new ticks of {dag_id} in MLflow")
 
 
 def _has_run(airflow: Airflow, experiment: str) -> bool:
