@@ -192,9 +192,12 @@ start_loopback_sshd() {
     wait_for_key 127.0.0.1 "$SSHD_PORT" "$(pub_key "$d/host_ed25519.pub")"
 }
 
-ssh_host_sshd_config() {
+# sshd_config of a test host container: $1 names it, any further arguments are extra lines.
+host_sshd_config() {
+    local title=$1
+    shift
     cat <<CFG
-# Written by scripts/components.sh: the SSH host container of the SSH target's tests.
+# Written by scripts/components.sh: $title.
 HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -204,8 +207,12 @@ PrintMotd no
 MaxSessions 64
 MaxStartups 64:30:128
 Subsystem sftp internal-sftp
-LogLevel ERROR
 CFG
+    printf '%s\n' "$@" "LogLevel ERROR"
+}
+
+ssh_host_sshd_config() {
+    host_sshd_config "the SSH host container of the SSH target's tests"
 }
 
 # The image: this machine's python3 + openssh-server packages (docker import), then a build without
@@ -339,21 +346,9 @@ DOCKERFILE
 }
 
 mpi_host_sshd_config() {
-    cat <<CFG
-# Written by scripts/components.sh: an MPI host container.
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-PrintMotd no
-MaxSessions 64
-MaxStartups 64:30:128
-Subsystem sftp internal-sftp
-# SSH sessions do not inherit the image's ENV: give them (mpirun, the orted it starts) the same.
-SetEnv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-LogLevel ERROR
-CFG
+    # SSH sessions do not inherit the image's ENV: give them (mpirun, the orted it starts) the same.
+    host_sshd_config "an MPI host container" \
+        "SetEnv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none"
 }
 
 mpi_host_ssh_config() {

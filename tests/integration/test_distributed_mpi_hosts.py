@@ -244,3 +244,17 @@ def test_cancel_stops_every_rank_on_every_node(target: MPITarget, mpi_hosts: lis
     run.cancel()
     assert run.get_details()["status"] == "Canceled"
     assert _no_process_left(mpi_hosts, job_dir), "a rank survived the cancel"
+
+
+def test_more_processes_per_node_than_a_hosts_slots_fail_before_any_rank_starts(target: MPITarget,
+                                                                               tmp_path: Path) -> None:
+    marker = "/tmp/training-runs-slots-test-started"
+    write_script(tmp_path / "src", f"open({marker!r}, 'w').close()\n")
+    experiment = Experiment("mpi-hosts-slots")
+    with pytest.raises(ConfigurationError, match=r"process_count_per_node.*is 3, but 172\.28\.0\.21 has 2 slots"):
+        experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                          distributed_job_config=MpiConfiguration(process_count_per_node=3)))
+    (run,) = MlflowClient().search_runs([experiment.id])
+    assert run.data.tags["training.state"] == "Failed", "the run records why it never started"
+    probe = subprocess.run(["docker", "exec", "training-runs-mpi-1", "test", "-e", marker], timeout=30)
+    assert probe.returncode != 0, "no rank started"

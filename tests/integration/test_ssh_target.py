@@ -231,6 +231,13 @@ def test_clear_errors_for_credentials_reachability_and_python(ssh_loopback: SSHH
     with pytest.raises(TargetError, match=r"cannot reach the SSH host 127\.0\.0\.1:9 .*sshd runs there"):
         SSHTarget(SSHSettings("127.0.0.1", 9, "root", key_file=str(ssh_loopback.key_path),
                               connect_timeout=3)).check()
+    missing = Environment("missing-interpreter")
+    missing.python.user_managed_dependencies = True
+    missing.python.interpreter_path = "/no/such/python3.11"
+    with pytest.raises(ConfigurationError) as missing_interpreter:
+        _target(ssh_loopback).prepare_environment(missing)
+    assert missing_interpreter.value.field == "environment.python.interpreter_path"
+    assert "'/no/such/python3.11' does not exist on 127.0.0.1:2222" in str(missing_interpreter.value)
     no_python = _target(ssh_loopback)
     no_python.python = "/no/such/python3"
     with pytest.raises(TargetError, match=r"remote Python '/no/such/python3' was not found on 127\.0\.0\.1:2222"):

@@ -111,6 +111,13 @@ class JobStatus:
         return self.state == "ended" and self.reason == "exited" and self.exit_code == 0
 
     @classmethod
+    def from_job_state(cls, data: dict[str, Any]) -> JobStatus:
+        """From :func:`job_runner.job_state` output (which may come from another machine)."""
+        if data["state"] == "ended":
+            return cls.from_exit_json(data["exit"])
+        return cls(data["state"], message=data.get("message", ""))
+
+    @classmethod
     def from_exit_json(cls, data: dict[str, Any]) -> JobStatus:
         """Build from the runner's ``exit.json``.
 

@@ -152,10 +152,10 @@ class DockerTarget(ComputeTarget):
         builder = ImageBuilder(self.client, self.image, self.python, self.registry_auth,
                                self.build_timeout_seconds)
         resolved = builder.resolve(environment)
-        how = "built now" if resolved.built else "cached"
-        description = (f"image {resolved.image} ({resolved.image_id[:19]}, {how}), interpreter {resolved.python}"
-                       if resolved.image.startswith(f"{IMAGE_REPOSITORY}:")
-                       else f"image {resolved.image} ({resolved.image_id[:19]}), interpreter {resolved.python}")
+        how = ""  # a base image used as it is is neither built nor cached by us
+        if resolved.image.startswith(f"{IMAGE_REPOSITORY}:"):
+            how = ", built now" if resolved.built else ", cached"
+        description = f"image {resolved.image} ({resolved.image_id[:19]}{how}), interpreter {resolved.python}"
         return PreparedEnvironment(environment.kind if environment is not None else "current", resolved.python,
                                    resolved.fingerprint, resolved.built, resolved.build_log, description,
                                    resolved.image, build_log_artifact="image_build.log")

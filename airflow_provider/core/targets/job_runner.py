@@ -39,6 +39,8 @@ EVENTS_FILE = "events.jsonl"
 UPLOADS_DIR = "uploads"
 WORK_DIR = "work"
 RANKS_DIR = "ranks"  # per-rank logs of distributed runs
+RUNNER_LOG = "runner.log"  # the supervisor's own output
+LAUNCH_MARKER = ".launched"  # created (exclusively) by a launch in progress or done
 
 REASON_EXITED = "exited"
 REASON_TIMEOUT = "timeout"
@@ -160,8 +162,8 @@ def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
     :param wait: wait until the job has ended (False: signal the supervisor and return).
     """
     exit_path = os.path.join(job_dir, EXIT_STATE)
-    if os.path.exists(exit_path):
-        return
+    if os.path.exists(exit_path) or not os.path.isdir(job_dir):
+        return  # ended, or never staged here: nothing to stop
     state = read_json(os.path.join(job_dir, RUNNER_STATE)) or {}
     runner_pid = state.get("runner_pid")
     if runner_pid and is_alive(int(runner_pid), state.get("runner_start_ticks")):
@@ -182,6 +184,62 @@ def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
             "exit_code": None, "signal": None, "reason": REASON_CANCELED,
             "message": "the run was canceled (its supervisor was not running)", "ended_at": time.time(),
         })
+
+
+def runner_log_tail(job_dir: str) -> str:
+    """The end of the supervisor's own log (what it printed before it could record anything)."""
+    try:
+        with open(os.path.join(job_dir, RUNNER_LOG), errors="replace") as log:
+            return log.read()[-2000:] or "(runner.log is empty)"
+    except OSError:
+        return "(no runner.log)"
+
+
+def start_supervisor(job_dir: str, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """Start ``python3 job_runner.py JOB_DIR`` as the leader of a new session, with this
+    interpreter, and wait until it has started the command (``runner.json``).
+
+    :param job_dir: a job folder holding ``job.json``.
+    :param timeout: seconds the supervisor may take to start the command.
+    :raises RuntimeError: the supervisor exited at once or did not start in time (the message says why).
+    """
+    with open(os.path.join(job_dir, RUNNER_LOG), "ab") as runner_log:
+        runner = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), job_dir],
+                                  stdin=subprocess.DEVNULL, stdout=runner_log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(job_dir, RUNNER_STATE)):
+        if runner.poll() is not None and not os.path.exists(os.path.join(job_dir, EXIT_STATE)):
+            raise RuntimeError(f"the job supervisor exited at once: {runner_log_tail(job_dir)}")
+        if time.monotonic() > deadline:
+            runner.kill()
+            runner.wait()
+            raise RuntimeError(f"the job supervisor did not start within {timeout:g}s")
+        time.sleep(0.002)
+    return runner
+
+
+def job_state(job_dir: str) -> dict[str, Any]:
+    """How the job in ``job_dir`` is doing, on the machine where it runs: ``{"state": "ended",
+    "exit": <exit.json>}``, ``running``, ``not_found``, or ``lost`` with a ``message``. A
+    supervisor that died (OOM killer, kill -9) leaves its command stopped and the job lost."""
+    exit_state = read_json(os.path.join(job_dir, EXIT_STATE))
+    if exit_state is not None:
+        return {"state": "ended", "exit": exit_state}
+    if not os.path.isdir(job_dir):
+        return {"state": "not_found"}
+    state = read_json(os.path.join(job_dir, RUNNER_STATE))
+    if state is None:
+        if os.path.exists(os.path.join(job_dir, LAUNCH_MARKER)):
+            return {"state": "running"}  # a launch is starting it right now
+        return {"state": "lost", "message": "the job was staged but its supervisor never started"}
+    if is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
+        return {"state": "running"}
+    exit_state = read_json(os.path.join(job_dir, EXIT_STATE))  # it may have just finished
+    if exit_state is not None:
+        return {"state": "ended", "exit": exit_state}
+    stopped = stop_orphaned_command(state, grace_seconds=5)
+    return {"state": "lost", "message": f"the job supervisor died{stopped}: {runner_log_tail(job_dir)}"}
 
 
 class JobRunner:

@@ -12,8 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -85,22 +83,10 @@ class LocalTarget(ComputeTarget):
         descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle_file:
             json.dump(spec.to_job_json(), handle_file)
-        with open(job_dir / "runner.log", "ab") as runner_log:
-            runner = subprocess.Popen(
-                [sys.executable, "-I", "-S", job_runner.__file__, str(job_dir)],
-                stdin=subprocess.DEVNULL, stdout=runner_log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-            )
-        self._runners[handle.job_id] = runner
-        deadline = time.monotonic() + _LAUNCH_TIMEOUT_SECONDS
-        while not (job_dir / job_runner.RUNNER_STATE).exists():
-            if runner.poll() is not None and not (job_dir / job_runner.EXIT_STATE).exists():
-                raise TargetError(f"the job supervisor exited at once: {self._runner_log(job_dir)}")
-            if time.monotonic() > deadline:
-                runner.kill()
-                runner.wait()
-                raise TargetError(f"the job supervisor did not start within {_LAUNCH_TIMEOUT_SECONDS}s")
-            time.sleep(0.002)
+        try:
+            self._runners[handle.job_id] = job_runner.start_supervisor(str(job_dir), _LAUNCH_TIMEOUT_SECONDS)
+        except RuntimeError as exc:
+            raise TargetError(str(exc)) from exc
 
     def find(self, job_id: str) -> JobHandle | None:
         job_dir = self.jobs_root / job_id
@@ -113,22 +99,7 @@ class LocalTarget(ComputeTarget):
         runner = self._runners.get(handle.job_id)
         if runner is not None:
             runner.poll()  # reap the supervisor when it has exited
-        exit_state = _read_json(job_dir / job_runner.EXIT_STATE)
-        if exit_state is not None:
-            return JobStatus.from_exit_json(exit_state)
-        if not job_dir.exists():
-            return JobStatus("not_found")
-        state = _read_json(job_dir / job_runner.RUNNER_STATE)
-        if state is None:
-            return JobStatus("lost", message="the job was staged but its supervisor never started")
-        if job_runner.is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
-            return JobStatus("running")
-        exit_state = _read_json(job_dir / job_runner.EXIT_STATE)  # it may have just finished
-        if exit_state is not None:
-            return JobStatus.from_exit_json(exit_state)
-        # The supervisor was killed (OOM killer, kill -9): stop what it left running, unwatched.
-        stopped = job_runner.stop_orphaned_command(state, grace_seconds=5)
-        return JobStatus("lost", message=f"the job supervisor died{stopped}: {self._runner_log(job_dir)}")
+        return JobStatus.from_job_state(job_runner.job_state(str(job_dir)))
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         try:
@@ -148,19 +119,3 @@ class LocalTarget(ComputeTarget):
     def cleanup(self, handle: JobHandle) -> None:
         self._runners.pop(handle.job_id, None)
         shutil.rmtree(self.job_dir(handle), ignore_errors=True)
-
-    @staticmethod
-    def _runner_log(job_dir: Path) -> str:
-        try:
-            return (job_dir / "runner.log").read_text(errors="replace")[-2000:] or "(runner.log is empty)"
-        except OSError:
-            return "(no runner.log)"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path) as stream:
-            data: dict[str, Any] = json.load(stream)
-            return data
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

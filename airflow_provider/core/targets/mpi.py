@@ -118,9 +118,10 @@ class MPITarget(ComputeTarget):
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         node_handle = self._node_handle(handle)
+        launching = self._across_hosts(spec)  # checks the hosts' slots before any node is touched
         for node in self.nodes[1:]:
             node.materialize(node_handle, spec)
-        self.first.launch(node_handle, self._across_hosts(spec))
+        self.first.launch(node_handle, launching)
 
     def _across_hosts(self, spec: JobSpec) -> JobSpec:
         argv = list(spec.argv)

@@ -52,6 +52,11 @@ def op_hello(request: dict[str, Any]) -> dict[str, Any]:
             "uv": uv, "hostname": os.uname().nodename}
 
 
+def op_which(request: dict[str, Any]) -> dict[str, Any]:
+    """The executable a name or path resolves to on this host (None when there is none)."""
+    return {"path": shutil.which(request["program"])}
+
+
 def op_missing(request: dict[str, Any]) -> dict[str, Any]:
     """Which of the snapshot's blobs the store lacks (one round trip for the whole snapshot)."""
     root = request["root"]
@@ -93,11 +98,15 @@ def op_launch(request: dict[str, Any]) -> dict[str, Any]:
     job_dir = request["job_dir"]
     os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
     try:
-        os.close(os.open(os.path.join(job_dir, ".launched"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.close(os.open(os.path.join(job_dir, job_runner.LAUNCH_MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         return {"launched": False}
     op_materialize(request)
-    return _start_runner(job_dir, os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_runner.py"))
+    try:
+        job_runner.start_supervisor(job_dir, _LAUNCH_TIMEOUT_SECONDS)
+    except RuntimeError as exc:
+        return {"launched": False, "error": str(exc)}
+    return {"launched": True}
 
 
 def op_materialize(request: dict[str, Any]) -> dict[str, Any]:
@@ -166,41 +175,9 @@ def op_stop_strays(request: dict[str, Any]) -> dict[str, Any]:
     return {"remaining": sorted(found)}
 
 
-def _start_runner(job_dir: str, runner_file: str) -> dict[str, Any]:
-    with open(os.path.join(job_dir, "runner.log"), "ab") as runner_log:
-        runner = subprocess.Popen([sys.executable, "-I", "-S", runner_file, job_dir], stdin=subprocess.DEVNULL,
-                                  stdout=runner_log, stderr=subprocess.STDOUT, start_new_session=True,
-                                  close_fds=True)
-    deadline = time.monotonic() + _LAUNCH_TIMEOUT_SECONDS
-    while not os.path.exists(os.path.join(job_dir, job_runner.RUNNER_STATE)):
-        if runner.poll() is not None and not os.path.exists(os.path.join(job_dir, job_runner.EXIT_STATE)):
-            return {"launched": False, "error": "the job supervisor exited at once: " + _runner_log(job_dir)}
-        if time.monotonic() > deadline:
-            runner.kill()
-            return {"launched": False, "error": f"the job supervisor did not start within {_LAUNCH_TIMEOUT_SECONDS}s"}
-        time.sleep(0.002)
-    return {"launched": True}
-
-
 def op_poll(request: dict[str, Any]) -> dict[str, Any]:
-    """How the job is doing; a supervisor that died leaves its command stopped and the job lost."""
-    job_dir = request["job_dir"]
-    exit_state = job_runner.read_json(os.path.join(job_dir, job_runner.EXIT_STATE))
-    if exit_state is not None:
-        return {"state": "ended", "exit": exit_state}
-    if not os.path.isdir(job_dir):
-        return {"state": "not_found"}
-    state = job_runner.read_json(os.path.join(job_dir, job_runner.RUNNER_STATE))
-    if state is None:
-        launched = os.path.exists(os.path.join(job_dir, ".launched"))
-        return {"state": "running"} if launched else {"state": "lost", "message": "staged but never launched"}
-    if job_runner.is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
-        return {"state": "running"}
-    exit_state = job_runner.read_json(os.path.join(job_dir, job_runner.EXIT_STATE))
-    if exit_state is not None:
-        return {"state": "ended", "exit": exit_state}
-    stopped = job_runner.stop_orphaned_command(state, grace_seconds=5)
-    return {"state": "lost", "message": f"the job supervisor died{stopped}: {_runner_log(job_dir)}"}
+    """How the job is doing (:func:`job_runner.job_state`)."""
+    return job_runner.job_state(request["job_dir"])
 
 
 def op_cancel(request: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +292,7 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
             path = os.path.join(folder, name)
             with contextlib.suppress(OSError):
                 info = os.stat(path)
-                blobs.append((info.st_atime if info.st_atime > info.st_mtime else info.st_mtime, info.st_size, path))
+                blobs.append((max(info.st_atime, info.st_mtime), info.st_size, path))
     total = sum(size for _, size, _ in blobs)
     for _, size, path in sorted(blobs):
         if total <= blob_max:
@@ -342,14 +319,6 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
                     shutil.rmtree(os.path.join(jobs_dir, name), ignore_errors=True)
                     evicted += 1
     return evicted
-
-
-def _runner_log(job_dir: str) -> str:
-    try:
-        with open(os.path.join(job_dir, "runner.log"), errors="replace") as log:
-            return log.read()[-2000:] or "(runner.log is empty)"
-    except OSError:
-        return "(no runner.log)"
 
 
 def serve(source: IO[bytes], sink: IO[bytes]) -> int:

@@ -203,9 +203,7 @@ class SSHTarget(ComputeTarget):
                                    log_path, f"virtual environment {answer['python']} {where} ({how})")
 
     def _check_interpreter(self, python: str) -> None:
-        result = self.connection.retrying(lambda: self.connection.run(f"command -v {shlex.quote(python)}"),
-                                          what="checking the interpreter")
-        if result.exit_code != 0:
+        if self._agent("which", {"program": python})["path"] is None:
             raise ConfigurationError("environment.python.interpreter_path",
                                      f"{python!r} does not exist on {self.settings.address}.",
                                      "install it there or fix the path.")
@@ -317,14 +315,10 @@ class SSHTarget(ComputeTarget):
     # ------------------------------------------------------------------ watching
     def poll(self, handle: JobHandle) -> JobStatus:
         self.hello()
-        answer = self._agent("poll", {"job_dir": handle.location})
-        if answer["state"] == "ended":
-            status = JobStatus.from_exit_json(answer["exit"])
+        status = JobStatus.from_job_state(self._agent("poll", {"job_dir": handle.location}))
+        if status.state not in ("running", "not_found", "lost"):
             self._ended[handle.location] = status
-            return status
-        if answer["state"] == "running":
-            return JobStatus("running")
-        return JobStatus(answer["state"], message=answer.get("message", ""))
+        return status
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         path = f"{handle.location}/{_CHANNEL_FILES[channel]}"

@@ -23,7 +23,7 @@ import paramiko
 
 from airflow_provider.core.errors import TargetError
 
-__all__ = ["CommandResult", "SSHConnection", "SSHSettings", "fingerprint"]
+__all__ = ["SSHConnection", "SSHSettings", "fingerprint"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,15 +75,6 @@ class SSHSettings:
     def known_hosts_name(self) -> str:
         """The host's name in known_hosts files."""
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What a remote command returned."""
-
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
 
 
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
@@ -196,41 +187,6 @@ class SSHConnection:
         return client
 
     # ------------------------------------------------------------------ using
-    def run(self, command: str, stdin: bytes = b"", timeout: float | None = 600.0) -> CommandResult:
-        """Run ``command`` and collect its output (one attempt: the caller decides on retrying).
-
-        :param command: the shell command line.
-        :param stdin: bytes to send to its standard input (then end of file).
-        :param timeout: seconds without progress before giving up.
-        """
-        channel = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)  # type: ignore[union-attr]
-        try:
-            channel.settimeout(timeout)
-            channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            stdout = bytearray()
-            stderr = bytearray()
-            while True:
-                if channel.recv_ready():
-                    stdout += channel.recv(1 << 20)
-                    continue
-                if channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(1 << 20)
-                    continue
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                chunk = channel.recv(1 << 20)  # blocks until data, EOF or the timeout
-                if not chunk and channel.eof_received:
-                    stderr += channel.recv_stderr(1 << 20) if channel.recv_stderr_ready() else b""
-                    if channel.exit_status_ready():
-                        break
-                stdout += chunk
-            return CommandResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
-        finally:
-            channel.close()
-
     def retrying(self, action: Callable[[], T], attempts: int = 4, what: str = "an SSH call") -> T:
         """Run ``action``; when the connection drops, reconnect with backoff and run it again.
 
