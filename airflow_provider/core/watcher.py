@@ -228,6 +228,9 @@ class RunWatcher:
             )
         if self.termination_reason and state is RunState.CANCELED:
             error = self.termination_reason
+        elif self.termination_reason:  # it ended by itself before the stop reached it
+            with contextlib.suppress(Exception):  # already removed by an earlier finalize
+                self.tracker.client.delete_tag(self.run_id, Tags.SWEEP_TERMINATED)
         if self._failing_rank and state is RunState.FAILED:
             error = f"{error}; {self._failing_rank}"
         tags = {}

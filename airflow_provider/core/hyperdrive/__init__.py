@@ -35,7 +35,7 @@ from airflow_provider.core.hyperdrive.sampling import (
     PrimaryMetricGoal,
     RandomParameterSampling,
 )
-from airflow_provider.core.hyperdrive.sweep import Sweep, TrialPlan, TrialResult
+from airflow_provider.core.hyperdrive.sweep import Sweep, TrialPlan, TrialResult, finish_sweep, plan_sweep
 
 __all__ = [
     "BanditPolicy",
@@ -55,9 +55,11 @@ __all__ = [
     "TrialResult",
     "TruncationSelectionPolicy",
     "choice",
+    "finish_sweep",
     "lognormal",
     "loguniform",
     "normal",
+    "plan_sweep",
     "qlognormal",
     "qloguniform",
     "qnormal",

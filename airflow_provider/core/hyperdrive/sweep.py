@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.errors import ConfigurationError
-from airflow_provider.core.hyperdrive.config import SweepSettings, describe_settings
-from airflow_provider.core.hyperdrive.policies import policy_from_dict
+from airflow_provider.core.hyperdrive.config import SweepSettings, describe_settings, validate_sweep_settings
+from airflow_provider.core.hyperdrive.policies import EarlyTerminationPolicy, policy_from_dict
 from airflow_provider.core.hyperdrive.sampling import (
     Hyperparameters,
+    ParameterSampling,
     PrimaryMetricGoal,
     parameter_name,
     sampling_from_dict,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
     from airflow_provider.core.submit import Experiment
 
-__all__ = ["Sweep", "TrialPlan", "TrialResult"]
+__all__ = ["Sweep", "TrialPlan", "TrialResult", "finish_sweep", "plan_sweep"]
 
 ROLE_PARENT = "sweep"
 ROLE_TRIAL = "trial"
@@ -355,3 +356,54 @@ class Sweep:
         self.tracker.terminate(self.parent_run_id, state)
         self.tracker.set_state(self.parent_run_id, state)
         return state
+
+
+def plan_sweep(experiment: Experiment, sampling: ParameterSampling, primary_metric_name: str,
+               primary_metric_goal: PrimaryMetricGoal | str, max_total_runs: int | None = None,
+               policy: EarlyTerminationPolicy | None = None, run_key: str | None = None,
+               run_name: str | None = None, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Create a sweep's parent run and plan every trial up front, for one Airflow task per trial.
+
+    Pass the result to ``SubmitTrainingRunOperator.partial(...).expand(sweep_trial=...)``: each trial
+    runs as a child of the parent, its watcher applies ``policy`` by reading its siblings' metrics
+    from MLflow, and :func:`finish_sweep` (``SelectBestTrialOperator``) records the best. The same
+    ``run_key`` plans the same trials again (the seed is kept on the parent run).
+
+    :param experiment: where the sweep runs.
+    :param sampling: grid or random sampling (Bayesian sampling needs results as it goes).
+    :param primary_metric_name: the metric the trials log.
+    :param primary_metric_goal: maximize or minimize it.
+    :param max_total_runs: how many trials (default for a grid: all of it).
+    :param policy: the early termination policy each trial applies.
+    :param run_key: a stable key for the parent run.
+    :param run_name: the parent run's display name.
+    :param tags: extra tags for the parent run.
+    :return: one :class:`TrialPlan` per trial, as plain dicts.
+    """
+    settings = validate_sweep_settings(sampling, primary_metric_name, primary_metric_goal, max_total_runs, None,
+                                       None, policy, "plan_sweep")
+    if settings.sampling.adaptive:
+        raise ConfigurationError(
+            "plan_sweep.hyperparameter_sampling", f"{type(sampling).__name__} picks each trial from the results "
+            "of earlier ones, so its trials cannot be planned as mapped tasks.",
+            "use HyperparameterSweepOperator for Bayesian sampling, or Grid/RandomParameterSampling here.")
+    sweep = Sweep.start(experiment, settings, run_key, run_name, tags)
+    return [plan.to_dict() for plan in sweep.plan_all()]
+
+
+def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
+    """Record the best trial on a planned sweep's parent and end it (once; later calls only report).
+
+    :param experiment: the sweep's experiment.
+    :param parent_run_id: the parent run id (every :class:`TrialPlan` carries it).
+    :return: the parent's status, the best trial and every trial's result.
+    """
+    sweep = Sweep.load(experiment, parent_run_id)
+    state = sweep.state()
+    if not state.is_terminal:
+        state = sweep.finish()
+    best = sweep.best()
+    return {"parent_run_id": parent_run_id, "status": state.value,
+            "primary_metric_name": sweep.settings.primary_metric_name,
+            "best_run": None if best is None else best.to_dict(),
+            "trials": [r.to_dict() for r in sweep.results()]}
