@@ -30,7 +30,9 @@ from airflow_provider.core.hyperdrive import (
     uniform,
 )
 from airflow_provider.core.tracking import Tags
+from tests.conftest import skip_or_fail
 from tests.helpers import wait_until, write_script
+from tests.ssh_hosts import SSHHost
 
 pytestmark = pytest.mark.usefixtures("tracking_uri", "nothing_left_behind")
 
@@ -42,14 +44,17 @@ CURVE_SCRIPT = """
     parser.add_argument("--pause", type=float, default=0.3)
     args = parser.parse_args()
     curve = json.loads(os.environ["CURVES"])[args.curve]
-    with open(os.environ["STARTS"], "a") as out:
-        out.write(json.dumps({"curve": args.curve, "start": time.time()}) + "\\n")
+    starts = os.environ.get("STARTS")
+    if starts:
+        with open(starts, "a") as out:
+            out.write(json.dumps({"curve": args.curve, "start": time.time()}) + "\\n")
     run = Run.get_context()
     for value in curve:
         run.log("score", value)
         time.sleep(args.pause)
-    with open(os.environ["STARTS"], "a") as out:
-        out.write(json.dumps({"curve": args.curve, "end": time.time()}) + "\\n")
+    if starts:
+        with open(starts, "a") as out:
+            out.write(json.dumps({"curve": args.curve, "end": time.time()}) + "\\n")
 """
 
 
@@ -295,3 +300,48 @@ def test_a_sweep_resumed_after_its_driver_died_does_not_rerun_finished_trials(tm
     again = Experiment("resume").submit(config, run_key="dag/sweep/run-1")
     assert again.id == parent_id and again.wait_for_completion()["status"] == "Completed"
     assert sum(1 for line in starts.read_text().splitlines() if "start" in line) == 4, "a finished sweep reruns nothing"
+
+
+def _docker_target() -> Any:
+    from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+
+    target = DockerTarget()
+    try:
+        target.check()
+        target.client.images.get(DEFAULT_IMAGE)
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine or base image (run scripts/components.sh as root): {exc}")
+    return target
+
+
+def _ssh_target(host: SSHHost) -> Any:
+    import uuid
+
+    from airflow_provider.core.targets.ssh import SSHTarget
+    from airflow_provider.core.targets.ssh_connection import SSHSettings
+
+    settings = SSHSettings(host.host, host.port, username=host.username, key_file=str(host.key_path),
+                           host_key=host.host_public_key)
+    return SSHTarget(settings, work_root=f"/tmp/training-runs-test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("kind", ["docker", "ssh"])
+def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    target = _docker_target() if kind == "docker" else _ssh_target(request.getfixturevalue("ssh_container"))
+    curves = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.6, 0.7, 0.7, 0.7, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    source = tmp_path / "src"
+    write_script(source, CURVE_SCRIPT)
+    base = ScriptRunConfig(source, "train.py", arguments=["--pause", 0.4], compute_target=target,
+                           environment_variables={"CURVES": json.dumps(curves)})
+    # Trial 2 starts only when a slot frees, so a whole curve of a sibling is in MLflow by then.
+    config = HyperDriveConfig(base, GridParameterSampling({"--curve": choice(0, 1, 2)}), "score", "MAXIMIZE",
+                              max_concurrent_runs=2, policy=BanditPolicy(slack_amount=0.3, delay_evaluation=2))
+    lines: list[str] = []
+    details = Experiment(f"sweep-{kind}").submit(config).wait_for_completion(output=lines.append)
+    statuses = {t["trial_index"]: t["status"] for t in details["trials"]}
+    assert statuses == {0: "Completed", 1: "Completed", 2: "Canceled"}, details
+    stopped = MlflowClient().get_run(details["trials"][2]["run_id"]).data.tags
+    assert stopped[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:"), stopped[Tags.ERROR]
+    assert kind in stopped[Tags.TARGET]
+    assert details["bestRun"]["hyperparameters"] == {"--curve": 0}

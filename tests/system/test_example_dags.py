@@ -269,3 +269,55 @@ def test_sweep_mapped_runs_one_task_per_trial_and_selects_the_best(
     best_index = max(completed, key=lambda i: (completed[i], -i))
     assert best["best_run"]["trial_index"] == best_index
     assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == children[best_index].info.run_id
+
+
+MAPPED_SWEEP_DAG = '''
+import json
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider.core.hyperdrive import BanditPolicy, GridParameterSampling, choice
+from airflow_provider.operators import (
+    PlanHyperparameterSweepOperator, SelectBestTrialOperator, SubmitTrainingRunOperator)
+
+CURVES = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.6, 0.75, 0.85, 0.9, 0.9]]
+with DAG("mapped_sweep_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    plan = PlanHyperparameterSweepOperator(
+        task_id="plan", experiment_name="mapped-sweep", primary_metric_name="score", primary_metric_goal="MAXIMIZE",
+        hyperparameter_sampling=GridParameterSampling({{"--curve": choice(0, 1, 2)}}),
+        policy=BanditPolicy(slack_amount=0.2, delay_evaluation=2))
+    trials = SubmitTrainingRunOperator.partial(
+        task_id="trial", source_directory={source!r}, script="train.py", arguments=["--curve", 0],
+        environment_variables={{"CURVES": json.dumps(CURVES)}}, poll_interval=0.1,
+    ).expand(sweep_trial=plan.output)
+    trials >> SelectBestTrialOperator(task_id="best", sweep_trials=plan.output)
+'''
+
+
+def test_mapped_trials_apply_the_policy_from_their_siblings_in_mlflow_and_a_stopped_trial_is_skipped(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(
+        "import argparse, json, os, time\nfrom airflow_provider.core import Run\n"
+        "parser = argparse.ArgumentParser()\nparser.add_argument('--curve', type=int)\n"
+        "curve = json.loads(os.environ['CURVES'])[parser.parse_args().curve]\nrun = Run.get_context()\n"
+        "for value in curve:\n    run.log('score', value)\n    time.sleep(0.5)\n")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "mapped_sweep_test.py").write_text(MAPPED_SWEEP_DAG.format(source=str(source)))
+    outcome = run_dag("mapped_sweep_test", dags_folder=dags)
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    # dag.test() runs the mapped trials one after another, so trial 1 sees trial 0's whole curve:
+    # at interval 2 its best 0.2 is below 0.6 - 0.2, and its task ends skipped.
+    assert outcome["mapped"]["trial"] == {"0": "success", "1": "skipped", "2": "success"}
+    best = outcome["xcom"]["best"]
+    assert best["status"] == "Completed" and best["best_run"]["trial_index"] == 2
+    statuses = {t["trial_index"]: t["status"] for t in best["trials"]}
+    assert statuses == {0: "Completed", 1: "Canceled", 2: "Completed"}
+    stopped = client.get_run(best["trials"][1]["run_id"])
+    assert stopped.data.tags[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:")
+    assert len(client.get_metric_history(stopped.info.run_id, "score")) < 6
+    parent = client.get_run(best["parent_run_id"])
+    assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == best["best_run"]["run_id"]
+    assert parent.data.metrics["score"] == 0.9

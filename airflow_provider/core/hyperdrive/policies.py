@@ -11,6 +11,7 @@ smallest when minimizing.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,8 +138,9 @@ class BanditPolicy(EarlyTerminationPolicy):
                                      "pass slack_factor=0.1 (10 % of the best) or slack_amount=0.05.")
         for name in ("slack_factor", "slack_amount"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ConfigurationError(f"BanditPolicy.{name}", f"must be a number of at least 0, got {value!r}.",
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ConfigurationError(f"BanditPolicy.{name}", f"must be a finite number of at least 0, got {value!r}.",
                                          f"pass e.g. {name}=0.1.")
 
     def stop_reason(self, interval: int, own: History, others: Sequence[History],

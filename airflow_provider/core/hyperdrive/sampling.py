@@ -309,9 +309,11 @@ def _optuna_distribution(optuna: Any, expression: ParameterExpression) -> Any:
     assert isinstance(expression, Quantized)
     if expression.q is None:
         return optuna.distributions.FloatDistribution(expression.a, expression.b)
-    low = math.ceil(expression.a / expression.q) * expression.q
-    steps = math.floor((expression.b - low) / expression.q + 1e-9)
-    return optuna.distributions.FloatDistribution(low, low + steps * expression.q, step=expression.q)
+    # The multiples of q within [low, high], computed on integers: 0.3 / 0.1 is 2.9999999999999996.
+    first = math.ceil(expression.a / expression.q - 1e-9)
+    last = math.floor(expression.b / expression.q + 1e-9)
+    return optuna.distributions.FloatDistribution(quantize(first * expression.q, expression.q),
+                                                  quantize(last * expression.q, expression.q), step=expression.q)
 
 
 _KINDS: dict[str, type[ParameterSampling]] = {
