@@ -30,7 +30,7 @@ with DAG(
         task_id="sweep",
         source_directory=str(SOURCE),
         script="train.py",
-        arguments=["--epochs", 20],
+        arguments=["--epochs", 20, "--epoch-seconds", 0.1],
         compute_target="local",
         experiment_name="sweep_local",
         hyperparameter_sampling=RandomParameterSampling(

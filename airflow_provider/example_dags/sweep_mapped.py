@@ -45,7 +45,7 @@ with DAG(
         task_id="trial",
         source_directory=str(SOURCE),
         script="train.py",
-        arguments=["--epochs", 20],
+        arguments=["--epochs", 20, "--epoch-seconds", 0.1],
         compute_target="local",
         poll_interval=0.5,
         max_run_duration_seconds=600,

@@ -1,12 +1,14 @@
 """Logistic regression in numpy on generated data: a real model, trained in a few seconds.
 
 Logs loss and accuracy per epoch through ``Run.get_context()`` and writes the model to
-``outputs/model.npz``. Arguments: ``--epochs``, ``--learning-rate``, ``--samples``, ``--seed``.
+``outputs/model.npz``. Arguments: ``--epochs``, ``--learning-rate``, ``--samples``, ``--seed``, and
+``--epoch-seconds`` (a pause per epoch, standing in for a real model's training time).
 """
 
 import argparse
 import json
 import os
+import time
 
 import numpy as np
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.5)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epoch-seconds", type=float, default=0.0)
     args = parser.parse_args()
 
     run = Run.get_context()
@@ -44,6 +47,7 @@ def main() -> None:
         run.log("loss", float(loss))
         run.log("accuracy", accuracy)
         print(f"epoch {epoch}: loss={loss:.4f} accuracy={accuracy:.3f}")
+        time.sleep(args.epoch_seconds)
     os.makedirs("outputs", exist_ok=True)
     np.savez("outputs/model.npz", weights=weights, bias=bias)
     with open("outputs/metrics.json", "w") as handle:
