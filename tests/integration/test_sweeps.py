@@ -241,10 +241,15 @@ def test_max_duration_stops_the_sweep_and_cancels_running_trials(tmp_path: Path)
     assert time.monotonic() - started < 15
     assert details["stopped"] == "the sweep's max_duration_minutes (0.0416667) was reached"
     statuses = {t["trial_index"]: t["status"] for t in details["trials"]}
-    assert statuses == {0: "Canceled", 1: "Canceled", 2: "Canceled"}, "the staged third trial never started"
+    assert statuses == {0: "Canceled", 1: "Canceled", 2: "Canceled", 3: "Canceled"}
     client = MlflowClient()
-    never_started = client.get_run(details["trials"][2]["run_id"]).data.tags
-    assert never_started[Tags.ERROR].startswith("never started: the sweep's max_duration_minutes")
+    for index in (0, 1):
+        stopped = client.get_run(details["trials"][index]["run_id"]).data.tags
+        assert stopped[Tags.ERROR] == "the sweep's max_duration_minutes (0.0416667) was reached"
+    for index in (2, 3):  # staged ahead for the next free slots, never started
+        never_started = client.get_run(details["trials"][index]["run_id"]).data.tags
+        assert never_started[Tags.ERROR].startswith("never started: the sweep's max_duration_minutes")
+        assert Tags.JOB not in never_started
     assert details["status"] == "Failed" and details["error"] == "no trial completed"
     assert MlflowClient().get_run(run.id).info.status == "FAILED"
 

@@ -8,6 +8,7 @@ finished trials, reattaches to running ones (by their run keys) and continues wi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -89,7 +90,10 @@ class SweepDriver:
         self._next_index = 0
         self._finished: set[int] = set()
         self._parent_name: str | None = None
-        self._staged: PendingTrial | None = None
+        self._staged: collections.deque[PendingTrial] = collections.deque()
+        settings_concurrency = sweep.settings.max_concurrent_runs
+        self._stage_depth = 0 if sweep.settings.sampling.adaptive else min(2, settings_concurrency)
+        """Trials kept staged ahead: two slots that free at once both start at once."""
         self._existing = sweep.trials()
         remaining = None if settings.max_duration_minutes is None else \
             settings.max_duration_minutes * 60 - sweep.elapsed_seconds()
@@ -105,12 +109,12 @@ class SweepDriver:
         """
         self._check_deadline()
         while self.stopped is None and len(self.active) < self.sweep.settings.max_concurrent_runs:
-            if self._staged is None:
-                self._staged = self._stage_next()
-            if self._staged is None:
-                break
-            pending, self._staged = self._staged, None
-            self._start(pending)
+            if not self._staged:
+                staged = self._stage_next()
+                if staged is None:
+                    break
+                self._staged.append(staged)
+            self._start(self._staged.popleft())
         if stage_ahead:
             self._stage_ahead()
 
@@ -123,7 +127,7 @@ class SweepDriver:
             self.step()
             if self.active:
                 time.sleep(self.poll_interval)
-        if self._staged is not None:  # the sweep stopped before it could start
+        if self._staged:  # the sweep stopped before they could start
             self._discard_staged(self.stopped or "the sweep ended")
         return self.sweep.finish(stopped=self.stopped)
 
@@ -160,7 +164,7 @@ class SweepDriver:
         :param reason: why the sweep stops.
         """
         self.stopped = reason
-        if self._staged is not None:
+        if self._staged:
             self._discard_staged(reason)
         for trial in self.active.values():
             if trial.watcher.termination_reason is None:
@@ -197,8 +201,11 @@ class SweepDriver:
         return None
 
     def _stage_ahead(self) -> None:
-        if self.stopped is None and self._staged is None and not self.sweep.settings.sampling.adaptive:
-            self._staged = self._stage_next()
+        while self.stopped is None and len(self._staged) < self._stage_depth:
+            staged = self._stage_next()
+            if staged is None:
+                return
+            self._staged.append(staged)
 
     def _start(self, pending: PendingTrial) -> None:
         run = pending.staged.launch() if isinstance(pending.staged, StagedRun) else pending.staged
@@ -211,13 +218,12 @@ class SweepDriver:
         log.info("Trial %d started as run %s with %s", pending.index, run.id, pending.hyperparameters)
 
     def _discard_staged(self, reason: str) -> None:
-        pending, self._staged = self._staged, None
-        if pending is None:
-            return
-        if isinstance(pending.staged, StagedRun):
-            pending.staged.discard(f"never started: {reason}")
-        else:  # a reattached trial: it runs on, so watch it to its end
-            self._start(pending)
+        while self._staged:
+            pending = self._staged.popleft()
+            if isinstance(pending.staged, StagedRun):
+                pending.staged.discard(f"never started: {reason}")
+            else:  # a reattached trial: it runs on, so watch it to its end
+                self._start(pending)
 
     def _record(self, index: int, values: Hyperparameters, run_id: str) -> None:
         self._finished.add(index)
