@@ -83,6 +83,12 @@ class Tags:
     RUN_NAME = "mlflow.runName"
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
+    # Azure ML v1 compatibility (child runs, run.fail(), register_model)
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    CHILD_KEY = "training.child_key"
+    FAIL_REQUESTED = "training.fail_requested"
+    MODEL_ERRORS = "training.model_errors"
+    AZUREML_COMPAT = "training.azureml_compat"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets import job_runner
@@ -188,11 +189,20 @@ class RunWatcher:
             except Exception as exc:
                 log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
                 problems.append(f"{type(exc).__name__}: {exc}")
+        if not problems:  # after ./outputs is uploaded: models to register, run.fail(), open child runs
+            try:
+                state, error = self.relay.finish(state, error)
+            except Exception as exc:
+                log.exception("Finalizing run %s: finishing its child runs and models failed", self.run_id)
+                problems.append(f"{type(exc).__name__}: {exc}")
         if problems:
             raise TrackingError(
                 f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
                 "kept on the target: wait for the run again, or resubmit with the same run key, to collect them"
             )
+        if state is RunState.FAILED:
+            with contextlib.suppress(Exception):  # a hint is a courtesy, never a reason to fail finalizing
+                error = azureml_module_hint(error, self.log_tail())
         if self._failing_rank and state is RunState.FAILED:
             error = f"{error}; {self._failing_rank}"
         tags = {}
