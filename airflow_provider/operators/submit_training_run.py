@@ -59,6 +59,8 @@ class SubmitTrainingRunOperator(BaseOperator):
     :param deferrable: release the worker slot while the run goes on; a trigger watches it.
     :param poll_interval: seconds between polls of the target.
     :param reattach_on_retry: False starts every try afresh instead of reattaching.
+    :param azureml_compat: run an unchanged Azure ML v1 script (``from azureml.core import Run``)
+        with the provider's compatibility layer; see ``docs/migrating-from-azureml-v1.md``.
     """
 
     template_fields: Sequence[str] = (
@@ -94,6 +96,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         deferrable: bool = False,
         poll_interval: float = 5.0,
         reattach_on_retry: bool = True,
+        azureml_compat: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,6 +116,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.reattach_on_retry = reattach_on_retry
+        self.azureml_compat = azureml_compat
         self._run: ScriptRun | None = None
         self._reference: RunReference | None = None
         self._credentials: dict[str, str] = {}
@@ -244,6 +248,7 @@ class SubmitTrainingRunOperator(BaseOperator):
             distributed_job_config=self.distributed_job_config,
             max_run_duration_seconds=self.max_run_duration_seconds,
             environment_variables=plain,
+            azureml_compat=self.azureml_compat,
         )
         return config, {**secrets, **credentials}
 
