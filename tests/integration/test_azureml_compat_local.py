@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,23 @@ def test_replayed_child_and_model_events_create_nothing_twice(tmp_path: Path) ->
     (child,) = children_of(experiment, run.id)
     assert child.info.status == "FINISHED" and child.data.metrics["loss"] == 0.5
     assert len(MlflowClient().search_model_versions("name = 'replayed'")) == 1
+
+
+def test_the_layer_needs_only_the_standard_library(tmp_path: Path) -> None:
+    """The pure-Python example on a bare system interpreter (no numpy, no mlflow), as in the base image."""
+    bare = Path("/usr/bin/python3")
+    if not bare.exists() or subprocess.run([str(bare), "-c", "import numpy"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without numpy at /usr/bin/python3")
+    env = Environment("bare-python")
+    env.python.user_managed_dependencies = True
+    env.python.interpreter_path = str(bare)
+    experiment = Experiment("v1-bare")
+    run = experiment.submit(ScriptRunConfig(example("stdlib_ridge", tmp_path), "train.py", environment=env,
+                                            arguments=["--output-name", "result.json", "--run-ref", "$AZUREML_RUN_ID"],
+                                            azureml_compat=True))
+    assert run.wait_for_completion()["status"] == "Completed"
+    assert run.get_metrics()["alphas"] == [0.0, 0.5, 1.0, 2.0]
+    assert len(children_of(experiment, run.id)) == 4
+    assert "images/pixel.png" in artifacts(run.id)
+    result = json.loads(run.download_file("outputs/result.json", tmp_path / "r.json").read_text())
+    assert result == {"run_ref": run.id, "run_id": run.id, "experiment": "v1-bare"}

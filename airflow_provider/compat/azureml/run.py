@@ -289,8 +289,8 @@ class Run(_ContextRun):
             raise ValueError(f"run.create_children needs count= (a whole number, got {count!r}) or tag_key= "
                              "with tag_values=")
         children = [self.child_run() for _ in range(number)]
-        for child, value in zip(children, values or [], strict=False):
-            child.tag(str(tag_key), value)
+        for index, value in enumerate(values or []):  # (no zip(strict=): SSH hosts may run Python 3.9)
+            children[index].tag(str(tag_key), value)
         return children
 
     # ------------------------------------------------------------------ secrets and models
