@@ -106,6 +106,7 @@ def test_child_runs_become_nested_mlflow_runs(tmp_path: Path) -> None:
     for i, fold in enumerate(folds):
         assert fold.info.status == "FINISHED" and fold.data.tags["kind"] == "fold"
         assert fold.data.metrics["fold"] == i
+        assert artifacts(fold.info.run_id) == {"tables/epochs.json", "notes/fold.txt"}
         assert [m.value for m in MlflowClient().get_metric_history(fold.info.run_id, "loss")] == [
             1.0 / (i + 1), 0.5 / (i + 1)]
     models = {children[f"{run.id}_{i}"].data.tags["model"]: children[f"{run.id}_{i}"] for i in (3, 4)}
@@ -198,6 +199,9 @@ def test_replayed_child_and_model_events_create_nothing_twice(tmp_path: Path) ->
         child.complete()
         run.upload_file("model/model.txt", __file__)
         run.register_model("replayed", "model/model.txt")
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/late.txt", "w").write("registered when ./outputs is uploaded")
+        run.register_model("from-outputs", "outputs/late.txt")
         open("logged", "w").close()
         while not os.path.exists("go"):
             time.sleep(0.05)
@@ -216,6 +220,8 @@ def test_replayed_child_and_model_events_create_nothing_twice(tmp_path: Path) ->
     (child,) = children_of(experiment, run.id)
     assert child.info.status == "FINISHED" and child.data.metrics["loss"] == 0.5
     assert len(MlflowClient().search_model_versions("name = 'replayed'")) == 1
+    (late,) = MlflowClient().search_model_versions("name = 'from-outputs'")  # pending across relay restarts
+    assert late.source.endswith("/outputs/late.txt")
 
 
 def test_the_layer_needs_only_the_standard_library(tmp_path: Path) -> None:

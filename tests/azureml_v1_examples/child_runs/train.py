@@ -8,6 +8,8 @@ for i, fold in enumerate(folds):
     fold.log('fold', i)
     fold.log_list('loss', [1.0 / (i + 1), 0.5 / (i + 1)])
     fold.tag('kind', 'fold')
+    fold.log_row('epochs', epoch=1, loss=0.5 / (i + 1))
+    fold.upload_file('notes/fold.txt', __file__)
     fold.complete()
 
 for child in run.create_children(tag_key='model', tag_values=['ridge', 'lasso']):
