@@ -1,9 +1,9 @@
 """Child runs and model registration asked for by a run's events (Azure ML v1 compatibility).
 
 The relay calls these on the watcher's side, where MLflow is. Both are idempotent, because the
-relay may replay events after a crash (see :mod:`relay`): a child run is found again by its key
-(the tag ``training.child_key``) before one is created, and a model version is found again by its
-run and source before one is registered.
+relay may replay events after a crash (see :mod:`relay`): a child run is found again by its root
+run and key (the tags ``training.root_run_id`` and ``training.child_key``) before one is created,
+and a model version is found again by its run and source before one is registered.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class ChildRuns:
             return None
         run = self.tracker.client.create_run(
             self.experiment_id, run_name=event.name or event.child,
-            tags={Tags.PARENT_RUN_ID: parent, Tags.CHILD_KEY: event.child,
+            tags={Tags.PARENT_RUN_ID: parent, Tags.CHILD_KEY: event.child, Tags.ROOT_RUN_ID: self.run_id,
                   Tags.STATE: RunState.RUNNING.value},
         )
         self._ids[event.child] = str(run.info.run_id)
@@ -114,7 +114,8 @@ class ChildRuns:
         if not _valid_key(key):
             return None
         runs = self.tracker.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{Tags.CHILD_KEY}` = '{key}'", max_results=1,
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.`{Tags.ROOT_RUN_ID}` = '{self.run_id}' and tags.`{Tags.CHILD_KEY}` = '{key}'",
         )
         return str(runs[0].info.run_id) if runs else None
 

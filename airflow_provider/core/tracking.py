@@ -86,6 +86,7 @@ class Tags:
     # Azure ML v1 compatibility (child runs, run.fail(), register_model)
     PARENT_RUN_ID = "mlflow.parentRunId"
     CHILD_KEY = "training.child_key"
+    ROOT_RUN_ID = "training.root_run_id"
     FAIL_REQUESTED = "training.fail_requested"
     MODEL_ERRORS = "training.model_errors"
     AZUREML_COMPAT = "training.azureml_compat"

@@ -242,3 +242,21 @@ def test_the_layer_needs_only_the_standard_library(tmp_path: Path) -> None:
     assert "images/pixel.png" in artifacts(run.id)
     result = json.loads(run.download_file("outputs/result.json", tmp_path / "r.json").read_text())
     assert result == {"run_ref": run.id, "run_id": run.id, "experiment": "v1-bare"}
+
+
+def test_explicit_child_ids_are_per_run(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        from azureml.core import Run
+        child = Run.get_context().child_run(run_id="fold-1")
+        child.log("x", 1)
+        child.complete()
+    """)
+    experiment = Experiment("v1-explicit-ids")
+    config = ScriptRunConfig(tmp_path / "src", "train.py", azureml_compat=True)
+    first, second = (experiment.submit(config) for _ in range(2))
+    for run in (first, second):
+        run.wait_for_completion()
+    (one,) = children_of(experiment, first.id)
+    (two,) = children_of(experiment, second.id)
+    assert one.info.run_id != two.info.run_id
+    assert one.data.tags[Tags.CHILD_KEY] == two.data.tags[Tags.CHILD_KEY] == "fold-1"
