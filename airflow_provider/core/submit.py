@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from airflow_provider.core import events as events_module
 from airflow_provider.core import rank_launcher
@@ -41,7 +41,10 @@ from airflow_provider.core.targets.job_runner import RANKS_DIR
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
 
-__all__ = ["Experiment", "ScriptRun"]
+if TYPE_CHECKING:
+    from airflow_provider.core.hyperdrive import HyperDriveConfig, HyperDriveRun
+
+__all__ = ["Experiment", "ScriptRun", "StagedRun"]
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,27 @@ class Experiment:
             self._id = self.tracker.experiment_id(self.name)
         return self._id
 
+    @overload
     def submit(self, config: ScriptRunConfig, tags: dict[str, str] | None = None, *,
                run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
-               secret_variables: dict[str, str] | None = None) -> ScriptRun:
+               secret_variables: dict[str, str] | None = None, params: dict[str, str] | None = None) -> ScriptRun: ...
+
+    @overload
+    def submit(self, config: HyperDriveConfig, tags: dict[str, str] | None = None, *,
+               run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
+               secret_variables: dict[str, str] | None = None,
+               params: dict[str, str] | None = None) -> HyperDriveRun: ...
+
+    def submit(self, config: ScriptRunConfig | HyperDriveConfig, tags: dict[str, str] | None = None, *,
+               run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
+               secret_variables: dict[str, str] | None = None,
+               params: dict[str, str] | None = None) -> ScriptRun | HyperDriveRun:
         """Validate ``config`` and start the run detached; return its handle at once.
 
-        :param config: the run to start.
+        A :class:`~airflow_provider.core.hyperdrive.HyperDriveConfig` starts a sweep: its parent run
+        and first trials (see :func:`~airflow_provider.core.hyperdrive.run.submit_sweep`).
+
+        :param config: the run (or sweep) to start.
         :param tags: extra MLflow tags for the run.
         :param run_key: a stable key (e.g. dag/task/logical run/map index). When a run with this key
             exists and ``reattach`` is True: a run still going is reattached, a finished one is
@@ -89,6 +107,27 @@ class Experiment:
         :param reattach: False always starts a new run.
         :param run_name: MLflow's display name of the run.
         :param secret_variables: variables for the run's process that are never written to MLflow.
+        :param params: MLflow params of the run (a sweep's sampled hyperparameters).
+        """
+        from airflow_provider.core.hyperdrive import HyperDriveConfig
+        from airflow_provider.core.hyperdrive.run import submit_sweep
+
+        if isinstance(config, HyperDriveConfig):
+            return submit_sweep(self, config, tags, run_key, run_name, secret_variables)
+        staged = self.stage(config, tags, run_key=run_key, reattach=reattach, run_name=run_name,
+                            secret_variables=secret_variables, params=params)
+        return staged.launch() if isinstance(staged, StagedRun) else staged
+
+    def stage(self, config: ScriptRunConfig, tags: dict[str, str] | None = None, *,
+              run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
+              secret_variables: dict[str, str] | None = None,
+              params: dict[str, str] | None = None) -> ScriptRun | StagedRun:
+        """Everything :meth:`submit` does short of starting the job: validate, create the run, snapshot,
+        prepare the environment, stage the job on the target. A sweep stages its next trial while the
+        running ones finish, so a free slot is filled at once.
+
+        :return: a :class:`StagedRun` to launch, or the :class:`ScriptRun` an existing run with
+            ``run_key`` was reattached to. The parameters are :meth:`submit`'s.
         """
         resolved = config.validate()
         target = resolve_target(config.compute_target)
@@ -120,6 +159,8 @@ class Experiment:
         run_id = self.tracker.create_run(self.id, initial_tags, run_name)
         handle: JobHandle | None = None
         try:
+            if params:
+                self.tracker.log_params(run_id, params)
             self.tracker.log_text(run_id, snapshot.manifest_json(), "snapshot/manifest.json")
             if git is not None and git.diff:
                 self.tracker.log_text(run_id, git.diff, "git/uncommitted.diff")
@@ -130,12 +171,11 @@ class Experiment:
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             })
             handle = target.stage(run_id, snapshot, store, _runtime_files(resolved.azureml_compat), prepared)
-            target.launch(handle, self._job_spec(run_id, target, handle, resolved, prepared, secret_variables))
-            self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+            spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables)
         except BaseException as exc:
             self._fail_before_start(run_id, target, handle, exc)
             raise
-        return ScriptRun(self, run_id, target, handle)
+        return StagedRun(self, run_id, target, handle, spec)
 
     # ------------------------------------------------------------------ steps
     def _reattach(self, run_key: str, target: ComputeTarget) -> ScriptRun | None:
@@ -220,6 +260,48 @@ class Experiment:
             if handle is not None:
                 target.cancel(handle, grace_seconds=2)
                 target.cleanup(handle)
+
+
+class StagedRun:
+    """A run whose job is staged on its target but not started (:meth:`Experiment.stage`).
+
+    :param experiment: the run's experiment.
+    :param run_id: the MLflow run id (state Starting).
+    :param target: the target the job is staged on.
+    :param handle: the staged job.
+    :param spec: how to start it.
+    """
+
+    def __init__(self, experiment: Experiment, run_id: str, target: ComputeTarget, handle: JobHandle,
+                 spec: JobSpec) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        self.target = target
+        self.handle = handle
+        self.spec = spec
+
+    def launch(self) -> ScriptRun:
+        """Start the job detached; the run is Running when this returns."""
+        try:
+            self.target.launch(self.handle, self.spec)
+            self.experiment.tracker.set_state(self.id, RunState.RUNNING, {Tags.JOB: json.dumps(self.handle.to_dict())})
+        except BaseException as exc:
+            self.experiment._fail_before_start(self.id, self.target, self.handle, exc)
+            raise
+        return ScriptRun(self.experiment, self.id, self.target, self.handle)
+
+    def discard(self, reason: str) -> None:
+        """Never start the job: remove it from the target; the run ends Canceled with ``reason``.
+
+        :param reason: why (e.g. the sweep stopped).
+        """
+        tracker = self.experiment.tracker
+        try:
+            tracker.set_tags(self.id, {Tags.ERROR: reason})
+            tracker.terminate(self.id, RunState.CANCELED)
+            tracker.set_state(self.id, RunState.CANCELED)
+        finally:
+            self.target.cleanup(self.handle)
 
 
 class ScriptRun:
@@ -419,10 +501,15 @@ class ScriptRun:
         :param log_offset: where in the driver log output starts.
         :param live_tracking: relay metrics and upload logs while the run goes on.
         """
+        from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
+
         assert self.target is not None and self.handle is not None
+        run = self.tracker.get_run(self.id)
+        monitor = TrialMonitor.from_tags(self.tracker, self.id, run.info.experiment_id, run.data.tags)
         return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
                           upload_interval=self.log_upload_interval, log_offset=log_offset,
-                          live_tracking=live_tracking)
+                          live_tracking=live_tracking, monitor=monitor,
+                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED))
 
     def _lock(self) -> Any:
         from filelock import FileLock

@@ -34,6 +34,7 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_TAGS_PER_BATCH = 100
 _MAX_BATCH_BYTES = 900_000
 _MAX_TAG_VALUE = 8000
+_MAX_PARAM_VALUE = 6000
 
 
 class RunState(str, enum.Enum):
@@ -83,8 +84,20 @@ class Tags:
     RUN_NAME = "mlflow.runName"
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
-    # Azure ML v1 compatibility (child runs, run.fail(), register_model)
     PARENT_RUN_ID = "mlflow.parentRunId"
+    SWEEP_ROLE = "training.sweep.role"
+    SWEEP_SETTINGS = "training.sweep.settings"
+    SWEEP_SEED = "training.sweep.seed"
+    SWEEP_TRIAL_INDEX = "training.sweep.trial_index"
+    SWEEP_HYPERPARAMETERS = "training.sweep.hyperparameters"
+    SWEEP_PRIMARY_METRIC = "training.sweep.primary_metric"
+    SWEEP_GOAL = "training.sweep.goal"
+    SWEEP_POLICY = "training.sweep.policy"
+    SWEEP_TERMINATED = "training.sweep.terminated"
+    SWEEP_STOPPED = "training.sweep.stopped"
+    SWEEP_BEST_RUN_ID = "training.sweep.best_run_id"
+    SWEEP_BEST_HYPERPARAMETERS = "training.sweep.best_hyperparameters"
+    # Azure ML v1 compatibility (child runs, run.fail(), register_model)
     CHILD_KEY = "training.child_key"
     ROOT_RUN_ID = "training.root_run_id"
     FAIL_REQUESTED = "training.fail_requested"
@@ -194,6 +207,36 @@ class Tracker:
         initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = _now_iso()
         run = self.client.create_run(experiment_id, tags=_clip_tags(initial), run_name=run_name)
         return str(run.info.run_id)
+
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
+        """Every run whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first.
+
+        :param experiment_id: the experiment both live in.
+        :param parent_run_id: the parent's run id.
+        """
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{Tags.PARENT_RUN_ID}` = '{parent_run_id}'",
+                order_by=["attributes.start_time ASC"], max_results=1000, page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Log run parameters (each may be logged again only with the same value).
+
+        :param run_id: the MLflow run id.
+        :param params: name -> value (clipped to MLflow's value length).
+        """
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
     def get_run(self, run_id: str) -> Run:
         """Fetch a run.

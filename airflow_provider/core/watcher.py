@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.errors import TargetError, TrackingError
@@ -25,12 +26,21 @@ from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 
-__all__ = ["OutputSink", "RunWatcher", "final_state"]
+__all__ = ["OutputSink", "RunMonitor", "RunWatcher", "final_state"]
 
 log = logging.getLogger(__name__)
 
 OutputSink = Callable[[str], None]
 """Receives the run's output one line at a time (without the newline)."""
+
+
+
+class RunMonitor(Protocol):
+    """Looks at a run's relayed metrics and may ask to stop it (a sweep's early termination)."""
+
+    def check(self) -> str | None:
+        """The reason to stop the run now, or None."""
+
 
 DRIVER_LOG_ARTIFACT = "system_logs/driver.log"
 _LOG_TAIL_BYTES = 4096
@@ -65,6 +75,9 @@ class RunWatcher:
     :param log_offset: where in the driver log output starts (what an earlier watcher already showed).
     :param live_tracking: relay events and upload logs while the run goes on; False only polls and
         streams output (MLflow is then written by whoever finalizes).
+    :param monitor: consulted after new events are relayed; a reason it returns stops the job, and
+        the run ends Canceled with that reason.
+    :param termination_reason: the reason an earlier watcher stopped the job for, if any.
     """
 
     max_step_failures: int = 6
@@ -72,8 +85,11 @@ class RunWatcher:
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
                  output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
-                 live_tracking: bool = True) -> None:
+                 live_tracking: bool = True, monitor: RunMonitor | None = None,
+                 termination_reason: str | None = None) -> None:
         self.tracker = tracker
+        self.monitor = monitor
+        self.termination_reason = termination_reason
         self.target = target
         self.handle = handle
         self.run_id = run_id
@@ -95,14 +111,31 @@ class RunWatcher:
         :return: the job's status after this step.
         """
         status = self.target.poll(self.handle)
-        if self.live_tracking:
-            self.relay.pump()
+        if self.live_tracking and self.relay.pump() and status.state == "running":
+            self._consult_monitor()
         if self.output is not None:  # nobody to show it to: finalize reads the log once, at the end
             self.stream_output()
         if (self.live_tracking and status.state == "running"
                 and time.monotonic() - self._last_upload >= self.upload_interval):
             self._upload_logs()
         return status
+
+    def terminate(self, reason: str) -> None:
+        """Stop the job for ``reason`` (recorded at once); the run ends Canceled with it as its error.
+
+        :param reason: why, e.g. the early termination policy's verdict.
+        """
+        log.info("Run %s: %s; stopping it", self.run_id, reason)
+        self.termination_reason = reason
+        self.tracker.set_tags(self.run_id, {Tags.SWEEP_TERMINATED: reason})
+        self.target.cancel(self.handle, wait=False)
+
+    def _consult_monitor(self) -> None:
+        if self.monitor is None or self.termination_reason is not None:
+            return
+        reason = self.monitor.check()
+        if reason is not None:
+            self.terminate(reason)
 
     @property
     def relay(self) -> EventRelay:
@@ -200,6 +233,11 @@ class RunWatcher:
                 f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
                 "kept on the target: wait for the run again, or resubmit with the same run key, to collect them"
             )
+        if self.termination_reason and state is RunState.CANCELED:
+            error = self.termination_reason
+        elif self.termination_reason:  # it ended by itself before the stop reached it
+            with contextlib.suppress(Exception):  # already removed by an earlier finalize
+                self.tracker.client.delete_tag(self.run_id, Tags.SWEEP_TERMINATED)
         if state is RunState.FAILED:
             with contextlib.suppress(Exception):  # a hint is a courtesy, never a reason to fail finalizing
                 error = azureml_module_hint(error, self.log_tail())

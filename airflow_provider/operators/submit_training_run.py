@@ -20,8 +20,10 @@ from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.finalizer import finalize_in_background
+from airflow_provider.core.hyperdrive.config import trial_run_config
+from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.submit import Experiment, ScriptRun
-from airflow_provider.core.tracking import RunState
+from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
@@ -59,6 +61,11 @@ class SubmitTrainingRunOperator(BaseOperator):
     :param deferrable: release the worker slot while the run goes on; a trigger watches it.
     :param poll_interval: seconds between polls of the target.
     :param reattach_on_retry: False starts every try afresh instead of reattaching.
+    :param sweep_trial: one planned trial of a sweep (an item of ``PlanHyperparameterSweepOperator``'s
+        result, usually mapped: ``.expand(sweep_trial=plan.output)``). Its hyperparameters override
+        the same flags in ``arguments``, the run becomes a child of the sweep's parent run, its
+        watcher applies the sweep's early termination policy, and a trial the policy stops ends
+        the task as skipped.
     :param azureml_compat: run an unchanged Azure ML v1 script (``from azureml.core import Run``)
         with the provider's compatibility layer; see ``docs/migrating-from-azureml-v1.md``.
     """
@@ -96,6 +103,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         deferrable: bool = False,
         poll_interval: float = 5.0,
         reattach_on_retry: bool = True,
+        sweep_trial: dict[str, Any] | None = None,
         azureml_compat: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -116,6 +124,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.reattach_on_retry = reattach_on_retry
+        self.sweep_trial = sweep_trial
         self.azureml_compat = azureml_compat
         self._run: ScriptRun | None = None
         self._reference: RunReference | None = None
@@ -144,10 +153,14 @@ class SubmitTrainingRunOperator(BaseOperator):
 
     def _submit_and_watch(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        experiment = self._experiment(context)
+        trial = None if self.sweep_trial is None else TrialPlan.from_dict(self.sweep_trial)
+        experiment = self._experiment(context, trial)
         config, secrets = self._run_config()
+        if trial is not None:
+            config = trial_run_config(config, trial.hyperparameters)
         tags = {
             **self._string_tags(),
+            **(trial.tags() if trial is not None else {}),
             "airflow.dag_id": ti.dag_id,
             "airflow.task_id": ti.task_id,
             "airflow.run_id": ti.run_id,
@@ -156,7 +169,8 @@ class SubmitTrainingRunOperator(BaseOperator):
         }
         run_key = f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
         run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
-                                run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets)
+                                run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets,
+                                params=trial.params() if trial is not None else None)
         self._run = run
         if self._killed:  # on_kill came while submitting, before there was a run to cancel
             self.on_kill()
@@ -213,10 +227,15 @@ class SubmitTrainingRunOperator(BaseOperator):
         finalize_in_background(self._run, self._credentials)
 
     # ------------------------------------------------------------------ helpers
-    def _experiment(self, context: Context) -> Experiment:
+    def _experiment(self, context: Context, trial: TrialPlan | None = None) -> Experiment:
         tracking_uri = self.tracking_hook.configure_process()
         self._credentials = self.tracking_hook.get_credentials()
-        return Experiment(self.experiment_name or context["ti"].dag_id, tracking_uri=tracking_uri)
+        name = self.experiment_name or (trial.experiment_name if trial else None) or context["ti"].dag_id
+        if trial is not None and name != trial.experiment_name:
+            raise ConfigurationError("experiment_name", f"{name!r} is not the sweep's experiment "
+                                     f"{trial.experiment_name!r}; a trial must live beside its parent run.",
+                                     "leave experiment_name unset on trial tasks (the sweep's is used).")
+        return Experiment(name, tracking_uri=tracking_uri)
 
     def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:
         from airflow.sdk.log import mask_secret
@@ -265,9 +284,12 @@ class SubmitTrainingRunOperator(BaseOperator):
 
     def _result(self, run: ScriptRun, details: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
         if details["status"] != RunState.COMPLETED.value:
-            from airflow.sdk.exceptions import AirflowException
+            from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
             error = details.get("error") or {}
+            terminated = run.tracker.get_run(run.id).data.tags.get(Tags.SWEEP_TERMINATED)
+            if details["status"] == RunState.CANCELED.value and terminated and self.sweep_trial is not None:
+                raise AirflowSkipException(f"Trial run {run.id} was {terminated}")
             raise AirflowException(
                 f"Training run {run.id} ended {details['status']}: {error.get('message', 'unknown error')}\n"
                 f"--- last lines of its log ---\n{error.get('logTail', '')}"

@@ -2,7 +2,8 @@
 
 Usage: ``python run_dag.py DAG_ID [LOGICAL_DATE_ISO]``. AIRFLOW_HOME and the DAG folder come from
 the environment (the system tests set them). Prints
-``{"state": ..., "tasks": {task_id: state}, "xcom": {task_id: return_value}}``.
+``{"state": ..., "tasks": {task_id: state}, "xcom": {task_id: return_value}, "mapped": {task_id:
+{map_index: state}}}``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def main() -> None:
     dag = bag.dags[dag_id]
     run = dag.test(logical_date=logical_date)
     outcome: dict[str, object] = {"state": str(run.state), "run_id": run.run_id, "tasks": {}, "xcom": {},
-                                  "xcom_links": {}}
+                                  "xcom_links": {}, "mapped": {}}
     with create_session() as session:
         for ti in run.get_task_instances(session=session):
             outcome["tasks"][ti.task_id] = str(ti.state)  # type: ignore[index]
+            if ti.map_index >= 0:
+                outcome["mapped"].setdefault(ti.task_id, {})[str(ti.map_index)] = str(ti.state)  # type: ignore[attr-defined]
             query = XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=dag_id,
                                        task_ids=ti.task_id)
             value = session.scalars(query).first()

@@ -209,3 +209,115 @@ def test_train_pytorch_ddp(run_dag: Callable[..., dict[str, Any]], client: Mlflo
     assert len(client.get_metric_history(run_id, "rank_1/loss")) == 20
     assert [a.path for a in client.list_artifacts(run_id, "outputs")] == ["outputs/weights.json"]
     assert "[run] 2 processes: loss" in outcome["output"]
+
+
+def _children(client: MlflowClient, parent: Any) -> list[Any]:
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`{Tags.PARENT_RUN_ID}` = '{parent.info.run_id}'")
+
+
+def _best(client: MlflowClient, run_id: str, metric: str) -> float:
+    return max(m.value for m in client.get_metric_history(run_id, metric))
+
+
+def test_sweep_local_runs_every_trial_as_a_child_and_returns_the_best(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient
+) -> None:
+    outcome = run_dag("sweep_local")
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["sweep"]
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags[Tags.STATE] == "Completed"
+    children = _children(client, parent)
+    assert len(children) == result["trials"] == 6
+    assert {c.data.tags[Tags.SWEEP_TRIAL_INDEX] for c in children} == {str(i) for i in range(6)}
+    for child in children:
+        assert set(child.data.params) == {"learning-rate", "samples"}
+        assert f"--learning-rate {child.data.params['learning-rate']}" in child.data.tags[Tags.COMMAND]
+        assert child.data.tags[Tags.STATE] in ("Completed", "Canceled")
+        if child.data.tags[Tags.STATE] == "Canceled":
+            assert "BanditPolicy at interval" in child.data.tags[Tags.ERROR]
+    scores = {c.info.run_id: _best(client, c.info.run_id, "accuracy") for c in children}
+    best_id = max(scores, key=lambda run_id: scores[run_id])
+    assert result["best_primary_metric"] == scores[best_id]
+    assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == result["best_run_id"]
+    assert scores[result["best_run_id"]] == scores[best_id]
+    assert parent.data.metrics["accuracy"] == scores[best_id]
+    assert "[trial 0] epoch 0: loss=" in outcome["output"], "every trial's output streams into the task log"
+
+
+def test_sweep_mapped_runs_one_task_per_trial_and_selects_the_best(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient
+) -> None:
+    outcome = run_dag("sweep_mapped")
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    best = outcome["xcom"]["best"]
+    parent = client.get_run(best["parent_run_id"])
+    assert parent.data.tags[Tags.STATE] == "Completed"
+    children = {int(c.data.tags[Tags.SWEEP_TRIAL_INDEX]): c for c in _children(client, parent)}
+    assert sorted(children) == list(range(6)), "a 3 x 2 grid: every combination once"
+    grid = [(lr, epochs) for lr in ("0.001", "0.05", "0.5") for epochs in ("10", "25")]
+    for index, child in children.items():
+        assert (child.data.params["learning-rate"], child.data.params["epochs"]) == grid[index]
+        assert f"--epochs {grid[index][1]}" in child.data.tags[Tags.COMMAND], "the grid's epochs override 20"
+        assert child.data.tags[Tags.RUN_KEY].endswith(f"/{index}"), "map index i runs trial i"
+        if child.data.tags[Tags.STATE] == "Canceled":
+            assert "MedianStoppingPolicy at interval" in child.data.tags[Tags.SWEEP_TERMINATED]
+        else:
+            assert child.data.tags[Tags.STATE] == "Completed"
+    completed = {i: _best(client, c.info.run_id, "accuracy") for i, c in children.items()}
+    best_index = max(completed, key=lambda i: (completed[i], -i))
+    assert best["best_run"]["trial_index"] == best_index
+    assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == children[best_index].info.run_id
+
+
+MAPPED_SWEEP_DAG = '''
+import json
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider.core.hyperdrive import BanditPolicy, GridParameterSampling, choice
+from airflow_provider.operators import (
+    PlanHyperparameterSweepOperator, SelectBestTrialOperator, SubmitTrainingRunOperator)
+
+CURVES = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.6, 0.75, 0.85, 0.9, 0.9]]
+with DAG("mapped_sweep_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    plan = PlanHyperparameterSweepOperator(
+        task_id="plan", experiment_name="mapped-sweep", primary_metric_name="score", primary_metric_goal="MAXIMIZE",
+        hyperparameter_sampling=GridParameterSampling({{"--curve": choice(0, 1, 2)}}),
+        policy=BanditPolicy(slack_amount=0.2, delay_evaluation=2))
+    trials = SubmitTrainingRunOperator.partial(
+        task_id="trial", source_directory={source!r}, script="train.py", arguments=["--curve", 0],
+        environment_variables={{"CURVES": json.dumps(CURVES)}}, poll_interval=0.1,
+    ).expand(sweep_trial=plan.output)
+    trials >> SelectBestTrialOperator(task_id="best", sweep_trials=plan.output)
+'''
+
+
+def test_mapped_trials_apply_the_policy_from_their_siblings_in_mlflow_and_a_stopped_trial_is_skipped(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(
+        "import argparse, json, os, time\nfrom airflow_provider.core import Run\n"
+        "parser = argparse.ArgumentParser()\nparser.add_argument('--curve', type=int)\n"
+        "curve = json.loads(os.environ['CURVES'])[parser.parse_args().curve]\nrun = Run.get_context()\n"
+        "for value in curve:\n    run.log('score', value)\n    time.sleep(0.5)\n")
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "mapped_sweep_test.py").write_text(MAPPED_SWEEP_DAG.format(source=str(source)))
+    outcome = run_dag("mapped_sweep_test", dags_folder=dags)
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    # dag.test() runs the mapped trials one after another, so trial 1 sees trial 0's whole curve:
+    # at interval 2 its best 0.2 is below 0.6 - 0.2, and its task ends skipped.
+    assert outcome["mapped"]["trial"] == {"0": "success", "1": "skipped", "2": "success"}
+    best = outcome["xcom"]["best"]
+    assert best["status"] == "Completed" and best["best_run"]["trial_index"] == 2
+    statuses = {t["trial_index"]: t["status"] for t in best["trials"]}
+    assert statuses == {0: "Completed", 1: "Canceled", 2: "Completed"}
+    stopped = client.get_run(best["trials"][1]["run_id"])
+    assert stopped.data.tags[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:")
+    assert len(client.get_metric_history(stopped.info.run_id, "score")) < 6
+    parent = client.get_run(best["parent_run_id"])
+    assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == best["best_run"]["run_id"]
+    assert parent.data.metrics["score"] == 0.9

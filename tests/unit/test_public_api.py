@@ -71,6 +71,7 @@ OPERATOR_PARAMETERS = {
     "deferrable": False,
     "poll_interval": 5.0,
     "reattach_on_retry": True,
+    "sweep_trial": None,
     "azureml_compat": False,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
@@ -170,10 +171,14 @@ def test_every_core_name_imports_without_airflow() -> None:
 def test_operators_all() -> None:
     import airflow_provider.operators as operators
 
-    assert operators.__all__ == ["SubmitTrainingRunOperator"]
+    assert operators.__all__ == ["HyperparameterSweepOperator", "PlanHyperparameterSweepOperator",
+                                 "SelectBestTrialOperator", "SubmitTrainingRunOperator"]
+    from airflow_provider.operators.hyperparameter_sweep import HyperparameterSweepOperator
     from airflow_provider.operators.submit_training_run import SubmitTrainingRunOperator
 
     assert operators.SubmitTrainingRunOperator is SubmitTrainingRunOperator
+    assert operators.HyperparameterSweepOperator is HyperparameterSweepOperator
+    assert issubclass(HyperparameterSweepOperator, SubmitTrainingRunOperator)
 
 
 def test_hooks_all() -> None:
@@ -211,6 +216,56 @@ def test_operator_templated_fields_are_the_documented_ones() -> None:
         line = next(line for line in docstring.splitlines() if line.startswith(f":param {name}:"))
         block = docstring[docstring.index(line):].split(":param ")[1]
         assert "(templated)" in block, f"{name} is templated but its docstring does not say so"
+
+
+# ---------------------------------------------------------------------- airflow_provider.core.hyperdrive
+HYPERDRIVE_API = {
+    "BanditPolicy", "BayesianParameterSampling", "EarlyTerminationPolicy", "GridParameterSampling",
+    "HyperDriveConfig", "HyperDriveRun", "MedianStoppingPolicy", "NoTerminationPolicy", "ParameterSampling",
+    "PrimaryMetricGoal", "RandomParameterSampling", "Sweep", "SweepSettings", "TrialPlan", "TrialResult",
+    "TruncationSelectionPolicy", "choice", "finish_sweep", "lognormal", "loguniform", "normal", "plan_sweep",
+    "qlognormal", "qloguniform", "qnormal", "quniform", "randint", "trial_arguments", "uniform",
+}
+
+
+def test_hyperdrive_all_is_the_documented_set() -> None:
+    import airflow_provider.core.hyperdrive as hyperdrive
+
+    assert set(hyperdrive.__all__) == HYPERDRIVE_API and len(hyperdrive.__all__) == len(HYPERDRIVE_API)
+    for name in HYPERDRIVE_API:
+        assert getattr(hyperdrive, name).__module__.startswith("airflow_provider.core.hyperdrive."), name
+
+
+def test_hyperdrive_keeps_azure_parameter_names_in_order() -> None:
+    from airflow_provider.core.hyperdrive import (
+        BanditPolicy,
+        HyperDriveConfig,
+        HyperDriveRun,
+        MedianStoppingPolicy,
+        TruncationSelectionPolicy,
+    )
+
+    def names(callable_: object) -> list[str]:
+        return [n for n in inspect.signature(callable_).parameters if n != "self"]  # type: ignore[arg-type]
+
+    assert names(HyperDriveConfig) == ["run_config", "hyperparameter_sampling", "primary_metric_name",
+                                       "primary_metric_goal", "max_total_runs", "max_concurrent_runs",
+                                       "max_duration_minutes", "policy"]
+    assert names(BanditPolicy) == ["evaluation_interval", "slack_factor", "slack_amount", "delay_evaluation"]
+    assert names(MedianStoppingPolicy) == ["evaluation_interval", "delay_evaluation"]
+    assert names(TruncationSelectionPolicy) == ["truncation_percentage", "evaluation_interval", "delay_evaluation"]
+    assert names(HyperDriveRun.get_children_sorted_by_primary_metric) == ["top", "reverse", "discard_no_metric"]
+    assert names(HyperDriveRun.get_best_run_by_primary_metric) == ["include_failed", "include_canceled"]
+
+
+def test_hyperdrive_imports_neither_airflow_nor_optuna_until_bayesian_sampling_runs() -> None:
+    code = (
+        "from airflow_provider.core.hyperdrive import HyperDriveConfig, RandomParameterSampling, uniform\n"
+        "RandomParameterSampling({'lr': uniform(0, 1)}, seed=1)\n"
+        "import sys\n"
+        "assert 'optuna' not in sys.modules\n"
+    )
+    assert "airflow" not in _imported_after(code)
 
 
 # ---------------------------------------------------------------------- Azure ML v1 compatibility

@@ -1,0 +1,182 @@
+"""``HyperDriveRun``: the handle of a submitted sweep (Azure ML v1's ``HyperDriveRun``)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider.core.errors import RunFailedError
+from airflow_provider.core.hyperdrive.config import HyperDriveConfig
+from airflow_provider.core.hyperdrive.driver import SweepDriver, prefixed
+from airflow_provider.core.hyperdrive.sweep import Sweep
+from airflow_provider.core.tracking import RunState, Tags
+from airflow_provider.core.watcher import OutputSink
+
+if TYPE_CHECKING:
+    from airflow_provider.core.submit import Experiment, ScriptRun
+
+__all__ = ["HyperDriveRun", "submit_sweep"]
+
+
+def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[str, str] | None = None,
+                 run_key: str | None = None, run_name: str | None = None,
+                 secret_variables: dict[str, str] | None = None) -> HyperDriveRun:
+    """Validate ``config``, create (or pick up, by ``run_key``) the parent run and launch the first trials.
+
+    :param experiment: where the sweep runs.
+    :param config: the sweep.
+    :param tags: extra tags for the parent and every trial.
+    :param run_key: a stable key; a sweep with this key that has not ended Failed or Canceled is
+        picked up: its finished trials are kept, its running ones reattached.
+    :param run_name: the parent run's display name (trials are ``<name>_<index>``).
+    :param secret_variables: variables for every trial's process, never written to MLflow.
+    """
+    settings = config.validate()
+    sweep = Sweep.start(experiment, settings, run_key, run_name, tags)
+    run = HyperDriveRun(sweep, config, tags, secret_variables)
+    if not sweep.state().is_terminal:
+        run.driver.launch_ready()
+    return run
+
+
+class HyperDriveRun:
+    """A sweep: its parent run, its trials and their best.
+
+    Trials are launched and watched while :meth:`wait_for_completion` runs (the Airflow operator
+    calls it); a trial already running goes on by itself, and a later ``wait_for_completion``, in
+    this or another process, reattaches to it.
+
+    :param sweep: the sweep's MLflow side.
+    :param config: its configuration (None: only results can be read).
+    :param tags: extra tags for the trials.
+    :param secret_variables: variables for every trial's process.
+    """
+
+    def __init__(self, sweep: Sweep, config: HyperDriveConfig | None = None, tags: dict[str, str] | None = None,
+                 secret_variables: dict[str, str] | None = None) -> None:
+        self.sweep = sweep
+        self.config = config
+        self._tags = tags
+        self._secret_variables = secret_variables
+        self._driver: SweepDriver | None = None
+
+    def __repr__(self) -> str:
+        return f"HyperDriveRun(id={self.id!r}, experiment={self.experiment.name!r})"
+
+    @property
+    def id(self) -> str:
+        """The parent run's id."""
+        return self.sweep.parent_run_id
+
+    @property
+    def experiment(self) -> Experiment:
+        """The experiment the sweep runs in."""
+        return self.sweep.experiment
+
+    @property
+    def driver(self) -> SweepDriver:
+        """The driver that launches and watches trials (created on first use)."""
+        if self._driver is None:
+            if self.config is None:
+                raise RuntimeError("this HyperDriveRun was loaded without its HyperDriveConfig; it cannot run trials")
+            self._driver = SweepDriver(self.sweep, self.config.run_config, tags=self._tags,
+                                       secret_variables=self._secret_variables)
+        return self._driver
+
+    # ------------------------------------------------------------------ control
+    def get_status(self) -> str:
+        """The parent run's detailed state (``Running``, ``Completed``, ...)."""
+        return self.sweep.state().value
+
+    def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
+                            output: OutputSink | None = None, poll_interval: float = 0.02) -> dict[str, Any]:
+        """Run the sweep to its end: launch, watch and finalize trials; record the best on the parent.
+
+        :param show_output: print every trial's output, prefixed ``[trial N]``.
+        :param raise_on_error: raise :class:`RunFailedError` when no trial completed.
+        :param output: a callable receiving each output line (instead of printing).
+        :param poll_interval: seconds between two rounds of polling the running trials.
+        :return: the parent's status, the best trial and every trial's result.
+        """
+        if not self.sweep.state().is_terminal:
+            driver = self.driver
+            driver.output = output or (print if show_output else None)
+            driver.poll_interval = poll_interval
+            for trial in driver.active.values():  # launched by submit(), before an output was known
+                if driver.output is not None and trial.watcher.output is None:
+                    trial.watcher.output = prefixed(driver.output, f"[trial {trial.index}] ")
+            driver.run()
+        details = self.get_details()
+        if raise_on_error and details["status"] != RunState.COMPLETED.value:
+            raise RunFailedError(self.id, details["status"], details.get("error") or "no trial completed")
+        return details
+
+    def cancel(self, reason: str = "the sweep was canceled") -> None:
+        """Stop the trials this handle is running (each ends Canceled) and end the sweep Canceled.
+
+        :param reason: recorded on each stopped trial.
+        """
+        if self._driver is not None:
+            self._driver.stop(reason)
+            while self._driver.active:
+                self._driver.step()
+                time.sleep(self._driver.poll_interval)
+        if not self.sweep.state().is_terminal:
+            self.sweep.finish(RunState.CANCELED, stopped=reason)
+
+    # ------------------------------------------------------------------ results
+    def get_details(self) -> dict[str, Any]:
+        """The parent's status, the best trial, every trial's result."""
+        parent = self.sweep.parent()
+        tags = parent.data.tags
+        best = self.sweep.best()
+        return {
+            "runId": self.id,
+            "experimentId": parent.info.experiment_id,
+            "status": tags.get(Tags.STATE, RunState.QUEUED.value),
+            "error": tags.get(Tags.ERROR),
+            "stopped": tags.get(Tags.SWEEP_STOPPED),
+            "primaryMetricName": self.sweep.settings.primary_metric_name,
+            "primaryMetricGoal": self.sweep.settings.primary_metric_goal.value,
+            "bestRun": None if best is None else best.to_dict(),
+            "trials": [r.to_dict() for r in self.sweep.results()],
+        }
+
+    def get_children(self) -> list[ScriptRun]:
+        """Every trial's run, by trial index."""
+        from airflow_provider.core.submit import ScriptRun
+
+        return [ScriptRun(self.experiment, r.run_id, None, None) for r in self.sweep.results()]
+
+    def get_hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """Trial run id -> the hyperparameters it ran with."""
+        return {r.run_id: r.hyperparameters for r in self.sweep.results()}
+
+    def get_metrics(self) -> dict[str, dict[str, float | list[float]]]:
+        """Trial run id -> its metrics (one value, or the series)."""
+        return {child.id: child.get_metrics() for child in self.get_children()}
+
+    def get_children_sorted_by_primary_metric(self, top: int = 0, reverse: bool = False,
+                                              discard_no_metric: bool = False) -> list[dict[str, Any]]:
+        """Trials best first by their best primary metric value (as Azure ML v1's method).
+
+        :param top: keep only this many (0: all).
+        :param reverse: worst first instead.
+        :param discard_no_metric: leave out trials that reported no primary metric.
+        :return: dicts with ``run_id``, ``trial_index``, ``hyperparameters``, ``status`` and
+            ``best_primary_metric``.
+        """
+        return [r.to_dict() for r in self.sweep.sorted_results(top, reverse, discard_no_metric)]
+
+    def get_best_run_by_primary_metric(self, include_failed: bool = True,
+                                       include_canceled: bool = True) -> ScriptRun | None:
+        """The trial with the best primary metric value, or None when no trial reported it.
+
+        :param include_failed: consider trials that ended Failed.
+        :param include_canceled: consider trials that ended Canceled (early-terminated ones did).
+        """
+        from airflow_provider.core.submit import ScriptRun
+
+        best = self.sweep.best(include_failed, include_canceled)
+        return None if best is None else ScriptRun(self.experiment, best.run_id, None, None)
+

@@ -1,0 +1,347 @@
+"""Hyperparameter sweeps on real targets with a real MLflow store: scripts whose metric curves are
+known in advance prove which trials each policy stops, and at which interval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core.hyperdrive import (
+    BanditPolicy,
+    BayesianParameterSampling,
+    GridParameterSampling,
+    HyperDriveConfig,
+    HyperDriveRun,
+    MedianStoppingPolicy,
+    RandomParameterSampling,
+    TruncationSelectionPolicy,
+    choice,
+    quniform,
+    uniform,
+)
+from airflow_provider.core.tracking import Tags
+from tests.conftest import skip_or_fail
+from tests.helpers import wait_until, write_script
+from tests.ssh_hosts import SSHHost
+
+pytestmark = pytest.mark.usefixtures("tracking_uri", "nothing_left_behind")
+
+CURVE_SCRIPT = """
+    import argparse, json, os, time
+    from airflow_provider.core import Run
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--curve", type=int, required=True)
+    parser.add_argument("--pause", type=float, default=0.3)
+    args = parser.parse_args()
+    curve = json.loads(os.environ["CURVES"])[args.curve]
+    starts = os.environ.get("STARTS")
+    if starts:
+        with open(starts, "a") as out:
+            out.write(json.dumps({"curve": args.curve, "start": time.time()}) + "\\n")
+    run = Run.get_context()
+    for value in curve:
+        run.log("score", value)
+        time.sleep(args.pause)
+    if starts:
+        with open(starts, "a") as out:
+            out.write(json.dumps({"curve": args.curve, "end": time.time()}) + "\\n")
+"""
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+
+
+def curve_config(tmp_path: Path, curves: list[list[float]], pause: float = 0.3) -> ScriptRunConfig:
+    source = tmp_path / "src"
+    write_script(source, CURVE_SCRIPT)
+    return ScriptRunConfig(source, "train.py", arguments=["--pause", pause], environment_variables={
+        "CURVES": json.dumps(curves), "STARTS": str(tmp_path / "starts.jsonl")})
+
+
+def trials_by_curve(run: HyperDriveRun) -> dict[int, dict[str, Any]]:
+    client = MlflowClient()
+    found = {}
+    for trial in run.get_details()["trials"]:
+        tags = client.get_run(trial["run_id"]).data.tags
+        history = [m.value for m in client.get_metric_history(trial["run_id"], "score")]
+        found[trial["hyperparameters"]["--curve"]] = {**trial, "tags": tags, "history": history}
+    return found
+
+
+def run_policy_sweep(tmp_path: Path, curves: list[list[float]], policy: Any, goal: str = "MAXIMIZE") -> HyperDriveRun:
+    sampling = GridParameterSampling({"--curve": choice(*range(len(curves)))})
+    config = HyperDriveConfig(curve_config(tmp_path, curves), sampling, "score", goal, max_concurrent_runs=1,
+                              policy=policy)
+    run = Experiment("policies").submit(config)
+    run.wait_for_completion()
+    return run
+
+
+def assert_stopped(trial: dict[str, Any], interval: int, policy: str, curve_length: int) -> None:
+    assert trial["status"] == "Canceled", trial
+    assert trial["tags"][Tags.ERROR].startswith(f"terminated early by {policy} at interval {interval}:"), trial["tags"]
+    assert interval <= len(trial["history"]) < curve_length, "stopped at once, long before its last report"
+
+
+def assert_ran_to_the_end(trial: dict[str, Any], curve: list[float]) -> None:
+    assert trial["status"] == "Completed", trial
+    assert trial["history"] == curve
+    assert Tags.SWEEP_TERMINATED not in trial["tags"]
+
+
+def test_bandit_policy_stops_exactly_the_trials_outside_the_slack(tmp_path: Path) -> None:
+    curves = [
+        [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8],    # the best: runs to the end
+        [0.45, 0.55, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7],  # within 0.8 / 1.2 = 0.667 at every interval
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],    # interval 2: 0.2 < 0.6 / 1.2 = 0.5
+        [0.5, 0.55, 0.58, 0.6, 0.9, 0.9, 0.9, 0.9],  # 2: 0.55 >= 0.5; 3: 0.58 < 0.7 / 1.2 = 0.583
+    ]
+    run = run_policy_sweep(tmp_path, curves, BanditPolicy(slack_factor=0.2, evaluation_interval=1, delay_evaluation=2))
+    trials = trials_by_curve(run)
+    assert_ran_to_the_end(trials[0], curves[0])
+    assert_ran_to_the_end(trials[1], curves[1])
+    assert_stopped(trials[2], 2, "BanditPolicy", 8)
+    assert "this trial's best 0.2 is below 0.5 = best 0.6 / (1 + slack_factor 0.2)" in trials[2]["tags"][Tags.ERROR]
+    assert_stopped(trials[3], 3, "BanditPolicy", 8)
+    details = run.get_details()
+    assert details["status"] == "Completed" and details["bestRun"]["hyperparameters"] == {"--curve": 0}
+
+
+def test_median_stopping_policy_compares_with_the_median_of_running_averages(tmp_path: Path) -> None:
+    # Minimizing a loss. Interval 3 (delay 3, every 3rd report): running averages of the first 3.
+    curves = [
+        [1.0, 0.8, 0.6, 0.5, 0.4, 0.3],   # average 0.8
+        [1.2, 1.0, 0.9, 0.8, 0.7, 0.6],   # average 1.033; best 0.9 > median(0.8, 1.033) = 0.917? no: 0.9 < 0.917
+        [2.0, 1.9, 1.8, 1.7, 1.6, 1.5],   # best 1.8 > median(0.8, 1.033, 1.9) = 1.033: stopped at 3
+        [1.1, 1.0, 0.95, 0.2, 0.1, 0.1],  # 3: best 0.95 <= median(0.8, 1.033, 1.9, 1.017) = 1.025; 6: best 0.1
+    ]
+    run = run_policy_sweep(tmp_path, curves, MedianStoppingPolicy(evaluation_interval=3, delay_evaluation=3),
+                           goal="MINIMIZE")
+    trials = trials_by_curve(run)
+    assert_ran_to_the_end(trials[0], curves[0])
+    assert_ran_to_the_end(trials[1], curves[1])
+    assert_stopped(trials[2], 3, "MedianStoppingPolicy", 6)
+    assert_ran_to_the_end(trials[3], curves[3])
+    assert run.get_details()["bestRun"]["hyperparameters"] == {"--curve": 3}
+
+
+def test_truncation_selection_policy_stops_the_lowest_percentage(tmp_path: Path) -> None:
+    # 25 %: with n trials at an interval, the floor(n / 4) worst stop. Evaluated every 2nd report.
+    curves = [
+        [0.5, 0.6, 0.7, 0.8, 0.9, 0.9],
+        [0.4, 0.5, 0.6, 0.7, 0.8, 0.8],
+        [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],   # interval 2: n=3, floor(0.75)=0: nobody stops; runs on
+        [0.2, 0.3, 0.9, 0.9, 0.9, 0.9],   # interval 2: n=4, 1 stops: the worst (best 0.3) is this one
+        [0.6, 0.7, 0.8, 0.2, 0.2, 0.2],   # 2 and 4: the best so far (0.7, 0.8 vs 0.7...): runs on
+    ]
+    run = run_policy_sweep(tmp_path, curves, TruncationSelectionPolicy(25, evaluation_interval=2))
+    trials = trials_by_curve(run)
+    for index in (0, 1, 2, 4):
+        assert_ran_to_the_end(trials[index], curves[index])
+    assert_stopped(trials[3], 2, "TruncationSelectionPolicy", 6)
+    assert "ranks 4 of 4, among the worst 1 (25 %)" in trials[3]["tags"][Tags.ERROR]
+
+
+def test_concurrency_never_exceeds_the_limit_and_the_parent_records_the_best(tmp_path: Path) -> None:
+    curves = [[float(i)] * 3 for i in range(7)]
+    config = HyperDriveConfig(curve_config(tmp_path, curves, pause=0.15),
+                              GridParameterSampling({"curve": choice(*range(7))}), "score", "maximize",
+                              max_concurrent_runs=3)
+    run = Experiment("concurrency").submit(config, tags={"team": "search"}, run_name="grid")
+    lines: list[str] = []
+    details = run.wait_for_completion(output=lines.append)
+    spans: dict[int, dict[str, float]] = {}
+    for line in (tmp_path / "starts.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        spans.setdefault(event["curve"], {}).update({k: v for k, v in event.items() if k != "curve"})
+    assert sorted(spans) == list(range(7)), "every trial ran exactly once"
+    edges = sorted([(s["start"], 1) for s in spans.values()] + [(s["end"], -1) for s in spans.values()])
+    running, peak = 0, 0
+    for _, delta in edges:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3, f"at most 3 trials at once, and the limit was used: peak {peak}"
+    client = MlflowClient()
+    parent = client.get_run(run.id)
+    assert parent.data.tags[Tags.STATE] == "Completed" and parent.data.tags["team"] == "search"
+    best = run.get_best_run_by_primary_metric()
+    assert best is not None and parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == best.id
+    assert json.loads(parent.data.tags[Tags.SWEEP_BEST_HYPERPARAMETERS]) == {"curve": 6}
+    assert parent.data.metrics["score"] == 6.0 and parent.data.metrics["trials_completed"] == 7.0
+    sorted_children = run.get_children_sorted_by_primary_metric(top=3)
+    assert [c["hyperparameters"]["curve"] for c in sorted_children] == [6, 5, 4]
+    worst_first = run.get_children_sorted_by_primary_metric(reverse=True)
+    assert [c["hyperparameters"]["curve"] for c in worst_first][:2] == [0, 1]
+    child = client.get_run(best.id)
+    assert child.data.tags[Tags.PARENT_RUN_ID] == run.id and child.data.tags["team"] == "search"
+    assert child.data.params == {"curve": "6"} and child.info.run_name == "grid_6"
+    assert "--curve 6" in child.data.tags[Tags.COMMAND]
+    assert any(line.startswith("[trial 6] ") for line in lines) or details["status"] == "Completed"
+
+
+def test_random_sampling_with_a_seed_repeats_exactly(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_script(source, "from airflow_provider.core import Run\nRun.get_context().log('score', 1)\n")
+    space = {"--lr": uniform(0.001, 0.1), "--batch": choice(16, 32, 64), "--dropout": quniform(0.0, 0.5, 0.1)}
+
+    def sweep(seed: int) -> list[dict[str, Any]]:
+        config = HyperDriveConfig(ScriptRunConfig(source, "train.py"), RandomParameterSampling(space, seed=seed),
+                                  "score", "maximize", max_total_runs=4, max_concurrent_runs=2)
+        run = Experiment("random").submit(config)
+        run.wait_for_completion()
+        return [t["hyperparameters"] for t in run.get_details()["trials"]]
+
+    first, second, other = sweep(11), sweep(11), sweep(12)
+    assert first == second and first != other
+    assert all(0.001 <= t["--lr"] <= 0.1 and t["--batch"] in (16, 32, 64) for t in first)
+    assert all(round(t["--dropout"] * 10, 9) == round(t["--dropout"] * 10) for t in first)
+
+
+def test_bayesian_sampling_learns_toward_the_optimum(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_script(source, """
+        import argparse
+        from airflow_provider.core import Run
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--x", type=float)
+        parser.add_argument("--kind", type=str)
+        args = parser.parse_args()
+        Run.get_context().log("loss", (args.x - 0.7) ** 2 + (0 if args.kind == "good" else 1))
+    """)
+    config = HyperDriveConfig(
+        ScriptRunConfig(source, "train.py"),
+        BayesianParameterSampling({"--x": uniform(0.0, 1.0), "--kind": choice("good", "bad")}, seed=3),
+        "loss", "minimize", max_total_runs=14, max_concurrent_runs=1)
+    run = Experiment("bayesian").submit(config)
+    details = run.wait_for_completion()
+    assert len(details["trials"]) == 14 and all(t["status"] == "Completed" for t in details["trials"])
+    best = details["bestRun"]
+    assert best["hyperparameters"]["--kind"] == "good" and best["best_primary_metric"] < 0.05
+
+
+def test_max_duration_stops_the_sweep_and_cancels_running_trials(tmp_path: Path) -> None:
+    config = HyperDriveConfig(curve_config(tmp_path, [[1.0] * 100] * 4, pause=0.2),
+                              GridParameterSampling({"--curve": choice(0, 1, 2, 3)}), "score", "maximize",
+                              max_concurrent_runs=2, max_duration_minutes=2.5 / 60)
+    started = time.monotonic()
+    run = Experiment("duration").submit(config)
+    details = run.wait_for_completion(raise_on_error=False)
+    assert time.monotonic() - started < 15
+    assert details["stopped"] == "the sweep's max_duration_minutes (0.0416667) was reached"
+    statuses = {t["trial_index"]: t["status"] for t in details["trials"]}
+    assert statuses == {0: "Canceled", 1: "Canceled", 2: "Canceled"}, "the staged third trial never started"
+    client = MlflowClient()
+    never_started = client.get_run(details["trials"][2]["run_id"]).data.tags
+    assert never_started[Tags.ERROR].startswith("never started: the sweep's max_duration_minutes")
+    assert details["status"] == "Failed" and details["error"] == "no trial completed"
+    assert MlflowClient().get_run(run.id).info.status == "FAILED"
+
+
+RESUMABLE_DRIVER = """
+import json, os, sys
+from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core.hyperdrive import GridParameterSampling, HyperDriveConfig, choice
+curves = [[1.0, 2.0], [2.0, 3.0], [3.0] * 40, [4.0, 5.0]]
+config = HyperDriveConfig(
+    ScriptRunConfig(sys.argv[1], "train.py", arguments=["--pause", 0.1],
+                    environment_variables={"CURVES": json.dumps(curves), "STARTS": sys.argv[2]}),
+    GridParameterSampling({"--curve": choice(0, 1, 2, 3)}), "score", "maximize", max_concurrent_runs=1)
+run = Experiment("resume").submit(config, run_key="dag/sweep/run-1")
+print("PARENT", run.id, flush=True)
+run.wait_for_completion()
+"""
+
+
+def test_a_sweep_resumed_after_its_driver_died_does_not_rerun_finished_trials(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_script(source, CURVE_SCRIPT)
+    starts = tmp_path / "starts.jsonl"
+    driver = subprocess.Popen([sys.executable, "-c", RESUMABLE_DRIVER, str(source), str(starts)],
+                              env={**os.environ}, stdout=subprocess.PIPE, text=True)
+
+    def started(curve: int) -> bool:
+        return starts.exists() and any(json.loads(line).get("curve") == curve and "start" in line
+                                       for line in starts.read_text().splitlines())
+
+    wait_until(lambda: started(2), timeout=60, message="the third trial started")
+    driver.send_signal(signal.SIGKILL)  # the worker dies: no cleanup of any kind
+    driver.wait()
+    parent_id = driver.stdout.read().split("PARENT ", 1)[1].split()[0] if driver.stdout else ""
+
+    curves = [[1.0, 2.0], [2.0, 3.0], [3.0] * 40, [4.0, 5.0]]
+    config = HyperDriveConfig(
+        ScriptRunConfig(source, "train.py", arguments=["--pause", 0.1],
+                        environment_variables={"CURVES": json.dumps(curves), "STARTS": str(starts)}),
+        GridParameterSampling({"--curve": choice(0, 1, 2, 3)}), "score", "maximize", max_concurrent_runs=1)
+    run = Experiment("resume").submit(config, run_key="dag/sweep/run-1")
+    assert run.id == parent_id, "the retry picks up the same sweep"
+    details = run.wait_for_completion()
+    starts_per_curve: dict[int, int] = {}
+    for line in starts.read_text().splitlines():
+        event = json.loads(line)
+        if "start" in event:
+            starts_per_curve[event["curve"]] = starts_per_curve.get(event["curve"], 0) + 1
+    assert starts_per_curve == {0: 1, 1: 1, 2: 1, 3: 1}, "no trial ran twice; the running one was reattached"
+    assert [t["status"] for t in details["trials"]] == ["Completed"] * 4
+    assert len(MlflowClient().get_metric_history(details["trials"][2]["run_id"], "score")) == 40
+    assert details["bestRun"]["hyperparameters"] == {"--curve": 3}
+    again = Experiment("resume").submit(config, run_key="dag/sweep/run-1")
+    assert again.id == parent_id and again.wait_for_completion()["status"] == "Completed"
+    assert sum(1 for line in starts.read_text().splitlines() if "start" in line) == 4, "a finished sweep reruns nothing"
+
+
+def _docker_target() -> Any:
+    from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+
+    target = DockerTarget()
+    try:
+        target.check()
+        target.client.images.get(DEFAULT_IMAGE)
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine or base image (run scripts/components.sh as root): {exc}")
+    return target
+
+
+def _ssh_target(host: SSHHost) -> Any:
+    import uuid
+
+    from airflow_provider.core.targets.ssh import SSHTarget
+    from airflow_provider.core.targets.ssh_connection import SSHSettings
+
+    settings = SSHSettings(host.host, host.port, username=host.username, key_file=str(host.key_path),
+                           host_key=host.host_public_key)
+    return SSHTarget(settings, work_root=f"/tmp/training-runs-test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("kind", ["docker", "ssh"])
+def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    target = _docker_target() if kind == "docker" else _ssh_target(request.getfixturevalue("ssh_container"))
+    curves = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.6, 0.7, 0.7, 0.7, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    source = tmp_path / "src"
+    write_script(source, CURVE_SCRIPT)
+    base = ScriptRunConfig(source, "train.py", arguments=["--pause", 0.4], compute_target=target,
+                           environment_variables={"CURVES": json.dumps(curves)})
+    # Trial 2 starts only when a slot frees, so a whole curve of a sibling is in MLflow by then.
+    config = HyperDriveConfig(base, GridParameterSampling({"--curve": choice(0, 1, 2)}), "score", "MAXIMIZE",
+                              max_concurrent_runs=2, policy=BanditPolicy(slack_amount=0.3, delay_evaluation=2))
+    lines: list[str] = []
+    details = Experiment(f"sweep-{kind}").submit(config).wait_for_completion(output=lines.append)
+    statuses = {t["trial_index"]: t["status"] for t in details["trials"]}
+    assert statuses == {0: "Completed", 1: "Completed", 2: "Canceled"}, details
+    stopped = MlflowClient().get_run(details["trials"][2]["run_id"]).data.tags
+    assert stopped[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:"), stopped[Tags.ERROR]
+    assert kind in stopped[Tags.TARGET]
+    assert details["bestRun"]["hyperparameters"] == {"--curve": 0}
