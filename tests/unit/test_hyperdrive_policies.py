@@ -504,8 +504,6 @@ def test_bandit_names_both_slacks_when_neither_or_both_are_given() -> None:
         assert "slack_factor" in message and "slack_amount" in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: BanditPolicy accepts slack_factor/slack_amount=nan (only `< 0` is "
-                                       "checked), which silently disables the policy")
 @pytest.mark.parametrize("name", ["slack_factor", "slack_amount"])
 def test_bandit_refuses_nan_slack(name: str) -> None:
     error = error_of(lambda: BanditPolicy(**{name: math.nan}))  # type: ignore[arg-type]

@@ -445,8 +445,6 @@ def test_bayesian_quniform_values_are_multiples_of_q_within_bounds(low: float, h
         assert hyperparameters["opt"] in ("a", "b")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Bayesian quniform(0.3, 1.0, 0.1) maps to optuna "
-                                       "FloatDistribution(low=0.30000000000000004, high=0.9): 1.0 is never drawn")
 def test_bayesian_quniform_reaches_its_upper_bound() -> None:
     # round(U(0.3, 1.0) / 0.1) * 0.1 includes 1.0; maximizing x, the optimiser should find it.
     history = optimise(MAX, lambda h: h["x"], trials=40, space={"x": quniform(0.3, 1.0, 0.1)})
@@ -478,9 +476,6 @@ def test_bayesian_observe_of_a_resumed_trial_is_recorded() -> None:
     assert [(t.params, t.value) for t in trials] == [({"x": 0.3, "o": "b"}, 0.5), ({"x": 1.0, "o": "a"}, None)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a resumed trial at quniform(0.3, 1.0, 0.1)'s bounds (x=0.3 or 1.0) "
-                                       "is outside the optuna distribution [0.30000000000000004, 0.9] and is "
-                                       "silently dropped by observe")
 def test_bayesian_observe_of_a_resumed_trial_at_the_quniform_bounds_is_recorded() -> None:
     sampler = BayesianParameterSampling({"x": quniform(0.3, 1.0, 0.1)}).sampler(0, MAX)
     sampler.observe(1, {"x": 0.3}, 0.5)

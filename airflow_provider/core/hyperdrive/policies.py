@@ -140,7 +140,8 @@ class BanditPolicy(EarlyTerminationPolicy):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or value < 0):
-                raise ConfigurationError(f"BanditPolicy.{name}", f"must be a finite number of at least 0, got {value!r}.",
+                raise ConfigurationError(f"BanditPolicy.{name}",
+                                         f"must be a finite number of at least 0, got {value!r}.",
                                          f"pass e.g. {name}=0.1.")
 
     def stop_reason(self, interval: int, own: History, others: Sequence[History],
