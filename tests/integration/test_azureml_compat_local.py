@@ -260,3 +260,22 @@ def test_explicit_child_ids_are_per_run(tmp_path: Path) -> None:
     (two,) = children_of(experiment, second.id)
     assert one.info.run_id != two.info.run_id
     assert one.data.tags[Tags.CHILD_KEY] == two.data.tags[Tags.CHILD_KEY] == "fold-1"
+
+
+def test_a_hyperdrive_sweep_of_an_unchanged_v1_script(tmp_path: Path) -> None:
+    from airflow_provider.core.hyperdrive import GridParameterSampling, HyperDriveConfig, choice
+
+    base = ScriptRunConfig(example("hyperparameters", tmp_path), "train.py", azureml_compat=True,
+                           arguments=["--run-ref", "$AZUREML_RUN_ID"])
+    config = HyperDriveConfig(base, GridParameterSampling({"--kernel": choice("linear", "rbf"),
+                                                           "--penalty": choice(0.5, 1.0)}),
+                              "Accuracy", "MAXIMIZE", max_concurrent_runs=2)
+    sweep = Experiment("v1-sweep").submit(config, secret_variables={"API_TOKEN": "t"})
+    details = sweep.wait_for_completion()
+    assert details["status"] == "Completed" and len(details["trials"]) == 4
+    best = sweep.get_best_run_by_primary_metric()
+    assert best is not None
+    trial = MlflowClient().get_run(best.id)
+    assert trial.data.tags["Kernel type"] in ("linear", "rbf") and 0.5 < trial.data.metrics["Accuracy"] <= 1.0
+    seen = json.loads(best.download_file("outputs/args.json", tmp_path / "best.json").read_text())
+    assert seen["run_ref"] == best.id == seen["run_id"]  # $AZUREML_RUN_ID is the trial's own run
