@@ -166,17 +166,19 @@ def test_calls_outside_the_surface_say_what_to_use_instead(tmp_path: Path) -> No
             except Exception as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
         errors["private"] = str(type(getattr(__import__("azureml.core").core, "_private", None)))
+        errors["hasattr"] = [hasattr(run, "get_metrics"), hasattr(run, "log"), hasattr(run.experiment, "workspace")]
         print(json.dumps(errors))
     """)
     assert result.returncode == 0, result.stderr
     errors = json.loads(result.stdout.splitlines()[-1])
-    assert errors["workspace"].startswith("NotImplementedError: azureml.core.Experiment.workspace (Azure ML v1)")
+    assert errors["workspace"].startswith("UnsupportedV1API: azureml.core.Experiment.workspace (Azure ML v1)")
     assert "ScriptRun.get_metrics()" in errors["get_metrics"]
     assert "run.log_table" in errors["log_confusion_matrix"]
     assert errors["Dataset"].startswith("NotImplementedError: azureml.core.Dataset") and "argument" in errors["Dataset"]
     assert errors["Workspace"].startswith("NotImplementedError: azureml.core.Workspace")
     assert errors["upload_file"].startswith("NotImplementedError: Run.upload_file(datastore_name=...)")
     assert errors["private"] == "<class 'NoneType'>"  # private names are plain AttributeErrors
+    assert errors["hasattr"] == [False, True, False]  # code that probes for v1 features sees them missing
 
 
 def test_bad_inputs_to_the_v1_run_raise_clear_errors(tmp_path: Path) -> None:
@@ -233,3 +235,11 @@ def test_a_real_azureml_later_on_the_path_wins(tmp_path: Path) -> None:
         print(getattr(Run, "REAL", False))
     """, extra_path=str(tmp_path))
     assert result.stdout.split() == ["True"], result.stderr
+
+
+def test_unsupported_v1_api_is_a_not_implemented_error_and_an_attribute_error() -> None:
+    from airflow_provider.compat.azureml.run import UnsupportedV1API, unsupported_name
+
+    assert issubclass(UnsupportedV1API, NotImplementedError) and issubclass(UnsupportedV1API, AttributeError)
+    assert type(unsupported_name("azureml.core", "Workspace")) is NotImplementedError  # module names: plain
+    assert type(unsupported_name("azureml.core.Run", "cancel", attribute=True)) is UnsupportedV1API

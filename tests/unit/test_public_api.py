@@ -269,7 +269,7 @@ def test_hyperdrive_imports_neither_airflow_nor_optuna_until_bayesian_sampling_r
 
 
 # ---------------------------------------------------------------------- Azure ML v1 compatibility
-COMPAT_RUN_API = {"Experiment", "Model", "Run", "unsupported_name"}
+COMPAT_RUN_API = {"Experiment", "Model", "Run", "UnsupportedV1API", "unsupported_name"}
 # Azure ML v1 ``Run`` methods as real training scripts call them: parameter names, in order.
 V1_RUN_SIGNATURES = {
     "get_context": ["allow_offline", "used_for_context_manager", "kwargs"],

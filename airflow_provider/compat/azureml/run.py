@@ -41,7 +41,7 @@ from typing import IO, Any
 from airflow_provider.core.events import ChildRunEvent, EndRunEvent, ModelEvent, encode_event
 from airflow_provider.core.run_context import Run as _ContextRun
 
-__all__ = ["Experiment", "Model", "Run", "unsupported_name"]
+__all__ = ["Experiment", "Model", "Run", "UnsupportedV1API", "unsupported_name"]
 
 SECRET_NAMES_VARIABLE = "TRAINING_RUN_SECRET_NAMES"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
@@ -78,16 +78,28 @@ _INSTEAD = {
 }
 
 
-def unsupported_name(where: str, name: str) -> Exception:
+class UnsupportedV1API(NotImplementedError, AttributeError):
+    """An Azure ML v1 method or property outside the compatibility layer's surface.
+
+    A :class:`NotImplementedError` whose message names the v1 API and what to use instead; also an
+    :class:`AttributeError`, so ``hasattr(run, "get_metrics")`` is False for code that probes.
+    """
+
+
+def unsupported_name(where: str, name: str, attribute: bool = False) -> Exception:
     """The error for a v1 name outside the supported surface (AttributeError for private names).
 
     :param where: the v1 module or class, e.g. ``"azureml.core"`` or ``"azureml.core.Run"``.
     :param name: the attribute asked for.
+    :param attribute: an attribute of an object (:class:`UnsupportedV1API`), not a module's name
+        (a plain :class:`NotImplementedError`: ``from azureml.core import Workspace`` would turn an
+        AttributeError into an ImportError without the message).
     """
     if name.startswith("_"):
         return AttributeError(f"{where} has no attribute {name!r}")
     instead = _INSTEAD.get(name, "see docs/migrating-from-azureml-v1.md for what is supported and the alternatives")
-    return NotImplementedError(
+    error = UnsupportedV1API if attribute else NotImplementedError
+    return error(
         f"{where}.{name} (Azure ML v1) is not supported by the azureml_compat layer of airflow-provider-training-runs;"
         f" instead: {instead}."
     )
@@ -108,7 +120,7 @@ class Experiment:
         return f"Experiment(name={self.name!r}, id={self.id!r})"
 
     def __getattr__(self, name: str) -> Any:
-        raise unsupported_name("azureml.core.Experiment", name)
+        raise unsupported_name("azureml.core.Experiment", name, attribute=True)
 
 
 class Model:
@@ -184,7 +196,7 @@ class Run(_ContextRun):
         return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
 
     def __getattr__(self, name: str) -> Any:
-        raise unsupported_name("azureml.core.Run", name)
+        raise unsupported_name("azureml.core.Run", name, attribute=True)
 
     # ------------------------------------------------------------------ properties and files
     def add_properties(self, properties: Mapping[str, Any]) -> None:
