@@ -68,6 +68,27 @@ for i in range(1500):
     time.sleep(0.2)
 """
 
+# A sweep's trial: --trial N; it loops until CONTROL_DIR/<dag>_<N>.go exists (trials listed in
+# QUICK_TRIALS end after 4 ticks by themselves).
+SWEEP_SCRIPT = """
+import argparse, os, time
+from airflow_provider.core import Run
+parser = argparse.ArgumentParser()
+parser.add_argument("--trial", type=int)
+trial = parser.parse_args().trial
+control = os.environ["CONTROL_DIR"]
+name = f"{os.environ['RUN_NAME']}_{trial}"
+quick = str(trial) in os.environ.get("QUICK_TRIALS", "").split(",")
+run = Run.get_context()
+with open(os.path.join(control, name + ".executions"), "a") as out:
+    out.write(f"{os.getpid()}\\n")
+for i in range(10_000):
+    run.log("tick", i)
+    if i >= 3 and (quick or os.path.exists(os.path.join(control, name + ".go"))):
+        break
+    time.sleep(0.2)
+"""
+
 DOCKER_CONN_ID = "svc_docker"
 DOCKER_URL = "unix:///var/run/docker.sock"
 DOCKER_IMAGE = "training-runs/python:3.11"
@@ -78,7 +99,8 @@ SSH_WORK_ROOT = "/root/svc-runs"
 DAG_TEMPLATE = """
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
-from airflow_provider.operators import SubmitTrainingRunOperator
+from airflow_provider.core.hyperdrive import GridParameterSampling, choice
+from airflow_provider.operators import HyperparameterSweepOperator, SubmitTrainingRunOperator
 
 def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={source!r}):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -102,6 +124,20 @@ ssh_deferred_kill = training_dag("svc_ssh_deferred_kill", True, compute_target={
                                  source={docker_source!r})
 ssh_running_kill = training_dag("svc_ssh_running_kill", False, compute_target={ssh_conn!r},
                                 source={docker_source!r})
+
+def sweep_dag(dag_id, concurrent, quick="", retries=0):
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        HyperparameterSweepOperator(
+            task_id="train", source_directory={sweep_source!r}, script="train.py", retries=retries,
+            retry_delay=timedelta(seconds=1), experiment_name=dag_id,
+            environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id, "QUICK_TRIALS": quick}},
+            hyperparameter_sampling=GridParameterSampling({{"--trial": choice(0, 1, 2)}}),
+            primary_metric_name="tick", primary_metric_goal="MAXIMIZE", max_concurrent_runs=concurrent,
+        )
+    return dag
+
+sweep_kill = sweep_dag("svc_sweep_kill", 2)
+sweep_reattach = sweep_dag("svc_sweep_reattach", 1, quick="0,2", retries=1)
 """
 
 
@@ -158,6 +194,17 @@ class Airflow:
         picked up the trigger stops nothing: Airflow calls no on_kill in that window)."""
         return self.ticks(experiment) >= since + 2
 
+    def sweep_runs(self, experiment: str) -> tuple[Any, dict[int, Any]]:
+        """The sweep's parent run and its trials' runs by index."""
+        client = self.mlflow()
+        found = client.get_experiment_by_name(experiment)
+        assert found is not None, f"no experiment {experiment}"
+        runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+        (parent,) = [r for r in runs if r.data.tags.get("training.sweep.role") == "sweep"]
+        trials = {int(r.data.tags["training.sweep.trial_index"]): r for r in runs  # the newest of an index
+                  if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        return parent, trials
+
     def run_of(self, experiment: str) -> Any:
         client = self.mlflow()
         found = client.get_experiment_by_name(experiment)
@@ -178,13 +225,15 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     control = home / "control"
     source = home / "source"
     docker_source = home / "docker_source"
-    for folder in (control, source, docker_source, home / "dags"):
+    sweep_source = home / "sweep_source"
+    for folder in (control, source, docker_source, sweep_source, home / "dags"):
         folder.mkdir()
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
+    (sweep_source / "train.py").write_text(textwrap.dedent(SWEEP_SCRIPT))
     (docker_source / "train.py").write_text(textwrap.dedent(DOCKER_SCRIPT))
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
         source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
-        ssh_conn=SSH_CONN_ID))
+        ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source)))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -326,6 +375,55 @@ def test_a_retry_after_a_killed_worker_reattaches_to_the_job(airflow: Airflow) -
     run = airflow.run_of("svc_reattach")
     assert run.info.status == "FINISHED"
     assert run.data.tags["airflow.try_number"] == "1"  # the run was created by the first try
+
+
+def test_marking_a_sweep_task_failed_stops_every_running_trial(airflow: Airflow) -> None:
+    dag = "svc_sweep_kill"
+    run_id = airflow.trigger(dag)
+    airflow.wait_for_task(dag, run_id, {"running"})
+    wait_until(lambda: bool(airflow.executions(f"{dag}_0") and airflow.executions(f"{dag}_1")), timeout=90,
+               message="two trials to run at once")
+    pids = airflow.executions(f"{dag}_0") + airflow.executions(f"{dag}_1")
+    airflow.mark(dag, run_id, "failed")
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=60, message="both trials to be stopped")
+
+    def trials_killed() -> bool:
+        _, trials = airflow.sweep_runs(dag)
+        return all(trials[i].info.status == "KILLED" for i in (0, 1))
+
+    wait_until(trials_killed, timeout=90, message="the trials' MLflow runs to end KILLED")
+    parent, trials = airflow.sweep_runs(dag)
+    assert parent.data.tags["training.state"] == "Canceled" and parent.info.status == "KILLED"
+    assert all(trials[i].data.tags["training.state"] == "Canceled" for i in (0, 1))
+    assert 2 not in trials or trials[2].data.tags["training.state"] == "Canceled", "the staged trial never ran"
+    assert not airflow.executions(f"{dag}_2")
+    assert airflow.task(dag, run_id)["state"] == "failed"
+
+
+def test_a_retried_sweep_after_a_killed_worker_reruns_no_finished_trial(airflow: Airflow) -> None:
+    dag = "svc_sweep_reattach"
+    run_id = airflow.trigger(dag)
+    airflow.wait_for_task(dag, run_id, {"running"})
+    wait_until(lambda: bool(airflow.executions(f"{dag}_1")), timeout=90, message="trial 1 to start")
+    (trial_pid,) = airflow.executions(f"{dag}_1")
+    _, trials = airflow.sweep_runs(dag)
+    runner_state = airflow.home / "training_runs" / "local" / "jobs" / trials[1].info.run_id / "runner.json"
+    runner_pid = json.loads(runner_state.read_text())["runner_pid"]
+    with open(f"/proc/{runner_pid}/stat") as stat:
+        task_process = int(stat.read().rsplit(")", 1)[1].split()[1])  # the runner's parent: the task
+    os.kill(task_process, signal.SIGKILL)  # the worker dies mid-sweep; trial 1 must live on
+    wait_until(lambda: airflow.task(dag, run_id)["try_number"] == 2, timeout=120, message="the second try")
+    airflow.wait_for_task(dag, run_id, {"running"})
+    assert pid_alive(trial_pid), "the trial died with its worker"
+    time.sleep(2)  # the retry reattaches to trial 1; then let it end
+    (airflow.control / f"{dag}_1.go").write_text("go")
+    task = airflow.wait_for_task(dag, run_id, {"success", "failed"}, timeout=120)
+    assert task["state"] == "success" and task["try_number"] == 2
+    assert [len(airflow.executions(f"{dag}_{i}")) for i in range(3)] == [1, 1, 1], "a trial ran twice"
+    parent, trials = airflow.sweep_runs(dag)
+    assert parent.data.tags["training.state"] == "Completed" and sorted(trials) == [0, 1, 2]
+    assert all(t.data.tags["training.state"] == "Completed" for t in trials.values())
+    assert parent.data.tags["training.sweep.best_run_id"] == trials[1].info.run_id  # the most ticks
 
 
 # ---------------------------------------------------------------------------- the Docker target

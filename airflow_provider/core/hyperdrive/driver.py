@@ -227,7 +227,16 @@ class SweepDriver:
 
     def _learn_from_finished_trials(self) -> None:
         for index, child in sorted(self._existing.items()):
-            if RunState(child.data.tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal:
+            state = RunState(child.data.tags.get(Tags.STATE, RunState.QUEUED.value))
+            if not state.is_terminal and Tags.JOB not in child.data.tags:
+                # Staged ahead by a driver that died before starting it: it never ran, so it is
+                # staged afresh under the same run key (the newest run of a key is the trial's).
+                tracker = self.sweep.tracker
+                tracker.set_tags(child.info.run_id, {Tags.ERROR: "never started: the sweep's driver stopped first"})
+                tracker.terminate(child.info.run_id, RunState.CANCELED)
+                tracker.set_state(child.info.run_id, RunState.CANCELED)
+                del self._existing[index]
+            elif state.is_terminal:
                 self._record(index, json.loads(child.data.tags.get(Tags.SWEEP_HYPERPARAMETERS, "{}")),
                              child.info.run_id)
 

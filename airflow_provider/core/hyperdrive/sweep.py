@@ -326,11 +326,15 @@ class Sweep:
     def finish(self, state: RunState | None = None, stopped: str | None = None) -> RunState:
         """Record the best trial on the parent and end it.
 
-        Completed when any trial completed (or ``state`` when given), else Failed.
+        Completed when any trial completed (or ``state`` when given), else Failed. A sweep that has
+        already ended (canceled by a task kill while its driver still collected trials) keeps its state.
 
         :param state: force this terminal state (e.g. Canceled).
         :param stopped: why the sweep stopped before its last trial (e.g. its time limit).
         """
+        current = self.state()
+        if current.is_terminal:
+            return current
         results = self.results()
         best = self.best()
         if state is None:
