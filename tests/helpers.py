@@ -58,11 +58,16 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def make_wheel(folder: Path, name: str, version: str, module: str, entry_points: str = "") -> Path:
-    """Write a minimal pure-Python wheel by hand (a zip with dist-info) and return its path."""
+def make_wheel(folder: Path, name: str, version: str, module: str, entry_points: str = "",
+               extra_files: dict[str, str] | None = None) -> Path:
+    """Write a minimal pure-Python wheel by hand (a zip with dist-info) and return its path.
+
+    ``extra_files`` maps more paths inside the wheel (e.g. ``"azureml/core/__init__.py"``) to their text.
+    """
     dist_info = f"{name}-{version}.dist-info"
     files = {
         f"{name}.py": module.encode(),
+        **{path: text.encode() for path, text in (extra_files or {}).items()},
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{dist_info}/WHEEL": (
             b"Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\nTag: py3-none-any\n"

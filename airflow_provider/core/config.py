@@ -52,6 +52,10 @@ class ScriptRunConfig:
     :param max_run_duration_seconds: stop the run (Failed) after this many seconds.
     :param environment_variables: extra variables for the run's process.
     :param snapshot_size_limit_mb: refuse source folders whose snapshot is larger than this.
+    :param azureml_compat: run an unchanged Azure ML v1 script: ``from azureml.core import Run``
+        resolves to the provider's compatibility layer (unless the environment has the real
+        ``azureml-core``), the ``AZUREML_*`` variables are set, and ``$VAR`` / ``${VAR}`` in
+        ``arguments`` expand from the run's variables. Also on when the environment sets it.
     """
 
     source_directory: str | os.PathLike[str]
@@ -64,6 +68,7 @@ class ScriptRunConfig:
     max_run_duration_seconds: float | None = None
     environment_variables: dict[str, str] | None = None
     snapshot_size_limit_mb: float = DEFAULT_SNAPSHOT_SIZE_LIMIT_MB
+    azureml_compat: bool = False
 
     def validate(self) -> ResolvedRunConfig:
         """Check every field; return the resolved run description.
@@ -82,6 +87,10 @@ class ScriptRunConfig:
         snapshot_limit = _validate_positive("snapshot_size_limit_mb", self.snapshot_size_limit_mb, "megabytes",
                                             f"(default {DEFAULT_SNAPSHOT_SIZE_LIMIT_MB:g})")
         variables = _validate_variables(self.environment_variables)
+        if not isinstance(self.azureml_compat, bool):
+            raise ConfigurationError(_field("azureml_compat"), f"must be True or False, got {self.azureml_compat!r}.",
+                                     "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
+                                     "False.")
         return ResolvedRunConfig(
             source_directory=source,
             script=script,
@@ -92,6 +101,7 @@ class ScriptRunConfig:
             max_run_duration_seconds=limit,
             environment_variables=variables,
             snapshot_size_limit_bytes=int((snapshot_limit or DEFAULT_SNAPSHOT_SIZE_LIMIT_MB) * 1024 * 1024),
+            azureml_compat=self.azureml_compat or bool(environment is not None and environment.azureml_compat),
         )
 
 
@@ -101,6 +111,8 @@ class ResolvedRunConfig:
 
     :param script: the script's POSIX path relative to the source folder, or None.
     :param command: the command as an argv list (a string command is ``/bin/sh -c``), or None.
+    :param azureml_compat: the Azure ML v1 compatibility layer is on (the config's or the
+        environment's flag).
     """
 
     source_directory: Path
@@ -112,6 +124,7 @@ class ResolvedRunConfig:
     max_run_duration_seconds: float | None
     environment_variables: dict[str, str]
     snapshot_size_limit_bytes: int
+    azureml_compat: bool = False
 
     def argv(self, python: str) -> list[str]:
         """The command line of the run, for a given interpreter.

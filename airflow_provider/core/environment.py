@@ -9,6 +9,9 @@ Three kinds, chosen by what is set:
   provider builds once per fingerprint and caches.
 
 ``docker.base_image`` / ``docker.base_dockerfile`` describe the image the Docker target builds.
+``azureml_compat = True`` runs every script of this environment with the Azure ML v1
+compatibility layer (``from azureml.core import Run`` works unchanged; see
+``docs/migrating-from-azureml-v1.md``).
 Definitions are registered in a versioned store (``register`` / ``get``) under the state folder.
 """
 
@@ -73,6 +76,8 @@ class Environment:
         self.python = PythonSection()
         self.docker = DockerSection()
         self.environment_variables: dict[str, str] = {}
+        self.azureml_compat = False
+        """Run scripts with the Azure ML v1 compatibility layer (``from azureml.core import Run``)."""
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -129,6 +134,8 @@ class Environment:
         payload = self.to_dict()
         payload.pop("name")
         payload.pop("version")
+        if not payload["azureml_compat"]:  # definitions registered before the flag existed keep their hash
+            payload.pop("azureml_compat")
         payload["python"]["pip_packages"] = self.normalized_requirements()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -179,6 +186,12 @@ class Environment:
                     f"must be a string, got {type(value).__name__}.",
                     f"pass str({value!r}).",
                 )
+        if not isinstance(self.azureml_compat, bool):
+            raise ConfigurationError(
+                f"{field_prefix}.azureml_compat",
+                f"must be True or False, got {self.azureml_compat!r}.",
+                "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it False.",
+            )
         docker = self.docker
         if docker.base_image is not None and docker.base_dockerfile is not None:
             raise ConfigurationError(
@@ -202,6 +215,7 @@ class Environment:
             "python": asdict(self.python),
             "docker": asdict(self.docker),
             "environment_variables": dict(self.environment_variables),
+            "azureml_compat": self.azureml_compat,
         }
 
     @classmethod
@@ -210,7 +224,7 @@ class Environment:
 
         :param data: the serialised environment.
         """
-        known = {"name", "version", "python", "docker", "environment_variables"}
+        known = {"name", "version", "python", "docker", "environment_variables", "azureml_compat"}
         unknown = set(data) - known
         if unknown or "name" not in data:
             raise ConfigurationError(
@@ -227,6 +241,7 @@ class Environment:
             raise ConfigurationError("environment", str(exc), "check the field names.") from exc
         env.python.pip_packages = list(env.python.pip_packages)
         env.environment_variables = dict(data.get("environment_variables") or {})
+        env.azureml_compat = data.get("azureml_compat", False)
         return env
 
     def __eq__(self, other: object) -> bool:

@@ -5,8 +5,11 @@ byte offset and relays them to MLflow. This module is the only place that knows 
 and it imports nothing outside the standard library, so the script side stays cheap to import.
 
 Line format: ``{"e": <kind>, ...}`` with kinds ``metric``, ``tag``, ``file``, ``row`` and
-``table``. Only complete lines (ending with a newline) are ever parsed, so a line being written
-while the watcher reads is picked up on the next read.
+``table``; Azure ML v1 compatibility adds ``child`` (create a child run), ``end`` (a child run
+completes or fails, or the run itself asks to fail) and ``model`` (register a model). An event
+for a child run carries the child's key in ``"ch"`` (absent for the run itself). Only complete
+lines (ending with a newline) are ever parsed, so a line being written while the watcher reads is
+picked up on the next read.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from typing import Any, Union
 __all__ = [
     "EVENTS_FILE_VARIABLE",
     "UPLOADS_DIR_VARIABLE",
+    "ChildRunEvent",
+    "EndRunEvent",
     "Event",
     "FileEvent",
     "MetricEvent",
+    "ModelEvent",
     "RowEvent",
     "TableEvent",
     "TagEvent",
@@ -62,6 +68,7 @@ class MetricEvent:
     value: float
     step: int
     timestamp_ms: int
+    child: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class TagEvent:
 
     key: str
     value: str
+    child: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class FileEvent:
 
     artifact_path: str
     source: str
+    child: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class RowEvent:
 
     name: str
     row: dict[str, Any]
+    child: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,10 +108,57 @@ class TableEvent:
 
     name: str
     columns: dict[str, list[Any]]
+    child: str = ""
+
+
+@dataclass(frozen=True)
+class ChildRunEvent:
+    """Create the child run ``child`` (Azure ML v1's ``create_children`` / ``child_run``).
+
+    :param child: the child's key, unique within the run (its v1-style id, e.g. ``"<run id>_0"``).
+    :param name: the child's display name.
+    :param parent: the key of the child run it is nested in; empty for a child of the run itself.
+    """
+
+    child: str
+    name: str
+    parent: str = ""
+
+
+@dataclass(frozen=True)
+class EndRunEvent:
+    """A child run ends (``child.complete()`` / ``child.fail()``), or the run itself asks to end
+    Failed (``run.fail()``: ``child`` empty; the run still ends when its script does).
+
+    :param status: ``"Completed"`` or ``"Failed"``.
+    :param details: the error details given to ``fail()``.
+    """
+
+    status: str
+    details: str = ""
+    child: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """Register the run's artifact ``path`` as a new version of the model ``name``.
+
+    :param name: the registered model's name.
+    :param path: the artifact path inside the run, e.g. ``"outputs/model.pkl"``.
+    :param tags: tags of the model version.
+    :param description: the model version's description.
+    """
+
+    name: str
+    path: str
+    tags: dict[str, str]
+    description: str = ""
+    child: str = ""
 
 
 # Union, not |: this module also runs inside the job, on whatever Python the target has.
-Event = Union[MetricEvent, TagEvent, FileEvent, RowEvent, TableEvent]  # noqa: UP007
+Event = Union[MetricEvent, TagEvent, FileEvent, RowEvent, TableEvent,  # noqa: UP007
+              ChildRunEvent, EndRunEvent, ModelEvent]
 
 
 def encode_event(event: Event) -> bytes:
@@ -119,8 +176,16 @@ def encode_event(event: Event) -> bytes:
         record = {"e": "file", "a": event.artifact_path, "src": event.source}
     elif isinstance(event, RowEvent):
         record = {"e": "row", "n": event.name, "r": event.row}
-    else:
+    elif isinstance(event, TableEvent):
         record = {"e": "table", "n": event.name, "c": event.columns}
+    elif isinstance(event, ChildRunEvent):
+        record = {"e": "child", "n": event.name, "p": event.parent}
+    elif isinstance(event, EndRunEvent):
+        record = {"e": "end", "st": event.status, "d": event.details}
+    else:
+        record = {"e": "model", "n": event.name, "a": event.path, "tg": event.tags, "d": event.description}
+    if event.child:
+        record["ch"] = event.child
     return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
 
 
@@ -151,16 +216,24 @@ def decode_event(line: bytes) -> Event | None:
 def _from_record(record: Any) -> Event | None:
     try:
         kind = record["e"]
+        child = str(record.get("ch", ""))
         if kind == "metric":
-            return MetricEvent(str(record["k"]), float(record["v"]), int(record["s"]), int(record["t"]))
+            return MetricEvent(str(record["k"]), float(record["v"]), int(record["s"]), int(record["t"]), child)
         if kind == "tag":
-            return TagEvent(str(record["k"]), str(record["v"]))
+            return TagEvent(str(record["k"]), str(record["v"]), child)
         if kind == "file":
-            return FileEvent(str(record["a"]), str(record["src"]))
+            return FileEvent(str(record["a"]), str(record["src"]), child)
         if kind == "row":
-            return RowEvent(str(record["n"]), dict(record["r"]))
+            return RowEvent(str(record["n"]), dict(record["r"]), child)
         if kind == "table":
-            return TableEvent(str(record["n"]), {str(k): list(v) for k, v in record["c"].items()})
+            return TableEvent(str(record["n"]), {str(k): list(v) for k, v in record["c"].items()}, child)
+        if kind == "child":
+            return ChildRunEvent(child, str(record["n"]), str(record.get("p", "")))
+        if kind == "end":
+            return EndRunEvent(str(record["st"]), str(record.get("d", "")), child)
+        if kind == "model":
+            return ModelEvent(str(record["n"]), str(record["a"]), {str(k): str(v) for k, v in record["tg"].items()},
+                              str(record.get("d", "")), child)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return None

@@ -6,6 +6,11 @@ complete lines into MLflow writes, and records the new offset as the run tag
 restarts (a new watcher, a retried task) resumes from that tag. If it died between writing metrics
 and the offset, it replays them: MLflow's SQL store ignores a metric value identical in key, value,
 step and timestamp, and every event carries its own step and timestamp, so nothing is doubled.
+
+Azure ML v1 compatibility adds child runs and model registration (:mod:`nested_runs`): events of
+a child run go to the MLflow run created for it (found again by its key on replay), and models are
+registered as soon as their artifact exists, the rest by :meth:`EventRelay.finish` once the run's
+outputs are uploaded.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.events import (
+    ChildRunEvent,
+    EndRunEvent,
+    Event,
     FileEvent,
     MetricEvent,
+    ModelEvent,
     RowEvent,
     TableEvent,
     TagEvent,
@@ -27,8 +36,9 @@ from airflow_provider.core.events import (
     split_complete_lines,
     valid_name,
 )
+from airflow_provider.core.nested_runs import ChildRuns, artifact_exists, register_model
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle
-from airflow_provider.core.tracking import MetricValue, Tags, Tracker
+from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker
 
 __all__ = ["EventRelay"]
 
@@ -54,6 +64,10 @@ class EventRelay:
         self.relayed = 0
         self.dropped = int(tags.get(Tags.DROPPED_EVENTS, "0"))
         self._tables: dict[str, list[dict[str, Any]]] = {}
+        self._child_tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.children = ChildRuns(tracker, run_id)
+        self._has_children = False
+        self._pending_models: list[ModelEvent] = []
         if self.offset:
             self._rebuild_tables()
 
@@ -84,11 +98,16 @@ class EventRelay:
         tags: dict[str, str] = {}
         files: list[FileEvent] = []
         touched_tables: set[str] = set()
+        nested: list[Event] = []
         for event in decode_events(lines):
+            if event is None:
+                continue
             if isinstance(event, (MetricEvent, TagEvent)) and not valid_name(event.key):
                 self.dropped += 1  # MLflow would refuse the whole batch: keep the rest flowing
                 continue
-            if isinstance(event, MetricEvent):
+            if event.child or isinstance(event, (ChildRunEvent, EndRunEvent, ModelEvent)):
+                nested.append(event)
+            elif isinstance(event, MetricEvent):
                 metrics.append(MetricValue(event.key, event.value, event.step, event.timestamp_ms))
             elif isinstance(event, TagEvent):
                 tags[event.key] = event.value
@@ -100,8 +119,10 @@ class EventRelay:
         for file_event in files:
             self._upload(file_event)
         for name in sorted(touched_tables):
-            self.tracker.log_text(self.run_id, json.dumps(self._table_json(name), default=str),
+            self.tracker.log_text(self.run_id, json.dumps(_table_json(self._tables[name]), default=str),
                                   f"tables/{name}.json")
+        if nested:
+            self._relay_nested(nested)
         if len(tags) > 90:
             self.tracker.set_tags(self.run_id, tags)
             tags = {}
@@ -129,7 +150,85 @@ class EventRelay:
                 return False
             position += len(chunk)
 
-    def _upload(self, event: FileEvent) -> None:
+    def _relay_nested(self, events: list[Event]) -> None:
+        """Child runs' events, child runs' endings, ``run.fail()`` and model registrations, in order."""
+        metrics: dict[str, list[MetricValue]] = {}
+        tags: dict[str, dict[str, str]] = {}
+        tables: set[tuple[str, str]] = set()
+        later: list[EndRunEvent | ModelEvent] = []
+        for event in events:
+            if isinstance(event, ChildRunEvent):
+                self._has_children = True
+                if self.children.create(event) is None:
+                    self.dropped += 1
+                continue
+            if isinstance(event, (EndRunEvent, ModelEvent)):
+                later.append(event)
+                continue
+            run_id = self.children.run_id_of(event.child)
+            if run_id is None:  # a child that was never created
+                self.dropped += 1
+            elif isinstance(event, MetricEvent):
+                metrics.setdefault(run_id, []).append(
+                    MetricValue(event.key, event.value, event.step, event.timestamp_ms))
+            elif isinstance(event, TagEvent):
+                tags.setdefault(run_id, {})[event.key] = event.value
+            elif isinstance(event, FileEvent):
+                self._upload(event, run_id)
+            elif isinstance(event, (RowEvent, TableEvent)):
+                self._apply_table(event)
+                tables.add((event.child, event.name))
+        for run_id, values in metrics.items():
+            self.tracker.log_metrics(run_id, values, tags.pop(run_id, None))
+        for run_id, values_ in tags.items():
+            self.tracker.set_tags(run_id, values_)
+        for child, name in sorted(tables):
+            child_run = self.children.run_id_of(child)
+            if child_run is not None:
+                self.tracker.log_text(child_run, json.dumps(_table_json(self._child_tables[(child, name)]),
+                                                            default=str), f"tables/{name}.json")
+        for ending in later:
+            if isinstance(ending, ModelEvent):
+                self._register_or_defer(ending)
+            elif ending.child:
+                self.children.end(ending)
+            else:  # run.fail() in the script: the run ends Failed when the script ends
+                self.tracker.set_tags(self.run_id, {Tags.FAIL_REQUESTED: ending.details or "run.fail() was called"})
+
+    def _register_or_defer(self, event: ModelEvent) -> None:
+        run_id = self.children.run_id_of(event.child) if event.child else self.run_id
+        if run_id is not None and artifact_exists(self.tracker, run_id, event.path):
+            register_model(self.tracker, run_id, event)
+        else:  # e.g. a file in ./outputs: uploaded when the run is finalized
+            self._pending_models.append(event)
+
+    def finish(self, state: RunState, error: str) -> tuple[RunState, str]:
+        """At finalize, once outputs are uploaded: register the models still waiting for their
+        artifacts, apply a ``run.fail()`` of the script, end child runs still open.
+
+        :param state: the run's terminal state so far.
+        :param error: its error message so far.
+        :return: the terminal state and error to record.
+        """
+        problems = []
+        for event in self._pending_models:
+            run_id = self.children.run_id_of(event.child) if event.child else self.run_id
+            if run_id is None or not artifact_exists(self.tracker, run_id, event.path):
+                problems.append(f"register_model({event.name!r}): the run has no artifact {event.path!r}")
+                continue
+            register_model(self.tracker, run_id, event)
+        self._pending_models.clear()
+        if problems:
+            self.tracker.set_tags(self.run_id, {Tags.MODEL_ERRORS: "; ".join(problems)})
+        if state is RunState.COMPLETED:
+            requested = self.tracker.get_run(self.run_id).data.tags.get(Tags.FAIL_REQUESTED)
+            if requested is not None:
+                state, error = RunState.FAILED, f"the script called run.fail(): {requested}"
+        if self._has_children:
+            self.children.end_open(state)
+        return state, error
+
+    def _upload(self, event: FileEvent, run_id: str | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="relay-") as scratch:
             source = self.target.fetch(self.handle, event.source, Path(scratch))
             if source is None:
@@ -139,23 +238,22 @@ class EventRelay:
             named.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, named)
             folder = artifact.parent.as_posix()
-            self.tracker.log_artifact(self.run_id, named, None if folder in ("", ".") else folder)
+            self.tracker.log_artifact(run_id or self.run_id, named, None if folder in ("", ".") else folder)
 
     def _apply_table(self, event: RowEvent | TableEvent) -> None:
-        rows = self._tables.setdefault(event.name, [])
+        if event.child:
+            rows = self._child_tables.setdefault((event.child, event.name), [])
+        else:
+            rows = self._tables.setdefault(event.name, [])
         if isinstance(event, RowEvent):
             rows.append(event.row)
         else:
             length = max((len(v) for v in event.columns.values()), default=0)
             rows.extend({k: v[i] for k, v in event.columns.items()} for i in range(length))
 
-    def _table_json(self, name: str) -> dict[str, Any]:
-        rows = self._tables[name]
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        return {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}
-
     def _rebuild_tables(self) -> None:
-        """Recover table rows already relayed (they are rewritten whole on every change)."""
+        """Recover table rows already relayed (they are rewritten whole on every change), and the
+        model registrations and child runs asked for (both idempotent, see :mod:`nested_runs`)."""
         position = 0
         while position < self.offset:
             chunk = self.target.read(self.handle, "events", position, min(_READ_LIMIT, self.offset - position))
@@ -167,4 +265,15 @@ class EventRelay:
                     event = decode_event(line)
                     if isinstance(event, (RowEvent, TableEvent)):
                         self._apply_table(event)
+                elif b'"e":"child"' in line:
+                    self._has_children = True
+                elif b'"e":"model"' in line:
+                    model = decode_event(line)
+                    if isinstance(model, ModelEvent):
+                        self._pending_models.append(model)
             position += consumed
+
+
+def _table_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}

@@ -62,6 +62,7 @@ class Run:
         rank = current_rank()
         # Ranks other than 0 of a distributed run log apart: "rank_3/loss", not into rank 0's "loss".
         self._rank_prefix = f"rank_{rank}/" if rank else ""
+        self._child = ""  # the key of a child run (Azure ML v1 compatibility); "" for the run itself
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,7 +133,8 @@ class Run:
             first = self._steps.get(name, 0)
             self._steps[name] = first + len(values)
         lines = b"".join(
-            encode_event(MetricEvent(self._rank_prefix + name, v, first + i, timestamp)) for i, v in enumerate(values)
+            encode_event(MetricEvent(self._rank_prefix + name, v, first + i, timestamp, self._child))
+            for i, v in enumerate(values)
         )
         self._write_lines(lines, len(values))
 
@@ -247,6 +249,8 @@ class Run:
             event = dataclasses.replace(event, key=self._rank_prefix + event.key)
         elif self._rank_prefix and isinstance(event, (RowEvent, TableEvent)):
             event = dataclasses.replace(event, name=self._rank_prefix + event.name)
+        if self._child:
+            event = dataclasses.replace(event, child=self._child)
         line = encode_event(event)
         if len(line) > MAX_EVENT_BYTES:
             raise ValueError(

@@ -8,6 +8,7 @@ Finalizing, Completed | Failed | Canceled).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,12 @@ from typing import TYPE_CHECKING, Any, overload
 from airflow_provider.core import events as events_module
 from airflow_provider.core import rank_launcher
 from airflow_provider.core import run_context as run_context_module
+from airflow_provider.core.azureml_compat import (
+    COMPAT_PATH_DIR,
+    azureml_variables,
+    compat_runtime_files,
+    expand_arguments,
+)
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environment_cache import PreparedEnvironment
@@ -147,6 +154,8 @@ class Experiment:
         }
         if resolved.environment is not None:
             initial_tags[Tags.ENVIRONMENT_NAME] = str(resolved.environment)
+        if resolved.azureml_compat:
+            initial_tags[Tags.AZUREML_COMPAT] = "true"
         run_id = self.tracker.create_run(self.id, initial_tags, run_name)
         handle: JobHandle | None = None
         try:
@@ -161,7 +170,7 @@ class Experiment:
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             })
-            handle = target.stage(run_id, snapshot, store, _runtime_files(), prepared)
+            handle = target.stage(run_id, snapshot, store, _runtime_files(resolved.azureml_compat), prepared)
             spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables)
         except BaseException as exc:
             self._fail_before_start(run_id, target, handle, exc)
@@ -230,6 +239,8 @@ class Experiment:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(p for p in (resolved.environment_variables.get("PYTHONPATH"), runtime) if p),
         }
+        if resolved.azureml_compat:
+            resolved = _with_azureml_compat(resolved, env, runtime, self, run_id, secrets or {})
         return JobSpec(
             argv=tuple(resolved.argv(prepared.python)),
             env=env,
@@ -508,10 +519,24 @@ class ScriptRun:
         return FileLock(str(folder / f"{self.id}.lock"))
 
 
-def _runtime_files() -> dict[str, bytes]:
-    """The run-context package the job imports (``from airflow_provider.core import Run``)."""
+def _with_azureml_compat(resolved: ResolvedRunConfig, env: dict[str, str], runtime: str, experiment: Experiment,
+                         run_id: str, secrets: dict[str, str]) -> ResolvedRunConfig:
+    """Azure ML v1 compatibility: its variables and package path into ``env`` (in place), and the
+    arguments with ``$VAR`` / ``${VAR}`` expanded from the run's variables (never from secrets)."""
+    env.update(azureml_variables(run_id, experiment.name, experiment.id, list(secrets)))
+    env["PYTHONPATH"] = os.pathsep.join((env["PYTHONPATH"], f"{runtime}/{COMPAT_PATH_DIR}"))
+    visible = {k: v for k, v in env.items() if k not in secrets}
+    command = resolved.command
+    if command is not None and command[:2] != ["/bin/sh", "-c"]:  # a shell command line expands itself
+        command = expand_arguments(command, visible)
+    return dataclasses.replace(resolved, arguments=expand_arguments(resolved.arguments, visible), command=command)
+
+
+def _runtime_files(azureml_compat: bool = False) -> dict[str, bytes]:
+    """The run-context package the job imports (``from airflow_provider.core import Run``), and
+    with ``azureml_compat`` the Azure ML v1 compatibility layer."""
     package = f"{RUNTIME_DIR}/airflow_provider"
-    return {
+    files = {
         f"{package}/__init__.py": b"",
         f"{package}/core/__init__.py": b'from airflow_provider.core.run_context import Run\n__all__ = ["Run"]\n',
         f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
@@ -519,6 +544,9 @@ def _runtime_files() -> dict[str, bytes]:
         f"{package}/core/rank_launcher.py": Path(rank_launcher.__file__).read_bytes(),
         f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": Path(rank_launcher.__file__).read_bytes(),
     }
+    if azureml_compat:
+        files.update(compat_runtime_files(RUNTIME_DIR))
+    return files
 
 
 def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarget) -> None:

@@ -97,6 +97,12 @@ class Tags:
     SWEEP_STOPPED = "training.sweep.stopped"
     SWEEP_BEST_RUN_ID = "training.sweep.best_run_id"
     SWEEP_BEST_HYPERPARAMETERS = "training.sweep.best_hyperparameters"
+    # Azure ML v1 compatibility (child runs, run.fail(), register_model)
+    CHILD_KEY = "training.child_key"
+    ROOT_RUN_ID = "training.root_run_id"
+    FAIL_REQUESTED = "training.fail_requested"
+    MODEL_ERRORS = "training.model_errors"
+    AZUREML_COMPAT = "training.azureml_compat"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

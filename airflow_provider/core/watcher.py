@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets import job_runner
@@ -221,6 +222,12 @@ class RunWatcher:
             except Exception as exc:
                 log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
                 problems.append(f"{type(exc).__name__}: {exc}")
+        if not problems:  # after ./outputs is uploaded: models to register, run.fail(), open child runs
+            try:
+                state, error = self.relay.finish(state, error)
+            except Exception as exc:
+                log.exception("Finalizing run %s: finishing its child runs and models failed", self.run_id)
+                problems.append(f"{type(exc).__name__}: {exc}")
         if problems:
             raise TrackingError(
                 f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
@@ -231,6 +238,9 @@ class RunWatcher:
         elif self.termination_reason:  # it ended by itself before the stop reached it
             with contextlib.suppress(Exception):  # already removed by an earlier finalize
                 self.tracker.client.delete_tag(self.run_id, Tags.SWEEP_TERMINATED)
+        if state is RunState.FAILED:
+            with contextlib.suppress(Exception):  # a hint is a courtesy, never a reason to fail finalizing
+                error = azureml_module_hint(error, self.log_tail())
         if self._failing_rank and state is RunState.FAILED:
             error = f"{error}; {self._failing_rank}"
         tags = {}

@@ -66,6 +66,8 @@ class SubmitTrainingRunOperator(BaseOperator):
         the same flags in ``arguments``, the run becomes a child of the sweep's parent run, its
         watcher applies the sweep's early termination policy, and a trial the policy stops ends
         the task as skipped.
+    :param azureml_compat: run an unchanged Azure ML v1 script (``from azureml.core import Run``)
+        with the provider's compatibility layer; see ``docs/migrating-from-azureml-v1.md``.
     """
 
     template_fields: Sequence[str] = (
@@ -102,6 +104,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         poll_interval: float = 5.0,
         reattach_on_retry: bool = True,
         sweep_trial: dict[str, Any] | None = None,
+        azureml_compat: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -122,6 +125,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.reattach_on_retry = reattach_on_retry
         self.sweep_trial = sweep_trial
+        self.azureml_compat = azureml_compat
         self._run: ScriptRun | None = None
         self._reference: RunReference | None = None
         self._credentials: dict[str, str] = {}
@@ -263,6 +267,7 @@ class SubmitTrainingRunOperator(BaseOperator):
             distributed_job_config=self.distributed_job_config,
             max_run_duration_seconds=self.max_run_duration_seconds,
             environment_variables=plain,
+            azureml_compat=self.azureml_compat,
         )
         return config, {**secrets, **credentials}
 

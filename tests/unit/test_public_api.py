@@ -72,6 +72,7 @@ OPERATOR_PARAMETERS = {
     "poll_interval": 5.0,
     "reattach_on_retry": True,
     "sweep_trial": None,
+    "azureml_compat": False,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
              "secret_environment_variables", "experiment_name", "tags"}
@@ -265,3 +266,70 @@ def test_hyperdrive_imports_neither_airflow_nor_optuna_until_bayesian_sampling_r
         "assert 'optuna' not in sys.modules\n"
     )
     assert "airflow" not in _imported_after(code)
+
+
+# ---------------------------------------------------------------------- Azure ML v1 compatibility
+COMPAT_RUN_API = {"Experiment", "Model", "Run", "UnsupportedV1API", "unsupported_name"}
+# Azure ML v1 ``Run`` methods as real training scripts call them: parameter names, in order.
+V1_RUN_SIGNATURES = {
+    "get_context": ["allow_offline", "used_for_context_manager", "kwargs"],
+    "log": ["name", "value", "description", "step"],
+    "log_list": ["name", "value", "description"],
+    "log_row": ["name", "description", "kwargs"],
+    "log_table": ["name", "value", "description"],
+    "log_image": ["name", "path", "plot", "description"],
+    "tag": ["key", "value"],
+    "set_tags": ["tags"],
+    "add_properties": ["properties"],
+    "upload_file": ["name", "path_or_stream", "datastore_name"],
+    "upload_folder": ["name", "path", "datastore_name"],
+    "complete": ["_set_status"],
+    "fail": ["error_details", "error_code", "_set_status"],
+    "child_run": ["name", "run_id", "outputs"],
+    "create_children": ["count", "tag_key", "tag_values"],
+    "get_secret": ["name"],
+    "get_secrets": ["secrets"],
+    "register_model": ["model_name", "model_path", "tags", "properties", "model_framework",
+                       "model_framework_version", "description", "datasets", "sample_input_dataset",
+                       "sample_output_dataset", "resource_configuration", "kwargs"],
+}
+
+
+def test_compat_run_module_all() -> None:
+    import airflow_provider.compat.azureml.run as compat_run
+
+    assert set(compat_run.__all__) == COMPAT_RUN_API
+
+
+@pytest.mark.parametrize("method", sorted(V1_RUN_SIGNATURES))
+def test_compat_run_keeps_the_v1_signatures(method: str) -> None:
+    from airflow_provider.compat.azureml.run import Run
+
+    parameters = [p for p in inspect.signature(getattr(Run, method)).parameters if p not in ("self", "cls")]
+    assert parameters == V1_RUN_SIGNATURES[method]
+
+
+def test_azureml_compat_flags_default_off() -> None:
+    parameters = inspect.signature(core.ScriptRunConfig).parameters
+    assert parameters["azureml_compat"].default is False
+    assert core.Environment("e").azureml_compat is False
+
+
+def test_compat_layer_imports_only_the_standard_library() -> None:
+    import os
+
+    from airflow_provider.compat.azureml import shim_path
+
+    probe = (
+        "from azureml.core import Run\n"
+        "run = Run.get_context()\n"
+        "run.log('alpha', 0.5)\n"
+        "import json, sys\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(json.dumps(sorted(r for r in roots if r in ('airflow', 'mlflow', 'numpy', 'matplotlib'))))\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": shim_path()}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
