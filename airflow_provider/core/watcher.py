@@ -34,13 +34,11 @@ OutputSink = Callable[[str], None]
 """Receives the run's output one line at a time (without the newline)."""
 
 
-
 class RunMonitor(Protocol):
     """Looks at a run's relayed metrics and may ask to stop it (a sweep's early termination)."""
 
     def check(self) -> str | None:
         """The reason to stop the run now, or None."""
-
 
 DRIVER_LOG_ARTIFACT = "system_logs/driver.log"
 _LOG_TAIL_BYTES = 4096
@@ -82,6 +80,8 @@ class RunWatcher:
 
     max_step_failures: int = 6
     """Consecutive failed polls (about a minute of backing off) before watching gives up."""
+    monitor_interval: float = 2.0
+    """Seconds between consultations of the monitor when no event was relayed."""
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
                  output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
@@ -90,6 +90,8 @@ class RunWatcher:
         self.tracker = tracker
         self.monitor = monitor
         self.termination_reason = termination_reason
+        self._stop_sent = termination_reason is None  # a reason read back from the run: send the stop again
+        self._last_monitor_check = time.monotonic()
         self.target = target
         self.handle = handle
         self.run_id = run_id
@@ -111,7 +113,10 @@ class RunWatcher:
         :return: the job's status after this step.
         """
         status = self.target.poll(self.handle)
-        if self.live_tracking and self.relay.pump() and status.state == "running":
+        relayed = self.relay.pump() if self.live_tracking else 0
+        if (self.monitor is not None or self.termination_reason is not None) and status.state == "running" and (
+                relayed or time.monotonic() - self._last_monitor_check >= self.monitor_interval):
+            # Also on a timer: a script may log with mlflow directly, which relays no event.
             self._consult_monitor()
         if self.output is not None:  # nobody to show it to: finalize reads the log once, at the end
             self.stream_output()
@@ -123,17 +128,25 @@ class RunWatcher:
     def terminate(self, reason: str) -> None:
         """Stop the job for ``reason`` (recorded at once); the run ends Canceled with it as its error.
 
+        A stop that fails (a dropped connection) is asked for again at every step until it is sent.
+
         :param reason: why, e.g. the early termination policy's verdict.
         """
         log.info("Run %s: %s; stopping it", self.run_id, reason)
+        if self.termination_reason is None:
+            self.tracker.set_tags(self.run_id, {Tags.SWEEP_TERMINATED: reason})
         self.termination_reason = reason
-        self.tracker.set_tags(self.run_id, {Tags.SWEEP_TERMINATED: reason})
+        self._stop_sent = False
         self.target.cancel(self.handle, wait=False)
+        self._stop_sent = True
 
     def _consult_monitor(self) -> None:
-        if self.monitor is None or self.termination_reason is not None:
+        self._last_monitor_check = time.monotonic()
+        if self.termination_reason is not None:
+            if not self._stop_sent:
+                self.terminate(self.termination_reason)
             return
-        reason = self.monitor.check()
+        reason = self.monitor.check() if self.monitor is not None else None
         if reason is not None:
             self.terminate(reason)
 

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HyperparameterSweepOperator", "PlanHyperparameterSweepOperator", "SelectBestTrialOperator"]
 
+KILLED = "the sweep's task was killed"
+
 
 def _fail_on_bad_input(error: ConfigurationError | TargetError) -> None:
     from airflow.sdk.exceptions import AirflowFailException
@@ -90,14 +92,21 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return self._run_sweep(context)
-        except (ConfigurationError, TargetError) as exc:
+        except ConfigurationError as exc:
             _fail_on_bad_input(exc)
             raise  # unreachable
+        except TargetError as exc:  # an unreachable target: a retry resumes the sweep
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(str(exc)) from exc
 
     def _run_sweep(self, context: Context) -> dict[str, Any]:
         if self.deferrable:
             raise ConfigurationError("deferrable", "a sweep's task drives its trials, so it cannot defer.",
                                      "leave deferrable=False; use the mapped-task pattern to defer each trial.")
+        if self.sweep_trial is not None:
+            raise ConfigurationError("sweep_trial", "is for SubmitTrainingRunOperator tasks mapped over a planned "
+                                     "sweep, not for HyperparameterSweepOperator.", "remove sweep_trial.")
         ti = context["ti"]
         experiment = self._experiment(context)
         run_config, secrets = self._run_config()
@@ -109,6 +118,9 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
         sweep_run = experiment.submit(config, tags, run_key=_run_key(context),
                                       run_name=f"{ti.task_id}-{ti.run_id}"[:240], secret_variables=secrets)
         self._sweep_run = sweep_run
+        if self._killed:  # on_kill came while submitting, before there was a sweep to stop
+            self.on_kill()
+            raise RuntimeError(f"the task was killed while starting sweep {sweep_run.id}; it was canceled")
         self.log.info("Sweep %s started in experiment %r (tracking %s)", sweep_run.id, experiment.name,
                       experiment.tracking_uri)
         details = sweep_run.wait_for_completion(output=self._log_output, raise_on_error=False,
@@ -132,17 +144,16 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
         }
 
     def on_kill(self) -> None:
-        """Stop every running trial (each ends Canceled, finalized by a detached process) and end the sweep."""
+        """Stop every running trial (each ends Canceled, finalized by a detached process) and end the
+        sweep Canceled. A retry resumes it: finished trials are kept, the stopped ones run again."""
+        self._killed = True
         sweep_run = self._sweep_run
-        if sweep_run is None or sweep_run._driver is None:
-            return
-        driver = sweep_run._driver
-        driver.stopped = "the sweep's task was killed"
-        self.log.info("Task killed: canceling %d running trials of sweep %s", len(driver.active), sweep_run.id)
-        for trial in driver.active.values():
-            trial.run.cancel(wait=False)
-            finalize_in_background(trial.run, self._credentials)
-        sweep_run.sweep.finish(RunState.CANCELED, stopped=driver.stopped)
+        if sweep_run is None:
+            return  # nothing started yet: execute() stops the sweep as soon as submit returns
+        running = sweep_run.abort(KILLED)
+        self.log.info("Task killed: stopped %d running trials of sweep %s", len(running), sweep_run.id)
+        for run in running:
+            finalize_in_background(run, self._credentials)
 
 
 class PlanHyperparameterSweepOperator(BaseOperator):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core import ConfigurationError, Experiment, ScriptRunConfig
 from airflow_provider.core.hyperdrive import (
     BanditPolicy,
     BayesianParameterSampling,
@@ -256,7 +256,7 @@ def test_max_duration_stops_the_sweep_and_cancels_running_trials(tmp_path: Path)
 
 RESUMABLE_DRIVER = """
 import json, os, sys
-from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core import ConfigurationError, Experiment, ScriptRunConfig
 from airflow_provider.core.hyperdrive import GridParameterSampling, HyperDriveConfig, choice
 curves = [[1.0, 2.0], [2.0, 3.0], [3.0] * 40, [4.0, 5.0]]
 config = HyperDriveConfig(
@@ -350,3 +350,70 @@ def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_pa
     assert stopped[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:"), stopped[Tags.ERROR]
     assert kind in stopped[Tags.TARGET]
     assert details["bestRun"]["hyperparameters"] == {"--curve": 0}
+
+
+def test_a_sweep_stopped_by_a_task_kill_resumes_and_reruns_only_the_stopped_trials(tmp_path: Path) -> None:
+    curves = [[1.0, 2.0], [2.0] * 60, [3.0, 4.0]]
+    config = HyperDriveConfig(curve_config(tmp_path, curves, pause=0.1),
+                              GridParameterSampling({"--curve": choice(0, 1, 2)}), "score", "maximize",
+                              max_concurrent_runs=1)
+    first = Experiment("killed").submit(config, run_key="dag/sweep/run-2")
+    starts = tmp_path / "starts.jsonl"
+
+    def curve_started(curve: int) -> int:
+        lines = starts.read_text().splitlines() if starts.exists() else []
+        return sum(1 for line in lines if json.loads(line).get("curve") == curve and "start" in json.loads(line))
+
+    driver = first.driver
+    wait_until(lambda: (driver.step() or True) and curve_started(1) == 1, timeout=60, message="trial 1 to run")
+    stopped = first.abort("the sweep's task was killed")  # what the operator's on_kill does
+    assert [run.id for run in stopped] == [driver.active[1].run.id]
+    for run in stopped:  # what the detached finalizer does
+        run.wait_for_completion(raise_on_error=False)
+    client = MlflowClient()
+    parent = client.get_run(first.id)
+    assert parent.data.tags[Tags.STATE] == "Canceled" and parent.data.tags[Tags.SWEEP_STOPPED] == (
+        "the sweep's task was killed")
+    staged = [t for t in first.get_details()["trials"] if t["trial_index"] == 2]
+    assert [t["status"] for t in staged] == ["Canceled"], "the trial staged ahead never started"
+
+    again = Experiment("killed").submit(config, run_key="dag/sweep/run-2")  # the task's retry
+    assert again.id == first.id
+    details = again.wait_for_completion()
+    assert [curve_started(c) for c in range(3)] == [1, 2, 1], "trial 0 kept; the stopped trial 1 ran again"
+    assert [t["status"] for t in details["trials"]] == ["Completed"] * 3
+    assert client.get_run(again.id).info.status == "FINISHED"
+    assert Tags.SWEEP_STOPPED not in client.get_run(again.id).data.tags
+
+
+def test_resuming_a_sweep_with_other_settings_is_refused(tmp_path: Path) -> None:
+    config = HyperDriveConfig(curve_config(tmp_path, [[1.0], [2.0]], pause=0.0),
+                              GridParameterSampling({"--curve": choice(0, 1)}), "score", "maximize")
+    Experiment("changed").submit(config, run_key="dag/sweep/run-3").wait_for_completion()
+    changed = HyperDriveConfig(config.run_config, GridParameterSampling({"--curve": choice(0, 1)}), "score",
+                               "maximize", policy=BanditPolicy(slack_amount=0.1))
+    with pytest.raises(ConfigurationError, match=r"HyperDriveConfig\.policy: differs from the sweep .* with the "
+                                                  r"same run key"):
+        Experiment("changed").submit(changed, run_key="dag/sweep/run-3")
+
+
+def test_the_policy_applies_to_a_script_that_logs_with_mlflow_directly(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_script(source, """
+        import argparse, json, os, time
+        import mlflow
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--curve", type=int)
+        curve = json.loads(os.environ["CURVES"])[parser.parse_args().curve]
+        for step, value in enumerate(curve):
+            mlflow.log_metric("score", value, step=step)
+            time.sleep(0.5)
+    """)
+    curves = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]
+    config = HyperDriveConfig(ScriptRunConfig(source, "train.py", environment_variables={"CURVES": json.dumps(curves)}),
+                              GridParameterSampling({"--curve": choice(0, 1)}), "score", "maximize",
+                              max_concurrent_runs=1, policy=BanditPolicy(slack_amount=0.2, delay_evaluation=2))
+    details = Experiment("direct").submit(config).wait_for_completion()
+    assert [t["status"] for t in details["trials"]] == ["Completed", "Canceled"]
+    error = MlflowClient().get_run(details["trials"][1]["run_id"]).data.tags[Tags.ERROR]
+    assert error.startswith("terminated early by BanditPolicy at interval 2:"), error

@@ -550,3 +550,32 @@ def test_zero_delay_and_unit_interval_are_accepted() -> None:
     policy = MedianStoppingPolicy(evaluation_interval=1, delay_evaluation=0)
     assert policy.applies_at(1)
     assert BanditPolicy(slack_amount=0).slack_amount == 0
+
+
+# ---------------------------------------------------------------------- diverged trials (NaN, inf)
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("goal", list(PrimaryMetricGoal))
+def test_a_diverged_trial_is_stopped_by_every_policy(goal: PrimaryMetricGoal) -> None:
+    good = [0.5, 0.6, 0.7] if goal is PrimaryMetricGoal.MAXIMIZE else [0.7, 0.6, 0.5]
+    others = [good, good, [g + (0.01 if goal is PrimaryMetricGoal.MAXIMIZE else -0.01) for g in good], good]
+    diverged = [good[0], NAN, math.inf if goal is PrimaryMetricGoal.MINIMIZE else -math.inf]
+    assert BanditPolicy(slack_amount=0.1).first_stop(diverged[1:], others, goal) == (
+        1, BanditPolicy(slack_amount=0.1).stop_reason(1, diverged[1:], others, goal))
+    assert MedianStoppingPolicy().first_stop([NAN, NAN], others, goal)[0] == 1  # type: ignore[index]
+    assert TruncationSelectionPolicy(20).first_stop([NAN, NAN], others, goal)[0] == 1  # type: ignore[index]
+
+
+def test_a_nan_sibling_does_not_switch_the_median_and_truncation_policies_off() -> None:
+    goal = PrimaryMetricGoal.MAXIMIZE
+    others = [[0.9, 0.9], [0.8, 0.8], [NAN, NAN], [0.85, 0.85]]
+    assert MedianStoppingPolicy().first_stop([0.1, 0.1], others, goal) is not None
+    assert TruncationSelectionPolicy(40).first_stop([0.1, 0.1], others, goal) is not None
+    assert MedianStoppingPolicy().first_stop([0.95, 0.95], others, goal) is None
+    assert goal.best([NAN, 0.3, NAN]) == 0.3 and PrimaryMetricGoal.MINIMIZE.best([NAN, 0.3]) == 0.3
+
+
+def test_policy_from_dict_refuses_unknown_fields_with_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"policy: .* does not describe a BanditPolicy"):
+        policy_from_dict({"kind": "BanditPolicy", "slack_factor": 0.1, "typo_interval": 2})

@@ -710,3 +710,37 @@ def test_primary_metric_goal_better_and_best() -> None:
     assert MIN.better(1, 2) and not MIN.better(2, 1) and not MIN.better(1, 1)
     assert MAX.best([3.0, 5.0, 1.0]) == 5.0
     assert MIN.best([3.0, 5.0, 1.0]) == 1.0
+
+
+# ---------------------------------------------------------------------- review follow-ups
+def test_an_integer_step_gives_integer_values() -> None:
+    rng = random.Random(5)
+    values = [quniform(16, 128, 16).sample(rng) for _ in range(200)]
+    assert all(type(v) is int and v % 16 == 0 and 16 <= v <= 128 for v in values)
+    assert trial_arguments(["--batch", 32], {"--batch": values[0]}) == ["--batch", values[0]]
+    assert str(values[0]).isdigit(), "argparse type=int accepts it"
+    assert all(type(qloguniform(0, 3, 1).sample(rng)) is int for _ in range(20))
+    assert all(type(quniform(0, 1, 0.25).sample(rng)) is float for _ in range(20))
+
+
+def test_a_resumed_bayesian_sampler_does_not_repeat_the_earlier_trials() -> None:
+    space = {"x": uniform(0.0, 1.0), "k": choice("a", "b", "c")}
+    first = BayesianParameterSampling(space, seed=9).sampler(9, PrimaryMetricGoal.MAXIMIZE)
+    earlier = [first.suggest(i) for i in range(3)]
+    for index, values in enumerate(earlier):
+        first.observe(index, values, float(values["x"]))
+    resumed = BayesianParameterSampling(space, seed=9).sampler(9, PrimaryMetricGoal.MAXIMIZE)
+    for index, values in enumerate(earlier):
+        resumed.observe(index, values, float(values["x"]))
+    following = [resumed.suggest(i) for i in range(3, 6)]
+    assert not any(values in earlier for values in following), (earlier, following)
+    assert len(resumed._study.trials) == 6  # type: ignore[attr-defined]
+
+
+def test_a_nan_result_teaches_the_bayesian_sampler_a_failure() -> None:
+    sampler = BayesianParameterSampling({"x": uniform(0.0, 1.0)}, seed=1).sampler(1, PrimaryMetricGoal.MINIMIZE)
+    values = sampler.suggest(0)
+    sampler.observe(0, values, float("nan"))
+    sampler.observe(1, {"x": 0.5}, float("inf"))
+    states = [t.state.name for t in sampler._study.trials]  # type: ignore[attr-defined]
+    assert states == ["FAIL", "FAIL"]

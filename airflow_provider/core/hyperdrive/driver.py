@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PendingTrial:
-    """A trial staged (or reattached) and waiting for a free slot."""
+    """A trial staged (or reattached) and waiting for a free slot.
+
+    :param index: the trial's index.
+    :param hyperparameters: its sampled values.
+    :param staged: its staged job, or the running (or finished) run it was reattached to.
+    """
 
     index: int
     hyperparameters: Hyperparameters
@@ -48,7 +53,14 @@ class PendingTrial:
 
 @dataclass
 class ActiveTrial:
-    """A trial being watched by the driver."""
+    """A trial being watched by the driver.
+
+    :param index: the trial's index.
+    :param hyperparameters: its sampled values.
+    :param run: its run.
+    :param watcher: the watcher that streams, relays and applies the policy.
+    :param failures: its consecutive failed polls.
+    """
 
     index: int
     hyperparameters: Hyperparameters
@@ -95,10 +107,13 @@ class SweepDriver:
         self._stage_depth = 0 if sweep.settings.sampling.adaptive else min(2, settings_concurrency)
         """Trials kept staged ahead: two slots that free at once both start at once."""
         self._existing = sweep.trials()
+        self._to_reattach: list[int] = []
+        self.aborted = False
+        """Set by :meth:`abort`: the loop returns at once, collecting nothing more."""
         remaining = None if settings.max_duration_minutes is None else \
             settings.max_duration_minutes * 60 - sweep.elapsed_seconds()
         self._deadline = None if remaining is None else time.monotonic() + remaining
-        self._learn_from_finished_trials()
+        self._take_stock_of_earlier_trials()
 
     # ------------------------------------------------------------------ the loop
     def launch_ready(self, stage_ahead: bool = True) -> None:
@@ -108,6 +123,9 @@ class SweepDriver:
             (not for adaptive sampling, which must learn from the trials running now first).
         """
         self._check_deadline()
+        while self._to_reattach:  # running when an earlier driver died: watched again before anything new
+            index = self._to_reattach.pop(0)
+            self._start(self._stage(index, json.loads(self._existing[index].data.tags[Tags.SWEEP_HYPERPARAMETERS])))
         while self.stopped is None and len(self.active) < self.sweep.settings.max_concurrent_runs:
             if not self._staged:
                 staged = self._stage_next()
@@ -119,14 +137,24 @@ class SweepDriver:
             self._stage_ahead()
 
     def run(self) -> RunState:
-        """Run the sweep to its end; return the parent's terminal state."""
-        while True:
-            self.launch_ready()
-            if not self.active:
-                break
-            self.step()
-            if self.active:
-                time.sleep(self.poll_interval)
+        """Run the sweep to its end; return the parent's terminal state.
+
+        When watching fails (a target that stays unreachable), the running trials go on by
+        themselves and the parent stays Running: running the sweep again (a task retry) resumes it.
+        """
+        try:
+            while not self.aborted:
+                self.launch_ready()
+                if not self.active or self.aborted:
+                    break
+                self.step()
+                if self.active:
+                    time.sleep(self.poll_interval)
+        except BaseException:
+            self._discard_staged("the sweep's driver stopped", start_reattached=False)
+            raise
+        if self.aborted:
+            return self.sweep.state()
         if self._staged:  # the sweep stopped before they could start
             self._discard_staged(self.stopped or "the sweep ended")
         return self.sweep.finish(stopped=self.stopped)
@@ -152,11 +180,33 @@ class SweepDriver:
         if not ended:
             self._check_deadline()
             return
-        self.launch_ready(stage_ahead=False)  # the staged trial starts before the ended ones are collected
+        adaptive = self.sweep.settings.sampling.adaptive
+        if not adaptive:
+            self.launch_ready(stage_ahead=False)  # the staged trial starts before the ended ones are collected
         for trial, status in ended:
-            trial.watcher.finalize(status)
+            if self.aborted:
+                return
+            with trial.run._lock():  # a detached finalizer (after a task kill) may be at it too
+                if not trial.run._state().is_terminal:
+                    trial.watcher.finalize(status)
             self._record(trial.index, trial.hyperparameters, trial.run.id)
-        self._stage_ahead()
+        if adaptive:
+            self.launch_ready()  # after learning from the trials that just ended
+        else:
+            self._stage_ahead()
+
+    def abort(self, reason: str) -> None:
+        """Stop at once from another thread or a signal handler (a task kill): ask every running
+        trial's job to stop, discard the staged ones, and make :meth:`run` return without collecting
+        anything more (detached finalizers do that).
+
+        :param reason: why.
+        """
+        self.aborted = True
+        self.stopped = reason
+        for trial in list(self.active.values()):
+            trial.run.cancel(wait=False)
+        self._discard_staged(reason, start_reattached=False)
 
     def stop(self, reason: str) -> None:
         """Launch no more trials and stop the running ones (they end Canceled with ``reason``).
@@ -179,7 +229,7 @@ class SweepDriver:
         while self._next_index < self._total:
             index = self._next_index
             self._next_index += 1
-            if index in self._finished:
+            if index in self._finished or index in self.active:
                 continue
             previous = self._existing.get(index)
             if previous is not None:
@@ -189,18 +239,23 @@ class SweepDriver:
             if values is None:  # a grid smaller than max_total_runs
                 self._total = index
                 return None
-            plan = self.sweep.plan(index, values)
-            if self._parent_name is None:
-                self._parent_name = self.sweep.parent().info.run_name or self.sweep.parent_run_id
-            staged = self.sweep.experiment.stage(
-                trial_run_config(self.run_config, values), {**self.tags, **plan.tags()},
-                run_key=self.sweep.trial_key(index), run_name=f"{self._parent_name}_{index}",
-                secret_variables=self.secret_variables, params=plan.params(),
-            )
-            return PendingTrial(index, values, staged)
+            return self._stage(index, values)
         return None
 
+    def _stage(self, index: int, values: Hyperparameters) -> PendingTrial:
+        """Stage trial ``index`` (or reattach to it, by its run key)."""
+        plan = self.sweep.plan(index, values)
+        if self._parent_name is None:
+            self._parent_name = self.sweep.parent().info.run_name or self.sweep.parent_run_id
+        staged = self.sweep.experiment.stage(
+            trial_run_config(self.run_config, values), {**self.tags, **plan.tags()},
+            run_key=self.sweep.trial_key(index), run_name=f"{self._parent_name}_{index}",
+            secret_variables=self.secret_variables, params=plan.params(),
+        )
+        return PendingTrial(index, values, staged)
+
     def _stage_ahead(self) -> None:
+        self._check_deadline()
         while self.stopped is None and len(self._staged) < self._stage_depth:
             staged = self._stage_next()
             if staged is None:
@@ -217,12 +272,12 @@ class SweepDriver:
         self.active[pending.index] = ActiveTrial(pending.index, pending.hyperparameters, run, run.watcher(sink))
         log.info("Trial %d started as run %s with %s", pending.index, run.id, pending.hyperparameters)
 
-    def _discard_staged(self, reason: str) -> None:
+    def _discard_staged(self, reason: str, start_reattached: bool = True) -> None:
         while self._staged:
             pending = self._staged.popleft()
             if isinstance(pending.staged, StagedRun):
                 pending.staged.discard(f"never started: {reason}")
-            else:  # a reattached trial: it runs on, so watch it to its end
+            elif start_reattached:  # a reattached trial: it runs on, so watch it to its end
                 self._start(pending)
 
     def _record(self, index: int, values: Hyperparameters, run_id: str) -> None:
@@ -231,21 +286,34 @@ class SweepDriver:
         completed = result.status == RunState.COMPLETED.value
         self._sampler.observe(index, values, result.best_primary_metric if completed else None)
 
-    def _learn_from_finished_trials(self) -> None:
+    def _take_stock_of_earlier_trials(self) -> None:
+        """What earlier drivers of this sweep left: finished trials are kept (never run again),
+        running ones are watched again, and trials that never ran, or were stopped by a task kill
+        rather than by the sweep, run again under their run keys (the newest run of a key is the
+        trial's)."""
+        tracker = self.sweep.tracker
+        target = self.run_config.compute_target
+        assert not isinstance(target, str)
         for index, child in sorted(self._existing.items()):
-            state = RunState(child.data.tags.get(Tags.STATE, RunState.QUEUED.value))
-            if not state.is_terminal and Tags.JOB not in child.data.tags:
-                # Staged ahead by a driver that died before starting it: it never ran, so it is
-                # staged afresh under the same run key (the newest run of a key is the trial's).
-                tracker = self.sweep.tracker
+            tags = child.data.tags
+            state = RunState(tags.get(Tags.STATE, RunState.QUEUED.value))
+            if state in (RunState.COMPLETED, RunState.FAILED) or (
+                    state is RunState.CANCELED and Tags.SWEEP_TERMINATED in tags):
+                self._record(index, json.loads(tags.get(Tags.SWEEP_HYPERPARAMETERS, "{}")), child.info.run_id)
+            elif state.is_terminal:
+                continue  # canceled by a task kill: it runs again
+            elif Tags.JOB in tags:
+                self._to_reattach.append(index)
+            else:
+                handle = target.find(child.info.run_id)
+                if handle is not None:  # launched a moment before its driver died
+                    tracker.set_state(child.info.run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+                    self._existing[index] = tracker.get_run(child.info.run_id)
+                    self._to_reattach.append(index)
+                    continue
                 tracker.set_tags(child.info.run_id, {Tags.ERROR: "never started: the sweep's driver stopped first"})
                 tracker.terminate(child.info.run_id, RunState.CANCELED)
                 tracker.set_state(child.info.run_id, RunState.CANCELED)
-                del self._existing[index]
-            elif state.is_terminal:
-                self._record(index, json.loads(child.data.tags.get(Tags.SWEEP_HYPERPARAMETERS, "{}")),
-                             child.info.run_id)
-
 
 def prefixed(output: OutputSink, prefix: str) -> Callable[[str], None]:
     """An output sink that puts ``prefix`` before every line.

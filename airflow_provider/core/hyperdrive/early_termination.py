@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from airflow_provider.core.hyperdrive.policies import EarlyTerminationPolicy, NoTerminationPolicy, policy_from_dict
 from airflow_provider.core.hyperdrive.sampling import PrimaryMetricGoal
 from airflow_provider.core.tracking import RunState, Tags, Tracker
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 __all__ = ["TrialMonitor"]
 
@@ -78,11 +82,16 @@ class TrialMonitor:
         return None if found is None else f"terminated early by {found[1]}"
 
     def sibling_histories(self) -> list[list[float]]:
-        """The primary metric values of every other trial of the sweep, as reported."""
+        """The primary metric values of every other trial of the sweep, as reported (the newest
+        run of each trial index: an earlier attempt of a trial that ran again does not count)."""
+        newest: dict[str, Run] = {}
+        for child in self.tracker.child_runs(self.experiment_id, self.parent_run_id):  # oldest first
+            newest[child.data.tags.get(Tags.SWEEP_TRIAL_INDEX, child.info.run_id)] = child
+        own_index = next((i for i, c in newest.items() if c.info.run_id == self.run_id), None)
         histories = []
-        for sibling in self.tracker.child_runs(self.experiment_id, self.parent_run_id):
+        for index, sibling in newest.items():
             sibling_id = sibling.info.run_id
-            if sibling_id == self.run_id:
+            if index == own_index or sibling_id == self.run_id:
                 continue
             if sibling_id in self._finished_siblings:
                 histories.append(self._finished_siblings[sibling_id])

@@ -131,12 +131,16 @@ ParameterExpression = Choice | Randint | Quantized
 
 
 def quantize(value: float, q: float) -> float:
-    """``round(value / q) * q``, rounded again to ``q``'s decimals so 0.1 steps print as 0.3, not 0.30000000000000004.
+    """``round(value / q) * q``, rounded again to ``q``'s decimals so 0.1 steps print as 0.3, not
+    0.30000000000000004; an integer ``q`` gives an integer (``--batch 96``, not ``96.0``, which
+    ``argparse`` ``type=int`` refuses).
 
     :param value: the raw value.
     :param q: the step.
     """
-    decimals = max(0, -math.floor(math.log10(q))) + 6 if q < 1 else 6
+    if float(q).is_integer():
+        return round(value / q) * int(q)
+    decimals = max(0, -math.floor(math.log10(q))) + 6
     return round(round(value / q) * q, decimals)
 
 

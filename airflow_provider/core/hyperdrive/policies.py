@@ -92,9 +92,11 @@ class EarlyTerminationPolicy:
                 "delay_evaluation": self.delay_evaluation}
 
 
-def _cohort(interval: int, own: History, others: Sequence[History]) -> list[list[float]]:
-    """Every trial that reached ``interval``, cut to its first ``interval`` values (own first)."""
-    return [list(own[:interval])] + [list(h[:interval]) for h in others if len(h) >= interval]
+def _cohort(interval: int, own: History, others: Sequence[History], goal: PrimaryMetricGoal) -> list[list[float]]:
+    """Every trial that reached ``interval``, cut to its first ``interval`` values (own first); a
+    NaN or infinite value (a diverged trial) counts as the worst possible one."""
+    return [goal.sanitize(list(own[:interval]))] + [goal.sanitize(list(h[:interval]))
+                                                     for h in others if len(h) >= interval]
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class BanditPolicy(EarlyTerminationPolicy):
 
     def stop_reason(self, interval: int, own: History, others: Sequence[History],
                     goal: PrimaryMetricGoal) -> str | None:
-        cohort = _cohort(interval, own, others)
+        cohort = _cohort(interval, own, others, goal)
         best = goal.best([goal.best(h) for h in cohort])
         mine = goal.best(cohort[0])
         maximize = goal is PrimaryMetricGoal.MAXIMIZE
@@ -183,8 +185,9 @@ class MedianStoppingPolicy(EarlyTerminationPolicy):
 
     def stop_reason(self, interval: int, own: History, others: Sequence[History],
                     goal: PrimaryMetricGoal) -> str | None:
-        cohort = _cohort(interval, own, others)
-        median = statistics.median(statistics.fmean(h) for h in cohort)
+        cohort = _cohort(interval, own, others, goal)
+        averages = [statistics.fmean(h) if all(math.isfinite(v) for v in h) else goal.worst for h in cohort]
+        median = statistics.median(averages)
         mine = goal.best(cohort[0])
         if goal.better(median, mine):
             return (f"MedianStoppingPolicy at interval {interval}: this trial's best {mine:g} is worse than "
@@ -220,7 +223,7 @@ class TruncationSelectionPolicy(EarlyTerminationPolicy):
 
     def stop_reason(self, interval: int, own: History, others: Sequence[History],
                     goal: PrimaryMetricGoal) -> str | None:
-        cohort = _cohort(interval, own, others)
+        cohort = _cohort(interval, own, others, goal)
         bests = [goal.best(h) for h in cohort]
         truncated = len(bests) * self.truncation_percentage // 100
         better = sum(1 for b in bests[1:] if goal.better(b, bests[0]))
@@ -249,4 +252,8 @@ def policy_from_dict(data: dict[str, Any]) -> EarlyTerminationPolicy:
     kind = _POLICIES.get(str(fields.pop("kind", "")))
     if kind is None:
         raise ConfigurationError("policy", f"unknown policy {data.get('kind')!r}.", f"use one of {sorted(_POLICIES)}.")
-    return kind(**fields)
+    try:
+        return kind(**fields)
+    except TypeError as exc:
+        raise ConfigurationError("policy", f"{data!r} does not describe a {kind.__name__}: {exc}.",
+                                 f"build it with {kind.__name__}(...).") from None

@@ -111,6 +111,21 @@ class HyperDriveRun:
             raise RunFailedError(self.id, details["status"], details.get("error") or "no trial completed")
         return details
 
+    def abort(self, reason: str) -> list[ScriptRun]:
+        """Stop at once, from a signal handler or another thread (a task kill): ask every running
+        trial's job to stop, discard staged trials, end the sweep Canceled; collect nothing.
+
+        :param reason: why.
+        :return: the trials that were running (finalize them elsewhere, e.g. in the background).
+        """
+        running: list[ScriptRun] = []
+        if self._driver is not None:
+            running = [trial.run for trial in self._driver.active.values()]
+            self._driver.abort(reason)
+        if not self.sweep.state().is_terminal:
+            self.sweep.finish(RunState.CANCELED, stopped=reason)
+        return running
+
     def cancel(self, reason: str = "the sweep was canceled") -> None:
         """Stop the trials this handle is running (each ends Canceled) and end the sweep Canceled.
 

@@ -67,12 +67,25 @@ class PrimaryMetricGoal(str, enum.Enum):
         """
         return a > b if self is PrimaryMetricGoal.MAXIMIZE else a < b
 
+    @property
+    def worst(self) -> float:
+        """The worst possible value: where a NaN or infinite report of a diverged trial ranks."""
+        return -math.inf if self is PrimaryMetricGoal.MAXIMIZE else math.inf
+
+    def sanitize(self, values: list[float]) -> list[float]:
+        """``values`` with every NaN or infinite value replaced by :attr:`worst`.
+
+        :param values: metric values as reported.
+        """
+        return [v if math.isfinite(v) else self.worst for v in values]
+
     def best(self, values: list[float]) -> float:
-        """The best of ``values`` (not empty).
+        """The best of ``values`` (not empty); NaN and infinite values count as the worst.
 
         :param values: metric values.
         """
-        return max(values) if self is PrimaryMetricGoal.MAXIMIZE else min(values)
+        clean = self.sanitize(values)
+        return max(clean) if self is PrimaryMetricGoal.MAXIMIZE else min(clean)
 
 
 class TrialSampler:
@@ -272,6 +285,8 @@ class _BayesianSampler(TrialSampler):
         self._study = optuna.create_study(direction="maximize" if goal is PrimaryMetricGoal.MAXIMIZE else "minimize",
                                           sampler=optuna.samplers.TPESampler(seed=seed))
         self._asked: dict[int, Any] = {}
+        self._seed = seed
+        self._known = 0
 
     def suggest(self, index: int) -> Hyperparameters:
         trial = self._study.ask(self._distributions)
@@ -288,19 +303,23 @@ class _BayesianSampler(TrialSampler):
         state = self._optuna.trial.TrialState
         trial = self._asked.pop(index, None)
         if trial is not None:
-            if value is None:
+            if value is None or not math.isfinite(value):
                 self._study.tell(trial, state=state.FAIL)
             else:
                 self._study.tell(trial, value)
             return
         # A trial of an earlier try of this sweep: teach the new study what it found (unless the
-        # space changed since, and there is nothing to learn from it).
+        # space changed since, and there is nothing to learn from it). A fresh sampler with the same
+        # seed would draw the earlier tries' first trials again: its seed moves on with each one.
         with contextlib.suppress(ValueError, KeyError):
             self._study.add_trial(self._optuna.trial.create_trial(
                 params={k: hyperparameters[k] for k in self._distributions},
                 distributions=self._distributions,
-                value=value, state=state.COMPLETE if value is not None else state.FAIL,
+                value=value if value is not None and math.isfinite(value) else None,
+                state=state.COMPLETE if value is not None and math.isfinite(value) else state.FAIL,
             ))
+        self._known += 1
+        self._study.sampler = self._optuna.samplers.TPESampler(seed=self._seed + 1_000_003 * self._known)
 
 
 def _optuna_distribution(optuna: Any, expression: ParameterExpression) -> Any:

@@ -7,7 +7,9 @@ policy that applies to it. Everything a resumed sweep or a mapped task needs is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -164,8 +166,12 @@ class Sweep:
             previous = tracker.find_run_by_key(experiment.id, run_key)
             if previous is not None and previous.data.tags.get(Tags.SWEEP_ROLE) == ROLE_PARENT:
                 state = RunState(previous.data.tags.get(Tags.STATE, RunState.QUEUED.value))
-                if state in (RunState.COMPLETED,) or not state.is_terminal:
-                    return cls.load(experiment, previous.info.run_id)
+                if state is not RunState.FAILED:  # a Failed sweep (no trial completed) starts afresh
+                    sweep = cls.load(experiment, previous.info.run_id)
+                    sweep._check_same_settings(settings)
+                    if state is RunState.CANCELED:  # stopped by a task kill (or a cancel): it goes on
+                        sweep._reopen()
+                    return sweep
         seed = settings.sampling.seed if settings.sampling.seed is not None else secrets.randbelow(2**31)
         described = describe_settings(settings)
         described["sampling"]["seed"] = seed
@@ -211,6 +217,28 @@ class Sweep:
             policy_from_dict(described["policy"]),
         )
         return cls(experiment, parent_run_id, settings, int(tags[Tags.SWEEP_SEED]))
+
+    def _check_same_settings(self, settings: SweepSettings) -> None:
+        """Refuse to resume with other settings than the sweep started with (they would be ignored)."""
+        stored = describe_settings(self.settings)
+        given = describe_settings(settings)
+        if settings.sampling.seed is None:
+            given["sampling"]["seed"] = stored["sampling"]["seed"]
+        for field in given:
+            if given[field] != stored[field]:
+                name = "hyperparameter_sampling" if field == "sampling" else field
+                raise ConfigurationError(
+                    f"HyperDriveConfig.{name}",
+                    f"differs from the sweep {self.parent_run_id} with the same run key, which this run would "
+                    f"resume: it has {stored[field]!r}, this run {given[field]!r}.",
+                    "restore the sweep's settings to resume it, or start a new sweep (a new DAG run, or another "
+                    "run_key).")
+
+    def _reopen(self) -> None:
+        self.tracker.client.update_run(self.parent_run_id, status="RUNNING")
+        with contextlib.suppress(Exception):
+            self.tracker.client.delete_tag(self.parent_run_id, Tags.SWEEP_STOPPED)
+        self.tracker.set_state(self.parent_run_id, RunState.RUNNING)
 
     @property
     def tracker(self) -> Tracker:
@@ -281,7 +309,7 @@ class Sweep:
         best = None
         if self.settings.primary_metric_name in child.data.metrics:
             history = self.tracker.metric_history(child.info.run_id, self.settings.primary_metric_name)
-            values = [m.value for m in history]
+            values = [m.value for m in history if math.isfinite(m.value)]
             best = self.settings.primary_metric_goal.best(values) if values else None
         return TrialResult(child.info.run_id, int(tags.get(Tags.SWEEP_TRIAL_INDEX, "-1")),
                            json.loads(tags.get(Tags.SWEEP_HYPERPARAMETERS, "{}")),
