@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from airflow_provider.core import Environment, Experiment, ScriptRunConfig
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.tracking import Tags
+from tests.conftest import skip_or_fail
 from tests.helpers import make_wheel, wait_until, write_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "azureml_v1_examples"
@@ -228,7 +229,7 @@ def test_the_layer_needs_only_the_standard_library(tmp_path: Path) -> None:
     """The pure-Python example on a bare system interpreter (no numpy, no mlflow), as in the base image."""
     bare = Path("/usr/bin/python3")
     if not bare.exists() or subprocess.run([str(bare), "-c", "import numpy"], capture_output=True).returncode == 0:
-        pytest.skip("needs a system python3 without numpy at /usr/bin/python3")
+        skip_or_fail("needs a system python3 without numpy at /usr/bin/python3 (python3 of scripts/components.sh)")
     env = Environment("bare-python")
     env.python.user_managed_dependencies = True
     env.python.interpreter_path = str(bare)
@@ -279,3 +280,21 @@ def test_a_hyperdrive_sweep_of_an_unchanged_v1_script(tmp_path: Path) -> None:
     assert trial.data.tags["Kernel type"] in ("linear", "rbf") and 0.5 < trial.data.metrics["Accuracy"] <= 1.0
     seen = json.loads(best.download_file("outputs/args.json", tmp_path / "best.json").read_text())
     assert seen["run_ref"] == best.id == seen["run_id"]  # $AZUREML_RUN_ID is the trial's own run
+
+
+def test_upload_folder_and_properties_land_as_artifacts_and_tags(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", """
+        import os
+        from azureml.core.run import Run
+        run = Run.get_context()
+        os.makedirs("report/figures", exist_ok=True)
+        open("report/summary.txt", "w").write("ok")
+        open("report/figures/a.svg", "w").write("<svg/>")
+        run.upload_folder(name="reports/final", path="report")
+        run.add_properties({"data_version": "2026-11", "rows": 1200})
+    """)
+    run = Experiment("v1-folders").submit(ScriptRunConfig(tmp_path / "src", "train.py", azureml_compat=True))
+    assert run.wait_for_completion()["status"] == "Completed"
+    assert {"reports/final/summary.txt", "reports/final/figures/a.svg"} <= artifacts(run.id)
+    tags = MlflowClient().get_run(run.id).data.tags
+    assert tags["data_version"] == "2026-11" and tags["rows"] == "1200"
