@@ -73,6 +73,14 @@ def run_rank(command: list[str]) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
     code = child.wait()
+    completed = os.path.join(folder, f"rank_{rank}.completed")
+    if code < 0 and not stopped and os.path.exists(completed):
+        # The script returned, then a native library crashed while the interpreter shut down (gloo's
+        # "terminate called without an active exception"): the training is done and was recorded.
+        with open(os.path.join(folder, f"rank_{rank}.log"), "ab") as log:
+            log.write(f"[training_runs_launcher] the script completed; the process then died of signal {-code} "
+                      "while the interpreter shut down: counted as success\n".encode())
+        code = 0
     _write_json(os.path.join(folder, f"rank_{rank}.exit"), {"rank": rank, "exit_code": code, "ended_at": time.time()})
     if code != 0 and not stopped and not os.environ.get(_PARENT_STOPS_VARIABLE):
         if "PMI_RANK" in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
@@ -104,6 +112,9 @@ def run_script(argv: list[str]) -> int:
     except BaseException:
         traceback.print_exc()
         code = 1
+    if code == 0 and current_rank() is not None and os.environ.get(RANK_LOG_DIR_VARIABLE):
+        with contextlib.suppress(OSError):  # lets the rank wrapper tell a crash at shutdown from a failure
+            open(os.path.join(os.environ[RANK_LOG_DIR_VARIABLE], f"rank_{current_rank()}.completed"), "w").close()
     mpi: Any = sys.modules.get("mpi4py.MPI")
     if code and mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         sys.stdout.flush()

@@ -93,6 +93,34 @@ def test_one_failing_rank_fails_the_run_stops_the_others_and_is_named(tmp_path: 
 
 
 @pytest.mark.usefixtures("mpirun")
+def test_a_rank_that_crashes_after_its_script_completed_does_not_fail_the_run(tmp_path: Path) -> None:
+    """gloo's "terminate called without an active exception" at interpreter shutdown, made certain:
+    the script returns, then the process aborts. A crash before the script returns still fails."""
+    write_script(tmp_path / "src", """
+        import atexit, os, sys
+        from airflow_provider.core import Run
+        rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+        Run.get_context().log("done", 1)
+        if rank == 1 and sys.argv[1] == "at-exit":
+            atexit.register(os.abort)
+        if rank == 1 and sys.argv[1] == "mid-run":
+            os.abort()
+    """)
+    config = ScriptRunConfig(tmp_path / "src", "train.py", arguments=["at-exit"],
+                             distributed_job_config=MpiConfiguration(process_count_per_node=2))
+    run = Experiment("mpi-teardown").submit(config)
+    assert run.wait_for_completion()["status"] == "Completed"
+    assert run.get_metrics()["done"] == 1.0 and run.get_metrics()["rank_1/done"] == 1.0
+    log = run.download_file("system_logs/rank_1.log", tmp_path / "rank_1.log").read_text()
+    assert "the script completed; the process then died of signal 6 while the interpreter shut down" in log
+    crashed = Experiment("mpi-teardown").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", arguments=["mid-run"],
+        distributed_job_config=MpiConfiguration(process_count_per_node=2)))
+    with pytest.raises(RunFailedError, match="rank 1 failed first"):
+        crashed.wait_for_completion()
+
+
+@pytest.mark.usefixtures("mpirun")
 def test_timeout_stops_every_rank(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     write_script(tmp_path / "src", """

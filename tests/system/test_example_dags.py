@@ -279,11 +279,11 @@ from airflow_provider.core.hyperdrive import BanditPolicy, GridParameterSampling
 from airflow_provider.operators import (
     PlanHyperparameterSweepOperator, SelectBestTrialOperator, SubmitTrainingRunOperator)
 
-CURVES = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.6, 0.75, 0.85, 0.9, 0.9]]
+CURVES = {curves!r}
 with DAG("mapped_sweep_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     plan = PlanHyperparameterSweepOperator(
         task_id="plan", experiment_name="mapped-sweep", primary_metric_name="score", primary_metric_goal="MAXIMIZE",
-        hyperparameter_sampling=GridParameterSampling({{"--curve": choice(0, 1, 2)}}),
+        hyperparameter_sampling=GridParameterSampling({{"--curve": choice(*range(len(CURVES)))}}),
         policy=BanditPolicy(slack_amount=0.2, delay_evaluation=2))
     trials = SubmitTrainingRunOperator.partial(
         task_id="trial", source_directory={source!r}, script="train.py", arguments=["--curve", 0],
@@ -291,11 +291,15 @@ with DAG("mapped_sweep_test", schedule=None, start_date=datetime(2026, 1, 1), ca
     ).expand(sweep_trial=plan.output)
     trials >> SelectBestTrialOperator(task_id="best", sweep_trials=plan.output)
 '''
+MAPPED_CURVES = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.6, 0.75, 0.85, 0.9, 0.9],
+                 [0.05, 0.05, 0.05, 0.05, 0.05, 0.05]]
 
 
 def test_mapped_trials_apply_the_policy_from_their_siblings_in_mlflow_and_a_stopped_trial_is_skipped(
     run_dag: Callable[..., dict[str, Any]], client: MlflowClient, tmp_path: Path
 ) -> None:
+    from airflow_provider.core.hyperdrive import BanditPolicy, PrimaryMetricGoal
+
     source = tmp_path / "src"
     source.mkdir()
     (source / "train.py").write_text(
@@ -305,19 +309,33 @@ def test_mapped_trials_apply_the_policy_from_their_siblings_in_mlflow_and_a_stop
         "for value in curve:\n    run.log('score', value)\n    time.sleep(0.5)\n")
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / "mapped_sweep_test.py").write_text(MAPPED_SWEEP_DAG.format(source=str(source)))
+    (dags / "mapped_sweep_test.py").write_text(MAPPED_SWEEP_DAG.format(source=str(source), curves=MAPPED_CURVES))
     outcome = run_dag("mapped_sweep_test", dags_folder=dags)
     assert outcome["state"] == "success", outcome["output"][-3000:]
-    # dag.test() runs the mapped trials one after another, so trial 1 sees trial 0's whole curve:
-    # at interval 2 its best 0.2 is below 0.6 - 0.2, and its task ends skipped.
-    assert outcome["mapped"]["trial"] == {"0": "success", "1": "skipped", "2": "success"}
     best = outcome["xcom"]["best"]
-    assert best["status"] == "Completed" and best["best_run"]["trial_index"] == 2
-    statuses = {t["trial_index"]: t["status"] for t in best["trials"]}
-    assert statuses == {0: "Completed", 1: "Canceled", 2: "Completed"}
-    stopped = client.get_run(best["trials"][1]["run_id"])
-    assert stopped.data.tags[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:")
-    assert len(client.get_metric_history(stopped.info.run_id, "score")) < 6
+    runs = {t["trial_index"]: client.get_run(t["run_id"]) for t in best["trials"]}
+    # dag.test() runs mapped tasks one at a time, in no set order: a trial's siblings are the
+    # trials that ran before it, each with its whole curve. What the policy decides from those:
+    order = sorted(runs, key=lambda i: runs[i].info.start_time)
+    policy = BanditPolicy(slack_amount=0.2, delay_evaluation=2)
+    expected: dict[int, tuple[int, str] | None] = {}
+    for position, index in enumerate(order):
+        earlier = [MAPPED_CURVES[i] for i in order[:position]]
+        expected[index] = policy.first_stop(MAPPED_CURVES[index], earlier, PrimaryMetricGoal.MAXIMIZE)
+    assert outcome["mapped"]["trial"] == {str(i): "skipped" if expected[i] else "success" for i in runs}, order
+    for index, stop in expected.items():
+        tags = runs[index].data.tags
+        if stop is None:
+            assert tags[Tags.STATE] == "Completed" and Tags.SWEEP_TERMINATED not in tags
+            history = client.get_metric_history(runs[index].info.run_id, "score")
+            assert [m.value for m in history] == MAPPED_CURVES[index]
+        else:
+            assert tags[Tags.STATE] == "Canceled", (index, order)
+            assert tags[Tags.ERROR].startswith(f"terminated early by BanditPolicy at interval {stop[0]}:")
+            assert len(client.get_metric_history(runs[index].info.run_id, "score")) < 6
+    assert best["status"] == "Completed"
+    completed = {i: max(MAPPED_CURVES[i]) for i in runs if expected[i] is None}
+    assert best["best_run"]["trial_index"] == max(completed, key=lambda i: completed[i])
     parent = client.get_run(best["parent_run_id"])
     assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == best["best_run"]["run_id"]
-    assert parent.data.metrics["score"] == 0.9
+    assert parent.data.metrics["score"] == max(completed.values())
