@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,27 @@ def _mpi_hosts() -> list[SSHHost]:
     if not hosts:
         skip_or_fail("no MPI host containers at 172.28.0.21..23:22 (run scripts/components.sh as root)")
     return hosts
+
+
+@pytest.fixture
+def docker_target() -> Iterator[Any]:
+    """A DockerTarget on the local daemon, with the base image the suite builds (never pulled).
+    The test fails if it leaves a container of its own (other sessions may share the daemon)."""
+    from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
+
+    candidate = DockerTarget()
+    try:
+        candidate.check()
+        candidate.client.images.get(DEFAULT_IMAGE)
+    except Exception as exc:
+        skip_or_fail(f"no Docker engine or base image {DEFAULT_IMAGE} (run scripts/components.sh as root): {exc}")
+
+    def managed() -> list[Any]:
+        return list(candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"}))
+
+    before = {c.id for c in managed()}
+    yield candidate
+    leftovers = [c for c in managed() if c.id not in before]
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"

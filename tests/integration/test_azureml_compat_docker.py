@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from airflow_provider.core import Experiment, ScriptRunConfig, TargetError
-from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
+from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core.targets.docker import DockerTarget
 from airflow_provider.core.tracking import Tags
-from tests.conftest import skip_or_fail
 from tests.helpers import write_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "azureml_v1_examples"
@@ -29,23 +27,8 @@ def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def target() -> Iterator[DockerTarget]:
-    candidate = DockerTarget()
-    try:
-        candidate.check()
-    except TargetError as exc:
-        skip_or_fail(f"no Docker engine (run scripts/components.sh as root): {exc}")
-    try:
-        candidate.client.images.get(DEFAULT_IMAGE)
-    except Exception:
-        skip_or_fail(f"no base image {DEFAULT_IMAGE} (run scripts/components.sh)")
-    before = {c.id for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})}
-    yield candidate
-    leftovers = [c for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-                 if c.id not in before]
-    for container in leftovers:
-        container.remove(force=True)
-    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+def target(docker_target: DockerTarget) -> DockerTarget:
+    return docker_target
 
 
 def test_a_v1_ridge_script_runs_unchanged_in_a_container(target: DockerTarget, tmp_path: Path) -> None:

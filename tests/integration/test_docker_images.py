@@ -15,7 +15,6 @@ from airflow_provider.core import ConfigurationError, Environment, EnvironmentBu
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
 from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.tracking import Tags
-from tests.conftest import skip_or_fail
 from tests.helpers import make_wheel, write_script
 
 SCRIPT = """
@@ -34,24 +33,13 @@ def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def target() -> Iterator[DockerTarget]:
-    candidate = DockerTarget()
-    try:
-        candidate.check()
-        candidate.client.images.get(DEFAULT_IMAGE)
-    except Exception as exc:
-        skip_or_fail(f"no Docker engine or base image {DEFAULT_IMAGE} (run scripts/components.sh): {exc}")
-    before = {image.id for image in candidate.client.images.list(IMAGE_REPOSITORY)}
-    running = {c.id for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})}
-    yield candidate
-    leftovers = [c for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-                 if c.id not in running]
-    for container in leftovers:
-        container.remove(force=True)
-    for image in candidate.client.images.list(IMAGE_REPOSITORY):
+def target(docker_target: DockerTarget) -> Iterator[DockerTarget]:
+    """The shared Docker target; environment images the test built are removed after it."""
+    before = {image.id for image in docker_target.client.images.list(IMAGE_REPOSITORY)}
+    yield docker_target
+    for image in docker_target.client.images.list(IMAGE_REPOSITORY):
         if image.id not in before:
-            candidate.client.images.remove(image.id, force=True)
-    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+            docker_target.client.images.remove(image.id, force=True)
 
 
 def _tags(run_id: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import Experiment, RunFailedError, ScriptRunConfig, TargetError
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
-from tests.conftest import skip_or_fail
 from tests.helpers import write_script
 
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
@@ -30,23 +28,8 @@ def _client() -> Any:
 
 
 @pytest.fixture
-def target() -> Iterator[DockerTarget]:
-    candidate = DockerTarget()
-    try:
-        candidate.check()
-    except TargetError as exc:
-        skip_or_fail(f"no Docker engine (run scripts/components.sh as root): {exc}")
-    try:
-        candidate.client.images.get(DEFAULT_IMAGE)
-    except Exception:
-        skip_or_fail(f"no base image {DEFAULT_IMAGE} (run scripts/components.sh)")
-    before = {c.id for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})}
-    yield candidate
-    leftovers = [c for c in candidate.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-                 if c.id not in before]  # only this test's: other sessions may share the daemon
-    for container in leftovers:
-        container.remove(force=True)
-    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+def target(docker_target: DockerTarget) -> DockerTarget:
+    return docker_target
 
 
 def test_a_run_in_a_container_lands_metrics_outputs_and_logs(target: DockerTarget, tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ from airflow_provider.core.hyperdrive import (
     uniform,
 )
 from airflow_provider.core.tracking import Tags
-from tests.conftest import skip_or_fail
 from tests.helpers import wait_until, write_script
 from tests.ssh_hosts import SSHHost
 
@@ -307,18 +306,6 @@ def test_a_sweep_resumed_after_its_driver_died_does_not_rerun_finished_trials(tm
     assert sum(1 for line in starts.read_text().splitlines() if "start" in line) == 4, "a finished sweep reruns nothing"
 
 
-def _docker_target() -> Any:
-    from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
-
-    target = DockerTarget()
-    try:
-        target.check()
-        target.client.images.get(DEFAULT_IMAGE)
-    except Exception as exc:
-        skip_or_fail(f"no Docker engine or base image (run scripts/components.sh as root): {exc}")
-    return target
-
-
 def _ssh_target(host: SSHHost) -> Any:
     import uuid
 
@@ -333,7 +320,10 @@ def _ssh_target(host: SSHHost) -> Any:
 @pytest.mark.parametrize("kind", ["docker", "ssh"])
 def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_path: Path,
                                                                request: pytest.FixtureRequest) -> None:
-    target = _docker_target() if kind == "docker" else _ssh_target(request.getfixturevalue("ssh_container"))
+    if kind == "docker":
+        target = request.getfixturevalue("docker_target")
+    else:
+        target = _ssh_target(request.getfixturevalue("ssh_container"))
     curves = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.6, 0.7, 0.7, 0.7, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
     source = tmp_path / "src"
     write_script(source, CURVE_SCRIPT)
