@@ -80,9 +80,7 @@ class ChildRuns:
         run_id = self.run_id_of(event.child)
         if run_id is None:
             return
-        state = _STATUS.get(event.status, RunState.FAILED)
-        tags = {Tags.ERROR: event.details} if event.details else {}
-        self._end(run_id, state, tags)
+        self._end(run_id, _STATUS.get(event.status, RunState.FAILED), event.details or None)
 
     def end_open(self, state: RunState) -> int:
         """End every child (at any depth) still running with the run's own final state.
@@ -94,21 +92,17 @@ class ChildRuns:
         parents = [self.run_id]
         while parents:
             parent = parents.pop()
-            for child in self.tracker.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{Tags.PARENT_RUN_ID}` = '{parent}'",
-                max_results=10_000,
-            ):
+            for child in self.tracker.child_runs(self.experiment_id, parent):
                 parents.append(child.info.run_id)
                 if child.info.status == "RUNNING":
-                    self._end(child.info.run_id, state, {})
+                    self._end(child.info.run_id, state)
                     ended += 1
         return ended
 
-    def _end(self, run_id: str, state: RunState, tags: dict[str, str]) -> None:
+    def _end(self, run_id: str, state: RunState, error: str | None = None) -> None:
         if self.tracker.get_run(run_id).info.status != "RUNNING":
             return  # a replayed end: the first one decided
-        self.tracker.set_state(run_id, state, tags)
-        self.tracker.terminate(run_id, state)
+        self.tracker.end(run_id, state, error)
 
     def _find(self, key: str) -> str | None:
         if not _valid_key(key):

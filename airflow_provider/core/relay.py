@@ -68,6 +68,9 @@ class EventRelay:
         self.children = ChildRuns(tracker, run_id)
         self._has_children = False
         self._pending_models: list[ModelEvent] = []
+        self._fail_requested: str | None = None
+        self.last_metric_keys: set[str] = set()
+        """Names of the run's metrics relayed by the last :meth:`pump` (a sweep's policy watches one)."""
         if self.offset:
             self._rebuild_tables()
 
@@ -76,6 +79,7 @@ class EventRelay:
 
         :return: how many events were relayed.
         """
+        self.last_metric_keys = set()
         total = 0
         while True:
             chunk = self.target.read(self.handle, "events", self.offset, _READ_LIMIT)
@@ -116,6 +120,7 @@ class EventRelay:
             elif isinstance(event, (RowEvent, TableEvent)):
                 self._apply_table(event)
                 touched_tables.add(event.name)
+        self.last_metric_keys.update(metric.key for metric in metrics)
         for file_event in files:
             self._upload(file_event)
         for name in sorted(touched_tables):
@@ -193,7 +198,8 @@ class EventRelay:
             elif ending.child:
                 self.children.end(ending)
             else:  # run.fail() in the script: the run ends Failed when the script ends
-                self.tracker.set_tags(self.run_id, {Tags.FAIL_REQUESTED: ending.details or "run.fail() was called"})
+                self._fail_requested = ending.details or "run.fail() was called"
+                self.tracker.set_tags(self.run_id, {Tags.FAIL_REQUESTED: self._fail_requested})
 
     def _register_or_defer(self, event: ModelEvent) -> None:
         run_id = self.children.run_id_of(event.child) if event.child else self.run_id
@@ -220,10 +226,8 @@ class EventRelay:
         self._pending_models.clear()
         if problems:
             self.tracker.set_tags(self.run_id, {Tags.MODEL_ERRORS: "; ".join(problems)})
-        if state is RunState.COMPLETED:
-            requested = self.tracker.get_run(self.run_id).data.tags.get(Tags.FAIL_REQUESTED)
-            if requested is not None:
-                state, error = RunState.FAILED, f"the script called run.fail(): {requested}"
+        if state is RunState.COMPLETED and self._fail_requested is not None:
+            state, error = RunState.FAILED, f"the script called run.fail(): {self._fail_requested}"
         if self._has_children:
             self.children.end_open(state)
         return state, error
@@ -267,6 +271,10 @@ class EventRelay:
                         self._apply_table(event)
                 elif b'"e":"child"' in line:
                     self._has_children = True
+                elif b'"e":"end"' in line:
+                    ending = decode_event(line)
+                    if isinstance(ending, EndRunEvent) and not ending.child:
+                        self._fail_requested = ending.details or "run.fail() was called"
                 elif b'"e":"model"' in line:
                     model = decode_event(line)
                     if isinstance(model, ModelEvent):

@@ -9,6 +9,7 @@ Finalizing, Completed | Failed | Canceled).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from airflow_provider.core.git import read_git_state
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.targets import resolve_target
-from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
+from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.job_runner import RANKS_DIR
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
@@ -196,10 +197,8 @@ class Experiment:
             if handle is not None:
                 log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
                 return ScriptRun(self, run_id, target, handle)
-        message = "the run's job was never launched or is gone from the target; a new run replaces it"
-        self.tracker.set_tags(run_id, {Tags.ERROR: message})
-        self.tracker.terminate(run_id, RunState.FAILED)
-        self.tracker.set_state(run_id, RunState.FAILED)
+        self.tracker.end(run_id, RunState.FAILED,
+                         "the run's job was never launched or is gone from the target; a new run replaces it")
         return None
 
     def _prepare_environment(self, run_id: str, target: ComputeTarget,
@@ -251,11 +250,8 @@ class Experiment:
 
     def _fail_before_start(self, run_id: str, target: ComputeTarget, handle: JobHandle | None,
                            exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
         try:
-            self.tracker.set_tags(run_id, {Tags.ERROR: message})
-            self.tracker.terminate(run_id, RunState.FAILED)
-            self.tracker.set_state(run_id, RunState.FAILED)
+            self.tracker.end(run_id, RunState.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             if handle is not None:
                 target.cancel(handle, grace_seconds=2)
@@ -295,11 +291,8 @@ class StagedRun:
 
         :param reason: why (e.g. the sweep stopped).
         """
-        tracker = self.experiment.tracker
         try:
-            tracker.set_tags(self.id, {Tags.ERROR: reason})
-            tracker.terminate(self.id, RunState.CANCELED)
-            tracker.set_state(self.id, RunState.CANCELED)
+            self.experiment.tracker.end(self.id, RunState.CANCELED, reason)
         finally:
             self.target.cleanup(self.handle)
 
@@ -375,6 +368,17 @@ class ScriptRun:
             raise RunFailedError(self.id, details["status"], error.get("message", "unknown error"),
                                  error.get("logTail", ""))
         return details
+
+    def finalize_once(self, watcher: RunWatcher, status: JobStatus) -> None:
+        """Finalize with ``watcher`` under the run's lock, unless someone else (a detached finalizer
+        after a task kill) already has.
+
+        :param watcher: this run's watcher.
+        :param status: how the job ended.
+        """
+        with self._lock():
+            if not self._state().is_terminal:
+                watcher.finalize(status)
 
     def cancel(self, wait: bool = True) -> None:
         """Stop the run's whole process tree (SIGTERM, grace, SIGKILL); it ends Canceled.
@@ -534,19 +538,25 @@ def _with_azureml_compat(resolved: ResolvedRunConfig, env: dict[str, str], runti
 
 def _runtime_files(azureml_compat: bool = False) -> dict[str, bytes]:
     """The run-context package the job imports (``from airflow_provider.core import Run``), and
-    with ``azureml_compat`` the Azure ML v1 compatibility layer."""
+    with ``azureml_compat`` the Azure ML v1 compatibility layer (read from disk once per process)."""
+    return dict(_runtime_sources(azureml_compat))
+
+
+@functools.cache
+def _runtime_sources(azureml_compat: bool) -> tuple[tuple[str, bytes], ...]:
     package = f"{RUNTIME_DIR}/airflow_provider"
+    launcher = Path(rank_launcher.__file__).read_bytes()
     files = {
         f"{package}/__init__.py": b"",
         f"{package}/core/__init__.py": b'from airflow_provider.core.run_context import Run\n__all__ = ["Run"]\n',
         f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
         f"{package}/core/events.py": Path(events_module.__file__).read_bytes(),
-        f"{package}/core/rank_launcher.py": Path(rank_launcher.__file__).read_bytes(),
-        f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": Path(rank_launcher.__file__).read_bytes(),
+        f"{package}/core/rank_launcher.py": launcher,
+        f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": launcher,
     }
     if azureml_compat:
         files.update(compat_runtime_files(RUNTIME_DIR))
-    return files
+    return tuple(files.items())
 
 
 def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarget) -> None:

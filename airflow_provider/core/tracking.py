@@ -316,6 +316,17 @@ class Tracker:
         """
         self.client.log_text(run_id, text, artifact_file)
 
+    def end(self, run_id: str, state: RunState, error: str | None = None) -> None:
+        """End a run that its watcher will not finalize: MLflow's status, then the detailed state
+        with ``error`` (the state last, as :meth:`RunWatcher.finalize` does).
+
+        :param run_id: the MLflow run id.
+        :param state: a terminal state.
+        :param error: the run's error message, if any.
+        """
+        self.terminate(run_id, state)
+        self.set_state(run_id, state, {Tags.ERROR: error} if error else None)
+
     def terminate(self, run_id: str, state: RunState) -> None:
         """End the MLflow run with the status of ``state``.
 

@@ -40,6 +40,11 @@ class RunMonitor(Protocol):
     def check(self) -> str | None:
         """The reason to stop the run now, or None."""
 
+    @property
+    def metric(self) -> str:
+        """The metric it watches: it is consulted when values of it are relayed."""
+
+
 DRIVER_LOG_ARTIFACT = "system_logs/driver.log"
 _LOG_TAIL_BYTES = 4096
 _LOG_TAIL_LINES = 40
@@ -73,8 +78,8 @@ class RunWatcher:
     :param log_offset: where in the driver log output starts (what an earlier watcher already showed).
     :param live_tracking: relay events and upload logs while the run goes on; False only polls and
         streams output (MLflow is then written by whoever finalizes).
-    :param monitor: consulted after new events are relayed; a reason it returns stops the job, and
-        the run ends Canceled with that reason.
+    :param monitor: consulted when values of its metric are relayed (and every ``monitor_interval``
+        seconds); a reason it returns stops the job, and the run ends Canceled with that reason.
     :param termination_reason: the reason an earlier watcher stopped the job for, if any.
     """
 
@@ -113,9 +118,11 @@ class RunWatcher:
         :return: the job's status after this step.
         """
         status = self.target.poll(self.handle)
-        relayed = self.relay.pump() if self.live_tracking else 0
+        if self.live_tracking:
+            self.relay.pump()
         if (self.monitor is not None or self.termination_reason is not None) and status.state == "running" and (
-                relayed or time.monotonic() - self._last_monitor_check >= self.monitor_interval):
+                (self.monitor is not None and self.live_tracking and self.monitor.metric in self.relay.last_metric_keys)
+                or time.monotonic() - self._last_monitor_check >= self.monitor_interval):
             # Also on a timer: a script may log with mlflow directly, which relays no event.
             self._consult_monitor()
         if self.output is not None:  # nobody to show it to: finalize reads the log once, at the end

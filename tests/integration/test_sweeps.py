@@ -29,6 +29,7 @@ from airflow_provider.core.hyperdrive import (
     quniform,
     uniform,
 )
+from airflow_provider.core.submit import StagedRun
 from airflow_provider.core.tracking import Tags
 from tests.helpers import wait_until, write_script
 from tests.ssh_hosts import SSHHost
@@ -407,3 +408,81 @@ def test_the_policy_applies_to_a_script_that_logs_with_mlflow_directly(tmp_path:
     assert [t["status"] for t in details["trials"]] == ["Completed", "Canceled"]
     error = MlflowClient().get_run(details["trials"][1]["run_id"]).data.tags[Tags.ERROR]
     assert error.startswith("terminated early by BanditPolicy at interval 2:"), error
+
+
+def test_bayesian_sampling_cannot_be_planned_for_mapped_tasks_and_leaves_no_parent(tmp_path: Path) -> None:
+    from airflow_provider.core.hyperdrive import plan_sweep
+
+    experiment = Experiment("plan-bayesian")
+    with pytest.raises(ConfigurationError, match=r"hyperparameter_sampling: BayesianParameterSampling picks each "
+                                                  r"trial from the results of earlier ones"):
+        plan_sweep(experiment, BayesianParameterSampling({"--x": uniform(0, 1)}), "score", "maximize",
+                   max_total_runs=4)
+    assert MlflowClient().search_runs([experiment.id]) == [], "no parent run was created"
+
+
+def test_a_resumed_sweep_reattaches_a_trial_launched_just_before_its_driver_died(tmp_path: Path) -> None:
+    curves = [[1.0] * 12, [1.5] * 12, [2.0] * 12, [3.0, 3.0]]
+    config = HyperDriveConfig(curve_config(tmp_path, curves, pause=0.1),
+                              GridParameterSampling({"--curve": choice(0, 1, 2, 3)}), "score", "maximize",
+                              max_concurrent_runs=2)
+    first = Experiment("launch-window").submit(config, run_key="dag/sweep/run-4")
+    staged = list(first.driver._staged)  # trials 2 and 3, staged ahead while trials 0 and 1 run
+    assert [p.index for p in staged] == [2, 3]
+    trial_2, trial_3 = staged[0].staged, staged[1].staged
+    assert isinstance(trial_2, StagedRun) and isinstance(trial_3, StagedRun)
+    trial_2.target.launch(trial_2.handle, trial_2.spec)  # the driver dies before it records this launch
+    starts = tmp_path / "starts.jsonl"
+
+    def started(curve: int) -> int:
+        lines = starts.read_text().splitlines() if starts.exists() else []
+        return sum(1 for line in lines if json.loads(line).get("curve") == curve and "start" in json.loads(line))
+
+    wait_until(lambda: started(2) == 1, timeout=30, message="trial 2's job to start")
+    again = Experiment("launch-window").submit(config, run_key="dag/sweep/run-4")
+    details = again.wait_for_completion()
+    assert [started(c) for c in range(4)] == [1, 1, 1, 1], "trials 0-2 were reattached, none ran twice"
+    assert [t["status"] for t in details["trials"]] == ["Completed"] * 4
+    assert details["trials"][2]["run_id"] == trial_2.id
+    assert len(MlflowClient().get_metric_history(trial_2.id, "score")) == 12
+    assert details["trials"][3]["run_id"] != trial_3.id, "trial 3 never started: it was staged afresh"
+    never_started = MlflowClient().get_run(trial_3.id).data.tags
+    assert never_started[Tags.ERROR] == "never started: the sweep's driver stopped first"
+    assert never_started[Tags.STATE] == "Canceled"
+
+
+def test_the_policy_is_consulted_when_its_metric_arrives_not_for_every_event(tmp_path: Path) -> None:
+    from airflow_provider.core.watcher import RunWatcher
+
+    write_script(tmp_path / "src", """
+        import time
+        from airflow_provider.core import Run
+        run = Run.get_context()
+        for i in range(30):
+            run.log("loss", 1.0 / (i + 1))
+            if i in (10, 20):
+                run.log("score", i)
+            time.sleep(0.03)
+    """)
+    run = Experiment("monitor-cadence").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+
+    class CountingPolicy:  # the RunMonitor protocol: what a sweep's TrialMonitor offers the watcher
+        metric = "score"
+        checks = 0
+
+        def check(self) -> str | None:
+            CountingPolicy.checks += 1
+            return None
+
+    assert run.target is not None and run.handle is not None
+    watcher = RunWatcher(run.tracker, run.target, run.handle, run.id, monitor=CountingPolicy())
+    steps = 0
+    while True:
+        status = watcher.step()
+        steps += 1
+        if status.state != "running":
+            break
+        time.sleep(0.01)
+    watcher.finalize(status)
+    assert steps > 20, "the watcher stepped while many loss events arrived"
+    assert 1 <= CountingPolicy.checks <= 2, f"consulted {CountingPolicy.checks} times in {steps} steps"

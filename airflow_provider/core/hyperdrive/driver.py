@@ -103,8 +103,7 @@ class SweepDriver:
         self._finished: set[int] = set()
         self._parent_name: str | None = None
         self._staged: collections.deque[PendingTrial] = collections.deque()
-        settings_concurrency = sweep.settings.max_concurrent_runs
-        self._stage_depth = 0 if sweep.settings.sampling.adaptive else min(2, settings_concurrency)
+        self._stage_depth = 0 if settings.sampling.adaptive else min(2, settings.max_concurrent_runs)
         """Trials kept staged ahead: two slots that free at once both start at once."""
         self._existing = sweep.trials()
         self._to_reattach: list[int] = []
@@ -186,9 +185,7 @@ class SweepDriver:
         for trial, status in ended:
             if self.aborted:
                 return
-            with trial.run._lock():  # a detached finalizer (after a task kill) may be at it too
-                if not trial.run._state().is_terminal:
-                    trial.watcher.finalize(status)
+            trial.run.finalize_once(trial.watcher, status)  # a detached finalizer may be at it too
             self._record(trial.index, trial.hyperparameters, trial.run.id)
         if adaptive:
             self.launch_ready()  # after learning from the trials that just ended
@@ -282,6 +279,8 @@ class SweepDriver:
 
     def _record(self, index: int, values: Hyperparameters, run_id: str) -> None:
         self._finished.add(index)
+        if not self.sweep.settings.sampling.adaptive:
+            return  # only an adaptive sampler learns from results: no MLflow reads between two trials
         result = self.sweep.result(self.sweep.tracker.get_run(run_id))
         completed = result.status == RunState.COMPLETED.value
         self._sampler.observe(index, values, result.best_primary_metric if completed else None)
@@ -311,9 +310,8 @@ class SweepDriver:
                     self._existing[index] = tracker.get_run(child.info.run_id)
                     self._to_reattach.append(index)
                     continue
-                tracker.set_tags(child.info.run_id, {Tags.ERROR: "never started: the sweep's driver stopped first"})
-                tracker.terminate(child.info.run_id, RunState.CANCELED)
-                tracker.set_state(child.info.run_id, RunState.CANCELED)
+                tracker.end(child.info.run_id, RunState.CANCELED, "never started: the sweep's driver stopped first")
+
 
 def prefixed(output: OutputSink, prefix: str) -> Callable[[str], None]:
     """An output sink that puts ``prefix`` before every line.

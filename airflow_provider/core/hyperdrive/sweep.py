@@ -277,11 +277,7 @@ class Sweep:
 
     def plan_all(self) -> list[TrialPlan]:
         """Every trial up front (grid and random sampling; Bayesian sampling needs results first)."""
-        if self.settings.sampling.adaptive:
-            raise ConfigurationError(
-                "hyperparameter_sampling", f"{type(self.settings.sampling).__name__} picks each trial from the "
-                "results of earlier ones, so its trials cannot be planned as mapped tasks.",
-                "use HyperparameterSweepOperator for Bayesian sampling, or Grid/RandomParameterSampling here.")
+        _refuse_adaptive(self.settings.sampling)
         sampler = self.settings.sampling.sampler(self.seed, self.settings.primary_metric_goal)
         plans = []
         for index in range(self.settings.max_total_runs):
@@ -414,11 +410,7 @@ def plan_sweep(experiment: Experiment, sampling: ParameterSampling, primary_metr
     """
     settings = validate_sweep_settings(sampling, primary_metric_name, primary_metric_goal, max_total_runs, None,
                                        None, policy, "plan_sweep")
-    if settings.sampling.adaptive:
-        raise ConfigurationError(
-            "plan_sweep.hyperparameter_sampling", f"{type(sampling).__name__} picks each trial from the results "
-            "of earlier ones, so its trials cannot be planned as mapped tasks.",
-            "use HyperparameterSweepOperator for Bayesian sampling, or Grid/RandomParameterSampling here.")
+    _refuse_adaptive(settings.sampling)  # before a parent run exists
     sweep = Sweep.start(experiment, settings, run_key, run_name, tags)
     return [plan.to_dict() for plan in sweep.plan_all()]
 
@@ -439,3 +431,11 @@ def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
             "primary_metric_name": sweep.settings.primary_metric_name,
             "best_run": None if best is None else best.to_dict(),
             "trials": [r.to_dict() for r in sweep.results()]}
+
+
+def _refuse_adaptive(sampling: ParameterSampling) -> None:
+    if sampling.adaptive:
+        raise ConfigurationError(
+            "hyperparameter_sampling", f"{type(sampling).__name__} picks each trial from the results of earlier "
+            "ones, so its trials cannot be planned as mapped tasks.",
+            "use HyperparameterSweepOperator for Bayesian sampling, or Grid/RandomParameterSampling here.")
