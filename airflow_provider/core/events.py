@@ -35,6 +35,8 @@ __all__ = [
     "decode_event",
     "decode_events",
     "encode_event",
+    "is_reserved_tag",
+    "safe_relative_path",
     "split_complete_lines",
     "valid_name",
 ]
@@ -58,6 +60,31 @@ def valid_name(name: object) -> bool:
     """
     return (isinstance(name, str) and _NAME.match(name) is not None
             and posixpath.normpath(name) == name and not name.startswith(("/", "..")))
+
+
+USER_MLFLOW_TAGS = frozenset({"mlflow.note.content"})
+"""MLflow's own tags a script may set (the run's description); every other ``mlflow.*`` tag is MLflow's."""
+
+
+def is_reserved_tag(key: str) -> bool:
+    """True for tags the provider and MLflow own (``training.*``, ``mlflow.*`` system tags): a
+    training script cannot set them through the run context, so the run's state, job and source
+    tags always say what the provider recorded.
+
+    :param key: the tag's name.
+    """
+    return key.startswith("training.") or (key.startswith("mlflow.") and key not in USER_MLFLOW_TAGS)
+
+
+def safe_relative_path(path: object) -> bool:
+    """True when ``path`` is a relative POSIX path that stays inside the folder it is relative to
+    (no ``..`` part, not absolute, no empty or ``.`` part, no backslash or NUL).
+
+    :param path: the proposed path (an artifact path, a file of the job folder).
+    """
+    if not isinstance(path, str) or not path or "\\" in path or "\0" in path or path.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 @dataclass(frozen=True)
@@ -198,6 +225,8 @@ def decode_events(lines: list[bytes]) -> list[Event | None]:
     try:
         records = json.loads(b"[" + b",".join(lines) + b"]")
     except ValueError:  # a damaged line: decode one by one, so only that line is lost
+        return [decode_event(line) for line in lines]
+    if len(records) != len(lines):  # a line such as "1,2" holds more than one value
         return [decode_event(line) for line in lines]
     return [_from_record(record) for record in records]
 

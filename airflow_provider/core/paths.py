@@ -7,6 +7,10 @@ target's job folders. It is, in order of precedence:
 1. ``$TRAINING_RUNS_HOME``;
 2. ``$AIRFLOW_HOME/training_runs`` when ``AIRFLOW_HOME`` is set (the provider inside Airflow);
 3. ``~/.local/share/airflow-training-runs``.
+
+It is private to its user (mode 0700, like ``~/.ssh``): it holds the run history, snapshots of
+source code and the job folders of running jobs, whatever the process's umask. A folder made
+earlier with a looser mode is tightened when it is first used.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["state_dir"]
+__all__ = ["private_folder", "state_dir"]
 
 STATE_DIR_VARIABLE = "TRAINING_RUNS_HOME"
 
@@ -28,5 +32,25 @@ def state_dir() -> Path:
         path = Path(os.environ["AIRFLOW_HOME"]) / "training_runs"
     else:
         path = Path.home() / ".local" / "share" / "airflow-training-runs"
-    path.mkdir(parents=True, exist_ok=True)
+    return private_folder(path)
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents) when missing, and make it private to its owner (0700).
+
+    :param path: the folder.
+    :return: ``path``.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = path.stat().st_mode
+    if mode & 0o077:
+        _tighten(path)
     return path
+
+
+def _tighten(path: Path) -> None:
+    if path.stat().st_uid == os.geteuid():  # someone else's folder (shared on purpose) is left as it is
+        os.chmod(path, 0o700)

@@ -7,6 +7,10 @@ restarts (a new watcher, a retried task) resumes from that tag. If it died betwe
 and the offset, it replays them: MLflow's SQL store ignores a metric value identical in key, value,
 step and timestamp, and every event carries its own step and timestamp, so nothing is doubled.
 
+A line that is not an event, or an event MLflow or the provider refuses (a tag the provider owns,
+an artifact path leaving the run, a name MLflow cannot store), is skipped and noted in the run's
+``system_logs/warnings.log`` (:class:`RunWarnings`); everything else still flows.
+
 Azure ML v1 compatibility adds child runs and model registration (:mod:`nested_runs`): events of
 a child run go to the MLflow run created for it (found again by its key on replay), and models are
 registered as soon as their artifact exists, the rest by :meth:`EventRelay.finish` once the run's
@@ -21,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from airflow_provider.core.collect import UNREADABLE_ERRORS
 from airflow_provider.core.events import (
     ChildRunEvent,
     EndRunEvent,
@@ -33,16 +38,20 @@ from airflow_provider.core.events import (
     TagEvent,
     decode_event,
     decode_events,
+    is_reserved_tag,
+    safe_relative_path,
     split_complete_lines,
     valid_name,
 )
 from airflow_provider.core.nested_runs import ChildRuns, artifact_exists, register_model
+from airflow_provider.core.run_warnings import RunWarnings
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle
-from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker
+from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker, is_refusal
 
 __all__ = ["EventRelay"]
 
 _READ_LIMIT = 8 << 20
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class EventRelay:
@@ -63,6 +72,8 @@ class EventRelay:
         self.offset = int(tags.get(Tags.EVENTS_OFFSET, "0"))
         self.relayed = 0
         self.dropped = int(tags.get(Tags.DROPPED_EVENTS, "0"))
+        self.warnings = RunWarnings(tracker, run_id, RunWarnings.recorded_in(tags))
+        """Notes of what was skipped; the watcher adds its own (files it did not follow)."""
         self._tables: dict[str, list[dict[str, Any]]] = {}
         self._child_tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.children = ChildRuns(tracker, run_id)
@@ -103,12 +114,13 @@ class EventRelay:
         files: list[FileEvent] = []
         touched_tables: set[str] = set()
         nested: list[Event] = []
-        for event in decode_events(lines):
-            if event is None:
+        for line, event in zip(lines, decode_events(lines), strict=True):
+            problem = _refusal(line, event)
+            if problem is not None:
+                if problem:
+                    self._drop(problem)
                 continue
-            if isinstance(event, (MetricEvent, TagEvent)) and not valid_name(event.key):
-                self.dropped += 1  # MLflow would refuse the whole batch: keep the rest flowing
-                continue
+            assert event is not None
             if event.child or isinstance(event, (ChildRunEvent, EndRunEvent, ModelEvent)):
                 nested.append(event)
             elif isinstance(event, MetricEvent):
@@ -131,10 +143,36 @@ class EventRelay:
         if len(tags) > 90:
             self.tracker.set_tags(self.run_id, tags)
             tags = {}
+        self.warnings.flush()
         tags[Tags.EVENTS_OFFSET] = str(new_offset)
         if self.dropped:
             tags[Tags.DROPPED_EVENTS] = str(self.dropped)
-        self.tracker.log_metrics(self.run_id, metrics, tags)
+        self._log_metrics(self.run_id, metrics, tags)
+
+    def _drop(self, problem: str) -> None:
+        self.dropped += 1
+        self.warnings.add(problem)
+
+    def _log_metrics(self, run_id: str, metrics: list[MetricValue], tags: dict[str, str] | None = None) -> None:
+        """``log_batch`` the values; when MLflow refuses the batch for one of them, log them one by one
+        and skip only those it refuses."""
+        try:
+            self.tracker.log_metrics(run_id, metrics, tags)
+            return
+        except Exception as exc:
+            if not is_refusal(exc) or not metrics:
+                raise
+        for metric in metrics:
+            try:
+                self.tracker.log_metrics(run_id, [metric])
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                self._drop(f"metric {metric.key!r} = {metric.value!r} (step {metric.step}) was refused by MLflow: "
+                           f"{_first_line(exc)}")
+        self.warnings.flush()
+        if tags:
+            self.tracker.set_tags(run_id, tags)
 
     def _skip_oversized_line(self) -> bool:
         """Move the offset past a line too long to be an event (written by something else).
@@ -147,7 +185,9 @@ class EventRelay:
             newline = chunk.find(b"\n")
             if newline >= 0:
                 self.offset = position + newline + 1
-                self.dropped += 1
+                self._drop(f"events file: a line of more than {_READ_LIMIT} bytes at offset {position - _READ_LIMIT} "
+                           "is not an event; skipped")
+                self.warnings.flush()
                 self.tracker.set_tags(self.run_id, {Tags.EVENTS_OFFSET: str(self.offset),
                                                     Tags.DROPPED_EVENTS: str(self.dropped)})
                 return True
@@ -184,7 +224,7 @@ class EventRelay:
                 self._apply_table(event)
                 tables.add((event.child, event.name))
         for run_id, values in metrics.items():
-            self.tracker.log_metrics(run_id, values, tags.pop(run_id, None))
+            self._log_metrics(run_id, values, tags.pop(run_id, None))
         for run_id, values_ in tags.items():
             self.tracker.set_tags(run_id, values_)
         for child, name in sorted(tables):
@@ -237,12 +277,24 @@ class EventRelay:
             source = self.target.fetch(self.handle, event.source, Path(scratch))
             if source is None:
                 return
+            if source.is_symlink() or not source.is_file():
+                self._drop(f"upload of {event.source!r} as {event.artifact_path!r} skipped: not a regular file")
+                return
             artifact = Path(event.artifact_path)
             named = Path(scratch) / "named" / artifact.name
             named.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, named)
             folder = artifact.parent.as_posix()
-            self.tracker.log_artifact(run_id or self.run_id, named, None if folder in ("", ".") else folder)
+            try:
+                shutil.copyfile(source, named)
+            except UNREADABLE_ERRORS as exc:  # the script removed it, or made it unreadable
+                self._drop(f"upload of {event.source!r} as {event.artifact_path!r} failed: {_first_line(exc)}")
+                return
+            try:
+                self.tracker.log_artifact(run_id or self.run_id, named, None if folder in ("", ".") else folder)
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                self._drop(f"upload of {event.source!r} as {event.artifact_path!r} was refused: {_first_line(exc)}")
 
     def _apply_table(self, event: RowEvent | TableEvent) -> None:
         if event.child:
@@ -280,6 +332,36 @@ class EventRelay:
                     if isinstance(model, ModelEvent):
                         self._pending_models.append(model)
             position += consumed
+
+
+def _refusal(line: bytes, event: Event | None) -> str | None:
+    """Why ``event`` cannot be relayed (None: it can; "": skip it without a note, a blank line)."""
+    if event is None:
+        text = line.decode("utf-8", errors="replace").strip()
+        return f"events file: skipped a line that is not an event: {text[:200]!r}" if text else ""
+    if isinstance(event, (MetricEvent, TagEvent)) and not valid_name(event.key):
+        kind = "metric" if isinstance(event, MetricEvent) else "tag"
+        return f"{kind} name {event.key!r} cannot be stored in MLflow; skipped"
+    if isinstance(event, MetricEvent) and not (_INT64_MIN <= event.step <= _INT64_MAX
+                                                and _INT64_MIN <= event.timestamp_ms <= _INT64_MAX):
+        return f"metric {event.key!r}: step {event.step} or timestamp {event.timestamp_ms} is out of range; skipped"
+    if isinstance(event, TagEvent) and is_reserved_tag(event.key):
+        return (f"tag {event.key!r} belongs to the provider (training.*) or MLflow (mlflow.*) and cannot be set "
+                "by the script; skipped")
+    if isinstance(event, FileEvent) and not (safe_relative_path(event.artifact_path)
+                                             and safe_relative_path(event.source)):
+        return (f"file {event.source!r} -> artifact {event.artifact_path!r}: a path leaving the job folder or the "
+                "run's artifacts; skipped")
+    if isinstance(event, (RowEvent, TableEvent)) and not (valid_name(event.name) and safe_relative_path(event.name)):
+        return f"table name {event.name!r} cannot name an artifact (tables/<name>.json); skipped"
+    if isinstance(event, ModelEvent) and not safe_relative_path(event.path):
+        return f"register_model({event.name!r}): artifact path {event.path!r} leaves the run's artifacts; skipped"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _table_json(rows: list[dict[str, Any]]) -> dict[str, Any]:

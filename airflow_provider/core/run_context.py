@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,7 @@ from airflow_provider.core.events import (
     TableEvent,
     TagEvent,
     encode_event,
+    is_reserved_tag,
     valid_name,
 )
 from airflow_provider.core.rank_launcher import current_rank
@@ -110,6 +112,11 @@ class Run:
         """
         _check_name("metric", name)
         if isinstance(value, str):
+            if is_reserved_tag(self._rank_prefix + name):
+                print(f"run.log({name!r}, {value!r}): a string value becomes a run tag, and tag {name!r} is "
+                      "reserved for the provider (training.*) or MLflow (mlflow.*); not logged. Rename it.",
+                      file=sys.stderr)
+                return
             self._emit(TagEvent(name, value), f"Attempted to log string metric {name}: {value}")
             return
         number = _as_number(name, value)
@@ -169,6 +176,11 @@ class Run:
         :param value: tag value, converted with ``str``.
         """
         _check_name("tag", key)
+        if is_reserved_tag(self._rank_prefix + key):
+            raise ValueError(
+                f"tag {key!r} is reserved: the provider owns training.* tags and MLflow its mlflow.* tags (except "
+                f"mlflow.note.content), and a script cannot set them. Use another name, e.g. 'my_{key.split('.')[-1]}'."
+            )
         text = "" if value is None else str(value)
         self._emit(TagEvent(key, text), f"Attempted to set tag {key}: {text}")
 

@@ -298,6 +298,7 @@ class SnapshotStore:
                 raise _unreadable(rel, exc) from exc
             if _stamp(after) != _stamp(st):
                 raise _changed(rel)
+            os.chmod(tmp, 0o600)  # source code is private to the state folder's owner, whatever the umask
             os.replace(tmp, f"{folder}/{digest}")
         finally:
             with contextlib.suppress(FileNotFoundError):

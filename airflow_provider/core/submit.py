@@ -191,9 +191,8 @@ class Experiment:
             return ScriptRun(self, run_id, None, None)
         if state.is_terminal:
             return None
-        handle_json = previous.data.tags.get(Tags.JOB)
-        if handle_json:
-            handle = target.find(JobHandle.from_dict(json.loads(handle_json)).job_id)
+        if previous.data.tags.get(Tags.JOB):  # launched: the job's id is the run's id, never read from a tag
+            handle = target.find(run_id)
             if handle is not None:
                 log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
                 return ScriptRun(self, run_id, target, handle)
@@ -246,6 +245,7 @@ class Experiment:
             unset_env=("VIRTUAL_ENV", "PYTHONHOME"),
             path_prepend=tuple(p for p in (os.path.dirname(prepared.python),) if p),
             max_run_duration_seconds=resolved.max_run_duration_seconds,
+            secret_names=tuple(secrets or {}),
         )
 
     def _fail_before_start(self, run_id: str, target: ComputeTarget, handle: JobHandle | None,

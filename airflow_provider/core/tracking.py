@@ -10,6 +10,7 @@ MLflow imports are deferred to first use, so importing the core stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import re
@@ -103,6 +104,26 @@ class Tags:
     FAIL_REQUESTED = "training.fail_requested"
     MODEL_ERRORS = "training.model_errors"
     AZUREML_COMPAT = "training.azureml_compat"
+    WARNINGS = "training.warnings"
+
+
+WARNINGS_ARTIFACT = "system_logs/warnings.log"
+"""What the watcher skipped and why (refused events, files of ``./outputs`` it did not follow)."""
+
+_REFUSAL_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "INVALID_STATE",
+                            "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"})
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when MLflow refused a write for what it holds (a bad name, path or value): the same
+    write will be refused again, so it is skipped and noted, not retried. False for everything
+    else (a server down, a busy store), which a retry may get through.
+
+    :param exc: the exception a tracking call raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in _REFUSAL_CODES
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -150,6 +171,7 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            _create_private_database(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
             _freeze_imported_objects()
         return self._client
@@ -364,6 +386,17 @@ class Tracker:
 
 
 _frozen = False
+
+
+def _create_private_database(tracking_uri: str) -> None:
+    """Create a missing SQLite store's file readable by its owner only (SQLite then takes the empty
+    file as a new database): run history is nobody else's to read, whatever the umask."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if database.parent.is_dir() and not database.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _freeze_imported_objects() -> None:

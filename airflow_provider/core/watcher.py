@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Protocol
 
 from airflow_provider.core.azureml_compat import azureml_module_hint
+from airflow_provider.core.collect import is_plain_file, uploadable_files
 from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
-from airflow_provider.core.tracking import RunState, Tags, Tracker
+from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal
 
 __all__ = ["OutputSink", "RunMonitor", "RunWatcher", "final_state"]
 
@@ -291,13 +292,12 @@ class RunWatcher:
             with tempfile.TemporaryDirectory(prefix="watch-") as scratch:
                 self._upload_driver_log(Path(scratch))
                 logs = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/logs", Path(scratch))
-                if logs is not None and logs.is_dir():
-                    for path in sorted(p for p in logs.rglob("*") if p.is_file()):
+                if logs is not None and logs.is_dir() and not logs.is_symlink():
+                    files, _notes = uploadable_files(logs, "logs")  # noted once, when the run is finalized
+                    for path, key in files:
                         stat = path.stat()
-                        key = path.relative_to(logs).as_posix()
                         if self._uploaded_logs.get(key) != (stat.st_size, stat.st_mtime_ns):
-                            folder = Path("logs", key).parent.as_posix()
-                            self.tracker.log_artifact(self.run_id, path, folder)
+                            self.tracker.log_artifact(self.run_id, path, Path("logs", key).parent.as_posix())
                             self._uploaded_logs[key] = (stat.st_size, stat.st_mtime_ns)
         except Exception:
             log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
@@ -306,24 +306,31 @@ class RunWatcher:
         """A distributed run's ``rank_<N>.log`` files go to ``system_logs/``; the first rank that
         failed is remembered for the run's error."""
         ranks = self.target.fetch(self.handle, job_runner.RANKS_DIR, scratch)
-        if ranks is None or not ranks.is_dir():
+        if ranks is None or not ranks.is_dir() or ranks.is_symlink():
             return
         for log_file in sorted(ranks.glob("rank_*.log")):
-            self.tracker.log_artifact(self.run_id, log_file, "system_logs")
+            if is_plain_file(log_file):
+                self._upload_file(log_file, "system_logs", f"system_logs/{log_file.name}")
         endings = []
         for exit_file in ranks.glob("rank_*.exit"):
             with contextlib.suppress(ValueError, OSError):
-                endings.append(json.loads(exit_file.read_text()))
-        failed = sorted((e for e in endings if e.get("exit_code")), key=lambda e: e.get("ended_at", 0))
+                if is_plain_file(exit_file):
+                    endings.append(json.loads(exit_file.read_text()))
+        failed = sorted((e for e in endings if isinstance(e, dict) and e.get("exit_code")),
+                        key=lambda e: e.get("ended_at", 0))
         if failed:
             first = failed[0]  # its log's tail is the run's log tail (get_details), never in a tag
-            self._failing_rank = (f"rank {first['rank']} failed first (exit code {first['exit_code']}; its log: "
-                                  f"system_logs/rank_{first['rank']}.log)")
+            self._failing_rank = (f"rank {first.get('rank')} failed first (exit code {first['exit_code']}; its log: "
+                                  f"system_logs/rank_{first.get('rank')}.log)")
 
     def _upload_driver_log(self, scratch: Path) -> None:
         driver = self.target.fetch(self.handle, job_runner.DRIVER_LOG, scratch)
-        if driver is not None:
-            self.tracker.log_artifact(self.run_id, driver, "system_logs")
+        if driver is None:
+            return
+        if not is_plain_file(driver):
+            self.relay.warnings.add(f"{job_runner.DRIVER_LOG} was replaced by a link or special file; not uploaded")
+            return
+        self.tracker.log_artifact(self.run_id, driver, "system_logs")
 
     def _upload_final(self) -> None:
         with tempfile.TemporaryDirectory(prefix="finalize-") as scratch:
@@ -331,5 +338,21 @@ class RunWatcher:
             self._upload_rank_logs(Path(scratch))
             for name in ("outputs", "logs"):
                 folder = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/{name}", Path(scratch))
-                if folder is not None and folder.is_dir() and any(folder.iterdir()):
-                    self.tracker.log_artifact(self.run_id, folder, name)
+                if folder is None or not (folder.is_dir() or folder.is_symlink()):
+                    continue
+                files, notes = uploadable_files(folder, name)
+                for note in notes:
+                    self.relay.warnings.add(note)
+                for path, relative in files:
+                    self._upload_file(path, Path(name, relative).parent.as_posix(), f"{name}/{relative}")
+        self.relay.warnings.flush()
+
+    def _upload_file(self, path: Path, folder: str, label: str) -> None:
+        """Upload one file (readable: :func:`uploadable_files` checked); one MLflow refuses is noted
+        and skipped, so a single bad file never keeps the run from its final state."""
+        try:
+            self.tracker.log_artifact(self.run_id, path, folder)
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise  # the tracking store is down, busy or full: finalizing is retried as a whole
+            self.relay.warnings.add(f"{label} was not uploaded: {type(exc).__name__}: {exc}"[:500])

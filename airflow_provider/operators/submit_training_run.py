@@ -27,6 +27,7 @@ from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
+from airflow_provider.redaction import Redactor, register_with_airflow
 from airflow_provider.run_reference import RunReference
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self._reference: RunReference | None = None
         self._credentials: dict[str, str] = {}
         self._killed = False
+        self._redact = Redactor(())
 
     # ------------------------------------------------------------------ hooks (built lazily)
     @cached_property
@@ -188,7 +190,8 @@ class SubmitTrainingRunOperator(BaseOperator):
             from airflow_provider.triggers.training_run import TrainingRunTrigger
 
             self.defer(
-                trigger=TrainingRunTrigger(self._reference.to_dict(), poll_interval=self.poll_interval),
+                trigger=TrainingRunTrigger(self._reference.to_dict(), poll_interval=self.poll_interval,
+                                           secrets=self._secret_values()),
                 method_name="execute_complete",
             )
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
@@ -204,10 +207,11 @@ class SubmitTrainingRunOperator(BaseOperator):
         self._reference = RunReference.from_dict(event["reference"])
         run = self._reference.script_run()
         self._credentials = self.tracking_hook.get_credentials()
+        self._protect_secrets()
         experiment = run.experiment
         self._run = run
         if event.get("status") == "error":
-            self.log.error("The trigger watching run %s failed: %s", run.id, event.get("message"))
+            self.log.error("The trigger watching run %s failed: %s", run.id, self._redact(str(event.get("message"))))
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
                                           poll_interval=self.poll_interval,
                                           log_offset=int(event.get("log_offset", 0)))
@@ -238,14 +242,9 @@ class SubmitTrainingRunOperator(BaseOperator):
         return Experiment(name, tracking_uri=tracking_uri)
 
     def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:
-        from airflow.sdk.log import mask_secret
-
         target = self.compute_hook.get_target()
         secrets = dict(self.secret_environment_variables or {})
         plain = dict(self.environment_variables or {})
-        for name, value in plain.items():
-            if _SECRET_NAME.search(name) and isinstance(value, str):
-                mask_secret(value, name)
         for name, value in secrets.items():
             if not isinstance(name, str) or not _ENV_VAR_NAME.match(name):
                 raise ConfigurationError("secret_environment_variables", f"{name!r} is not a valid variable name.",
@@ -253,10 +252,9 @@ class SubmitTrainingRunOperator(BaseOperator):
             if not isinstance(value, str):
                 raise ConfigurationError(f"secret_environment_variables[{name!r}]",
                                          f"must be a string, got {type(value).__name__}.", "pass a string.")
-            mask_secret(value, name)
         credentials = self.tracking_hook.get_credentials()
-        for name, value in credentials.items():
-            mask_secret(value, name)
+        self._credentials = credentials
+        self._protect_secrets()
         config = ScriptRunConfig(
             source_directory=self.source_directory,
             script=self.script,
@@ -271,6 +269,22 @@ class SubmitTrainingRunOperator(BaseOperator):
         )
         return config, {**secrets, **credentials}
 
+    def _secret_values(self) -> list[str]:
+        """Every value to hide: the secret variables, the tracking credentials, and plain variables
+        whose names say they are secret."""
+        values = [v for v in (self.secret_environment_variables or {}).values() if isinstance(v, str)]
+        values += [v for v in self._credentials.values() if isinstance(v, str)]
+        values += [v for k, v in (self.environment_variables or {}).items()
+                   if isinstance(k, str) and isinstance(v, str) and _SECRET_NAME.search(k)]
+        return values
+
+    def _protect_secrets(self) -> None:
+        """Mask every secret value in this task's log (whatever its variable's name) and in what
+        the run's output and errors show."""
+        values = self._secret_values()
+        register_with_airflow(values)
+        self._redact = Redactor(values)
+
     def _string_tags(self) -> dict[str, str]:
         if self.tags is None:
             return {}
@@ -280,7 +294,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         return {str(k): str(v) for k, v in self.tags.items()}
 
     def _log_output(self, line: str) -> None:
-        self.log.info("%s%s", OUTPUT_PREFIX, line)
+        self.log.info("%s%s", OUTPUT_PREFIX, self._redact(line))
 
     def _result(self, run: ScriptRun, details: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
         if details["status"] != RunState.COMPLETED.value:
@@ -290,10 +304,10 @@ class SubmitTrainingRunOperator(BaseOperator):
             terminated = run.tracker.get_run(run.id).data.tags.get(Tags.SWEEP_TERMINATED)
             if details["status"] == RunState.CANCELED.value and terminated and self.sweep_trial is not None:
                 raise AirflowSkipException(f"Trial run {run.id} was {terminated}")
-            raise AirflowException(
+            raise AirflowException(self._redact(
                 f"Training run {run.id} ended {details['status']}: {error.get('message', 'unknown error')}\n"
                 f"--- last lines of its log ---\n{error.get('logTail', '')}"
-            )
+            ))
         final_metrics = dict(run.tracker.get_run(run.id).data.metrics)
         return {
             "run_id": run.id,

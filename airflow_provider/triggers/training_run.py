@@ -10,11 +10,14 @@ run. When a user marks the deferred task failed or success (or clears it), Airfl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider.redaction import Redactor, register_with_airflow
 
 if TYPE_CHECKING:
     from airflow_provider.core.submit import ScriptRun
@@ -32,18 +35,25 @@ class TrainingRunTrigger(BaseTrigger):
     :param reference: the run (``RunReference.to_dict()``).
     :param poll_interval: the longest pause between polls, in seconds.
     :param log_offset: bytes of output already shown.
+    :param secrets: values masked in what the trigger logs (the task's secret variables and tracking
+        credentials). Airflow stores a trigger's arguments encrypted with its Fernet key, as it does
+        connection passwords.
     """
 
-    def __init__(self, reference: dict[str, Any], poll_interval: float = 5.0, log_offset: int = 0) -> None:
+    def __init__(self, reference: dict[str, Any], poll_interval: float = 5.0, log_offset: int = 0,
+                 secrets: list[str] | None = None) -> None:
         super().__init__()
         self.reference = reference
         self.poll_interval = poll_interval
         self.log_offset = log_offset
+        self.secrets = list(secrets or [])
+        self._redact = Redactor(self.secrets)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "airflow_provider.triggers.training_run.TrainingRunTrigger",
-            {"reference": self.reference, "poll_interval": self.poll_interval, "log_offset": self.log_offset},
+            {"reference": self.reference, "poll_interval": self.poll_interval, "log_offset": self.log_offset,
+             "secrets": self.secrets},
         )
 
     def _script_run(self) -> ScriptRun:
@@ -58,7 +68,7 @@ class TrainingRunTrigger(BaseTrigger):
         return MLflowTrackingHook(self.reference.get("tracking_conn_id")).get_credentials()
 
     def _output(self, line: str) -> None:
-        self.log.info("%s%s", OUTPUT_PREFIX, line)
+        self.log.info("%s%s", OUTPUT_PREFIX, self._redact(line))
 
     def _event(self, status: str, message: str = "") -> TriggerEvent:
         return TriggerEvent({"status": status, "reference": self.reference, "log_offset": self.log_offset,
@@ -66,6 +76,8 @@ class TrainingRunTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
+            with contextlib.suppress(Exception):  # the triggerer's masker: tracebacks are masked too
+                register_with_airflow(self.secrets)
             script_run = await asyncio.to_thread(self._script_run)
             # The triggerer is shared by many tasks and MLflow takes credentials from the process
             # environment: with a credentialed tracking server, metrics are relayed when the task
@@ -87,8 +99,10 @@ class TrainingRunTrigger(BaseTrigger):
                 await asyncio.sleep(pause)
                 pause = min(self.poll_interval, pause * 2)
         except Exception as exc:
-            self.log.exception("Watching training run %s failed", self.reference.get("run_id"))
-            yield self._event("error", f"{type(exc).__name__}: {exc}")
+            message = self._redact(f"{type(exc).__name__}: {exc}")
+            self.log.error("Watching training run %s failed: %s", self.reference.get("run_id"), message,
+                           exc_info=True)  # the traceback is masked by Airflow (the values are registered)
+            yield self._event("error", message)
 
     async def on_kill(self) -> None:
         """The user marked the deferred task failed/success or cleared it: stop the job.

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -519,18 +521,22 @@ def test_results_that_cannot_be_collected_are_kept_for_the_next_watcher(tmp_path
         import os
         os.makedirs("outputs", exist_ok=True)
         open("outputs/model.txt", "w").write("model")
-        os.symlink("/nonexistent/target", "outputs/broken-link")
     """)
     experiment = Experiment("collect-again")
     config = ScriptRunConfig(tmp_path / "src", "train.py")
     run = experiment.submit(config, run_key="collect/again")
+    # The artifact store cannot take the outputs (a file where their folder must go): a store
+    # failure, not the script's, which a later watcher may get past.
+    blocker = Path(url2pathname(urlparse(run.get_details()["artifactUri"]).path)) / "outputs"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
     with pytest.raises(TrackingError, match="job folder is kept"):
         run.wait_for_completion()
     assert run.get_details()["status"] == "Finalizing"
     assert run.handle is not None
     work = Path(run.handle.location) / "work"
     assert (work / "outputs" / "model.txt").exists(), "the outputs were deleted"
-    (work / "outputs" / "broken-link").unlink()  # the operator fixes what blocked the upload
+    blocker.unlink()  # the operator fixes the store
     again = experiment.submit(config, run_key="collect/again")  # a retry collects, it does not rerun
     assert again.id == run.id
     assert again.wait_for_completion()["status"] == "Completed"

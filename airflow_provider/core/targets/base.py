@@ -13,6 +13,7 @@ Job folder layout on every target (names from :mod:`job_runner`)::
 from __future__ import annotations
 
 import abc
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,13 +22,47 @@ from typing import Any, ClassVar, Literal
 
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import job_runner
 
-__all__ = ["Channel", "ComputeTarget", "JobHandle", "JobSpec", "JobState", "JobStatus"]
+__all__ = ["Channel", "ComputeTarget", "JobHandle", "JobSpec", "JobState", "JobStatus", "check_job_id",
+           "job_dir_under"]
 
 Channel = Literal["driver", "events"]
 JobState = Literal["running", "ended", "lost", "not_found"]
+
+
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def check_job_id(job_id: object) -> str:
+    """Return ``job_id`` when it is a job id (an MLflow run id: letters, digits, ``_`` and ``-``,
+    no separators), so that joining it to a jobs folder can never leave that folder.
+
+    :param job_id: the proposed id (it may come from a run tag that anyone with write access to
+        the run, the script included, can rewrite).
+    :raises TargetError: when it is not.
+    """
+    if not isinstance(job_id, str) or _JOB_ID.fullmatch(job_id) is None:
+        raise TargetError(f"refusing job id {job_id!r}: a job id is 1-128 letters, digits, '_' or '-' (the MLflow "
+                          "run id); the run's tags may have been altered")
+    return job_id
+
+
+def job_dir_under(jobs_root: str, handle: JobHandle) -> str:
+    """The job folder of ``handle`` under ``jobs_root`` (POSIX), checked against the handle's own
+    location, so a handle whose location was altered is never used to read or remove a folder.
+
+    :param jobs_root: the target's folder of job folders.
+    :param handle: the job.
+    :raises TargetError: when the handle points elsewhere.
+    """
+    expected = f"{jobs_root.rstrip('/')}/{check_job_id(handle.job_id)}"
+    if handle.location.rstrip("/") != expected:
+        raise TargetError(f"job {handle.job_id}: its location {handle.location!r} is not {expected!r}, its folder "
+                          "on this target (was the target's jobs folder changed while the run was going?)")
+    return expected
 
 
 @dataclass(frozen=True)
@@ -40,6 +75,8 @@ class JobSpec:
     :param path_prepend: folders put in front of the job's ``PATH`` (the environment's ``bin``).
     :param max_run_duration_seconds: limit enforced by the runner on the target; None for none.
     :param grace_seconds: time between SIGTERM and SIGKILL when the job is stopped.
+    :param secret_names: variables of ``env`` whose values are secrets: the supervisor removes them
+        from ``job.json`` as soon as it has read it, so no folder kept on a target holds them.
     """
 
     argv: tuple[str, ...]
@@ -48,12 +85,19 @@ class JobSpec:
     path_prepend: tuple[str, ...] = ()
     max_run_duration_seconds: float | None = None
     grace_seconds: float = 10.0
+    secret_names: tuple[str, ...] = ()
 
-    def to_job_json(self) -> dict[str, Any]:
-        """The runner's ``job.json``."""
+    def to_job_json(self, with_secrets: bool = True) -> dict[str, Any]:
+        """The runner's ``job.json``.
+
+        :param with_secrets: False leaves the secret values out (a node of a multi-node run that
+            only holds the folder: its ranks get their environment from the launcher).
+        """
+        secret = set(self.secret_names)
         return {
             "argv": list(self.argv),
-            "env": dict(self.env),
+            "env": {k: v for k, v in self.env.items() if with_secrets or k not in secret},
+            "secret_env": sorted(secret & set(self.env)),
             "unset_env": list(self.unset_env),
             "path_prepend": list(self.path_prepend),
             "max_run_duration_seconds": self.max_run_duration_seconds,
@@ -73,6 +117,9 @@ class JobHandle:
     target: str
     job_id: str
     location: str
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id)
 
     def to_dict(self) -> dict[str, str]:
         """Serialise to plain strings."""

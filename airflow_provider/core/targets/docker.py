@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import TargetError
@@ -298,7 +299,7 @@ class DockerTarget(ComputeTarget):
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(destination, filter="data")
+            tar.extractall(destination, filter=tolerant_tar_filter)
         return destination / Path(relative_path).name
 
     def _tail_running(self, handle: JobHandle, path: str, offset: int) -> bytes | None:

@@ -58,7 +58,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 def write_json_atomically(path: str, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     temporary = f"{path}.tmp.{os.getpid()}"
-    with open(temporary, "w") as handle:
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(data, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -249,12 +249,23 @@ class JobRunner:
         self.job_dir = os.path.abspath(job_dir)
         with open(os.path.join(self.job_dir, JOB_SPEC)) as handle:
             self.spec: dict[str, Any] = json.load(handle)
+        self._remove_secrets_from_spec_file()
         self.stop_reason: str | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.child_status: int | None = None
 
     def path(self, name: str) -> str:
         return os.path.join(self.job_dir, name)
+
+    def _remove_secrets_from_spec_file(self) -> None:
+        """Rewrite ``job.json`` without the secret values (they stay in memory for the command's
+        environment only): a job folder kept for debugging, or read by another user of the host,
+        holds no secret."""
+        secret = set(self.spec.get("secret_env", ()))
+        if not secret & set(self.spec.get("env", {})):
+            return
+        write_json_atomically(self.path(JOB_SPEC),
+                              dict(self.spec, env={k: v for k, v in self.spec["env"].items() if k not in secret}))
 
     def run(self) -> int:
         for signum in _STOP_SIGNALS:

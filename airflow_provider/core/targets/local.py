@@ -19,10 +19,18 @@ from typing import Any, ClassVar
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import EnvironmentCache, PreparedEnvironment
 from airflow_provider.core.errors import TargetError
-from airflow_provider.core.paths import state_dir
+from airflow_provider.core.paths import private_folder, state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import job_runner
-from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.base import (
+    Channel,
+    ComputeTarget,
+    JobHandle,
+    JobSpec,
+    JobStatus,
+    check_job_id,
+    job_dir_under,
+)
 
 __all__ = ["LocalTarget"]
 
@@ -59,13 +67,15 @@ class LocalTarget(ComputeTarget):
         return self.environment_cache.prepare(environment)
 
     def job_dir(self, handle: JobHandle) -> Path:
-        """The job folder of ``handle``."""
-        return Path(handle.location)
+        """The job folder of ``handle`` (checked to be a folder of :attr:`jobs_root`)."""
+        return Path(job_dir_under(str(self.jobs_root), handle))
 
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
-        job_dir = self.jobs_root / job_id
-        (job_dir / job_runner.UPLOADS_DIR).mkdir(parents=True, exist_ok=True)
+        job_dir = self.jobs_root / check_job_id(job_id)
+        private_folder(self.jobs_root)
+        job_dir.mkdir(mode=0o700, exist_ok=True)
+        (job_dir / job_runner.UPLOADS_DIR).mkdir(exist_ok=True)
         for relative, content in extras.items():
             path = job_dir / relative
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +99,7 @@ class LocalTarget(ComputeTarget):
             raise TargetError(str(exc)) from exc
 
     def find(self, job_id: str) -> JobHandle | None:
-        job_dir = self.jobs_root / job_id
+        job_dir = self.jobs_root / check_job_id(job_id)
         if not (job_dir / job_runner.JOB_SPEC).exists():
             return None
         return JobHandle(self.kind, job_id, str(job_dir))

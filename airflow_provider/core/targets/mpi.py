@@ -215,7 +215,7 @@ class MPITarget(ComputeTarget):
             folder = found if index == 0 else node.fetch(node_handle, relative_path, scratch / f"node-{index}")
             if folder is not None and folder.is_dir():
                 for item in folder.iterdir():
-                    shutil.copy2(item, merged / item.name)
+                    shutil.copy2(item, merged / item.name, follow_symlinks=False)
         return merged
 
     # ------------------------------------------------------------------ control

@@ -5,8 +5,9 @@ The SSH target copies this file and :mod:`job_runner` once per version into
 requests and answers then cost one round trip each, not a shell and an interpreter start (see
 :func:`serve`). Every operation is idempotent, so a watcher that lost its connection asks again.
 
-Layout under the root: ``blobs/ab/<sha256>`` (the content-addressed store, hard-linked into job
-folders), ``jobs/<job id>/`` (as on every target), ``envs/<fingerprint>/`` (virtual environments,
+Layout under the root: ``blobs/ab/<sha256>`` (the content-addressed store; a job folder gets
+independent copies, each checked against its hash while it is copied, so a job can never change
+what another job will read), ``jobs/<job id>/`` (as on every target), ``envs/<fingerprint>/`` (virtual environments,
 built once under a lock), ``files/`` (local files named by requirements), ``logs/``.
 """
 
@@ -40,8 +41,46 @@ _LAUNCH_TIMEOUT_SECONDS = 30.0
 _GC_EVERY_SECONDS = 600.0
 
 
+class DamagedBlobError(ValueError):
+    """A blob of the store no longer has the content its name promises (something wrote to it)."""
+
+
 def _blob_path(root: str, digest: str) -> str:
+    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
     return os.path.join(root, "blobs", digest[:2], digest)
+
+
+def _copy_verified(source: str, target: str, digest: str) -> None:
+    """Copy a blob into a job folder (a new, independent file), checking its hash on the way; a
+    damaged blob is removed from the store (the client sends it again) and nothing is copied."""
+    hasher = hashlib.sha256()
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while True:
+            chunk = reader.read(1 << 20)
+            if not chunk:
+                break
+            hasher.update(chunk)
+            writer.write(chunk)
+    if hasher.hexdigest() != digest:
+        os.unlink(target)
+        with contextlib.suppress(OSError):
+            os.unlink(source)
+        raise DamagedBlobError(digest)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or below it, once both are resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _check_job_dir(root: str, job_dir: str) -> None:
+    """Refuse a job folder that is not ``<root>/jobs/<one name>`` (never remove anything else)."""
+    name = os.path.basename(job_dir.rstrip("/"))
+    if (os.path.dirname(job_dir.rstrip("/")) != os.path.join(root, "jobs") or name in ("", ".", "..")
+            or not _inside(job_dir, os.path.join(root, "jobs")) or os.path.islink(job_dir)):
+        raise ValueError(f"refusing job folder {job_dir!r}: not a folder of {os.path.join(root, 'jobs')}")
 
 
 def op_hello(request: dict[str, Any]) -> dict[str, Any]:
@@ -96,12 +135,16 @@ def op_launch(request: dict[str, Any]) -> dict[str, Any]:
     """Materialize the job folder from the store, write its files and start its supervisor
     detached; a second call for the same job only reports that it was launched."""
     job_dir = request["job_dir"]
-    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
+    _check_job_dir(request["root"], job_dir)
+    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), mode=0o700, exist_ok=True)
     try:
         os.close(os.open(os.path.join(job_dir, job_runner.LAUNCH_MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         return {"launched": False}
-    op_materialize(request)
+    materialized = op_materialize(request)
+    if materialized.get("damaged"):
+        os.unlink(os.path.join(job_dir, job_runner.LAUNCH_MARKER))  # the client resends them and launches again
+        return {"launched": False, **materialized}
     try:
         job_runner.start_supervisor(job_dir, _LAUNCH_TIMEOUT_SECONDS)
     except RuntimeError as exc:
@@ -110,26 +153,36 @@ def op_launch(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_materialize(request: dict[str, Any]) -> dict[str, Any]:
-    """Make the job folder from the store (hard links) and write its files, without starting it
-    (the other nodes of a multi-node run)."""
+    """Make the job folder from the store (checked copies) and write its files, without starting
+    it (the other nodes of a multi-node run). Damaged blobs are removed and named in the answer
+    (``damaged``); the client sends them again and asks once more."""
     root, job_dir = request["root"], request["job_dir"]
-    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), exist_ok=True)
+    _check_job_dir(root, job_dir)
+    os.makedirs(os.path.join(job_dir, job_runner.UPLOADS_DIR), mode=0o700, exist_ok=True)
     work = os.path.join(job_dir, job_runner.WORK_DIR)
     if os.path.exists(work):
         shutil.rmtree(work)
     os.makedirs(work)
+    damaged = []
     for relative, digest, executable in request["manifest"]:
-        target = os.path.join(work, relative)
+        parts = relative.split("/")
+        if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"unsafe path in the snapshot: {relative!r}")
+        target = os.path.join(work, *parts)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         source = _blob_path(root, digest)
         try:
-            os.link(source, target)  # blobs are read-only: a script cannot damage the store through a link
-        except OSError:
-            shutil.copyfile(source, target)
+            _copy_verified(source, target, digest)
+        except (DamagedBlobError, FileNotFoundError):
+            damaged.append(digest)
+            continue
         if executable:
             with contextlib.suppress(OSError):
                 os.chmod(target, 0o755)
-        os.utime(source)  # recently used: eviction keeps it
+        with contextlib.suppress(OSError):
+            os.utime(source)  # recently used: eviction keeps it
+    if damaged:
+        return {"damaged": sorted(set(damaged))}
     for relative, text in request["extras"].items():
         path = os.path.join(job_dir, relative)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -186,8 +239,12 @@ def op_cancel(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def pack(request: dict[str, Any]) -> bytes | None:
-    """A tar of one file or folder of the job; None when it is missing."""
-    path = os.path.join(request["job_dir"], request["relative_path"])
+    """A tar of one file or folder of the job; None when it is missing. Links are packed as links
+    (the client never follows one out of the folder)."""
+    relative = request["relative_path"]
+    if relative.startswith("/") or any(part in ("", ".", "..") for part in relative.split("/")):
+        raise ValueError(f"refusing path {relative!r}: not a path inside the job folder")
+    path = os.path.join(request["job_dir"], relative)
     if not os.path.lexists(path):
         return None
     archive = io.BytesIO()
@@ -199,12 +256,27 @@ def pack(request: dict[str, Any]) -> bytes | None:
 def op_cleanup(request: dict[str, Any]) -> dict[str, Any]:
     """Remove a finished job's folder (or keep it, marked, for debugging), then evict old caches."""
     job_dir = request["job_dir"]
+    _check_job_dir(request["root"], job_dir)
     if request.get("keep"):
+        with contextlib.suppress(OSError, ValueError):
+            _remove_secrets(os.path.join(job_dir, job_runner.JOB_SPEC))
         with contextlib.suppress(OSError):
             open(os.path.join(job_dir, KEPT_MARKER), "w").close()
     else:
         shutil.rmtree(job_dir, ignore_errors=True)
     return {"evicted": _collect_garbage(request["root"], request.get("limits") or {})}
+
+
+def _remove_secrets(spec_path: str) -> None:
+    """Leave no secret value in a kept job's ``job.json`` (the supervisor removes them when it
+    starts; a job that never started still has them)."""
+    spec = job_runner.read_json(spec_path)
+    if spec is None:
+        return
+    secret = set(spec.get("secret_env", ()))
+    if secret & set(spec.get("env", {})):
+        spec["env"] = {k: v for k, v in spec["env"].items() if k not in secret}
+        job_runner.write_json_atomically(spec_path, spec)
 
 
 def op_env(request: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +287,10 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         path = os.path.join(root, "files", relative)
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.link(_blob_path(root, digest), path)
+            temporary = f"{path}.tmp.{os.getpid()}"
+            with contextlib.suppress(DamagedBlobError, FileNotFoundError):  # pip then names the missing file
+                _copy_verified(_blob_path(root, digest), temporary, digest)
+                os.replace(temporary, path)
     fingerprint = hashlib.sha256(json.dumps({"python_version": sys.version, "requirements": requirements},
                                             sort_keys=True).encode()).hexdigest()
     envs = os.path.join(root, "envs")

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import shlex
 import shutil
 import tarfile
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment, environment_fingerprint
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, TargetError
@@ -32,10 +34,20 @@ from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import job_runner, remote_agent
-from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.base import (
+    Channel,
+    ComputeTarget,
+    JobHandle,
+    JobSpec,
+    JobStatus,
+    check_job_id,
+    job_dir_under,
+)
 from airflow_provider.core.targets.ssh_connection import SSHConnection, SSHSettings
 
 __all__ = ["SECRETS_VARIABLE", "SSHTarget"]
+
+log = logging.getLogger(__name__)
 
 SECRETS_VARIABLE = "TRAINING_RUNS_SSH_SECRETS"
 """Where a detached finalizer finds the key, passphrase and password (never in its command line)."""
@@ -71,10 +83,12 @@ class SSHTarget(ComputeTarget):
         self.bytes_sent = 0
         """Bytes of blob streams (tar framing included) sent to the host by this object."""
         self.blob_bytes_sent = 0
+        self.damaged_blobs_resent = 0
+        """Blobs found altered on the host and sent again (see :meth:`launch`)."""
         """Content bytes of the blobs sent to the host by this object."""
         self._root: str | None = None
         self._hello: dict[str, Any] | None = None
-        self._pending: dict[str, tuple[list[list[Any]], dict[str, str]]] = {}
+        self._pending: dict[str, tuple[list[list[Any]], dict[str, str], SnapshotStore]] = {}
         self._agent_session: _AgentSession | None = None
         self._lock = threading.Lock()
         self._ended: dict[str, JobStatus] = {}
@@ -223,8 +237,11 @@ class SSHTarget(ComputeTarget):
         self._send_blobs(sorted({entry.digest for entry in snapshot.entries}),
                          lambda digest: store.blob_path(digest).read_bytes())
         manifest = [[entry.path, entry.digest, entry.executable] for entry in snapshot.entries]
-        self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()})
-        return JobHandle(self.kind, job_id, f"{self.root}/jobs/{job_id}")
+        self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()}, store)
+        return JobHandle(self.kind, job_id, f"{self.root}/jobs/{check_job_id(job_id)}")
+
+    def _job_dir(self, handle: JobHandle) -> str:
+        return job_dir_under(f"{self.root}/jobs", handle)
 
     def _send_blobs(self, digests: list[str], content: Any) -> None:
         if not digests:
@@ -245,7 +262,7 @@ class SSHTarget(ComputeTarget):
         self.bytes_sent += len(payload)
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
-        answer = self._agent("launch", self._job_request(handle, spec))
+        answer = self._with_damaged_blobs_resent("launch", handle, spec, with_secrets=True)
         if answer.get("error"):
             raise TargetError(f"the job on {self.settings.address} did not start: {answer['error']}")
 
@@ -255,16 +272,31 @@ class SSHTarget(ComputeTarget):
         :param handle: the staged job.
         :param spec: its launch specification (written as ``job.json``).
         """
-        self._agent("materialize", self._job_request(handle, spec))
+        self._with_damaged_blobs_resent("materialize", handle, spec, with_secrets=False)
 
-    def _job_request(self, handle: JobHandle, spec: JobSpec) -> dict[str, Any]:
+    def _with_damaged_blobs_resent(self, operation: str, handle: JobHandle, spec: JobSpec,
+                                   with_secrets: bool) -> dict[str, Any]:
+        """Make the job folder (``launch`` or ``materialize``). Every file is copied out of the host's
+        blob store and checked against its hash; a blob something wrote to since it was stored is
+        removed there, sent again from the snapshot store here, and the folder made once more."""
         pending = self._pending.pop(handle.job_id, None)
         if pending is None:
             raise TargetError(f"job {handle.job_id} was not staged by this process; submit it again")
-        manifest, extras = pending
-        return {"root": self.root, "job_dir": handle.location, "manifest": manifest,
-                "extras": {k: base64.b64decode(v).decode() for k, v in extras.items()},
-                "job_json": spec.to_job_json()}
+        manifest, extras, store = pending
+        request = {"root": self.root, "job_dir": self._job_dir(handle), "manifest": manifest,
+                   "extras": {k: base64.b64decode(v).decode() for k, v in extras.items()},
+                   "job_json": spec.to_job_json(with_secrets)}
+        answer = self._agent(operation, request)
+        if answer.get("damaged"):
+            log.warning("%s: %d blob(s) of job %s were altered on the host; sending them again", self.settings.address,
+                        len(answer["damaged"]), handle.job_id)
+            self.damaged_blobs_resent += len(answer["damaged"])
+            self._send_blobs(list(answer["damaged"]), lambda digest: store.blob_path(digest).read_bytes())
+            answer = self._agent(operation, request)
+            if answer.get("damaged"):
+                raise TargetError(f"blobs {answer['damaged']} on {self.settings.address} were altered again while "
+                                  "the job folder was made; something on the host writes to its blob store")
+        return answer
 
     def read_file(self, path: str) -> bytes | None:
         """A whole remote file (None when missing).
@@ -300,7 +332,7 @@ class SSHTarget(ComputeTarget):
         return [int(pid) for pid in answer["remaining"]]
 
     def find(self, job_id: str) -> JobHandle | None:
-        location = f"{self.root}/jobs/{job_id}"
+        location = f"{self.root}/jobs/{check_job_id(job_id)}"
 
         def exists() -> bool:
             try:
@@ -315,13 +347,13 @@ class SSHTarget(ComputeTarget):
     # ------------------------------------------------------------------ watching
     def poll(self, handle: JobHandle) -> JobStatus:
         self.hello()
-        status = JobStatus.from_job_state(self._agent("poll", {"job_dir": handle.location}))
+        status = JobStatus.from_job_state(self._agent("poll", {"job_dir": self._job_dir(handle)}))
         if status.state not in ("running", "not_found", "lost"):
-            self._ended[handle.location] = status
+            self._ended[self._job_dir(handle)] = status
         return status
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
-        path = f"{handle.location}/{_CHANNEL_FILES[channel]}"
+        path = f"{self._job_dir(handle)}/{_CHANNEL_FILES[channel]}"
 
         def read_from_offset() -> bytes:
             try:
@@ -335,7 +367,7 @@ class SSHTarget(ComputeTarget):
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         self.hello()
-        answer = self._agent("pack", {"job_dir": handle.location, "relative_path": relative_path})
+        answer = self._agent("pack", {"job_dir": self._job_dir(handle), "relative_path": relative_path})
         if answer["missing"]:
             return None
         destination = scratch / "fetched" / relative_path.replace("/", "_")
@@ -343,18 +375,18 @@ class SSHTarget(ComputeTarget):
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
         with tarfile.open(fileobj=io.BytesIO(answer["payload"])) as tar:
-            tar.extractall(destination, filter="data")
+            tar.extractall(destination, filter=tolerant_tar_filter)
         return destination / Path(relative_path).name
 
     # ------------------------------------------------------------------ control
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
         self.hello()
-        self._agent("cancel", {"job_dir": handle.location, "grace_seconds": grace_seconds, "wait": wait},
+        self._agent("cancel", {"job_dir": self._job_dir(handle), "grace_seconds": grace_seconds, "wait": wait},
                     timeout=grace_seconds + 60)
 
     def ended_status(self, handle: JobHandle) -> JobStatus | None:
         """How the job ended, as this object last polled it (None: not seen ending)."""
-        return self._ended.get(handle.location)
+        return self._ended.get(self._job_dir(handle))
 
     def cleanup(self, handle: JobHandle, ended: JobStatus | None = None) -> None:
         """Remove the job folder (kept, marked, when the job failed and the policy says so).
@@ -362,11 +394,11 @@ class SSHTarget(ComputeTarget):
         :param handle: the job.
         :param ended: how it ended, when another object polled it (a multi-node run).
         """
-        ended = self._ended.pop(handle.location, None) or ended
+        ended = self._ended.pop(self._job_dir(handle), None) or ended
         keep = self.keep_failed_job_folders and (ended is None or not ended.succeeded)
         self.hello()
         limits = {k: v for k, v in self.cache_limits.items()}
-        self._agent("cleanup", {"root": self.root, "job_dir": handle.location, "keep": keep, "limits": limits})
+        self._agent("cleanup", {"root": self.root, "job_dir": self._job_dir(handle), "keep": keep, "limits": limits})
 
 
 class _AgentSession:
