@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
 import socket
@@ -225,27 +224,21 @@ def _parse_host_key(text: str) -> tuple[str, paramiko.PKey]:
 
 
 def _private_key(settings: SSHSettings) -> paramiko.PKey | None:
+    if settings.private_key and not settings.key_file:
+        from airflow_provider.core.keys import ssh_private_key
+
+        # a key whose line breaks a form removed is read too; a bad one is a ConfigurationError
+        return ssh_private_key(settings.private_key, settings.passphrase, "SSHSettings.private_key",
+                               "SSHSettings.passphrase")[1]
     try:
         if settings.key_file:
             return paramiko.PKey.from_path(Path(settings.key_file).expanduser(), settings.passphrase)
-        if settings.private_key:
-            for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-                try:
-                    key: paramiko.PKey = key_class.from_private_key(io.StringIO(settings.private_key),
-                                                                    settings.passphrase)
-                    return key
-                except paramiko.PasswordRequiredException:
-                    raise
-                except paramiko.SSHException:
-                    continue
-            raise paramiko.SSHException("not an Ed25519, ECDSA or RSA private key")
     except paramiko.PasswordRequiredException as exc:
         raise TargetError("the private key is encrypted: set the connection's passphrase.") from exc
     except FileNotFoundError as exc:
         raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's key_file.") from exc
     except (paramiko.SSHException, ValueError) as exc:
-        field = "key_file" if settings.key_file else "private_key"
-        raise TargetError(f"the connection's {field} cannot be read as a private key ({exc}); a wrong passphrase "
+        raise TargetError(f"the connection's key_file cannot be read as a private key ({exc}); a wrong passphrase "
                           "gives this too.") from exc
     return None
 
