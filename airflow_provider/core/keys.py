@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 
 from airflow_provider.core.errors import ConfigurationError
-from airflow_provider.core.pem import OPENSSH_LABEL, PemBlock, parse_blocks
+from airflow_provider.core.pem import OPENSSH_LABEL, PemBlock, openssh_strings, parse_blocks
 
 __all__ = ["certificate_matches_key", "ssh_private_key", "tls_certificates", "tls_private_key"]
 
@@ -134,7 +134,8 @@ def _paramiko_input(block: PemBlock, passphrase: str | None, field: str, passphr
                     fix: str) -> tuple[type[paramiko.PKey], str]:
     """The paramiko key class for ``block`` and the text to give it (PKCS#8 becomes OpenSSH text)."""
     if block.label == OPENSSH_LABEL:
-        key_type = _openssh_key_type(block.data)
+        strings = openssh_strings(block.data)
+        key_type = strings[3].decode("ascii", "replace") if len(strings) == 4 else ""
         unusable = _UNUSABLE_KEY_TYPES.get(key_type) or (
             "a security-key (FIDO) key, which needs its hardware token" if key_type.startswith("sk-") else None)
         if unusable:
@@ -142,8 +143,8 @@ def _paramiko_input(block: PemBlock, passphrase: str | None, field: str, passphr
         classes = {"ssh-ed25519": paramiko.Ed25519Key, "ssh-rsa": paramiko.RSAKey}
         key_class = paramiko.ECDSAKey if key_type.startswith("ecdsa-sha2-") else classes.get(key_type)
         if key_class is None:
-            raise ConfigurationError(field, f"is not an OpenSSH private key ({key_type or 'no key type'} inside): "
-                                            "the key is damaged.", fix)
+            what = f"names an unknown key type {key_type!r}" if key_type else "has no readable key type"
+            raise ConfigurationError(field, f"is damaged: it {what} (part of it is missing or changed).", fix)
         return key_class, block.text
     if block.label in _SSH_PEM_CLASSES:
         return _SSH_PEM_CLASSES[block.label], block.text
@@ -176,26 +177,10 @@ def _pkcs8_as_openssh(block: PemBlock, passphrase: str | None, field: str, passp
                              "use an Ed25519, ECDSA or RSA key.")
 
 
-def _openssh_key_type(data: bytes) -> str:
-    """The key type named in an OpenSSH private key's clear part (its public key), or ``""``."""
-    magic = b"openssh-key-v1\0"
-    if not data.startswith(magic):
-        return ""
-    position = len(magic)
-    try:
-        for _ in range(3):  # cipher, kdf name, kdf options
-            position += 4 + int.from_bytes(data[position:position + 4], "big")
-        position += 4  # the number of keys
-        position += 4  # the public key's length; its first string is the key type
-        length = int.from_bytes(data[position:position + 4], "big")
-        return data[position + 4:position + 4 + length].decode("ascii")
-    except (UnicodeDecodeError, ValueError):
-        return ""
-
-
 def _unreadable(block: PemBlock, exc: Exception, field: str, passphrase_field: str, fix: str) -> ConfigurationError:
+    reason = str(exc) or type(exc).__name__
     if block.encrypted:
-        return ConfigurationError(field, f"could not be decrypted ({exc}): the passphrase is wrong, or the key is "
+        return ConfigurationError(field, f"could not be decrypted ({reason}): the passphrase is wrong, or the key is "
                                          "damaged.", f"check {passphrase_field}; else {fix}")
-    return ConfigurationError(field, f"cannot be read as a private key ({exc}): part of it is damaged or missing.",
-                              fix)
+    return ConfigurationError(field, f"cannot be read as a private key ({reason}): part of it is damaged or "
+                                     "missing.", fix)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["OPENSSH_WIDTH", "PEM_WIDTH", "PemBlock", "parse_blocks"]
+__all__ = ["OPENSSH_WIDTH", "PEM_WIDTH", "PemBlock", "openssh_strings", "parse_blocks"]
 
 OPENSSH_WIDTH = 70
 """ssh-keygen wraps an OpenSSH private key's body at 70 characters."""
@@ -71,12 +71,30 @@ class PemBlock:
         if any(name.lower() == "proc-type" and value.endswith(",ENCRYPTED") for name, value in self.headers):
             return True
         if self.label == OPENSSH_LABEL:
-            data = self.data
-            if data.startswith(_OPENSSH_MAGIC) and len(data) >= len(_OPENSSH_MAGIC) + 4:
-                start = len(_OPENSSH_MAGIC)
-                length = int.from_bytes(data[start:start + 4], "big")
-                return data[start + 4:start + 4 + length] != b"none"
+            strings = openssh_strings(self.data)
+            return len(strings) >= 2 and strings[1] == b"bcrypt"  # the KDF OpenSSH encrypts keys with
         return False
+
+
+def openssh_strings(data: bytes) -> list[bytes]:
+    """The clear part of an OpenSSH private key: cipher, KDF name, KDF options, then the first public
+    key's type (``[]`` when ``data`` is not such a key, fewer when it is cut short).
+
+    :param data: the decoded body of an ``OPENSSH PRIVATE KEY`` block.
+    """
+    if not data.startswith(_OPENSSH_MAGIC):
+        return []
+    strings: list[bytes] = []
+    position = len(_OPENSSH_MAGIC)
+    for step in range(4):
+        if step == 3:
+            position += 8  # the number of keys, then the public key's length; its first string is the type
+        length = int.from_bytes(data[position:position + 4], "big")
+        if position + 4 + length > len(data) or length > 4096:
+            break
+        strings.append(data[position + 4:position + 4 + length])
+        position += 4 + length
+    return strings
 
 
 def parse_blocks(text: str, field: str, what: str, fix: str) -> list[PemBlock]:

@@ -113,22 +113,21 @@ def _plain_extra(conn_id: str, extra: Mapping[str, Any]) -> _Fields:
     """The extra fields without Airflow's old ``extra__<type>__`` prefix, without empty values and
     with former names (:data:`_ALIASES`) replaced by the fields' names."""
     plain: dict[str, Any] = {}
-    written: dict[str, str] = {}
     for key, value in extra.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        if name in _ALIASES:
-            log.warning("Connection %r: extra field %s is shown in clear by Airflow's UI and REST API; rename it "
-                        "%s (Airflow hides that name).", conn_id, name, _ALIASES[name])
-            written[_ALIASES[name]] = name
-            name = _ALIASES[name]
-        if name in plain and plain[name] != value:
-            first = written.get(name, name)
-            other = next(k for k, v in _ALIASES.items() if v == name) if first == name else name
-            raise ConfigurationError(f"connection {conn_id!r} extra.{other}", f"and {first} are both set.",
+        plain[key[len(_PREFIX):] if key.startswith(_PREFIX) else key] = value
+    written: dict[str, str] = {}
+    for former, name in _ALIASES.items():
+        if former not in plain:
+            continue
+        if name in plain and plain[name] != plain[former]:
+            raise ConfigurationError(f"connection {conn_id!r} extra.{former}", f"and {name} are both set.",
                                      f"keep only {name}.")
-        plain[name] = value
+        log.warning("Connection %r: extra field %s is shown in clear by Airflow's UI and REST API; rename it %s "
+                    "(Airflow hides that name).", conn_id, former, name)
+        plain[name] = plain.pop(former)
+        written[name] = former
     return _Fields(conn_id, plain, written)
 
 

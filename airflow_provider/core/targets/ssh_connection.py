@@ -224,22 +224,31 @@ def _parse_host_key(text: str) -> tuple[str, paramiko.PKey]:
 
 
 def _private_key(settings: SSHSettings) -> paramiko.PKey | None:
-    if settings.private_key and not settings.key_file:
-        from airflow_provider.core.keys import ssh_private_key
+    """The key to log in with: inline, or read from key_file (either may have lost its line breaks).
 
-        # a key whose line breaks a form removed is read too; a bad one is a ConfigurationError
+    :raises ConfigurationError: the key cannot be read (naming why: no BEGIN line, encrypted without
+        a passphrase, a body that is not base64, ...).
+    """
+    from airflow_provider.core.keys import ssh_private_key
+
+    if settings.key_file:
+        path = Path(settings.key_file).expanduser()
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError as exc:
+            raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's "
+                              "key_file.") from exc
+        except OSError as exc:
+            raise TargetError(f"the key_file {settings.key_file!r} cannot be read ({exc}).") from exc
+        key = ssh_private_key(text, settings.passphrase, "SSHSettings.key_file", "SSHSettings.passphrase",
+                              "point key_file at a private key file such as ~/.ssh/id_ed25519.")[1]
+        certificate = Path(f"{path}-cert.pub")
+        if certificate.is_file():  # an OpenSSH certificate next to the key, as ssh and paramiko use it
+            key.load_certificate(str(certificate))
+        return key
+    if settings.private_key:
         return ssh_private_key(settings.private_key, settings.passphrase, "SSHSettings.private_key",
                                "SSHSettings.passphrase")[1]
-    try:
-        if settings.key_file:
-            return paramiko.PKey.from_path(Path(settings.key_file).expanduser(), settings.passphrase)
-    except paramiko.PasswordRequiredException as exc:
-        raise TargetError("the private key is encrypted: set the connection's passphrase.") from exc
-    except FileNotFoundError as exc:
-        raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's key_file.") from exc
-    except (paramiko.SSHException, ValueError) as exc:
-        raise TargetError(f"the connection's key_file cannot be read as a private key ({exc}); a wrong passphrase "
-                          "gives this too.") from exc
     return None
 
 
