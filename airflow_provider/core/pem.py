@@ -132,6 +132,7 @@ def parse_blocks(text: str, field: str, what: str, fix: str) -> list[PemBlock]:
 
 
 def _missing_begin(text: str) -> str:
+    """Why a text without a BEGIN line is not armoured, as precisely as can be told."""
     if re.match(r"(ssh-|ecdsa-sha2-|sk-)\S+ AAAA", text):
         return "this is a public key (as in authorized_keys), not the private key."
     if "-----END" in text:
@@ -174,6 +175,7 @@ def _flattened_value(name: str, rest: str) -> int | None:
 
 
 def _base64_body(body: str, field: str, label: str, what: str, fix: str) -> str:
+    """The body without whitespace, once it is known to be base64 (else the character or padding at fault)."""
     body = re.sub(r"\s+", "", body)
     noun = "key" if "key" in what else what
     if not body:

@@ -292,6 +292,10 @@ def test_flattened_tls_pem_is_rebuilt_into_the_files_docker_reads(tls: dict[str,
         written = docker_target_settings("d", "tcp://127.0.0.1:2376", None, None, extra)["tls"]
         for name, key in (("ca_cert", "ca"), ("client_cert", "cert"), ("client_key", "key")):
             assert Path(written[name]).read_text() == tls[key], f"{name} with line breaks as {how}"
+    bundle = tls["ca"] + tls["cert"]  # a CA file may hold several certificates
+    written = docker_target_settings("d", "tcp://127.0.0.1:2376", None, None,
+                                     {"tls_ca_cert": _flattened(bundle)["spaces"]})["tls"]
+    assert Path(written["ca_cert"]).read_text() == bundle
 
 
 def test_each_bad_tls_pem_is_a_configuration_error_naming_the_problem(tls: dict[str, str], tmp_path: Path) -> None:
