@@ -18,6 +18,22 @@ _STRING = {"type": ["string", "null"]}
 _INTEGER = {"type": ["integer", "null"]}
 _BOOLEAN = {"type": ["boolean", "null"]}
 _SECRET = {"type": ["string", "null"], "format": "password"}
+_MULTILINE = {"type": ["string", "null"], "format": "multiline"}  # a text area: PEM and OpenSSH text keep their lines
+_PASTE_KEY = "Paste the whole key file, BEGIN and END lines included."
+_PATH_OR_PEM = "The absolute path of a PEM file, or the PEM text itself."
+
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {
+    "training_local": (),
+    "training_docker": ("password", "tls_client_private_key"),
+    "training_ssh": ("password", "private_key", "passphrase"),
+    "training_mpi": ("password", "private_key", "passphrase"),
+    "mlflow": ("password", "token"),
+}
+"""The fields of each connection type that hold secrets: the connection's own ``password`` and extra
+fields. Airflow's secrets masker decides by name alone what its UI and REST API show as ``***`` (a
+name holding ``password``, ``private_key``, ``passphrase``, ``token``, ``secret``, ...), so every
+secret field's name holds one of those words. A multi-line key field cannot also be a password
+input: its name is what hides it."""
 
 
 def _connection_type(kind: str, hook: str, name: str, fields: dict[str, Any], hidden: list[str],
@@ -63,9 +79,13 @@ def get_provider_info() -> dict[str, Any]:
             _connection_type(
                 "training_docker", "compute.DockerComputeHook", "Training: Docker daemon",
                 {
-                    "tls_ca_cert": {"label": "TLS CA certificate (path or PEM)", "schema": _STRING},
-                    "tls_client_cert": {"label": "TLS client certificate (path or PEM)", "schema": _STRING},
-                    "tls_client_key": {"label": "TLS client key (path or PEM)", "schema": _SECRET},
+                    "tls_ca_cert": {"label": "TLS CA certificate (path or PEM)", "schema": _MULTILINE,
+                                    "description": _PATH_OR_PEM},
+                    "tls_client_cert": {"label": "TLS client certificate (path or PEM)", "schema": _MULTILINE,
+                                        "description": _PATH_OR_PEM},
+                    "tls_client_private_key": {"label": "TLS client key (path or PEM)", "schema": _MULTILINE,
+                                               "description": f"{_PATH_OR_PEM} Unencrypted. Formerly tls_client_key "
+                                                              "(still read, but Airflow shows that name in clear)."},
                     "tls_verify": {"label": "Verify the daemon's certificate", "schema": _BOOLEAN,
                                    "description": "Default true: check the daemon against the TLS CA certificate."},
                     "tls_hostname": {"label": "TLS host name", "schema": _STRING,
@@ -90,7 +110,8 @@ def get_provider_info() -> dict[str, Any]:
             _connection_type(
                 "training_ssh", "compute.SSHComputeHook", "Training: SSH host",
                 {
-                    "private_key": {"label": "Private key (inline)", "schema": _SECRET},
+                    "private_key": {"label": "Private key (inline)", "schema": _MULTILINE,
+                                    "description": f"{_PASTE_KEY} Or set key_file."},
                     "key_file": {"label": "Private key file", "schema": _STRING},
                     "passphrase": {"label": "Key passphrase", "schema": _SECRET},
                     "host_key": {"label": "Pinned host key", "schema": _STRING},
@@ -116,7 +137,8 @@ def get_provider_info() -> dict[str, Any]:
                                                                  "enum": ["openmpi", "mpich", None]}},
                     "mpirun_options": {"label": "Extra mpirun arguments", "schema": _STRING},
                     "key_file": {"label": "Private key file (hosts)", "schema": _STRING},
-                    "private_key": {"label": "Private key, inline (hosts)", "schema": _SECRET},
+                    "private_key": {"label": "Private key, inline (hosts)", "schema": _MULTILINE,
+                                    "description": f"{_PASTE_KEY} Or set key_file."},
                     "passphrase": {"label": "Key passphrase (hosts)", "schema": _SECRET},
                     "host_key": {"label": "Pinned host key (hosts)", "schema": _STRING},
                     "known_hosts": {"label": "known_hosts file (hosts)", "schema": _STRING},

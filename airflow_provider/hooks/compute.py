@@ -83,7 +83,7 @@ class DockerComputeHook(ComputeHook):
 
     Connection: host = daemon URL (``unix:///var/run/docker.sock``, ``tcp://127.0.0.1:2376``); login
     and password = registry credentials (with extra ``registry``). Extra fields: TLS
-    (``tls_ca_cert``, ``tls_client_cert``, ``tls_client_key``: each a path or PEM text;
+    (``tls_ca_cert``, ``tls_client_cert``, ``tls_client_private_key``: each a path or PEM text;
     ``tls_verify``, ``tls_hostname``), ``image`` (default image), ``python``, and run options
     ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``.
     Every field is checked (:mod:`airflow_provider.hooks.docker_options`) before anything connects.

@@ -5,28 +5,33 @@ returns the keyword arguments of :class:`~airflow_provider.core.targets.docker.D
 extra field is checked for its name, type and format first: a wrong one raises
 :class:`~airflow_provider.core.errors.ConfigurationError` whose field reads
 ``connection 'my_conn' extra.mem_limit`` and whose fix says what to write. TLS material given as
-PEM text (rather than a path) is written once to a 0600 file under the state folder, named by the
+PEM text (rather than a path) is checked (``cryptography``), its line breaks put back when a one-line
+form field removed them, and written once to a 0600 file under the state folder, named by the
 SHA-256 of its content, because docker-py reads certificates from files.
+
+The client key's field is ``tls_client_private_key``: Airflow's UI and REST API show it as ``***``
+because its name holds ``private_key``. Its first name, ``tls_client_key``, is still read (Airflow
+shows that one in clear: a warning says to rename it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import logging
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.hooks.docker_tls import pem_file, tls_settings
 
 __all__ = ["KNOWN_EXTRA_FIELDS", "docker_target_settings", "pem_file"]
 
+log = logging.getLogger(__name__)
 _PREFIX = "extra__training_docker__"  # how Airflow 2 forms stored the fields; still accepted
-_TLS_FILES = {"tls_ca_cert": ("ca_cert", "CERTIFICATE"), "tls_client_cert": ("client_cert", "CERTIFICATE"),
-              "tls_client_key": ("client_key", "PRIVATE KEY")}
+_ALIASES = {"tls_client_key": "tls_client_private_key"}
+"""Former field names, still read: old name -> field."""
 _BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?$", re.IGNORECASE)
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 _MODES = ("ro", "rw")
 _RESERVED_LABELS = ("training.run_id", "training.managed")
 _JOB_ROOT = "/job"
@@ -36,16 +41,22 @@ class _Fields:
     """The connection's fields with the errors of one connection id.
 
     :param conn_id: the connection id, for error messages.
-    :param extra: the connection's extra fields (empty values already dropped).
+    :param extra: the connection's extra fields (empty values already dropped, former names renamed).
+    :param written: the name each field was written under, when it was a former name.
     """
 
-    def __init__(self, conn_id: str, extra: dict[str, Any]) -> None:
+    def __init__(self, conn_id: str, extra: dict[str, Any], written: dict[str, str] | None = None) -> None:
         self.conn_id = conn_id
         self.extra = extra
+        self.written = written or {}
+
+    def name(self, key: str) -> str:
+        """How the connection names the field (``extra.tls_client_key`` for the former name)."""
+        key = self.written.get(key, key)
+        return key if key in ("host", "login", "password") else f"extra.{key}"
 
     def error(self, key: str, problem: str, fix: str) -> ConfigurationError:
-        where = key if key in ("host", "login", "password") else f"extra.{key}"
-        return ConfigurationError(f"connection {self.conn_id!r} {where}", problem, fix)
+        return ConfigurationError(f"connection {self.conn_id!r} {self.name(key)}", problem, fix)
 
     def text(self, key: str, fix: str, check: Callable[[str], bool] = lambda value: True) -> str | None:
         value = self.extra.get(key)
@@ -69,12 +80,12 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
     :param port: the connection's port, added to a ``tcp://`` host that names none.
     :raises ConfigurationError: naming the first field at fault.
     """
-    fields = _Fields(conn_id or "(none)", _plain_extra(extra))
+    fields = _plain_extra(conn_id or "(none)", extra)
     unknown = sorted(set(fields.extra) - KNOWN_EXTRA_FIELDS)
     if unknown:
         raise fields.error(unknown[0], "is not a field of a training_docker connection.",
                            f"remove it; the fields are {', '.join(sorted(KNOWN_EXTRA_FIELDS))}.")
-    tls, pem_texts = _tls(fields, host)
+    tls, pem_texts = tls_settings(fields, host)
     settings = {
         "base_url": _base_url(fields, host, tls is not None, port),
         "image": fields.text("image", "write an image reference such as training-runs/python:3.11.",
@@ -92,87 +103,32 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
 
 
 KNOWN_EXTRA_FIELDS = frozenset({
-    "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify", "tls_hostname", "registry", "image",
+    "tls_ca_cert", "tls_client_cert", "tls_client_private_key", "tls_verify", "tls_hostname", "registry", "image",
     "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels",
 })
 """Every extra field a ``training_docker`` connection may have."""
 
 
-def pem_file(content: str) -> str:
-    """Write PEM text once to a 0600 file named by its SHA-256 and return the file's path.
-
-    :param content: the PEM text.
-    """
-    from airflow_provider.core.paths import state_dir
-
-    data = (content.strip() + "\n").encode()
-    folder = state_dir() / "docker-tls"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    path = folder / hashlib.sha256(data).hexdigest()
-    if not (path.is_file() and path.read_bytes() == data):
-        temporary = folder / f".{path.name}.{os.getpid()}"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    return str(path)
-
-
-def _plain_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The extra fields without Airflow's old ``extra__<type>__`` prefix and without empty values."""
+def _plain_extra(conn_id: str, extra: Mapping[str, Any]) -> _Fields:
+    """The extra fields without Airflow's old ``extra__<type>__`` prefix, without empty values and
+    with former names (:data:`_ALIASES`) replaced by the fields' names."""
     plain: dict[str, Any] = {}
     for key, value in extra.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        plain[name] = value
-    return plain
-
-
-def _tls(fields: _Fields, host: str | None) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """The ``tls`` argument (None without TLS) and the PEM texts still to write to files, by key."""
-    tls: dict[str, Any] = {}
-    pem_texts: dict[str, str] = {}
-    for key, (name, kind) in _TLS_FILES.items():
-        value = fields.extra.get(key)
-        if value is None:
+        plain[key[len(_PREFIX):] if key.startswith(_PREFIX) else key] = value
+    written: dict[str, str] = {}
+    for former, name in _ALIASES.items():
+        if former not in plain:
             continue
-        fix = (f"write the absolute path of a PEM file, or paste the PEM text itself (-----BEGIN {kind}----- ... "
-               f"-----END {kind}-----).")
-        if not isinstance(value, str):
-            raise fields.error(key, f"expected a path or PEM text, got {type(value).__name__}.", fix)
-        value = value.strip()
-        if "-----BEGIN" in value:
-            if not re.search(f"-----BEGIN [A-Z ]*{kind}-----.+-----END [A-Z ]*{kind}-----", value, re.DOTALL):
-                raise fields.error(key, f"is PEM text but not a complete {kind.lower()}.", fix)
-            tls[name] = pem_texts[name] = value
-        elif not Path(value).expanduser().is_absolute() or "\n" in value:
-            raise fields.error(key, f"{value[:80]!r} is neither an absolute path nor PEM text.", fix)
-        else:
-            tls[name] = str(Path(value).expanduser())
-    verify = _boolean(fields, "tls_verify")
-    hostname = fields.text("tls_hostname", "write the host name the daemon's certificate carries, e.g. "
-                           "docker.example.com (no scheme, no port).", lambda v: bool(_HOSTNAME.match(v)))
-    if not tls and verify is None and hostname is None and not (host or "").strip().startswith("https://"):
-        return None, {}
-    if bool(tls.get("client_cert")) != bool(tls.get("client_key")):
-        missing = "tls_client_key" if tls.get("client_cert") else "tls_client_cert"
-        raise fields.error(missing, "is missing: a client certificate and its key go together.",
-                           "set both tls_client_cert and tls_client_key, or neither.")
-    tls["verify"] = True if verify is None else verify
-    if hostname is not None:
-        tls["assert_hostname"] = hostname
-    return tls, pem_texts
-
-
-def _boolean(fields: _Fields, key: str) -> bool | None:
-    value = fields.extra.get(key)
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise fields.error(key, f"{value!r} is not a boolean.", "write true or false.")
+        if name in plain and plain[name] != plain[former]:
+            raise ConfigurationError(f"connection {conn_id!r} extra.{former}", f"and {name} are both set.",
+                                     f"keep only {name}.")
+        log.warning("Connection %r: extra field %s is shown in clear by Airflow's UI and REST API; rename it %s "
+                    "(Airflow hides that name).", conn_id, former, name)
+        plain[name] = plain.pop(former)
+        written[name] = former
+    return _Fields(conn_id, plain, written)
 
 
 def _base_url(fields: _Fields, host: str | None, tls: bool, port: int | None) -> str | None:

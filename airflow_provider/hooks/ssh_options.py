@@ -7,6 +7,8 @@ field raises :class:`~airflow_provider.core.errors.ConfigurationError` naming it
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError
@@ -66,6 +68,7 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
                    "set key_file (a path) or private_key (the key's text), or the connection's password.")
     if port is not None and not 0 < int(port) < 65536:
         raise fail("port", f"{port} is not a TCP port.", "use 1-65535 (22 by default).")
+    _check_key(conn_id, extra)
     limits = {}
     if "blob_cache_max_mb" in extra:
         limits["blob_cache_max_bytes"] = extra["blob_cache_max_mb"] * 1024 * 1024
@@ -83,3 +86,27 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
     return {"settings": settings, "work_root": extra.get("work_root", "~/.training-runs"),
             "python": extra.get("python", "python3"),
             "keep_failed_job_folders": bool(extra.get("keep_failed_job_folders", True)), "cache_limits": limits}
+
+
+def _check_key(conn_id: str, extra: dict[str, Any]) -> None:
+    """Read the private key (inline, or a readable key_file) as paramiko will; put a pasted key's
+    line breaks back (a one-line form field removes them).
+
+    :param conn_id: the connection id, for messages.
+    :param extra: the checked extra fields; ``private_key`` is replaced by its rebuilt text.
+    """
+    from airflow_provider.core.keys import ssh_private_key
+
+    passphrase = extra.get("passphrase")
+    if "private_key" in extra:
+        field = f"connection {conn_id!r} extra.private_key"
+        text = extra["private_key"].strip()
+        if "-----" not in text and text.startswith(("/", "~")) and not any(c.isspace() for c in text):
+            raise ConfigurationError(field, f"{text!r} is a path, not a key.", "put the path in key_file instead.")
+        extra["private_key"], _ = ssh_private_key(text, passphrase, field, "extra.passphrase")
+    elif "key_file" in extra:
+        path = Path(extra["key_file"]).expanduser()
+        if path.is_file() and os.access(path, os.R_OK):  # a missing file is reported when connecting
+            ssh_private_key(path.read_text(errors="replace"), passphrase, f"connection {conn_id!r} extra.key_file",
+                            "extra.passphrase", f"point key_file at a private key file such as ~/.ssh/id_ed25519 "
+                            f"(not {path.name}.pub), or paste the key into private_key.")

@@ -43,13 +43,13 @@ def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def tls_paths() -> dict[str, str]:
     """The client side of the daemon's TLS endpoint: extra fields naming the certificate files."""
     paths = {"tls_ca_cert": TLS_DIR / "ca.pem", "tls_client_cert": TLS_DIR / "cert.pem",
-             "tls_client_key": TLS_DIR / "key.pem"}
+             "tls_client_private_key": TLS_DIR / "key.pem"}
     missing = [str(path) for path in paths.values() if not os.access(path, os.R_OK)]
     if missing:
         skip_or_fail(f"no Docker TLS client certificates {missing} (run scripts/components.sh as root)")
     extra = {key: str(path) for key, path in paths.items()}
     probe = DockerTarget(TLS_URL, tls={"ca_cert": extra["tls_ca_cert"], "client_cert": extra["tls_client_cert"],
-                                       "client_key": extra["tls_client_key"]})
+                                       "client_key": extra["tls_client_private_key"]})
     try:
         probe.check()
     except TargetError as exc:
@@ -71,7 +71,7 @@ def test_labels(tls_paths: dict[str, str]) -> Iterator[dict[str, str]]:
     yield labels
     target = DockerTarget(TLS_URL, tls={"ca_cert": tls_paths["tls_ca_cert"],
                                         "client_cert": tls_paths["tls_client_cert"],
-                                        "client_key": tls_paths["tls_client_key"]})
+                                        "client_key": tls_paths["tls_client_private_key"]})
     leftovers = target.client.containers.list(
         all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"training.test={labels['training.test']}"]})
     for container in leftovers:
@@ -131,7 +131,7 @@ def test_a_run_over_tls_with_certificate_paths(monkeypatch: pytest.MonkeyPatch, 
     target = hook.get_target()
     assert isinstance(target, DockerTarget)
     assert target.tls == {"ca_cert": tls_paths["tls_ca_cert"], "client_cert": tls_paths["tls_client_cert"],
-                          "client_key": tls_paths["tls_client_key"], "verify": True}
+                          "client_key": tls_paths["tls_client_private_key"], "verify": True}
     lines = _run_and_check(target, tmp_path, "docker-tls-paths", test_labels)
     assert any(f"memory limit {256 << 20}" in line for line in lines), lines  # the run options reached the daemon
 
@@ -144,7 +144,8 @@ def test_a_run_over_tls_with_inline_pem(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert isinstance(target, DockerTarget) and target.tls is not None
     folder = state_dir() / "docker-tls"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    for key, name in (("tls_ca_cert", "ca_cert"), ("tls_client_cert", "client_cert"), ("tls_client_key", "client_key")):
+    for key, name in (("tls_ca_cert", "ca_cert"), ("tls_client_cert", "client_cert"),
+                      ("tls_client_private_key", "client_key")):
         written = Path(target.tls[name])
         assert written.parent == folder and stat.S_IMODE(written.stat().st_mode) == 0o600
         assert written.name == hashlib.sha256(written.read_bytes()).hexdigest()
@@ -171,8 +172,8 @@ def test_tls_refused_or_misconfigured_is_a_clear_target_error(monkeypatch: pytes
     plain = _hook(monkeypatch, "docker_plain", {})
     with pytest.raises(TargetError, match=rf"{TLS_URL}.*speaks TLS.*tls_ca_cert"):
         plain.get_target().check()
-    missing = _hook(monkeypatch, "docker_missing", {**tls_paths, "tls_client_key": "/no/such/key.pem"})
-    with pytest.raises(TargetError, match=r"/no/such/key.pem \(connection extra tls_client_key\)"):
+    missing = _hook(monkeypatch, "docker_missing", {**tls_paths, "tls_client_private_key": "/no/such/key.pem"})
+    with pytest.raises(TargetError, match=r"/no/such/key.pem \(connection extra tls_client_private_key\)"):
         missing.get_target().check()
 
 
@@ -224,7 +225,7 @@ def test_bad_connection_fields_outside_extra(monkeypatch: pytest.MonkeyPatch, tl
     half_key = {"tls_ca_cert": tls_paths["tls_ca_cert"], "tls_client_cert": tls_paths["tls_client_cert"]}
     with pytest.raises(ConfigurationError) as raised:
         _hook(monkeypatch, "bad_docker", half_key).get_target()
-    assert raised.value.field == "connection 'bad_docker' extra.tls_client_key"
+    assert raised.value.field == "connection 'bad_docker' extra.tls_client_private_key"
     with pytest.raises(ConfigurationError) as raised:
         _hook(monkeypatch, "bad_docker", tls_paths, host="unix:///var/run/docker.sock").get_target()
     assert raised.value.field == "connection 'bad_docker' host"
@@ -258,7 +259,7 @@ def test_the_spec_keeps_tls_paths_and_never_the_registry_password(monkeypatch: p
     assert target.registry_auth == {"username": "robot", "password": SECRET,
                                     "serveraddress": "registry.example.com:5000"}
     spec = json.loads(json.dumps(target.to_spec()))  # what goes to another process
-    assert spec["tls"] == target.tls and spec["tls"]["client_key"] == tls_paths["tls_client_key"]
+    assert spec["tls"] == target.tls and spec["tls"]["client_key"] == tls_paths["tls_client_private_key"]
     assert SECRET not in json.dumps(spec) and "registry_auth" not in spec and "robot" not in json.dumps(spec)
     rebuilt = target_from_spec(spec)
     assert isinstance(rebuilt, DockerTarget)

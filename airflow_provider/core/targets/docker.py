@@ -41,8 +41,10 @@ LABEL_MANAGED = "training.managed"
 _FILES: dict[str, str] = {"driver": job_runner.DRIVER_LOG, "events": job_runner.EVENTS_FILE}
 _COPY_WHOLE_BELOW = 1 << 20
 """A running job's log smaller than this is read whole (``get_archive``); a larger one by ``exec tail``."""
-_TLS_FILES: dict[str, str] = {"ca_cert": "TLS CA certificate", "client_cert": "TLS client certificate",
-                              "client_key": "TLS client key"}
+_TLS_FILES: dict[str, tuple[str, str]] = {"ca_cert": ("TLS CA certificate", "tls_ca_cert"),
+                                           "client_cert": ("TLS client certificate", "tls_client_cert"),
+                                           "client_key": ("TLS client key", "tls_client_private_key")}
+"""tls key: what it is, and the connection's extra field that sets it."""
 
 
 class DockerTarget(ComputeTarget):
@@ -116,16 +118,16 @@ class DockerTarget(ComputeTarget):
         if not (self.base_url or "").startswith(("tcp://", "https://")):
             raise TargetError(f"the Docker daemon at {where}: TLS settings need a tcp:// daemon URL. Fix: set the "
                               "connection's host to e.g. tcp://127.0.0.1:2376, or remove the tls_* extra fields.")
-        for key, label in _TLS_FILES.items():
+        for key, (label, field) in _TLS_FILES.items():
             path = self.tls.get(key)
             if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
                 raise TargetError(f"the Docker daemon at {where}: the {label} {path} (connection extra "
-                                  f"tls_{key}) is not a readable file. Fix: give the path of a PEM file on this "
+                                  f"{field}) is not a readable file. Fix: give the path of a PEM file on this "
                                   "machine, or the PEM text itself.")
         cert_path, key_path = self.tls.get("client_cert"), self.tls.get("client_key")
         if bool(cert_path) != bool(key_path):
             raise TargetError(f"the Docker daemon at {where}: a TLS client certificate needs its key and the other "
-                              "way round. Fix: set both tls_client_cert and tls_client_key, or neither.")
+                              "way round. Fix: set both tls_client_cert and tls_client_private_key, or neither.")
         return docker.tls.TLSConfig(client_cert=(cert_path, key_path) if cert_path and key_path else None,
                                     ca_cert=self.tls.get("ca_cert"), verify=bool(self.tls.get("verify", True)))
 
@@ -434,8 +436,8 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
         current = current.__cause__ or current.__context__
     text = " | ".join(chain)
     if "HTTP request to an HTTPS server" in text:
-        return ("Fix: this daemon speaks TLS: set the connection's tls_ca_cert, tls_client_cert and tls_client_key "
-                "extra fields.")
+        return ("Fix: this daemon speaks TLS: set the connection's tls_ca_cert, tls_client_cert and "
+                "tls_client_private_key extra fields.")
     if not tls:
         return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
     if "hostname" in text.lower() and ("match" in text.lower() or "not valid" in text.lower()):
@@ -447,7 +449,7 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
     if any(marker in text.lower() for marker in ("certificate required", "bad certificate", "unknown ca", "ssl",
                                                  "tls", "connection reset", "eof occurred")):
         return ("Fix: the daemon refused the TLS handshake (client cert/CA mismatch): it wants a client certificate "
-                "signed by the CA it trusts; set tls_client_cert and tls_client_key to such a pair.")
+                "signed by the CA it trusts; set tls_client_cert and tls_client_private_key to such a pair.")
     return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
 
 

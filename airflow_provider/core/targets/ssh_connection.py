@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
 import socket
@@ -225,28 +224,31 @@ def _parse_host_key(text: str) -> tuple[str, paramiko.PKey]:
 
 
 def _private_key(settings: SSHSettings) -> paramiko.PKey | None:
-    try:
-        if settings.key_file:
-            return paramiko.PKey.from_path(Path(settings.key_file).expanduser(), settings.passphrase)
-        if settings.private_key:
-            for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-                try:
-                    key: paramiko.PKey = key_class.from_private_key(io.StringIO(settings.private_key),
-                                                                    settings.passphrase)
-                    return key
-                except paramiko.PasswordRequiredException:
-                    raise
-                except paramiko.SSHException:
-                    continue
-            raise paramiko.SSHException("not an Ed25519, ECDSA or RSA private key")
-    except paramiko.PasswordRequiredException as exc:
-        raise TargetError("the private key is encrypted: set the connection's passphrase.") from exc
-    except FileNotFoundError as exc:
-        raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's key_file.") from exc
-    except (paramiko.SSHException, ValueError) as exc:
-        field = "key_file" if settings.key_file else "private_key"
-        raise TargetError(f"the connection's {field} cannot be read as a private key ({exc}); a wrong passphrase "
-                          "gives this too.") from exc
+    """The key to log in with: inline, or read from key_file (either may have lost its line breaks).
+
+    :raises ConfigurationError: the key cannot be read (naming why: no BEGIN line, encrypted without
+        a passphrase, a body that is not base64, ...).
+    """
+    from airflow_provider.core.keys import ssh_private_key
+
+    if settings.key_file:
+        path = Path(settings.key_file).expanduser()
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError as exc:
+            raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's "
+                              "key_file.") from exc
+        except OSError as exc:
+            raise TargetError(f"the key_file {settings.key_file!r} cannot be read ({exc}).") from exc
+        key = ssh_private_key(text, settings.passphrase, "SSHSettings.key_file", "SSHSettings.passphrase",
+                              "point key_file at a private key file such as ~/.ssh/id_ed25519.")[1]
+        certificate = Path(f"{path}-cert.pub")
+        if certificate.is_file():  # an OpenSSH certificate next to the key, as ssh and paramiko use it
+            key.load_certificate(str(certificate))
+        return key
+    if settings.private_key:
+        return ssh_private_key(settings.private_key, settings.passphrase, "SSHSettings.private_key",
+                               "SSHSettings.passphrase")[1]
     return None
 
 
