@@ -89,6 +89,26 @@ for i in range(10_000):
     time.sleep(0.2)
 """
 
+# Prints a secret whose name Airflow does not take for a secret; a deferred run (WAIT_FOR_GO) keeps
+# printing it while the triggerer streams its output, then it fails, so the error shows its log tail.
+SECRET_SCRIPT = """
+import os, sys, time
+from airflow_provider.core import Run
+run = Run.get_context()
+print("secret1:", os.environ["DB_CONN_STR"], flush=True)
+if os.environ.get("WAIT_FOR_GO"):
+    go = os.path.join(os.environ["CONTROL_DIR"], os.environ["RUN_NAME"] + ".go")
+    for i in range(10_000):
+        run.log("tick", i)
+        print("still:", os.environ["DB_CONN_STR"], flush=True)
+        if os.path.exists(go) and i >= 3:
+            break
+        time.sleep(0.2)
+print("secret2:", os.environ["DB_CONN_STR"], flush=True)
+sys.exit(1)
+"""
+SECRET_VALUE = "postgres://u:Pw-Alpha-7731@db/x"
+
 DOCKER_CONN_ID = "svc_docker"
 DOCKER_URL = "unix:///var/run/docker.sock"
 DOCKER_IMAGE = "training-runs/python:3.11"
@@ -124,6 +144,21 @@ ssh_deferred_kill = training_dag("svc_ssh_deferred_kill", True, compute_target={
                                  source={docker_source!r})
 ssh_running_kill = training_dag("svc_ssh_running_kill", False, compute_target={ssh_conn!r},
                                 source={docker_source!r})
+
+def secret_dag(dag_id, deferrable, compute_target="local"):
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        SubmitTrainingRunOperator(
+            task_id="train", source_directory={secret_source!r}, script="train.py", deferrable=deferrable,
+            poll_interval=1, experiment_name=dag_id, compute_target=compute_target,
+            environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id,
+                                    "WAIT_FOR_GO": "1" if deferrable else ""}},
+            secret_environment_variables={{"DB_CONN_STR": {secret!r}}},
+        )
+    return dag
+
+secret_local = secret_dag("svc_secret_local", False)
+secret_deferred = secret_dag("svc_secret_deferred", True)
+secret_docker = secret_dag("svc_secret_docker", False, compute_target={docker_conn!r})
 
 def sweep_dag(dag_id, concurrent, quick="", retries=0):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -226,14 +261,17 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     source = home / "source"
     docker_source = home / "docker_source"
     sweep_source = home / "sweep_source"
-    for folder in (control, source, docker_source, sweep_source, home / "dags"):
+    secret_source = home / "secret_source"
+    for folder in (control, source, docker_source, sweep_source, secret_source, home / "dags"):
         folder.mkdir()
+    (secret_source / "train.py").write_text(textwrap.dedent(SECRET_SCRIPT))
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
     (sweep_source / "train.py").write_text(textwrap.dedent(SWEEP_SCRIPT))
     (docker_source / "train.py").write_text(textwrap.dedent(DOCKER_SCRIPT))
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
         source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
-        ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source)))
+        ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source), secret_source=str(secret_source),
+        secret=SECRET_VALUE))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -321,6 +359,41 @@ def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
     assert sorted(m.step for m in ticks) == list(range(len(ticks))) and len(ticks) >= 4
     assert [a.path for a in airflow.mlflow().list_artifacts(run.info.run_id, "outputs")] == ["outputs/done.txt"]
     assert len(airflow.executions("svc_deferred_success")) == 1
+
+
+def _task_logs(airflow: Airflow, dag_id: str) -> str:
+    """Every log file Airflow wrote for the DAG's task (the worker's and the triggerer's)."""
+    return "".join(path.read_text(errors="replace") for path in sorted((airflow.home / "logs").rglob("*"))
+                   if path.is_file() and f"dag_id={dag_id}" in str(path))
+
+
+def _assert_secret_masked(airflow: Airflow, dag_id: str, *lines: str) -> None:
+    logs = _task_logs(airflow, dag_id)
+    for line in lines:
+        assert f"{line} ***" in logs, f"{line!r} is missing from the task log of {dag_id}"
+    assert SECRET_VALUE not in logs, f"the secret is in clear in the task log of {dag_id}"
+    assert "ended Failed" in logs and "last lines of its log" in logs, "the run's error is not in the log"
+
+
+@pytest.mark.parametrize("dag_id", ["svc_secret_local", "svc_secret_docker"])
+def test_a_secret_with_an_ordinary_name_is_masked_in_the_task_log(airflow: Airflow, dag_id: str) -> None:
+    run_id = airflow.trigger(dag_id)
+    assert airflow.wait_for_task(dag_id, run_id, {"success", "failed"})["state"] == "failed"
+    wait_until(lambda: "secret2:" in _task_logs(airflow, dag_id), message="the task log to be written")
+    _assert_secret_masked(airflow, dag_id, "secret1:", "secret2:")
+
+
+def test_a_secret_is_masked_in_the_triggerers_log_of_a_deferred_task(airflow: Airflow) -> None:
+    dag_id = "svc_secret_deferred"
+    run_id = airflow.trigger(dag_id)
+    airflow.wait_for_task(dag_id, run_id, {"deferred"})
+    since = airflow.ticks(dag_id)
+    wait_until(lambda: airflow.trigger_is_relaying(dag_id, since), timeout=60, message="the triggerer to watch")
+    wait_until(lambda: "still:" in _task_logs(airflow, dag_id), timeout=60, message="the trigger to log output")
+    (airflow.control / f"{dag_id}.go").write_text("go")
+    assert airflow.wait_for_task(dag_id, run_id, {"success", "failed"})["state"] == "failed"
+    wait_until(lambda: "secret2:" in _task_logs(airflow, dag_id), message="the task log to be written")
+    _assert_secret_masked(airflow, dag_id, "secret1:", "still:", "secret2:")
 
 
 def test_marking_a_deferred_task_failed_stops_the_job(airflow: Airflow) -> None:
