@@ -25,8 +25,8 @@ __all__ = ["KNOWN_EXTRA_FIELDS", "docker_target_settings", "pem_file"]
 _PREFIX = "extra__training_docker__"  # how Airflow 2 forms stored the fields; still accepted
 _TLS_FILES = {"tls_ca_cert": ("ca_cert", "CERTIFICATE"), "tls_client_cert": ("client_cert", "CERTIFICATE"),
               "tls_client_key": ("client_key", "PRIVATE KEY")}
-_BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?$", re.IGNORECASE)
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+_BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?\Z", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z|^\[?[0-9A-Fa-f:.]+\]?\Z")
 _MODES = ("ro", "rw")
 _RESERVED_LABELS = ("training.run_id", "training.managed")
 _JOB_ROOT = "/job"
@@ -191,7 +191,7 @@ def _base_url(fields: _Fields, host: str | None, tls: bool, port: int | None) ->
     if tls and scheme not in ("tcp", "https"):
         raise fields.error("host", f"{host!r} cannot be reached over TLS.",
                            "write tcp://HOST:2376 (or https://HOST:2376), or remove the tls_* fields.")
-    if port and scheme in ("tcp", "http", "https") and not re.search(r":\d+/?$", url.split("://", 1)[1]):
+    if port and scheme in ("tcp", "http", "https") and not re.search(r":\d+/?\Z", url.split("://", 1)[1]):
         url = f"{url.rstrip('/')}:{port}"
     return url
 

@@ -24,6 +24,7 @@ from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.submit import Experiment, ScriptRun
 from airflow_provider.core.tracking import RunState, Tags
+from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["SubmitTrainingRunOperator"]
 
 OUTPUT_PREFIX = "[run] "
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
@@ -241,18 +241,12 @@ class SubmitTrainingRunOperator(BaseOperator):
         from airflow.sdk.log import mask_secret
 
         target = self.compute_hook.get_target()
-        secrets = dict(self.secret_environment_variables or {})
+        secrets = validate_variables(self.secret_environment_variables, "secret_environment_variables", secret=True)
         plain = dict(self.environment_variables or {})
         for name, value in plain.items():
-            if _SECRET_NAME.search(name) and isinstance(value, str):
+            if isinstance(name, str) and _SECRET_NAME.search(name) and isinstance(value, str):
                 mask_secret(value, name)
         for name, value in secrets.items():
-            if not isinstance(name, str) or not _ENV_VAR_NAME.match(name):
-                raise ConfigurationError("secret_environment_variables", f"{name!r} is not a valid variable name.",
-                                         "use letters, digits and '_', not starting with a digit.")
-            if not isinstance(value, str):
-                raise ConfigurationError(f"secret_environment_variables[{name!r}]",
-                                         f"must be a string, got {type(value).__name__}.", "pass a string.")
             mask_secret(value, name)
         credentials = self.tracking_hook.get_credentials()
         for name, value in credentials.items():
