@@ -238,7 +238,7 @@ def _strip_credentials(url: str) -> str | None:
         parts = urlsplit(url)
     except ValueError:
         return None if "@" in url or "?" in url else url
-    if not parts.scheme or not parts.netloc and not parts.query:
+    if not parts.scheme or (not parts.netloc and not parts.query):
         return url  # a local path, or scp-like user@host:path (no password there)
     netloc = _strip_userinfo(parts.scheme.lower(), parts.netloc)
     return urlunsplit((parts.scheme, netloc, parts.path, _strip_query(parts.query), parts.fragment))

@@ -288,6 +288,20 @@ def test_a_dead_tracking_server_fails_fast_saying_a_retry_may_help(source: Path,
     assert not jobs.exists() or not any(jobs.iterdir()), "a job was staged"
 
 
+def test_a_sweep_on_a_dead_tracking_server_fails_fast_before_its_parent_run(source: Path) -> None:
+    from airflow_provider.core.hyperdrive import plan_sweep
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    sampling = RandomParameterSampling({"--lr": uniform(0, 1)})
+    config = HyperDriveConfig(ScriptRunConfig(source, "train.py"), sampling, "loss", "MINIMIZE", max_total_runs=2)
+    start = time.monotonic()
+    with pytest.raises(errors.TrackingError, match="unreachable"):
+        Experiment("dead", tracking_uri=uri).submit(config)
+    with pytest.raises(errors.TrackingError, match="unreachable"):
+        plan_sweep(Experiment("dead", tracking_uri=uri), sampling, "loss", "MINIMIZE", max_total_runs=2)
+    assert time.monotonic() - start < 10
+
+
 def test_a_tracking_server_that_never_answers_fails_within_the_probe_timeout(
         source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider.core import tracking
