@@ -214,7 +214,8 @@ class Environment:
         if isinstance(env.python.pip_packages, str):  # list() would split it into letters
             raise _single_string_error(env.python.pip_packages, "environment.python.pip_packages")
         env.python.pip_packages = list(env.python.pip_packages)
-        env.environment_variables = dict(data.get("environment_variables") or {})
+        env.environment_variables = validate_variables(data.get("environment_variables"),
+                                                       "environment.environment_variables")
         env.azureml_compat = data.get("azureml_compat", False)
         return env
 

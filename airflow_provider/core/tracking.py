@@ -140,14 +140,17 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
     :raises ConfigurationError: for an unknown scheme, or a SQLite database in a folder that does not exist.
     """
     scheme = _uri_scheme(uri)
-    if scheme not in _STORE_SCHEMES and scheme not in _DATABASE_SCHEMES and scheme not in _plugin_schemes():
-        supported = sorted({*_STORE_SCHEMES, *_DATABASE_SCHEMES, *_plugin_schemes()} - {""})
+    if scheme in _STORE_SCHEMES or scheme in _DATABASE_SCHEMES:
+        if scheme == "sqlite":
+            _check_sqlite_folder(uri, field)
+        return
+    plugins = _plugin_schemes()
+    if scheme not in plugins:
+        supported = sorted({*_STORE_SCHEMES, *_DATABASE_SCHEMES, *plugins} - {""})
         raise ConfigurationError(
             field, f"{uri!r} has the scheme {scheme!r}, which MLflow has no tracking store for.",
             f"use one of the schemes {', '.join(supported)} (database URIs may name a driver, e.g. "
             "postgresql+psycopg2://), or a local folder path.")
-    if scheme == "sqlite":
-        _check_sqlite_folder(uri, field)
 
 
 def _uri_scheme(uri: str) -> str:

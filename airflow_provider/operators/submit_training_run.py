@@ -242,9 +242,9 @@ class SubmitTrainingRunOperator(BaseOperator):
 
         target = self.compute_hook.get_target()
         secrets = validate_variables(self.secret_environment_variables, "secret_environment_variables", secret=True)
-        plain = dict(self.environment_variables or {})
+        plain = validate_variables(self.environment_variables, "environment_variables")
         for name, value in plain.items():
-            if isinstance(name, str) and _SECRET_NAME.search(name) and isinstance(value, str):
+            if _SECRET_NAME.search(name):
                 mask_secret(value, name)
         for name, value in secrets.items():
             mask_secret(value, name)

@@ -94,6 +94,12 @@ def test_environment_variable_with_a_nul_byte_in_an_environment_is_refused() -> 
     assert caught.value.field == "environment.environment_variables['DSN']" and "NUL" in caught.value.problem
 
 
+@pytest.mark.parametrize("variables", ["A=1", ["A=1"], {"A": "x\0y"}])
+def test_environment_variables_of_an_environment_dict_are_checked(variables: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"environment\.environment_variables"):
+        Environment.from_dict({"name": "env", "environment_variables": variables})
+
+
 @pytest.mark.parametrize(
     ("secrets", "field", "words"),
     [
