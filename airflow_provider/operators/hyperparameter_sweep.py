@@ -252,4 +252,5 @@ def _experiment_of(tracking_uri: str, run_id: str) -> str:
     from airflow_provider.core.tracking import Tracker
 
     tracker = Tracker(tracking_uri)
+    tracker.check_reachable()
     return str(tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name)

@@ -295,7 +295,7 @@ def test_a_dead_tracking_server_fails_fast_saying_a_retry_may_help(source: Path,
 
 
 def test_a_sweep_on_a_dead_tracking_server_fails_fast_before_its_parent_run(source: Path) -> None:
-    from airflow_provider.core.hyperdrive import plan_sweep
+    from airflow_provider.core.hyperdrive import finish_sweep, plan_sweep
 
     uri = f"http://127.0.0.1:{_closed_port()}"
     sampling = RandomParameterSampling({"--lr": uniform(0, 1)})
@@ -305,6 +305,8 @@ def test_a_sweep_on_a_dead_tracking_server_fails_fast_before_its_parent_run(sour
         Experiment("dead", tracking_uri=uri).submit(config)
     with pytest.raises(errors.TrackingError, match="unreachable"):
         plan_sweep(Experiment("dead", tracking_uri=uri), sampling, "loss", "MINIMIZE", max_total_runs=2)
+    with pytest.raises(errors.TrackingError, match="unreachable"):
+        finish_sweep(Experiment("dead", tracking_uri=uri), "0" * 32)
     assert time.monotonic() - start < 10
 
 

@@ -453,6 +453,7 @@ def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
     :param parent_run_id: the parent run id (every :class:`TrialPlan` carries it).
     :return: the parent's status, the best trial and every trial's result.
     """
+    experiment.tracker.check_reachable()
     sweep = Sweep.load(experiment, parent_run_id)
     state = sweep.state()
     if not state.is_terminal:
