@@ -36,7 +36,7 @@ COMPAT_PATH_DIR = "azureml_compat"
 SECRET_NAMES_VARIABLE = "TRAINING_RUN_SECRET_NAMES"
 """Comma-separated names of the run's secret variables, which ``run.get_secret(name)`` serves."""
 
-_MISSING_AZUREML = re.compile(r"No module named '?azureml(\.core)?'?(\s|$)")
+_MISSING_AZUREML = re.compile(r"No module named '?azureml(\.core)?'?(\s|\Z)")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _COMPAT_SOURCE = Path(__file__).resolve().parent.parent / "compat" / "azureml"
 

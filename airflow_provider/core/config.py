@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ from airflow_provider.core.distributed import (
 )
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.variables import validate_variables
 
 if TYPE_CHECKING:
     from airflow_provider.core.targets.base import ComputeTarget
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Argument", "ResolvedRunConfig", "ScriptRunConfig"]
 
 Argument = Union[str, int, float, bool, "os.PathLike[str]"]
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_SNAPSHOT_SIZE_LIMIT_MB = 300.0
 
 
@@ -86,7 +85,7 @@ class ScriptRunConfig:
                                    "or None for no limit")
         snapshot_limit = _validate_positive("snapshot_size_limit_mb", self.snapshot_size_limit_mb, "megabytes",
                                             f"(default {DEFAULT_SNAPSHOT_SIZE_LIMIT_MB:g})")
-        variables = _validate_variables(self.environment_variables)
+        variables = validate_variables(self.environment_variables, _field("environment_variables"))
         if not isinstance(self.azureml_compat, bool):
             raise ConfigurationError(_field("azureml_compat"), f"must be True or False, got {self.azureml_compat!r}.",
                                      "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
@@ -189,10 +188,19 @@ def _validate_script(source: Path, script: object, command: object) -> str | Non
             _field("script"), f"{os.fspath(script)!r} is outside source_directory {str(source)!r}.",
             "move the script into source_directory (only that folder is sent to the target).",
         ) from None
+    _check_script_is_a_file(os.fspath(script), full, source)
+    return PurePosixPath(*relative.parts).as_posix()
+
+
+def _check_script_is_a_file(script: str, full: Path, source: Path) -> None:
+    if full.is_dir():
+        raise ConfigurationError(
+            _field("script"), f"{script!r} is a folder ({str(full)!r}), not a Python file.",
+            f"the script must be a file inside source_directory {str(source)!r}, e.g. \"train.py\"; to run "
+            "something else, use command instead.")
     if not full.is_file():
         raise ConfigurationError(_field("script"), f"{str(full)!r} does not exist.",
                                  f"pass a file relative to source_directory {str(source)!r}.")
-    return PurePosixPath(*relative.parts).as_posix()
 
 
 def _render_arguments(arguments: object) -> list[str]:
@@ -287,23 +295,3 @@ def _validate_positive(name: str, value: object, unit: str, alternative: str) ->
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(_field(name), f"must be positive and finite, got {value}.", fix)
     return float(value)
-
-
-def _validate_variables(variables: object) -> dict[str, str]:
-    if variables is None:
-        return {}
-    if not isinstance(variables, dict):
-        raise ConfigurationError(_field("environment_variables"), f"must be a dict, got {type(variables).__name__}.",
-                                 'pass {"NAME": "value"}.')
-    for key, value in variables.items():
-        if not isinstance(key, str) or not _ENV_VAR_NAME.match(key):
-            raise ConfigurationError(_field("environment_variables"), f"{key!r} is not a valid variable name.",
-                                     "use letters, digits and '_', not starting with a digit.")
-        if not isinstance(value, str):
-            raise ConfigurationError(_field(f"environment_variables[{key!r}]"),
-                                     f"must be a string, got {type(value).__name__}.", f"pass str({value!r}).")
-        if "\0" in value:
-            raise ConfigurationError(_field(f"environment_variables[{key!r}]"),
-                                     "contains a NUL character, which no environment variable can hold.",
-                                     "remove the NUL character.")
-    return dict(variables)

@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 from airflow_provider.core.errors import ConfigurationError, EnvironmentNotFoundError
 from airflow_provider.core.paths import state_dir
+from airflow_provider.core.variables import validate_variables
 
 __all__ = ["DockerSection", "Environment", "EnvironmentKind", "PythonSection"]
 
 EnvironmentKind = Literal["current", "user_managed", "pip"]
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -89,17 +89,8 @@ class Environment:
         :param name: the environment's name.
         :param file_path: path of a pip requirements file.
         """
-        path = Path(file_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(
-                "Environment.from_pip_requirements.file_path",
-                f"cannot read requirements file {str(path)!r}: {exc.strerror or exc}.",
-                "pass the path of an existing, readable pip requirements file.",
-            ) from exc
         env = cls(name)
-        env.python.pip_packages = _requirement_lines(text)
+        env.python.pip_packages = _requirement_lines(_read_requirements_file(Path(file_path)))
         return env
 
     def add_pip_package(self, requirement: str) -> None:
@@ -145,21 +136,14 @@ class Environment:
 
         :param field_prefix: how the caller names this environment in messages.
         """
-        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_PATTERN.fullmatch(self.name):
             raise ConfigurationError(
                 f"{field_prefix}.name",
                 f"{self.name!r} is not a valid environment name.",
                 "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit.",
             )
         python = self.python
-        if not isinstance(python.pip_packages, list) or not all(
-            isinstance(p, str) for p in python.pip_packages
-        ):
-            raise ConfigurationError(
-                f"{field_prefix}.python.pip_packages",
-                f"must be a list of requirement strings, got {python.pip_packages!r}.",
-                'e.g. ["numpy>=1.26", "scikit-learn"].',
-            )
+        _check_pip_packages(python.pip_packages, f"{field_prefix}.python.pip_packages")
         if python.user_managed_dependencies and python.pip_packages:
             raise ConfigurationError(
                 f"{field_prefix}.python.user_managed_dependencies",
@@ -173,19 +157,7 @@ class Environment:
                 "is only used by user-managed environments.",
                 "set python.user_managed_dependencies=True as well, or clear interpreter_path.",
             )
-        for key, value in self.environment_variables.items():
-            if not isinstance(key, str) or not _ENV_VAR_NAME.match(key):
-                raise ConfigurationError(
-                    f"{field_prefix}.environment_variables",
-                    f"{key!r} is not a valid variable name.",
-                    "use letters, digits and '_', not starting with a digit.",
-                )
-            if not isinstance(value, str):
-                raise ConfigurationError(
-                    f"{field_prefix}.environment_variables[{key!r}]",
-                    f"must be a string, got {type(value).__name__}.",
-                    f"pass str({value!r}).",
-                )
+        validate_variables(self.environment_variables, f"{field_prefix}.environment_variables")
         if not isinstance(self.azureml_compat, bool):
             raise ConfigurationError(
                 f"{field_prefix}.azureml_compat",
@@ -239,8 +211,11 @@ class Environment:
             env.docker = DockerSection(**(data.get("docker") or {}))
         except TypeError as exc:
             raise ConfigurationError("environment", str(exc), "check the field names.") from exc
+        if isinstance(env.python.pip_packages, str):  # list() would split it into letters
+            raise _single_string_error(env.python.pip_packages, "environment.python.pip_packages")
         env.python.pip_packages = list(env.python.pip_packages)
-        env.environment_variables = dict(data.get("environment_variables") or {})
+        env.environment_variables = validate_variables(data.get("environment_variables"),
+                                                       "environment.environment_variables")
         env.azureml_compat = data.get("azureml_compat", False)
         return env
 
@@ -331,6 +306,44 @@ def _parse_version(version: str | int) -> int:
             f"{version!r} is not a version number.",
             "use a whole number such as 3, or omit it for the latest.",
         ) from exc
+
+
+def _read_requirements_file(path: Path) -> str:
+    field = "Environment.from_pip_requirements.file_path"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            field, f"cannot read requirements file {str(path)!r}: {exc.strerror or exc}.",
+            "pass the path of an existing, readable pip requirements file.",
+        ) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigurationError(
+            field, f"requirements file {str(path)!r} is not UTF-8 text: byte {data[exc.start]:#04x} on line {line} "
+            "cannot be decoded.",
+            "save the file as UTF-8 (pip reads requirements files as UTF-8), e.g. iconv -f latin1 -t utf-8.",
+        ) from None
+
+
+def _single_string_error(packages: str, field: str) -> ConfigurationError:
+    return ConfigurationError(
+        field, f"is a single string ({packages!r}), which would be read letter by letter.",
+        f"pass a list of requirement strings, e.g. [{json.dumps(packages.strip())}] or "
+        '["numpy>=1.26", "scikit-learn"].',
+    )
+
+
+def _check_pip_packages(packages: object, field: str) -> None:
+    if isinstance(packages, str):
+        raise _single_string_error(packages, field)
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise ConfigurationError(
+            field, f"must be a list of requirement strings, got {packages!r}.",
+            'e.g. ["numpy>=1.26", "scikit-learn"].',
+        )
 
 
 def _requirement_lines(text: str) -> list[str]:

@@ -11,6 +11,7 @@ tree in one place each, with ``raise ... from exc`` so the original traceback su
     ├── TargetError                 a compute target could not be used (unknown, unreachable)
     ├── EnvironmentBuildError       building a venv / image failed (carries the build log tail)
     ├── TrackingError               MLflow could not be reached or refused a write
+    │   └── TrackingUnavailableError  the tracking server did not answer (transient: a retry may help)
     └── RunFailedError              the run ended Failed or Canceled (carries details + log tail)
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "SnapshotError",
     "TargetError",
     "TrackingError",
+    "TrackingUnavailableError",
     "TrainingRunError",
 ]
 
@@ -83,6 +85,14 @@ class EnvironmentBuildError(TrainingRunError):
 
 class TrackingError(TrainingRunError):
     """MLflow could not be reached or refused a write."""
+
+
+class TrackingUnavailableError(TrackingError):
+    """The tracking server did not answer a quick probe before the run was started.
+
+    Retryable: the configuration may be right and the server down or restarting for a while, so
+    Airflow tasks let this error be retried (unlike :class:`ConfigurationError`).
+    """
 
 
 class RunFailedError(TrainingRunError):

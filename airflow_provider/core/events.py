@@ -50,7 +50,7 @@ UPLOADS_DIR_VARIABLE = "TRAINING_RUN_UPLOADS_DIR"
 MAX_EVENT_BYTES = 1 << 20
 """The largest event line; bigger payloads belong in files (``upload_file``)."""
 
-_NAME = re.compile(r"^[/\w.\- :]{1,250}$")
+_NAME = re.compile(r"^[/\w.\- :]{1,250}\Z")
 
 
 def valid_name(name: object) -> bool:

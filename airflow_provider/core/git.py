@@ -14,8 +14,8 @@ At most four git processes are started (three for a clean tree)::
 
 Every call runs with ``-c safe.directory=*`` (a checkout owned by another user, e.g. a mounted
 volume, is still read), ``GIT_TERMINAL_PROMPT=0``, ``LC_ALL=C``, ``GIT_OPTIONAL_LOCKS=0`` (status
-does not rewrite the index) and a timeout. Credentials in the origin URL are removed before the URL
-is stored anywhere.
+does not rewrite the index) and a timeout. Credentials in the origin URL (the userinfo of any
+scheme, credential-looking query parameters) are removed before the URL is stored anywhere.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow_provider.core.errors import ConfigurationError
 
@@ -54,11 +54,13 @@ _REPO_LOCATING_VARIABLES = (
 )
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _BRANCH_PREFIX = "refs/heads/"
-# Schemes whose userinfo is dropped entirely: for http(s) the "user" is often the token itself.
-_HTTP_SCHEMES = frozenset({"http", "https"})
 # Schemes whose password is dropped but whose user name (not a secret, like ``git@`` in
-# ``git@host:x``) is kept.
+# ``git@host:x``) is kept; every other scheme loses its whole userinfo (for http(s) the "user" is
+# often the token itself).
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
+# Query parameters dropped from a URL: a name holding one of these words (case-insensitive) is taken
+# for a credential (token, private_token, access_token, password, key, api_key, sig, X-Amz-Signature, ...).
+_CREDENTIAL_PARAMETER = re.compile(r"token|pass|pwd|secret|key|sig|auth|credential|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -225,21 +227,33 @@ def _git(cwd: Path, env: dict[str, str], *args: str) -> bytes | None:
 def _strip_credentials(url: str) -> str | None:
     """Remove secrets from a remote URL; ``None`` when the URL cannot be parsed safely.
 
-    ``https://user:token@host:8443/x`` becomes ``https://host:8443/x``; ``ssh://git:pw@host/x``
-    becomes ``ssh://git@host/x``; scp-like ``git@host:x``, local paths and other schemes are kept.
+    ``https://user:token@host:8443/x`` becomes ``https://host:8443/x`` (the userinfo of every
+    scheme: ``ftp://``, ``git+https://``, ...); ``ssh://git:pw@host/x`` becomes ``ssh://git@host/x``;
+    query parameters that look like credentials (``?private_token=``, ``?sig=``, ...) are dropped.
+    Scp-like ``git@host:x`` and local paths are kept.
 
     :param url: the URL as configured in ``remote.origin.url``.
     """
     try:
         parts = urlsplit(url)
     except ValueError:
-        return None if "@" in url else url
-    scheme = parts.scheme.lower()
-    if "@" not in parts.netloc or scheme not in _HTTP_SCHEMES | _SSH_SCHEMES:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    if scheme in _SSH_SCHEMES and userinfo.partition(":")[0]:
-        netloc = f"{userinfo.partition(':')[0]}@{hostport}"
-    else:
-        netloc = hostport
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return None if "@" in url or "?" in url else url
+    if not parts.scheme or (not parts.netloc and not parts.query):
+        return url  # a local path, or scp-like user@host:path (no password there)
+    netloc = _strip_userinfo(parts.scheme.lower(), parts.netloc)
+    return urlunsplit((parts.scheme, netloc, parts.path, _strip_query(parts.query), parts.fragment))
+
+
+def _strip_userinfo(scheme: str, netloc: str) -> str:
+    if "@" not in netloc:
+        return netloc
+    userinfo, _, hostport = netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{user}@{hostport}" if scheme in _SSH_SCHEMES and user else hostport
+
+
+def _strip_query(query: str) -> str:
+    if not query:
+        return query
+    kept = [pair for pair in query.split("&") if not _CREDENTIAL_PARAMETER.search(unquote(pair.partition("=")[0]))]
+    return "&".join(kept)

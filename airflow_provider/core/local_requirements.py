@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlparse
 
 __all__ = ["localize_requirements"]
 
-_FILE_REFERENCE = re.compile(r"^(?:(?P<name>[A-Za-z0-9._-]+(?:\[[^\]]*\])?)\s*@\s*)?(?P<location>\S+)$")
-_FIND_LINKS = re.compile(r"^(-f|--find-links)(?:\s+|=)(\S+)$")
+_FILE_REFERENCE = re.compile(r"^(?:(?P<name>[A-Za-z0-9._-]+(?:\[[^\]]*\])?)\s*@\s*)?(?P<location>\S+)\Z")
+_FIND_LINKS = re.compile(r"^(-f|--find-links)(?:\s+|=)(\S+)\Z")
 
 
 def localize_requirements(requirements: list[str], destination: str) -> tuple[list[str], dict[str, bytes]]:

@@ -50,7 +50,7 @@ SOURCE_FIELD = "ScriptRunConfig.source_directory"
 DEFAULT_MAX_BYTES = 300 * 1024 * 1024
 _CHUNK = 1024 * 1024
 _RACY_NS = 2_000_000_000
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _tmp_counter = itertools.count()
 
 # (folder prefix such as "pkg/", its ignore spec, a regex matching when any of its patterns does)

@@ -40,6 +40,7 @@ from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.job_runner import RANKS_DIR
 from airflow_provider.core.tracking import RunState, Tags, Tracker
+from airflow_provider.core.variables import validate_variables
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ class Experiment:
         target = resolve_target(config.compute_target)
         _validate_distribution_for(resolved, target)
         _validate_tags(tags)
+        secret_variables = validate_secret_variables(secret_variables)
+        self.tracker.check_reachable()
         target.check()
         if run_key is not None and reattach:
             existing = self._reattach(run_key, target)
@@ -572,6 +575,16 @@ def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarge
             "use node_count=1 here (all processes on one machine), or submit to a training_mpi connection "
             "with enough hosts.",
         )
+
+
+def validate_secret_variables(secret_variables: object) -> dict[str, str]:
+    """Check ``Experiment.submit(secret_variables=...)`` before any compute is used (messages never
+    show a value).
+
+    :param secret_variables: the variables as given.
+    :raises ConfigurationError: naming the bad entry.
+    """
+    return validate_variables(secret_variables, "Experiment.submit.secret_variables", secret=True)
 
 
 def _validate_tags(tags: object) -> None:

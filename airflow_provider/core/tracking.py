@@ -5,6 +5,12 @@ Tracking URI, in order: the caller's argument, ``MLFLOW_TRACKING_URI``, else the
 For a SQLite URI, experiments this module creates keep their artifacts beside the database file
 instead of MLflow's ``./mlruns`` relative to whatever the current directory is.
 
+A URI is checked when a :class:`Tracker` is made (a scheme MLflow supports; a SQLite database
+in an existing folder, which MLflow would otherwise create), and a tracking server is probed once
+before the first run is created (:meth:`Tracker.check_reachable`): a server that does not
+answer fails in seconds with :class:`TrackingUnavailableError` instead of after MLflow's minutes
+of HTTP retries.
+
 MLflow imports are deferred to first use, so importing the core stays cheap.
 """
 
@@ -20,15 +26,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from airflow_provider.core.errors import TrackingError
+from airflow_provider.core.errors import ConfigurationError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.paths import state_dir
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["RunState", "Tags", "Tracker", "resolve_tracking_uri"]
+__all__ = ["RunState", "Tags", "Tracker", "check_tracking_uri", "resolve_tracking_uri"]
 
 # MLflow's log_batch limits (mlflow.utils.validation): entities per call and request size.
 _MAX_METRICS_PER_BATCH = 1000
@@ -36,6 +43,14 @@ _MAX_TAGS_PER_BATCH = 100
 _MAX_BATCH_BYTES = 900_000
 _MAX_TAG_VALUE = 8000
 _MAX_PARAM_VALUE = 6000
+
+TRACKING_PROBE_TIMEOUT_SECONDS = 5.0
+"""How long the probe of a tracking server waits for an answer before the server counts as unreachable."""
+# The schemes MLflow's tracking store registry knows (mlflow.tracking._tracking_service.utils), without
+# importing MLflow; plugins add theirs through the ``mlflow.tracking_store`` entry point group.
+_STORE_SCHEMES = ("", "file", "http", "https", "databricks", "databricks-uc", "uc")
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_PLUGIN_GROUP = "mlflow.tracking_store"
 
 
 class RunState(str, enum.Enum):
@@ -138,6 +153,97 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{state_dir() / 'mlflow.db'}"
 
 
+def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
+    """Refuse a tracking URI MLflow cannot use, before anything is sent to it.
+
+    :param uri: the tracking URI.
+    :param field: how the caller names where the URI came from, for the message.
+    :raises ConfigurationError: for an unknown scheme, or a SQLite database in a folder that does not exist.
+    """
+    scheme = _uri_scheme(uri)
+    if scheme in _STORE_SCHEMES or scheme in _DATABASE_SCHEMES:
+        if scheme == "sqlite":
+            _check_sqlite_folder(uri, field)
+        return
+    plugins = _plugin_schemes()
+    if scheme not in plugins:
+        supported = sorted({*_STORE_SCHEMES, *_DATABASE_SCHEMES, *plugins} - {""})
+        raise ConfigurationError(
+            field, f"{uri!r} has the scheme {scheme!r}, which MLflow has no tracking store for.",
+            f"use one of the schemes {', '.join(supported)} (database URIs may name a driver, e.g. "
+            "postgresql+psycopg2://), or a local folder path.")
+
+
+def _uri_scheme(uri: str) -> str:
+    """The scheme as MLflow's store registry reads it (``postgresql+psycopg2`` is ``postgresql``)."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError:
+        return uri.partition(":")[0].lower()
+    if len(scheme) == 1:  # a Windows drive letter: a path
+        return ""
+    return scheme.partition("+")[0] if scheme.partition("+")[0] in _DATABASE_SCHEMES else scheme
+
+
+def _plugin_schemes() -> tuple[str, ...]:
+    from importlib.metadata import entry_points
+
+    return tuple(entry.name for entry in entry_points(group=_PLUGIN_GROUP))
+
+
+def _check_sqlite_folder(uri: str, field: str) -> None:
+    path = uri.partition("://")[2].partition("?")[0]
+    if not path.startswith("/"):
+        return  # sqlite:// (in memory)
+    database = path[1:]  # sqlite:///relative.db, sqlite:////absolute.db
+    if not database or database == ":memory:":
+        return
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise ConfigurationError(
+            field, f"the SQLite database {database!r} would be in the folder {str(folder)!r}, which does not exist.",
+            "create the folder first, or fix the path (an absolute path takes four slashes: "
+            "sqlite:////srv/mlflow/mlflow.db).")
+
+
+def _uri_field(explicit: str | None) -> str:
+    if explicit:
+        return "Experiment.tracking_uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking_uri"
+
+
+def _probe_server(uri: str, timeout: float) -> None:
+    """One GET of the server's ``/health`` with a short timeout; any HTTP answer counts as reachable."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout, allow_redirects=False, **_tls_options())
+    except requests.exceptions.SSLError as exc:
+        raise ConfigurationError(
+            "tracking_uri", f"the TLS handshake with the MLflow tracking server at {uri} failed: {exc}.",
+            "point MLFLOW_TRACKING_SERVER_CERT_PATH at the CA bundle that signed the server's certificate "
+            "(or set MLFLOW_TRACKING_INSECURE_TLS=true to skip verification).") from exc
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise TrackingUnavailableError(
+            f"The MLflow tracking server at {uri} is unreachable: it did not answer within {timeout:g}s "
+            f"({type(exc).__name__}). No run was started. A retry may help if the server is down or restarting "
+            "for a while; otherwise check the tracking URI and that the server is running.") from exc
+
+
+def _tls_options() -> dict[str, Any]:
+    """TLS settings as MLflow's own HTTP client takes them from its environment variables."""
+    options: dict[str, Any] = {}
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        options["verify"] = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        options["verify"] = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        options["cert"] = os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+    return options
+
+
 def _sqlite_artifact_root(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
@@ -163,7 +269,23 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        check_tracking_uri(self.tracking_uri, _uri_field(tracking_uri))
         self._client: MlflowClient | None = None
+        self._reachable = False
+
+    def check_reachable(self) -> None:
+        """Probe a tracking server once (a few seconds at most) before the first run is created.
+
+        Local stores (SQLite, a folder) and schemes without a plain HTTP endpoint are not probed.
+
+        :raises TrackingUnavailableError: the server did not answer (retryable).
+        :raises ConfigurationError: the TLS handshake failed.
+        """
+        if self._reachable:
+            return
+        if _uri_scheme(self.tracking_uri) in ("http", "https"):
+            _probe_server(self.tracking_uri, TRACKING_PROBE_TIMEOUT_SECONDS)
+        self._reachable = True
 
     @property
     def client(self) -> MlflowClient:

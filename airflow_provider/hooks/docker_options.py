@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _PREFIX = "extra__training_docker__"  # how Airflow 2 forms stored the fields; still accepted
 _ALIASES = {"tls_client_key": "tls_client_private_key"}
 """Former field names, still read: old name -> field."""
-_BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?$", re.IGNORECASE)
+_BYTES = re.compile(r"^\d+(\.\d+)?([bkmg]b?)?\Z", re.IGNORECASE)
 _MODES = ("ro", "rw")
 _RESERVED_LABELS = ("training.run_id", "training.managed")
 _JOB_ROOT = "/job"
@@ -147,7 +147,7 @@ def _base_url(fields: _Fields, host: str | None, tls: bool, port: int | None) ->
     if tls and scheme not in ("tcp", "https"):
         raise fields.error("host", f"{host!r} cannot be reached over TLS.",
                            "write tcp://HOST:2376 (or https://HOST:2376), or remove the tls_* fields.")
-    if port and scheme in ("tcp", "http", "https") and not re.search(r":\d+/?$", url.split("://", 1)[1]):
+    if port and scheme in ("tcp", "http", "https") and not re.search(r":\d+/?\Z", url.split("://", 1)[1]):
         url = f"{url.rstrip('/')}:{port}"
     return url
 

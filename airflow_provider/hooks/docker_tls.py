@@ -24,7 +24,7 @@ __all__ = ["pem_file", "tls_settings"]
 
 _TLS_FILES = {"tls_ca_cert": ("ca_cert", "CERTIFICATE"), "tls_client_cert": ("client_cert", "CERTIFICATE"),
               "tls_client_private_key": ("client_key", "PRIVATE KEY")}
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z|^\[?[0-9A-Fa-f:.]+\]?\Z")
 
 
 def tls_settings(fields: _Fields, host: str | None) -> tuple[dict[str, Any] | None, dict[str, str]]:

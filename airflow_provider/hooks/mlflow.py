@@ -3,7 +3,9 @@
 Connection type ``mlflow``: host holds the tracking URI (``http://mlflow:5000``); login/password
 give basic auth; a token (password field with no login, or extra ``token``) gives bearer auth.
 Without a connection, runs use ``MLFLOW_TRACKING_URI`` or the embedded store under
-``$AIRFLOW_HOME/training_runs``.
+``$AIRFLOW_HOME/training_runs``. A connection id that does not exist is a
+:class:`~airflow_provider.core.errors.ConfigurationError` (the operators fail the task at once,
+without retries).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook
 
-from airflow_provider.core.tracking import resolve_tracking_uri
+from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.tracking import check_tracking_uri, resolve_tracking_uri
 
 __all__ = ["MLflowTrackingHook"]
 
@@ -37,10 +40,23 @@ class MLflowTrackingHook(BaseHook):
 
     @cached_property
     def _connection(self) -> Any:
-        return self.get_connection(self.tracking_conn_id) if self.tracking_conn_id else None
+        if not self.tracking_conn_id:
+            return None
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return self.get_connection(self.tracking_conn_id)
+        except AirflowNotFoundException as exc:  # a retry cannot make it appear: a configuration error
+            raise ConfigurationError(
+                "tracking_conn_id", f"no Airflow connection {self.tracking_conn_id!r} exists.",
+                f"create an {self.conn_type!r} connection with that id (host: the tracking server's URL), or leave "
+                "tracking_conn_id unset to use MLFLOW_TRACKING_URI or the embedded store.") from exc
 
     def get_tracking_uri(self) -> str:
-        """The tracking URI: the connection's host (with scheme and port), else the defaults."""
+        """The tracking URI: the connection's host (with scheme and port), else the defaults.
+
+        :raises ConfigurationError: the connection does not exist, or its URI is one MLflow cannot use.
+        """
         connection = self._connection
         if connection is None:
             return resolve_tracking_uri(None)
@@ -50,7 +66,9 @@ class MLflowTrackingHook(BaseHook):
         parts = urlsplit(host)
         if connection.port and parts.port is None:
             parts = parts._replace(netloc=f"{parts.netloc}:{connection.port}")
-        return urlunsplit(parts)
+        uri = urlunsplit(parts)
+        check_tracking_uri(uri, f"tracking_conn_id {self.tracking_conn_id!r} (its host)")
+        return uri
 
     def get_credentials(self) -> dict[str, str]:
         """MLflow's credential variables for this connection (secret: never logged or recorded)."""

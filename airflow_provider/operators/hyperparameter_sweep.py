@@ -188,10 +188,10 @@ class PlanHyperparameterSweepOperator(BaseOperator):
         self.tracking_conn_id = tracking_conn_id
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        hook = MLflowTrackingHook(self.tracking_conn_id)
-        experiment = Experiment(self.experiment_name or context["ti"].dag_id, tracking_uri=hook.configure_process())
         ti = context["ti"]
         try:
+            hook = MLflowTrackingHook(self.tracking_conn_id)
+            experiment = Experiment(self.experiment_name or ti.dag_id, tracking_uri=hook.configure_process())
             trials = plan_sweep(experiment, self.hyperparameter_sampling, self.primary_metric_name,
                                 self.primary_metric_goal, self.max_total_runs, self.policy,
                                 run_key=_run_key(context), run_name=f"{ti.task_id}-{ti.run_id}"[:240],
@@ -229,8 +229,11 @@ class SelectBestTrialOperator(BaseOperator):
         trials = list(self.sweep_trials) if not isinstance(self.sweep_trials, str) else []
         if not trials and not isinstance(self.sweep_trials, str):
             raise AirflowException("sweep_trials is empty: the planning task planned no trial")
-        hook = MLflowTrackingHook(self.tracking_conn_id)
-        tracking_uri = hook.configure_process()
+        try:
+            tracking_uri = MLflowTrackingHook(self.tracking_conn_id).configure_process()
+        except ConfigurationError as exc:
+            _fail_on_bad_input(exc)
+            raise  # unreachable
         if isinstance(self.sweep_trials, str):
             experiment_name, parent = None, self.sweep_trials
         else:
@@ -249,4 +252,5 @@ def _experiment_of(tracking_uri: str, run_id: str) -> str:
     from airflow_provider.core.tracking import Tracker
 
     tracker = Tracker(tracking_uri)
+    tracker.check_reachable()
     return str(tracker.client.get_experiment(tracker.get_run(run_id).info.experiment_id).name)

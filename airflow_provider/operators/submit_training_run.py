@@ -24,6 +24,7 @@ from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.submit import Experiment, ScriptRun
 from airflow_provider.core.tracking import RunState, Tags
+from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["SubmitTrainingRunOperator"]
 
 OUTPUT_PREFIX = "[run] "
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
@@ -243,15 +243,8 @@ class SubmitTrainingRunOperator(BaseOperator):
 
     def _run_config(self) -> tuple[ScriptRunConfig, dict[str, str]]:
         target = self.compute_hook.get_target()
-        secrets = dict(self.secret_environment_variables or {})
-        plain = dict(self.environment_variables or {})
-        for name, value in secrets.items():
-            if not isinstance(name, str) or not _ENV_VAR_NAME.match(name):
-                raise ConfigurationError("secret_environment_variables", f"{name!r} is not a valid variable name.",
-                                         "use letters, digits and '_', not starting with a digit.")
-            if not isinstance(value, str):
-                raise ConfigurationError(f"secret_environment_variables[{name!r}]",
-                                         f"must be a string, got {type(value).__name__}.", "pass a string.")
+        secrets = validate_variables(self.secret_environment_variables, "secret_environment_variables", secret=True)
+        plain = validate_variables(self.environment_variables, "environment_variables")
         credentials = self.tracking_hook.get_credentials()
         self._credentials = credentials
         self._protect_secrets()

@@ -23,12 +23,15 @@ from airflow_provider.core.hyperdrive import (
     HyperDriveConfig,
     HyperDriveRun,
     MedianStoppingPolicy,
+    PrimaryMetricGoal,
     RandomParameterSampling,
     TruncationSelectionPolicy,
     choice,
     quniform,
     uniform,
 )
+from airflow_provider.core.hyperdrive.parameter_expressions import Quantized
+from airflow_provider.core.hyperdrive.sampling import TrialSampler
 from airflow_provider.core.submit import StagedRun
 from airflow_provider.core.tracking import Tags
 from tests.helpers import wait_until, write_script
@@ -486,3 +489,88 @@ def test_the_policy_is_consulted_when_its_metric_arrives_not_for_every_event(tmp
     watcher.finalize(status)
     assert steps > 20, "the watcher stepped while many loss events arrived"
     assert 1 <= CountingPolicy.checks <= 2, f"consulted {CountingPolicy.checks} times in {steps} steps"
+
+
+# ---------------------------------------------------------------------- issue 12: no sweep left Running
+class _BrokenSampler(TrialSampler):
+    """Draws what its inner sampler draws, except for trial ``fail_at``: there it raises (a sampler bug)."""
+
+    def __init__(self, inner: TrialSampler, fail_at: int) -> None:
+        self.inner = inner
+        self.fail_at = fail_at
+
+    def suggest(self, index: int) -> dict[str, Any] | None:
+        if index == self.fail_at:
+            raise ZeroDivisionError(f"sampler bug at trial {index}")
+        return self.inner.suggest(index)
+
+
+class _BrokenGridSampling(GridParameterSampling):
+    def __init__(self, parameter_space: dict[str, Any], fail_at: int) -> None:
+        super().__init__(parameter_space)
+        self.fail_at = fail_at
+
+    def sampler(self, seed: int, goal: PrimaryMetricGoal) -> TrialSampler:
+        return _BrokenSampler(super().sampler(seed, goal), self.fail_at)
+
+
+def _parents() -> list[Any]:
+    experiment = MlflowClient().get_experiment_by_name("broken")
+    if experiment is None:
+        return []
+    return MlflowClient().search_runs([experiment.experiment_id], filter_string="tags.`training.sweep.role` = 'sweep'")
+
+
+def _broken_sweep(tmp_path: Path, fail_at: int) -> HyperDriveConfig:
+    curves = [[0.1, 0.2], [0.1] * 40, [0.3]]  # trial 1 runs for ~8 s: it is still running when the sweep fails
+    return HyperDriveConfig(curve_config(tmp_path, curves, pause=0.2),
+                            _BrokenGridSampling({"--curve": choice(0, 1, 2)}, fail_at), "score", "MAXIMIZE",
+                            max_concurrent_runs=1)
+
+
+def _assert_failed_parent(words: str) -> Any:
+    parents = _parents()
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FAILED" and parent.data.tags[Tags.STATE] == "Failed", parent.data.tags
+    assert words in parent.data.tags[Tags.ERROR]
+    return parent
+
+
+@pytest.mark.parametrize("fail_at", [0, 1])
+def test_a_sampler_error_while_the_sweep_starts_ends_the_parent_failed(tmp_path: Path, fail_at: int) -> None:
+    with pytest.raises(ConfigurationError, match=f"trial {fail_at} failed: ZeroDivisionError") as caught:
+        Experiment("broken").submit(_broken_sweep(tmp_path, fail_at))
+    assert caught.value.field == "_BrokenGridSampling.parameter_space"
+    parent = _assert_failed_parent(f"sampler bug at trial {fail_at}")
+    trials = MlflowClient().search_runs([parent.info.experiment_id],
+                                        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert [t.data.tags[Tags.STATE] for t in trials] == ["Canceled"] * fail_at, "trial 0 was stopped"
+
+
+def test_a_sampler_error_in_the_middle_of_a_sweep_stops_its_trials_and_ends_the_parent_failed(tmp_path: Path) -> None:
+    run = Experiment("broken").submit(_broken_sweep(tmp_path, fail_at=2))
+    with pytest.raises(ConfigurationError, match="trial 2 failed"):
+        run.wait_for_completion()
+    _assert_failed_parent("sampler bug at trial 2")
+    states = {trial["trial_index"]: trial["status"] for trial in run.get_details()["trials"]}
+    assert states == {0: "Completed", 1: "Canceled"}
+
+
+def test_an_overflowing_expression_is_refused_before_the_parent_run_exists(tmp_path: Path) -> None:
+    sampling = RandomParameterSampling({"--curve": choice(0), "--lr": uniform(0, 1)}, seed=3)
+    sampling.parameter_space["--lr"] = Quantized("loguniform", 0.0, 1000.0)  # changed after it was made
+    config = HyperDriveConfig(curve_config(tmp_path, [[0.1]]), sampling, "score", "MAXIMIZE", max_total_runs=4)
+    with pytest.raises(ConfigurationError) as caught:
+        Experiment("broken").submit(config)
+    assert caught.value.field == "RandomParameterSampling.parameter_space['--lr']"
+    assert "exp(1000)" in caught.value.problem and "natural-log bounds" in caught.value.problem
+    assert _parents() == []
+
+
+def test_a_sampler_error_while_planning_a_mapped_sweep_ends_the_parent_failed(tmp_path: Path) -> None:
+    from airflow_provider.core.hyperdrive import plan_sweep
+
+    with pytest.raises(ConfigurationError, match="trial 1 failed: ZeroDivisionError"):
+        plan_sweep(Experiment("broken"), _BrokenGridSampling({"--curve": choice(0, 1, 2)}, 1), "score", "maximize")
+    _assert_failed_parent("sampler bug at trial 1")

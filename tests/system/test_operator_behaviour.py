@@ -127,6 +127,12 @@ with DAG(dag_id="behaviour", schedule=None, start_date=datetime(2026, 1, 1), cat
     SubmitTrainingRunOperator(task_id="bad_tags", source_directory=SOURCE, script="train.py",
                               tags=["team", "search"],
                               experiment_name="behaviour-{{{{ ds_nodash }}}}", **NOT_RETRIED)
+    SubmitTrainingRunOperator(task_id="missing_tracking_connection", source_directory=SOURCE, script="train.py",
+                              tracking_conn_id="no_such_mlflow",
+                              experiment_name="behaviour-{{{{ ds_nodash }}}}", **NOT_RETRIED)
+    SubmitTrainingRunOperator(task_id="bad_secret_value", source_directory=SOURCE, script="train.py",
+                              secret_environment_variables={{"API_TOKEN": "nul\\0-secret-5150"}},
+                              experiment_name="behaviour-{{{{ ds_nodash }}}}", **NOT_RETRIED)
 """
 
 # task_id -> texts its failure message must contain (the field at fault, and the offending value)
@@ -137,6 +143,8 @@ BAD_CONFIGURATIONS = {
     "unknown_environment": ["environment", "no-such-env"],
     "bad_secret_type": ["secret_environment_variables['API_TOKEN']", "must be a string"],
     "bad_tags": ["tags", "must be a dict"],
+    "missing_tracking_connection": ["tracking_conn_id", "no Airflow connection 'no_such_mlflow' exists"],
+    "bad_secret_value": ["secret_environment_variables['API_TOKEN']", "NUL character"],
 }
 
 MASKING_RUNNER = """
@@ -521,8 +529,20 @@ def test_no_mlflow_connection_uses_the_embedded_store(isolated_state: Path) -> N
 
 
 def test_unknown_mlflow_connection_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider.core import ConfigurationError
     from airflow_provider.hooks import MLflowTrackingHook
 
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_MLFLOW", raising=False)
-    with pytest.raises(Exception, match="no_such_mlflow"):
+    with pytest.raises(ConfigurationError) as caught:
         MLflowTrackingHook("no_such_mlflow").get_tracking_uri()
+    assert caught.value.field == "tracking_conn_id" and "'no_such_mlflow'" in caught.value.problem
+
+
+def test_mlflow_connection_with_an_unknown_scheme_names_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider.core import ConfigurationError
+    from airflow_provider.hooks import MLflowTrackingHook
+
+    _mlflow_connection(monkeypatch, "mlflow_foo", host="foo://bar")
+    with pytest.raises(ConfigurationError) as caught:
+        MLflowTrackingHook("mlflow_foo").get_tracking_uri()
+    assert caught.value.field == "tracking_conn_id 'mlflow_foo' (its host)" and "'foo'" in caught.value.problem

@@ -260,6 +260,13 @@ def test_branch_is_not_confused_with_a_tag_of_the_same_name(repo: Path) -> None:
         ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
         ("ssh://git@example.com/org/repo.git", "ssh://git@example.com/org/repo.git"),
         ("/srv/git/repo.git", "/srv/git/repo.git"),
+        # issue 12: userinfo of every scheme, and credential-looking query parameters
+        ("ftp://user:secret@example.com/org/repo.git", "ftp://example.com/org/repo.git"),
+        ("git+https://user:secret@example.com/org/repo.git", "git+https://example.com/org/repo.git"),
+        ("git://secret@example.com/org/repo.git", "git://example.com/org/repo.git"),
+        ("https://example.com/org/repo.git?private_token=secret", "https://example.com/org/repo.git"),
+        ("https://example.com/org/repo.git?ref=main&access_token=secret&x=1", "https://example.com/org/repo.git?ref=main&x=1"),
+        ("ssh://git:secret@example.com/org/repo.git?key=secret", "ssh://git@example.com/org/repo.git"),
     ],
 )
 def test_origin_url(repo: Path, url: str, expected: str) -> None:
@@ -284,6 +291,33 @@ def test_https_origin_loses_user_and_token(repo: Path) -> None:
 def test_other_remote_than_origin_is_ignored(repo: Path) -> None:
     run_git(repo, "remote", "add", "upstream", "https://example.com/upstream.git")
     assert read(repo).repo_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("ftp://u:p-secret@example.com/repo.git", "ftp://example.com/repo.git"),
+        ("git+https://u:p-secret@example.com/repo.git", "git+https://example.com/repo.git"),
+        ("git+ssh://git:p-secret@example.com/repo.git", "git+ssh://git@example.com/repo.git"),
+        ("s3://AKIA:p-secret@bucket/repo.git", "s3://bucket/repo.git"),
+        ("https://example.com/repo.git?private_token=p-secret", "https://example.com/repo.git"),
+        ("https://example.com/repo.git?token=p-secret", "https://example.com/repo.git"),
+        ("https://example.com/repo.git?Access_Token=p-secret", "https://example.com/repo.git"),
+        ("https://example.com/repo.git?password=p-secret&user=me", "https://example.com/repo.git?user=me"),
+        ("https://example.com/repo.git?key=p-secret", "https://example.com/repo.git"),
+        ("https://example.com/repo.git?api_key=p-secret", "https://example.com/repo.git"),
+        ("https://example.com/repo.git?sv=2024&sig=p-secret", "https://example.com/repo.git?sv=2024"),
+        ("https://example.com/repo.git?X-Amz-Signature=p-secret&X-Amz-Credential=p-secret",
+         "https://example.com/repo.git"),
+        ("https://example.com/repo.git?client_secret=p-secret#readme", "https://example.com/repo.git#readme"),
+        ("https://example.com/repo.git?ref=main", "https://example.com/repo.git?ref=main"),
+        ("https://example.com/org/repo@v1.git", "https://example.com/org/repo@v1.git"),
+    ],
+)
+def test_credentials_are_stripped_from_any_scheme_and_the_query(url: str, expected: str) -> None:
+    stripped = git_module._strip_credentials(url)
+    assert stripped == expected
+    assert "p-secret" not in stripped
 
 
 def test_unparseable_url_with_credentials_is_dropped() -> None:

@@ -44,8 +44,8 @@ from airflow_provider.core.run_context import Run as _ContextRun
 __all__ = ["Experiment", "Model", "Run", "UnsupportedV1API", "unsupported_name"]
 
 SECRET_NAMES_VARIABLE = "TRAINING_RUN_SECRET_NAMES"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-_CHILD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
+_CHILD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}\Z")
 
 _INSTEAD = {
     # azureml.core names a training script may import

@@ -115,6 +115,7 @@ def validate_sweep_settings(sampling: object, metric: object, goal: object, max_
     if not isinstance(sampling, ParameterSampling):
         raise ConfigurationError(f"{owner}.hyperparameter_sampling", f"got {type(sampling).__name__}.",
                                  "pass GridParameterSampling, RandomParameterSampling or BayesianParameterSampling.")
+    sampling.validate()  # again: its space may have changed since it was made
     if not isinstance(metric, str) or not valid_name(metric):
         raise ConfigurationError(f"{owner}.primary_metric_name", f"{metric!r} is not a metric name.",
                                  'pass the name your script logs, e.g. "accuracy".')

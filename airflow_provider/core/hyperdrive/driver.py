@@ -21,7 +21,7 @@ from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.sampling import Hyperparameters, TrialSampler
-from airflow_provider.core.hyperdrive.sweep import Sweep
+from airflow_provider.core.hyperdrive.sweep import Sweep, draw_trial
 from airflow_provider.core.submit import StagedRun
 from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.tracking import RunState, Tags
@@ -82,6 +82,8 @@ class SweepDriver:
 
     max_step_failures = 6
     """Consecutive failed polls of one trial before the sweep gives up (a retry resumes it)."""
+    wind_down_seconds = 120.0
+    """How long :meth:`wind_down` waits for the stopped trials to end before leaving them to end alone."""
 
     def __init__(self, sweep: Sweep, run_config: ScriptRunConfig, output: OutputSink | None = None,
                  tags: dict[str, str] | None = None, secret_variables: dict[str, str] | None = None,
@@ -217,6 +219,26 @@ class SweepDriver:
             if trial.watcher.termination_reason is None:
                 trial.watcher.terminate(reason)
 
+    def wind_down(self, error: BaseException) -> None:
+        """After ``error`` ended the sweep early: discard the staged trials and stop the running
+        ones; wait (up to :attr:`wind_down_seconds`) for them to end Canceled, unless ``error`` is an
+        interrupt such as a task kill (then only ask them to stop). Never raises.
+
+        :param error: what ended the sweep.
+        """
+        reason = f"the sweep ended early: {type(error).__name__}: {error}"[:500]
+        try:
+            if not isinstance(error, Exception):
+                self.abort(reason)
+                return
+            self.stop(reason)
+            deadline = time.monotonic() + self.wind_down_seconds
+            while self.active and time.monotonic() < deadline:
+                self.step()
+                time.sleep(self.poll_interval)
+        except Exception as exc:  # the trials end by themselves; the sweep's end is recorded anyway
+            log.warning("Stopping the trials of sweep %s: %s", self.sweep.parent_run_id, exc)
+
     # ------------------------------------------------------------------ internals
     def _check_deadline(self) -> None:
         if self.stopped is None and self._deadline is not None and time.monotonic() >= self._deadline:
@@ -232,7 +254,7 @@ class SweepDriver:
             if previous is not None:
                 values: Hyperparameters | None = json.loads(previous.data.tags[Tags.SWEEP_HYPERPARAMETERS])
             else:
-                values = self._sampler.suggest(index)
+                values = draw_trial(self._sampler, self.sweep.settings.sampling, index)
             if values is None:  # a grid smaller than max_total_runs
                 self._total = index
                 return None

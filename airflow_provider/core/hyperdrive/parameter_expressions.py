@@ -4,19 +4,23 @@
 
 - ``randint(upper)``: an integer in ``[0, upper)``.
 - ``uniform(low, high)``: ``U(low, high)``; ``quniform(low, high, q)``: ``round(U(low, high) / q) * q``.
-- ``loguniform(low, high)``: ``exp(U(low, high))``, so the value lies in ``[e**low, e**high]``;
+- ``loguniform(low, high)``: ``exp(U(low, high))``, so the value lies in ``[e**low, e**high]``
+  (natural-log bounds: ``loguniform(math.log(1e-4), math.log(0.1))`` draws from 0.0001 to 0.1);
   ``qloguniform(low, high, q)``: ``round(exp(U(low, high)) / q) * q``.
 - ``normal(mu, sigma)``: ``N(mu, sigma)``; ``qnormal(mu, sigma, q)``: ``round(N(mu, sigma) / q) * q``.
 - ``lognormal(mu, sigma)``: ``exp(N(mu, sigma))``; ``qlognormal(mu, sigma, q)``: ``round(exp(N(mu, sigma)) / q) * q``.
 
 Every expression is a frozen dataclass that serialises to JSON (``to_dict`` / :func:`expression_from_dict`),
-so a sweep's search space can cross XCom and be stored on its parent run.
+so a sweep's search space can cross XCom and be stored on its parent run. Parameters whose draws
+would not fit in a float (``loguniform(0, 1000)`` draws up to ``exp(1000)``) are refused when the
+expression is made, and again when a sampling or ``HyperDriveConfig`` validates.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +90,10 @@ class Randint:
 
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "normal", "lognormal")
+_MAX_EXPONENT = math.log(sys.float_info.max)
+"""The largest ``x`` whose ``exp(x)`` is a finite float (about 709.78)."""
+_GAUSS_REACH = 9.0
+"""``random.gauss`` draws stay within 8.6 standard deviations of the mean (53-bit uniforms)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,56 @@ class Quantized:
     def name(self) -> str:
         """The expression's name as users write it (``quniform``, ``lognormal``, ...)."""
         return f"q{self.distribution}" if self.q is not None else self.distribution
+
+    def describe(self) -> str:
+        """The expression as users write it, e.g. ``loguniform(low=0, high=1000)``."""
+        first, second = ("low", "high") if self.distribution.endswith("uniform") else ("mu", "sigma")
+        step = "" if self.q is None else f", q={self.q:g}"
+        return f"{self.name}({first}={self.a:g}, {second}={self.b:g}{step})"
+
+    def check_range(self, field: str | None = None) -> None:
+        """Refuse parameters whose draws would not fit in a float (``exp(1000)`` overflows).
+
+        :param field: how the caller names the expression; default :meth:`describe`.
+        :raises ConfigurationError: naming the expression and the bounds to use instead.
+        """
+        field = field or self.describe()
+        low, high = self._raw_reach(field)
+        largest = max(abs(low), abs(high))
+        if self.distribution.startswith("log"):
+            if high > _MAX_EXPONENT:
+                raise self._exponent_error(field, high)
+            largest = math.exp(high)
+        if self.q is not None and not math.isfinite(largest / self.q):
+            raise ConfigurationError(field, f"draws values up to {largest:g}, which divided by q={self.q:g} are "
+                                     "not finite.", "use a larger q or smaller bounds.")
+
+    def _raw_reach(self, field: str) -> tuple[float, float]:
+        """The lowest and highest value a draw can take before ``exp`` (a normal draw of ``random``
+        stays within 9 standard deviations of its mean)."""
+        if self.distribution.endswith("uniform"):
+            low, high, spread = self.a, self.b, self.b - self.a
+        else:
+            low, high = self.a - _GAUSS_REACH * self.b, self.a + _GAUSS_REACH * self.b
+            spread = abs(self.a) + _GAUSS_REACH * self.b
+        if not math.isfinite(spread):
+            raise ConfigurationError(field, "its draws would not stay finite: the parameters span more than a "
+                                     "float holds.", "use parameters whose range stays below about 1e308.")
+        return low, high
+
+    def _exponent_error(self, field: str, high: float) -> ConfigurationError:
+        if self.distribution == "loguniform":
+            return ConfigurationError(
+                field, f"draws exp(U({self.a:g}, {self.b:g})), and exp({self.b:g}) overflows a float (exponents "
+                f"stop at {_MAX_EXPONENT:.2f}): {self.name} takes natural-log bounds, not the values themselves.",
+                f"pass the natural logarithms of the bounds you want, e.g. {self.name}(math.log(1e-4), "
+                "math.log(1e-1)" + ("" if self.q is None else f", {self.q:g}") + ") for values from 0.0001 to 0.1.")
+        return ConfigurationError(
+            field, f"draws exp(N({self.a:g}, {self.b:g})), which can reach exp({high:g}) and overflow a float "
+            f"(exponents stop at {_MAX_EXPONENT:.2f}): {self.name} takes natural-log parameters (the mean and "
+            "standard deviation of the value's logarithm).",
+            f"pass mu and sigma of log(value), with mu + {_GAUSS_REACH:g} * sigma at most {_MAX_EXPONENT:.2f}, "
+            f"e.g. {self.name}(math.log(0.01), 1.0" + ("" if self.q is None else f", {self.q:g}") + ").")
 
     def sample(self, rng: random.Random) -> float:
         """Draw one value.
@@ -190,13 +248,18 @@ def _bounded(name: str, low: object, high: object, q: object = None, log: bool =
                                  "pass low < high" + (" (both are exponents: the value is exp(U(low, high)))"
                                                       if log else "") + ".")
     step = None if q is None else _number(name, "q", q, positive=True)
-    return Quantized("loguniform" if log else "uniform", lower, upper, step)
+    return _checked(Quantized("loguniform" if log else "uniform", lower, upper, step))
 
 
 def _gaussian(name: str, mu: object, sigma: object, q: object = None, log: bool = False) -> Quantized:
     step = None if q is None else _number(name, "q", q, positive=True)
-    return Quantized("lognormal" if log else "normal", _number(name, "mu", mu),
-                     _number(name, "sigma", sigma, positive=True), step)
+    return _checked(Quantized("lognormal" if log else "normal", _number(name, "mu", mu),
+                              _number(name, "sigma", sigma, positive=True), step))
+
+
+def _checked(expression: Quantized) -> Quantized:
+    expression.check_range()
+    return expression
 
 
 def uniform(low: float, high: float) -> Quantized:
@@ -286,7 +349,7 @@ def expression_from_dict(data: dict[str, Any]) -> ParameterExpression:
     if kind == "randint":
         return randint(int(data["upper"]))
     if kind == "quantized" and data.get("distribution") in _DISTRIBUTIONS:
-        return Quantized(str(data["distribution"]), float(data["a"]), float(data["b"]),
-                         None if data.get("q") is None else float(data["q"]))
+        return _checked(Quantized(str(data["distribution"]), float(data["a"]), float(data["b"]),
+                                  None if data.get("q") is None else float(data["q"])))
     raise ConfigurationError("parameter_space", f"{data!r} is not a parameter expression.",
                              "build it with choice(), uniform(), ... from airflow_provider.core.hyperdrive.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider.core.errors import RunFailedError
+from airflow_provider.core.errors import ConfigurationError, RunFailedError
 from airflow_provider.core.hyperdrive.config import HyperDriveConfig
 from airflow_provider.core.hyperdrive.driver import SweepDriver, prefixed
 from airflow_provider.core.hyperdrive.sweep import Sweep
@@ -30,12 +30,26 @@ def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[st
         picked up: its finished trials are kept, its running ones reattached.
     :param run_name: the parent run's display name (trials are ``<name>_<index>``).
     :param secret_variables: variables for every trial's process, never written to MLflow.
+    :raises ConfigurationError: before the parent run exists, for a bad configuration.
+    :raises TrackingUnavailableError: the tracking server did not answer (retryable).
+
+    Any error once the parent run exists (a trial that cannot be sampled, staged or launched) stops
+    the trials already started and ends the parent Failed (Canceled for an interrupt) before it is
+    raised.
     """
+    from airflow_provider.core.submit import validate_secret_variables
+
     settings = config.validate()
+    secrets = validate_secret_variables(secret_variables)
+    experiment.tracker.check_reachable()
     sweep = Sweep.start(experiment, settings, run_key, run_name, tags)
-    run = HyperDriveRun(sweep, config, tags, secret_variables)
+    run = HyperDriveRun(sweep, config, tags, secrets)
     if not sweep.state().is_terminal:
-        run.driver.launch_ready()
+        try:
+            run.driver.launch_ready()
+        except BaseException as exc:  # never leave the parent Running for an error while the sweep starts
+            run.end_early(exc)
+            raise
     return run
 
 
@@ -105,11 +119,26 @@ class HyperDriveRun:
             for trial in driver.active.values():  # launched by submit(), before an output was known
                 if driver.output is not None and trial.watcher.output is None:
                     trial.watcher.output = prefixed(driver.output, f"[trial {trial.index}] ")
-            driver.run()
+            try:
+                driver.run()
+            except ConfigurationError as exc:  # a trial no retry can sample or configure: the sweep fails
+                self.end_early(exc)
+                raise
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
             raise RunFailedError(self.id, details["status"], details.get("error") or "no trial completed")
         return details
+
+    def end_early(self, error: BaseException) -> None:
+        """End the sweep because of ``error``: stop its trials (see :meth:`SweepDriver.wind_down`) and
+        end the parent Failed with the error (Canceled for an interrupt such as a task kill). Never
+        raises: the caller raises ``error``.
+
+        :param error: what ended the sweep.
+        """
+        if self._driver is not None:
+            self._driver.wind_down(error)
+        self.sweep.end_early(error)
 
     def abort(self, reason: str) -> list[ScriptRun]:
         """Stop at once, from a signal handler or another thread (a task kill): ask every running

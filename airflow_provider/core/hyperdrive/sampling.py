@@ -127,7 +127,8 @@ class ParameterSampling:
         self.validate()
 
     def validate(self) -> None:
-        """Check the space: names are strings, expressions are allowed for this sampling.
+        """Check the space: names are strings, expressions are allowed for this sampling, and their
+        draws fit in a float.
 
         :raises ConfigurationError: naming the bad entry.
         """
@@ -143,6 +144,8 @@ class ParameterSampling:
                 raise ConfigurationError(f"{field}[{name!r}]",
                                          f"{_describe(expression)} is not supported by {type(self).__name__}.",
                                          f"use one of: {names}.")
+            if isinstance(expression, Quantized):
+                expression.check_range(f"{field}[{name!r}]")
         for name in self.parameter_space:
             if argument_name(name) in {argument_name(other) for other in self.parameter_space if other != name}:
                 raise ConfigurationError(field, f"{name!r} names the same argument as another entry.",

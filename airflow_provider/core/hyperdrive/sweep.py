@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import secrets
 import time
@@ -22,6 +23,7 @@ from airflow_provider.core.hyperdrive.sampling import (
     Hyperparameters,
     ParameterSampling,
     PrimaryMetricGoal,
+    TrialSampler,
     parameter_name,
     sampling_from_dict,
 )
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from airflow_provider.core.submit import Experiment
 
 __all__ = ["Sweep", "TrialPlan", "TrialResult", "finish_sweep", "plan_sweep"]
+
+log = logging.getLogger(__name__)
 
 ROLE_PARENT = "sweep"
 ROLE_TRIAL = "trial"
@@ -187,16 +191,22 @@ class Sweep:
             Tags.SOURCE_TYPE: "JOB",
         }
         run_id = tracker.create_run(experiment.id, parent_tags, run_name)
-        tracker.log_text(run_id, json.dumps(described, indent=2), "hyperdrive/settings.json")
-        tracker.log_params(run_id, {
-            "sampling": settings.sampling.kind, "seed": str(seed),
-            "primary_metric_name": settings.primary_metric_name,
-            "primary_metric_goal": settings.primary_metric_goal.value,
-            "max_total_runs": str(settings.max_total_runs), "max_concurrent_runs": str(settings.max_concurrent_runs),
-            "policy": type(settings.policy).__name__,
-        })
-        tracker.set_state(run_id, RunState.RUNNING)
-        return cls(experiment, run_id, settings, seed)
+        sweep = cls(experiment, run_id, settings, seed)
+        try:
+            tracker.log_text(run_id, json.dumps(described, indent=2), "hyperdrive/settings.json")
+            tracker.log_params(run_id, {
+                "sampling": settings.sampling.kind, "seed": str(seed),
+                "primary_metric_name": settings.primary_metric_name,
+                "primary_metric_goal": settings.primary_metric_goal.value,
+                "max_total_runs": str(settings.max_total_runs),
+                "max_concurrent_runs": str(settings.max_concurrent_runs),
+                "policy": type(settings.policy).__name__,
+            })
+            tracker.set_state(run_id, RunState.RUNNING)
+        except BaseException as exc:
+            sweep.end_early(exc)
+            raise
+        return sweep
 
     @classmethod
     def load(cls, experiment: Experiment, parent_run_id: str) -> Sweep:
@@ -217,6 +227,19 @@ class Sweep:
             policy_from_dict(described["policy"]),
         )
         return cls(experiment, parent_run_id, settings, int(tags[Tags.SWEEP_SEED]))
+
+    def end_early(self, error: BaseException) -> None:
+        """End the parent Failed with ``error`` (Canceled for an interrupt such as a task kill), unless
+        it has ended already. Never raises: the caller raises ``error``.
+
+        :param error: what stopped the sweep.
+        """
+        state = RunState.FAILED if isinstance(error, Exception) else RunState.CANCELED
+        try:
+            if not self.state().is_terminal:
+                self.finish(state, error=f"{type(error).__name__}: {error}")
+        except Exception as exc:  # MLflow is gone too: the caller's error says more
+            log.warning("Ending sweep %s after %s: %s", self.parent_run_id, type(error).__name__, exc)
 
     def _check_same_settings(self, settings: SweepSettings) -> None:
         """Refuse to resume with other settings than the sweep started with (they would be ignored)."""
@@ -281,7 +304,7 @@ class Sweep:
         sampler = self.settings.sampling.sampler(self.seed, self.settings.primary_metric_goal)
         plans = []
         for index in range(self.settings.max_total_runs):
-            values = sampler.suggest(index)
+            values = draw_trial(sampler, self.settings.sampling, index)
             if values is None:
                 break
             plans.append(self.plan(index, values))
@@ -347,7 +370,7 @@ class Sweep:
                                      include_canceled=include_canceled)
         return ranked[0] if ranked else None
 
-    def finish(self, state: RunState | None = None, stopped: str | None = None) -> RunState:
+    def finish(self, state: RunState | None = None, stopped: str | None = None, error: str | None = None) -> RunState:
         """Record the best trial on the parent and end it.
 
         Completed when any trial completed (or ``state`` when given), else Failed. A sweep that has
@@ -355,6 +378,7 @@ class Sweep:
 
         :param state: force this terminal state (e.g. Canceled).
         :param stopped: why the sweep stopped before its last trial (e.g. its time limit).
+        :param error: the parent's error message (default for Failed: no trial completed, or ran).
         """
         current = self.state()
         if current.is_terminal:
@@ -370,7 +394,9 @@ class Sweep:
             tags[Tags.SWEEP_BEST_HYPERPARAMETERS] = json.dumps(best.hyperparameters)
         if stopped:
             tags[Tags.SWEEP_STOPPED] = stopped
-        if state is RunState.FAILED:
+        if error is not None:
+            tags[Tags.ERROR] = error
+        elif state is RunState.FAILED:
             tags[Tags.ERROR] = "no trial completed" if results else "no trial ran"
         counts: dict[str, int] = {}
         for result in results:
@@ -411,8 +437,13 @@ def plan_sweep(experiment: Experiment, sampling: ParameterSampling, primary_metr
     settings = validate_sweep_settings(sampling, primary_metric_name, primary_metric_goal, max_total_runs, None,
                                        None, policy, "plan_sweep")
     _refuse_adaptive(settings.sampling)  # before a parent run exists
+    experiment.tracker.check_reachable()
     sweep = Sweep.start(experiment, settings, run_key, run_name, tags)
-    return [plan.to_dict() for plan in sweep.plan_all()]
+    try:
+        return [plan.to_dict() for plan in sweep.plan_all()]
+    except BaseException as exc:  # never leave the parent Running
+        sweep.end_early(exc)
+        raise
 
 
 def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
@@ -422,6 +453,7 @@ def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
     :param parent_run_id: the parent run id (every :class:`TrialPlan` carries it).
     :return: the parent's status, the best trial and every trial's result.
     """
+    experiment.tracker.check_reachable()
     sweep = Sweep.load(experiment, parent_run_id)
     state = sweep.state()
     if not state.is_terminal:
@@ -431,6 +463,26 @@ def finish_sweep(experiment: Experiment, parent_run_id: str) -> dict[str, Any]:
             "primary_metric_name": sweep.settings.primary_metric_name,
             "best_run": None if best is None else best.to_dict(),
             "trials": [r.to_dict() for r in sweep.results()]}
+
+
+def draw_trial(sampler: TrialSampler, sampling: ParameterSampling, index: int) -> Hyperparameters | None:
+    """The values ``sampler`` draws for trial ``index``; a sampler that fails is a configuration error
+    (the sweep's seed draws the same values again, so a retry cannot help).
+
+    :param sampler: the sweep's sampler.
+    :param sampling: the sampling it was made from (named in the error).
+    :param index: the trial's index.
+    :raises ConfigurationError: naming the search space and the sampler's error.
+    """
+    try:
+        return sampler.suggest(index)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{type(sampling).__name__}.parameter_space",
+            f"drawing the hyperparameters of trial {index} failed: {type(exc).__name__}: {exc}.",
+            "fix the search space (a retry draws the same values again from the sweep's seed).") from exc
 
 
 def _refuse_adaptive(sampling: ParameterSampling) -> None:
