@@ -231,7 +231,7 @@ def test_no_regex_of_the_package_anchors_with_dollar() -> None:
         ("airflow_provider.core.snapshot", "_HEX64", "a" * 64 + "\n"),
         ("airflow_provider.compat.azureml.run", "_MODEL_NAME", "model\n"),
         ("airflow_provider.compat.azureml.run", "_CHILD_ID", "child\n"),
-        ("airflow_provider.hooks.docker_options", "_HOSTNAME", "docker.example.com\n"),
+        ("airflow_provider.hooks.docker_tls", "_HOSTNAME", "docker.example.com\n"),
         ("airflow_provider.hooks.docker_options", "_BYTES", "2g\n"),
     ],
 )
