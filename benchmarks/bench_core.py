@@ -56,22 +56,22 @@ from airflow_provider.core import submit as submit_module
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import EnvironmentCache
-from airflow_provider.core.events import (
+from airflow_provider.core.relay import EventRelay
+from airflow_provider.core.snapshot import SnapshotStore
+from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.targets.base import JobHandle
+from airflow_provider.core.targets.local import LocalTarget
+from airflow_provider.core.tracking import Tracker
+from airflow_provider.core.watcher import RunWatcher
+from airflow_provider.runtime import job_runner
+from airflow_provider.runtime.events import (
     EVENTS_FILE_VARIABLE,
     UPLOADS_DIR_VARIABLE,
     MetricEvent,
     decode_event,
     split_complete_lines,
 )
-from airflow_provider.core.relay import EventRelay
-from airflow_provider.core.run_context import Run as RunContext
-from airflow_provider.core.snapshot import SnapshotStore
-from airflow_provider.core.submit import Experiment, ScriptRun
-from airflow_provider.core.targets import job_runner
-from airflow_provider.core.targets.base import JobHandle
-from airflow_provider.core.targets.local import LocalTarget
-from airflow_provider.core.tracking import Tracker
-from airflow_provider.core.watcher import RunWatcher
+from airflow_provider.runtime.run_context import Run as RunContext
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -671,12 +671,11 @@ def probe(pythonpath: str | None, cwd: Path) -> dict[str, Any]:
 
 
 def write_runtime(folder: Path) -> bool:
-    """Write the run-context package exactly as a job gets it; False when submit has no such helper."""
-    runtime_files = getattr(submit_module, "_runtime_files", None)
-    if runtime_files is None:
-        return False
-    for relative, content in runtime_files().items():
-        path = folder / Path(relative).relative_to(submit_module.RUNTIME_DIR)
+    """Write the run-context package exactly as a job gets it (``runtime.job_files()``)."""
+    from airflow_provider import runtime
+
+    for relative, content in runtime.job_files().items():
+        path = folder / Path(relative).relative_to(runtime.RUNTIME_DIR)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     return True
@@ -689,7 +688,7 @@ def bench_import(work: Path, settings: Settings) -> dict[str, Any]:
     ``airflow_provider.core``; the package's ``__getattr__`` imports ``run_context`` with
     ``importlib.import_module``, which bypasses the interpreter's C-level import timer. So
     ``run_context`` gets no line of its own, and the modules it imports (``shutil``, ``threading``,
-    ``pathlib``, ``airflow_provider.core.events``, ...) appear as top-level entries instead of
+    ``pathlib``, ``airflow_provider.runtime.events``, ...) appear as top-level entries instead of
     under it. Summing only the ``airflow_provider*`` top-level lines would therefore miss them.
     We sum the cumulative time of every top-level entry that ``python -c pass`` does not have
     (everything the statement imported, each counted once, children included). ``run_context``'s

@@ -48,7 +48,7 @@ def _open_runs(database: Path) -> list[str]:
 def _live_runner_pids(state: Path) -> list[int]:
     import json
 
-    from airflow_provider.core.targets import job_runner
+    from airflow_provider.runtime import job_runner
 
     alive = []
     for runner_state in state.glob("local/jobs/*/runner.json"):

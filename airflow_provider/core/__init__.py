@@ -26,9 +26,9 @@ if TYPE_CHECKING:
         TrackingError,
         TrainingRunError,
     )
-    from airflow_provider.core.run_context import Run
     from airflow_provider.core.submit import Experiment, ScriptRun
     from airflow_provider.core.tracking import RunState
+    from airflow_provider.runtime.run_context import Run
 
 __all__ = [
     "ConfigurationError",
@@ -53,7 +53,7 @@ _WHERE = {
     "Environment": "environment",
     "Experiment": "submit",
     "ScriptRun": "submit",
-    "Run": "run_context",
+    "Run": "airflow_provider.runtime.run_context",
     "RunState": "tracking",
     "MpiConfiguration": "distributed",
     "PyTorchConfiguration": "distributed",
@@ -71,7 +71,7 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'airflow_provider.core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"airflow_provider.core.{module}"), name)
+    value = getattr(importlib.import_module(module if "." in module else f"airflow_provider.core.{module}"), name)
     globals()[name] = value
     return value
 

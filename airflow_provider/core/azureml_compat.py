@@ -2,6 +2,7 @@
 
 With the flag on (``ScriptRunConfig.azureml_compat``, ``Environment.azureml_compat`` or
 ``SubmitTrainingRunOperator(azureml_compat=True)``), the job's ``runtime/`` folder also holds
+(:func:`airflow_provider.runtime.job_files`)
 
 * ``runtime/airflow_provider/compat/azureml/``: the v1 ``Run`` mapped onto our run context
   (standard library only, like the run context);
@@ -20,25 +21,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 __all__ = [
-    "COMPAT_PATH_DIR",
     "azureml_module_hint",
     "azureml_variables",
-    "compat_runtime_files",
     "expand_arguments",
 ]
 
-COMPAT_PATH_DIR = "azureml_compat"
-"""Folder under the job's ``runtime/`` that holds the ``azureml`` package (on ``PYTHONPATH``)."""
 
 SECRET_NAMES_VARIABLE = "TRAINING_RUN_SECRET_NAMES"
 """Comma-separated names of the run's secret variables, which ``run.get_secret(name)`` serves."""
 
 _MISSING_AZUREML = re.compile(r"No module named '?azureml(\.core)?'?(\s|\Z)")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-_COMPAT_SOURCE = Path(__file__).resolve().parent.parent / "compat" / "azureml"
 
 HINT = (
     "the script imports azureml (Azure ML v1 SDK), which its environment does not have: set "
@@ -94,20 +89,3 @@ def expand_arguments(arguments: list[str], variables: Mapping[str, str]) -> list
         return variables.get(name, match.group(0))
 
     return [_VARIABLE.sub(replace, argument) if "$" in argument else argument for argument in arguments]
-
-
-def compat_runtime_files(runtime_dir: str) -> dict[str, bytes]:
-    """The files the job needs for the compatibility layer, by their path in the job folder.
-
-    :param runtime_dir: the job's runtime folder name (``runtime``).
-    """
-    files: dict[str, bytes] = {
-        f"{runtime_dir}/airflow_provider/compat/__init__.py": b"",
-    }
-    for path in sorted(_COMPAT_SOURCE.rglob("*.py")):
-        relative = path.relative_to(_COMPAT_SOURCE).as_posix()
-        if relative.startswith("shim/"):
-            files[f"{runtime_dir}/{COMPAT_PATH_DIR}/{relative[len('shim/'):]}"] = path.read_bytes()
-        else:
-            files[f"{runtime_dir}/airflow_provider/compat/azureml/{relative}"] = path.read_bytes()
-    return files

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.runtime import LAUNCHER_MODULE
 
 __all__ = [
     "LAUNCHER_MODULE",
@@ -19,9 +20,6 @@ __all__ = [
     "distributed_config_from_dict",
     "launch_command",
 ]
-
-LAUNCHER_MODULE = "training_runs_launcher"
-"""The per-rank wrapper in the job's runtime folder (see :mod:`airflow_provider.core.rank_launcher`)."""
 
 
 def _require_positive_int(owner: str, name: str, value: object, minimum: int = 1) -> None:

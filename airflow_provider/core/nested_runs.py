@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import posixpath
 
-from airflow_provider.core.events import ChildRunEvent, EndRunEvent, ModelEvent
 from airflow_provider.core.tracking import RunState, Tags, Tracker
+from airflow_provider.runtime.events import ChildRunEvent, EndRunEvent, ModelEvent
 
 __all__ = ["ChildRuns", "artifact_exists", "register_model"]
 

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.collect import UNREADABLE_ERRORS
-from airflow_provider.core.events import (
+from airflow_provider.core.nested_runs import ChildRuns, artifact_exists, register_model
+from airflow_provider.core.run_warnings import RunWarnings
+from airflow_provider.core.targets.base import ComputeTarget, JobHandle
+from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker, is_refusal
+from airflow_provider.runtime.events import (
     ChildRunEvent,
     EndRunEvent,
     Event,
@@ -43,10 +47,6 @@ from airflow_provider.core.events import (
     split_complete_lines,
     valid_name,
 )
-from airflow_provider.core.nested_runs import ChildRuns, artifact_exists, register_model
-from airflow_provider.core.run_warnings import RunWarnings
-from airflow_provider.core.targets.base import ComputeTarget, JobHandle
-from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker, is_refusal
 
 __all__ = ["EventRelay"]
 

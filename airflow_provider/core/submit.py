@@ -9,7 +9,6 @@ Finalizing, Completed | Failed | Canceled).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -20,17 +19,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from airflow_provider.core import events as events_module
-from airflow_provider.core import rank_launcher
-from airflow_provider.core import run_context as run_context_module
-from airflow_provider.core.azureml_compat import (
-    COMPAT_PATH_DIR,
-    azureml_variables,
-    compat_runtime_files,
-    expand_arguments,
-)
+from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
-from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
 from airflow_provider.core.git import read_git_state
@@ -38,10 +28,12 @@ from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec, JobStatus
-from airflow_provider.core.targets.job_runner import RANKS_DIR
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.variables import validate_variables
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
+from airflow_provider.runtime import COMPAT_PATH_DIR, RUNTIME_DIR, job_files, rank_launcher
+from airflow_provider.runtime import events as events_module
+from airflow_provider.runtime.job_runner import RANKS_DIR
 
 if TYPE_CHECKING:
     from airflow_provider.core.hyperdrive import HyperDriveConfig, HyperDriveRun
@@ -50,8 +42,6 @@ __all__ = ["Experiment", "ScriptRun", "StagedRun"]
 
 log = logging.getLogger(__name__)
 
-RUNTIME_DIR = "runtime"
-"""Folder of the job that holds the run-context package, put on the job's ``PYTHONPATH``."""
 
 
 class Experiment:
@@ -174,7 +164,7 @@ class Experiment:
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             })
-            handle = target.stage(run_id, snapshot, store, _runtime_files(resolved.azureml_compat), prepared)
+            handle = target.stage(run_id, snapshot, store, job_files(resolved.azureml_compat), prepared)
             spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables)
         except BaseException as exc:
             self._fail_before_start(run_id, target, handle, exc)
@@ -537,29 +527,6 @@ def _with_azureml_compat(resolved: ResolvedRunConfig, env: dict[str, str], runti
     if command is not None and command[:2] != ["/bin/sh", "-c"]:  # a shell command line expands itself
         command = expand_arguments(command, visible)
     return dataclasses.replace(resolved, arguments=expand_arguments(resolved.arguments, visible), command=command)
-
-
-def _runtime_files(azureml_compat: bool = False) -> dict[str, bytes]:
-    """The run-context package the job imports (``from airflow_provider.core import Run``), and
-    with ``azureml_compat`` the Azure ML v1 compatibility layer (read from disk once per process)."""
-    return dict(_runtime_sources(azureml_compat))
-
-
-@functools.cache
-def _runtime_sources(azureml_compat: bool) -> tuple[tuple[str, bytes], ...]:
-    package = f"{RUNTIME_DIR}/airflow_provider"
-    launcher = Path(rank_launcher.__file__).read_bytes()
-    files = {
-        f"{package}/__init__.py": b"",
-        f"{package}/core/__init__.py": b'from airflow_provider.core.run_context import Run\n__all__ = ["Run"]\n',
-        f"{package}/core/run_context.py": Path(run_context_module.__file__).read_bytes(),
-        f"{package}/core/events.py": Path(events_module.__file__).read_bytes(),
-        f"{package}/core/rank_launcher.py": launcher,
-        f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": launcher,
-    }
-    if azureml_compat:
-        files.update(compat_runtime_files(RUNTIME_DIR))
-    return tuple(files.items())
 
 
 def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarget) -> None:

@@ -23,9 +23,9 @@ from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.collect import is_plain_file, uploadable_files
 from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
-from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal
+from airflow_provider.runtime import job_runner
 
 __all__ = ["OutputSink", "RunMonitor", "RunWatcher", "final_state"]
 

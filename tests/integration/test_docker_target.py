@@ -131,8 +131,8 @@ def test_a_container_that_cannot_start_fails_before_running(target: DockerTarget
 
 def test_reading_a_container_that_stopped_since_the_last_poll_reads_its_filesystem(target: DockerTarget) -> None:
     """The race CI once hit: the container ends between the poll that saw it running and the read."""
-    from airflow_provider.core.targets import job_runner
     from airflow_provider.core.targets.base import JobHandle
+    from airflow_provider.runtime import job_runner
 
     log = f"/job/{job_runner.DRIVER_LOG}"
     container = target.client.containers.run(

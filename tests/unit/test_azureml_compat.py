@@ -15,7 +15,7 @@ import pytest
 from airflow_provider.compat.azureml import shim_path
 from airflow_provider.core import ConfigurationError, Environment, ScriptRunConfig
 from airflow_provider.core.azureml_compat import HINT, azureml_module_hint, expand_arguments
-from airflow_provider.core.events import (
+from airflow_provider.runtime.events import (
     ChildRunEvent,
     EndRunEvent,
     FileEvent,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider.core.events import (
+from airflow_provider.runtime.events import (
     FileEvent,
     MetricEvent,
     RowEvent,
@@ -19,7 +19,7 @@ from airflow_provider.core.events import (
     encode_event,
     split_complete_lines,
 )
-from airflow_provider.core.run_context import Run
+from airflow_provider.runtime.run_context import Run
 
 EVENTS = [
     MetricEvent("loss", 0.25, 3, 1_700_000_000_123),

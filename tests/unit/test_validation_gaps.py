@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from airflow_provider.core import ConfigurationError, Environment, Experiment, ScriptRunConfig, errors
-from airflow_provider.core.events import valid_name
 from airflow_provider.core.hyperdrive import (
     HyperDriveConfig,
     RandomParameterSampling,
@@ -26,7 +25,8 @@ from airflow_provider.core.hyperdrive import (
     uniform,
 )
 from airflow_provider.core.hyperdrive.parameter_expressions import Quantized
-from airflow_provider.core.run_context import Run
+from airflow_provider.runtime.events import valid_name
+from airflow_provider.runtime.run_context import Run
 from tests.helpers import write_script
 
 PACKAGE = Path(__file__).resolve().parents[2] / "airflow_provider"

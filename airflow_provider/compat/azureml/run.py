@@ -38,8 +38,8 @@ from collections.abc import Iterable, Mapping
 from itertools import count
 from typing import IO, Any
 
-from airflow_provider.core.events import ChildRunEvent, EndRunEvent, ModelEvent, encode_event
-from airflow_provider.core.run_context import Run as _ContextRun
+from airflow_provider.runtime.events import ChildRunEvent, EndRunEvent, ModelEvent, encode_event
+from airflow_provider.runtime.run_context import Run as _ContextRun
 
 __all__ = ["Experiment", "Model", "Run", "UnsupportedV1API", "unsupported_name"]
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import ConfigurationError
-from airflow_provider.core.events import valid_name
 from airflow_provider.core.hyperdrive.policies import EarlyTerminationPolicy, NoTerminationPolicy
 from airflow_provider.core.hyperdrive.sampling import (
     Hyperparameters,
@@ -22,6 +21,7 @@ from airflow_provider.core.hyperdrive.sampling import (
     PrimaryMetricGoal,
     argument_name,
 )
+from airflow_provider.runtime.events import valid_name
 
 __all__ = ["HyperDriveConfig", "SweepSettings", "trial_arguments", "trial_run_config"]
 

@@ -5,9 +5,9 @@ detached (see :mod:`job_runner`), and then answers a watcher that may come and g
 id, poll it, read its driver log and events from a byte offset, fetch files, cancel, clean up.
 Everything else (validation, MLflow, relaying, finalizing) lives once in :mod:`submit`.
 
-Job folder layout on every target (names from :mod:`job_runner`)::
-
-    <job_id>/job.json  runner.json  exit.json  driver.log  events.jsonl  uploads/  work/
+The job folder is the same on every target; its files and formats are described once, in
+:mod:`airflow_provider.runtime`, and read through :mod:`~airflow_provider.runtime.job_runner`'s
+typed records (:class:`~airflow_provider.runtime.job_runner.JobJson`, ``ExitJson``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
-from airflow_provider.core.targets import job_runner
+from airflow_provider.runtime import job_runner
 
 __all__ = ["Channel", "ComputeTarget", "JobHandle", "JobSpec", "JobState", "JobStatus", "check_job_id",
            "job_dir_under"]
@@ -87,7 +87,7 @@ class JobSpec:
     grace_seconds: float = 10.0
     secret_names: tuple[str, ...] = ()
 
-    def to_job_json(self, with_secrets: bool = True) -> dict[str, Any]:
+    def to_job_json(self, with_secrets: bool = True) -> job_runner.JobJson:
         """The runner's ``job.json``.
 
         :param with_secrets: False leaves the secret values out (a node of a multi-node run that
@@ -165,7 +165,7 @@ class JobStatus:
         return cls(data["state"], message=data.get("message", ""))
 
     @classmethod
-    def from_exit_json(cls, data: dict[str, Any]) -> JobStatus:
+    def from_exit_json(cls, data: job_runner.ExitJson) -> JobStatus:
         """Build from the runner's ``exit.json``.
 
         :param data: the parsed file.

@@ -28,9 +28,9 @@ from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
-from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
+from airflow_provider.runtime import host_files, job_runner
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
 
@@ -185,7 +185,7 @@ class DockerTarget(ComputeTarget):
                 info.mode = 0o755 if entry.executable else 0o644
                 with open(store.blob_path(entry.digest), "rb") as blob:
                     tar.addfile(info, blob)
-            runner = Path(job_runner.__file__).read_bytes()
+            runner = host_files()["job_runner.py"]
             for relative, content in {**extras, "job_runner.py": runner}.items():
                 info = tarfile.TarInfo(f"job/{relative}")
                 info.size = len(content)

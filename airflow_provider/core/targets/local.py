@@ -21,7 +21,6 @@ from airflow_provider.core.environment_cache import EnvironmentCache, PreparedEn
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.paths import private_folder, state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
-from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import (
     Channel,
     ComputeTarget,
@@ -31,6 +30,7 @@ from airflow_provider.core.targets.base import (
     check_job_id,
     job_dir_under,
 )
+from airflow_provider.runtime import job_runner
 
 __all__ = ["LocalTarget"]
 

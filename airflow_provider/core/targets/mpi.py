@@ -25,9 +25,9 @@ from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment
 from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
-from airflow_provider.core.targets import job_runner
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.ssh import SSHTarget
+from airflow_provider.runtime import job_runner
 
 __all__ = ["SECRETS_VARIABLE", "MPITarget"]
 

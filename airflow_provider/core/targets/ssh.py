@@ -33,7 +33,6 @@ from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildErr
 from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
-from airflow_provider.core.targets import job_runner, remote_agent
 from airflow_provider.core.targets.base import (
     Channel,
     ComputeTarget,
@@ -44,6 +43,7 @@ from airflow_provider.core.targets.base import (
     job_dir_under,
 )
 from airflow_provider.core.targets.ssh_connection import SSHConnection, SSHSettings
+from airflow_provider.runtime import host_files, host_files_version, job_runner
 
 __all__ = ["SECRETS_VARIABLE", "SSHTarget"]
 
@@ -464,8 +464,5 @@ def _makedirs(sftp: Any, path: str) -> None:
             sftp.mkdir(current, 0o700)
 
 
-_RUNTIME_FILES: dict[str, bytes] = {
-    "remote_agent.py": Path(remote_agent.__file__).read_bytes(),
-    "job_runner.py": Path(job_runner.__file__).read_bytes(),
-}
-_RUNTIME_VERSION = hashlib.sha256(b"".join(_RUNTIME_FILES.values())).hexdigest()[:16]
+_RUNTIME_FILES = host_files()
+_RUNTIME_VERSION = host_files_version()

@@ -22,7 +22,7 @@ from itertools import count
 from pathlib import Path
 from typing import IO, Any
 
-from airflow_provider.core.events import (
+from airflow_provider.runtime.events import (
     EVENTS_FILE_VARIABLE,
     MAX_EVENT_BYTES,
     UPLOADS_DIR_VARIABLE,
@@ -36,7 +36,7 @@ from airflow_provider.core.events import (
     is_reserved_tag,
     valid_name,
 )
-from airflow_provider.core.rank_launcher import current_rank
+from airflow_provider.runtime.rank_launcher import current_rank
 
 __all__ = ["Run"]
 

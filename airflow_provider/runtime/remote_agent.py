@@ -27,10 +27,11 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 try:
-    from airflow_provider.core.targets import job_runner
+    from airflow_provider.runtime import job_runner
 except ImportError:  # on the remote host: a plain file copied next to this one
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import job_runner  # type: ignore[no-redef]
@@ -395,6 +396,22 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
     return evicted
 
 
+_OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "hello": op_hello,
+    "which": op_which,
+    "missing": op_missing,
+    "launch": op_launch,
+    "materialize": op_materialize,
+    "append_once": op_append_once,
+    "stop_strays": op_stop_strays,
+    "poll": op_poll,
+    "cancel": op_cancel,
+    "cleanup": op_cleanup,
+    "env": op_env,
+}
+"""The agent's operations by name (``put_blobs`` and ``pack`` carry payloads: :func:`serve`)."""
+
+
 def serve(source: IO[bytes], sink: IO[bytes]) -> int:
     """Answer requests until end of input: one JSON line each (``op``, ``payload_size`` and the
     operation's fields) followed by ``payload_size`` bytes; each answer is a JSON line (``ok``,
@@ -415,7 +432,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> int:
                 answer = {"missing": packed is None}
                 data = packed or b""
             else:
-                handler = globals().get(f"op_{operation}")
+                handler = _OPERATIONS.get(operation)
                 if handler is None:
                     raise ValueError(f"unknown operation {operation!r}")
                 answer = handler(request)

@@ -25,10 +25,42 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, TypedDict, cast  # noqa: UP035 - evaluated on Python 3.9
 
-if TYPE_CHECKING:
-    from typing import Any
+
+class JobJson(TypedDict, total=False):
+    """``job.json``: what to run (written by the submitting side, read once by the supervisor)."""
+
+    argv: List[str]  # noqa: UP006
+    env: Dict[str, str]  # noqa: UP006
+    secret_env: List[str]  # noqa: UP006 - names in env whose values are removed once read
+    unset_env: List[str]  # noqa: UP006
+    path_prepend: List[str]  # noqa: UP006
+    max_run_duration_seconds: Optional[float]  # noqa: UP045
+    grace_seconds: float
+    cwd: str
+
+
+class RunnerJson(TypedDict, total=False):
+    """``runner.json``: the supervisor, and once started the command (pids, start ticks)."""
+
+    runner_pid: int
+    runner_start_ticks: Optional[int]  # noqa: UP045
+    child_pid: int
+    child_pgid: int
+    child_start_ticks: Optional[int]  # noqa: UP045
+    started_at: float
+
+
+class ExitJson(TypedDict, total=False):
+    """``exit.json``: how the job ended, written atomically last."""
+
+    exit_code: Optional[int]  # noqa: UP045
+    signal: Optional[int]  # noqa: UP045
+    reason: str  # REASON_EXITED, REASON_TIMEOUT, REASON_CANCELED or REASON_LAUNCH_FAILED
+    message: str
+    ended_at: float
 
 JOB_SPEC = "job.json"
 RUNNER_STATE = "runner.json"
@@ -55,7 +87,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def write_json_atomically(path: str, data: dict[str, Any]) -> None:
+def write_json_atomically(path: str, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     temporary = f"{path}.tmp.{os.getpid()}"
     with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
@@ -114,7 +146,7 @@ def tree_members(root_pid: int, group: int) -> set[int]:
     return members
 
 
-def stop_orphaned_command(state: dict[str, Any], grace_seconds: float) -> str:
+def stop_orphaned_command(state: RunnerJson, grace_seconds: float) -> str:
     """Stop the command of a job whose supervisor is gone, if it still runs (same start time).
 
     :return: a note for the status message ("" when there was nothing to stop).
@@ -138,6 +170,21 @@ def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
             if not members:
                 return
             time.sleep(0.05)
+
+
+def read_job_json(job_dir: str) -> JobJson | None:
+    """The job folder's ``job.json`` (None when missing or half-written)."""
+    return cast(Optional[JobJson], read_json(os.path.join(job_dir, JOB_SPEC)))  # noqa: UP045
+
+
+def read_runner_json(job_dir: str) -> RunnerJson | None:
+    """The job folder's ``runner.json`` (None when missing or half-written)."""
+    return cast(Optional[RunnerJson], read_json(os.path.join(job_dir, RUNNER_STATE)))  # noqa: UP045
+
+
+def read_exit_json(job_dir: str) -> ExitJson | None:
+    """The job folder's ``exit.json`` (None while the job has not ended)."""
+    return cast(Optional[ExitJson], read_json(os.path.join(job_dir, EXIT_STATE)))  # noqa: UP045
 
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -164,7 +211,7 @@ def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
     exit_path = os.path.join(job_dir, EXIT_STATE)
     if os.path.exists(exit_path) or not os.path.isdir(job_dir):
         return  # ended, or never staged here: nothing to stop
-    state = read_json(os.path.join(job_dir, RUNNER_STATE)) or {}
+    state: RunnerJson = read_runner_json(job_dir) or {}
     runner_pid = state.get("runner_pid")
     if runner_pid and is_alive(int(runner_pid), state.get("runner_start_ticks")):
         os.kill(int(runner_pid), signal.SIGTERM)  # the runner stops the tree and writes exit.json
@@ -223,19 +270,19 @@ def job_state(job_dir: str) -> dict[str, Any]:
     """How the job in ``job_dir`` is doing, on the machine where it runs: ``{"state": "ended",
     "exit": <exit.json>}``, ``running``, ``not_found``, or ``lost`` with a ``message``. A
     supervisor that died (OOM killer, kill -9) leaves its command stopped and the job lost."""
-    exit_state = read_json(os.path.join(job_dir, EXIT_STATE))
+    exit_state = read_exit_json(job_dir)
     if exit_state is not None:
         return {"state": "ended", "exit": exit_state}
     if not os.path.isdir(job_dir):
         return {"state": "not_found"}
-    state = read_json(os.path.join(job_dir, RUNNER_STATE))
+    state = read_runner_json(job_dir)
     if state is None:
         if os.path.exists(os.path.join(job_dir, LAUNCH_MARKER)):
             return {"state": "running"}  # a launch is starting it right now
         return {"state": "lost", "message": "the job was staged but its supervisor never started"}
     if is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
         return {"state": "running"}
-    exit_state = read_json(os.path.join(job_dir, EXIT_STATE))  # it may have just finished
+    exit_state = read_exit_json(job_dir)  # it may have just finished
     if exit_state is not None:
         return {"state": "ended", "exit": exit_state}
     stopped = stop_orphaned_command(state, grace_seconds=5)
@@ -248,7 +295,7 @@ class JobRunner:
     def __init__(self, job_dir: str) -> None:
         self.job_dir = os.path.abspath(job_dir)
         with open(os.path.join(self.job_dir, JOB_SPEC)) as handle:
-            self.spec: dict[str, Any] = json.load(handle)
+            self.spec: JobJson = json.load(handle)
         self._remove_secrets_from_spec_file()
         self.stop_reason: str | None = None
         self.child: subprocess.Popen[bytes] | None = None
