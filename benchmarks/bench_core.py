@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, an
 
 from airflow_provider.core import submit as submit_module
 from airflow_provider.core.config import ScriptRunConfig
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import EnvironmentCache
+from airflow_provider.core.environments.local_cache import EnvironmentCache
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.submit import Experiment, ScriptRun

@@ -54,7 +54,7 @@ def _image_cache(experiment: Any, source: Path, target: Any, scratch: Path) -> N
     import zipfile
 
     from airflow_provider.core import Environment, ScriptRunConfig
-    from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
+    from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 
     wheel = scratch / "benchpkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:

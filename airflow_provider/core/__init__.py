@@ -17,7 +17,7 @@ if TYPE_CHECKING:
         PyTorchConfiguration,
         TensorflowConfiguration,
     )
-    from airflow_provider.core.environment import Environment
+    from airflow_provider.core.environments.spec import Environment
     from airflow_provider.core.errors import (
         ConfigurationError,
         EnvironmentBuildError,
@@ -50,10 +50,10 @@ __all__ = [
 
 _WHERE = {
     "ScriptRunConfig": "config",
-    "Environment": "environment",
+    "Environment": "airflow_provider.core.environments.spec",
     "Experiment": "submit",
     "ScriptRun": "submit",
-    "Run": "airflow_provider.runtime.run_context",
+    "Run": "run_context",
     "RunState": "tracking",
     "MpiConfiguration": "distributed",
     "PyTorchConfiguration": "distributed",

@@ -22,7 +22,7 @@ from airflow_provider.core.distributed import (
     TensorflowConfiguration,
     launch_command,
 )
-from airflow_provider.core.environment import Environment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.variables import validate_variables
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
-from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
 from airflow_provider.core.git import read_git_state
 from airflow_provider.core.paths import state_dir

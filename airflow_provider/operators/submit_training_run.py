@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.distributed import DistributedConfig
-from airflow_provider.core.environment import Environment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive.config import trial_run_config

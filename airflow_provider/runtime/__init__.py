@@ -13,6 +13,7 @@ remote_agent  the SSH/MPI hosts' helper (``python3 remote_agent.py serve``)
 run_context   ``Run.get_context()`` / ``run.log(...)`` for training scripts
 events        the events file's line format, shared by the script side and the watcher
 rank_launcher the per-rank wrapper of distributed runs (``python -m training_runs_launcher``)
+venv_builder  the one builder of virtual environments (this machine's cache and the hosts' agent)
 ============  ============================================================================
 
 What travels, and how: :func:`host_files` (the supervisor and the agent, copied once per version
@@ -61,9 +62,10 @@ COMPAT_PATH_DIR = "azureml_compat"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE = os.path.dirname(_HERE)
+_HOST_MODULES = ("remote_agent.py", "job_runner.py", "venv_builder.py")
 _JOB_MODULES = ("__init__.py", "events.py", "run_context.py", "rank_launcher.py")
 _CORE_STAND_IN = (b'"""In a job only ``Run`` is here: the rest of the core stays on the submitting side."""\n'
-                  b"from airflow_provider.runtime.run_context import Run\n__all__ = [\"Run\"]\n")
+                  b"from airflow_provider.core.run_context import Run\n__all__ = [\"Run\"]\n")
 
 
 def _read(path: str) -> bytes:
@@ -73,12 +75,13 @@ def _read(path: str) -> bytes:
 
 @functools.cache
 def _host_files() -> tuple[tuple[str, bytes], ...]:
-    return tuple((name, _read(os.path.join(_HERE, name))) for name in ("remote_agent.py", "job_runner.py"))
+    return tuple((name, _read(os.path.join(_HERE, name))) for name in _HOST_MODULES)
 
 
 def host_files() -> dict[str, bytes]:
-    """The supervisor and the remote agent, by file name: copied to a host once per version (see
-    :func:`host_files_version`), or into each job's container. Both run as plain files."""
+    """The supervisor, the remote agent and the venv builder it uses, by file name: copied to a host
+    once per version (see :func:`host_files_version`); a container gets the supervisor. They run
+    as plain files."""
     return dict(_host_files())
 
 
@@ -93,6 +96,7 @@ def _job_files(azureml_compat: bool) -> tuple[tuple[str, bytes], ...]:
     files = {
         f"{package}/__init__.py": b"",
         f"{package}/core/__init__.py": _CORE_STAND_IN,
+        f"{package}/core/run_context.py": _read(os.path.join(_PACKAGE, "core", "run_context.py")),
         **{f"{package}/runtime/{name}": _read(os.path.join(_HERE, name)) for name in _JOB_MODULES},
         f"{RUNTIME_DIR}/{LAUNCHER_MODULE}.py": _read(os.path.join(_HERE, "rank_launcher.py")),
     }

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,12 +30,12 @@ from collections.abc import Callable
 from typing import IO, Any
 
 try:
-    from airflow_provider.runtime import job_runner
-except ImportError:  # on the remote host: a plain file copied next to this one
+    from airflow_provider.runtime import job_runner, venv_builder
+except ImportError:  # on the remote host: plain files copied next to this one
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import job_runner  # type: ignore[no-redef]
+    import venv_builder  # type: ignore[no-redef]
 
-MARKER = ".training-runs-complete"
 KEPT_MARKER = ".kept"
 _LAUNCH_TIMEOUT_SECONDS = 30.0
 _GC_EVERY_SECONDS = 600.0
@@ -292,60 +291,28 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
             with contextlib.suppress(DamagedBlobError, FileNotFoundError):  # pip then names the missing file
                 _copy_verified(_blob_path(root, digest), temporary, digest)
                 os.replace(temporary, path)
-    fingerprint = hashlib.sha256(json.dumps({"python_version": sys.version, "requirements": requirements},
-                                            sort_keys=True).encode()).hexdigest()
+    fingerprint = request["fingerprint"]  # the client's environment_fingerprint: the same on every target
+    if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
+        raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
     envs = os.path.join(root, "envs")
     final = os.path.join(envs, fingerprint)
     python = os.path.join(final, "bin", "python")
-    if os.path.exists(os.path.join(final, MARKER)):
+    if venv_builder.is_built(final):
         os.utime(final)
         return {"fingerprint": fingerprint, "python": python, "built": False}
     os.makedirs(envs, exist_ok=True)
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(os.path.join(final, MARKER)):
+        if venv_builder.is_built(final):
             return {"fingerprint": fingerprint, "python": python, "built": False}
         log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
-        requirements_file = os.path.join(envs, f".req-{fingerprint}.txt")
-        with open(requirements_file, "w") as out:
-            out.write("\n".join(requirements) + "\n")
-        temporary = tempfile.mkdtemp(dir=envs, prefix=f".tmp-{fingerprint[:16]}-")
-        uv = op_hello({})["uv"]
-        if uv:  # relocatable: built aside, renamed into place
-            steps = [[uv, "venv", "--relocatable", "--python", sys.executable, temporary],
-                     [uv, "pip", "install", "--python", os.path.join(temporary, "bin", "python"),
-                      "-r", requirements_file]]
-            build_dir = temporary
-        else:  # venv scripts hold absolute paths: built in place, published by the marker
-            shutil.rmtree(temporary)
-            shutil.rmtree(final, ignore_errors=True)
-            steps = [[sys.executable, "-m", "venv", final],
-                     [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                      "-r", requirements_file]]
-            build_dir = final
-        ok = True
-        with open(log_path, "ab") as log:
-            for step in steps:
-                log.write(("$ " + " ".join(step) + "\n").encode())
-                log.flush()
-                try:
-                    completed = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               timeout=float(request.get("timeout", 1800)), check=False,
-                                               env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                                                    "UV_PYTHON_DOWNLOADS": "never"})
-                    ok = completed.returncode == 0
-                except subprocess.TimeoutExpired:
-                    log.write(b"timed out (build_timeout_seconds)\n")
-                    ok = False
-                if not ok:
-                    break
-        if not ok:
-            shutil.rmtree(build_dir, ignore_errors=True)
+        try:
+            with open(log_path, "ab") as log:
+                venv_builder.build_venv(final, requirements, sys.executable, op_hello({})["uv"], log,
+                                        float(request.get("timeout", 1800)), sys.version)
+        except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
-        open(os.path.join(build_dir, MARKER), "w").close()
-        if build_dir != final:
-            os.rename(build_dir, final)
         return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path}
 
 
@@ -380,7 +347,7 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
     envs_dir = os.path.join(root, "envs")
     if os.path.isdir(envs_dir):
         envs = sorted((os.stat(os.path.join(envs_dir, n)).st_mtime, n) for n in os.listdir(envs_dir)
-                      if os.path.exists(os.path.join(envs_dir, n, MARKER)))
+                      if venv_builder.is_built(os.path.join(envs_dir, n)))
         for _, name in envs[: max(0, len(envs) - env_max)]:
             shutil.rmtree(os.path.join(envs_dir, name), ignore_errors=True)
             evicted += 1

@@ -304,3 +304,7 @@ def _as_number(name: str, value: Any) -> float:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# Its public home (users import it from airflow_provider.core; the alias module is shipped too).
+Run.__module__ = "airflow_provider.core.run_context"

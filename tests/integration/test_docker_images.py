@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import ConfigurationError, Environment, EnvironmentBuildError, Experiment, ScriptRunConfig
+from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
-from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.tracking import Tags
 from tests.helpers import make_wheel, write_script
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -290,3 +291,30 @@ def test_caches_over_their_bounds_are_evicted_least_recently_used_first(ssh_loop
     blobs = [p for p in (root / "blobs").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in blobs) <= 1000, "the 50 kB blob was evicted"
     assert not old_job.exists(), "a kept folder past its age is removed"
+
+
+def test_one_environment_has_one_fingerprint_on_the_local_target_and_an_ssh_host(ssh_loopback: SSHHost,
+                                                                                   tmp_path: Path) -> None:
+    from airflow_provider.core.environments.local_cache import EnvironmentCache
+    from airflow_provider.core.targets.local import LocalTarget
+
+    interpreter = os.path.realpath(sys.executable)  # the same Python on both: one environment
+    wheel = make_wheel(tmp_path, "fppkg", "1.0", f"VALUE = 'fingerprint {uuid.uuid4().hex[:6]}'\n")
+    write_script(tmp_path / "src", """
+        import fppkg, sys
+        print(fppkg.VALUE, sys.prefix != sys.base_prefix)
+    """)
+    environment = Environment("same-everywhere")
+    environment.add_pip_package(str(wheel))
+    remote = SSHTarget(_target(ssh_loopback).settings, work_root=f"/tmp/training-runs-fp-{uuid.uuid4().hex[:8]}",
+                       python=interpreter)
+    targets = [LocalTarget(environment_cache=EnvironmentCache(base_python=interpreter)), remote]
+    fingerprints = []
+    for target in targets:
+        lines: list[str] = []
+        run = Experiment("fingerprints").submit(ScriptRunConfig(tmp_path / "src", "train.py", environment=environment,
+                                                                compute_target=target))
+        assert run.wait_for_completion(output=lines.append)["status"] == "Completed"
+        assert lines and lines[0].endswith("True"), lines
+        fingerprints.append(MlflowClient().get_run(run.id).data.tags[Tags.ENVIRONMENT_FINGERPRINT])
+    assert fingerprints[0] == fingerprints[1], "one environment got two fingerprints"

@@ -14,18 +14,18 @@ from typing import Literal, cast
 
 import pytest
 
-from airflow_provider.core import environment_cache
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import (
+from airflow_provider.core.environments import local_cache as environment_cache
+from airflow_provider.core.environments.local_cache import (
     EnvironmentCache,
     PreparedEnvironment,
     environment_fingerprint,
 )
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from tests.conftest import skip_or_fail
 from tests.helpers import make_wheel
 
-REPO_ROOT = Path(environment_cache.__file__).resolve().parents[2]
+REPO_ROOT = Path(environment_cache.__file__).resolve().parents[3]
 INSTALLERS = ["uv", "pip"]
 InstallerName = Literal["uv", "pip"]
 
@@ -254,8 +254,8 @@ def test_four_threads_build_exactly_once(
 PROCESS_SNIPPET = """
 import os, sys, time
 from pathlib import Path
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import EnvironmentCache
+from airflow_provider.core.environments.spec import Environment
+from airflow_provider.core.environments.local_cache import EnvironmentCache
 root, installer, go, requirement = sys.argv[1:]
 env = Environment("proc-env")
 env.add_pip_package(requirement)

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.runtime import job_runner

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_provider.core.collect import tolerant_tar_filter
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
-from airflow_provider.core.targets.docker_images import IMAGE_REPOSITORY
 from airflow_provider.runtime import host_files, job_runner
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
@@ -150,7 +150,7 @@ class DockerTarget(ComputeTarget):
     # ------------------------------------------------------------------ environment and staging
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
         """Find or build the environment's image on the daemon (see :mod:`docker_images`)."""
-        from airflow_provider.core.targets.docker_images import ImageBuilder
+        from airflow_provider.core.environments.docker_images import ImageBuilder
 
         builder = ImageBuilder(self.client, self.image, self.python, self.registry_auth,
                                self.build_timeout_seconds)

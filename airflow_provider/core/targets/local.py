@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import EnvironmentCache, PreparedEnvironment
+from airflow_provider.core.environments.local_cache import EnvironmentCache
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.paths import private_folder, state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore

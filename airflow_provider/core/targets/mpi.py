@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_provider.core.distributed import LAUNCHER_MODULE
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import PreparedEnvironment
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_provider.core.collect import tolerant_tar_filter
-from airflow_provider.core.environment import Environment
-from airflow_provider.core.environment_cache import PreparedEnvironment, environment_fingerprint
+from airflow_provider.core.environments.fingerprint import environment_fingerprint
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.requirement_files import localize_requirements
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, TargetError
-from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
@@ -204,7 +205,9 @@ class SSHTarget(ComputeTarget):
         lines, files = localize_requirements(environment.normalized_requirements(), f"{self.root}/files")
         blobs = {hashlib.sha256(content).hexdigest(): content for content in files.values()}
         self._send_blobs(list(blobs), lambda digest: blobs[digest])
+        fingerprint = environment_fingerprint(environment, str(hello["python_version"]))
         answer = self._agent("env", {"root": self.root, "requirements": lines, "timeout": self.build_timeout_seconds,
+                                     "fingerprint": fingerprint,
                                      "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}},
                              timeout=self.build_timeout_seconds + 60)
         log_path = self._fetch_log(answer["log_path"]) if answer.get("log_path") else None

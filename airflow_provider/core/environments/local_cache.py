@@ -9,113 +9,38 @@ temporary folder ``<root>/.tmp-<fingerprint>-<random>`` whose last step writes a
 one ``os.rename`` then publishes the finished folder, so nobody ever sees a half-built environment
 and a cache hit is a single ``stat`` of the marker, taken without the lock. Builds use ``uv`` when
 available (``uv venv --relocatable``), else ``python -m venv`` + pip, whose absolute temporary paths
-in ``bin/`` are rewritten to the final path before the rename. Every command and its output go to a
-build log under ``<root>/logs/``.
+in ``bin/`` are rewritten to the final path before the rename (the one builder every target uses:
+:mod:`airflow_provider.runtime.venv_builder`). Every command and its output go to a build log under
+``<root>/logs/``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Literal
 
 from filelock import FileLock, Timeout
 
-from airflow_provider.core.environment import Environment, EnvironmentKind
+from airflow_provider.core.environments.fingerprint import environment_fingerprint
+from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import state_dir
+from airflow_provider.runtime import venv_builder
 
-__all__ = ["EnvironmentCache", "PreparedEnvironment", "environment_fingerprint"]
+__all__ = ["EnvironmentCache", "PreparedEnvironment", "environment_fingerprint"]  # the last two re-exported
 
 Installer = Literal["auto", "uv", "pip"]
 
-MARKER_NAME = ".training-runs-complete"
+MARKER_NAME = venv_builder.MARKER_NAME
 STALE_TEMP_SECONDS = 3600
 LOG_TAIL_LINES = 40
-_SUBPROCESS_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "UV_PYTHON_DOWNLOADS": "never"}
-
-
-@dataclass(frozen=True)
-class PreparedEnvironment:
-    """The interpreter a run must use, and how it was obtained.
-
-    :param kind: the environment's kind; ``"current"`` when no environment was given.
-    :param python: absolute path of the interpreter the run must use.
-    :param fingerprint: sha256 hex of what defines the environment (see :func:`environment_fingerprint`).
-    :param built: ``True`` when this call built the environment (a cache miss).
-    :param build_log: the build log, when this call built the environment.
-    :param description: human-readable summary for the run's details.
-    :param image: the container image the run uses (container targets only).
-    :param build_log_artifact: the build log's name under the run's ``system_logs/``.
-    """
-
-    kind: EnvironmentKind
-    python: str
-    fingerprint: str
-    built: bool
-    build_log: Path | None
-    description: str
-    image: str | None = None
-    build_log_artifact: str = "environment_build.log"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Serialise to plain JSON types."""
-        return {
-            "kind": self.kind,
-            "python": self.python,
-            "fingerprint": self.fingerprint,
-            "built": self.built,
-            "build_log": None if self.build_log is None else str(self.build_log),
-            "description": self.description,
-            "image": self.image,
-            "build_log_artifact": self.build_log_artifact,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreparedEnvironment:
-        """Rebuild from :meth:`to_dict` output.
-
-        :param data: the serialised prepared environment.
-        """
-        log = data.get("build_log")
-        return cls(
-            kind=data["kind"],
-            python=str(data["python"]),
-            fingerprint=str(data["fingerprint"]),
-            built=bool(data["built"]),
-            build_log=None if log is None else Path(log),
-            description=str(data["description"]),
-            image=data.get("image"),
-            build_log_artifact=str(data.get("build_log_artifact", "environment_build.log")),
-        )
-
-
-def environment_fingerprint(env: Environment | None, python_version: str) -> str:
-    """Hash what defines a prepared environment; the environment's name and version do not count.
-
-    :param env: the environment, or ``None`` for the current interpreter.
-    :param python_version: the full ``sys.version`` string of the base interpreter.
-    """
-    kind = "current" if env is None else env.kind
-    payload: dict[str, Any] = {
-        "kind": kind,
-        "python_version": python_version,
-        "requirements": [] if env is None else env.normalized_requirements(),
-    }
-    if env is not None and kind == "user_managed":
-        payload["interpreter_path"] = env.python.interpreter_path or "python3"
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 class EnvironmentCache:
@@ -202,74 +127,25 @@ class EnvironmentCache:
         (self.root / "logs").mkdir(exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         log_path = self.root / "logs" / f"{fingerprint}-{stamp}.log"
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fingerprint}-", dir=self.root))
         started = time.monotonic()
         try:
             with log_path.open("wb") as log:
-                tool = self._build_in(tmp, final, env, log)
-            if final.exists():  # a folder without marker: left by hand, never by a build
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                tool = venv_builder.build_venv(str(final), env.normalized_requirements(), self.base_python,
+                                               self._find_uv(), log, self.build_timeout_seconds,
+                                               self.python_version())
+        except venv_builder.BuildFailedError as exc:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            raise EnvironmentBuildError(
+                f"Building environment {_label(env)} failed: {exc.step} exited with code {exc.code} "
+                f"(full log: {log_path}).",
+                "\n".join(tail[-LOG_TAIL_LINES:]),
+                log_path,
+            ) from exc
         text = (
             f"virtual environment {final} for {_label(env)}, built now with {tool} "
             f"in {time.monotonic() - started:.1f} s"
         )
         return PreparedEnvironment("pip", str(final / "bin" / "python"), fingerprint, True, log_path, text)
-
-    def _build_in(self, tmp: Path, final: Path, env: Environment, log: IO[bytes]) -> str:
-        """Build the environment in ``tmp``, ready to be renamed to ``final``; return the tool used."""
-        requirements = env.normalized_requirements()
-        req_file = tmp / "requirements.txt"
-        req_file.write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        uv = self._find_uv()
-        python, prompt = str(tmp / "bin" / "python"), f"env-{final.name[:12]}"
-        if uv is not None:
-            venv = [uv, "venv", "--relocatable", "--allow-existing", "--prompt", prompt]
-            venv += ["--python", self.base_python, str(tmp)]
-            install = [uv, "pip", "install", "--python", python, "-r", str(req_file)]
-        else:
-            venv = [self.base_python, "-m", "venv", "--prompt", prompt, str(tmp)]
-            install = [python, "-m", "pip", "install", "-r", str(req_file)]
-        self._run(venv, log, env, "creating the virtual environment")
-        self._run(install, log, env, "pip install")
-        if uv is None:
-            _rewrite_paths(tmp, final)
-        marker = {"requirements": requirements, "python_version": self.python_version(), "tool": venv[0]}
-        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        return "uv" if uv is not None else "venv + pip"
-
-    def _run(self, command: list[str], log: IO[bytes], env: Environment, step: str) -> None:
-        log.write(f"$ {' '.join(command)}\n".encode())
-        log.flush()
-        try:
-            # Its own process group: a timeout stops the installer's helpers too, which would
-            # otherwise go on writing into the folder being removed.
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env={**os.environ, **_SUBPROCESS_ENV}, start_new_session=True)
-            try:
-                code = process.wait(timeout=self.build_timeout_seconds)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                log.write(f"timed out after {self.build_timeout_seconds:g} s (build_timeout_seconds)\n".encode())
-                code = -1
-        except OSError as exc:
-            log.write(f"{exc}\n".encode())
-            code = -1
-        log.write(f"[exit code {code}]\n".encode())
-        log.flush()
-        if code != 0:
-            tail = Path(log.name).read_text(encoding="utf-8", errors="replace").splitlines()
-            raise EnvironmentBuildError(
-                f"Building environment {_label(env)} failed: {step} exited with code {code} "
-                f"(full log: {log.name}).",
-                "\n".join(tail[-LOG_TAIL_LINES:]),
-                Path(log.name),
-            )
 
     def _find_uv(self) -> str | None:
         if self.installer == "pip":
@@ -320,14 +196,3 @@ def _resolve_interpreter(path: str) -> str:
             "give the absolute path of a Python interpreter, or a command found on PATH.",
         )
     return os.path.abspath(found)
-
-
-def _rewrite_paths(tmp: Path, final: Path) -> None:
-    """Replace the temporary folder's path by the final one in text files of bin/ and pyvenv.cfg."""
-    old, new = str(tmp).encode(), str(final).encode()
-    for path in [*(tmp / "bin").iterdir(), tmp / "pyvenv.cfg"]:
-        if path.is_symlink() or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if old in data and b"\0" not in data:
-            path.write_bytes(data.replace(old, new))

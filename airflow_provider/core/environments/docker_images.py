@@ -32,9 +32,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from airflow_provider.core.environment import Environment
+from airflow_provider.core.environments.requirement_files import localize_requirements
+from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
-from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 
 __all__ = ["IMAGE_REPOSITORY", "ImageBuilder", "ResolvedImage"]

@@ -1,0 +1,141 @@
+"""The one builder of virtual environments, on this machine and on hosts: standard library only.
+
+The local target's cache and the SSH/MPI hosts' agent both call :func:`build_venv`; locking and
+deciding *whether* to build stay with them. A build happens in a temporary folder beside the final
+one (``uv venv --relocatable`` when uv is there, else ``python -m venv`` + pip, whose absolute
+temporary paths in ``bin/`` are rewritten to the final path), writes a completion marker last,
+and is published by one ``os.rename``: nobody ever sees a half-built environment, and a cache hit
+is one ``stat`` of the marker. Every command and its output go to the build log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from typing import IO
+
+__all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "is_built"]
+
+MARKER_NAME = ".training-runs-complete"
+"""Written last into a finished environment (JSON: requirements, interpreter version, tool)."""
+_BUILD_VARIABLES = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "UV_PYTHON_DOWNLOADS": "never"}
+
+
+class BuildFailedError(Exception):
+    """A build step failed; the build log says why.
+
+    :param step: what was being done (``creating the virtual environment``, ``pip install``).
+    :param code: the step's exit code (-1: it could not start or timed out).
+    """
+
+    def __init__(self, step: str, code: int) -> None:
+        self.step = step
+        self.code = code
+        super().__init__(f"{step} exited with code {code}")
+
+
+def is_built(final: str) -> bool:
+    """True when ``final`` holds a finished environment (its marker exists).
+
+    :param final: the environment's folder.
+    """
+    return os.path.exists(os.path.join(final, MARKER_NAME))
+
+
+def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: str | None, log: IO[bytes],
+               timeout: float, python_version: str) -> str:
+    """Build the environment of ``requirements`` and publish it at ``final``.
+
+    :param final: where the finished environment goes (replaced when it holds no marker).
+    :param requirements: requirement lines for ``pip install -r``.
+    :param base_python: the interpreter the environment is based on.
+    :param uv: the ``uv`` executable, or None for ``venv`` + pip.
+    :param log: the build log (binary, appended).
+    :param timeout: the longest a step may take, in seconds (its process group is killed then).
+    :param python_version: ``sys.version`` of ``base_python``, recorded in the marker.
+    :return: the tool used (``"uv"`` or ``"venv + pip"``).
+    :raises BuildFailedError: a step failed (nothing is left at ``final`` or in the temporary folder).
+    """
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=parent)
+    try:
+        tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout)
+        with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
+            json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool}, marker,
+                      indent=2)
+        if os.path.exists(final):  # a folder without marker: left by hand or by a crash, never finished
+            shutil.rmtree(final)
+        os.rename(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return tool
+
+
+def _build_in(temporary: str, final: str, requirements: list[str], base_python: str, uv: str | None,
+              log: IO[bytes], timeout: float) -> str:
+    requirements_file = os.path.join(temporary, "requirements.txt")
+    with open(requirements_file, "w", encoding="utf-8") as out:
+        out.write("\n".join(requirements) + "\n")
+    python = os.path.join(temporary, "bin", "python")
+    prompt = f"env-{os.path.basename(final)[:12]}"
+    if uv is not None:
+        create = [uv, "venv", "--relocatable", "--allow-existing", "--prompt", prompt, "--python", base_python,
+                  temporary]
+        install = [uv, "pip", "install", "--python", python, "-r", requirements_file]
+    else:
+        create = [base_python, "-m", "venv", "--prompt", prompt, temporary]
+        install = [python, "-m", "pip", "install", "-r", requirements_file]
+    _run(create, log, timeout, "creating the virtual environment")
+    _run(install, log, timeout, "pip install")
+    if uv is None:
+        _rewrite_paths(temporary, final)
+    return "uv" if uv is not None else "venv + pip"
+
+
+def _run(command: list[str], log: IO[bytes], timeout: float, step: str) -> None:
+    log.write(f"$ {' '.join(command)}\n".encode())
+    log.flush()
+    try:
+        # Its own process group: a timeout stops the installer's helpers too, which would otherwise
+        # go on writing into the folder being removed.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **_BUILD_VARIABLES}, start_new_session=True)
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            log.write(f"timed out after {timeout:g} s (build_timeout_seconds)\n".encode())
+            code = -1
+    except OSError as exc:
+        log.write(f"{exc}\n".encode())
+        code = -1
+    log.write(f"[exit code {code}]\n".encode())
+    log.flush()
+    if code != 0:
+        raise BuildFailedError(step, code)
+
+
+def _rewrite_paths(temporary: str, final: str) -> None:
+    """Replace the temporary folder's path by the final one in text files of bin/ and pyvenv.cfg
+    (``venv`` writes absolute paths; uv's ``--relocatable`` environments need none of this)."""
+    old, new = temporary.encode(), final.encode()
+    bin_dir = os.path.join(temporary, "bin")
+    for path in [*(os.path.join(bin_dir, name) for name in os.listdir(bin_dir)),
+                 os.path.join(temporary, "pyvenv.cfg")]:
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as source:
+            data = source.read()
+        if old in data and b"\0" not in data:
+            with open(path, "wb") as out:
+                out.write(data.replace(old, new))
