@@ -32,7 +32,13 @@ from airflow_provider.core.azureml_compat import (
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environment_cache import PreparedEnvironment
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
+from airflow_provider.core.errors import (
+    ArtifactNotFoundError,
+    ConfigurationError,
+    EnvironmentBuildError,
+    RunFailedError,
+    TrackingError,
+)
 from airflow_provider.core.git import read_git_state
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import SnapshotStore
@@ -368,8 +374,8 @@ class ScriptRun:
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
             error = details.get("error") or {}
-            raise RunFailedError(self.id, details["status"], error.get("message", "unknown error"),
-                                 error.get("logTail", ""))
+            raise RunFailedError.for_status(self.id, details["status"], error.get("message", "unknown error"),
+                                            error.get("logTail", ""))
         return details
 
     def finalize_once(self, watcher: RunWatcher, status: JobStatus) -> None:
@@ -461,17 +467,18 @@ class ScriptRun:
 
         :param name: the artifact's path in the run.
         :param output_file_path: where to write it; default its base name in the current folder.
+        :raises ArtifactNotFoundError: the run has no such artifact (a :class:`FileNotFoundError`).
         """
         destination = Path(output_file_path or Path(name).name)
         if destination.is_dir():
             destination = destination / Path(name).name
         with tempfile.TemporaryDirectory(prefix="download-") as scratch:
             try:
-                local = self.tracker.client.download_artifacts(self.id, name, scratch)
-            except Exception as exc:
-                raise FileNotFoundError(
+                local = self.tracker.download_artifact(self.id, name, scratch)
+            except ArtifactNotFoundError as exc:
+                raise ArtifactNotFoundError(
                     f"run {self.id} has no artifact {name!r}; it has: {self.get_file_names()}"
-                ) from exc
+                ) from exc.__cause__
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(local, destination)
         return destination
@@ -490,8 +497,8 @@ class ScriptRun:
     def _log_tail(self, artifact: str = DRIVER_LOG_ARTIFACT, lines: int = 40) -> str:
         with tempfile.TemporaryDirectory(prefix="driver-log-") as scratch:
             try:
-                local = self.tracker.client.download_artifacts(self.id, artifact, scratch)
-            except Exception:  # no driver log (the run never started): no tail
+                local = self.tracker.download_artifact(self.id, artifact, scratch)
+            except TrackingError:  # no driver log (the run never started), or none to read now: no tail
                 return ""
             with open(local, "rb") as stream:
                 stream.seek(max(0, os.path.getsize(local) - 8192))

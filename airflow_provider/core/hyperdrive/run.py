@@ -126,7 +126,7 @@ class HyperDriveRun:
                 raise
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
-            raise RunFailedError(self.id, details["status"], details.get("error") or "no trial completed")
+            raise RunFailedError.for_status(self.id, details["status"], details.get("error") or "no trial completed")
         return details
 
     def end_early(self, error: BaseException) -> None:

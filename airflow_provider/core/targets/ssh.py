@@ -29,7 +29,12 @@ from typing import Any, ClassVar
 from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environment import Environment
 from airflow_provider.core.environment_cache import PreparedEnvironment, environment_fingerprint
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, TargetError
+from airflow_provider.core.errors import (
+    ConfigurationError,
+    EnvironmentBuildError,
+    TargetConfigurationError,
+    TargetError,
+)
 from airflow_provider.core.local_requirements import localize_requirements
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
@@ -441,7 +446,7 @@ class _AgentSession:
             error += self.channel.recv_stderr(65536).decode(errors="replace")
         error = error.strip()
         if status == 127 or (self.python in error and ("not found" in error or "No such file" in error)):
-            raise TargetError(
+            raise TargetConfigurationError(
                 f"the remote Python {self.python!r} was not found on {self.address} ({error[-300:]}): install "
                 "Python 3.9+ there or set the connection's extra 'python' to its path."
             )
