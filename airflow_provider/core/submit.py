@@ -112,16 +112,17 @@ class Experiment:
         :param run_key: a stable key (e.g. dag/task/logical run/map index). When a run with this key
             exists and ``reattach`` is True: a run still going is reattached, a finished one is
             returned as it is; only a failed or canceled one is started afresh.
-        :param reattach: False always starts a new run.
+        :param reattach: False always starts a new run (a sweep refuses it: it is always picked up).
         :param run_name: MLflow's display name of the run.
         :param secret_variables: variables for the run's process that are never written to MLflow.
-        :param params: MLflow params of the run (a sweep's sampled hyperparameters).
+        :param params: MLflow params of the run (a sweep's sampled hyperparameters; a sweep refuses them).
         """
         from airflow_provider.core.hyperdrive import HyperDriveConfig
         from airflow_provider.core.hyperdrive.run import submit_sweep
 
         if isinstance(config, HyperDriveConfig):
-            return submit_sweep(self, config, tags, run_key, run_name, secret_variables)
+            return submit_sweep(self, config, tags, run_key, run_name, secret_variables, reattach=reattach,
+                                params=params)
         staged = self.stage(config, tags, run_key=run_key, reattach=reattach, run_name=run_name,
                             secret_variables=secret_variables, params=params)
         return staged.launch() if isinstance(staged, StagedRun) else staged
