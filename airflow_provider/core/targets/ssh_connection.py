@@ -182,7 +182,7 @@ class SSHConnection:
             ) from exc
         except (OSError, paramiko.SSHException) as exc:
             client.close()
-            raise TargetConfigurationError(
+            raise TargetError(
                 f"cannot reach the SSH host {settings.address} ({type(exc).__name__}: {exc}): check the host and "
                 f"port, that sshd runs there and the network allows it (connect_timeout={settings.connect_timeout:g}s)."
             ) from exc
