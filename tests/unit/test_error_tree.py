@@ -121,7 +121,7 @@ def test_a_tracking_server_that_does_not_answer_is_unavailable(fast_http_failure
 class _TroubledMLflow(http.server.BaseHTTPRequestHandler):
     """Answers every MLflow request with the status and error code set on the server."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         status, code = self.server.answer  # type: ignore[attr-defined]
         body = json.dumps({"error_code": code, "message": f"answered {status}"}).encode()
         self.send_response(status)
@@ -130,7 +130,7 @@ class _TroubledMLflow(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_GET  # noqa: N815
+    do_POST = do_GET
 
     def log_message(self, *args: object) -> None:
         pass
@@ -227,7 +227,7 @@ def test_unreadable_docker_tls_files_are_a_configuration_error(tmp_path: Path) -
     from airflow_provider.core.targets.docker import DockerTarget
 
     target = DockerTarget(base_url="tcp://127.0.0.1:2376", tls={"ca_cert": str(tmp_path / "no-ca.pem")})
-    with pytest.raises(TargetConfigurationError, match="no-ca.pem") as caught:
+    with pytest.raises(TargetConfigurationError, match=r"no-ca\.pem") as caught:
         target.check()
     assert not caught.value.retryable
 
@@ -288,7 +288,7 @@ def test_a_refused_login_and_an_unknown_host_key_are_configuration_errors(ssh_lo
     known_hosts.write_text("")
     unknown = SSHConnection(SSHSettings("127.0.0.1", 2222, username="root", password="x",
                                         known_hosts=str(known_hosts), connect_timeout=5))
-    with pytest.raises(TargetConfigurationError, match="host key of 127.0.0.1:2222 is unknown") as caught:
+    with pytest.raises(TargetConfigurationError, match=r"host key of 127\.0\.0\.1:2222 is unknown") as caught:
         _ = unknown.client
     assert not caught.value.retryable
     refused = SSHConnection(SSHSettings("127.0.0.1", 2222, username="nobody-here", password="wrong",
@@ -318,7 +318,7 @@ def test_a_sweep_refuses_run_only_arguments(tracking_uri: str, tmp_path: Path, a
     config = HyperDriveConfig(ScriptRunConfig(str(tmp_path), "train.py"),
                               GridParameterSampling({"--lr": choice(0.1, 0.2)}), "loss", "MINIMIZE")
     experiment = Experiment("refused-sweep", tracking_uri=tracking_uri)
-    with pytest.raises(ConfigurationError, match=f"Experiment.submit.{argument}") as caught:
+    with pytest.raises(ConfigurationError, match=rf"Experiment\.submit\.{argument}") as caught:
         experiment.submit(config, **{argument: value})  # type: ignore[call-overload]
     assert not caught.value.retryable
     assert experiment.tracker.client.search_runs([experiment.id]) == [], "refused before any run exists"
