@@ -190,7 +190,7 @@ def tracking_error(exc: BaseException, tracking_uri: str, call: str) -> Tracking
     """
     from mlflow.exceptions import MlflowException
 
-    message = f"MLflow at {tracking_uri}: {call} failed: {exc}"
+    message = f"MLflow at {_without_userinfo(tracking_uri)}: {call} failed: {exc}"
     if isinstance(exc, MlflowException):
         code = str(exc.error_code)
         if code in _REFUSAL_CODES or code in _DENIAL_CODES:
@@ -211,6 +211,17 @@ def tracking_error(exc: BaseException, tracking_uri: str, call: str) -> Tracking
     if status >= 400:  # an artifact server's answer
         return TrackingRefusedError(message, "RESOURCE_DOES_NOT_EXIST" if status == 404 else "BAD_REQUEST")
     return TrackingError(message)
+
+
+def _without_userinfo(uri: str) -> str:
+    """``uri`` for messages: a database URI's ``user:password@`` left out."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _http_status(exc: BaseException) -> int:

@@ -358,3 +358,20 @@ def test_run_key_and_run_name_are_the_same_for_every_operator() -> None:
     assert len(task_run_name(ti, sweep=True)) == MAX_RUN_NAME - TRIAL_SUFFIX_ROOM
     short = SimpleNamespace(dag_id="d", task_id="train", run_id="manual__1", map_index=3)
     assert task_run_name(short) == task_run_name(short, sweep=True) == "train-manual__1"
+
+
+def test_tracking_messages_leave_out_database_credentials_and_keep_the_cause(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from airflow_provider.core.tracking import tracking_error
+
+    refused = tracking_error(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST),
+                             "postgresql://mlflow:s3cret-pw@db:5432/mlflow", "get_run")
+    assert type(refused) is TrackingRefusedError and "s3cret-pw" not in str(refused)
+    assert "postgresql://db:5432/mlflow" in str(refused)
+    with pytest.raises(FileNotFoundError) as missing:
+        open(tmp_path / "not-there", "rb")  # noqa: SIM115 - the real error of a local artifact store
+    mapped = tracking_error(missing.value, "file:///tmp/mlruns", "download_artifacts")
+    assert type(mapped) is TrackingRefusedError and mapped.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert type(tracking_error(PermissionError("denied"), "file:///tmp/mlruns", "log_artifact")) is TrackingError
