@@ -9,6 +9,7 @@ command line, the resolved environment).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import shlex
 from dataclasses import dataclass
@@ -222,13 +223,8 @@ def _render_argument(name: str, value: object) -> str:
         return str(value)
     if isinstance(value, os.PathLike):
         return str(os.fspath(value))
-    try:
-        import numbers
-
-        if isinstance(value, numbers.Number) and not isinstance(value, complex):
-            return str(value.item() if hasattr(value, "item") else value)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return str(value.item() if hasattr(value, "item") else value)
     raise ConfigurationError(
         _field(name), f"{type(value).__name__} {value!r} cannot be a command-line argument.",
         "use strings or numbers; serialise structures yourself, e.g. json.dumps(value).",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import posixpath
 
+from airflow_provider.core.errors import TrackingRefusedError
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.runtime.events import ChildRunEvent, EndRunEvent, ModelEvent
 
@@ -135,13 +136,11 @@ def register_model(tracker: Tracker, run_id: str, event: ModelEvent) -> str:
     :param event: the registration asked for.
     :return: the model version.
     """
-    from mlflow.exceptions import MlflowException
-
     client = tracker.client
     source = f"{tracker.get_run(run_id).info.artifact_uri}/{event.path.rstrip('/')}"
     try:
         client.create_registered_model(event.name)
-    except MlflowException as exc:
+    except TrackingRefusedError as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     for version in client.search_model_versions(f"name = '{event.name}' and run_id = '{run_id}'"):

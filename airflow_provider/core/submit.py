@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, overload
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.environments.prepared import PreparedEnvironment
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, RunFailedError
+from airflow_provider.core.errors import (
+    ArtifactNotFoundError,
+    ConfigurationError,
+    EnvironmentBuildError,
+    RunFailedError,
+    TrackingError,
+)
 from airflow_provider.core.git import read_git_state
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import SnapshotStore
@@ -96,16 +102,17 @@ class Experiment:
         :param run_key: a stable key (e.g. dag/task/logical run/map index). When a run with this key
             exists and ``reattach`` is True: a run still going is reattached, a finished one is
             returned as it is; only a failed or canceled one is started afresh.
-        :param reattach: False always starts a new run.
+        :param reattach: False always starts a new run (a sweep refuses it: it is always picked up).
         :param run_name: MLflow's display name of the run.
         :param secret_variables: variables for the run's process that are never written to MLflow.
-        :param params: MLflow params of the run (a sweep's sampled hyperparameters).
+        :param params: MLflow params of the run (a sweep's sampled hyperparameters; a sweep refuses them).
         """
         from airflow_provider.core.hyperdrive import HyperDriveConfig
         from airflow_provider.core.hyperdrive.run import submit_sweep
 
         if isinstance(config, HyperDriveConfig):
-            return submit_sweep(self, config, tags, run_key, run_name, secret_variables)
+            return submit_sweep(self, config, tags, run_key, run_name, secret_variables, reattach=reattach,
+                                params=params)
         staged = self.stage(config, tags, run_key=run_key, reattach=reattach, run_name=run_name,
                             secret_variables=secret_variables, params=params)
         return staged.launch() if isinstance(staged, StagedRun) else staged
@@ -358,8 +365,8 @@ class ScriptRun:
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
             error = details.get("error") or {}
-            raise RunFailedError(self.id, details["status"], error.get("message", "unknown error"),
-                                 error.get("logTail", ""))
+            raise RunFailedError.for_status(self.id, details["status"], error.get("message", "unknown error"),
+                                            error.get("logTail", ""))
         return details
 
     def finalize_once(self, watcher: RunWatcher, status: JobStatus) -> None:
@@ -451,17 +458,18 @@ class ScriptRun:
 
         :param name: the artifact's path in the run.
         :param output_file_path: where to write it; default its base name in the current folder.
+        :raises ArtifactNotFoundError: the run has no such artifact (a :class:`FileNotFoundError`).
         """
         destination = Path(output_file_path or Path(name).name)
         if destination.is_dir():
             destination = destination / Path(name).name
         with tempfile.TemporaryDirectory(prefix="download-") as scratch:
             try:
-                local = self.tracker.client.download_artifacts(self.id, name, scratch)
-            except Exception as exc:
-                raise FileNotFoundError(
+                local = self.tracker.download_artifact(self.id, name, scratch)
+            except ArtifactNotFoundError as exc:
+                raise ArtifactNotFoundError(
                     f"run {self.id} has no artifact {name!r}; it has: {self.get_file_names()}"
-                ) from exc
+                ) from exc.__cause__
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(local, destination)
         return destination
@@ -480,8 +488,8 @@ class ScriptRun:
     def _log_tail(self, artifact: str = DRIVER_LOG_ARTIFACT, lines: int = 40) -> str:
         with tempfile.TemporaryDirectory(prefix="driver-log-") as scratch:
             try:
-                local = self.tracker.client.download_artifacts(self.id, artifact, scratch)
-            except Exception:  # no driver log (the run never started): no tail
+                local = self.tracker.download_artifact(self.id, artifact, scratch)
+            except TrackingError:  # no driver log (the run never started), or none to read now: no tail
                 return ""
             with open(local, "rb") as stream:
                 stream.seek(max(0, os.path.getsize(local) - 8192))

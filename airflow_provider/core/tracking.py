@@ -11,6 +11,12 @@ before the first run is created (:meth:`Tracker.check_reachable`): a server that
 answer fails in seconds with :class:`TrackingUnavailableError` instead of after MLflow's minutes
 of HTTP retries.
 
+MLflow's own errors never leave this module: :attr:`Tracker.client` is MLflow's client behind a
+proxy that maps every failed call onto the error tree (:func:`tracking_error`), the original as
+``__cause__``: a server that does not answer (refused, timeout, 5xx, ``TEMPORARILY_UNAVAILABLE``)
+is :class:`TrackingUnavailableError` (retryable), a request MLflow refuses for what it holds
+(``INVALID_PARAMETER_VALUE``, ``RESOURCE_DOES_NOT_EXIST``, ...) is :class:`TrackingRefusedError`.
+
 MLflow imports are deferred to first use, so importing the core stays cheap.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import re
 import time
@@ -25,17 +32,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from airflow_provider.core.errors import ConfigurationError, TrackingError, TrackingUnavailableError
+from airflow_provider.core.errors import (
+    ArtifactNotFoundError,
+    ConfigurationError,
+    TrackingError,
+    TrackingRefusedError,
+    TrackingUnavailableError,
+    TrainingRunError,
+)
 from airflow_provider.core.paths import state_dir
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric, Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["RunState", "Tags", "Tracker", "check_tracking_uri", "resolve_tracking_uri"]
+__all__ = ["RunState", "Tags", "Tracker", "check_tracking_uri", "resolve_tracking_uri", "tracking_error"]
 
 # MLflow's log_batch limits (mlflow.utils.validation): entities per call and request size.
 _MAX_METRICS_PER_BATCH = 1000
@@ -129,16 +143,121 @@ _REFUSAL_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED
                             "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"})
 
 
+_UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED",
+                                 "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+"""MLflow error codes of a server (or store) that failed for now: a retry may get through."""
+_DENIAL_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED", "FEATURE_DISABLED", "NOT_IMPLEMENTED",
+                           "ENDPOINT_NOT_FOUND"})
+"""MLflow error codes that the same request gets again (like refusals, but never skipped by the relay)."""
+
+
 def is_refusal(exc: BaseException) -> bool:
     """True when MLflow refused a write for what it holds (a bad name, path or value): the same
     write will be refused again, so it is skipped and noted, not retried. False for everything
     else (a server down, a busy store), which a retry may get through.
 
-    :param exc: the exception a tracking call raised.
+    :param exc: the exception a tracking call raised (a :class:`TrackingRefusedError` from
+        :attr:`Tracker.client`, or MLflow's own exception from a client made elsewhere).
     """
+    if isinstance(exc, TrackingRefusedError):
+        return exc.error_code in _REFUSAL_CODES
     from mlflow.exceptions import MlflowException
 
     return isinstance(exc, MlflowException) and exc.error_code in _REFUSAL_CODES
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """What MLflow's client lets out: its own exception, HTTP client errors, database errors, I/O errors."""
+    import requests
+    import urllib3.exceptions
+    from mlflow.exceptions import MlflowException
+
+    errors: tuple[type[BaseException], ...] = (MlflowException, requests.exceptions.RequestException,
+                                               urllib3.exceptions.HTTPError, OSError)
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc
+
+        errors += (sqlalchemy.exc.SQLAlchemyError,)
+    return errors
+
+
+def tracking_error(exc: BaseException, tracking_uri: str, call: str) -> TrackingError:
+    """The error of the tree for an exception MLflow's client raised (raise it ``from exc``).
+
+    :param exc: what the client raised.
+    :param tracking_uri: where the client went, for the message.
+    :param call: the client method that failed, for the message.
+    """
+    from mlflow.exceptions import MlflowException
+
+    message = f"MLflow at {_without_userinfo(tracking_uri)}: {call} failed: {exc}"
+    if isinstance(exc, MlflowException):
+        code = str(exc.error_code)
+        if code in _REFUSAL_CODES or code in _DENIAL_CODES:
+            return TrackingRefusedError(message, code)
+        if code in _UNAVAILABLE_CODES or int(exc.get_http_status_code()) >= 500:  # type: ignore[no-untyped-call]
+            return TrackingUnavailableError(message)
+        return TrackingError(message)
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                        TimeoutError)):
+        return TrackingUnavailableError(message)
+    if isinstance(exc, FileNotFoundError):  # a local artifact store without the file
+        return TrackingRefusedError(message, "RESOURCE_DOES_NOT_EXIST")
+    status = _http_status(exc)
+    if status >= 500:
+        return TrackingUnavailableError(message)
+    if status >= 400:  # an artifact server's answer
+        return TrackingRefusedError(message, "RESOURCE_DOES_NOT_EXIST" if status == 404 else "BAD_REQUEST")
+    return TrackingError(message)
+
+
+def _without_userinfo(uri: str) -> str:
+    """``uri`` for messages: a database URI's ``user:password@`` left out."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _http_status(exc: BaseException) -> int:
+    """The HTTP status of a ``requests`` error with an answer, else 0."""
+    response = getattr(exc, "response", None)
+    return int(getattr(response, "status_code", 0) or 0)
+
+
+class _TranslatingClient:
+    """MLflow's client, whose every method raises only :class:`TrackingError` and its subclasses.
+
+    :param client: the MLflow client.
+    :param tracking_uri: its tracking URI, for messages.
+    """
+
+    def __init__(self, client: MlflowClient, tracking_uri: str) -> None:
+        self._client = client
+        self._tracking_uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return self._translated(name, attribute)
+
+    def _translated(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except TrainingRunError:
+                raise
+            except _library_errors() as exc:
+                raise tracking_error(exc, self._tracking_uri, name) from exc
+
+        return call
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -289,12 +408,14 @@ class Tracker:
 
     @property
     def client(self) -> MlflowClient:
-        """The MLflow client, created on first use."""
+        """The MLflow client, created on first use; its calls raise only :class:`TrackingError`
+        and its subclasses (see :func:`tracking_error`)."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
             _create_private_database(self.tracking_uri)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = cast("MlflowClient", _TranslatingClient(client, self.tracking_uri))
             _freeze_imported_objects()
         return self._client
 
@@ -303,27 +424,24 @@ class Tracker:
         """Return the id of experiment ``name``, creating it when missing.
 
         :param name: the experiment's name.
+        :raises TrackingRefusedError: MLflow refused the name.
+        :raises TrackingUnavailableError: the server did not answer.
         """
-        from mlflow.exceptions import MlflowException
-
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        root = _sqlite_artifact_root(self.tracking_uri)
+        location = None
+        if root is not None:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "experiment"
+            location = (root / f"{slug}-{int(time.time() * 1000)}").as_uri()
         try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except TrackingError:  # created concurrently by someone else?
             experiment = self.client.get_experiment_by_name(name)
-            if experiment is not None:
-                return str(experiment.experiment_id)
-            root = _sqlite_artifact_root(self.tracking_uri)
-            location = None
-            if root is not None:
-                slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:100] or "experiment"
-                location = (root / f"{slug}-{int(time.time() * 1000)}").as_uri()
-            try:
-                return str(self.client.create_experiment(name, artifact_location=location))
-            except MlflowException:  # created concurrently by someone else
-                experiment = self.client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-                return str(experiment.experiment_id)
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow at {self.tracking_uri} refused experiment {name!r}: {exc}") from exc
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
 
     def find_run_by_key(self, experiment_id: str, run_key: str) -> Run | None:
         """The newest run of the experiment tagged with ``run_key``, or None.
@@ -388,6 +506,22 @@ class Tracker:
         :param run_id: the MLflow run id.
         """
         return self.client.get_run(run_id)
+
+    def download_artifact(self, run_id: str, name: str, folder: str) -> str:
+        """Download the artifact ``name`` of a run into ``folder``; return its local path.
+
+        :param run_id: the MLflow run id.
+        :param name: the artifact's path in the run.
+        :param folder: an existing local folder.
+        :raises ArtifactNotFoundError: the run has no such artifact (a :class:`FileNotFoundError`).
+        :raises TrackingUnavailableError: the server did not answer.
+        """
+        try:
+            return str(self.client.download_artifacts(run_id, name, folder))
+        except TrackingRefusedError as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise ArtifactNotFoundError(f"run {run_id} has no artifact {name!r}: {exc.__cause__}") from exc.__cause__
 
     # ------------------------------------------------------------------ writes
     def set_state(self, run_id: str, state: RunState, extra_tags: dict[str, str] | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
 
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetConfigurationError
 from airflow_provider.core.targets.base import ComputeTarget
 
 __all__ = [
@@ -125,7 +125,7 @@ class SSHComputeHook(ComputeHook):
         from airflow_provider.hooks.ssh_options import ssh_target_arguments
 
         if not self.conn_id:
-            raise TargetError("the SSH compute target needs a training_ssh connection id.")
+            raise TargetConfigurationError("the SSH compute target needs a training_ssh connection id.")
         connection = self.get_connection(self.conn_id)
         arguments = ssh_target_arguments(self.conn_id, connection.host, connection.port, connection.login,
                                          connection.password, dict(connection.extra_dejson))
@@ -157,7 +157,7 @@ class MPIComputeHook(ComputeHook):
         from airflow_provider.hooks.ssh_options import ssh_target_arguments
 
         if not self.conn_id:
-            raise TargetError("the MPI compute target needs a training_mpi connection id.")
+            raise TargetConfigurationError("the MPI compute target needs a training_mpi connection id.")
         connection = self.get_connection(self.conn_id)
         extra = dict(connection.extra_dejson)
         launcher = extra.pop("launcher", None) or "openmpi"
@@ -208,7 +208,7 @@ def compute_hook_for(compute_target: str | ComputeHook) -> ComputeHook:
     if isinstance(compute_target, ComputeHook):
         return compute_target
     if not isinstance(compute_target, str) or not compute_target:
-        raise TargetError(
+        raise TargetConfigurationError(
             f"compute_target: expected 'local', a connection id or a compute hook, got {compute_target!r}."
         )
     if compute_target == LOCAL:
@@ -216,13 +216,13 @@ def compute_hook_for(compute_target: str | ComputeHook) -> ComputeHook:
     try:
         connection = BaseHook.get_connection(compute_target)
     except Exception as exc:  # the SDK raises its own not-found error type
-        raise TargetError(
+        raise TargetConfigurationError(
             f"compute_target: no Airflow connection {compute_target!r} ({exc}). Create it (types: "
             f"{', '.join(sorted(_HOOKS_BY_CONN_TYPE))}) or use compute_target='local'."
         ) from exc
     hook_class = _HOOKS_BY_CONN_TYPE.get(connection.conn_type or "")
     if hook_class is None:
-        raise TargetError(
+        raise TargetConfigurationError(
             f"compute_target: connection {compute_target!r} has type {connection.conn_type!r}, which is not a "
             f"compute target; use one of {', '.join(sorted(_HOOKS_BY_CONN_TYPE))}."
         )

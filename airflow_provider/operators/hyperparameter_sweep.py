@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive import (
     EarlyTerminationPolicy,
@@ -34,6 +34,7 @@ from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.operators.submit_training_run import SubmitTrainingRunOperator
+from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -41,17 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["HyperparameterSweepOperator", "PlanHyperparameterSweepOperator", "SelectBestTrialOperator"]
 
 KILLED = "the sweep's task was killed"
-
-
-def _fail_on_bad_input(error: ConfigurationError | TargetError) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-
-    raise AirflowFailException(str(error)) from error  # retrying cannot fix a bad configuration
-
-
-def _run_key(context: Context) -> str:
-    ti = context["ti"]
-    return f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
 
 
 class HyperparameterSweepOperator(SubmitTrainingRunOperator):
@@ -92,13 +82,8 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return self._run_sweep(context)
-        except ConfigurationError as exc:
-            _fail_on_bad_input(exc)
-            raise  # unreachable
-        except TargetError as exc:  # an unreachable target: a retry resumes the sweep
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException(str(exc)) from exc
+        except TrainingRunError as exc:  # e.g. an unreachable target: re-raised, and a retry resumes the sweep
+            raise_for_airflow(exc)
 
     def _run_sweep(self, context: Context) -> dict[str, Any]:
         if self.deferrable:
@@ -115,8 +100,8 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
                                   self.max_duration_minutes, self.policy)
         tags = {**self._string_tags(), "airflow.dag_id": ti.dag_id, "airflow.task_id": ti.task_id,
                 "airflow.run_id": ti.run_id, "airflow.try_number": str(ti.try_number)}
-        sweep_run = experiment.submit(config, tags, run_key=_run_key(context),
-                                      run_name=f"{ti.task_id}-{ti.run_id}"[:240], secret_variables=secrets)
+        sweep_run = experiment.submit(config, tags, run_key=task_run_key(ti),
+                                      run_name=task_run_name(ti, sweep=True), secret_variables=secrets)
         self._sweep_run = sweep_run
         if self._killed:  # on_kill came while submitting, before there was a sweep to stop
             self.on_kill()
@@ -194,12 +179,11 @@ class PlanHyperparameterSweepOperator(BaseOperator):
             experiment = Experiment(self.experiment_name or ti.dag_id, tracking_uri=hook.configure_process())
             trials = plan_sweep(experiment, self.hyperparameter_sampling, self.primary_metric_name,
                                 self.primary_metric_goal, self.max_total_runs, self.policy,
-                                run_key=_run_key(context), run_name=f"{ti.task_id}-{ti.run_id}"[:240],
+                                run_key=task_run_key(ti), run_name=task_run_name(ti, sweep=True),
                                 tags={"airflow.dag_id": ti.dag_id, "airflow.task_id": ti.task_id,
                                       "airflow.run_id": ti.run_id})
-        except (ConfigurationError, TargetError) as exc:
-            _fail_on_bad_input(exc)
-            raise  # unreachable
+        except TrainingRunError as exc:
+            raise_for_airflow(exc)
         self.log.info("Sweep %s planned %d trials", trials[0]["parent_run_id"] if trials else "-", len(trials))
         return trials
 
@@ -230,10 +214,14 @@ class SelectBestTrialOperator(BaseOperator):
         if not trials and not isinstance(self.sweep_trials, str):
             raise AirflowException("sweep_trials is empty: the planning task planned no trial")
         try:
-            tracking_uri = MLflowTrackingHook(self.tracking_conn_id).configure_process()
-        except ConfigurationError as exc:
-            _fail_on_bad_input(exc)
-            raise  # unreachable
+            return self._select_best(trials)
+        except TrainingRunError as exc:
+            raise_for_airflow(exc)
+
+    def _select_best(self, trials: list[dict[str, Any]]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException
+
+        tracking_uri = MLflowTrackingHook(self.tracking_conn_id).configure_process()
         if isinstance(self.sweep_trials, str):
             experiment_name, parent = None, self.sweep_trials
         else:

@@ -18,7 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
@@ -28,6 +28,7 @@ from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
+from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name
 from airflow_provider.redaction import Redactor, register_with_airflow
 from airflow_provider.run_reference import RunReference
 
@@ -148,10 +149,8 @@ class SubmitTrainingRunOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return self._submit_and_watch(context)
-        except (ConfigurationError, TargetError) as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc  # retrying cannot fix a bad configuration
+        except TrainingRunError as exc:
+            raise_for_airflow(exc)  # a bad configuration fails at once; a transient error is retried
 
     def _submit_and_watch(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
@@ -169,9 +168,8 @@ class SubmitTrainingRunOperator(BaseOperator):
             "airflow.map_index": str(ti.map_index),
             "airflow.try_number": str(ti.try_number),
         }
-        run_key = f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{ti.map_index}"
-        run = experiment.submit(config, tags, run_key=run_key, reattach=self.reattach_on_retry,
-                                run_name=f"{ti.task_id}-{ti.run_id}"[:250], secret_variables=secrets,
+        run = experiment.submit(config, tags, run_key=task_run_key(ti), reattach=self.reattach_on_retry,
+                                run_name=task_run_name(ti), secret_variables=secrets,
                                 params=trial.params() if trial is not None else None)
         self._run = run
         if self._killed:  # on_kill came while submitting, before there was a run to cancel
@@ -204,6 +202,12 @@ class SubmitTrainingRunOperator(BaseOperator):
         :param context: the task context.
         :param event: the trigger's event (run reference, log offset, status).
         """
+        try:
+            return self._resume(event)
+        except TrainingRunError as exc:
+            raise_for_airflow(exc)
+
+    def _resume(self, event: dict[str, Any]) -> dict[str, Any]:
         self._reference = RunReference.from_dict(event["reference"])
         run = self._reference.script_run()
         self._credentials = self.tracking_hook.get_credentials()

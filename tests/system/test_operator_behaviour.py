@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -546,3 +547,81 @@ def test_mlflow_connection_with_an_unknown_scheme_names_the_connection(monkeypat
     with pytest.raises(ConfigurationError) as caught:
         MLflowTrackingHook("mlflow_foo").get_tracking_uri()
     assert caught.value.field == "tracking_conn_id 'mlflow_foo' (its host)" and "'foo'" in caught.value.problem
+
+
+# ---------------------------------------------------------------------- (d) retries follow the error tree
+RETRY_DAG = """
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider.core.hyperdrive import GridParameterSampling, choice
+from airflow_provider.operators import HyperparameterSweepOperator, SubmitTrainingRunOperator
+
+SOURCE = {source!r}
+RETRIES = {{"retries": 1, "retry_delay": timedelta(seconds=1)}}
+SWEEP = {{"hyperparameter_sampling": GridParameterSampling({{"--lr": choice(0.1, 0.2)}}),
+          "primary_metric_name": "loss", "primary_metric_goal": "MINIMIZE"}}
+
+with DAG(dag_id="retry_behaviour", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    SubmitTrainingRunOperator(task_id="docker_unreachable", source_directory=SOURCE, script="train.py",
+                              compute_target="dead_docker", **RETRIES)
+    SubmitTrainingRunOperator(task_id="tracking_down", source_directory=SOURCE, script="train.py",
+                              tracking_conn_id="dead_mlflow", **RETRIES)
+    HyperparameterSweepOperator(task_id="sweep_docker_unreachable", source_directory=SOURCE, script="train.py",
+                                compute_target="dead_docker", **SWEEP, **RETRIES)
+    HyperparameterSweepOperator(task_id="sweep_unknown_target", source_directory=SOURCE, script="train.py",
+                                compute_target="no_such_target", **SWEEP, **RETRIES)
+    HyperparameterSweepOperator(task_id="sweep_bad_tls", source_directory=SOURCE, script="train.py",
+                                compute_target="bad_tls_docker", **SWEEP, **RETRIES)
+"""
+
+# task_id -> (tries it must take with retries=1, a text of its failure, whether AirflowFailException ended it)
+RETRY_EXPECTATIONS = {
+    "docker_unreachable": (2, "cannot be reached", False),
+    "tracking_down": (2, "is unreachable", False),
+    "sweep_docker_unreachable": (2, "cannot be reached", False),
+    "sweep_unknown_target": (1, "no_such_target", True),
+    "sweep_bad_tls": (1, "is not a readable file", True),
+}
+
+
+def test_both_operators_retry_transient_errors_and_fail_configuration_errors_at_once(
+        tmp_path: Path, _airflow_db_template: Path, _mlflow_db_template: Path) -> None:
+    """An unreachable daemon or tracking server is retried (Airflow's retries apply) by the run and the
+    sweep operator alike; an unknown target or a bad TLS file fails the task at its first try."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = int(probe.getsockname()[1])
+    base = tmp_path / "retry_behaviour"
+    state, home, dags = base / "state", base / "airflow", base / "dags"
+    for folder in (state, home, dags):
+        folder.mkdir(parents=True)
+    shutil.copyfile(_airflow_db_template, home / "airflow.db")
+    shutil.copyfile(_mlflow_db_template, state / "mlflow.db")
+    source = base / "src"
+    write_script(source, "print('never runs')\n")
+    (dags / "retry_behaviour.py").write_text(textwrap.dedent(RETRY_DAG.format(source=str(source))))
+    env = {k: v for k, v in airflow_environment(home, dags).items()
+           if not k.startswith(("AIRFLOW_CONN_", "MLFLOW_"))}
+    env.update(
+        TRAINING_RUNS_HOME=str(state),
+        AIRFLOW_CONN_DEAD_DOCKER=json.dumps({"conn_type": "training_docker", "host": f"tcp://127.0.0.1:{closed}"}),
+        AIRFLOW_CONN_BAD_TLS_DOCKER=json.dumps({"conn_type": "training_docker", "host": "tcp://127.0.0.1:2376",
+                                                "extra": {"tls_ca_cert": str(tmp_path / "no-such-ca.pem")}}),
+        AIRFLOW_CONN_DEAD_MLFLOW=json.dumps({"conn_type": "mlflow", "host": f"http://127.0.0.1:{closed}"}),
+    )
+    result = subprocess.run([sys.executable, str(RUN_DAG), "retry_behaviour", LOGICAL_DATE], env=env,
+                            capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"dag.test() of retry_behaviour crashed:\n{output[-5000:]}"
+    with sqlite3.connect(home / "airflow.db") as connection:
+        rows = dict(((task_id, (task_state, tries)) for task_id, task_state, tries in connection.execute(
+            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = 'retry_behaviour'")))
+    segments = _split_by_task(output)
+    for task_id, (tries, text, failed_at_once) in RETRY_EXPECTATIONS.items():
+        log = "\n".join(segments.get(task_id, []))
+        assert rows[task_id] == ("failed", tries), f"{task_id}: {rows[task_id]} (expected {tries} tries)\n{log[-3000:]}"
+        assert text in log, f"{task_id} does not say {text!r}:\n{log[-3000:]}"
+        assert ("AirflowFailException" in log) is failed_at_once, f"{task_id}:\n{log[-3000:]}"
+    assert _open_runs(state / "mlflow.db") == [] and _live_runner_pids(state) == []

@@ -159,7 +159,7 @@ class EnvironmentCache:
         if found is None and self.installer == "uv":
             raise ConfigurationError(
                 "EnvironmentCache.installer", "is 'uv' but uv is not installed.",
-                "install uv (pip install uv), or use installer='pip' or 'auto'.",
+                "reinstall the provider (uv is one of its dependencies), or use installer='pip' or 'auto'.",
             )  # fmt: skip
         return found
 

@@ -20,7 +20,8 @@ __all__ = ["HyperDriveRun", "submit_sweep"]
 
 def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[str, str] | None = None,
                  run_key: str | None = None, run_name: str | None = None,
-                 secret_variables: dict[str, str] | None = None) -> HyperDriveRun:
+                 secret_variables: dict[str, str] | None = None, *, reattach: bool = True,
+                 params: dict[str, str] | None = None) -> HyperDriveRun:
     """Validate ``config``, create (or pick up, by ``run_key``) the parent run and launch the first trials.
 
     :param experiment: where the sweep runs.
@@ -30,7 +31,11 @@ def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[st
         picked up: its finished trials are kept, its running ones reattached.
     :param run_name: the parent run's display name (trials are ``<name>_<index>``).
     :param secret_variables: variables for every trial's process, never written to MLflow.
-    :raises ConfigurationError: before the parent run exists, for a bad configuration.
+    :param reattach: must be True: a sweep with ``run_key`` is always picked up (pass another
+        ``run_key``, or none, for a new sweep).
+    :param params: must be None: each trial's params are its sampled hyperparameters.
+    :raises ConfigurationError: before the parent run exists, for a bad configuration (also for
+        ``reattach=False`` or ``params``, which a sweep cannot honour).
     :raises TrackingUnavailableError: the tracking server did not answer (retryable).
 
     Any error once the parent run exists (a trial that cannot be sampled, staged or launched) stops
@@ -39,6 +44,7 @@ def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[st
     """
     from airflow_provider.core.submit import validate_secret_variables
 
+    _refuse_run_only_arguments(reattach, params)
     settings = config.validate()
     secrets = validate_secret_variables(secret_variables)
     experiment.tracker.check_reachable()
@@ -51,6 +57,22 @@ def submit_sweep(experiment: Experiment, config: HyperDriveConfig, tags: dict[st
             run.end_early(exc)
             raise
     return run
+
+
+def _refuse_run_only_arguments(reattach: bool, params: dict[str, str] | None) -> None:
+    """Refuse the arguments of ``Experiment.submit`` that only a single run can honour.
+
+    :param reattach: ``Experiment.submit``'s ``reattach``.
+    :param params: ``Experiment.submit``'s ``params``.
+    """
+    if reattach is not True:
+        raise ConfigurationError(
+            "Experiment.submit.reattach", "is False, but a sweep is always picked up by its run_key: a retry "
+            "keeps its finished trials.", "leave reattach=True; pass another run_key (or none) to start a new sweep.")
+    if params is not None:
+        raise ConfigurationError(
+            "Experiment.submit.params", "is set, but each trial of a sweep records its sampled hyperparameters "
+            "as its params.", "leave params unset; add fixed values to the run config's arguments or as tags.")
 
 
 class HyperDriveRun:
@@ -126,7 +148,7 @@ class HyperDriveRun:
                 raise
         details = self.get_details()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
-            raise RunFailedError(self.id, details["status"], details.get("error") or "no trial completed")
+            raise RunFailedError.for_status(self.id, details["status"], details.get("error") or "no trial completed")
         return details
 
     def end_early(self, error: BaseException) -> None:
@@ -191,10 +213,6 @@ class HyperDriveRun:
         from airflow_provider.core.submit import ScriptRun
 
         return [ScriptRun(self.experiment, r.run_id, None, None) for r in self.sweep.results()]
-
-    def get_hyperparameters(self) -> dict[str, dict[str, Any]]:
-        """Trial run id -> the hyperparameters it ran with."""
-        return {r.run_id: r.hyperparameters for r in self.sweep.results()}
 
     def get_metrics(self) -> dict[str, dict[str, float | list[float]]]:
         """Trial run id -> its metrics (one value, or the series)."""

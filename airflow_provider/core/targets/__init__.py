@@ -5,17 +5,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetConfigurationError
 from airflow_provider.core.targets.base import ComputeTarget
 
 __all__ = ["ComputeTarget", "known_targets", "resolve_target", "target_from_spec"]
 
-# name -> (module, class, install hint)
-_REGISTRY: dict[str, tuple[str, str, str]] = {
-    "local": ("airflow_provider.core.targets.local", "LocalTarget", ""),
-    "docker": ("airflow_provider.core.targets.docker", "DockerTarget", "pip install docker"),
-    "ssh": ("airflow_provider.core.targets.ssh", "SSHTarget", "pip install paramiko"),
-    "mpi": ("airflow_provider.core.targets.mpi", "MPITarget", "pip install paramiko"),
+# name -> (module, class); their libraries (docker, paramiko) are dependencies of the provider
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "local": ("airflow_provider.core.targets.local", "LocalTarget"),
+    "docker": ("airflow_provider.core.targets.docker", "DockerTarget"),
+    "ssh": ("airflow_provider.core.targets.ssh", "SSHTarget"),
+    "mpi": ("airflow_provider.core.targets.mpi", "MPITarget"),
 }
 
 
@@ -25,11 +25,8 @@ def known_targets() -> list[str]:
 
 
 def _target_class(kind: str) -> type[ComputeTarget]:
-    module_name, class_name, hint = _REGISTRY[kind]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TargetError(f"compute target {kind!r} needs an extra package: {hint or exc}") from exc
+    module_name, class_name = _REGISTRY[kind]
+    module = importlib.import_module(module_name)
     target_class: type[ComputeTarget] = getattr(module, class_name)
     return target_class
 
@@ -41,7 +38,7 @@ def target_from_spec(spec: dict[str, Any]) -> ComputeTarget:
     """
     kind = spec.get("kind")
     if kind not in _REGISTRY:
-        raise TargetError(f"unknown compute target kind {kind!r}; known: {', '.join(known_targets())}")
+        raise TargetConfigurationError(f"unknown compute target kind {kind!r}; known: {', '.join(known_targets())}")
     return _target_class(str(kind)).from_spec(spec)
 
 
@@ -53,9 +50,10 @@ def resolve_target(target: str | ComputeTarget) -> ComputeTarget:
     if isinstance(target, ComputeTarget):
         return target
     if target not in _REGISTRY:
-        raise TargetError(
+        raise TargetConfigurationError(
             f"ScriptRunConfig.compute_target: unknown compute target {target!r}. Known targets: "
             f"{', '.join(known_targets())}; other targets (docker, ssh, mpi) are Airflow connections "
-            "used through SubmitTrainingRunOperator, or ComputeTarget objects passed directly."
+            "used through SubmitTrainingRunOperator, or ComputeTarget objects passed directly.",
+            "ScriptRunConfig.compute_target",
         )
     return _target_class(target)()

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetConfigurationError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.runtime import job_runner
 
@@ -42,11 +42,11 @@ def check_job_id(job_id: object) -> str:
 
     :param job_id: the proposed id (it may come from a run tag that anyone with write access to
         the run, the script included, can rewrite).
-    :raises TargetError: when it is not.
+    :raises TargetConfigurationError: when it is not (a retry cannot help).
     """
     if not isinstance(job_id, str) or _JOB_ID.fullmatch(job_id) is None:
-        raise TargetError(f"refusing job id {job_id!r}: a job id is 1-128 letters, digits, '_' or '-' (the MLflow "
-                          "run id); the run's tags may have been altered")
+        raise TargetConfigurationError(f"refusing job id {job_id!r}: a job id is 1-128 letters, digits, '_' or '-' "
+                                       "(the MLflow run id); the run's tags may have been altered")
     return job_id
 
 
@@ -56,12 +56,13 @@ def job_dir_under(jobs_root: str, handle: JobHandle) -> str:
 
     :param jobs_root: the target's folder of job folders.
     :param handle: the job.
-    :raises TargetError: when the handle points elsewhere.
+    :raises TargetConfigurationError: when the handle points elsewhere (a retry cannot help).
     """
     expected = f"{jobs_root.rstrip('/')}/{check_job_id(handle.job_id)}"
     if handle.location.rstrip("/") != expected:
-        raise TargetError(f"job {handle.job_id}: its location {handle.location!r} is not {expected!r}, its folder "
-                          "on this target (was the target's jobs folder changed while the run was going?)")
+        raise TargetConfigurationError(f"job {handle.job_id}: its location {handle.location!r} is not {expected!r}, "
+                                       "its folder on this target (was the target's jobs folder changed while the run "
+                                       "was going?)")
     return expected
 
 
@@ -204,7 +205,8 @@ class ComputeTarget(abc.ABC):
         return {}
 
     def check(self) -> None:  # noqa: B027 - optional hook with a sensible default
-        """Raise :class:`TargetError` when the target cannot be used (before any compute)."""
+        """Raise :class:`TargetError` when the target cannot be used now (retryable), or
+        :class:`TargetConfigurationError` when it cannot be used as configured (before any compute)."""
 
     @abc.abstractmethod
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:

@@ -8,26 +8,32 @@ main process is :mod:`job_runner`, as on every target; containers carry the labe
 
 Environments become images once per fingerprint (:mod:`docker_images`): a base image as it is, or
 one built from a Dockerfile and/or pip requirements.
+
+Errors: docker's own exceptions never leave this target. :func:`_docker_errors` (on every method of
+the target contract) maps them onto the error tree: the daemon unreachable or answering 5xx is a
+:class:`TargetError` (retryable), a request the daemon refuses as invalid (4xx but 404/409) a
+:class:`TargetConfigurationError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
 import shutil
 import tarfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetConfigurationError, TargetError, TrainingRunError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.runtime import host_files, job_runner
@@ -45,6 +51,41 @@ _TLS_FILES: dict[str, tuple[str, str]] = {"ca_cert": ("TLS CA certificate", "tls
                                            "client_cert": ("TLS client certificate", "tls_client_cert"),
                                            "client_key": ("TLS client key", "tls_client_private_key")}
 """tls key: what it is, and the connection's extra field that sets it."""
+_UNREACHABLE_FIX = "Fix: start dockerd there, or fix the connection's daemon URL (host)."
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def docker_error(exc: BaseException, target: DockerTarget, call: str) -> TargetError:
+    """The error of the tree for an exception the docker SDK raised (raise it ``from exc``).
+
+    :param exc: what docker (or requests below it) raised.
+    :param target: the target, for the message.
+    :param call: what failed, for the message.
+    """
+    message = f"{target.describe()}: {call} failed ({type(exc).__name__}: {_first_line(exc)})"
+    status = int(getattr(getattr(exc, "response", None), "status_code", 0) or 0)
+    if 400 <= status < 500 and status not in (404, 409):  # the daemon refuses the request as it is
+        return TargetConfigurationError(f"{message}. Fix: check the connection's run options.")
+    return TargetError(f"{message}; the daemon may be restarting or unreachable: a retry may help.")
+
+
+def _docker_errors(method: Callable[Concatenate[DockerTarget, _P], _R]) -> Callable[Concatenate[DockerTarget, _P], _R]:
+    """Let only errors of the tree out of a :class:`DockerTarget` method; the original is the cause."""
+
+    @functools.wraps(method)
+    def translated(self: DockerTarget, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        import docker
+        import requests
+
+        try:
+            return method(self, *args, **kwargs)
+        except TrainingRunError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_error(exc, self, method.__name__) from exc
+
+    return translated
 
 
 class DockerTarget(ComputeTarget):
@@ -100,10 +141,9 @@ class DockerTarget(ComputeTarget):
                 self._client.ping()
             except Exception as exc:
                 self._client = None
-                raise TargetError(
-                    f"the Docker daemon at {where} cannot be reached ({_first_line(exc)}). "
-                    f"{_connection_fix(exc, self.tls)}"
-                ) from exc
+                fix = _connection_fix(exc, self.tls)
+                error = TargetError if fix == _UNREACHABLE_FIX else TargetConfigurationError  # TLS: a setting
+                raise error(f"the Docker daemon at {where} cannot be reached ({_first_line(exc)}). {fix}") from exc
         return self._client
 
     def _tls_config(self, where: str) -> Any:
@@ -116,18 +156,20 @@ class DockerTarget(ComputeTarget):
         import docker.tls
 
         if not (self.base_url or "").startswith(("tcp://", "https://")):
-            raise TargetError(f"the Docker daemon at {where}: TLS settings need a tcp:// daemon URL. Fix: set the "
-                              "connection's host to e.g. tcp://127.0.0.1:2376, or remove the tls_* extra fields.")
+            raise TargetConfigurationError(
+                f"the Docker daemon at {where}: TLS settings need a tcp:// daemon URL. Fix: set the connection's "
+                "host to e.g. tcp://127.0.0.1:2376, or remove the tls_* extra fields.")
         for key, (label, field) in _TLS_FILES.items():
             path = self.tls.get(key)
             if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
-                raise TargetError(f"the Docker daemon at {where}: the {label} {path} (connection extra "
-                                  f"{field}) is not a readable file. Fix: give the path of a PEM file on this "
-                                  "machine, or the PEM text itself.")
+                raise TargetConfigurationError(
+                    f"the Docker daemon at {where}: the {label} {path} (connection extra {field}) is not a readable "
+                    "file. Fix: give the path of a PEM file on this machine, or the PEM text itself.")
         cert_path, key_path = self.tls.get("client_cert"), self.tls.get("client_key")
         if bool(cert_path) != bool(key_path):
-            raise TargetError(f"the Docker daemon at {where}: a TLS client certificate needs its key and the other "
-                              "way round. Fix: set both tls_client_cert and tls_client_private_key, or neither.")
+            raise TargetConfigurationError(
+                f"the Docker daemon at {where}: a TLS client certificate needs its key and the other way round. "
+                "Fix: set both tls_client_cert and tls_client_private_key, or neither.")
         return docker.tls.TLSConfig(client_cert=(cert_path, key_path) if cert_path and key_path else None,
                                     ca_cert=self.tls.get("ca_cert"), verify=bool(self.tls.get("verify", True)))
 
@@ -148,6 +190,7 @@ class DockerTarget(ComputeTarget):
         _ = self.client
 
     # ------------------------------------------------------------------ environment and staging
+    @_docker_errors
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
         """Find or build the environment's image on the daemon (see :mod:`docker_images`)."""
         from airflow_provider.core.environments.docker_images import ImageBuilder
@@ -163,6 +206,7 @@ class DockerTarget(ComputeTarget):
                                    resolved.fingerprint, resolved.built, resolved.build_log, description,
                                    resolved.image, build_log_artifact="image_build.log")
 
+    @_docker_errors
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
         """Create the job's container from the environment's image (not started) and put the job
@@ -193,6 +237,7 @@ class DockerTarget(ComputeTarget):
         self._unsent[str(container.id)] = archive  # launch adds job.json and sends it in one request
         return JobHandle(self.kind, job_id, str(container.id))
 
+    @_docker_errors
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         import docker
 
@@ -222,11 +267,13 @@ class DockerTarget(ComputeTarget):
         return {"job_dir": JOB_ROOT, "events": f"{JOB_ROOT}/{job_runner.EVENTS_FILE}",
                 "uploads": f"{JOB_ROOT}/{job_runner.UPLOADS_DIR}"}
 
+    @_docker_errors
     def find(self, job_id: str) -> JobHandle | None:
         found = self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={job_id}"})
         return JobHandle(self.kind, job_id, str(found[0].id)) if found else None
 
     # ------------------------------------------------------------------ watching
+    @_docker_errors
     def poll(self, handle: JobHandle) -> JobStatus:
         import docker
 
@@ -269,6 +316,7 @@ class DockerTarget(ComputeTarget):
                 return line[len(prefix):]
         return None
 
+    @_docker_errors
     def wait(self, handle: JobHandle, timeout: float) -> None:
         """Block until the container stops (the daemon's wait), or ``timeout`` seconds pass."""
         if self._states.get(handle.location) != "running":
@@ -280,6 +328,7 @@ class DockerTarget(ComputeTarget):
         except Exception:  # the timeout (a read timeout), or a daemon error the next poll reports
             time.sleep(max(0.0, timeout - (time.monotonic() - started)))
 
+    @_docker_errors
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         path = f"{JOB_ROOT}/{_FILES[channel]}"
         key = (handle.location, path)
@@ -292,6 +341,7 @@ class DockerTarget(ComputeTarget):
         self._sizes[key] = len(content)
         return content[offset : offset + limit]
 
+    @_docker_errors
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         archive = self._archive(handle, f"{JOB_ROOT}/{relative_path}")
         if archive is None:
@@ -344,6 +394,7 @@ class DockerTarget(ComputeTarget):
             return extracted.read() if extracted is not None else None
 
     # ------------------------------------------------------------------ control
+    @_docker_errors
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
         import docker
 
@@ -376,6 +427,7 @@ class DockerTarget(ComputeTarget):
                 "message": "the run was canceled (its container had to be killed)", "ended_at": time.time(),
             }).encode(), 0o644)
 
+    @_docker_errors
     def cleanup(self, handle: JobHandle) -> None:
         import docker
 
@@ -439,7 +491,7 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
         return ("Fix: this daemon speaks TLS: set the connection's tls_ca_cert, tls_client_cert and "
                 "tls_client_private_key extra fields.")
     if not tls:
-        return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
+        return _UNREACHABLE_FIX
     if "hostname" in text.lower() and ("match" in text.lower() or "not valid" in text.lower()):
         return ("Fix: the daemon's certificate does not carry this host name: connect by a name it carries, or set "
                 "tls_hostname to one of them.")
@@ -450,7 +502,7 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
                                                  "tls", "connection reset", "eof occurred")):
         return ("Fix: the daemon refused the TLS handshake (client cert/CA mismatch): it wants a client certificate "
                 "signed by the CA it trusts; set tls_client_cert and tls_client_private_key to such a pair.")
-    return "Fix: start dockerd there, or fix the connection's daemon URL (host)."
+    return _UNREACHABLE_FIX
 
 
 def _add_folder(tar: tarfile.TarFile, name: str) -> None:

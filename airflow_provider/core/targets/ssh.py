@@ -31,7 +31,12 @@ from airflow_provider.core.environments.fingerprint import environment_fingerpri
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.requirement_files import localize_requirements
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, TargetError
+from airflow_provider.core.errors import (
+    ConfigurationError,
+    EnvironmentBuildError,
+    TargetConfigurationError,
+    TargetError,
+)
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
@@ -444,7 +449,7 @@ class _AgentSession:
             error += self.channel.recv_stderr(65536).decode(errors="replace")
         error = error.strip()
         if status == 127 or (self.python in error and ("not found" in error or "No such file" in error)):
-            raise TargetError(
+            raise TargetConfigurationError(
                 f"the remote Python {self.python!r} was not found on {self.address} ({error[-300:]}): install "
                 "Python 3.9+ there or set the connection's extra 'python' to its path."
             )

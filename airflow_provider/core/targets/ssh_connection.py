@@ -1,5 +1,11 @@
 """One SSH connection (paramiko) with strict host keys, clear errors and reconnection.
 
+Errors: paramiko's and the socket's exceptions never leave this module: connecting maps them onto
+the error tree (a refused or unknown host key, a failed login or an unreadable key file is a
+:class:`TargetConfigurationError`; an unreachable host a :class:`TargetError`), and every use goes
+through :meth:`SSHConnection.retrying`, which reconnects and, when that keeps failing, raises a
+:class:`TargetError` (retryable) with the last error as its cause.
+
 Host keys: a key pinned in the configuration wins; else a known_hosts file (the given one, or
 ``~/.ssh/known_hosts``). An unknown key is refused unless ``accept_unknown_host_keys`` is set, and a
 changed key is always refused; both errors show the key's fingerprint and how to pin it.
@@ -20,7 +26,7 @@ from typing import TypeVar
 
 import paramiko
 
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetConfigurationError, TargetError
 
 __all__ = ["SSHConnection", "SSHSettings", "fingerprint"]
 
@@ -86,7 +92,7 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
                         fingerprint(key))
             client.get_host_keys().add(hostname, key.get_name(), key)
             return
-        raise TargetError(
+        raise TargetConfigurationError(
             f"the host key of {self.settings.address} is unknown: {key.get_name()} {fingerprint(key)}. "
             f"If that is the host's key, pin it: set the connection's extra host_key to "
             f"'{key.get_name()} {key.get_base64()}', or add it to known_hosts "
@@ -145,8 +151,8 @@ class SSHConnection:
         else:
             known_hosts = settings.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
             if settings.known_hosts and not os.path.exists(known_hosts):
-                raise TargetError(f"known_hosts file {known_hosts!r} does not exist: fix the connection's known_hosts "
-                                  "field, or pin the key with host_key.")
+                raise TargetConfigurationError(f"known_hosts file {known_hosts!r} does not exist: fix the connection's "
+                                               "known_hosts field, or pin the key with host_key.")
             if os.path.exists(known_hosts):
                 client.load_host_keys(known_hosts)
         client.set_missing_host_key_policy(_RefuseUnknown(settings))
@@ -162,7 +168,7 @@ class SSHConnection:
             raise
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise TargetError(
+            raise TargetConfigurationError(
                 f"the host key of {settings.address} CHANGED: it now offers {exc.key.get_name()} "
                 f"{fingerprint(exc.key)}, but {fingerprint(exc.expected_key)} is pinned or in known_hosts. Someone may "
                 "be intercepting the connection; if the host was reinstalled, pin the new key (connection extra "
@@ -170,7 +176,7 @@ class SSHConnection:
             ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise TargetError(
+            raise TargetConfigurationError(
                 f"authentication as {settings.username or _local_user()!r} on {settings.address} failed ({exc}): "
                 "check the connection's login and its private key (key_file / private_key, passphrase) or password."
             ) from exc
@@ -217,7 +223,7 @@ def _parse_host_key(text: str) -> tuple[str, paramiko.PKey]:
         key_type, blob = parts[0], parts[1]
         return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
     except Exception as exc:
-        raise TargetError(
+        raise TargetConfigurationError(
             f"the pinned host_key {text[:60]!r} is not a public key: write it as in known_hosts, "
             "'ssh-ed25519 AAAA...' (ssh-keyscan prints it)."
         ) from exc
@@ -236,10 +242,10 @@ def _private_key(settings: SSHSettings) -> paramiko.PKey | None:
         try:
             text = path.read_text(errors="replace")
         except FileNotFoundError as exc:
-            raise TargetError(f"the key_file {settings.key_file!r} does not exist: fix the connection's "
-                              "key_file.") from exc
+            raise TargetConfigurationError(f"the key_file {settings.key_file!r} does not exist: fix the connection's "
+                                           "key_file.") from exc
         except OSError as exc:
-            raise TargetError(f"the key_file {settings.key_file!r} cannot be read ({exc}).") from exc
+            raise TargetConfigurationError(f"the key_file {settings.key_file!r} cannot be read ({exc}).") from exc
         key = ssh_private_key(text, settings.passphrase, "SSHSettings.key_file", "SSHSettings.passphrase",
                               "point key_file at a private key file such as ~/.ssh/id_ed25519.")[1]
         certificate = Path(f"{path}-cert.pub")
