@@ -234,7 +234,7 @@ def test_unreadable_docker_tls_files_are_a_configuration_error(tmp_path: Path) -
 
 def test_a_request_the_daemon_refuses_is_a_configuration_error(docker_target: object, tmp_path: Path) -> None:
     import docker
-    from airflow_provider.core.environment_cache import PreparedEnvironment
+    from airflow_provider.core.environments.prepared import PreparedEnvironment
 
     from airflow_provider.core.snapshot import SnapshotStore
     from airflow_provider.core.targets.docker import DockerTarget
