@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.script_run import ScriptRun
+from airflow_provider.core.submit import Experiment
 from airflow_provider.core.targets.base import JobHandle
 
 __all__ = ["RunReference"]
@@ -22,6 +23,7 @@ class RunReference:
     :param tracking_conn_id: the ``mlflow`` connection (for credentials), if any.
     :param compute_target: ``"local"`` or the compute connection id.
     :param handle: the job handle (``JobHandle.to_dict()``).
+    :param sweep_trial: the run is a trial of a sweep: its watchers apply the sweep's policy.
     """
 
     run_id: str
@@ -30,6 +32,7 @@ class RunReference:
     tracking_conn_id: str | None
     compute_target: str
     handle: dict[str, str]
+    sweep_trial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
@@ -42,7 +45,8 @@ class RunReference:
         :param data: the serialised reference.
         """
         return cls(str(data["run_id"]), str(data["experiment_name"]), str(data["tracking_uri"]),
-                   data.get("tracking_conn_id"), str(data["compute_target"]), dict(data["handle"]))
+                   data.get("tracking_conn_id"), str(data["compute_target"]), dict(data["handle"]),
+                   bool(data.get("sweep_trial", False)))
 
     def script_run(self, configure_credentials: bool = True) -> ScriptRun:
         """Rebuild the run's handle here (reads the connections; creates no job).
@@ -58,4 +62,9 @@ class RunReference:
             MLflowTrackingHook(self.tracking_conn_id).configure_process()
         target = compute_hook_for(self.compute_target).get_target()
         experiment = Experiment(self.experiment_name, tracking_uri=self.tracking_uri)
-        return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle))
+        monitor = None
+        if self.sweep_trial:
+            from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
+
+            monitor = TrialMonitor.from_tags
+        return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle), monitor)

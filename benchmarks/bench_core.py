@@ -57,8 +57,9 @@ from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.environments.local_cache import EnvironmentCache
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.relay import EventRelay
+from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.snapshot import SnapshotStore
-from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.submit import Experiment
 from airflow_provider.core.targets.base import JobHandle
 from airflow_provider.core.targets.local import LocalTarget
 from airflow_provider.core.tracking import Tracker

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
         TrackingError,
         TrainingRunError,
     )
-    from airflow_provider.core.submit import Experiment, ScriptRun
+    from airflow_provider.core.script_run import ScriptRun
+    from airflow_provider.core.submit import Experiment
     from airflow_provider.core.tracking import RunState
     from airflow_provider.runtime.run_context import Run
 
@@ -52,7 +53,7 @@ _WHERE = {
     "ScriptRunConfig": "config",
     "Environment": "airflow_provider.core.environments.spec",
     "Experiment": "submit",
-    "ScriptRun": "submit",
+    "ScriptRun": "script_run",
     "Run": "run_context",
     "RunState": "tracking",
     "MpiConfiguration": "distributed",

@@ -28,6 +28,8 @@ from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.variables import validate_variables
 
 if TYPE_CHECKING:
+    from airflow_provider.core.script_run import ScriptRun
+    from airflow_provider.core.submit import Experiment
     from airflow_provider.core.targets.base import ComputeTarget
 
 __all__ = ["Argument", "ResolvedRunConfig", "ScriptRunConfig"]
@@ -69,6 +71,15 @@ class ScriptRunConfig:
     environment_variables: dict[str, str] | None = None
     snapshot_size_limit_mb: float = DEFAULT_SNAPSHOT_SIZE_LIMIT_MB
     azureml_compat: bool = False
+
+    def submit_to(self, experiment: Experiment, tags: dict[str, str] | None = None, *, run_key: str | None = None,
+                  reattach: bool = True, run_name: str | None = None,
+                  secret_variables: dict[str, str] | None = None,
+                  params: dict[str, str] | None = None) -> ScriptRun:
+        """Start this run in ``experiment`` (what ``experiment.submit(config)`` calls): see
+        :meth:`~airflow_provider.core.submit.Experiment.submit` for the parameters."""
+        return experiment.start(self, tags, run_key=run_key, reattach=reattach, run_name=run_name,
+                                secret_variables=secret_variables, params=params)
 
     def validate(self) -> ResolvedRunConfig:
         """Check every field; return the resolved run description.

@@ -23,7 +23,8 @@ import time
 from typing import Any
 
 from airflow_provider.core.paths import state_dir
-from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.script_run import ScriptRun
+from airflow_provider.core.submit import Experiment
 from airflow_provider.core.targets import target_from_spec
 from airflow_provider.core.targets.base import JobHandle
 

@@ -12,39 +12,42 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Protocol, TypeVar
 
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.errors import (
-    ArtifactNotFoundError,
     ConfigurationError,
     EnvironmentBuildError,
-    RunFailedError,
-    TrackingError,
 )
 from airflow_provider.core.git import read_git_state
-from airflow_provider.core.paths import state_dir
+from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.targets import resolve_target
-from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.variables import validate_variables
-from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT, OutputSink, RunWatcher
 from airflow_provider.runtime import COMPAT_PATH_DIR, RUNTIME_DIR, job_files, rank_launcher
 from airflow_provider.runtime import events as events_module
 from airflow_provider.runtime.job_runner import RANKS_DIR
 
-if TYPE_CHECKING:
-    from airflow_provider.core.hyperdrive import HyperDriveConfig, HyperDriveRun
+__all__ = ["Experiment", "ScriptRun", "StagedRun", "Submittable"]
 
-__all__ = ["Experiment", "ScriptRun", "StagedRun"]
+RunT = TypeVar("RunT", covariant=True)
+
+
+class Submittable(Protocol[RunT]):
+    """A configuration :meth:`Experiment.submit` accepts: it knows how to submit itself."""
+
+    def submit_to(self, experiment: Experiment, tags: dict[str, str] | None, *, run_key: str | None,
+                  reattach: bool, run_name: str | None, secret_variables: dict[str, str] | None,
+                  params: dict[str, str] | None) -> RunT:
+        """Start this configuration's run(s) in ``experiment`` (see :meth:`Experiment.submit`)."""
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +80,15 @@ class Experiment:
             self._id = self.tracker.experiment_id(self.name)
         return self._id
 
-    @overload
-    def submit(self, config: ScriptRunConfig, tags: dict[str, str] | None = None, *,
+    def submit(self, config: Submittable[RunT], tags: dict[str, str] | None = None, *,
                run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
-               secret_variables: dict[str, str] | None = None, params: dict[str, str] | None = None) -> ScriptRun: ...
-
-    @overload
-    def submit(self, config: HyperDriveConfig, tags: dict[str, str] | None = None, *,
-               run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
-               secret_variables: dict[str, str] | None = None,
-               params: dict[str, str] | None = None) -> HyperDriveRun: ...
-
-    def submit(self, config: ScriptRunConfig | HyperDriveConfig, tags: dict[str, str] | None = None, *,
-               run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
-               secret_variables: dict[str, str] | None = None,
-               params: dict[str, str] | None = None) -> ScriptRun | HyperDriveRun:
+               secret_variables: dict[str, str] | None = None, params: dict[str, str] | None = None) -> RunT:
         """Validate ``config`` and start the run detached; return its handle at once.
 
-        A :class:`~airflow_provider.core.hyperdrive.HyperDriveConfig` starts a sweep: its parent run
-        and first trials (see :func:`~airflow_provider.core.hyperdrive.run.submit_sweep`).
+        The configuration submits itself, as in Azure ML v1: a :class:`ScriptRunConfig` starts one
+        run (:meth:`start`, a :class:`ScriptRun`), a
+        :class:`~airflow_provider.core.hyperdrive.HyperDriveConfig` a sweep, its parent run and
+        first trials (a ``HyperDriveRun``).
 
         :param config: the run (or sweep) to start.
         :param tags: extra MLflow tags for the run.
@@ -107,12 +100,20 @@ class Experiment:
         :param secret_variables: variables for the run's process that are never written to MLflow.
         :param params: MLflow params of the run (a sweep's sampled hyperparameters; a sweep refuses them).
         """
-        from airflow_provider.core.hyperdrive import HyperDriveConfig
-        from airflow_provider.core.hyperdrive.run import submit_sweep
+        submit_to = getattr(config, "submit_to", None)
+        if submit_to is None:
+            raise ConfigurationError("Experiment.submit.config",
+                                     f"a {type(config).__name__} cannot be submitted.",
+                                     "pass a ScriptRunConfig or a HyperDriveConfig.")
+        run: RunT = submit_to(self, tags, run_key=run_key, reattach=reattach, run_name=run_name,
+                              secret_variables=secret_variables, params=params)
+        return run
 
-        if isinstance(config, HyperDriveConfig):
-            return submit_sweep(self, config, tags, run_key, run_name, secret_variables, reattach=reattach,
-                                params=params)
+    def start(self, config: ScriptRunConfig, tags: dict[str, str] | None = None, *,
+              run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
+              secret_variables: dict[str, str] | None = None, params: dict[str, str] | None = None) -> ScriptRun:
+        """Stage ``config`` and launch it (or reattach to its run, by key): what :meth:`submit` does
+        for a :class:`ScriptRunConfig`. The parameters are :meth:`submit`'s."""
         staged = self.stage(config, tags, run_key=run_key, reattach=reattach, run_name=run_name,
                             secret_variables=secret_variables, params=params)
         return staged.launch() if isinstance(staged, StagedRun) else staged
@@ -297,233 +298,6 @@ class StagedRun:
             self.target.cleanup(self.handle)
 
 
-class ScriptRun:
-    """A submitted run (Azure ML v1's ``ScriptRun``): status, details, metrics, files, control.
-
-    :param experiment: the run's experiment.
-    :param run_id: the MLflow run id.
-    :param target: the target its job runs on (None when the run was already over).
-    :param handle: its job (None when the run was already over).
-    """
-
-    def __init__(self, experiment: Experiment, run_id: str, target: ComputeTarget | None,
-                 handle: JobHandle | None) -> None:
-        self.experiment = experiment
-        self.id = run_id
-        self.target = target
-        self.handle = handle
-        self.log_upload_interval = 15.0
-        """Seconds between uploads of the driver log and ``./logs`` while the run goes on."""
-
-    def __repr__(self) -> str:
-        return f"ScriptRun(id={self.id!r}, experiment={self.experiment.name!r})"
-
-    @property
-    def tracker(self) -> Tracker:
-        """The experiment's tracker."""
-        return self.experiment.tracker
-
-    # ------------------------------------------------------------------ status
-    def get_status(self) -> str:
-        """The detailed state (``Running``, ``Completed``, ...); advances the run one step when
-        no other watcher is driving it."""
-        state = self._state()
-        if not state.is_terminal and self.handle is not None:
-            lock = self._lock()
-            try:
-                lock.acquire(timeout=0)
-            except TimeoutError:
-                return state.value
-            try:
-                if not self._state().is_terminal:
-                    watcher = self.watcher(None)
-                    status = watcher.step()
-                    if status.state != "running":
-                        watcher.finalize(status)
-            finally:
-                lock.release()
-            state = self._state()
-        return state.value
-
-    def wait_for_completion(self, show_output: bool = False, raise_on_error: bool = True,
-                            output: OutputSink | None = None, poll_interval: float = 1.0,
-                            log_offset: int = 0) -> dict[str, Any]:
-        """Watch the run to its end, finalize it, and return its details.
-
-        :param show_output: print the run's output here as it comes.
-        :param raise_on_error: raise :class:`RunFailedError` when it ends Failed or Canceled.
-        :param output: a callable receiving each output line (instead of printing).
-        :param poll_interval: the longest pause between polls of the target.
-        :param log_offset: skip this many bytes of output (already shown by an earlier watcher).
-        """
-        sink = output or (print if show_output else None)
-        if self.handle is not None:
-            with self._lock():
-                if not self._state().is_terminal:
-                    watcher = self.watcher(sink, log_offset)
-                    watcher.finalize(watcher.watch(poll_interval))
-        details = self.get_details()
-        if raise_on_error and details["status"] != RunState.COMPLETED.value:
-            error = details.get("error") or {}
-            raise RunFailedError.for_status(self.id, details["status"], error.get("message", "unknown error"),
-                                            error.get("logTail", ""))
-        return details
-
-    def finalize_once(self, watcher: RunWatcher, status: JobStatus) -> None:
-        """Finalize with ``watcher`` under the run's lock, unless someone else (a detached finalizer
-        after a task kill) already has.
-
-        :param watcher: this run's watcher.
-        :param status: how the job ended.
-        """
-        with self._lock():
-            if not self._state().is_terminal:
-                watcher.finalize(status)
-
-    def cancel(self, wait: bool = True) -> None:
-        """Stop the run's whole process tree (SIGTERM, grace, SIGKILL); it ends Canceled.
-
-        :param wait: wait for the job to end and finalize the run here, unless another watcher
-            (maybe this process's own ``wait_for_completion``) is driving it and will do so.
-            False only asks the job's supervisor to stop it.
-        """
-        if self.handle is None or self.target is None:
-            return
-        self.target.cancel(self.handle, wait=wait)  # first, and without MLflow: stopping must not wait on it
-        if not wait:
-            return
-        lock = self._lock()
-        try:
-            lock.acquire(timeout=0)
-        except TimeoutError:
-            return  # the watcher holding the lock sees the job end and finalizes it
-        try:
-            if not self._state().is_terminal:
-                watcher = self.watcher(None)
-                watcher.finalize(self.target.poll(self.handle))
-        finally:
-            lock.release()
-
-    # ------------------------------------------------------------------ history
-    def get_details(self) -> dict[str, Any]:
-        """Status, times, target, snapshot, environment, git properties, error, log files."""
-        run = self.tracker.get_run(self.id)
-        tags = run.data.tags
-        details: dict[str, Any] = {
-            "runId": self.id,
-            "experimentId": run.info.experiment_id,
-            "status": tags.get(Tags.STATE, RunState.QUEUED.value),
-            "mlflowStatus": run.info.status,
-            "startTimeUtc": _iso(run.info.start_time),
-            "endTimeUtc": _iso(run.info.end_time),
-            "target": tags.get(Tags.TARGET),
-            "command": tags.get(Tags.COMMAND),
-            "snapshotId": tags.get(Tags.SNAPSHOT_ID),
-            "environment": {
-                "name": tags.get(Tags.ENVIRONMENT_NAME),
-                "fingerprint": tags.get(Tags.ENVIRONMENT_FINGERPRINT),
-                "description": tags.get(Tags.ENVIRONMENT_DESCRIPTION),
-            },
-            "properties": {k: v for k, v in tags.items() if k.startswith("mlflow.source.git.")
-                           or k == "training.git.dirty"},
-            "stateTimes": {k[len(Tags.STATE_TIME_PREFIX):]: v for k, v in tags.items()
-                           if k.startswith(Tags.STATE_TIME_PREFIX)},
-            "artifactUri": run.info.artifact_uri,
-            "logFiles": [*self.tracker.list_artifacts(self.id, "system_logs"),
-                         *self.tracker.list_artifacts(self.id, "logs")],
-        }
-        if Tags.EXIT_CODE in tags:
-            details["exitCode"] = int(tags[Tags.EXIT_CODE])
-        if Tags.ERROR in tags:
-            failing_rank = re.search(r"system_logs/rank_\d+\.log", tags[Tags.ERROR])
-            log = failing_rank.group(0) if failing_rank else DRIVER_LOG_ARTIFACT
-            details["error"] = {"message": tags[Tags.ERROR], "logTail": self._log_tail(log)}
-        return details
-
-    def get_metrics(self) -> dict[str, float | list[float]]:
-        """Every metric: one value, or the list of values of a series (ordered by step)."""
-        run = self.tracker.get_run(self.id)
-        metrics: dict[str, float | list[float]] = {}
-        for key in sorted(run.data.metrics):
-            values = [m.value for m in self.tracker.metric_history(self.id, key)]
-            metrics[key] = values[0] if len(values) == 1 else values
-        return metrics
-
-    def get_file_names(self) -> list[str]:
-        """Every artifact path of the run."""
-        return self.tracker.list_artifacts(self.id)
-
-    def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> Path:
-        """Download the artifact ``name`` (e.g. ``"outputs/model.pkl"``).
-
-        :param name: the artifact's path in the run.
-        :param output_file_path: where to write it; default its base name in the current folder.
-        :raises ArtifactNotFoundError: the run has no such artifact (a :class:`FileNotFoundError`).
-        """
-        destination = Path(output_file_path or Path(name).name)
-        if destination.is_dir():
-            destination = destination / Path(name).name
-        with tempfile.TemporaryDirectory(prefix="download-") as scratch:
-            try:
-                local = self.tracker.download_artifact(self.id, name, scratch)
-            except ArtifactNotFoundError as exc:
-                raise ArtifactNotFoundError(
-                    f"run {self.id} has no artifact {name!r}; it has: {self.get_file_names()}"
-                ) from exc.__cause__
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(local, destination)
-        return destination
-
-    def restore_snapshot(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Rebuild the exact source tree the run was submitted with.
-
-        :param path: the folder to write it to; default ``./snapshot_<run id>``.
-        """
-        snapshot_id = self.tracker.get_run(self.id).data.tags.get(Tags.SNAPSHOT_ID)
-        if not snapshot_id:
-            raise ConfigurationError("ScriptRun.restore_snapshot", f"run {self.id} has no snapshot.", "")
-        return SnapshotStore().restore(snapshot_id, Path(path or f"snapshot_{self.id}"))
-
-    # ------------------------------------------------------------------ internals
-    def _log_tail(self, artifact: str = DRIVER_LOG_ARTIFACT, lines: int = 40) -> str:
-        with tempfile.TemporaryDirectory(prefix="driver-log-") as scratch:
-            try:
-                local = self.tracker.download_artifact(self.id, artifact, scratch)
-            except TrackingError:  # no driver log (the run never started), or none to read now: no tail
-                return ""
-            with open(local, "rb") as stream:
-                stream.seek(max(0, os.path.getsize(local) - 8192))
-                text = stream.read().decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _state(self) -> RunState:
-        return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
-
-    def watcher(self, output: OutputSink | None, log_offset: int = 0, live_tracking: bool = True) -> RunWatcher:
-        """A watcher for this run (for callers that drive it themselves, like a trigger).
-
-        :param output: where output lines go.
-        :param log_offset: where in the driver log output starts.
-        :param live_tracking: relay metrics and upload logs while the run goes on.
-        """
-        from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
-
-        assert self.target is not None and self.handle is not None
-        run = self.tracker.get_run(self.id)
-        monitor = TrialMonitor.from_tags(self.tracker, self.id, run.info.experiment_id, run.data.tags)
-        return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
-                          upload_interval=self.log_upload_interval, log_offset=log_offset,
-                          live_tracking=live_tracking, monitor=monitor,
-                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED))
-
-    def _lock(self) -> Any:
-        from filelock import FileLock
-
-        folder = state_dir() / "locks"
-        folder.mkdir(exist_ok=True)
-        return FileLock(str(folder / f"{self.id}.lock"))
-
-
 def _with_azureml_compat(resolved: ResolvedRunConfig, env: dict[str, str], runtime: str, experiment: Experiment,
                          run_id: str, secrets: dict[str, str]) -> ResolvedRunConfig:
     """Azure ML v1 compatibility: its variables and package path into ``env`` (in place), and the
@@ -568,11 +342,3 @@ def _validate_tags(tags: object) -> None:
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise ConfigurationError("Experiment.submit.tags", f"must map strings to strings, got {tags!r}.",
                                  'pass {"team": "search"}; convert values with str().')
-
-
-def _iso(milliseconds: int | None) -> str | None:
-    if not milliseconds:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")

@@ -27,7 +27,7 @@ from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStat
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal
 from airflow_provider.runtime import job_runner
 
-__all__ = ["OutputSink", "RunMonitor", "RunWatcher", "final_state"]
+__all__ = ["MonitorFactory", "OutputSink", "RunMonitor", "RunWatcher", "final_state"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class RunMonitor(Protocol):
     def metric(self) -> str:
         """The metric it watches: it is consulted when values of it are relayed."""
 
+
+MonitorFactory = Callable[[Tracker, str, str, dict[str, str]], RunMonitor | None]
+"""Makes a run's monitor from its tracker, run id, experiment id and tags (None: not monitored)."""
 
 DRIVER_LOG_ARTIFACT = "system_logs/driver.log"
 _LOG_TAIL_BYTES = 4096

@@ -21,8 +21,10 @@ from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive.config import trial_run_config
+from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
-from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.script_run import ScriptRun
+from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
@@ -171,13 +173,16 @@ class SubmitTrainingRunOperator(BaseOperator):
         run = experiment.submit(config, tags, run_key=task_run_key(ti), reattach=self.reattach_on_retry,
                                 run_name=task_run_name(ti), secret_variables=secrets,
                                 params=trial.params() if trial is not None else None)
+        if trial is not None:
+            run.monitor_factory = TrialMonitor.from_tags  # its watcher (or trigger) applies the sweep's policy
         self._run = run
         if self._killed:  # on_kill came while submitting, before there was a run to cancel
             self.on_kill()
             raise RuntimeError(f"the task was killed while submitting training run {run.id}; it was canceled")
         if run.handle is not None:
             self._reference = RunReference(run.id, experiment.name, experiment.tracking_uri, self.tracking_conn_id,
-                                           self.compute_hook.target_reference, run.handle.to_dict())
+                                           self.compute_hook.target_reference, run.handle.to_dict(),
+                                           sweep_trial=trial is not None)
         self.log.info("Training run %s submitted to %s (experiment %r, tracking %s)", run.id,
                       self.compute_hook.target_reference, experiment.name, experiment.tracking_uri)
         url = mlflow_run_url(experiment.tracking_uri, experiment.id, run.id)

@@ -20,7 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider.redaction import Redactor, register_with_airflow
 
 if TYPE_CHECKING:
-    from airflow_provider.core.submit import ScriptRun
+    from airflow_provider.core.script_run import ScriptRun
     from airflow_provider.core.watcher import RunWatcher
 
 __all__ = ["TrainingRunTrigger"]

@@ -34,7 +34,8 @@ from airflow_provider.core.errors import (
     is_retryable,
     is_run_failure,
 )
-from airflow_provider.core.submit import Experiment, ScriptRun
+from airflow_provider.core.script_run import ScriptRun
+from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState, Tracker, is_refusal
 
 RETRYABLE = {
@@ -234,8 +235,8 @@ def test_unreadable_docker_tls_files_are_a_configuration_error(tmp_path: Path) -
 
 def test_a_request_the_daemon_refuses_is_a_configuration_error(docker_target: object, tmp_path: Path) -> None:
     import docker
-    from airflow_provider.core.environments.prepared import PreparedEnvironment
 
+    from airflow_provider.core.environments.prepared import PreparedEnvironment
     from airflow_provider.core.snapshot import SnapshotStore
     from airflow_provider.core.targets.docker import DockerTarget
 

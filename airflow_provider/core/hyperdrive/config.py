@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import ConfigurationError
@@ -22,6 +22,10 @@ from airflow_provider.core.hyperdrive.sampling import (
     argument_name,
 )
 from airflow_provider.runtime.events import valid_name
+
+if TYPE_CHECKING:
+    from airflow_provider.core.hyperdrive.run import HyperDriveRun
+    from airflow_provider.core.submit import Experiment
 
 __all__ = ["HyperDriveConfig", "SweepSettings", "trial_arguments", "trial_run_config"]
 
@@ -82,6 +86,17 @@ class HyperDriveConfig:
         self.max_concurrent_runs = max_concurrent_runs
         self.max_duration_minutes = max_duration_minutes
         self.policy = policy
+
+    def submit_to(self, experiment: Experiment, tags: dict[str, str] | None = None, *, run_key: str | None = None,
+                  reattach: bool = True, run_name: str | None = None,
+                  secret_variables: dict[str, str] | None = None,
+                  params: dict[str, str] | None = None) -> HyperDriveRun:
+        """Start this sweep in ``experiment`` (what ``experiment.submit(config)`` calls): its parent run
+        and first trials; see :func:`~airflow_provider.core.hyperdrive.run.submit_sweep`."""
+        from airflow_provider.core.hyperdrive.run import submit_sweep  # the sweep's handle builds on this config
+
+        return submit_sweep(experiment, self, tags, run_key, run_name, secret_variables, reattach=reattach,
+                            params=params)
 
     def validate(self) -> SweepSettings:
         """Check every field (the run config too) before anything runs.

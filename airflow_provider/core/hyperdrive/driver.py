@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import TargetError
 from airflow_provider.core.hyperdrive.config import trial_run_config
+from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.sampling import Hyperparameters, TrialSampler
 from airflow_provider.core.hyperdrive.sweep import Sweep, draw_trial
 from airflow_provider.core.submit import StagedRun
@@ -28,7 +29,7 @@ from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.watcher import OutputSink
 
 if TYPE_CHECKING:
-    from airflow_provider.core.submit import ScriptRun
+    from airflow_provider.core.script_run import ScriptRun
     from airflow_provider.core.targets.base import JobStatus
     from airflow_provider.core.watcher import RunWatcher
 
@@ -288,6 +289,7 @@ class SweepDriver:
             return
         output = self.output
         sink: OutputSink | None = None if output is None else prefixed(output, f"[trial {pending.index}] ")
+        run.monitor_factory = TrialMonitor.from_tags  # its watcher applies the sweep's policy
         self.active[pending.index] = ActiveTrial(pending.index, pending.hyperparameters, run, run.watcher(sink))
         log.info("Trial %d started as run %s with %s", pending.index, run.id, pending.hyperparameters)
 

@@ -13,7 +13,8 @@ from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.watcher import OutputSink
 
 if TYPE_CHECKING:
-    from airflow_provider.core.submit import Experiment, ScriptRun
+    from airflow_provider.core.script_run import ScriptRun
+    from airflow_provider.core.submit import Experiment
 
 __all__ = ["HyperDriveRun", "submit_sweep"]
 
@@ -210,7 +211,7 @@ class HyperDriveRun:
 
     def get_children(self) -> list[ScriptRun]:
         """Every trial's run, by trial index."""
-        from airflow_provider.core.submit import ScriptRun
+        from airflow_provider.core.script_run import ScriptRun
 
         return [ScriptRun(self.experiment, r.run_id, None, None) for r in self.sweep.results()]
 
@@ -237,7 +238,7 @@ class HyperDriveRun:
         :param include_failed: consider trials that ended Failed.
         :param include_canceled: consider trials that ended Canceled (early-terminated ones did).
         """
-        from airflow_provider.core.submit import ScriptRun
+        from airflow_provider.core.script_run import ScriptRun
 
         best = self.sweep.best(include_failed, include_canceled)
         return None if best is None else ScriptRun(self.experiment, best.run_id, None, None)
