@@ -20,8 +20,8 @@ from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 from airflow_provider.core.finalizer import finalize_in_background
-from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
+from airflow_provider.core.hyperdrive.settings import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import TargetError
-from airflow_provider.core.hyperdrive.config import trial_run_config
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.sampling import Hyperparameters, TrialSampler
+from airflow_provider.core.hyperdrive.settings import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import Sweep, draw_trial
 from airflow_provider.core.submit import StagedRun
 from airflow_provider.core.targets import resolve_target

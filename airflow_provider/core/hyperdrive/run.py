@@ -6,13 +6,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.errors import ConfigurationError, RunFailedError
-from airflow_provider.core.hyperdrive.config import HyperDriveConfig
 from airflow_provider.core.hyperdrive.driver import SweepDriver, prefixed
 from airflow_provider.core.hyperdrive.sweep import Sweep
 from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.watcher import OutputSink
 
 if TYPE_CHECKING:
+    from airflow_provider.core.hyperdrive.config import HyperDriveConfig
     from airflow_provider.core.script_run import ScriptRun
     from airflow_provider.core.submit import Experiment
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.errors import ConfigurationError
-from airflow_provider.core.hyperdrive.config import SweepSettings, describe_settings, validate_sweep_settings
 from airflow_provider.core.hyperdrive.policies import EarlyTerminationPolicy, policy_from_dict
 from airflow_provider.core.hyperdrive.sampling import (
     Hyperparameters,
@@ -27,6 +26,7 @@ from airflow_provider.core.hyperdrive.sampling import (
     parameter_name,
     sampling_from_dict,
 )
+from airflow_provider.core.hyperdrive.settings import SweepSettings, describe_settings, validate_sweep_settings
 from airflow_provider.core.tracking import MetricValue, RunState, Tags, Tracker
 
 if TYPE_CHECKING:
