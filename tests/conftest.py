@@ -11,6 +11,64 @@ from typing import Any
 import pytest
 
 REQUIRE_COMPONENTS = os.environ.get("TRAINING_RUNS_REQUIRE_COMPONENTS") == "1"
+SESSION_MARKER = "PYTEST_TRAINING_SUITE_SESSION"
+"""Set for the whole suite and inherited by every process it starts: the end of the session finds
+(and stops) any that is still running, so the suite never leaks an Airflow scheduler or a server."""
+_LEAK_GRACE_SECONDS = float(os.environ.get("PYTEST_LEAK_GRACE", "90"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import uuid
+
+    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+
+
+def _processes_of_this_session() -> list[tuple[int, str]]:
+    marker = f"{SESSION_MARKER}={os.environ.get(SESSION_MARKER, '-')}".encode()
+    mine = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        from tests.helpers import pid_alive
+
+        if pid_alive(int(entry)):
+            found.append((int(entry), command[:200]))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the suite if a process it started outlives it (after a grace period for detached
+    finalizers, which end by themselves); such processes are stopped either way."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + _LEAK_GRACE_SECONDS
+    left = _processes_of_this_session()
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = _processes_of_this_session()
+    if not left:
+        return
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = "\n".join(f"  {pid}: {command}" for pid, command in left)
+    message = f"processes started by the test suite were still running at its end (now killed):\n{lines}"
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def skip_or_fail(reason: str) -> None:
@@ -99,14 +157,13 @@ def tracking_uri(isolated_state: Path, _mlflow_db_template: Path) -> str:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a free 127.0.0.1 port, for the whole session; yields its URI."""
     import contextlib
-    import signal
     import socket
     import subprocess
     import sys
 
     import httpx
 
-    from tests.helpers import wait_until
+    from tests.helpers import stop_process_tree, wait_until
 
     folder = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as sock:
@@ -132,9 +189,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(healthy, timeout=120, message="mlflow server to answer")
         yield uri
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_process_tree(process.pid)
+        process.wait()
         log.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import textwrap
@@ -82,3 +83,46 @@ def make_wheel(folder: Path, name: str, version: str, module: str, entry_points:
         for member, data in files.items():
             archive.writestr(member, data)
     return path
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...)."""
+    parents = _parents()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier and child not in found}
+        found |= frontier
+    return {p for p in found if pid_alive(p)}
+
+
+def stop_process_tree(pid: int, grace: float = 30.0) -> None:
+    """Stop ``pid`` and everything it started, even what left its process group (an ``airflow
+    standalone``'s scheduler and its executor's workers): SIGTERM to all, ``grace`` seconds, SIGKILL.
+    The tree is taken before the first signal, so children re-parented to init when their parent
+    exits are stopped too."""
+    import signal
+
+    tree = {pid} | descendants(pid)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for member in tree:
+            with contextlib.suppress(OSError):
+                os.kill(member, signum)
+        deadline = time.monotonic() + (grace if signum == signal.SIGTERM else 10)
+        while time.monotonic() < deadline:
+            tree = {p for p in tree | {c for p in tree for c in descendants(p)} if pid_alive(p)}
+            if not tree:
+                return
+            time.sleep(0.1)

@@ -67,7 +67,9 @@ def test_six_ranks_across_three_hosts(target: MPITarget, tmp_path: Path) -> None
     lines: list[str] = []
     details = run.wait_for_completion(output=lines.append)
     assert details["status"] == "Completed", details
-    assert lines == ["rank 0 of 6 on mpi-1: sum 15"]
+    # Only rank 0 reaches the task log live; the launcher's own notes (Open MPI may warn about a
+    # process group it could not set) are diagnostics that stay in the log, so they are not compared.
+    assert [line for line in lines if line.startswith("rank ")] == ["rank 0 of 6 on mpi-1: sum 15"]
     logs = {r: run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}.log").read_text() for r in range(6)}
     assert {log.split(" on ")[1].split(":")[0] for log in logs.values()} == {"mpi-1", "mpi-2", "mpi-3"}
     metrics = MlflowClient().get_run(run.id).data.metrics

@@ -31,7 +31,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import skip_or_fail
-from tests.helpers import pid_alive, wait_until
+from tests.helpers import pid_alive, stop_process_tree, wait_until
 from tests.ssh_hosts import SSHHost, container_host, restore_host_key
 
 pytestmark = pytest.mark.slow
@@ -316,13 +316,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         yield Airflow(home, control, api, ssh_host)
     finally:
         leftovers = _stop_leftover_jobs(home / "training_runs" / "local" / "jobs")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_tree(process.pid)  # its scheduler and executor workers too, whatever their group
+        process.wait()
         log.close()
     assert not leftovers, f"job processes were still running after the tests: {leftovers}"
 

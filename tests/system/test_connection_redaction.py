@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +24,7 @@ import httpx
 import pytest
 
 import airflow_provider
-from tests.helpers import wait_until
+from tests.helpers import stop_process_tree, wait_until
 from tests.system.conftest import airflow_environment
 
 pytestmark = pytest.mark.slow
@@ -84,13 +82,8 @@ def api(tmp_path_factory: pytest.TempPathFactory, _airflow_db_template: Path) ->
         yield ApiServer(client, environment)
     finally:
         client.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_tree(process.pid)  # its scheduler and executor workers too, whatever their group
+        process.wait()
         log.close()
 
 
