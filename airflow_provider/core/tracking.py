@@ -28,7 +28,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -414,7 +414,8 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             _create_private_database(self.tracking_uri)
-            client = MlflowClient(tracking_uri=self.tracking_uri)
+            with _schema_lock(self.tracking_uri):  # the client opens the store: it creates or upgrades it
+                client = MlflowClient(tracking_uri=self.tracking_uri)
             self._client = cast("MlflowClient", _TranslatingClient(client, self.tracking_uri))
             _freeze_imported_objects()
         return self._client
@@ -653,6 +654,24 @@ def _create_private_database(tracking_uri: str) -> None:
     if database.parent.is_dir() and not database.exists():
         with contextlib.suppress(FileExistsError):
             os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+@contextlib.contextmanager
+def _schema_lock(tracking_uri: str) -> Iterator[None]:
+    """Let MLflow create or upgrade a SQLite store's schema in one process at a time: without the
+    lock, runs started at once against a new store race to create its tables and all but one fail
+    (``table _alembic_tmp_... already exists``). A server store manages its own schema."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if not database.parent.is_dir():
+        yield
+        return
+    with FileLock(str(database.with_name(database.name + ".schema.lock"))):
+        yield
 
 
 def _freeze_imported_objects() -> None:
