@@ -114,15 +114,27 @@ def presented_host_key(host: str, port: int, timeout: float = 3.0) -> str | None
         sock.close()
 
 
-def _wait_for_key(host: SSHHost, expected: str, timeout: float = 15.0) -> None:
+def wait_for_host_key(host: SSHHost, expected: str, timeout: float = 15.0, settled: float = 0.5) -> None:
+    """Return once ``host`` presents ``expected`` to every new connection for ``settled`` seconds in
+    a row; fail after ``timeout`` seconds.
+
+    sshd re-executes itself on SIGHUP, and a listener can still serve one more connection (with the
+    key it had) just before it does: one matching probe does not mean the restart is over, so the
+    key must be seen steadily (observed: the port closed right after a first match)."""
     deadline = time.monotonic() + timeout
     seen = None
+    steady_since: float | None = None
     while time.monotonic() < deadline:
         seen = presented_host_key(host.host, host.port, timeout=2.0)
-        if seen == expected:
+        now = time.monotonic()
+        if seen != expected:
+            steady_since = None
+        elif steady_since is None:
+            steady_since = now
+        elif now - steady_since >= settled:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{host.name} presents {seen!r}, not {expected!r}, after {timeout}s")
+    raise AssertionError(f"{host.name} presents {seen!r}, not steadily {expected!r}, after {timeout}s")
 
 
 def _docker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -243,7 +255,7 @@ def rotate_host_key(host: SSHHost) -> str:
         os.kill(_loopback_listener(), signal.SIGHUP)  # sshd re-executes itself and reloads its keys
     else:
         _install_container_key(host, private, public)
-    _wait_for_key(host, public)
+    wait_for_host_key(host, public)
     return public
 
 
@@ -260,4 +272,4 @@ def restore_host_key(host: SSHHost) -> None:
         result = _docker("exec", host.name, "sh", "-c", script)
         if result.returncode != 0:
             raise AssertionError(f"restoring the host key of {host.name} failed: {result.stderr}")
-    _wait_for_key(host, host.host_public_key)
+    wait_for_host_key(host, host.host_public_key)
