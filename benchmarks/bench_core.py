@@ -462,8 +462,11 @@ class RunBook:
 def relay_once(book: RunBook, job_dir: Path, expected: int) -> Stopwatch:
     """Relay the events file into a fresh run; time ``pump()``."""
     run_id = book.new_run("relay")
-    handle = JobHandle(LocalTarget.kind, run_id, str(job_dir))
-    relay = EventRelay(book.tracker, LocalTarget(jobs_root=job_dir.parent / "jobs"), handle, run_id)
+    jobs_root = job_dir.parent / "relay-jobs"  # a job folder is <jobs root>/<run id>: each run links the one file
+    jobs_root.mkdir(exist_ok=True)
+    (jobs_root / run_id).symlink_to(job_dir, target_is_directory=True)
+    handle = JobHandle(LocalTarget.kind, run_id, str(jobs_root / run_id))
+    relay = EventRelay(book.tracker, LocalTarget(jobs_root=jobs_root), handle, run_id)
     with Stopwatch() as watch:
         relayed = relay.pump()
     stored = book.count_metrics(run_id)

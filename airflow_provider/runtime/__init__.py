@@ -48,7 +48,6 @@ The job folder (one per run, named by its run id, on every target)
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 
 __all__ = ["COMPAT_PATH_DIR", "LAUNCHER_MODULE", "RUNTIME_DIR", "host_files", "host_files_version", "job_files"]
@@ -87,6 +86,8 @@ def host_files() -> dict[str, bytes]:
 
 def host_files_version() -> str:
     """A short hash of :func:`host_files`: a host keeps one copy per version."""
+    import hashlib  # here, not at the top: a training script imports this package (through Run)
+
     return hashlib.sha256(b"".join(content for _, content in _host_files())).hexdigest()[:16]
 
 
