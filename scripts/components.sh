@@ -3,7 +3,8 @@
 # a Docker engine (docker.io, dockerd on its unix socket and on tcp://127.0.0.1:2376 with mutual
 # TLS, certificates made here by openssl) and a local Python base image built from this machine's
 # own Debian packages (no registry is needed). Runs as root (CI does); elsewhere it does what it
-# can and the tests that need a missing component skip (or fail, in CI).
+# can and the tests that need a missing component skip (or fail, in CI). PostgreSQL and Redis are
+# only installed here: scripts/cluster.sh starts them for the multi-worker deployment's tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE_IMAGE=${TRAINING_RUNS_BASE_IMAGE:-training-runs/python:3.11}
@@ -12,10 +13,11 @@ have_root() { [ "$(id -u)" = 0 ]; }
 
 if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
     || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1 \
-    || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1; then
+    || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1 \
+    || ! dpkg -s postgresql >/dev/null 2>&1 || ! dpkg -s redis-server >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
-            openssh-server openssh-client openmpi-bin mpich >/dev/null
+            openssh-server openssh-client openmpi-bin mpich postgresql redis-server >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi

@@ -9,4 +9,4 @@ fi
 UV=$(command -v uv || echo "$PYTHON -m uv")
 [ -x .venv/bin/python ] || $UV venv --quiet --python "$PYTHON" .venv
 $UV pip install --quiet --python .venv/bin/python -r requirements-lock.txt
-$UV pip install --quiet --python .venv/bin/python --no-deps -e ".[test]"
+$UV pip install --quiet --python .venv/bin/python --no-deps -e ".[test,cluster]"

@@ -1,0 +1,280 @@
+"""The multi-worker deployment (``scripts/cluster.sh``): Airflow with the CeleryExecutor on PostgreSQL
+and Redis, two workers that share no provider state (worker-2 in its own container), and an MLflow
+tracking server on PostgreSQL behind basic auth, reached through an ``mlflow`` connection.
+
+What it proves: training tasks spread over both workers with everything in the tracking server; a
+task whose worker is SIGKILLed mid-run is retried on the other worker and reattaches to its job (Docker
+and SSH targets), the script running once and its metrics neither lost nor doubled; a deferred task
+survives a restart of the triggerer; the tracking credentials appear in no task log, XCom, MLflow
+param or tag, nor in any file of a worker's state; a wrong password fails the task at once, untried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import TRACKING_CONN_ID, Cluster, gateway_present, start_cluster
+from tests.conftest import skip_or_fail
+from tests.helpers import wait_until
+from tests.ssh_hosts import container_host
+
+pytestmark = pytest.mark.slow
+
+DOCKER_IMAGE = "training-runs/python:3.11"
+SSH_WORK_ROOT = "/root/cluster-runs"
+SSH_CONTROL = "/root/cluster-control"  # on the SSH host container: executions and go files of its runs
+DOCKER_CONTROL = "/control"  # in a Docker target's container: a folder of this machine, bind-mounted
+
+SPREAD_SCRIPT = """
+import os, socket
+from airflow_provider.core import Run
+run = Run.get_context()
+for i in range(200):
+    run.log("loss", 1.0 / (i + 1))
+os.makedirs("outputs", exist_ok=True)
+open("outputs/host.txt", "w").write(socket.gethostname())
+print("trained on", socket.gethostname(), flush=True)
+"""
+
+# Appends its pid to CONTROL/<name>.executions, logs "tick" 0, 1, 2, ... every 0.2 s until
+# CONTROL/<name>.go exists, then writes outputs/done.txt with the number of ticks.
+TICKING_SCRIPT = """
+import os, time
+from airflow_provider.core import Run
+control = os.environ["CONTROL"]
+name = os.environ["RUN_NAME"]
+with open(os.path.join(control, name + ".executions"), "a") as out:
+    out.write(f"{os.getpid()}\\n")
+run = Run.get_context()
+ticks = 0
+while not os.path.exists(os.path.join(control, name + ".go")) or ticks < 3:
+    run.log("tick", ticks)
+    print("tick", ticks, flush=True)
+    ticks += 1
+    if ticks > 9000:
+        raise SystemExit("never released")
+    time.sleep(0.2)
+os.makedirs("outputs", exist_ok=True)
+open("outputs/done.txt", "w").write(str(ticks))
+"""
+
+DAGS = """
+from datetime import datetime, timedelta
+from airflow.sdk import DAG
+from airflow_provider.operators import SubmitTrainingRunOperator
+
+TRACKING = {tracking!r}
+
+with DAG("cl_spread", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    for i in range(6):
+        SubmitTrainingRunOperator(
+            task_id=f"train_{{i}}", source_directory={spread_source!r}, script="train.py",
+            experiment_name="cl_spread", compute_target="training_local", tracking_conn_id=TRACKING,
+            environment_variables={{"TRAINING_DATA": "s3://bucket/data"}},
+        )
+
+with DAG("cl_wrong_password", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    SubmitTrainingRunOperator(
+        task_id="train", source_directory={spread_source!r}, script="train.py", retries=3,
+        retry_delay=timedelta(seconds=1), experiment_name="cl_wrong_password",
+        compute_target="training_local", tracking_conn_id="mlflow_wrong_password",
+    )
+
+def ticking(dag_id, compute_target, control, deferrable=False):
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        SubmitTrainingRunOperator(
+            task_id="train", source_directory={ticking_source!r}, script="train.py", retries=2,
+            retry_delay=timedelta(seconds=1), experiment_name=dag_id, compute_target=compute_target,
+            tracking_conn_id=TRACKING, deferrable=deferrable, poll_interval=1,
+            environment_variables={{"CONTROL": control, "RUN_NAME": dag_id}},
+        )
+    return dag
+
+docker_retry = ticking("cl_docker_retry", "cl_docker", {docker_control!r})
+ssh_retry = ticking("cl_ssh_retry", "cl_ssh", {ssh_control!r})
+deferred_triggerer = ticking("cl_deferred_triggerer", "cl_docker", {docker_control!r}, deferrable=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not gateway_present():
+        skip_or_fail("no docker network gateway 172.28.0.1 (run scripts/components.sh as root)")
+    for command in ("redis-server", "docker"):
+        if subprocess.run(["sh", "-c", f"command -v {command}"], capture_output=True).returncode != 0:
+            skip_or_fail(f"{command} is not installed (run scripts/components.sh as root)")
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        skip_or_fail("PostgreSQL is not installed (run scripts/components.sh as root)")
+    folder = tmp_path_factory.mktemp("cluster")
+    control = tmp_path_factory.mktemp("cluster-control")
+    control.chmod(0o777)
+    dags = folder / "dags"
+    for name, script in (("spread_source", SPREAD_SCRIPT), ("ticking_source", TICKING_SCRIPT)):
+        (dags / name).mkdir(parents=True)
+        (dags / name / "train.py").write_text(textwrap.dedent(script))
+    (dags / "cluster_dags.py").write_text(DAGS.format(
+        tracking=TRACKING_CONN_ID, spread_source=str(dags / "spread_source"),
+        ticking_source=str(dags / "ticking_source"), docker_control=DOCKER_CONTROL, ssh_control=SSH_CONTROL))
+    topology = start_cluster(folder)
+    topology.control = control  # type: ignore[attr-defined]
+    try:
+        topology.add_connection("cl_docker", "training_docker", host="unix:///var/run/docker.sock",
+                                extra={"image": DOCKER_IMAGE, "volumes": [f"{control}:{DOCKER_CONTROL}:rw"]})
+        ssh_host = container_host()
+        if ssh_host is not None:
+            topology.add_connection("cl_ssh", "training_ssh", host=ssh_host.host, port=ssh_host.port,
+                                    login=ssh_host.username,
+                                    extra={"key_file": str(ssh_host.key_path), "host_key": ssh_host.host_public_key,
+                                           "work_root": SSH_WORK_ROOT})
+            _on_ssh_host(f"rm -rf {SSH_CONTROL} && mkdir -p {SSH_CONTROL}")
+        topology.add_connection("mlflow_wrong_password", "mlflow", host=topology.tracking_uri(), login="trainer",
+                                password="not-the-password-0000")
+        yield topology
+    finally:
+        topology.stop()
+
+
+def _on_ssh_host(command: str) -> str:
+    """Run a shell command on the SSH host container; its output."""
+    host = container_host()
+    assert host is not None
+    result = subprocess.run(["docker", "exec", host.name, "sh", "-c", command], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _run_of(cluster: Cluster, experiment: str) -> Any:
+    runs = cluster.runs_of(experiment)
+    assert len(runs) == 1, f"{experiment}: expected one MLflow run, found {len(runs)}"
+    return runs[0]
+
+
+# ----------------------------------------------------------------------------------- spreading
+def test_training_tasks_run_on_both_workers_with_everything_in_the_tracking_server(cluster: Cluster) -> None:
+    run_id = cluster.trigger("cl_spread")
+    tasks = cluster.wait_for_dag_run("cl_spread", run_id)
+    assert {ti["state"] for ti in tasks} == {"success"}, cluster.task_logs("cl_spread")[-6000:]
+    assert {cluster.worker_number(ti["hostname"]) for ti in tasks} == {1, 2}, \
+        f"every task ran on one worker: {[ti['hostname'] for ti in tasks]}"
+    client = cluster.mlflow()
+    runs = cluster.runs_of("cl_spread")
+    assert len(runs) == 6
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 200
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "outputs")] == ["outputs/host.txt"]
+    # The tracking credentials reach no task log, XCom, MLflow param or tag, nor any file a worker keeps.
+    password = cluster.secret("MLFLOW_TRAINER_PASSWORD")
+    assert password not in cluster.task_logs("cl_spread")
+    assert password not in cluster.xcom_values("cl_spread", run_id, [ti["task_id"] for ti in tasks])
+    for run in runs:
+        recorded = f"{run.data.params} {run.data.tags}"
+        assert password not in recorded
+    leaks = subprocess.run(["grep", "-rlF", password, str(cluster.folder / "worker-1")], capture_output=True,
+                           text=True)
+    assert leaks.stdout == "", f"the password is in worker-1's files: {leaks.stdout}"
+    leaks = subprocess.run(["docker", "exec", cluster.worker2_container, "grep", "-rlF", password,
+                            "/var/lib/training-runs", "/root", "/opt/airflow", "/tmp"], capture_output=True, text=True)
+    assert leaks.stdout == "", f"the password is in worker-2's files: {leaks.stdout}"
+
+
+def test_a_wrong_tracking_password_fails_the_task_at_once_without_retries(cluster: Cluster) -> None:
+    run_id = cluster.trigger("cl_wrong_password")
+    (task,) = cluster.wait_for_dag_run("cl_wrong_password", run_id, timeout=300)
+    assert task["state"] == "failed"
+    assert task["try_number"] == 1, "a refused login was retried"
+    log = cluster.task_logs("cl_wrong_password")
+    assert "not-the-password-0000" not in log
+    assert "401" in log or "UNAUTHENTICATED" in log or "credentials" in log.lower(), log[-4000:]
+    assert cluster.runs_of("cl_wrong_password") == []
+
+
+# ----------------------------------------------------------------------------------- retries
+def _executions(cluster: Cluster, name: str, on_ssh_host: bool) -> list[str]:
+    if on_ssh_host:
+        return _on_ssh_host(f"cat {SSH_CONTROL}/{name}.executions 2>/dev/null || true").split()
+    path = cluster.control / f"{name}.executions"  # type: ignore[attr-defined]
+    return path.read_text().split() if path.exists() else []
+
+
+def _release(cluster: Cluster, name: str, on_ssh_host: bool) -> None:
+    if on_ssh_host:
+        _on_ssh_host(f"touch {SSH_CONTROL}/{name}.go")
+    else:
+        (cluster.control / f"{name}.go").write_text("go")  # type: ignore[attr-defined]
+
+
+def _ticks(cluster: Cluster, experiment: str) -> list[float]:
+    with contextlib.suppress(AssertionError, Exception):
+        run = _run_of(cluster, experiment)
+        return [m.value for m in cluster.mlflow().get_metric_history(run.info.run_id, "tick")]
+    return []
+
+
+def _assert_reattached_after_worker_death(cluster: Cluster, dag_id: str, on_ssh_host: bool) -> None:
+    run_id = cluster.trigger(dag_id)
+    first = cluster.wait_for_task(dag_id, run_id, "train", {"running"}, where=lambda t: t.get("hostname"))
+    wait_until(lambda: len(_ticks(cluster, dag_id)) >= 5, timeout=240, message=f"{dag_id}'s ticks in MLflow")
+    killed = cluster.worker_number(first["hostname"])
+    cluster.kill_worker(killed)
+    try:
+        retry = cluster.wait_for_task(dag_id, run_id, "train", {"running"}, timeout=300,
+                                      where=lambda t: t["try_number"] >= 2 and t.get("hostname"))
+        assert cluster.worker_number(retry["hostname"]) != killed
+        before = len(_ticks(cluster, dag_id))
+        wait_until(lambda: len(_ticks(cluster, dag_id)) > before + 3, timeout=120,
+                   message="the retry to relay new ticks")
+        _release(cluster, dag_id, on_ssh_host)
+        (task,) = cluster.wait_for_dag_run(dag_id, run_id, timeout=300)
+        assert task["state"] == "success", cluster.task_logs(dag_id)[-6000:]
+    finally:
+        cluster.start_worker(killed)
+    assert len(_executions(cluster, dag_id, on_ssh_host)) == 1, "the script ran more than once"
+    run = _run_of(cluster, dag_id)
+    assert run.info.status == "FINISHED"
+    ticks = _ticks(cluster, dag_id)
+    assert sorted(ticks) == [float(i) for i in range(len(ticks))], "ticks lost or doubled"
+    client = cluster.mlflow()
+    done = client.download_artifacts(run.info.run_id, "outputs/done.txt", str(cluster.folder / dag_id))
+    assert int(Path(done).read_text()) == len(ticks)
+
+
+def test_a_docker_task_whose_worker_dies_is_retried_on_the_other_worker_and_reattaches(cluster: Cluster) -> None:
+    _assert_reattached_after_worker_death(cluster, "cl_docker_retry", on_ssh_host=False)
+    import docker
+
+    client = docker.from_env()
+    run = _run_of(cluster, "cl_docker_retry")
+    left = client.containers.list(all=True, filters={"label": f"training.run_id={run.info.run_id}"})
+    assert left == [], f"containers left: {[c.name for c in left]}"
+
+
+def test_an_ssh_task_whose_worker_dies_is_retried_on_the_other_worker_and_reattaches(cluster: Cluster) -> None:
+    if container_host() is None:
+        skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
+    _assert_reattached_after_worker_death(cluster, "cl_ssh_retry", on_ssh_host=True)
+
+
+def test_a_deferred_task_survives_a_restart_of_the_triggerer(cluster: Cluster) -> None:
+    dag_id = "cl_deferred_triggerer"
+    run_id = cluster.trigger(dag_id)
+    cluster.wait_for_task(dag_id, run_id, "train", {"deferred"}, timeout=300)
+    wait_until(lambda: len(_ticks(cluster, dag_id)) >= 5, timeout=240, message=f"{dag_id}'s ticks in MLflow")
+    cluster.restart("triggerer")
+    before = len(_ticks(cluster, dag_id))
+    wait_until(lambda: len(_ticks(cluster, dag_id)) > before + 3, timeout=240,
+               message="the restarted triggerer to relay new ticks")
+    _release(cluster, dag_id, on_ssh_host=False)
+    (task,) = cluster.wait_for_dag_run(dag_id, run_id, timeout=300)
+    assert task["state"] == "success", cluster.task_logs(dag_id)[-6000:]
+    assert len(_executions(cluster, dag_id, on_ssh_host=False)) == 1
+    ticks = _ticks(cluster, dag_id)
+    assert sorted(ticks) == [float(i) for i in range(len(ticks))], "ticks lost or doubled"
