@@ -279,7 +279,7 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
     :param field: how the caller names where the URI came from, for the message.
     :raises ConfigurationError: for an unknown scheme, or a SQLite database in a folder that does not exist.
     """
-    scheme = _uri_scheme(uri)
+    scheme = tracking_uri_scheme(uri)
     if scheme in _STORE_SCHEMES or scheme in _DATABASE_SCHEMES:
         if scheme == "sqlite":
             _check_sqlite_folder(uri, field)
@@ -293,8 +293,12 @@ def check_tracking_uri(uri: str, field: str = "tracking_uri") -> None:
             "postgresql+psycopg2://), or a local folder path.")
 
 
-def _uri_scheme(uri: str) -> str:
-    """The scheme as MLflow's store registry reads it (``postgresql+psycopg2`` is ``postgresql``)."""
+def tracking_uri_scheme(uri: str) -> str:
+    """The scheme of a tracking URI as MLflow's store registry reads it (``""`` for a plain path,
+    ``postgresql`` for ``postgresql+psycopg2``).
+
+    :param uri: the tracking URI.
+    """
     if uri in ("databricks", "databricks-uc", "uc"):
         return uri
     try:
@@ -402,7 +406,7 @@ class Tracker:
         """
         if self._reachable:
             return
-        if _uri_scheme(self.tracking_uri) in ("http", "https"):
+        if tracking_uri_scheme(self.tracking_uri) in ("http", "https"):
             _probe_server(self.tracking_uri, TRACKING_PROBE_TIMEOUT_SECONDS)
         self._reachable = True
 

@@ -6,6 +6,11 @@ Without a connection, runs use ``MLFLOW_TRACKING_URI`` or the embedded store und
 ``$AIRFLOW_HOME/training_runs``. A connection id that does not exist is a
 :class:`~airflow_provider.core.errors.ConfigurationError` (the operators fail the task at once,
 without retries).
+
+A store on the worker's own disk (the embedded SQLite store, any ``sqlite:`` or ``file:`` URI) is
+refused when Airflow's executor runs tasks on several machines (anything but the
+``LocalExecutor``): a retry landing on another worker would not find its run there and would run
+the script a second time. ``TRAINING_RUNS_SINGLE_MACHINE=1`` says every worker shares this machine.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ from urllib.parse import urlsplit, urlunsplit
 from airflow.sdk import BaseHook
 
 from airflow_provider.core.errors import ConfigurationError
-from airflow_provider.core.tracking import check_tracking_uri, resolve_tracking_uri
+from airflow_provider.core.tracking import check_tracking_uri, resolve_tracking_uri, tracking_uri_scheme
 
 __all__ = ["MLflowTrackingHook"]
+
+
+_ONE_MACHINE_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+"""Executors that run every task on the scheduler's machine."""
 
 
 class MLflowTrackingHook(BaseHook):
@@ -69,6 +78,34 @@ class MLflowTrackingHook(BaseHook):
         uri = urlunsplit(parts)
         check_tracking_uri(uri, f"tracking_conn_id {self.tracking_conn_id!r} (its host)")
         return uri
+
+    def check_shared_by_every_worker(self, uri: str) -> None:
+        """Refuse a store on this machine's disk when the executor spreads tasks over machines.
+
+        :param uri: the tracking URI tasks would use.
+        :raises ConfigurationError: the store is local to this worker and the executor is not
+            the ``LocalExecutor`` (and ``TRAINING_RUNS_SINGLE_MACHINE`` is not set).
+        """
+        if tracking_uri_scheme(uri) not in ("sqlite", "file", ""):
+            return
+        if os.environ.get("TRAINING_RUNS_SINGLE_MACHINE", "").lower() in ("1", "true", "yes"):
+            return
+        from airflow.configuration import conf
+
+        executor = str(conf.get("core", "executor", fallback="LocalExecutor"))
+        kinds = {entry.split(":")[-1].strip().rsplit(".", 1)[-1] for entry in executor.split(",") if entry.strip()}
+        if kinds <= _ONE_MACHINE_EXECUTORS:
+            return
+        source = f"connection {self.tracking_conn_id!r}" if self.tracking_conn_id else (
+            "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the embedded store")
+        raise ConfigurationError(
+            "tracking_conn_id",
+            f"the tracking store ({source}: {uri}) is on this worker's disk, but Airflow's executor "
+            f"({executor}) runs tasks on several machines: a retry on another worker would not find the run "
+            "and would run the script again, and the run history would be split over the workers.",
+            "set tracking_conn_id to an 'mlflow' connection of a tracking server every worker reaches (or "
+            "MLFLOW_TRACKING_URI=http://... on every worker); if every worker runs on this one machine, set "
+            "TRAINING_RUNS_SINGLE_MACHINE=1.")
 
     def get_credentials(self) -> dict[str, str]:
         """MLflow's credential variables for this connection (secret: never logged or recorded)."""

@@ -5,7 +5,8 @@ tracking server on PostgreSQL behind basic auth, reached through an ``mlflow`` c
 What it proves: training tasks spread over both workers with everything in the tracking server; a
 task whose worker is SIGKILLed mid-run is retried on the other worker and reattaches to its job (Docker
 and SSH targets), the script running once and its metrics neither lost nor doubled; a deferred task
-survives a restart of the triggerer; the tracking credentials appear in no task log, XCom, MLflow
+survives a restart of the triggerer; runs logging while the tracking server is down for 30 s complete
+with nothing lost or doubled and no task failing; the tracking credentials appear in no task log, XCom, MLflow
 param or tag, nor in any file of a worker's state; a wrong password fails the task at once, untried.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,12 @@ with DAG("cl_wrong_password", schedule=None, start_date=datetime(2026, 1, 1), ca
         compute_target="training_local", tracking_conn_id="mlflow_wrong_password",
     )
 
+with DAG("cl_embedded_store", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    SubmitTrainingRunOperator(
+        task_id="train", source_directory={spread_source!r}, script="train.py", retries=3,
+        retry_delay=timedelta(seconds=1), experiment_name="cl_embedded_store", compute_target="training_local",
+    )
+
 def ticking(dag_id, compute_target, control, deferrable=False):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         SubmitTrainingRunOperator(
@@ -96,6 +104,15 @@ def ticking(dag_id, compute_target, control, deferrable=False):
             environment_variables={{"CONTROL": control, "RUN_NAME": dag_id}},
         )
     return dag
+
+with DAG("cl_outage", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    for i in range(4):
+        SubmitTrainingRunOperator(
+            task_id=f"train_{{i}}", source_directory={ticking_source!r}, script="train.py", retries=2,
+            retry_delay=timedelta(seconds=1), experiment_name=f"cl_outage_{{i}}", compute_target="cl_docker",
+            tracking_conn_id=TRACKING, poll_interval=1,
+            environment_variables={{"CONTROL": {docker_control!r}, "RUN_NAME": f"cl_outage_{{i}}"}},
+        )
 
 docker_retry = ticking("cl_docker_retry", "cl_docker", {docker_control!r})
 ssh_retry = ticking("cl_ssh_retry", "cl_ssh", {ssh_control!r})
@@ -197,6 +214,17 @@ def test_a_wrong_tracking_password_fails_the_task_at_once_without_retries(cluste
     assert cluster.runs_of("cl_wrong_password") == []
 
 
+def test_the_embedded_store_is_refused_when_tasks_spread_over_machines(cluster: Cluster) -> None:
+    """Each worker would have its own SQLite store: a retry elsewhere would run the script again."""
+    run_id = cluster.trigger("cl_embedded_store")
+    (task,) = cluster.wait_for_dag_run("cl_embedded_store", run_id, timeout=300)
+    assert task["state"] == "failed"
+    assert task["try_number"] == 1, "a configuration error was retried"
+    log = cluster.task_logs("cl_embedded_store")
+    assert "tracking_conn_id" in log and "CeleryExecutor" in log and "TRAINING_RUNS_SINGLE_MACHINE=1" in log, \
+        log[-4000:]
+
+
 # ----------------------------------------------------------------------------------- retries
 def _executions(cluster: Cluster, name: str, on_ssh_host: bool) -> list[str]:
     if on_ssh_host:
@@ -278,3 +306,30 @@ def test_a_deferred_task_survives_a_restart_of_the_triggerer(cluster: Cluster) -
     assert len(_executions(cluster, dag_id, on_ssh_host=False)) == 1
     ticks = _ticks(cluster, dag_id)
     assert sorted(ticks) == [float(i) for i in range(len(ticks))], "ticks lost or doubled"
+
+
+# ----------------------------------------------------------------------------------- outage
+def test_runs_complete_through_a_tracking_server_outage(cluster: Cluster) -> None:
+    names = [f"cl_outage_{i}" for i in range(4)]
+    run_id = cluster.trigger("cl_outage")
+    wait_until(lambda: all(len(_ticks(cluster, name)) >= 5 for name in names), timeout=400,
+               message="every run's ticks in MLflow")
+    cluster.script("kill", "mlflow")
+    outage_started = time.monotonic()
+    # The scenario is an outage of 30 s: the runs keep logging meanwhile.
+    time.sleep(30)
+    cluster.script("start", "mlflow")
+    print(f"tracking server down for {time.monotonic() - outage_started:.1f} s")
+    counts = {name: len(_ticks(cluster, name)) for name in names}
+    wait_until(lambda: all(len(_ticks(cluster, name)) > counts[name] + 3 for name in names), timeout=300,
+               message="every run's ticks to reach MLflow again")
+    for name in names:
+        _release(cluster, name, on_ssh_host=False)
+    tasks = cluster.wait_for_dag_run("cl_outage", run_id, timeout=400)
+    assert {ti["state"] for ti in tasks} == {"success"}, cluster.task_logs("cl_outage")[-6000:]
+    assert {ti["try_number"] for ti in tasks} == {1}, "a task failed during the outage and was retried"
+    for name in names:
+        assert len(_executions(cluster, name, on_ssh_host=False)) == 1
+        ticks = _ticks(cluster, name)
+        assert sorted(ticks) == [float(i) for i in range(len(ticks))], f"{name}: ticks lost or doubled"
+        assert _run_of(cluster, name).info.status == "FINISHED"

@@ -625,3 +625,35 @@ def test_both_operators_retry_transient_errors_and_fail_configuration_errors_at_
         assert text in log, f"{task_id} does not say {text!r}:\n{log[-3000:]}"
         assert ("AirflowFailException" in log) is failed_at_once, f"{task_id}:\n{log[-3000:]}"
     assert _open_runs(state / "mlflow.db") == [] and _live_runner_pids(state) == []
+
+
+# ---------------------------------------------------------------------- a store on the worker's disk
+@pytest.mark.parametrize("executor", ["CeleryExecutor", "LocalExecutor,CeleryExecutor",
+                                      "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor"])
+def test_a_store_on_the_workers_disk_is_refused_when_tasks_spread_over_machines(
+        monkeypatch: pytest.MonkeyPatch, executor: str) -> None:
+    from airflow_provider.core.errors import ConfigurationError
+    from airflow_provider.hooks import MLflowTrackingHook
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+    monkeypatch.delenv("TRAINING_RUNS_SINGLE_MACHINE", raising=False)
+    hook = MLflowTrackingHook(None)
+    for uri in (hook.get_tracking_uri(), "sqlite:////srv/shared/mlflow.db", "file:///srv/mlruns", "/srv/mlruns"):
+        with pytest.raises(ConfigurationError) as raised:
+            hook.check_shared_by_every_worker(uri)
+        message = str(raised.value)
+        assert "tracking_conn_id" in message and "TRAINING_RUNS_SINGLE_MACHINE=1" in message
+        assert executor in message
+        assert not raised.value.retryable
+    hook.check_shared_by_every_worker("http://mlflow.example.com:5000")
+    hook.check_shared_by_every_worker("postgresql+psycopg2://u@db.example.com/mlflow")
+    monkeypatch.setenv("TRAINING_RUNS_SINGLE_MACHINE", "1")
+    hook.check_shared_by_every_worker(hook.get_tracking_uri())
+
+
+def test_a_store_on_the_workers_disk_is_fine_with_the_local_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider.hooks import MLflowTrackingHook
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    hook = MLflowTrackingHook(None)
+    hook.check_shared_by_every_worker(hook.get_tracking_uri())
