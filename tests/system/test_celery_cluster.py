@@ -27,7 +27,7 @@ from tests.conftest import skip_or_fail
 from tests.helpers import wait_until
 from tests.ssh_hosts import container_host
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a topology of a dozen processes on 2 cores
 
 DOCKER_IMAGE = "training-runs/python:3.11"
 SSH_WORK_ROOT = "/root/cluster-runs"
