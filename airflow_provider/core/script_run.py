@@ -7,6 +7,7 @@ so one run is never finalized twice. What a run recorded is read through :class:
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.errors import RunFailedError
@@ -90,6 +91,42 @@ class ScriptRun(RunHistory):
             raise RunFailedError.for_status(self.id, details["status"], error.get("message", "unknown error"),
                                             error.get("logTail", ""))
         return details
+
+    def watch_for(self, seconds: float, output: OutputSink | None = None, poll_interval: float = 1.0,
+                  log_offset: int = 0) -> int | None:
+        """Watch the run for up to ``seconds``, like :meth:`wait_for_completion`, then hand it over.
+
+        A run that ends meanwhile is finalized here. One still going is left to another watcher (a
+        trigger) that continues from the returned offset: what was shown is not shown again, and a
+        line the script has not finished printing is shown whole, by the next watcher.
+
+        :param seconds: the longest watch; 0 or less hands over at once.
+        :param output: a callable receiving each output line.
+        :param poll_interval: the longest pause between polls of the target.
+        :param log_offset: skip this many bytes of output (already shown by an earlier watcher).
+        :return: None when the run is over, else the offset the next watcher starts from.
+        """
+        if self.handle is None:
+            return None
+        if seconds <= 0:
+            return log_offset
+        started = time.monotonic()
+        lock = self._lock()
+        try:
+            lock.acquire(timeout=seconds)
+        except TimeoutError:
+            return log_offset  # another watcher drives the run (and shows its output)
+        try:
+            if self._state().is_terminal:
+                return None
+            watcher = self.watcher(output, log_offset)
+            status = watcher.watch(poll_interval, timeout=max(0.0, seconds - (time.monotonic() - started)))
+            if status.state == "running":
+                return watcher.line_offset
+            watcher.finalize(status)
+            return None
+        finally:
+            lock.release()
 
     def finalize_once(self, watcher: RunWatcher, status: JobStatus) -> None:
         """Finalize with ``watcher`` under the run's lock, unless someone else (a detached finalizer

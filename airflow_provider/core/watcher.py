@@ -109,6 +109,9 @@ class RunWatcher:
         self.live_tracking = live_tracking
         self._relay: EventRelay | None = None
         self.log_offset = log_offset
+        self.line_offset = log_offset
+        """Where the output not yet shown starts: past the last complete line sent to the sink (a
+        watcher that takes over from this one starts here, so a line cut in two is shown whole)."""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial_line = ""
         self._last_upload = time.monotonic()
@@ -179,6 +182,9 @@ class RunWatcher:
             chunk = self.target.read(self.handle, "driver", self.log_offset)
             if not chunk:
                 break
+            last_newline = chunk.rfind(b"\n")
+            if last_newline >= 0:
+                self.line_offset = self.log_offset + last_newline + 1
             self.log_offset += len(chunk)
             total += len(chunk)
             text = self._partial_line + self._decoder.decode(chunk)
@@ -192,19 +198,24 @@ class RunWatcher:
             self._partial_line = ""
             if text and self.output is not None:
                 self.output(text)
+            self.line_offset = self.log_offset
         return total
 
-    def watch(self, poll_interval: float = 1.0) -> JobStatus:
+    def watch(self, poll_interval: float = 1.0, timeout: float | None = None) -> JobStatus:
         """Step until the job ends, polling quickly at first, then every ``poll_interval`` seconds.
 
         :param poll_interval: the longest pause between two polls.
-        :return: the final status.
+        :param timeout: stop watching after this many seconds, the job still running (None: never).
+        :return: the final status, or the last one (``running``) when ``timeout`` came first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         # A target whose wait ends with the job is asked less often: output still streams every
         # fraction of a second, and the ending is seen at once.
         pause = min(poll_interval, 0.25) if self.target.wakes_on_end else 0.005
         failures: list[str] = []
         while True:
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
             self.target.wait(self.handle, pause)
             try:
                 status = self.step()
@@ -220,7 +231,7 @@ class RunWatcher:
                 time.sleep(min(30.0, 0.5 * 2 ** len(failures)))
                 continue
             failures.clear()
-            if status.state != "running":
+            if status.state != "running" or (deadline is not None and time.monotonic() >= deadline):
                 return status
             pause = min(poll_interval, pause * 1.5)
 

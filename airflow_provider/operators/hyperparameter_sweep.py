@@ -48,7 +48,8 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
     """Run a whole hyperparameter sweep from one task and return its best trial.
 
     Takes every argument of :class:`SubmitTrainingRunOperator` (what each trial runs; its
-    ``arguments`` are the base the sampled values override), except ``deferrable``, plus:
+    ``arguments`` are the base the sampled values override), except ``deferrable`` and
+    ``defer_after_seconds``, plus:
 
     :param hyperparameter_sampling: :class:`GridParameterSampling`, :class:`RandomParameterSampling`
         or :class:`BayesianParameterSampling`.

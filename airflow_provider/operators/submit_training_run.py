@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["SubmitTrainingRunOperator"]
 
 OUTPUT_PREFIX = "[run] "
+DEFAULT_DEFER_AFTER_SECONDS = 5.0
+"""How long a deferrable task watches its run before deferring, by default."""
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
@@ -63,6 +65,9 @@ class SubmitTrainingRunOperator(BaseOperator):
         embedded store under ``$AIRFLOW_HOME/training_runs``.
     :param tags: extra MLflow tags. (templated)
     :param deferrable: release the worker slot while the run goes on; a trigger watches it.
+    :param defer_after_seconds: with ``deferrable``, watch the run from the worker this long before
+        deferring: a run that ends sooner never defers (deferring costs a trigger, a second start
+        of the task and, under a scheduler, a wait of up to 10 s after the run ends). 0 defers at once.
     :param poll_interval: seconds between polls of the target.
     :param reattach_on_retry: False starts every try afresh instead of reattaching.
     :param sweep_trial: one planned trial of a sweep (an item of ``PlanHyperparameterSweepOperator``'s
@@ -105,6 +110,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         tracking_conn_id: str | None = None,
         tags: dict[str, str] | None = None,
         deferrable: bool = False,
+        defer_after_seconds: float = DEFAULT_DEFER_AFTER_SECONDS,
         poll_interval: float = 5.0,
         reattach_on_retry: bool = True,
         sweep_trial: dict[str, Any] | None = None,
@@ -126,6 +132,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.tracking_conn_id = tracking_conn_id
         self.tags = tags
         self.deferrable = deferrable
+        self.defer_after_seconds = defer_after_seconds
         self.poll_interval = poll_interval
         self.reattach_on_retry = reattach_on_retry
         self.sweep_trial = sweep_trial
@@ -190,13 +197,16 @@ class SubmitTrainingRunOperator(BaseOperator):
         if url:
             self.log.info("MLflow run: %s", url)
         if self.deferrable and self._reference is not None and not RunState(run.get_status()).is_terminal:
-            from airflow_provider.triggers.training_run import TrainingRunTrigger
+            log_offset = run.watch_for(float(self.defer_after_seconds), output=self._log_output,
+                                       poll_interval=self.poll_interval)
+            if log_offset is not None:
+                from airflow_provider.triggers.training_run import TrainingRunTrigger
 
-            self.defer(
-                trigger=TrainingRunTrigger(self._reference.to_dict(), poll_interval=self.poll_interval,
-                                           secrets=self._secret_values()),
-                method_name="execute_complete",
-            )
+                self.defer(
+                    trigger=TrainingRunTrigger(self._reference.to_dict(), poll_interval=self.poll_interval,
+                                               log_offset=log_offset, secrets=self._secret_values()),
+                    method_name="execute_complete",
+                )
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
                                           poll_interval=self.poll_interval)
         return self._result(run, details, experiment)

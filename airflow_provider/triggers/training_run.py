@@ -5,6 +5,25 @@ It streams the run's output into the task log and relays its metrics to MLflow a
 blocks), and fires once the job has ended; ``execute_complete`` on a worker then finalizes the
 run. When a user marks the deferred task failed or success (or clears it), Airflow calls
 ``on_kill``: the job's whole process tree is stopped and the run ends Canceled.
+
+When the job ends soon after the trigger started, a trigger run by Airflow's triggerer holds its
+event until :data:`MINIMUM_SECONDS_BEFORE_EVENT` have passed since it started, because of a race in
+Airflow's scheduler (apache/airflow #66374, #67287, #71580, #72716). The worker that deferred
+exits, and its executor reports that exit as a *success* event for the same try. When the
+scheduler takes in that event only after the trigger's event has moved the task instance on
+(queued, or running again to resume), Airflow 3.3 takes it for a task that died under it and fails
+it ("finished with state success, but the task instance's state attribute is queued"). Airflow
+3.3.2 forgives such an event only while the task instance is still scheduled (or queued and still
+held by the same executor). Nothing a trigger can read says the event was taken in: the task
+instance is DEFERRED from the moment the worker defers to the moment this trigger fires, whether
+the scheduler has seen the worker's exit or not (taking the event in writes nothing for a deferred
+task instance), so the trigger can only wait a time. A task whose run lasts longer than its
+``defer_after_seconds`` plus this wait never waits: the wait is over before the run ends.
+
+Under ``dag.test()`` (``airflow dags test``) there is no race to wait for: the task ran in the
+same process, which has returned before the trigger starts, and no executor reports anything.
+Such a trigger is not run by a triggerer (``trigger_id`` is unset: the triggerer sets it) and
+fires as soon as the job ends.
 """
 
 from __future__ import annotations
@@ -27,6 +46,7 @@ __all__ = ["TrainingRunTrigger"]
 
 OUTPUT_PREFIX = "[run] "
 MINIMUM_SECONDS_BEFORE_EVENT = 10.0
+"""Seconds a trigger run by a triggerer waits, from its start, before firing (see above)."""
 
 
 class TrainingRunTrigger(BaseTrigger):
@@ -88,12 +108,9 @@ class TrainingRunTrigger(BaseTrigger):
             started = time.monotonic()
             while True:
                 status = await asyncio.to_thread(watcher.step)
-                self.log_offset = watcher.log_offset
+                self.log_offset = watcher.line_offset  # a line cut in two is shown whole, by the worker
                 if status.state != "running":
-                    # Airflow 3.3 fails a task whose trigger fires before the scheduler has taken in
-                    # the executor's event for the deferral, which can come seconds late ("finished
-                    # with state success, but the task instance's state attribute is queued").
-                    await asyncio.sleep(max(0.0, MINIMUM_SECONDS_BEFORE_EVENT - (time.monotonic() - started)))
+                    await asyncio.sleep(self._seconds_to_hold_event(time.monotonic() - started))
                     yield self._event("ended")
                     return
                 await asyncio.sleep(pause)
@@ -103,6 +120,19 @@ class TrainingRunTrigger(BaseTrigger):
             self.log.error("Watching training run %s failed: %s", self.reference.get("run_id"), message,
                            exc_info=True)  # the traceback is masked by Airflow (the values are registered)
             yield self._event("error", message)
+
+    def _seconds_to_hold_event(self, seconds_since_start: float) -> float:
+        """How long to wait before firing: what is left of :data:`MINIMUM_SECONDS_BEFORE_EVENT`
+        when a triggerer runs this trigger (the scheduler race, see the module's docstring), else 0.
+
+        :param seconds_since_start: how long this trigger has been running.
+        """
+        if self.trigger_id is None:  # not a triggerer's: dag.test() runs it in line, with no executor
+            return 0.0
+        hold = max(0.0, MINIMUM_SECONDS_BEFORE_EVENT - seconds_since_start)
+        if hold:
+            self.log.info("The run has ended; the event waits %.1f s more (an Airflow scheduler race)", hold)
+        return hold
 
     async def on_kill(self) -> None:
         """The user marked the deferred task failed/success or cleared it: stop the job.

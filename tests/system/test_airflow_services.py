@@ -109,6 +109,16 @@ sys.exit(1)
 """
 SECRET_VALUE = "postgres://u:Pw-Alpha-7731@db/x"
 
+# Over about when the triggerer starts the trigger of a task that defers at once: the trigger would
+# fire at its start but for the scheduler race (see airflow_provider.triggers.training_run).
+QUICK_SCRIPT = """
+import time
+from airflow_provider.core import Run
+Run.get_context().log("tick", 0)
+time.sleep(2)
+print("done", flush=True)
+"""
+
 DOCKER_CONN_ID = "svc_docker"
 DOCKER_URL = "unix:///var/run/docker.sock"
 DOCKER_IMAGE = "training-runs/python:3.11"
@@ -122,10 +132,12 @@ from airflow.sdk import DAG
 from airflow_provider.core.hyperdrive import GridParameterSampling, choice
 from airflow_provider.operators import HyperparameterSweepOperator, SubmitTrainingRunOperator
 
-def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={source!r}):
+def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={source!r},
+                 defer_after_seconds=5.0):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         SubmitTrainingRunOperator(
             task_id="train", source_directory=source, script="train.py", deferrable=deferrable,
+            defer_after_seconds=defer_after_seconds,
             poll_interval=1, retries=retries, retry_delay=timedelta(seconds=1), experiment_name=dag_id,
             environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id}},
             compute_target=compute_target,
@@ -134,6 +146,7 @@ def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={
 
 deferred_success = training_dag("svc_deferred_success", True)
 deferred_kill = training_dag("svc_deferred_kill", True)
+deferred_quick_end = training_dag("svc_deferred_quick_end", True, source={quick_source!r}, defer_after_seconds=0)
 running_kill = training_dag("svc_running_kill", False)
 reattach = training_dag("svc_reattach", False, retries=1)
 docker_deferred_kill = training_dag("svc_docker_deferred_kill", True, compute_target={docker_conn!r},
@@ -262,8 +275,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     docker_source = home / "docker_source"
     sweep_source = home / "sweep_source"
     secret_source = home / "secret_source"
-    for folder in (control, source, docker_source, sweep_source, secret_source, home / "dags"):
+    quick_source = home / "quick_source"
+    for folder in (control, source, docker_source, sweep_source, secret_source, quick_source, home / "dags"):
         folder.mkdir()
+    (quick_source / "train.py").write_text(textwrap.dedent(QUICK_SCRIPT))
     (secret_source / "train.py").write_text(textwrap.dedent(SECRET_SCRIPT))
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
     (sweep_source / "train.py").write_text(textwrap.dedent(SWEEP_SCRIPT))
@@ -271,7 +286,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
         source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
         ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source), secret_source=str(secret_source),
-        secret=SECRET_VALUE))
+        secret=SECRET_VALUE, quick_source=str(quick_source)))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -354,6 +369,21 @@ def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
     assert sorted(m.step for m in ticks) == list(range(len(ticks))) and len(ticks) >= 4
     assert [a.path for a in airflow.mlflow().list_artifacts(run.info.run_id, "outputs")] == ["outputs/done.txt"]
     assert len(airflow.executions("svc_deferred_success")) == 1
+
+
+def test_a_run_over_when_its_trigger_starts_resumes_its_task_without_failing_it(airflow: Airflow) -> None:
+    """The scheduler race: the triggerer runs the trigger of a task that deferred at once, whose run
+    ends about when the trigger starts. Fired then, its event could reach the scheduler before the
+    executor's event for the worker's exit, and Airflow would fail the resumed task; the trigger
+    holds it instead, and the task succeeds at its first try."""
+    dag_id = "svc_deferred_quick_end"
+    run_id = airflow.trigger(dag_id)
+    task = airflow.wait_for_task(dag_id, run_id, {"success", "failed", "up_for_retry"}, timeout=180)
+    logs = _task_logs(airflow, dag_id)
+    assert task["state"] == "success" and task["try_number"] == 1, logs[-3000:]
+    assert "the event waits" in logs, "the triggerer's trigger fired without holding its event"
+    run = airflow.run_of(dag_id)
+    assert run.info.status == "FINISHED" and run.data.tags["training.state"] == "Completed"
 
 
 def _task_logs(airflow: Airflow, dag_id: str) -> str:

@@ -67,7 +67,8 @@ from airflow_provider.operators import SubmitTrainingRunOperator
 
 with DAG("deferrable_dag_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     SubmitTrainingRunOperator(task_id="train", source_directory={source!r}, script="train.py",
-                              deferrable=True, poll_interval=0.5, experiment_name="deferrable")
+                              deferrable=True, defer_after_seconds=0, poll_interval=0.5,
+                              experiment_name="deferrable")
 '''
 
 

@@ -69,6 +69,7 @@ OPERATOR_PARAMETERS = {
     "tracking_conn_id": None,
     "tags": None,
     "deferrable": False,
+    "defer_after_seconds": 5.0,
     "poll_interval": 5.0,
     "reattach_on_retry": True,
     "sweep_trial": None,
