@@ -285,10 +285,8 @@ class RunWatcher:
             # The message only: the log tail is the script's raw output, which may print secrets,
             # and tags are no place for those. get_details() reads the tail from the driver log.
             tags[Tags.ERROR] = error
-        if tags:
-            self.tracker.set_tags(self.run_id, tags)
         self.tracker.terminate(self.run_id, state)
-        self.tracker.set_state(self.run_id, state)
+        self.tracker.set_state(self.run_id, state, tags)  # one call: the ending's tags come with the state
         self.target.cleanup(self.handle)
         return state
 

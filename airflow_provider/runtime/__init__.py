@@ -27,7 +27,9 @@ The job folder (one per run, named by its run id, on every target)
                    (:class:`job_runner.JobJson`): ``argv``, ``env``, ``secret_env`` (names of
                    ``env`` entries that are secrets: the supervisor rewrites the file without their
                    values as soon as it has read it), ``unset_env``, ``path_prepend``,
-                   ``max_run_duration_seconds``, ``grace_seconds``.
+                   ``max_run_duration_seconds``, ``grace_seconds``, ``echo_output`` (in a container:
+                   the supervisor also copies ``driver.log`` to its stdout as it grows, prints its
+                   exit line on stderr, and ``exit.json`` gets ``driver_log_bytes``, the log's size).
 ``runner.json``    the supervisor's pids and start ticks (:class:`job_runner.RunnerJson`), written
                    atomically; once the command started, also its pid and process group.
 ``exit.json``      how the job ended (:class:`job_runner.ExitJson`): ``exit_code``, ``signal``,

@@ -147,3 +147,34 @@ def test_reading_a_container_that_stopped_since_the_last_poll_reads_its_filesyst
         assert target.read(handle, "driver", 4) == b"two\n"
     finally:
         container.remove(force=True)
+
+
+def test_the_containers_output_is_its_driver_log_streamed_to_the_launching_process(
+        target: DockerTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``docker logs -f training-run-<run id>`` follows a run's output as it runs, and the process
+    that launched the container reads the driver log from that stream: nothing is copied out of the
+    container for it at the end, and the bytes are exact (not UTF-8, no newline at the end)."""
+    import time
+
+    from airflow_provider.runtime import job_runner
+
+    write_script(tmp_path / "src", """
+        import sys, time
+        sys.stdout.buffer.write(b"started\\n\\xff not utf-8, no newline")
+        sys.stdout.flush()
+        time.sleep(120)
+    """)
+    copied: list[str] = []
+    archive = target._archive
+    monkeypatch.setattr(target, "_archive", lambda handle, path: copied.append(path) or archive(handle, path))
+    run = Experiment("docker-stream").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    assert run.handle is not None
+    deadline = time.monotonic() + 60
+    while b"started" not in bytes(_client().api.logs(run.handle.location, stdout=True, stderr=False)):
+        assert time.monotonic() < deadline, "the container's stdout never showed the script's output"
+        time.sleep(0.1)
+    run.cancel()
+    assert run.get_details()["status"] == "Canceled"
+    logged = run.download_file("system_logs/driver.log", tmp_path / "driver.log").read_bytes()
+    assert logged == b"started\n\xff not utf-8, no newline"
+    assert f"/job/{job_runner.DRIVER_LOG}" not in copied

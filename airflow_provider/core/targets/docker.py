@@ -1,10 +1,15 @@
 """The Docker target: each job runs in its own container of a Docker daemon (local or remote).
 
-Nothing is bind-mounted: the job folder (snapshot, run-context runtime, supervisor) goes into a
-fresh container with ``put_archive`` and files come back with ``get_archive`` (or ``exec`` while
-the container runs), so a daemon reached over TCP works like the local socket. The container's
-main process is :mod:`job_runner`, as on every target; containers carry the labels
-``training.run_id`` and ``training.managed`` so a retried task finds its container again.
+Nothing is bind-mounted, so a daemon reached over TCP works like the local socket. A container's
+command is :mod:`~airflow_provider.runtime.container_entry`: launching attaches to the container,
+starts it and streams the job folder (snapshot, run-context runtime, supervisor, ``job.json``) to
+its stdin, which unpacks it and runs :mod:`job_runner` in the same process, as on every target.
+The supervisor echoes ``driver.log`` on the container's stdout and prints its exit line on
+stderr; the launching process reads both from the attach stream it keeps (:class:`ContainerOutput`),
+so the driver log never has to be copied out at the end. Any other process (a retried task, a
+trigger) reads files with ``get_archive`` (or ``exec`` while the container runs, for a large log).
+Containers carry the labels ``training.run_id`` and ``training.managed`` so a retried task finds
+its container again.
 
 Environments become images once per fingerprint (:mod:`docker_images`): a base image as it is, or
 one built from a Dockerfile and/or pip requirements.
@@ -36,6 +41,15 @@ from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import TargetConfigurationError, TargetError, TrainingRunError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.docker_streams import (
+    END,
+    ENTRY_PROGRAM,
+    ContainerOutput,
+    close_stream,
+    last_exit_line,
+    raw_socket,
+    record,
+)
 from airflow_provider.runtime import host_files, job_runner
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
@@ -119,10 +133,11 @@ class DockerTarget(ComputeTarget):
         self.tls: dict[str, Any] | None = dict(tls) if tls else None
         self.registry_auth: dict[str, str] | None = dict(registry_auth) if registry_auth else None
         self._client: Any = None
-        self._unsent: dict[str, io.BytesIO] = {}  # staged archives launch sends
+        self._unsent: dict[str, list[bytes]] = {}  # staged job folders (records) launch streams
         self._states: dict[str, str] = {}  # container status at the last poll
         self._ended_files: dict[str, dict[str, bytes | None]] = {}  # files of stopped containers
         self._sizes: dict[tuple[str, str], int] = {}  # size of a log file at its last read
+        self._outputs: dict[str, ContainerOutput] = {}  # attach streams of containers launched here
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -214,53 +229,46 @@ class DockerTarget(ComputeTarget):
         image = environment.image or self.image
         options = dict(self.run_options)
         labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
+        # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
         container = self.client.containers.create(
-            image, [self.python, "-I", "-S", f"{JOB_ROOT}/job_runner.py", JOB_ROOT], labels=labels,
-            name=f"training-run-{job_id}", detach=True, **options,
+            image, [self.python, "-I", "-S", "-c", ENTRY_PROGRAM, JOB_ROOT], labels=labels,
+            name=f"training-run-{job_id}", stdin_open=True, detach=False, **options,
         )
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            _add_folder(tar, "job")
-            for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR):
-                _add_folder(tar, f"job/{folder}")
-            for entry in snapshot.entries:
-                info = tarfile.TarInfo(f"job/{job_runner.WORK_DIR}/{entry.path}")
-                info.size = entry.size
-                info.mode = 0o755 if entry.executable else 0o644
-                with open(store.blob_path(entry.digest), "rb") as blob:
-                    tar.addfile(info, blob)
-            runner = host_files()["job_runner.py"]
-            for relative, content in {**extras, "job_runner.py": runner}.items():
-                info = tarfile.TarInfo(f"job/{relative}")
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-        self._unsent[str(container.id)] = archive  # launch adds job.json and sends it in one request
+        records = [record("d", 0o755, folder) for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
+        for entry in snapshot.entries:
+            with open(store.blob_path(entry.digest), "rb") as blob:
+                records.append(record("f", 0o755 if entry.executable else 0o644, f"{job_runner.WORK_DIR}/{entry.path}",
+                                      blob.read()))
+        for relative, content in {**extras, "job_runner.py": host_files()["job_runner.py"]}.items():
+            records.append(record("f", 0o644, relative, content))
+        self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
 
     @_docker_errors
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         import docker
 
-        archive = self._unsent.pop(handle.location, None)
-        job_json = json.dumps(spec.to_job_json()).encode()
-        try:
-            if archive is None:  # staged by another process: only the spec is missing
-                _put_file(self.client.containers.get(handle.location), f"{JOB_ROOT}/{job_runner.JOB_SPEC}",
-                          job_json, 0o600)
-            else:
-                archive.seek(0)
-                with tarfile.open(fileobj=archive, mode="a") as tar:
-                    info = tarfile.TarInfo(f"job/{job_runner.JOB_SPEC}")
-                    info.size = len(job_json)
-                    info.mode = 0o600
-                    tar.addfile(info, io.BytesIO(job_json))
-                self.client.api.put_archive(handle.location, "/", archive.getvalue())
+        records = self._unsent.pop(handle.location, None)
+        if records is None:
+            raise TargetError(f"the container of job {handle.job_id} was staged by another process (or launched "
+                              "already): only the process that staged it holds its files; submit the run again")
+        job_json = json.dumps(dict(spec.to_job_json(), echo_output=True)).encode()
+        records += [record("f", 0o600, job_runner.JOB_SPEC, job_json), END]
+        try:  # both before the start: no output is missed
+            output = self.client.api.attach_socket(handle.location, params={"stdout": 1, "stderr": 1, "stream": 1})
+            stdin = self.client.api.attach_socket(handle.location, params={"stdin": 1, "stream": 1})
         except docker.errors.NotFound as exc:
             raise TargetError(f"the container of job {handle.job_id} is gone before it started") from exc
         try:
-            self.client.api.start(handle.location)
-        except Exception as exc:
-            raise TargetError(f"the container of job {handle.job_id} did not start: {exc}") from exc
+            try:
+                self.client.api.start(handle.location)
+            except Exception as exc:
+                close_stream(output)
+                raise TargetError(f"the container of job {handle.job_id} did not start: {exc}") from exc
+            raw_socket(stdin).sendall(b"".join(records))
+        finally:
+            close_stream(stdin)  # the end of its stdin: the container unpacks and starts the job
+        self._outputs[handle.location] = ContainerOutput(output)
         self._states[handle.location] = "running"
 
     def job_paths(self, handle: JobHandle) -> dict[str, str]:
@@ -304,16 +312,22 @@ class DockerTarget(ComputeTarget):
                                          f"supervisor recorded an ending: {state.get('Error') or 'no error reported'}")
 
     def _exit_line(self, handle: JobHandle) -> bytes | None:
-        """The ending the supervisor printed last (its ``exit.json``), from the container's log; None
-        when the log lacks it (killed, or a log driver that keeps nothing)."""
-        try:
-            tail = bytes(self.client.api.logs(handle.location, stdout=True, stderr=False, tail=3))
-        except Exception:
-            return None
-        prefix = job_runner.EXIT_LINE_PREFIX.encode()
-        for line in reversed(tail.splitlines()):
-            if line.startswith(prefix):
-                return line[len(prefix):]
+        """The ending the supervisor printed last (its ``exit.json``), from the attach stream or the
+        container's log (stderr; stdout for containers of earlier versions); None when neither has it
+        (killed, or a log driver that keeps nothing)."""
+        output = self._outputs.get(handle.location)
+        if output is not None and output.ended.is_set():
+            line = output.exit_line()
+            if line is not None:
+                return line
+        for stdout in (False, True):
+            try:
+                tail = bytes(self.client.api.logs(handle.location, stdout=stdout, stderr=not stdout, tail=3))
+            except Exception:
+                return None
+            line = last_exit_line(tail)
+            if line is not None:
+                return line
         return None
 
     @_docker_errors
@@ -332,6 +346,9 @@ class DockerTarget(ComputeTarget):
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         path = f"{JOB_ROOT}/{_FILES[channel]}"
         key = (handle.location, path)
+        streamed = self._streamed_driver_log(handle) if channel == "driver" else None
+        if streamed is not None:
+            return streamed[offset : offset + limit]
         if self._states.get(handle.location) == "running" and self._sizes.get(key, 0) > _COPY_WHOLE_BELOW:
             tail = self._tail_running(handle, path, offset)  # a large file: only its new part
             if tail is not None:
@@ -343,16 +360,36 @@ class DockerTarget(ComputeTarget):
 
     @_docker_errors
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
-        archive = self._archive(handle, f"{JOB_ROOT}/{relative_path}")
-        if archive is None:
+        streamed = self._streamed_driver_log(handle) if relative_path == job_runner.DRIVER_LOG else None
+        archive = None if streamed is not None else self._archive(handle, f"{JOB_ROOT}/{relative_path}")
+        if archive is None and streamed is None:
             return None
         destination = scratch / "fetched" / relative_path.replace("/", "_")
         if destination.exists():
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
+        if streamed is not None:
+            (destination / job_runner.DRIVER_LOG).write_bytes(streamed)
+            return destination / job_runner.DRIVER_LOG
+        assert archive is not None
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(destination, filter=tolerant_tar_filter)
         return destination / Path(relative_path).name
+
+    def _streamed_driver_log(self, handle: JobHandle) -> bytes | None:
+        """The driver log as far as the attach stream has brought it: while the container runs,
+        what has arrived; once it stopped, all of it, or None when the stream is not complete (this
+        process did not launch it, or the stream broke): then the file is read."""
+        output = self._outputs.get(handle.location)
+        if output is None:
+            return None
+        if self._states.get(handle.location) == "running":
+            return output.driver_log_so_far()
+        complete = output.complete_driver_log()
+        if complete is None:
+            output.close()
+            del self._outputs[handle.location]
+        return complete
 
     def _tail_running(self, handle: JobHandle, path: str, offset: int) -> bytes | None:
         """The bytes of ``path`` from ``offset`` on, read by ``exec`` in the running container;
@@ -433,6 +470,9 @@ class DockerTarget(ComputeTarget):
 
         self._ended_files.pop(handle.location, None)
         self._states.pop(handle.location, None)
+        output = self._outputs.pop(handle.location, None)
+        if output is not None:
+            output.close()
         for key in [key for key in self._sizes if key[0] == handle.location]:
             del self._sizes[key]
         with contextlib.suppress(docker.errors.NotFound):
@@ -520,3 +560,4 @@ def _put_file(container: Any, path: str, content: bytes, mode: int) -> None:
         info.mode = mode
         tar.addfile(info, io.BytesIO(content))
     container.put_archive(str(Path(path).parent), archive.getvalue())
+

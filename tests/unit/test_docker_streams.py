@@ -1,0 +1,75 @@
+"""The Docker target's container entry and the supervisor's echo, run for real on Python 3.9 (the
+oldest a target may have) without a container: the entry program unpacks the job folder streamed
+to its stdin and supervises the job in the same process; the supervisor echoes ``driver.log`` on
+stdout and prints its exit line, with the log's size, on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from airflow_provider.core.targets.docker_streams import END, ENTRY_PROGRAM, last_exit_line, record
+from airflow_provider.runtime import host_files, job_runner
+from tests.unit.test_runtime_package import _python39
+
+# Output with no newline at its end and bytes that are not UTF-8: the echo must keep them as they are.
+SCRIPT = b"import sys\nsys.stdout.buffer.write(b'first line\\n\\xff\\xfe not utf-8, no newline')\n"
+
+
+def _job_folder_stream(job_json: dict[str, object], script: bytes = SCRIPT) -> bytes:
+    return b"".join([
+        record("d", 0o755, job_runner.UPLOADS_DIR),
+        record("f", 0o644, f"{job_runner.WORK_DIR}/pkg/train.py", script),
+        record("f", 0o644, "job_runner.py", host_files()["job_runner.py"]),
+        record("f", 0o600, job_runner.JOB_SPEC, json.dumps(job_json).encode()),
+        END,
+    ])
+
+
+def _enter(job_dir: Path, stream: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([_python39(), "-I", "-S", "-c", ENTRY_PROGRAM, str(job_dir)], input=stream,
+                          capture_output=True, timeout=60, check=False)
+
+
+def test_the_entry_unpacks_the_job_folder_and_the_supervisor_echoes_the_driver_log(tmp_path: Path) -> None:
+    python = _python39()
+    job_dir = tmp_path / "job"
+    done = _enter(job_dir, _job_folder_stream({"argv": [python, "pkg/train.py"], "echo_output": True,
+                                               "env": {"SECRET": "s3cr3t"}, "secret_env": ["SECRET"]}))
+    assert done.returncode == 0, done.stderr
+    driver_log = (job_dir / job_runner.DRIVER_LOG).read_bytes()
+    assert driver_log == b"first line\n\xff\xfe not utf-8, no newline"
+    assert done.stdout == driver_log  # stdout carries exactly the log, nothing else
+    line = last_exit_line(done.stderr)
+    assert line is not None, done.stderr
+    assert json.loads(line) == json.loads((job_dir / job_runner.EXIT_STATE).read_bytes())
+    assert json.loads(line)["driver_log_bytes"] == len(driver_log) and json.loads(line)["exit_code"] == 0
+    assert (job_dir / job_runner.UPLOADS_DIR).is_dir()
+    assert oct((job_dir / job_runner.JOB_SPEC).stat().st_mode & 0o777) == "0o600"
+    assert b"s3cr3t" not in (job_dir / job_runner.JOB_SPEC).read_bytes()
+
+
+def test_a_stream_cut_short_stops_before_the_job_starts(tmp_path: Path) -> None:
+    stream = _job_folder_stream({"argv": ["true"]})
+    done = _enter(tmp_path / "job", stream[: len(stream) - len(END) - 10])
+    assert done.returncode != 0
+    assert b"cut short" in done.stderr
+    assert not (tmp_path / "job" / job_runner.RUNNER_STATE).exists()
+
+
+def test_a_path_leaving_the_job_folder_is_refused(tmp_path: Path) -> None:
+    done = _enter(tmp_path / "job", record("f", 0o644, "../outside.txt", b"x") + END)
+    assert done.returncode != 0 and b"leaves the job folder" in done.stderr
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_the_supervisor_imports_only_what_it_runs_with(tmp_path: Path) -> None:
+    """A fresh container compiles every module its supervisor imports (images seldom ship compiled
+    standard libraries): typing and ctypes cost tens of milliseconds there."""
+    (tmp_path / "job_runner.py").write_bytes(host_files()["job_runner.py"])
+    probe = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import job_runner\n"
+             "print(sorted(name for name in ('typing', 'ctypes') if name in sys.modules))")
+    done = subprocess.run([_python39(), "-I", "-S", "-c", probe], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
