@@ -120,9 +120,12 @@ class MLflowTrackingHook(BaseHook):
         return {}
 
     def configure_process(self) -> str:
-        """Put the credentials in this process's environment (MLflow reads them there).
+        """Put the credentials in this process's environment (MLflow reads them there), after
+        checking the store is one every worker reaches (:meth:`check_shared_by_every_worker`).
 
         :return: the tracking URI.
         """
+        uri = self.get_tracking_uri()
+        self.check_shared_by_every_worker(uri)
         os.environ.update(self.get_credentials())
-        return self.get_tracking_uri()
+        return uri

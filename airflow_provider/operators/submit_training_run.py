@@ -252,7 +252,6 @@ class SubmitTrainingRunOperator(BaseOperator):
     # ------------------------------------------------------------------ helpers
     def _experiment(self, context: Context, trial: TrialPlan | None = None) -> Experiment:
         tracking_uri = self.tracking_hook.configure_process()
-        self.tracking_hook.check_shared_by_every_worker(tracking_uri)
         self._credentials = self.tracking_hook.get_credentials()
         name = self.experiment_name or (trial.experiment_name if trial else None) or context["ti"].dag_id
         if trial is not None and name != trial.experiment_name:

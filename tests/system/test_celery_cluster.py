@@ -67,10 +67,32 @@ os.makedirs("outputs", exist_ok=True)
 open("outputs/done.txt", "w").write(str(ticks))
 """
 
+# The load: 500 values of "m" (0..499), an output file; the same script runs under BashOperator
+# (the anchor), where Run.get_context() is offline and prints its metrics.
+LOAD_SCRIPT = """
+import argparse, os
+from airflow_provider.core import Run
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.01)
+lr = parser.parse_args().lr
+run = Run.get_context()
+for i in range(500):
+    run.log("m", i)
+run.log("loss", abs(lr - 0.05))
+os.makedirs("outputs", exist_ok=True)
+open("outputs/result.txt", "w").write("done")
+"""
+
+LOAD_TASKS = 50
+SWEEP_TRIALS = 20
+
 DAGS = """
 from datetime import datetime, timedelta
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
-from airflow_provider.operators import SubmitTrainingRunOperator
+from airflow_provider.core.hyperdrive import RandomParameterSampling, uniform
+from airflow_provider.operators import (
+    PlanHyperparameterSweepOperator, SelectBestTrialOperator, SubmitTrainingRunOperator)
 
 TRACKING = {tracking!r}
 
@@ -94,6 +116,27 @@ with DAG("cl_embedded_store", schedule=None, start_date=datetime(2026, 1, 1), ca
         task_id="train", source_directory={spread_source!r}, script="train.py", retries=3,
         retry_delay=timedelta(seconds=1), experiment_name="cl_embedded_store", compute_target="training_local",
     )
+
+with DAG("cl_load", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=200):
+    for i in range({load_tasks}):
+        SubmitTrainingRunOperator(
+            task_id=f"train_{{i}}", source_directory={load_source!r}, script="train.py",
+            experiment_name="cl_load", compute_target="training_local", tracking_conn_id=TRACKING, poll_interval=1,
+        )
+    plan = PlanHyperparameterSweepOperator(
+        task_id="plan", experiment_name="cl_load_sweep", tracking_conn_id=TRACKING,
+        hyperparameter_sampling=RandomParameterSampling({{"--lr": uniform(0.001, 0.1)}}, seed=7),
+        max_total_runs={sweep_trials}, primary_metric_name="loss", primary_metric_goal="MINIMIZE",
+    )
+    trials = SubmitTrainingRunOperator.partial(
+        task_id="trial", source_directory={load_source!r}, script="train.py", compute_target="training_local",
+        tracking_conn_id=TRACKING, poll_interval=1,
+    ).expand(sweep_trial=plan.output)
+    trials >> SelectBestTrialOperator(task_id="best", sweep_trials=plan.output, tracking_conn_id=TRACKING)
+
+with DAG("cl_load_bash", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=200):
+    for i in range({load_tasks}):
+        BashOperator(task_id=f"train_{{i}}", cwd={load_source!r}, bash_command="python train.py > /dev/null")
 
 def ticking(dag_id, compute_target, control, deferrable=False):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -133,12 +176,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     control = tmp_path_factory.mktemp("cluster-control")
     control.chmod(0o777)
     dags = folder / "dags"
-    for name, script in (("spread_source", SPREAD_SCRIPT), ("ticking_source", TICKING_SCRIPT)):
+    for name, script in (("spread_source", SPREAD_SCRIPT), ("ticking_source", TICKING_SCRIPT),
+                         ("load_source", LOAD_SCRIPT)):
         (dags / name).mkdir(parents=True)
         (dags / name / "train.py").write_text(textwrap.dedent(script))
     (dags / "cluster_dags.py").write_text(DAGS.format(
         tracking=TRACKING_CONN_ID, spread_source=str(dags / "spread_source"),
-        ticking_source=str(dags / "ticking_source"), docker_control=DOCKER_CONTROL, ssh_control=SSH_CONTROL))
+        ticking_source=str(dags / "ticking_source"), load_source=str(dags / "load_source"), load_tasks=LOAD_TASKS,
+        sweep_trials=SWEEP_TRIALS, docker_control=DOCKER_CONTROL, ssh_control=SSH_CONTROL))
     topology = start_cluster(folder)
     topology.control = control  # type: ignore[attr-defined]
     try:
@@ -333,3 +378,44 @@ def test_runs_complete_through_a_tracking_server_outage(cluster: Cluster) -> Non
         ticks = _ticks(cluster, name)
         assert sorted(ticks) == [float(i) for i in range(len(ticks))], f"{name}: ticks lost or doubled"
         assert _run_of(cluster, name).info.status == "FINISHED"
+
+
+# ----------------------------------------------------------------------------------- load
+def _wall_seconds(tasks: list[dict[str, Any]]) -> float:
+    """From the first task's start to the last task's end."""
+    from datetime import datetime
+
+    starts = [datetime.fromisoformat(ti["start_date"]) for ti in tasks if ti.get("start_date")]
+    ends = [datetime.fromisoformat(ti["end_date"]) for ti in tasks if ti.get("end_date")]
+    return (max(ends) - min(starts)).total_seconds()
+
+
+def test_fifty_training_tasks_and_a_mapped_sweep_at_once_lose_nothing(cluster: Cluster) -> None:
+    run_id = cluster.trigger("cl_load")
+    tasks = cluster.wait_for_dag_run("cl_load", run_id, timeout=1500)
+    failed = sorted((ti["task_id"], ti["map_index"]) for ti in tasks if ti["state"] != "success")
+    assert not failed, f"{failed}\n{cluster.task_logs('cl_load')[-6000:]}"
+    assert len(tasks) == LOAD_TASKS + 1 + SWEEP_TRIALS + 1
+    assert {cluster.worker_number(ti["hostname"]) for ti in tasks} == {1, 2}
+    load_seconds = _wall_seconds([ti for ti in tasks if ti["task_id"].startswith("train_")])
+    client = cluster.mlflow()
+    runs = cluster.runs_of("cl_load")
+    assert len(runs) == LOAD_TASKS
+    sweep_runs = cluster.runs_of("cl_load_sweep")
+    trials = [r for r in sweep_runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(trials) == SWEEP_TRIALS and len(sweep_runs) == SWEEP_TRIALS + 1
+    for run in [*runs, *trials]:
+        assert run.info.status == "FINISHED" and run.data.tags.get("training.state") == "Completed", run.info.run_id
+        values = sorted(m.value for m in client.get_metric_history(run.info.run_id, "m"))
+        assert values == [float(i) for i in range(500)], f"{run.info.run_id}: {len(values)} values"
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "outputs")] == ["outputs/result.txt"]
+    (parent,) = [r for r in sweep_runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert cluster.mlflow().get_run(parent.info.run_id).data.tags.get("training.sweep.best_run_id") in {
+        t.info.run_id for t in trials}
+    # The anchor: the same 50 scripts as plain BashOperator tasks on the same topology.
+    bash_run = cluster.trigger("cl_load_bash")
+    bash_tasks = cluster.wait_for_dag_run("cl_load_bash", bash_run, timeout=1200)
+    assert {ti["state"] for ti in bash_tasks} == {"success"}
+    bash_seconds = _wall_seconds(bash_tasks)
+    print(f"\n50 training tasks (with a 20-trial sweep beside them): {load_seconds:.1f} s; "
+          f"50 BashOperator tasks: {bash_seconds:.1f} s; ratio {load_seconds / bash_seconds:.2f}x")
