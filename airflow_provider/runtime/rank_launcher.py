@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, Protocol
 
 RANK_LOG_DIR_VARIABLE = "TRAINING_RUNS_RANK_LOG_DIR"
 RANK_VARIABLE = "TRAINING_RUNS_RANK"
@@ -54,7 +54,10 @@ def run_rank(command: list[str]) -> int:
         os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
     folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
     os.makedirs(folder, exist_ok=True)
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if _is_script_of_this_interpreter(command):
+        child: _Child = _ForkedScript(command[len(_SCRIPT_PREFIX) + 1:])
+    else:
+        child = _Spawned(command)
     stopped: list[int] = []
 
     def forward(received: int, _frame: object) -> None:
@@ -63,8 +66,7 @@ def run_rank(command: list[str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
-    assert child.stdout is not None
-    output = child.stdout.fileno()
+    output = child.output
     with open(os.path.join(folder, f"rank_{rank}.log"), "ab") as log:
         for chunk in iter(lambda: os.read(output, 65536), b""):
             log.write(chunk)
@@ -92,6 +94,89 @@ def run_rank(command: list[str]) -> int:
         with contextlib.suppress(OSError):
             os.kill(os.getppid(), signal.SIGTERM)
     return code if code >= 0 else 128 - code
+
+
+_LAUNCHER_MODULE = "training_runs_launcher"
+_SCRIPT_PREFIX = ("-m", _LAUNCHER_MODULE, "script", "--")
+
+
+def _is_script_of_this_interpreter(command: list[str]) -> bool:
+    """True when ``command`` is ``PYTHON -m training_runs_launcher script -- ...`` with this very
+    interpreter: then the rank's script runs in a fork of this process, not in a new interpreter."""
+    if tuple(command[1:len(_SCRIPT_PREFIX) + 1]) != _SCRIPT_PREFIX:
+        return False
+    import shutil
+
+    return os.path.abspath(shutil.which(command[0]) or command[0]) == sys.executable
+
+
+class _Child(Protocol):
+    """A rank's running command: its pid, its output (stdout and stderr) as a pipe, its exit."""
+
+    pid: int
+    output: int
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def wait(self) -> int:
+        """The exit code; minus the signal's number when a signal ended it."""
+
+
+class _Spawned:
+    """The rank's command in a process of its own."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        self.pid, self.output = self.process.pid, self.process.stdout.fileno()
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self) -> int:
+        return self.process.wait()
+
+
+class _ForkedScript:
+    """The rank's script run by a fork of this launcher: what ``python -m training_runs_launcher
+    script -- ARGV`` would do, without starting and importing a second interpreter per rank. The
+    fork returns to the interpreter's top level with the script's exit code (``SystemExit``), so
+    its exit handlers (mpi4py's ``MPI_Finalize``) run as in a process of its own."""
+
+    def __init__(self, argv: list[str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(write, 1)
+            os.dup2(write, 2)
+            os.close(devnull)
+            os.close(write)
+            raise SystemExit(run_script(argv))
+        os.close(write)
+        self.pid, self.output = pid, read
+        self.returncode: int | None = None
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:  # never a pid that may have been reused
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            while True:
+                try:
+                    _, status = os.waitpid(self.pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 def run_script(argv: list[str]) -> int:

@@ -39,6 +39,8 @@ except ImportError:  # on the remote host: plain files copied next to this one
 KEPT_MARKER = ".kept"
 _LAUNCH_TIMEOUT_SECONDS = 30.0
 _GC_EVERY_SECONDS = 600.0
+_WAIT_LIMIT_SECONDS = 60.0
+_WAIT_STEP_SECONDS = 0.01
 
 
 class DamagedBlobError(ValueError):
@@ -233,6 +235,17 @@ def op_poll(request: dict[str, Any]) -> dict[str, Any]:
     return job_runner.job_state(request["job_dir"])
 
 
+def op_wait(request: dict[str, Any]) -> dict[str, Any]:
+    """Return as soon as the job has ended (its ``exit.json`` exists), or after ``timeout`` seconds
+    (at most :data:`_WAIT_LIMIT_SECONDS`): the watcher learns of the end within milliseconds, without
+    polling over the network."""
+    ended = os.path.join(request["job_dir"], job_runner.EXIT_STATE)
+    deadline = time.monotonic() + max(0.0, min(float(request["timeout"]), _WAIT_LIMIT_SECONDS))
+    while not os.path.exists(ended) and time.monotonic() < deadline:
+        time.sleep(min(_WAIT_STEP_SECONDS, max(0.0, deadline - time.monotonic())))
+    return {"ended": os.path.exists(ended)}
+
+
 def op_cancel(request: dict[str, Any]) -> dict[str, Any]:
     job_runner.cancel_job(request["job_dir"], float(request["grace_seconds"]), bool(request["wait"]))
     return {}
@@ -372,6 +385,7 @@ _OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "append_once": op_append_once,
     "stop_strays": op_stop_strays,
     "poll": op_poll,
+    "wait": op_wait,
     "cancel": op_cancel,
     "cleanup": op_cleanup,
     "env": op_env,

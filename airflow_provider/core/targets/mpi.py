@@ -7,6 +7,10 @@ other nodes run in their own copy of the job folder. When the job ends, the othe
 files are appended once to the first node's (the relay then records their ranks' metrics as
 ``rank_<N>/<name>``), their ``rank_<N>.log`` files join the first node's, and any process left in
 a job folder on any node is stopped.
+
+What every node does (checking, staging, making the job folder, collecting, stopping, cleaning up)
+runs on all nodes at once, one thread per node, each on its node's own connection: a run costs
+about what its slowest host costs, not the sum of the hosts.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environments.prepared import PreparedEnvironment
@@ -29,10 +34,33 @@ from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.runtime import job_runner
 
-__all__ = ["SECRETS_VARIABLE", "MPITarget"]
+__all__ = ["SECRETS_VARIABLE", "MPITarget", "at_once"]
+
+N = TypeVar("N")
+T = TypeVar("T")
 
 SECRETS_VARIABLE = "TRAINING_RUNS_MPI_SECRETS"
 _MERGED_MARKER = ".events-merged"
+
+
+def at_once(items: Sequence[N], action: Callable[[N], T]) -> list[T]:
+    """Run ``action`` on every item at once (one thread each) and return the results in order.
+
+    Every call runs to its end; then the first item's error (in order) is raised, as if the items
+    had been done one after the other.
+
+    :param items: the nodes (or what names them).
+    :param action: what to do for one item; it uses that node's own connection only.
+    """
+    if len(items) <= 1:
+        return [action(item) for item in items]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="mpi-node") as pool:
+        futures = [pool.submit(action, item) for item in items]
+        errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [future.result() for future in futures]
 
 
 class MPITarget(ComputeTarget):
@@ -46,6 +74,7 @@ class MPITarget(ComputeTarget):
     """
 
     kind: ClassVar[str] = "mpi"
+    wakes_on_end: ClassVar[bool] = True
 
     def __init__(self, nodes: list[SSHTarget], slots: list[int] | None = None,
                  mpirun_options: list[str] | None = None, launcher: str = "openmpi") -> None:
@@ -90,12 +119,11 @@ class MPITarget(ComputeTarget):
         return "mpi (" + ", ".join(node.settings.address for node in self.nodes) + ")"
 
     def check(self) -> None:
-        for node in self.nodes:
-            node.check()
+        at_once(self.nodes, SSHTarget.check)
 
     # ------------------------------------------------------------------ preparing
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
-        prepared = [node.prepare_environment(environment) for node in self.nodes]
+        prepared = at_once(self.nodes, lambda node: node.prepare_environment(environment))
         pythons = {p.python for p in prepared}
         if len(pythons) > 1:
             raise ConfigurationError(
@@ -107,7 +135,7 @@ class MPITarget(ComputeTarget):
 
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
-        handles = [node.stage(job_id, snapshot, store, extras, environment) for node in self.nodes]
+        handles = at_once(self.nodes, lambda node: node.stage(job_id, snapshot, store, extras, environment))
         locations = {handle.location for handle in handles}
         if len(locations) > 1:
             raise ConfigurationError(
@@ -119,9 +147,8 @@ class MPITarget(ComputeTarget):
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         node_handle = self._node_handle(handle)
         launching = self._across_hosts(spec)  # checks the hosts' slots before any node is touched
-        for node in self.nodes[1:]:
-            node.materialize(node_handle, spec)
-        self.first.launch(node_handle, launching)
+        at_once(self.nodes[1:], lambda node: node.materialize(node_handle, spec))
+        self.first.launch(node_handle, launching)  # once every rank's folder exists
 
     def _across_hosts(self, spec: JobSpec) -> JobSpec:
         argv = list(spec.argv)
@@ -195,7 +222,7 @@ class MPITarget(ComputeTarget):
     def _merge_events(self, handle: JobHandle) -> None:
         """Append the other nodes' events to the first node's file, once (their ranks' metrics)."""
         events = f"{handle.location}/{job_runner.EVENTS_FILE}"
-        data = b"".join(node.read_file(events) or b"" for node in self.nodes[1:])
+        data = b"".join(found or b"" for found in at_once(self.nodes[1:], lambda node: node.read_file(events)))
         self.first.append_once(events, data, f"{handle.location}/{_MERGED_MARKER}")
 
     def wait(self, handle: JobHandle, timeout: float) -> None:
@@ -206,13 +233,13 @@ class MPITarget(ComputeTarget):
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         node_handle = self._node_handle(handle)
-        found = self.first.fetch(node_handle, relative_path, scratch / "node-0")
         if relative_path != job_runner.RANKS_DIR:
-            return found
+            return self.first.fetch(node_handle, relative_path, scratch / "node-0")
+        found = at_once(range(len(self.nodes)),
+                        lambda index: self.nodes[index].fetch(node_handle, relative_path, scratch / f"node-{index}"))
         merged = scratch / "ranks-all-nodes" / job_runner.RANKS_DIR
         merged.mkdir(parents=True, exist_ok=True)
-        for index, node in enumerate(self.nodes):
-            folder = found if index == 0 else node.fetch(node_handle, relative_path, scratch / f"node-{index}")
+        for folder in found:
             if folder is not None and folder.is_dir():
                 for item in folder.iterdir():
                     shutil.copy2(item, merged / item.name, follow_symlinks=False)
@@ -223,13 +250,14 @@ class MPITarget(ComputeTarget):
         node_handle = self._node_handle(handle)
         self.first.cancel(node_handle, grace_seconds, wait)  # mpirun stops the remote ranks
         if wait:
-            for node in self.nodes[1:]:
-                node.stop_strays(handle.location)
+            at_once(self.nodes[1:], lambda node: node.stop_strays(handle.location))
 
     def cleanup(self, handle: JobHandle) -> None:
         node_handle = self._node_handle(handle)
         ended = self.first.ended_status(node_handle)
-        for node in self.nodes:
+
+        def stop_then_remove(node: SSHTarget) -> None:  # a node's folder goes once its own strays are stopped
             node.stop_strays(handle.location)
-        for node in self.nodes:
             node.cleanup(node_handle, ended)
+
+        at_once(self.nodes, stop_then_remove)

@@ -22,6 +22,8 @@ import shlex
 import shutil
 import tarfile
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,6 +77,7 @@ class SSHTarget(ComputeTarget):
     """
 
     kind: ClassVar[str] = "ssh"
+    wakes_on_end: ClassVar[bool] = True
 
     def __init__(self, settings: SSHSettings, work_root: str = "~/.training-runs", python: str = "python3",
                  keep_failed_job_folders: bool = True, cache_limits: dict[str, float] | None = None,
@@ -139,12 +142,10 @@ class SSHTarget(ComputeTarget):
     # ------------------------------------------------------------------ the remote helper
     @property
     def root(self) -> str:
-        """The absolute remote working root."""
+        """The absolute remote working root (a root under ``~`` is resolved by the agent's hello)."""
         if self._root is None:
-            def resolve() -> str:
-                home = self.connection.sftp.normalize(".")
-                return home + self.work_root[1:] if self.work_root.startswith("~") else self.work_root
-            self._root = self.connection.retrying(resolve, what="finding the remote home")
+            under_home = _under_home(self.work_root)
+            self._root = str(self.hello()["home"]) + self.work_root[1:] if under_home else self.work_root
         return self._root
 
     @property
@@ -153,22 +154,22 @@ class SSHTarget(ComputeTarget):
         return f"{self.root}/runtime/{_RUNTIME_VERSION}"
 
     def hello(self) -> dict[str, Any]:
-        """Install the agent if needed and ask the host about its Python (once per object)."""
+        """Start the agent (installing this version of it first if the host lacks it) and ask the host
+        about its Python (once per object)."""
         if self._hello is None:
-            self.connection.retrying(self._install_runtime, what="installing the remote helper")
             self._hello = self._agent("hello", {})
         return self._hello
 
     def _install_runtime(self) -> None:
+        """Copy this version's agent and supervisor to the host over SFTP (each file renamed into place),
+        when the agent's start found them missing: once per version and host."""
         sftp = self.connection.sftp
-        try:
-            sftp.stat(f"{self.runtime_dir}/remote_agent.py")
-            return
-        except FileNotFoundError:
-            pass
+        if self._root is None and _under_home(self.work_root):  # before any hello: ask SFTP for the home
+            self._root = sftp.normalize(".") + self.work_root[1:]
         _makedirs(sftp, self.runtime_dir)
-        for name, content in _RUNTIME_FILES.items():
-            temporary = f"{self.runtime_dir}/.{name}.tmp"
+        # The agent last: its start takes the version as installed once the agent file is there.
+        for name, content in sorted(_RUNTIME_FILES.items(), key=lambda item: item[0] == _AGENT_FILE):
+            temporary = f"{self.runtime_dir}/.{name}.{uuid.uuid4().hex}.tmp"  # two installers never share one
             with sftp.open(temporary, "wb") as out:
                 out.write(content)
             sftp.posix_rename(temporary, f"{self.runtime_dir}/{name}")
@@ -181,7 +182,17 @@ class SSHTarget(ComputeTarget):
         """
         def call() -> dict[str, Any]:
             with self._lock:
-                return self._session().request(operation, request, payload, timeout)
+                try:
+                    return self._session().request(operation, request, payload, timeout)
+                except _RuntimeMissingError:
+                    log.info("Installing the remote helper (version %s) on %s", _RUNTIME_VERSION,
+                             self.settings.address)
+                    self._install_runtime()
+                try:
+                    return self._session().request(operation, request, payload, timeout)
+                except _RuntimeMissingError as exc:
+                    raise TargetError(f"the remote helper was installed in {self.runtime_dir} on "
+                                      f"{self.settings.address} but is missing again") from exc
 
         answer = self.connection.retrying(call, what=f"the remote {operation}")
         if not answer.get("ok"):
@@ -191,9 +202,19 @@ class SSHTarget(ComputeTarget):
     def _session(self) -> _AgentSession:
         client = self.connection.client
         if self._agent_session is None or self._agent_session.client is not client or self._agent_session.closed:
-            command = f"{shlex.quote(self.python)} -I -S {shlex.quote(self.runtime_dir + '/remote_agent.py')} serve"
-            self._agent_session = _AgentSession(client, command, self.settings.address, self.python)
+            self._agent_session = _AgentSession(client, self._agent_command(), self.settings.address, self.python)
         return self._agent_session
+
+    def _agent_command(self) -> str:
+        """The shell command that starts the agent, or exits with :data:`_RUNTIME_MISSING_STATUS`
+        when this version of it is not on the host: no SFTP session and no extra round trip to
+        check. A root under ``~`` is spelled with ``$HOME`` until the agent has told its home."""
+        relative = f"/runtime/{_RUNTIME_VERSION}/{_AGENT_FILE}"
+        if self._root is None and _under_home(self.work_root):
+            agent = '"$HOME"' + shlex.quote(self.work_root[1:] + relative)
+        else:
+            agent = shlex.quote(self.root + relative)
+        return f"test -f {agent} && exec {shlex.quote(self.python)} -I -S {agent} serve; exit {_RUNTIME_MISSING_STATUS}"
 
     # ------------------------------------------------------------------ environment
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
@@ -311,14 +332,15 @@ class SSHTarget(ComputeTarget):
 
         :param path: its absolute path on the host.
         """
-        def read() -> bytes | None:
-            try:
-                with self.connection.sftp.open(path, "rb") as remote:
-                    return bytes(remote.read())
-            except FileNotFoundError:
-                return None
-
-        return self.connection.retrying(read, what=f"reading {path}")
+        self.hello()
+        folder, name = path.rstrip("/").rsplit("/", 1)
+        answer = self._agent("pack", {"job_dir": folder or "/", "relative_path": name})  # no SFTP session
+        if answer["missing"]:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(answer["payload"])) as tar:
+            member = tar.next()
+            content = tar.extractfile(member) if member is not None and member.isfile() else None
+            return content.read() if content is not None else None
 
     def append_once(self, path: str, data: bytes, marker: str) -> bool:
         """Append ``data`` to a remote file unless ``marker`` exists (then create it).
@@ -353,6 +375,24 @@ class SSHTarget(ComputeTarget):
         return JobHandle(self.kind, job_id, location) if found else None
 
     # ------------------------------------------------------------------ watching
+    def wait(self, handle: JobHandle, timeout: float) -> None:
+        """Block until the job ends (the agent watches for it on the host) or ``timeout`` seconds pass.
+
+        Not retried: after a dropped connection it just sleeps, and the next poll reconnects and
+        reports.
+        """
+        started = time.monotonic()
+        try:
+            with self._lock:
+                answer = self._session().request("wait", {"job_dir": self._job_dir(handle), "timeout": timeout},
+                                                 b"", timeout + 60)
+            if answer.get("ok"):
+                return
+            log.debug("waiting for the job on %s: %s", self.settings.address, answer.get("error"))
+        except Exception as exc:  # whatever it was, the next poll meets it again and says so
+            log.debug("waiting for the job on %s: %s", self.settings.address, exc)
+        time.sleep(max(0.0, timeout - (time.monotonic() - started)))
+
     def poll(self, handle: JobHandle) -> JobStatus:
         self.hello()
         status = JobStatus.from_job_state(self._agent("poll", {"job_dir": self._job_dir(handle)}))
@@ -409,6 +449,19 @@ class SSHTarget(ComputeTarget):
         self._agent("cleanup", {"root": self.root, "job_dir": self._job_dir(handle), "keep": keep, "limits": limits})
 
 
+_AGENT_FILE = "remote_agent.py"
+_RUNTIME_MISSING_STATUS = 97
+"""Exit status of the agent's start command when this version of the agent is not on the host."""
+
+
+class _RuntimeMissingError(Exception):
+    """The host lacks this version of the agent (the target installs it and starts it again)."""
+
+
+def _under_home(work_root: str) -> bool:
+    return work_root.startswith("~")
+
+
 class _AgentSession:
     """One ``remote_agent.py serve`` process on the host, spoken to over one SSH channel."""
 
@@ -429,7 +482,12 @@ class _AgentSession:
         try:
             self.channel.settimeout(timeout)
             header = {**request, "op": operation, "payload_size": len(payload)}
-            self.channel.sendall(json.dumps(header).encode() + b"\n" + payload)
+            try:
+                self.channel.sendall(json.dumps(header).encode() + b"\n" + payload)
+            except OSError:
+                if self.channel.exit_status_ready():  # it ended before reading: say why
+                    self._raise_ended()
+                raise
             line = self.reader.readline()
             if not line:
                 self._raise_ended()
@@ -444,6 +502,8 @@ class _AgentSession:
 
     def _raise_ended(self) -> None:
         status = self.channel.recv_exit_status()  # follows the end of its output
+        if status == _RUNTIME_MISSING_STATUS:
+            raise _RuntimeMissingError(self.address)
         error = ""
         while self.channel.recv_stderr_ready():
             error += self.channel.recv_stderr(65536).decode(errors="replace")
