@@ -93,6 +93,11 @@ class Timeline:
                 covered -= max(0.0, min(end, other_end) - max(start, other_start))
         return covered
 
+    def mark_host_time(self, mark: str, host_time: float) -> None:
+        """Mark an instant the host recorded (``time.time()`` there: the containers share this
+        machine's clock)."""
+        self.marks.setdefault(mark, time.perf_counter() - (time.time() - host_time) - self.origin)
+
     def count(self, phase: str) -> int:
         return sum(1 for p, _, _ in self.spans if p == phase)
 
@@ -155,13 +160,27 @@ def instrumented() -> Iterator[None]:
         answer: dict[str, Any] = original_agent(self, operation, request, *args, **kwargs)
         if operation == "poll" and _current is not None and answer.get("state") == "ended":
             ended_at = answer.get("exit", {}).get("ended_at")
-            if ended_at is not None:  # the host's clock is this machine's (containers share the kernel's)
-                _current.marks.setdefault("job ended", time.perf_counter() - (time.time() - float(ended_at))
-                                          - _current.origin)
+            if ended_at is not None:
+                _current.mark_host_time("job ended", float(ended_at))
         return answer
 
     ssh.SSHTarget._agent = agent  # type: ignore[method-assign]
     undo.append(lambda: setattr(ssh.SSHTarget, "_agent", original_agent))
+    original_cleanup = mpi.MPITarget.cleanup
+
+    def cleanup(self: Any, handle: Any) -> None:
+        if _current is not None:  # before the job folder goes: when the command started, when rank 0 ended
+            started = time.perf_counter()
+            for mark, relative, key in (("command started", "runner.json", "started_at"),
+                                        ("rank 0 ended", "ranks/rank_0.exit", "ended_at")):
+                data = self.first.read_file(f"{handle.location}/{relative}")
+                if data:
+                    _current.mark_host_time(mark, float(json.loads(data)[key]))
+            _current.add("benchmark's own reads", started, time.perf_counter())
+        original_cleanup(self, handle)
+
+    mpi.MPITarget.cleanup = cleanup  # type: ignore[method-assign]
+    undo.append(lambda: setattr(mpi.MPITarget, "cleanup", original_cleanup))
     try:
         yield
     finally:
@@ -175,7 +194,10 @@ def breakdown(timeline: Timeline, total: float) -> dict[str, float]:
     launch_end = timeline.last_end("launch") or launch_start
     watch_end = timeline.last_end("watch") or launch_end
     ended = timeline.marks.get("job ended", watch_end)
+    command_started = timeline.marks.get("command started", launch_end)
+    rank_0_ended = timeline.marks.get("rank 0 ended", ended)
     finalize = timeline.total("finalize")
+    own = timeline.total("benchmark's own reads")
     connect = timeline.total("connect")
     runtime = timeline.total("runtime shipping", "connect")
     check = timeline.total("check (hosts' hello)", "connect", "runtime shipping")
@@ -189,10 +211,13 @@ def breakdown(timeline: Timeline, total: float) -> dict[str, float]:
         "per-host staging (blobs)": stage,
         "lifecycle (MLflow run, snapshot, tags)": launch_start - connect - runtime - check - prepare - stage,
         "launch (materialize + mpirun start)": timeline.total("launch", "connect"),
-        "launch -> job ended on host": ended - launch_end,
+        "launch returned -> mpirun started": command_started - launch_end,
+        "mpirun started -> rank 0 ended": rank_0_ended - command_started,
+        "rank 0 ended -> job ended (mpirun exits)": ended - rank_0_ended,
         "job ended -> seen by the watcher": watch_end - ended,
-        "finalize (collect, cleanup)": finalize,
+        "finalize (collect, cleanup)": finalize - own,
         "get_details + rest": total - watch_end - finalize,
+        "(the benchmark's own reads, not counted)": own,
     }
 
 
@@ -246,21 +271,29 @@ def put_bare_script() -> None:
             client.close()
 
 
-def bare_once() -> float:
-    """A new SSH connection to the first host and a bare ``mpirun`` of the script on every host."""
+def bare_once() -> tuple[float, dict[str, float]]:
+    """A new SSH connection to the first host and a bare ``mpirun`` of the script on every host;
+    the host's clock, read before and after ``mpirun``, splits the time."""
     hosts = ",".join(f"{h}:{PER_NODE}" for h in HOSTS)
     command = shlex.join(["mpirun", "--allow-run-as-root", "-np", str(PER_NODE * len(HOSTS)), "--host", hosts,
                           *MPIRUN_OPTIONS, "python3", BARE_SCRIPT])
     started = time.perf_counter()
+    wall_started = time.time()
     client = _client(HOSTS[0])
+    connected = time.perf_counter()
     try:
-        output = _run(client, f"cd {shlex.quote(os.path.dirname(BARE_SCRIPT))} && {command}")
+        output = _run(client, f"cd {shlex.quote(os.path.dirname(BARE_SCRIPT))} && date +%s.%N && {command} "
+                              "&& date +%s.%N")
     finally:
         client.close()
     elapsed = time.perf_counter() - started
+    lines = output.split()
     if output.count("sum 15") != PER_NODE * len(HOSTS):
         raise RuntimeError(f"bare mpirun printed {output!r}")
-    return elapsed
+    mpirun_started, mpirun_ended = float(lines[0]) - wall_started, float(lines[-1]) - wall_started
+    return elapsed, {"connection": connected - started,
+                     "exec until mpirun starts": mpirun_started - (connected - started),
+                     "mpirun": mpirun_ended - mpirun_started, "after mpirun (exit, close)": elapsed - mpirun_ended}
 
 
 # ---------------------------------------------------------------------- our target
@@ -339,7 +372,7 @@ def main() -> int:
                 submit_once(experiment, source)
             bare_once()
             warm: list[tuple[float, Timeline]] = []
-            bare: list[float] = []
+            bare: list[tuple[float, dict[str, float]]] = []
             for _ in range(arguments.repetitions):  # interleaved: load on the machine hits both alike
                 warm.append(submit_once(experiment, source))
                 bare.append(bare_once())
@@ -350,15 +383,17 @@ def main() -> int:
         reset_hosts()
 
     warm_s = statistics.median(t for t, _ in warm)
-    bare_s = statistics.median(bare)
+    bare_s = statistics.median(t for t, _ in bare)
+    bare_breakdown = {k: statistics.median(b[k] for _, b in bare) for k in bare[0][1]}
     first_s = statistics.median(t for t, _ in first)
     results: dict[str, Any] = {
         "ranks": PER_NODE * len(HOSTS), "hosts": len(HOSTS), "repetitions": arguments.repetitions,
         "warm_s": warm_s, "bare_s": bare_s, "first_s": first_s,
         "warm_added_s": warm_s - bare_s, "first_added_s": first_s - bare_s,
         "warm_ratio": warm_s / bare_s, "first_ratio": first_s / bare_s,
-        "warm_all_s": [t for t, _ in warm], "bare_all_s": bare, "first_all_s": [t for t, _ in first],
+        "warm_all_s": [t for t, _ in warm], "bare_all_s": [t for t, _ in bare], "first_all_s": [t for t, _ in first],
         "breakdown_warm_s": _median_breakdown(warm), "breakdown_first_s": _median_breakdown(first),
+        "breakdown_bare_s": bare_breakdown, "load_average": os.getloadavg(),
         "agent_warm_s": _median_agent(warm), "agent_first_s": _median_agent(first),
     }
     n, k = arguments.repetitions, arguments.first
@@ -370,10 +405,14 @@ def main() -> int:
           f"(goal <= +{GOALS['warm_added_s']} s)")
     print(f"  first run: {first_s:.3f} s, added {first_s - bare_s:+.3f} s, ratio {first_s / bare_s:.2f}x   "
           f"(goal <= {GOALS['first_s']} s)")
+    print("\nWhere bare mpirun's time goes (median ms): "
+          + ", ".join(f"{k} {v * 1000:.0f}" for k, v in bare_breakdown.items()))
     _print_breakdown("Where a warm submission's time goes", results["breakdown_warm_s"], results["agent_warm_s"])
     _print_breakdown("Where a first run's time goes", results["breakdown_first_s"], results["agent_first_s"])
     met = {"warm_added_s": results["warm_added_s"] <= GOALS["warm_added_s"], "first_s": first_s <= GOALS["first_s"]}
     results["goals_met"] = met
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"(on {os.cpu_count()} CPUs; the hosts are containers on this machine)")
     print(json.dumps(results))
     return 2 if arguments.check and not all(met.values()) else 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -260,3 +261,48 @@ def test_more_processes_per_node_than_a_hosts_slots_fail_before_any_rank_starts(
     assert run.data.tags["training.state"] == "Failed", "the run records why it never started"
     probe = subprocess.run(["docker", "exec", "training-runs-mpi-1", "test", "-e", marker], timeout=30)
     assert probe.returncode != 0, "no rank started"
+
+
+def test_every_host_is_checked_staged_and_cleaned_up_at_once(mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
+    import threading
+
+    from airflow_provider.core.targets.ssh import SSHTarget
+    from airflow_provider.core.targets.ssh_connection import SSHSettings
+
+    timeout = 60  # a step done host after host leaves the first host waiting here, then fails
+    meetings = {"check": threading.Barrier(3, timeout=timeout), "stage": threading.Barrier(3, timeout=timeout),
+                "materialize": threading.Barrier(2, timeout=timeout), "cleanup": threading.Barrier(3, timeout=timeout)}
+
+    class MeetingHost(SSHTarget):
+        """A host whose steps pass only when the other hosts are at the same step at the same time."""
+
+        def check(self) -> None:
+            meetings["check"].wait()
+            super().check()
+
+        def stage(self, *args: Any, **kwargs: Any) -> Any:
+            meetings["stage"].wait()
+            return super().stage(*args, **kwargs)
+
+        def materialize(self, *args: Any, **kwargs: Any) -> None:
+            meetings["materialize"].wait()
+            super().materialize(*args, **kwargs)
+
+        def cleanup(self, *args: Any, **kwargs: Any) -> None:
+            meetings["cleanup"].wait()
+            super().cleanup(*args, **kwargs)
+
+    nodes = [MeetingHost(SSHSettings(h.host, h.port, h.username, key_file=str(h.key_path), host_key=h.host_public_key),
+                         work_root=WORK_ROOT) for h in mpi_hosts]
+    write_script(tmp_path / "src", """
+        from mpi4py import MPI
+        print(f"sum {MPI.COMM_WORLD.allreduce(MPI.COMM_WORLD.Get_rank())}", flush=True)
+    """)
+    run = Experiment("mpi-hosts-at-once").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=MPITarget(nodes, [2, 2, 2], NETWORK_OPTIONS.split()),
+        distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
+    lines: list[str] = []
+    assert run.wait_for_completion(output=lines.append)["status"] == "Completed"
+    assert [line for line in lines if line.startswith("sum")] == ["sum 15"]
+    assert all(meeting.n_waiting == 0 and not meeting.broken for meeting in meetings.values())
+    assert _no_process_left(mpi_hosts, f"{WORK_ROOT}/jobs/{run.id}")

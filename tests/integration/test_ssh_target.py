@@ -318,3 +318,42 @@ def test_one_environment_has_one_fingerprint_on_the_local_target_and_an_ssh_host
         assert lines and lines[0].endswith("True"), lines
         fingerprints.append(MlflowClient().get_run(run.id).data.tags[Tags.ENVIRONMENT_FINGERPRINT])
     assert fingerprints[0] == fingerprints[1], "one environment got two fingerprints"
+
+
+def test_the_remote_helper_is_shipped_once_per_version_and_then_started_without_sftp(ssh_loopback: SSHHost) -> None:
+    import shutil
+
+    name = f".training-runs-test-{uuid.uuid4().hex[:8]}"
+    root = Path(os.path.expanduser(f"~{ssh_loopback.username}")) / name  # the loopback host is this machine
+    try:
+        first = _target(ssh_loopback, root=f"~/{name}")
+        first.check()
+        assert first.root == str(root)
+        (runtime,) = (root / "runtime").iterdir()
+        assert sorted(p.name for p in runtime.glob("*.py")) == ["job_runner.py", "remote_agent.py", "venv_builder.py"]
+        warm = _target(ssh_loopback, root=f"~/{name}")  # a new task: a new connection to a host that has it
+        warm.check()
+        assert warm.root == str(root)
+        assert warm.connection._sftp is None, "the agent was started without an SFTP session to look for it"
+        shutil.rmtree(root / "runtime")  # removed by hand while the target is in use, then the connection drops
+        warm.connection.close()
+        assert warm.stop_strays(f"{root}/jobs/none") == [], "the next call ships the helper again and succeeds"
+        assert (runtime / "remote_agent.py").is_file()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_waiting_on_a_job_returns_as_soon_as_it_ends(ssh_loopback: SSHHost, tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "import time\ntime.sleep(1)\n")
+    target = _target(ssh_loopback)
+    run = Experiment("ssh-wait").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    assert run.handle is not None
+    try:
+        started = time.monotonic()
+        target.wait(run.handle, 60)
+        waited = time.monotonic() - started
+        assert target.poll(run.handle).state == "ended"
+        assert waited < 30, f"the wait returned after {waited:.1f} s: at its timeout, not when the job ended"
+        assert target.wakes_on_end, "so the watcher need not poll fast"
+    finally:
+        assert run.wait_for_completion()["status"] == "Completed"

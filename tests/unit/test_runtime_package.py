@@ -105,3 +105,30 @@ def test_job_files_are_the_runtime_modules_and_nothing_of_the_submitting_side(az
     assert any(path.startswith("runtime/azureml_compat/azureml/") for path in files) == azureml_compat
     assert set(runtime.host_files()) == {"job_runner.py", "remote_agent.py", "venv_builder.py"}
     assert len(runtime.host_files_version()) == 16
+
+
+def test_a_ranks_script_runs_in_a_fork_of_its_launcher_with_its_output_and_exit_code(tmp_path: Path) -> None:
+    python = _python39()
+    for relative, content in runtime.job_files().items():
+        path = tmp_path / "job" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        command = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+        print("arguments", sys.argv[1:], "process", command[3])
+        sys.exit(3)
+    """))
+    ranks = tmp_path / "ranks"
+    launcher = [python, "-m", runtime.LAUNCHER_MODULE]
+    done = subprocess.run([*launcher, "rank", "--", *launcher, "script", "--", str(script), "--lr", "0.1"],
+                          env={"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path / "job" / runtime.RUNTIME_DIR),
+                               "TRAINING_RUNS_RANK": "0", "TRAINING_RUNS_RANK_LOG_DIR": str(ranks),
+                               "TRAINING_RUNS_PARENT_STOPS_RANKS": "1"},  # else a failing rank stops its parent
+                          capture_output=True, text=True, timeout=60)
+    # The script's process is the launcher's fork (its command line says "rank"), not a new interpreter.
+    expected = "arguments ['--lr', '0.1'] process b'rank'\n"
+    assert (done.returncode, done.stdout) == (3, expected), done.stderr
+    assert (ranks / "rank_0.log").read_text() == expected
+    assert json.loads((ranks / "rank_0.exit").read_text())["exit_code"] == 3
