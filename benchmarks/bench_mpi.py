@@ -63,6 +63,7 @@ class Timeline:
         self.spans: list[tuple[str, float, float]] = []
         self.depth: dict[str, int] = defaultdict(int)
         self.marks: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def add(self, phase: str, started: float, ended: float) -> None:
         self.spans.append((phase, started - self.origin, ended - self.origin))
@@ -251,6 +252,34 @@ def _run(client: Any, command: str) -> str:
     return str(output)
 
 
+class HostCPU:
+    """CPU time the hosts used (their containers' cgroup counters), read over one connection per
+    host opened once: what a run costs the hosts whatever else the machine is doing."""
+
+    COMMAND = ("cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null"
+               " || awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat")
+
+    def __init__(self) -> None:
+        self.clients = [_client(host) for host in HOSTS]
+
+    def read(self) -> float:
+        """Seconds of CPU used by all hosts so far."""
+        return sum(float(_run(client, self.COMMAND).split()[0]) for client in self.clients) / 1e9
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+@contextmanager
+def cpu_used(hosts: HostCPU, into: dict[str, float]) -> Iterator[None]:
+    """Record the CPU seconds this process and the hosts used inside the block."""
+    local, remote = time.process_time(), hosts.read()
+    yield
+    into["cpu: this process"] = time.process_time() - local
+    into["cpu: the hosts"] = hosts.read() - remote
+
+
 def reset_hosts() -> None:
     """Forget everything the target left on the hosts: its runtime, blob store, environments, jobs."""
     for host in HOSTS:
@@ -271,29 +300,32 @@ def put_bare_script() -> None:
             client.close()
 
 
-def bare_once() -> tuple[float, dict[str, float]]:
+def bare_once(host_cpu: HostCPU) -> tuple[float, dict[str, float]]:
     """A new SSH connection to the first host and a bare ``mpirun`` of the script on every host;
     the host's clock, read before and after ``mpirun``, splits the time."""
     hosts = ",".join(f"{h}:{PER_NODE}" for h in HOSTS)
     command = shlex.join(["mpirun", "--allow-run-as-root", "-np", str(PER_NODE * len(HOSTS)), "--host", hosts,
                           *MPIRUN_OPTIONS, "python3", BARE_SCRIPT])
-    started = time.perf_counter()
-    wall_started = time.time()
-    client = _client(HOSTS[0])
-    connected = time.perf_counter()
-    try:
-        output = _run(client, f"cd {shlex.quote(os.path.dirname(BARE_SCRIPT))} && date +%s.%N && {command} "
-                              "&& date +%s.%N")
-    finally:
-        client.close()
-    elapsed = time.perf_counter() - started
+    cpu: dict[str, float] = {}
+    with cpu_used(host_cpu, cpu):
+        started = time.perf_counter()
+        wall_started = time.time()
+        client = _client(HOSTS[0])
+        connected = time.perf_counter()
+        try:
+            output = _run(client, f"cd {shlex.quote(os.path.dirname(BARE_SCRIPT))} && date +%s.%N && {command} "
+                                  "&& date +%s.%N")
+        finally:
+            client.close()
+        elapsed = time.perf_counter() - started
     lines = output.split()
     if output.count("sum 15") != PER_NODE * len(HOSTS):
         raise RuntimeError(f"bare mpirun printed {output!r}")
     mpirun_started, mpirun_ended = float(lines[0]) - wall_started, float(lines[-1]) - wall_started
     return elapsed, {"connection": connected - started,
                      "exec until mpirun starts": mpirun_started - (connected - started),
-                     "mpirun": mpirun_ended - mpirun_started, "after mpirun (exit, close)": elapsed - mpirun_ended}
+                     "mpirun": mpirun_ended - mpirun_started, "after mpirun (exit, close)": elapsed - mpirun_ended,
+                     **cpu}
 
 
 # ---------------------------------------------------------------------- our target
@@ -308,7 +340,7 @@ def make_target() -> Any:
     return MPITarget(nodes, [PER_NODE] * len(HOSTS), MPIRUN_OPTIONS)
 
 
-def submit_once(experiment: Any, source: Path) -> tuple[float, Timeline]:
+def submit_once(experiment: Any, source: Path, hosts: HostCPU) -> tuple[float, Timeline]:
     """One submission on a new target (new connections), timed from submit() to the end of the wait."""
     global _current
     from airflow_provider.core import MpiConfiguration, ScriptRunConfig
@@ -317,19 +349,22 @@ def submit_once(experiment: Any, source: Path) -> tuple[float, Timeline]:
                              distributed_job_config=MpiConfiguration(process_count_per_node=PER_NODE,
                                                                      node_count=len(HOSTS)))
     lines: list[str] = []
-    timeline = _current = Timeline()
-    try:
-        details = experiment.submit(config).wait_for_completion(output=lines.append)
-    finally:
-        _current = None
-    elapsed = time.perf_counter() - timeline.origin
+    cpu: dict[str, float] = {}
+    with cpu_used(hosts, cpu):
+        timeline = _current = Timeline()
+        try:
+            details = experiment.submit(config).wait_for_completion(output=lines.append)
+        finally:
+            _current = None
+        elapsed = time.perf_counter() - timeline.origin
+    timeline.cpu = cpu
     if details["status"] != "Completed" or not any("sum 15" in line for line in lines):
         raise RuntimeError(f"the run ended {details['status']}: {lines}")
     return elapsed, timeline
 
 
 def _median_breakdown(timelines: list[tuple[float, Timeline]]) -> dict[str, float]:
-    rows = [breakdown(t, total) for total, t in timelines]
+    rows = [{**breakdown(t, total), **t.cpu} for total, t in timelines]
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
@@ -341,10 +376,25 @@ def _median_agent(timelines: list[tuple[float, Timeline]]) -> dict[str, float]:
 def _print_breakdown(title: str, phases: dict[str, float], agents: dict[str, float]) -> None:
     print(f"\n{title} (median ms per submission; phases laid end to end)")
     for name, seconds in phases.items():
-        print(f"  {name:<42} {seconds * 1000:8.0f}")
+        if not name.startswith("cpu: "):
+            print(f"  {name:<42} {seconds * 1000:8.0f}")
+    print("  CPU used, ms: " + ", ".join(f"{k[5:]} {v * 1000:.0f}" for k, v in phases.items() if k.startswith("cpu: ")))
     print("  agent operations, ms (all hosts, overlaps counted once): "
           + ", ".join(f"{k} {v * 1000:.0f}" for k, v in agents.items() if not k.startswith("#")))
     print("  per submission: " + ", ".join(f"{k[1:]} {v:g}" for k, v in agents.items() if k.startswith("#")))
+
+
+def _profile(experiment: Any, source: Path, hosts: HostCPU) -> None:
+    """cProfile one warm submission (this process only: the hosts' side is in the breakdown)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    submit_once(experiment, source, hosts)
+    profiler.disable()
+    print("\ncProfile of one warm submission, by cumulative time (this process):")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(30)
 
 
 def main() -> int:
@@ -352,6 +402,7 @@ def main() -> int:
     parser.add_argument("repetitions", nargs="?", type=int, default=7, help="warm measurements (and bare ones)")
     parser.add_argument("--first", type=int, default=3, help="first-run measurements (hosts reset before each)")
     parser.add_argument("--check", action="store_true", help="exit status 2 when a goal is missed")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one more warm submission")
     arguments = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_mpi_") as scratch:
@@ -367,20 +418,27 @@ def main() -> int:
         (source / "train.py").write_text(SCRIPT)
         experiment = Experiment("bench-mpi")
         put_bare_script()
-        with instrumented():
-            for _ in range(2):  # warm-up: creates the store, imports MLflow, fills the hosts
-                submit_once(experiment, source)
-            bare_once()
-            warm: list[tuple[float, Timeline]] = []
-            bare: list[tuple[float, dict[str, float]]] = []
-            for _ in range(arguments.repetitions):  # interleaved: load on the machine hits both alike
-                warm.append(submit_once(experiment, source))
-                bare.append(bare_once())
-            first: list[tuple[float, Timeline]] = []
-            for _ in range(arguments.first):
-                reset_hosts()
-                first.append(submit_once(experiment, source))
-        reset_hosts()
+        hosts = HostCPU()
+        try:
+            with instrumented():
+                for _ in range(2):  # warm-up: creates the store, imports MLflow, fills the hosts
+                    submit_once(experiment, source, hosts)
+                bare_once(hosts)
+                warm: list[tuple[float, Timeline]] = []
+                bare: list[tuple[float, dict[str, float]]] = []
+                first: list[tuple[float, Timeline]] = []
+                for index in range(max(arguments.repetitions, arguments.first)):  # interleaved: load hits all alike
+                    if index < arguments.repetitions:
+                        warm.append(submit_once(experiment, source, hosts))
+                        bare.append(bare_once(hosts))
+                    if index < arguments.first:
+                        reset_hosts()
+                        first.append(submit_once(experiment, source, hosts))
+                if arguments.profile:
+                    _profile(experiment, source, hosts)
+        finally:
+            hosts.close()
+            reset_hosts()
 
     warm_s = statistics.median(t for t, _ in warm)
     bare_s = statistics.median(t for t, _ in bare)

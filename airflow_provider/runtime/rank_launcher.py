@@ -19,17 +19,30 @@ It travels in every job's ``runtime/`` folder (on ``PYTHONPATH``) as ``training_
 
 from __future__ import annotations
 
-import contextlib
-import json
+import contextlib  # runpy imports it anyway
 import os
-import runpy
+import runpy  # what ``python -m`` imports anyway
 import signal
-import socket
-import subprocess
 import sys
 import time
-import traceback
-from typing import Any, Protocol
+
+# Every rank imports this module: what only some modes need (subprocess, json, socket, traceback,
+# typing: 5-15 ms of CPU each) is imported where it is used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Protocol
+
+    class _Child(Protocol):
+        """A rank's running command: its pid, its output (stdout and stderr) as a pipe, its exit."""
+
+        pid: int
+        output: int
+
+        def send_signal(self, signum: int) -> None: ...
+
+        def wait(self) -> int:
+            """The exit code; minus the signal's number when a signal ended it."""
 
 RANK_LOG_DIR_VARIABLE = "TRAINING_RUNS_RANK_LOG_DIR"
 RANK_VARIABLE = "TRAINING_RUNS_RANK"
@@ -83,7 +96,8 @@ def run_rank(command: list[str]) -> int:
             log.write(f"[training_runs_launcher] the script completed; the process then died of signal {-code} "
                       "while the interpreter shut down: counted as success\n".encode())
         code = 0
-    _write_json(os.path.join(folder, f"rank_{rank}.exit"), {"rank": rank, "exit_code": code, "ended_at": time.time()})
+    _write_atomically(os.path.join(folder, f"rank_{rank}.exit"),  # JSON; json itself is not imported for it
+                      f'{{"rank": {rank}, "exit_code": {code}, "ended_at": {time.time()!r}}}')
     if code != 0 and not stopped and not os.environ.get(_PARENT_STOPS_VARIABLE):
         if "PMI_RANK" in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
             # MPICH's Hydra stops every rank when one dies of a signal, not when one exits non-zero.
@@ -110,22 +124,12 @@ def _is_script_of_this_interpreter(command: list[str]) -> bool:
     return os.path.abspath(shutil.which(command[0]) or command[0]) == sys.executable
 
 
-class _Child(Protocol):
-    """A rank's running command: its pid, its output (stdout and stderr) as a pipe, its exit."""
-
-    pid: int
-    output: int
-
-    def send_signal(self, signum: int) -> None: ...
-
-    def wait(self) -> int:
-        """The exit code; minus the signal's number when a signal ended it."""
-
-
 class _Spawned:
     """The rank's command in a process of its own."""
 
     def __init__(self, command: list[str]) -> None:
+        import subprocess
+
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         assert self.process.stdout is not None
@@ -195,6 +199,8 @@ def run_script(argv: list[str]) -> int:
             print(exc.code, file=sys.stderr)
             code = 1
     except BaseException:
+        import traceback
+
         traceback.print_exc()
         code = 1
     if code == 0 and current_rank() is not None and os.environ.get(RANK_LOG_DIR_VARIABLE):
@@ -231,6 +237,8 @@ def run_torch_checked(backend: str, command: list[str]) -> int:
     if problem:
         print(f"training-runs: {problem}", file=sys.stderr, flush=True)
         return 2
+    import subprocess
+
     return subprocess.call(command)
 
 
@@ -248,11 +256,16 @@ def run_torch_node(master: str, port: str, command: list[str]) -> int:
     if problem:
         print(f"training-runs: node {node_rank}: {problem}", file=sys.stderr, flush=True)
         return 2
+    import subprocess
+
     return subprocess.call(command)
 
 
 def run_tensorflow(workers: int, parameter_servers: int, command: list[str]) -> int:
     """Start every TensorFlow task with its ``TF_CONFIG``; fail fast when one fails."""
+    import json
+    import subprocess
+
     ports = _free_ports(workers + parameter_servers)
     cluster: dict[str, list[str]] = {"worker": [f"127.0.0.1:{p}" for p in ports[:workers]]}
     if parameter_servers:
@@ -296,6 +309,8 @@ def _stop(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
 
 
 def _free_ports(count: int) -> list[int]:
+    import socket
+
     sockets = []
     try:
         for _ in range(count):
@@ -308,10 +323,10 @@ def _free_ports(count: int) -> list[int]:
             candidate.close()
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
+def _write_atomically(path: str, text: str) -> None:
     temporary = f"{path}.tmp"
     with open(temporary, "w") as out:
-        json.dump(data, out)
+        out.write(text)
     os.replace(temporary, path)
 
 
