@@ -1,13 +1,16 @@
 """The SSH target: jobs run detached on a remote Linux host, driven over one paramiko connection.
 
 The remote side is :mod:`remote_agent` and :mod:`job_runner`, copied once per version into
-``<root>/runtime/<version>/``. A run costs few round trips: which of the snapshot's blobs the
+``<root>/runtime/<version>/``: the command that starts the agent checks that its file is there
+(no SFTP session, no extra round trip), and only when it is missing are the files sent over SFTP
+and the agent started again. A run costs few round trips: which of the snapshot's blobs the
 host's content-addressed store lacks (one call for the whole snapshot), those blobs in one tar
-stream, then one call that materializes the job folder from the store (hard links), writes the
-run-context files and ``job.json`` and starts the supervisor in its own session, so the job
-survives the connection. Logs are read over SFTP from a byte offset; a dropped connection is
-reopened with backoff and reading resumes at the same offset. The supervisor enforces
-``max_run_duration_seconds`` on the host itself.
+stream, then one call that materializes the job folder from the store (checked copies), writes
+the run-context files and ``job.json`` and starts the supervisor in its own session, so the job
+survives the connection. Between polls the watcher waits on the agent, which answers as soon as
+the job's ``exit.json`` appears: the end of a job is seen within milliseconds. Logs are read over
+SFTP from a byte offset; a dropped connection is reopened with backoff and reading resumes at the
+same offset. The supervisor enforces ``max_run_duration_seconds`` on the host itself.
 """
 
 from __future__ import annotations
@@ -328,7 +331,8 @@ class SSHTarget(ComputeTarget):
         return answer
 
     def read_file(self, path: str) -> bytes | None:
-        """A whole remote file (None when missing).
+        """A whole remote file, through the agent in one round trip (None when missing or not a
+        regular file).
 
         :param path: its absolute path on the host.
         """
