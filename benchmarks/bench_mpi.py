@@ -303,12 +303,15 @@ def cpu_used(hosts: HostCPU, into: dict[str, float]) -> Iterator[None]:
     into["cpu: the hosts"] = hosts.read() - remote
 
 
-def reset_hosts() -> None:
-    """Forget everything the target left on the hosts: its runtime, blob store, environments, jobs."""
+def reset_hosts(*also: str) -> None:
+    """Forget everything the target left on the hosts: its runtime, blob store, environments, jobs.
+
+    :param also: more folders to remove on every host.
+    """
     for host in HOSTS:
         client = _client(host)
         try:
-            _run(client, f"rm -rf {shlex.quote(WORK_ROOT)}")
+            _run(client, "rm -rf " + " ".join(shlex.quote(path) for path in (WORK_ROOT, *also)))
         finally:
             client.close()
 
@@ -461,7 +464,7 @@ def main() -> int:
                     _profile(experiment, source, hosts)
         finally:
             hosts.close()
-            reset_hosts()
+            reset_hosts(os.path.dirname(BARE_SCRIPT))
 
     warm_s = statistics.median(t for t, _ in warm)
     bare_s = statistics.median(t for t, _ in bare)
