@@ -158,9 +158,11 @@ def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[S
     lines: list[str] = []
     details = run.wait_for_completion(output=lines.append)
     assert details["status"] == "Completed", details
-    assert lines[-1] == "rank 0 of 2 node 0 on mpi-1: sum 3.0", lines
+    # torchrun's agents may log after the script's line (an exit-barrier race of theirs): look for it.
+    assert "rank 0 of 2 node 0 on mpi-1: sum 3.0" in lines, lines
+    assert not any("rank 1 of 2" in line for line in lines), lines
     rank_1 = run.download_file("system_logs/rank_1.log", tmp_path / "r1.log").read_text()
-    assert rank_1.strip().endswith("rank 1 of 2 node 1 on mpi-2: sum 3.0")
+    assert "rank 1 of 2 node 1 on mpi-2: sum 3.0" in rank_1.splitlines(), rank_1
     assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}
 
 
