@@ -232,9 +232,14 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 EOF
     umask 022
     mkdir -p "$CLUSTER_DIR/mlflow-artifacts"
+    # Many runs at once: a database pool per server worker larger than SQLAlchemy's 5 + 10 (exhausted, the
+    # server answers 400), and workers given a minute to answer the health check of uvicorn's supervisor
+    # (one busy for 5 s is killed, cutting every answer it was sending).
     start mlflow env MLFLOW_AUTH_CONFIG_PATH="$CLUSTER_DIR/mlflow-auth.ini" \
         MLFLOW_FLASK_SERVER_SECRET_KEY="$MLFLOW_FLASK_SECRET" MLFLOW_DISABLE_TELEMETRY=true \
+        MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=20 MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=30 \
         "$VENV/bin/mlflow" server --app-name basic-auth --host "$GATEWAY" --port "$MLFLOW_PORT" --workers 2 \
+        --uvicorn-opts "--timeout-worker-healthcheck 60" \
         --allowed-hosts "$GATEWAY:$MLFLOW_PORT,127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT" \
         --backend-store-uri "postgresql+psycopg2://mlflow:$PG_MLFLOW_PASSWORD@$GATEWAY:$PG_PORT/mlflow" \
         --artifacts-destination "$CLUSTER_DIR/mlflow-artifacts"

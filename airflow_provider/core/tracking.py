@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import logging
 import os
 import re
 import time
@@ -151,6 +152,10 @@ _DENIAL_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED", "FEATURE_DISA
 """MLflow error codes that the same request gets again (like refusals, but never skipped by the relay)."""
 
 
+_BUSY_SERVER_SIGNS = ("QueuePool limit of size", "database is locked", "could not obtain lock")
+"""Texts of a tracking server's database being busy, which MLflow's server answers with BAD_REQUEST."""
+
+
 def is_refusal(exc: BaseException) -> bool:
     """True when MLflow refused a write for what it holds (a bad name, path or value): the same
     write will be refused again, so it is skipped and noted, not retried. False for everything
@@ -163,7 +168,8 @@ def is_refusal(exc: BaseException) -> bool:
         return exc.error_code in _REFUSAL_CODES
     from mlflow.exceptions import MlflowException
 
-    return isinstance(exc, MlflowException) and exc.error_code in _REFUSAL_CODES
+    return (isinstance(exc, MlflowException) and exc.error_code in _REFUSAL_CODES
+            and not any(sign in str(exc) for sign in _BUSY_SERVER_SIGNS))
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:
@@ -193,6 +199,8 @@ def tracking_error(exc: BaseException, tracking_uri: str, call: str) -> Tracking
     message = f"MLflow at {_without_userinfo(tracking_uri)}: {call} failed: {exc}"
     if isinstance(exc, MlflowException):
         code = str(exc.error_code)
+        if any(sign in str(exc) for sign in _BUSY_SERVER_SIGNS):  # a server sends its busy database as 400
+            return TrackingUnavailableError(message)
         if code in _REFUSAL_CODES or code in _DENIAL_CODES:
             return TrackingRefusedError(message, code)
         if code in _UNAVAILABLE_CODES or int(exc.get_http_status_code()) >= 500:  # type: ignore[no-untyped-call]
@@ -200,8 +208,8 @@ def tracking_error(exc: BaseException, tracking_uri: str, call: str) -> Tracking
         return TrackingError(message)
     import requests
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                        TimeoutError)):
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError)):
         return TrackingUnavailableError(message)
     if isinstance(exc, FileNotFoundError):  # a local artifact store without the file
         return TrackingRefusedError(message, "RESOURCE_DOES_NOT_EXIST")
@@ -230,8 +238,40 @@ def _http_status(exc: BaseException) -> int:
     return int(getattr(response, "status_code", 0) or 0)
 
 
+_log = logging.getLogger(__name__)
+
+TRACKING_RETRY_BUDGET_VARIABLE = "TRAINING_RUNS_TRACKING_RETRY_SECONDS"
+DEFAULT_TRACKING_RETRY_SECONDS = 300.0
+"""How long a call that failed for a transient reason (the server down or restarting, a connection cut
+mid-answer, its database pool exhausted) is tried again, with backoff, before the error is raised.
+MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) come first, inside each try."""
+_MAX_RETRY_DELAY_SECONDS = 30.0
+_NOT_RETRIED = frozenset({"create_run", "create_experiment", "create_registered_model", "create_model_version"})
+"""Calls that make something: a retry after an answer lost on the way back would make a second one."""
+
+
+def tracking_retry_budget() -> float:
+    """Seconds a transient tracking error is retried (``TRAINING_RUNS_TRACKING_RETRY_SECONDS``, default 300).
+
+    :raises ConfigurationError: the variable is not a number >= 0.
+    """
+    raw = os.environ.get(TRACKING_RETRY_BUDGET_VARIABLE, "")
+    if not raw:
+        return DEFAULT_TRACKING_RETRY_SECONDS
+    try:
+        budget = float(raw)
+    except ValueError:
+        budget = -1.0
+    if not budget >= 0:
+        raise ConfigurationError(TRACKING_RETRY_BUDGET_VARIABLE, f"{raw!r} is not a number of seconds >= 0.",
+                                 f"set it to e.g. {DEFAULT_TRACKING_RETRY_SECONDS:g}, or 0 to retry nothing.")
+    return budget
+
+
 class _TranslatingClient:
-    """MLflow's client, whose every method raises only :class:`TrackingError` and its subclasses.
+    """MLflow's client, whose every method raises only :class:`TrackingError` and its subclasses, and
+    retries a transient failure (:class:`TrackingUnavailableError`) with backoff for
+    :func:`tracking_retry_budget` seconds, each retry logged (calls that create something excepted).
 
     :param client: the MLflow client.
     :param tracking_uri: its tracking URI, for messages.
@@ -250,12 +290,27 @@ class _TranslatingClient:
     def _translated(self, name: str, method: Any) -> Any:
         @functools.wraps(method)
         def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except TrainingRunError:
-                raise
-            except _library_errors() as exc:
-                raise tracking_error(exc, self._tracking_uri, name) from exc
+            deadline: float | None = None
+            delay = 1.0
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except TrainingRunError:
+                    raise
+                except _library_errors() as exc:
+                    error = tracking_error(exc, self._tracking_uri, name)
+                    if not isinstance(error, TrackingUnavailableError) or name in _NOT_RETRIED:
+                        raise error from exc
+                    now = time.monotonic()
+                    if deadline is None:
+                        budget = tracking_retry_budget()
+                        deadline = now + budget
+                    if now + delay > deadline:
+                        raise error from exc
+                    _log.warning("%s; trying again in %.0f s (%.0f s left of the retry budget, %s)", error, delay,
+                                 deadline - now, TRACKING_RETRY_BUDGET_VARIABLE)
+                    time.sleep(delay)
+                    delay = min(delay * 2, _MAX_RETRY_DELAY_SECONDS)
 
         return call
 
