@@ -92,6 +92,8 @@ AIRFLOW__CELERY__WORKER_CONCURRENCY=$CONCURRENCY
 AIRFLOW__CORE__DAGS_FOLDER=$DAGS
 AIRFLOW__CORE__LOAD_EXAMPLES=False
 AIRFLOW__CORE__FERNET_KEY=$FERNET_KEY
+AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE=20
+AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW=30
 AIRFLOW__CORE__PARALLELISM=128
 AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=128
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
@@ -174,7 +176,7 @@ start_postgres() {
     fi
     if ! pg_up; then
         su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D '$data' -w -l '$data/server.log' \
-            -o \"-p $PG_PORT -k '$data' -c listen_addresses=127.0.0.1,$GATEWAY -c max_connections=400\" start" \
+            -o \"-p $PG_PORT -k '$data' -c listen_addresses=127.0.0.1,$GATEWAY -c max_connections=800\" start" \
             >/dev/null || fail "PostgreSQL did not start ($data/server.log)"
     fi
     wait_for PostgreSQL 30 pg_up

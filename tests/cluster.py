@@ -157,6 +157,15 @@ class Cluster:
         assert response.status_code == 200, response.text
         return list(response.json()["task_instances"])
 
+    def _answered(self, ask: Any) -> Any:
+        """``ask()``, or None when the API server answered 5xx (busy: a waiting loop asks again)."""
+        try:
+            return ask()
+        except AssertionError as exc:
+            if '"Database error"' in str(exc) or "Internal Server Error" in str(exc):
+                return None
+            raise
+
     def task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
         response = self.api.get(path if map_index < 0 else f"{path}/{map_index}")
@@ -169,8 +178,11 @@ class Cluster:
         found: dict[str, Any] = {}
 
         def reached() -> bool:
+            task = self._answered(lambda: self.task(dag_id, run_id, task_id))
+            if task is None:
+                return False
             found.clear()
-            found.update(self.task(dag_id, run_id, task_id))
+            found.update(task)
             return found.get("state") in states and (where is None or bool(where(found)))
 
         try:
@@ -185,7 +197,10 @@ class Cluster:
         seen: list[dict[str, Any]] = []
 
         def done() -> bool:
-            seen[:] = self.task_instances(dag_id, run_id)
+            tasks = self._answered(lambda: self.task_instances(dag_id, run_id))
+            if tasks is None:
+                return False
+            seen[:] = tasks
             return bool(seen) and all(ti["state"] in ended for ti in seen)
 
         try:
