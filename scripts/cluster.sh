@@ -136,15 +136,25 @@ start() {
     echo $! >"$PIDS/$name"
 }
 
-# stop NAME: SIGTERM to its process group, SIGKILL after 20 s.
+# The process PID and all its descendants (a Celery worker's task processes start sessions of their own).
+tree() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do tree "$child"; done
+}
+
+# stop NAME [SIGNAL]: SIGTERM (or SIGNAL) to its whole process tree, SIGKILL to what is left after 20 s.
 stop() {
-    local name=$1 pid
+    local name=$1 signal=${2:-TERM} pid pids
     [ -s "$PIDS/$name" ] || return 0
     pid=$(cat "$PIDS/$name")
     if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        pids=$(tree "$pid")
+        kill "-$signal" -- "-$pid" 2>/dev/null || true
+        kill "-$signal" $pids 2>/dev/null || true
+        for _ in $(seq 200); do kill -0 $pids 2>/dev/null || break; sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || true
+        kill -KILL $pids 2>/dev/null || true
     fi
     rm -f "$PIDS/$name"
 }
@@ -377,12 +387,7 @@ stop_service() {  # NAME SIGNAL: TERM stops it gracefully (20 s, then KILL), KIL
         worker-2) if [ "$signal" = KILL ]; then docker kill "$WORKER2_CONTAINER" >/dev/null 2>&1 || true
                   else docker stop -t 20 "$WORKER2_CONTAINER" >/dev/null 2>&1 || true; fi ;;
         mlflow|worker-1|scheduler|dag-processor|api-server|triggerer)
-            if [ "$signal" = KILL ]; then
-                [ -s "$PIDS/$name" ] && kill -KILL -- "-$(cat "$PIDS/$name")" 2>/dev/null
-                rm -f "$PIDS/$name"
-            else
-                stop "$name"
-            fi ;;
+            stop "$name" "$signal" ;;
         *) fail "unknown part $name (scheduler dag-processor api-server triggerer mlflow worker-1 worker-2)" ;;
     esac
 }

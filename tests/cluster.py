@@ -286,7 +286,7 @@ def start_cluster(folder: Path) -> Cluster:
         "TRAINING_CLUSTER_API_PORT": str(free_port()),
         "TRAINING_CLUSTER_WORKER2_NAME": f"training-runs-test-worker-2-{os.getpid()}",
         "TRAINING_CLUSTER_WORKER2_IP": WORKER2_IP,
-        "TRAINING_CLUSTER_CONCURRENCY": "32",  # 50 training tasks and a sweep at once over two workers
+        "TRAINING_CLUSTER_CONCURRENCY": os.environ.get("TRAINING_CLUSTER_CONCURRENCY", "16"),
     })
     (folder / "dags").mkdir(parents=True, exist_ok=True)
     cluster = Cluster(folder, environment)
