@@ -254,7 +254,7 @@ def run_benchmark(quick: bool = False, files: int | None = None, mb: int | None 
                   ) -> dict[str, Any]:
     """Run the sections; print their tables and the SUMMARY line; return every number.
 
-    :param quick: 2,000 files / 20 MB, 3 repeats (what ``bench_core.py --quick`` runs).
+    :param quick: 2,000 files / 20 MB, 3 repeats, 1 of the first use (what ``bench_core.py --quick`` runs).
     :param files: number of files (default 10,000; 2,000 with ``quick``).
     :param mb: total size in MB (default 200; 20 with ``quick``).
     :param repeat: repetitions of each measurement (default 5; 3 with ``quick``).
@@ -287,7 +287,7 @@ def run_benchmark(quick: bool = False, files: int | None = None, mb: int | None 
                 results["submit"] = submitted = submits(source, scratch, state, repeat)
                 print_submits(submitted)
             if "first_use" in sections:
-                results["first_use"] = opened = first_use(scratch, max(1, min(repeat, 3)))
+                results["first_use"] = opened = first_use(scratch, 1 if quick else max(1, min(repeat, 3)))
                 print_first_use(opened)
     finally:
         os.environ.clear()
