@@ -1000,6 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_core_"))
     saved_env = dict(os.environ)
     os.environ["TRAINING_RUNS_HOME"] = str(work / "state")
+    os.environ["TRAINING_RUNS_CACHE"] = str(work / "cache")  # the first submission makes MLflow's schema itself
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
                  EVENTS_FILE_VARIABLE, UPLOADS_DIR_VARIABLE):
         os.environ.pop(name, None)

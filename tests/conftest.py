@@ -78,12 +78,19 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The provider's cache folder for the whole session (the cached MLflow schema is made once)."""
+    return tmp_path_factory.mktemp("training-runs-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _session_cache: Path) -> Iterator[Path]:
     """Point the provider's state folder and MLflow at fresh folders inside the test's tmp_path."""
     state = tmp_path / "state"
     state.mkdir()
     monkeypatch.setenv("TRAINING_RUNS_HOME", str(state))
+    monkeypatch.setenv("TRAINING_RUNS_CACHE", str(_session_cache))  # never the user's cache
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

@@ -11,6 +11,10 @@ target's job folders. It is, in order of precedence:
 It is private to its user (mode 0700, like ``~/.ssh``): it holds the run history, snapshots of
 source code and the job folders of running jobs, whatever the process's umask. A folder made
 earlier with a looser mode is tightened when it is first used.
+
+A cache folder, shared by every state folder of the user, keeps what only depends on installed
+versions (the empty MLflow schema new embedded stores are copied from): ``$TRAINING_RUNS_CACHE``,
+else ``$XDG_CACHE_HOME/airflow-training-runs``, else ``~/.cache/airflow-training-runs``; private too.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["private_folder", "state_dir"]
+__all__ = ["cache_dir", "private_folder", "state_dir"]
 
 STATE_DIR_VARIABLE = "TRAINING_RUNS_HOME"
+CACHE_DIR_VARIABLE = "TRAINING_RUNS_CACHE"
 
 
 def state_dir() -> Path:
@@ -32,6 +37,18 @@ def state_dir() -> Path:
         path = Path(os.environ["AIRFLOW_HOME"]) / "training_runs"
     else:
         path = Path.home() / ".local" / "share" / "airflow-training-runs"
+    return private_folder(path)
+
+
+def cache_dir() -> Path:
+    """Return the user's cache folder (see the module's docstring), creating it when missing."""
+    explicit = os.environ.get(CACHE_DIR_VARIABLE)
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("XDG_CACHE_HOME"):
+        path = Path(os.environ["XDG_CACHE_HOME"]) / "airflow-training-runs"
+    else:
+        path = Path.home() / ".cache" / "airflow-training-runs"
     return private_folder(path)
 
 

@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterable, Mapping
@@ -41,6 +40,7 @@ from typing import Any
 
 from pathspec import GitIgnoreSpec
 
+from airflow_provider.core.bulk_copy import copy_new_file, run_in_threads
 from airflow_provider.core.errors import SnapshotError
 from airflow_provider.core.paths import state_dir
 
@@ -189,19 +189,21 @@ class SnapshotStore:
         real = os.path.realpath(source)
         cache_path = self.root / "statcache" / f"{hashlib.sha256(real.encode()).hexdigest()}.json"
         old_cache = _read_cache(cache_path, real)
-        new_cache: dict[str, list[Any]] = {}
         found.sort()  # by relative path (unique), so entries are built in manifest order
         digests: list[str] = []
-        for rel, path, st in found:
-            key = _stamp(st)
+        unknown: list[int] = []  # files the stat cache cannot vouch for: hashed, on every core
+        for index, (rel, _, st) in enumerate(found):
             cached = old_cache.get(rel)
-            if cached is not None and cached[:4] == key and st.st_mtime_ns < racy_ns:
-                digest: str = cached[4]
+            if cached is not None and cached[:4] == _stamp(st) and st.st_mtime_ns < racy_ns:
+                digests.append(cached[4])
             else:
-                digest = _hash_file(rel, path, st.st_size)
-            if st.st_mtime_ns < racy_ns:
-                new_cache[rel] = [*key, digest]
-            digests.append(digest)
+                digests.append("")
+                unknown.append(index)
+        hashed = run_in_threads(lambda index: _hash_file(*found[index][:2], found[index][2].st_size), unknown)
+        for index, digest in zip(unknown, hashed, strict=True):
+            digests[index] = digest
+        new_cache = {rel: [*_stamp(st), digest] for (rel, _, st), digest in zip(found, digests, strict=True)
+                     if st.st_mtime_ns < racy_ns}
         snapshot = Snapshot.from_entries(
             ManifestEntry(rel, digest, st.st_size, bool(st.st_mode & stat.S_IXUSR))
             for (rel, _, st), digest in zip(found, digests, strict=True)
@@ -210,11 +212,16 @@ class SnapshotStore:
         new_blobs = new_bytes = 0
         manifest = self.root / "manifests" / f"{snapshot.id}.json"
         if not manifest.is_file():
-            for (rel, path, st), digest in zip(found, digests, strict=True):
-                if not self.has_blob(digest):
-                    self._write_blob(rel, path, st, digest)
-                    new_blobs += 1
-                    new_bytes += st.st_size
+            first_with: dict[str, int] = {}  # one file per distinct content
+            for index, digest in enumerate(digests):
+                first_with.setdefault(digest, index)
+            for shard in sorted({digest[:2] for digest in first_with}):
+                self._make_shard(shard)
+            written = run_in_threads(lambda index: self._store_blob(*found[index], digests[index]),
+                                     list(first_with.values()), group=lambda index: digests[index][:2])
+            new_blobs = sum(written)
+            new_bytes = sum(found[index][2].st_size for index, wrote in zip(first_with.values(), written, strict=True)
+                            if wrote)
             _atomic_write(manifest, snapshot.manifest_json().encode())
         if new_cache != old_cache:
             payload = {"version": 1, "source": real, "entries": new_cache}
@@ -251,26 +258,31 @@ class SnapshotStore:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise FileExistsError(f"cannot materialize snapshot {snapshot.id}: {root} is not empty")
         root.mkdir(parents=True, exist_ok=True)
-        made: set[str] = set()
+        targets: list[str] = []
+        folders: set[str] = set()
         for entry in snapshot.entries:
             parts = entry.path.split("/")
             if any(part in ("", ".", "..") for part in parts):
                 raise SnapshotError("snapshot", f"unsafe path {entry.path!r} in snapshot {snapshot.id}.")
-            target = os.path.join(root, *parts)
-            if (parent := os.path.dirname(target)) not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
+            targets.append(os.path.join(root, *parts))
+            folders.add(os.path.dirname(targets[-1]))
+        for folder in sorted(folders):
+            os.makedirs(folder, exist_ok=True)
+
+        def copy(index: int) -> None:
+            entry, blob = snapshot.entries[index], self._blob(snapshot.entries[index].digest)
             try:
-                shutil.copyfile(self._blob(entry.digest), target)
+                copy_new_file(blob, targets[index], executable=entry.executable)
             except FileNotFoundError as exc:
+                if exc.filename != blob:
+                    raise
                 raise SnapshotError(
                     "snapshot",
                     f"the content of {entry.path} ({entry.digest}) is missing from the store {self.root}.",
                     "Take the snapshot again (submit the run again).",
                 ) from exc
-            if entry.executable:
-                mode = os.stat(target).st_mode
-                os.chmod(target, mode | ((mode & 0o444) >> 2))  # x wherever r, like chmod +x
+
+        run_in_threads(copy, range(len(targets)), group=lambda index: os.path.dirname(targets[index]))
 
     def restore(self, snapshot_id: str, dest: str | Path) -> Path:
         """Load ``snapshot_id`` and materialize it into ``dest``; return ``dest``.
@@ -284,25 +296,34 @@ class SnapshotStore:
     def _blob(self, digest: str) -> str:
         return f"{self._blobs}/{digest[:2]}/{digest}"
 
-    def _write_blob(self, rel: str, path: str, st: os.stat_result, digest: str) -> None:
-        """Copy ``path`` into the blob of ``digest``; refuse if it changed since ``st`` was taken."""
-        if (folder := f"{self._blobs}/{digest[:2]}") not in self._made_dirs:
+    def _make_shard(self, shard: str) -> None:
+        if (folder := f"{self._blobs}/{shard}") not in self._made_dirs:
             os.makedirs(folder, exist_ok=True)
             self._made_dirs.add(folder)
-        tmp = f"{folder}/.{digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"
+
+    def _store_blob(self, rel: str, path: str, st: os.stat_result, digest: str) -> bool:
+        """Copy ``path`` into the blob of ``digest`` unless the store holds it; tell whether it wrote.
+
+        Its shard folder must exist (:meth:`_make_shard`). Refuses a file changed since ``st`` was taken.
+        """
+        final = self._blob(digest)
+        if os.path.isfile(final):
+            return False
+        tmp = f"{self._blobs}/{digest[:2]}/.{digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"
         try:
             try:
-                shutil.copyfile(path, tmp)
+                # private to the state folder's owner, whatever the umask: it is source code
+                copy_new_file(path, tmp, mode=0o600)
                 after = os.stat(path)
             except OSError as exc:
                 raise _unreadable(rel, exc) from exc
             if _stamp(after) != _stamp(st):
                 raise _changed(rel)
-            os.chmod(tmp, 0o600)  # source code is private to the state folder's owner, whatever the umask
-            os.replace(tmp, f"{folder}/{digest}")
+            os.replace(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        return True
 
 
 def _node(path: Path) -> tuple[int, int] | None:

@@ -472,9 +472,15 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            _create_private_database(self.tracking_uri)
             with _schema_lock(self.tracking_uri):  # the client opens the store: it creates or upgrades it
-                client = MlflowClient(tracking_uri=self.tracking_uri)
+                copied = _create_private_database(self.tracking_uri)
+                try:
+                    client = MlflowClient(tracking_uri=self.tracking_uri)
+                except Exception:
+                    if not copied:
+                        raise
+                    _drop_copied_schema(self.tracking_uri)  # a bad cached schema: MLflow makes one itself
+                    client = MlflowClient(tracking_uri=self.tracking_uri)
             self._client = cast("MlflowClient", _TranslatingClient(client, self.tracking_uri))
             _freeze_imported_objects()
         return self._client
@@ -704,15 +710,44 @@ class Tracker:
 _frozen = False
 
 
-def _create_private_database(tracking_uri: str) -> None:
-    """Create a missing SQLite store's file readable by its owner only (SQLite then takes the empty
-    file as a new database): run history is nobody else's to read, whatever the umask."""
+def _create_private_database(tracking_uri: str) -> bool:
+    """Create a missing SQLite store's file readable by its owner only: run history is nobody else's
+    to read, whatever the umask. Call it under :func:`_schema_lock`.
+
+    The file is a copy of the empty schema MLflow made once for its version
+    (:mod:`~airflow_provider.core.schema_cache`) when it can be; else an empty file, which SQLite
+    takes as a new database and MLflow fills with its schema (migration by migration: seconds).
+
+    :return: True when the store is such a copy, made by this call.
+    """
+    database = _sqlite_database(tracking_uri)
+    if database is None or not database.parent.is_dir() or database.exists():
+        return False
+    from airflow_provider.core.schema_cache import create_from_cached_schema
+
+    if create_from_cached_schema(database):
+        return True
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return False
+
+
+def _drop_copied_schema(tracking_uri: str) -> None:
+    """MLflow refused a store copied from the cached schema: forget that schema, and empty the store
+    (this call made it: it holds nothing yet) so that MLflow makes its schema itself."""
+    from airflow_provider.core.schema_cache import forget_cached_schema
+
+    forget_cached_schema()
+    database = _sqlite_database(tracking_uri)
+    assert database is not None
+    os.truncate(database, 0)
+
+
+def _sqlite_database(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI, or None for any other store."""
     if not tracking_uri.startswith("sqlite:///"):
-        return
-    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-    if database.parent.is_dir() and not database.exists():
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return None
+    return Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
 
 
 @contextlib.contextmanager
@@ -720,12 +755,12 @@ def _schema_lock(tracking_uri: str) -> Iterator[None]:
     """Let MLflow create or upgrade a SQLite store's schema in one process at a time: without the
     lock, runs started at once against a new store race to create its tables and all but one fail
     (``table _alembic_tmp_... already exists``). A server store manages its own schema."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = _sqlite_database(tracking_uri)
+    if database is None:
         yield
         return
     from filelock import FileLock
 
-    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
     if not database.parent.is_dir():
         yield
         return

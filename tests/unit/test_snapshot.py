@@ -460,6 +460,20 @@ def test_restored_files_are_copies_not_links(src: Path, store: SnapshotStore, tm
     assert (dest / "state.txt").stat().st_nlink == 1
 
 
+def test_a_tree_of_many_folders_is_stored_and_restored_on_several_threads(src: Path, store: SnapshotStore,
+                                                                         tmp_path: Path) -> None:
+    for index in range(300):  # enough files for the threaded paths of take and materialize
+        write(src, f"pkg{index % 12}/sub{index % 3}/file{index}.py", f"content {index % 250}\n",
+              executable=index % 17 == 0)
+    age(src)
+    result = store.take(src)
+    assert (result.new_blobs, len(result.snapshot.entries)) == (250, 300)
+    dest = tmp_path / "restored"
+    store.materialize(result.snapshot, dest)
+    assert tree(dest) == tree(src)
+    assert all(path.stat().st_nlink == 1 for path in dest.rglob("*.py"))
+
+
 def test_materialize_refuses_a_non_empty_folder(src: Path, store: SnapshotStore, tmp_path: Path) -> None:
     write(src, "a.txt")
     snapshot = store.take(src).snapshot
