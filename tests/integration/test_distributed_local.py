@@ -148,14 +148,20 @@ def test_tensorflow_processes_each_get_their_tf_config(tmp_path: Path) -> None:
         task = config["task"]
         Run.get_context().tag("task", f"{task['type']}:{task['index']}")
         Run.get_context().tag("cluster", json.dumps(config["cluster"], sort_keys=True))
+        import time
+        ready = os.environ["PS_READY_FILE"]
         if task["type"] == "ps":
-            import time
+            open(ready, "w").close()        # tagged: the workers may end (which stops the run's ranks)
             time.sleep(300)                 # a parameter server serves until it is stopped
+        for _ in range(6000):               # a worker ends only once the parameter server has tagged
+            if os.path.exists(ready):
+                break
+            time.sleep(0.01)
         print("task", task["type"], task["index"], flush=True)
     """)
     lines: list[str] = []
     run = Experiment("tf-local").submit(ScriptRunConfig(
-        tmp_path / "src", "train.py",
+        tmp_path / "src", "train.py", environment_variables={"PS_READY_FILE": str(tmp_path / "ps-ready")},
         distributed_job_config=TensorflowConfiguration(worker_count=2, parameter_server_count=1)))
     details = run.wait_for_completion(output=lines.append)
     assert details["status"] == "Completed", details
