@@ -433,8 +433,34 @@ class SSHTarget(ComputeTarget):
     # ------------------------------------------------------------------ control
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
         self.hello()
-        self._agent("cancel", {"job_dir": self._job_dir(handle), "grace_seconds": grace_seconds, "wait": wait},
-                    timeout=grace_seconds + 60)
+        request = {"job_dir": self._job_dir(handle), "grace_seconds": grace_seconds, "wait": wait}
+        if not self._lock.acquire(blocking=False):
+            # A wait holds this object's agent session: maybe this very thread, interrupted by a task's
+            # on_kill in the middle of it. The cancel goes over an agent session of its own instead.
+            self._agent_aside("cancel", request, timeout=grace_seconds + 60)
+            return
+        self._lock.release()
+        self._agent("cancel", request, timeout=grace_seconds + 60)
+
+    def _agent_aside(self, operation: str, request: dict[str, Any], timeout: float) -> None:
+        """Run one agent operation on a new agent session of the same connection, then close it.
+
+        :param operation: the agent operation.
+        :param request: its request.
+        :param timeout: seconds to wait for the answer.
+        :raises TargetError: the agent answered with an error.
+        """
+        def call() -> dict[str, Any]:
+            session = _AgentSession(self.connection.client, self._agent_command(), self.settings.address,
+                                    self.python)
+            try:
+                return session.request(operation, request, b"", timeout)
+            finally:
+                session.close()
+
+        answer = self.connection.retrying(call, what=f"the remote {operation}")
+        if not answer.get("ok"):
+            raise TargetError(f"the remote {operation} on {self.settings.address} failed: {answer.get('error')}")
 
     def ended_status(self, handle: JobHandle) -> JobStatus | None:
         """How the job ended, as this object last polled it (None: not seen ending)."""
