@@ -139,7 +139,9 @@ with DAG("cl_load", schedule=None, start_date=datetime(2026, 1, 1), catchup=Fals
 
 with DAG("cl_load_bash", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=200):
     for i in range({load_tasks}):
-        BashOperator(task_id=f"train_{{i}}", cwd={load_source!r}, bash_command="python train.py > /dev/null")
+        # Like the operator's job folder, a copy of the source (the DAGs folder is read-only on worker-2).
+        BashOperator(task_id=f"train_{{i}}", bash_command="cd $(mktemp -d) && cp -r {load_source}/. . && "
+                     "python train.py > /dev/null && rm -rf $PWD")
 
 def ticking(dag_id, compute_target, control, deferrable=False):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
