@@ -87,7 +87,7 @@ open("outputs/result.txt", "w").write("done")
 # The issue's scale is 50 tasks and 20 trials at once (TRAINING_CLUSTER_LOAD=50,20). On the 2 cores CI
 # has, 64 Airflow task processes at once starve each other for minutes (each takes ~4 s of CPU to
 # start), so the suite runs the same scenario smaller by default.
-LOAD_TASKS, SWEEP_TRIALS = (int(n) for n in os.environ.get("TRAINING_CLUSTER_LOAD", "12,6").split(","))
+LOAD_TASKS, SWEEP_TRIALS = (int(n) for n in os.environ.get("TRAINING_CLUSTER_LOAD", "10,4").split(","))
 
 DAGS = """
 from datetime import datetime, timedelta
