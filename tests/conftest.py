@@ -91,6 +91,9 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _session_cac
     state.mkdir()
     monkeypatch.setenv("TRAINING_RUNS_HOME", str(state))
     monkeypatch.setenv("TRAINING_RUNS_CACHE", str(_session_cache))  # never the user's cache
+    # A test meets an unavailable tracking store on purpose and expects the error at once; the tests
+    # of the retries (and the multi-worker topology, which has its own environment) set a budget.
+    monkeypatch.setenv("TRAINING_RUNS_TRACKING_RETRY_SECONDS", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

@@ -40,6 +40,7 @@ class FlakyClient:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    monkeypatch.delenv("TRAINING_RUNS_TRACKING_RETRY_SECONDS")  # the default budget (the suite sets 0)
     slept: list[float] = []
     clock = [1000.0]
 
