@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,16 @@ class EventRelay:
     :param target: where the job runs.
     :param handle: the job.
     :param run_id: the MLflow run id.
+    :param run_tags: the run's tags as read under its lock by the watcher (None: read them here).
     """
 
-    def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
+                 run_tags: Mapping[str, str] | None = None) -> None:
         self.tracker = tracker
         self.target = target
         self.handle = handle
         self.run_id = run_id
-        tags = tracker.get_run(run_id).data.tags
+        tags = run_tags if run_tags is not None else tracker.get_run(run_id).data.tags
         self.offset = int(tags.get(Tags.EVENTS_OFFSET, "0"))
         self.relayed = 0
         self.dropped = int(tags.get(Tags.DROPPED_EVENTS, "0"))

@@ -62,8 +62,8 @@ class RunHistory:
             "stateTimes": {k[len(Tags.STATE_TIME_PREFIX):]: v for k, v in tags.items()
                            if k.startswith(Tags.STATE_TIME_PREFIX)},
             "artifactUri": run.info.artifact_uri,
-            "logFiles": [*self.tracker.list_artifacts(self.id, "system_logs"),
-                         *self.tracker.list_artifacts(self.id, "logs")],
+            "logFiles": [*self.tracker.list_artifacts(self.id, "system_logs", run.info.artifact_uri),
+                         *self.tracker.list_artifacts(self.id, "logs", run.info.artifact_uri)],
         }
         if Tags.EXIT_CODE in tags:
             details["exitCode"] = int(tags[Tags.EXIT_CODE])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from airflow_provider.core.tracking import WARNINGS_ARTIFACT, Tags, Tracker
@@ -76,7 +77,7 @@ class RunWarnings:
         return self._notes
 
     @staticmethod
-    def recorded_in(tags: dict[str, str]) -> int:
+    def recorded_in(tags: Mapping[str, str]) -> int:
         """How many warnings a run's tags say it holds.
 
         :param tags: the run's tags.

@@ -18,6 +18,8 @@ from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.watcher import MonitorFactory, OutputSink, RunWatcher
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from airflow_provider.core.submit import Experiment
 
 __all__ = ["ScriptRun"]
@@ -58,8 +60,9 @@ class ScriptRun(RunHistory):
             except TimeoutError:
                 return state.value
             try:
-                if not self._state().is_terminal:
-                    watcher = self.watcher(None)
+                run = self.tracker.get_run(self.id)
+                if not _state_of(run).is_terminal:
+                    watcher = self.watcher(None, run=run)
                     status = watcher.step()
                     if status.state != "running":
                         watcher.finalize(status)
@@ -80,12 +83,18 @@ class ScriptRun(RunHistory):
         :param log_offset: skip this many bytes of output (already shown by an earlier watcher).
         """
         sink = output or (print if show_output else None)
+        watcher = None
         if self.handle is not None:
             with self._lock():
-                if not self._state().is_terminal:
-                    watcher = self.watcher(sink, log_offset)
-                    watcher.finalize(watcher.watch(poll_interval))
-        details = self.get_details()
+                run = self.tracker.get_run(self.id)
+                if not _state_of(run).is_terminal:
+                    watcher = self.watcher(sink, log_offset, run=run)
+                    watcher.finalize(watcher.watch(poll_interval), cleanup_in_background=True)
+        try:
+            details = self.get_details()
+        finally:
+            if watcher is not None:
+                watcher.wait_for_cleanup()
         if raise_on_error and details["status"] != RunState.COMPLETED.value:
             error = details.get("error") or {}
             raise RunFailedError.for_status(self.id, details["status"], error.get("message", "unknown error"),
@@ -117,9 +126,10 @@ class ScriptRun(RunHistory):
         except TimeoutError:
             return log_offset  # another watcher drives the run (and shows its output)
         try:
-            if self._state().is_terminal:
+            run = self.tracker.get_run(self.id)
+            if _state_of(run).is_terminal:
                 return None
-            watcher = self.watcher(output, log_offset)
+            watcher = self.watcher(output, log_offset, run=run)
             status = watcher.watch(poll_interval, timeout=max(0.0, seconds - (time.monotonic() - started)))
             if status.state == "running":
                 return watcher.line_offset
@@ -157,32 +167,36 @@ class ScriptRun(RunHistory):
         except TimeoutError:
             return  # the watcher holding the lock sees the job end and finalizes it
         try:
-            if not self._state().is_terminal:
-                watcher = self.watcher(None)
+            run = self.tracker.get_run(self.id)
+            if not _state_of(run).is_terminal:
+                watcher = self.watcher(None, run=run)
                 watcher.finalize(self.target.poll(self.handle))
         finally:
             lock.release()
 
     # ------------------------------------------------------------------ internals
     def _state(self) -> RunState:
-        return RunState(self.tracker.get_run(self.id).data.tags.get(Tags.STATE, RunState.QUEUED.value))
+        return _state_of(self.tracker.get_run(self.id))
 
-    def watcher(self, output: OutputSink | None, log_offset: int = 0, live_tracking: bool = True) -> RunWatcher:
+    def watcher(self, output: OutputSink | None, log_offset: int = 0, live_tracking: bool = True,
+                run: Run | None = None) -> RunWatcher:
         """A watcher for this run (for callers that drive it themselves, like a trigger).
 
         :param output: where output lines go.
         :param log_offset: where in the driver log output starts.
         :param live_tracking: relay metrics and upload logs while the run goes on.
+        :param run: the run as just read under the run's lock (None: read it now).
         """
         assert self.target is not None and self.handle is not None
-        run = self.tracker.get_run(self.id)
+        if run is None:
+            run = self.tracker.get_run(self.id)
         monitor = None
         if self.monitor_factory is not None:
             monitor = self.monitor_factory(self.tracker, self.id, run.info.experiment_id, run.data.tags)
         return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
                           upload_interval=self.log_upload_interval, log_offset=log_offset,
                           live_tracking=live_tracking, monitor=monitor,
-                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED))
+                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED), run_tags=run.data.tags)
 
     def _lock(self) -> Any:
         from filelock import FileLock
@@ -192,3 +206,7 @@ class ScriptRun(RunHistory):
         return FileLock(str(folder / f"{self.id}.lock"))
 
 
+
+
+def _state_of(run: Run) -> RunState:
+    return RunState(run.data.tags.get(Tags.STATE, RunState.QUEUED.value))

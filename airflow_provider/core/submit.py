@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
+from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.errors import (
@@ -160,23 +161,31 @@ class Experiment:
             initial_tags[Tags.AZUREML_COMPAT] = "true"
         run_id = self.tracker.create_run(self.id, initial_tags, run_name)
         handle: JobHandle | None = None
+        # What the job does not need goes to MLflow while the environment and the job are prepared;
+        # all of it is written before the job can start.
+        writes = OrderedWrites(f"stage-{run_id}")
         try:
             if params:
-                self.tracker.log_params(run_id, params)
-            self.tracker.log_text(run_id, snapshot.manifest_json(), "snapshot/manifest.json")
+                self.tracker.log_params(run_id, params)  # refused values fail here, before anything else
+            writes.submit(lambda: self.tracker.log_text(run_id, snapshot.manifest_json(), "snapshot/manifest.json"))
             if git is not None and git.diff:
-                self.tracker.log_text(run_id, git.diff, "git/uncommitted.diff")
-            self.tracker.set_state(run_id, RunState.PREPARING)
+                diff = git.diff
+                writes.submit(lambda: self.tracker.log_text(run_id, diff, "git/uncommitted.diff"))
+            writes.submit(lambda: self.tracker.set_state(run_id, RunState.PREPARING))
             prepared = self._prepare_environment(run_id, target, resolved)
-            self.tracker.set_state(run_id, RunState.STARTING, {
+            writes.submit(lambda: self.tracker.set_state(run_id, RunState.STARTING, {
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
-            })
+            }))
             handle = target.stage(run_id, snapshot, store, job_files(resolved.azureml_compat), prepared)
             spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables)
+            writes.wait()
         except BaseException as exc:
+            writes.close()  # its writes end before the run's failure is recorded
             self._fail_before_start(run_id, target, handle, exc)
             raise
+        finally:
+            writes.close()
         return StagedRun(self, run_id, target, handle, spec)
 
     # ------------------------------------------------------------------ steps

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +47,7 @@ from airflow_provider.core.errors import (
 from airflow_provider.core.paths import state_dir
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Run
+    from mlflow.entities import FileInfo, Metric, Run
     from mlflow.tracking import MlflowClient
 
 __all__ = ["RunState", "Tags", "Tracker", "check_tracking_uri", "resolve_tracking_uri", "tracking_error"]
@@ -285,9 +285,14 @@ class _TranslatingClient:
         attribute = getattr(self._client, name)
         if not callable(attribute):
             return attribute
-        return self._translated(name, attribute)
+        return self.translated(name, attribute)
 
-    def _translated(self, name: str, method: Any) -> Any:
+    def translated(self, name: str, method: Any) -> Any:
+        """``method`` raising only :class:`TrackingError` and retried like the client's own ``name``.
+
+        :param name: the MLflow call it stands for (in messages, and whether it is retried).
+        :param method: the callable.
+        """
         @functools.wraps(method)
         def call(*args: Any, **kwargs: Any) -> Any:
             deadline: float | None = None
@@ -532,7 +537,7 @@ class Tracker:
         if Tags.RUN_KEY in initial:
             initial[Tags.RUN_KEY_HASH] = run_key_hash(initial[Tags.RUN_KEY])
         initial[Tags.STATE] = RunState.QUEUED.value
-        initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = _now_iso()
+        initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = now_iso()
         run = self.client.create_run(experiment_id, tags=_clip_tags(initial), run_name=run_name)
         return str(run.info.run_id)
 
@@ -597,7 +602,7 @@ class Tracker:
         :param state: the state entered now.
         :param extra_tags: more tags to set in the same call.
         """
-        tags = {Tags.STATE: state.value, Tags.STATE_TIME_PREFIX + state.value: _now_iso()}
+        tags = {Tags.STATE: state.value, Tags.STATE_TIME_PREFIX + state.value: now_iso()}
         tags.update(extra_tags or {})
         self.set_tags(run_id, tags)
 
@@ -692,16 +697,31 @@ class Tracker:
         history = self.client.get_metric_history(run_id, key)
         return sorted(history, key=lambda m: (m.step, m.timestamp))
 
-    def list_artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+    def list_artifacts(self, run_id: str, path: str | None = None, artifact_uri: str | None = None) -> list[str]:
         """Every artifact file path below ``path`` (recursively).
 
         :param run_id: the MLflow run id.
         :param path: a folder inside the run's artifacts (None: the root).
+        :param artifact_uri: the run's artifact URI when the caller has read the run already: the
+            listing then goes straight to the artifact repository, without fetching the run again.
         """
+        if artifact_uri is None:
+            listing = self.client.list_artifacts
+        else:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            repository = get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri)
+            translating = cast("_TranslatingClient", self.client)
+            listing = translating.translated("list_artifacts",
+                                             lambda _run_id, folder: repository.list_artifacts(folder))
+        return self._list_below(listing, run_id, path)
+
+    def _list_below(self, listing: Callable[[str, str | None], list[FileInfo]], run_id: str,
+                    path: str | None) -> list[str]:
         files: list[str] = []
-        for info in self.client.list_artifacts(run_id, path):
+        for info in listing(run_id, path):
             if info.is_dir:
-                files.extend(self.list_artifacts(run_id, info.path))
+                files.extend(self._list_below(listing, run_id, info.path))
             else:
                 files.append(info.path)
         return files
@@ -797,6 +817,7 @@ def _clip_tags(tags: dict[str, Any]) -> dict[str, str]:
     return {k: str(v)[:_MAX_TAG_VALUE] for k, v in tags.items()}
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
+    """The current time as a run's state times record it (ISO 8601, UTC, milliseconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -14,17 +14,19 @@ import contextlib
 import json
 import logging
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from airflow_provider.core.azureml_compat import azureml_module_hint
+from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import is_plain_file, uploadable_files
 from airflow_provider.core.errors import TargetError, TrackingError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
-from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal
+from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal, now_iso
 from airflow_provider.runtime import job_runner
 
 __all__ = ["MonitorFactory", "OutputSink", "RunMonitor", "RunWatcher", "final_state"]
@@ -85,18 +87,24 @@ class RunWatcher:
     :param monitor: consulted when values of its metric are relayed (and every ``monitor_interval``
         seconds); a reason it returns stops the job, and the run ends Canceled with that reason.
     :param termination_reason: the reason an earlier watcher stopped the job for, if any.
+    :param run_tags: the run's tags as read under its lock (None: the relay reads them when it starts).
     """
 
     max_step_failures: int = 6
     """Consecutive failed polls (about a minute of backing off) before watching gives up."""
     monitor_interval: float = 2.0
     """Seconds between consultations of the monitor when no event was relayed."""
+    finalizing_shown_after: float = 1.0
+    """Seconds of collecting results after which the run shows the state Finalizing (a quicker
+    finalize records only when it began, with the terminal state)."""
 
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
                  output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
                  live_tracking: bool = True, monitor: RunMonitor | None = None,
-                 termination_reason: str | None = None) -> None:
+                 termination_reason: str | None = None, run_tags: Mapping[str, str] | None = None) -> None:
         self.tracker = tracker
+        self._run_tags = run_tags
+        self._cleanup: BackgroundCall | None = None
         self.monitor = monitor
         self.termination_reason = termination_reason
         self._stop_sent = termination_reason is None  # a reason read back from the run: send the stop again
@@ -168,7 +176,7 @@ class RunWatcher:
     def relay(self) -> EventRelay:
         """The event relay (created on first use: it reads the run's offset from MLflow)."""
         if self._relay is None:
-            self._relay = EventRelay(self.tracker, self.target, self.handle, self.run_id)
+            self._relay = EventRelay(self.tracker, self.target, self.handle, self.run_id, self._run_tags)
         return self._relay
 
     def stream_output(self, final: bool = False) -> int:
@@ -236,7 +244,7 @@ class RunWatcher:
             pause = min(poll_interval, pause * 1.5)
 
     # ------------------------------------------------------------------ the end
-    def finalize(self, status: JobStatus) -> RunState:
+    def finalize(self, status: JobStatus, cleanup_in_background: bool = False) -> RunState:
         """Collect everything, record the terminal state, clean up the target.
 
         Safe to repeat: if collecting fails, the run stays Finalizing and the job folder stays on
@@ -245,25 +253,29 @@ class RunWatcher:
         terminal state knows everything before it happened.
 
         :param status: how the job ended.
+        :param cleanup_in_background: clean up the target in a thread of its own once the state is
+            recorded, so the caller can read the run meanwhile; then call :meth:`wait_for_cleanup`.
         :return: the terminal state recorded.
         :raises TrackingError: when the results could not be collected (nothing was lost).
         """
         state, error = final_state(status)
-        self.tracker.set_state(self.run_id, RunState.FINALIZING)
+        began = now_iso()
+        showing = _FinalizingState(self.tracker, self.run_id, self.finalizing_shown_after)
         problems: list[str] = []
-        for action in (self.relay.pump, lambda: self.stream_output(final=True), self._upload_final):
-            try:
-                action()
-            except Exception as exc:
-                log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
-                problems.append(f"{type(exc).__name__}: {exc}")
-        if not problems:  # after ./outputs is uploaded: models to register, run.fail(), open child runs
-            try:
-                state, error = self.relay.finish(state, error)
-            except Exception as exc:
-                log.exception("Finalizing run %s: finishing its child runs and models failed", self.run_id)
-                problems.append(f"{type(exc).__name__}: {exc}")
+        try:
+            problems = self._collect()
+            if not problems:  # after ./outputs is uploaded: models to register, run.fail(), open child runs
+                try:
+                    state, error = self.relay.finish(state, error)
+                except Exception as exc:
+                    log.exception("Finalizing run %s: finishing its child runs and models failed", self.run_id)
+                    problems.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            showing.stop()
         if problems:
+            if not showing.shown:  # the run shows it is stuck collecting, not still running
+                with contextlib.suppress(Exception):
+                    self.tracker.set_state(self.run_id, RunState.FINALIZING)
             raise TrackingError(
                 f"collecting the results of run {self.run_id} failed ({'; '.join(problems)}); its job folder is "
                 "kept on the target: wait for the run again, or resubmit with the same run key, to collect them"
@@ -278,7 +290,7 @@ class RunWatcher:
                 error = azureml_module_hint(error, self.log_tail())
         if self._failing_rank and state is RunState.FAILED:
             error = f"{error}; {self._failing_rank}"
-        tags = {}
+        tags = {Tags.STATE_TIME_PREFIX + RunState.FINALIZING.value: began}
         if status.exit_code is not None:
             tags[Tags.EXIT_CODE] = str(status.exit_code)
         if error:
@@ -287,8 +299,31 @@ class RunWatcher:
             tags[Tags.ERROR] = error
         self.tracker.terminate(self.run_id, state)
         self.tracker.set_state(self.run_id, state, tags)  # one call: the ending's tags come with the state
-        self.target.cleanup(self.handle)
+        if cleanup_in_background:
+            self._cleanup = BackgroundCall(f"cleanup-{self.run_id}", lambda: self.target.cleanup(self.handle))
+        else:
+            self.target.cleanup(self.handle)
         return state
+
+    def wait_for_cleanup(self) -> None:
+        """Wait for a cleanup :meth:`finalize` left running in the background (if any).
+
+        :raises TargetError: the cleanup failed (the run's results are recorded all the same).
+        """
+        if self._cleanup is not None:
+            cleanup, self._cleanup = self._cleanup, None
+            cleanup.result()
+
+    def _collect(self) -> list[str]:
+        """Relay the last events, show the last output, upload logs and outputs; the problems met."""
+        problems: list[str] = []
+        for action in (self.relay.pump, lambda: self.stream_output(final=True), self._upload_final):
+            try:
+                action()
+            except Exception as exc:
+                log.exception("Finalizing run %s: %s failed", self.run_id, getattr(action, "__name__", action))
+                problems.append(f"{type(exc).__name__}: {exc}")
+        return problems
 
     def log_tail(self) -> str:
         """The last lines of the driver log."""
@@ -368,3 +403,34 @@ class RunWatcher:
             if not is_refusal(exc):
                 raise  # the tracking store is down, busy or full: finalizing is retried as a whole
             self.relay.warnings.add(f"{label} was not uploaded: {type(exc).__name__}: {exc}"[:500])
+
+
+class _FinalizingState:
+    """Shows the state Finalizing once collecting a run's results has taken ``after`` seconds (from
+    a timer thread); :meth:`stop` before the terminal state is written.
+
+    :param tracker: where the run lives.
+    :param run_id: the MLflow run id.
+    :param after: seconds of collecting before the state is shown.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, after: float) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+        self.shown = False
+        self._timer = threading.Timer(after, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _show(self) -> None:
+        try:
+            self.tracker.set_state(self.run_id, RunState.FINALIZING)
+            self.shown = True
+        except Exception as exc:  # a courtesy: the terminal state is written by the watcher all the same
+            log.warning("Run %s: showing the state Finalizing failed: %s", self.run_id, exc)
+
+    def stop(self) -> None:
+        """Cancel the timer, or wait for the state it is writing (so it never comes after the end)."""
+        self._timer.cancel()
+        self._timer.join()
+

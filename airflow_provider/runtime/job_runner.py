@@ -18,17 +18,17 @@ way: nothing of the run survives its end.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
 # The supervisor imports only what it runs with: in a fresh container whose image holds no compiled
 # standard library, every module imported is compiled first (typing alone costs ~10 ms there).
+# ``json`` and ``signal`` (with ``re`` and ``enum``, ~10 ms) are imported where used: given its
+# launch parameters (``main(..., launch=...)``), the supervisor starts the command before either.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Mapping
     from typing import Any, TypedDict, cast
 
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         message: str
         ended_at: float
         driver_log_bytes: int  # with echo_output: the size of driver.log at the end
+        absent: list[str]  # which of COLLECTED_PATHS did not exist at the end
 else:
     JobJson = RunnerJson = ExitJson = dict
 
@@ -79,6 +80,9 @@ EVENTS_FILE = "events.jsonl"
 UPLOADS_DIR = "uploads"
 WORK_DIR = "work"
 RANKS_DIR = "ranks"  # per-rank logs of distributed runs
+COLLECTED_PATHS = (EVENTS_FILE, RANKS_DIR, f"{WORK_DIR}/outputs", f"{WORK_DIR}/logs")
+"""What a watcher reads from the job folder once the job has ended; ``exit.json`` says which were
+absent, so a watcher that must fetch each file over a connection skips those."""
 RUNNER_LOG = "runner.log"  # the supervisor's own output
 LAUNCH_MARKER = ".launched"  # created (exclusively) by a launch in progress or done
 
@@ -93,13 +97,15 @@ _LAUNCHER_HINTS = {
 }
 ECHO_INTERVAL_SECONDS = 0.1
 """With ``echo_output``: the longest time between a line reaching driver.log and stdout."""
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGHUP")
 _PR_SET_CHILD_SUBREAPER = 36
 
 
 def write_json_atomically(path: str, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     temporary = f"{path}.tmp.{os.getpid()}"
+    import json
+
     with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump(data, handle)
         handle.flush()
@@ -169,6 +175,8 @@ def stop_orphaned_command(state: RunnerJson, grace_seconds: float) -> str:
 
 
 def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
+    import signal
+
     members = tree_members(child_pid, child_pid) | {child_pid}
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in members:
@@ -198,6 +206,8 @@ def read_exit_json(job_dir: str) -> ExitJson | None:
 
 def read_json(path: str) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when it is missing or half-written."""
+    import json
+
     try:
         with open(path) as stream:
             data: dict[str, Any] = json.load(stream)
@@ -220,6 +230,8 @@ def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
     exit_path = os.path.join(job_dir, EXIT_STATE)
     if os.path.exists(exit_path) or not os.path.isdir(job_dir):
         return  # ended, or never staged here: nothing to stop
+    import signal
+
     state: RunnerJson = read_runner_json(job_dir) or {}
     runner_pid = state.get("runner_pid")
     if runner_pid and is_alive(int(runner_pid), state.get("runner_start_ticks")):
@@ -259,6 +271,8 @@ def start_supervisor(job_dir: str, timeout: float = 30.0) -> subprocess.Popen[by
     :param timeout: seconds the supervisor may take to start the command.
     :raises RuntimeError: the supervisor exited at once or did not start in time (the message says why).
     """
+    import subprocess  # here: the supervisor itself starts its command without it
+
     with open(os.path.join(job_dir, RUNNER_LOG), "ab") as runner_log:
         runner = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), job_dir],
                                   stdin=subprocess.DEVNULL, stdout=runner_log, stderr=subprocess.STDOUT,
@@ -355,17 +369,128 @@ class OutputEcho:
         return self._source is not None and os.lseek(self._source, 0, os.SEEK_CUR) < os.fstat(self._source).st_size
 
 
-class JobRunner:
-    """Runs one job described by ``JOB_DIR/job.json``; see the module docstring."""
+def encode_launch(spec: JobJson) -> bytes:
+    """The part of ``spec`` that starts the command (argv, working folder, environment), in a form
+    read without any import (NUL-separated: no argument or variable can hold a NUL). A container's
+    supervisor gets it beside ``job.json`` and starts the command before it parses JSON.
 
-    def __init__(self, job_dir: str) -> None:
+    :param spec: the job's ``job.json`` content, with its secrets.
+    """
+    fields = [spec.get("cwd", WORK_DIR)]
+    for section in (spec["argv"], [f"{k}={v}" for k, v in spec.get("env", {}).items()],
+                    spec.get("unset_env", []), spec.get("path_prepend", [])):
+        fields += [str(len(section)), *section]
+    return "\0".join(fields).encode("utf-8", "surrogateescape")
+
+
+def decode_launch(data: bytes) -> JobJson:
+    """What :func:`encode_launch` encoded, as the fields of ``job.json`` it came from.
+
+    :param data: the encoded launch parameters.
+    :raises ValueError: ``data`` is not such an encoding.
+    """
+    fields = data.decode("utf-8", "surrogateescape").split("\0")
+    position = 1
+
+    def section() -> list[str]:
+        nonlocal position
+        count = int(fields[position])
+        items = fields[position + 1 : position + 1 + count]
+        if len(items) != count:
+            raise ValueError("the launch parameters are cut short")
+        position += 1 + count
+        return items
+
+    argv, env, unset_env, path_prepend = section(), section(), section(), section()
+    return {"cwd": fields[0], "argv": argv, "env": dict(item.split("=", 1) for item in env),
+            "unset_env": unset_env, "path_prepend": path_prepend}
+
+
+class Child:
+    """The command the supervisor started.
+
+    :param pid: its process id (the leader of its own session and process group).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+def spawn_in_new_session(argv: list[str], cwd: str, env: dict[str, str], output: int) -> int:
+    """Start ``argv`` (found on ``env``'s ``PATH``) in ``cwd`` as the leader of a new session, its
+    stdin ``/dev/null``, stdout and stderr ``output``; return its pid. As ``subprocess.Popen(...,
+    start_new_session=True)`` does, without importing ``subprocess`` (milliseconds at every start).
+
+    The supervisor is single-threaded: it may change its own working folder for the spawn.
+
+    :param argv: the command.
+    :param cwd: its working folder.
+    :param env: its environment.
+    :param output: a file descriptor for its stdout and stderr.
+    :raises OSError: the program is missing or cannot be run.
+    """
+    program = _find_program(argv[0], env, cwd)
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return os.posix_spawn(
+            program, argv, env, setsid=True,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)],
+            setsigdef=_signals_python_ignores(),
+        )
+    finally:
+        os.chdir(previous)
+
+
+def _signals_python_ignores() -> list[int]:
+    """SIGPIPE and SIGXFSZ, which Python ignores and a child gets back at their defaults (as with
+    ``Popen``). Their numbers come from ``_signal``, the built-in module ``signal`` wraps: ``signal``
+    itself imports ``enum``, milliseconds the command would wait for at every start."""
+    import _signal
+
+    return [signum for signum in (_signal.SIGPIPE, getattr(_signal, "SIGXFSZ", None)) if signum is not None]
+
+
+def _find_program(name: str, env: dict[str, str], cwd: str) -> str:
+    """``name`` as ``execvpe`` finds it: a path as it is (relative to ``cwd``), else the first
+    executable file of that name on ``env``'s ``PATH``."""
+    if os.sep in name:
+        return name
+    for folder in os.get_exec_path(env):
+        candidate = os.path.join(cwd, folder, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, "No such file or directory (not on the PATH)", name)
+
+
+class JobRunner:
+    """Runs one job described by ``JOB_DIR/job.json``; see the module docstring.
+
+    :param job_dir: the job folder.
+    :param launch: the command's launch parameters (:func:`encode_launch`), when they come beside
+        ``job.json`` (a container's supervisor): the command then starts before ``job.json`` is read.
+    """
+
+    def __init__(self, job_dir: str, launch: bytes | None = None) -> None:
         self.job_dir = os.path.abspath(job_dir)
-        with open(os.path.join(self.job_dir, JOB_SPEC)) as handle:
-            self.spec: JobJson = json.load(handle)
-        self._remove_secrets_from_spec_file()
+        self._launch = launch
         self.stop_reason: str | None = None
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.child_status: int | None = None
+        self.spec: JobJson = {}
+        self.echo: OutputEcho | None = None
+        self._started_at = 0.0
+        if launch is None:
+            self._read_spec()
+
+    def _read_spec(self) -> None:
+        import json
+
+        with open(os.path.join(self.job_dir, JOB_SPEC)) as handle:
+            self.spec = json.load(handle)
+        self._remove_secrets_from_spec_file()
         self.echo = OutputEcho(self.path(DRIVER_LOG)) if self.spec.get("echo_output") else None
 
     def path(self, name: str) -> str:
@@ -382,32 +507,38 @@ class JobRunner:
                               dict(self.spec, env={k: v for k, v in self.spec["env"].items() if k not in secret}))
 
     def run(self) -> int:
-        for signum in _STOP_SIGNALS:
+        launch = decode_launch(self._launch) if self._launch is not None else None
+        failure = self._start(launch) if launch is not None else None  # a container's: the command first
+        import signal
+
+        stop_signals = _stop_signals()
+        for signum in stop_signals:
             signal.signal(signum, self._on_stop_signal)
         _become_subreaper()
-        write_json_atomically(self.path(RUNNER_STATE), {
-            "runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid()),
-        })
-        try:
-            self.child = self._start_child()
-        except OSError as exc:
-            program = self.spec["argv"][0]
+        if launch is None:
+            write_json_atomically(self.path(RUNNER_STATE), {
+                "runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid()),
+            })
+            failure = self._start(self.spec)
+        else:
+            self._read_spec()
+        if failure is not None or self.child is None:
+            program = (launch or self.spec)["argv"][0]
             hint = _LAUNCHER_HINTS.get(os.path.basename(program), "")
-            self._finish(None, None, REASON_LAUNCH_FAILED, f"could not start {program!r}: {exc}{hint}")
+            self._finish(None, None, REASON_LAUNCH_FAILED, f"could not start {program!r}: {failure}{hint}")
             return 1
-        started = time.time()
         write_json_atomically(self.path(RUNNER_STATE), {
             "runner_pid": os.getpid(),
             "runner_start_ticks": process_start_ticks(os.getpid()),
             "child_pid": self.child.pid,
             "child_pgid": self.child.pid,
             "child_start_ticks": process_start_ticks(self.child.pid),
-            "started_at": started,
+            "started_at": self._started_at,
         })
         limit = self.spec.get("max_run_duration_seconds")
         # The deadline runs on the monotonic clock: a wall-clock jump neither ends a run early nor late.
         deadline = time.monotonic() + float(limit) if limit else None
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *_STOP_SIGNALS})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *stop_signals})
         while True:
             self._reap()
             if self.child_status is not None:
@@ -421,8 +552,8 @@ class JobRunner:
             if self.echo is not None:
                 self.echo.pump()
                 wait = min(wait, ECHO_INTERVAL_SECONDS)
-            received = signal.sigtimedwait({signal.SIGCHLD, *_STOP_SIGNALS}, wait)
-            if received is not None and received.si_signo in _STOP_SIGNALS:
+            received = signal.sigtimedwait({signal.SIGCHLD, *stop_signals}, wait)
+            if received is not None and received.si_signo in stop_signals:
                 self.stop_reason = REASON_CANCELED
         # The command ended: stop whatever it left behind, then record how it ended.
         self._stop_tree(grace=2.0)
@@ -444,25 +575,30 @@ class JobRunner:
         return 0
 
     # ------------------------------------------------------------------ helpers
-    def _start_child(self) -> subprocess.Popen[bytes]:
+    def _start(self, launch: JobJson) -> OSError | None:
+        """Start the command (:meth:`_start_child`); the error when it could not be started."""
+        try:
+            self.child = self._start_child(launch)
+        except OSError as exc:
+            return exc
+        self._started_at = time.time()
+        return None
+
+    def _start_child(self, launch: JobJson) -> Child:
+        """Start the command.
+
+        :param launch: its argv, working folder and environment (``job.json`` or the launch parameters).
+        """
         environment = dict(os.environ)
-        environment.update(self.spec.get("env", {}))
-        prepend = self.spec.get("path_prepend", [])
+        environment.update(launch.get("env", {}))
+        prepend = launch.get("path_prepend", [])
         if prepend:
             environment["PATH"] = os.pathsep.join([*prepend, environment.get("PATH", os.defpath)])
-        for name in self.spec.get("unset_env", []):
+        for name in launch.get("unset_env", []):
             environment.pop(name, None)
         log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            return subprocess.Popen(
-                self.spec["argv"],
-                cwd=self.path(self.spec.get("cwd", WORK_DIR)),
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            return Child(spawn_in_new_session(launch["argv"], self.path(launch.get("cwd", WORK_DIR)), environment, log))
         finally:
             os.close(log)
 
@@ -485,6 +621,8 @@ class JobRunner:
 
     def _stop_tree(self, grace: float) -> None:
         """SIGTERM to every process of the run, wait up to ``grace`` seconds, then SIGKILL."""
+        import signal
+
         assert self.child is not None
         group = self.child.pid
         members = tree_members(os.getpid(), group)
@@ -510,15 +648,24 @@ class JobRunner:
                             "ended_at": time.time()}
         if self.echo is not None:
             ending["driver_log_bytes"] = self.echo.finish()
+        ending["absent"] = [name for name in COLLECTED_PATHS if not os.path.lexists(self.path(name))]
         write_json_atomically(self.path(EXIT_STATE), ending)
         # Also the supervisor's last output line: a container target reads it from the container's
         # log without copying a file out of its filesystem (on stderr when stdout echoes driver.log).
         stream = sys.stderr if self.echo is not None else sys.stdout
+        import json
+
         try:
             stream.write(EXIT_LINE_PREFIX + json.dumps(ending) + "\n")
             stream.flush()
         except (OSError, ValueError):
             pass  # no one reads this process's output: exit.json is enough
+
+
+def _stop_signals() -> tuple[int, ...]:
+    import signal
+
+    return tuple(getattr(signal, name) for name in _STOP_SIGNAL_NAMES)
 
 
 def _signal_all(members: set[int], group: int, signum: int) -> None:
@@ -546,12 +693,16 @@ def _become_subreaper() -> None:
         pass
 
 
-def main(argv: list[str]) -> int:
-    """Entry point: ``python3 job_runner.py JOB_DIR``."""
+def main(argv: list[str], launch: bytes | None = None) -> int:
+    """Entry point: ``python3 job_runner.py JOB_DIR``.
+
+    :param argv: the command line.
+    :param launch: the command's launch parameters (see :class:`JobRunner`).
+    """
     if len(argv) != 2:
         print("usage: job_runner.py JOB_DIR", file=sys.stderr)
         return 2
-    return JobRunner(argv[1]).run()
+    return JobRunner(argv[1], launch).run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -514,6 +515,36 @@ def test_events_mlflow_would_refuse_are_dropped_and_the_rest_arrives(tmp_path: P
     assert any(line.startswith("refused: metric name 'top-1 acc@val' cannot be stored") for line in lines)
     assert run.get_metrics() == {"loss": [1.0, 0.5, pytest.approx(1 / 3)]}
     assert run_tags(run.id)[Tags.DROPPED_EVENTS] == "2"
+
+
+def test_a_slow_finalize_shows_the_state_finalizing_and_a_quick_one_only_records_when_it_began(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_script(tmp_path / "src", "print('done')")
+    seen: list[str] = []
+    collect = RunWatcher._upload_final
+
+    def slow_collect(watcher: RunWatcher) -> None:
+        time.sleep(watcher.finalizing_shown_after + 0.5)
+        seen.append(watcher.tracker.get_run(watcher.run_id).data.tags[Tags.STATE])
+        collect(watcher)
+
+    monkeypatch.setattr(RunWatcher, "finalizing_shown_after", 0.2)
+    monkeypatch.setattr(RunWatcher, "_upload_final", slow_collect)
+    experiment = Experiment("finalizing")
+    details = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py")).wait_for_completion()
+    assert seen == ["Finalizing"]
+    assert details["status"] == "Completed" and "Finalizing" in details["stateTimes"]
+
+    def quick_collect(watcher: RunWatcher) -> None:
+        seen.append(watcher.tracker.get_run(watcher.run_id).data.tags[Tags.STATE])
+        collect(watcher)
+
+    seen.clear()
+    monkeypatch.setattr(RunWatcher, "_upload_final", quick_collect)
+    details = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py")).wait_for_completion()
+    assert seen == ["Running"]  # no write for a state nobody would see
+    assert details["status"] == "Completed"
+    assert details["stateTimes"]["Running"] <= details["stateTimes"]["Finalizing"] <= details["stateTimes"]["Completed"]
 
 
 def test_results_that_cannot_be_collected_are_kept_for_the_next_watcher(tmp_path: Path) -> None:

@@ -66,10 +66,65 @@ def test_a_path_leaving_the_job_folder_is_refused(tmp_path: Path) -> None:
 
 def test_the_supervisor_imports_only_what_it_runs_with(tmp_path: Path) -> None:
     """A fresh container compiles every module its supervisor imports (images seldom ship compiled
-    standard libraries): typing and ctypes cost tens of milliseconds there."""
+    standard libraries): typing and ctypes cost tens of milliseconds there. JSON and signals (with
+    ``re`` and ``enum``) come after the command has started."""
     (tmp_path / "job_runner.py").write_bytes(host_files()["job_runner.py"])
     probe = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import job_runner\n"
-             "print(sorted(name for name in ('typing', 'ctypes') if name in sys.modules))")
+             "print(sorted(name for name in ('typing', 'ctypes', 'json', 're', 'enum', 'signal', 'subprocess')"
+             " if name in sys.modules))")
     done = subprocess.run([_python39(), "-I", "-S", "-c", probe], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _stream_with_launch(job_json: dict[str, object], launch: dict[str, object], script: bytes) -> bytes:
+    return b"".join([
+        record("f", 0o644, f"{job_runner.WORK_DIR}/train.py", script),
+        record("f", 0o644, "job_runner.py", host_files()["job_runner.py"]),
+        record("f", 0o600, job_runner.JOB_SPEC, json.dumps(job_json).encode()),
+        record("l", 0, "", job_runner.encode_launch(launch)),  # type: ignore[arg-type]
+        END,
+    ])
+
+
+def test_launch_parameters_start_the_command_and_its_secrets_never_reach_the_disk(tmp_path: Path) -> None:
+    python = _python39()
+    script = (b"import os\nprint('secret seen' if os.environ['SECRET'][::-1] == 't3rc3s' else 'secret missing')\n"
+              b"print('cwd', os.getcwd())\nos.makedirs('outputs')\n")
+    spec: dict[str, object] = {"argv": [python, "train.py"], "env": {"SECRET": "s3cr3t", "PLAIN": "a=b"},
+                               "secret_env": ["SECRET"], "echo_output": True}
+    public = dict(spec, env={"PLAIN": "a=b"})
+    job_dir = tmp_path / "job"
+    done = _enter(job_dir, _stream_with_launch(public, spec, script))
+    assert done.returncode == 0, done.stderr
+    log = (job_dir / job_runner.DRIVER_LOG).read_text().splitlines()
+    assert log == ["secret seen", f"cwd {job_dir / job_runner.WORK_DIR}"]
+    for path in job_dir.rglob("*"):
+        assert not path.is_file() or b"s3cr3t" not in path.read_bytes(), path
+    ending = json.loads(last_exit_line(done.stderr) or b"{}")
+    assert ending["exit_code"] == 0 and ending["reason"] == job_runner.REASON_EXITED
+    # What a watcher need not fetch: it did not exist when the job ended.
+    assert ending["absent"] == [job_runner.EVENTS_FILE, job_runner.RANKS_DIR, f"{job_runner.WORK_DIR}/logs"]
+    runner = json.loads((job_dir / job_runner.RUNNER_STATE).read_text())
+    assert runner["child_pid"] > 0 and runner["started_at"] > 0
+
+
+def test_a_command_the_launch_parameters_cannot_start_is_recorded_as_a_launch_failure(tmp_path: Path) -> None:
+    spec: dict[str, object] = {"argv": ["no-such-program-here", "x"], "echo_output": True}
+    job_dir = tmp_path / "job"
+    done = _enter(job_dir, _stream_with_launch(spec, spec, b""))
+    assert done.returncode == 1, done.stderr
+    ending = json.loads((job_dir / job_runner.EXIT_STATE).read_text())
+    assert ending["reason"] == job_runner.REASON_LAUNCH_FAILED
+    assert "could not start 'no-such-program-here'" in ending["message"]
+
+
+def test_launch_parameters_round_trip() -> None:
+    spec: dict[str, object] = {
+        "argv": ["python3", "-c", "print('a b')", ""], "cwd": "work/sub",
+        "env": {"A": "x=y=z", "EMPTY": "", "UNICODE": "é \udcff"}, "unset_env": ["VIRTUAL_ENV"],
+        "path_prepend": ["/opt/env/bin"],
+    }
+    assert job_runner.decode_launch(job_runner.encode_launch(spec)) == spec  # type: ignore[arg-type]
+    minimal = job_runner.decode_launch(job_runner.encode_launch({"argv": ["true"]}))
+    assert minimal == {"argv": ["true"], "cwd": job_runner.WORK_DIR, "env": {}, "unset_env": [], "path_prepend": []}

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
+from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.environments.prepared import PreparedEnvironment
@@ -50,7 +51,7 @@ from airflow_provider.core.targets.docker_streams import (
     raw_socket,
     record,
 )
-from airflow_provider.runtime import host_files, job_runner
+from airflow_provider.runtime import compiled_supervisor, host_files, job_runner
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
 
@@ -239,7 +240,9 @@ class DockerTarget(ComputeTarget):
             with open(store.blob_path(entry.digest), "rb") as blob:
                 records.append(record("f", 0o755 if entry.executable else 0o644, f"{job_runner.WORK_DIR}/{entry.path}",
                                       blob.read()))
-        for relative, content in {**extras, "job_runner.py": host_files()["job_runner.py"]}.items():
+        supervisor_pyc, compiled = compiled_supervisor()
+        for relative, content in {**extras, "job_runner.py": host_files()["job_runner.py"],
+                                  supervisor_pyc: compiled}.items():
             records.append(record("f", 0o644, relative, content))
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
@@ -252,22 +255,26 @@ class DockerTarget(ComputeTarget):
         if records is None:
             raise TargetError(f"the container of job {handle.job_id} was staged by another process (or launched "
                               "already): only the process that staged it holds its files; submit the run again")
-        job_json = json.dumps(dict(spec.to_job_json(), echo_output=True)).encode()
-        records += [record("f", 0o600, job_runner.JOB_SPEC, job_json), END]
+        job_json = json.dumps(dict(spec.to_job_json(with_secrets=False), echo_output=True)).encode()
+        launch = job_runner.encode_launch(spec.to_job_json())
+        records += [record("f", 0o600, job_runner.JOB_SPEC, job_json), record("l", 0, "", launch), END]
         try:  # both before the start: no output is missed
             output = self.client.api.attach_socket(handle.location, params={"stdout": 1, "stderr": 1, "stream": 1})
             stdin = self.client.api.attach_socket(handle.location, params={"stdin": 1, "stream": 1})
         except docker.errors.NotFound as exc:
             raise TargetError(f"the container of job {handle.job_id} is gone before it started") from exc
+        # The job folder goes out while the daemon starts the container: the supervisor finds it
+        # waiting on its stdin. The end of stdin is the end of the folder: it then starts the job.
+        sending = BackgroundCall(f"send-{handle.job_id}", lambda: _send_and_close(stdin, b"".join(records)))
         try:
-            try:
-                self.client.api.start(handle.location)
-            except Exception as exc:
-                close_stream(output)
-                raise TargetError(f"the container of job {handle.job_id} did not start: {exc}") from exc
-            raw_socket(stdin).sendall(b"".join(records))
-        finally:
-            close_stream(stdin)  # the end of its stdin: the container unpacks and starts the job
+            self.client.api.start(handle.location)
+        except Exception as exc:
+            close_stream(stdin)
+            close_stream(output)
+            with contextlib.suppress(Exception):
+                sending.result()
+            raise TargetError(f"the container of job {handle.job_id} did not start: {exc}") from exc
+        sending.result()
         self._outputs[handle.location] = ContainerOutput(output)
         self._states[handle.location] = "running"
 
@@ -412,6 +419,8 @@ class DockerTarget(ComputeTarget):
         cache = self._ended_files.setdefault(handle.location, {})
         if ended and path in cache:
             return cache[path]
+        if ended and path in self._reported_absent(handle):
+            return None
         try:
             stream, _ = self.client.api.get_archive(handle.location, path)
             archive: bytes | None = b"".join(stream)
@@ -420,6 +429,19 @@ class DockerTarget(ComputeTarget):
         if ended:
             cache[path] = archive
         return archive
+
+    def _reported_absent(self, handle: JobHandle) -> set[str]:
+        """The paths the supervisor's exit line says did not exist at the end (the container has
+        stopped: nothing creates them since); empty when this process has no exit line."""
+        output = self._outputs.get(handle.location)
+        line = output.exit_line() if output is not None and output.ended.is_set() else None
+        if line is None:
+            return set()
+        try:
+            absent = json.loads(line).get("absent", [])
+        except ValueError:
+            return set()
+        return {f"{JOB_ROOT}/{name}" for name in absent if isinstance(name, str)}
 
     def _file(self, handle: JobHandle, path: str) -> bytes | None:
         archive = self._archive(handle, path)
@@ -543,6 +565,13 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
         return ("Fix: the daemon refused the TLS handshake (client cert/CA mismatch): it wants a client certificate "
                 "signed by the CA it trusts; set tls_client_cert and tls_client_private_key to such a pair.")
     return _UNREACHABLE_FIX
+
+
+def _send_and_close(stream: Any, data: bytes) -> None:
+    try:
+        raw_socket(stream).sendall(data)
+    finally:
+        close_stream(stream)
 
 
 def _add_folder(tar: tarfile.TarFile, name: str) -> None:
