@@ -89,6 +89,7 @@ AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://airflow:$PG_AIRFLOW_PA
 AIRFLOW__CELERY__BROKER_URL=redis://:$REDIS_PASSWORD@$GATEWAY:$REDIS_PORT/0
 AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql+psycopg2://airflow:$PG_AIRFLOW_PASSWORD@$GATEWAY:$PG_PORT/airflow
 AIRFLOW__CELERY__WORKER_CONCURRENCY=$CONCURRENCY
+AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=airflow_provider.celery_config.CELERY_CONFIG
 AIRFLOW__CORE__DAGS_FOLDER=$DAGS
 AIRFLOW__CORE__LOAD_EXAMPLES=False
 AIRFLOW__CORE__FERNET_KEY=$FERNET_KEY
@@ -241,6 +242,11 @@ database_uri = postgresql+psycopg2://mlflow:$PG_MLFLOW_PASSWORD@$GATEWAY:$PG_POR
 admin_username = admin
 admin_password = $MLFLOW_ADMIN_PASSWORD
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Every request carries the password, and checking it against its stored hash (scrypt) costs ~0.1 s of
+# CPU by design: with caching off (MLflow's default) that check, not the tracking work, dominates a
+# busy server. A credential checked once is trusted for two minutes (per server worker); a changed or
+# revoked password takes at most that long to stop working.
+auth_cache_ttl_seconds = 120
 EOF
     umask 022
     mkdir -p "$CLUSTER_DIR/mlflow-artifacts"
