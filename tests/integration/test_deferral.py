@@ -117,3 +117,19 @@ def test_a_trigger_run_by_a_triggerer_holds_its_event_past_the_race(tmp_path: Pa
     assert payload["status"] == "ended"
     assert seconds >= MINIMUM_SECONDS_BEFORE_EVENT
     RunReference.from_dict(payload["reference"]).script_run().wait_for_completion(log_offset=payload["log_offset"])
+
+
+def test_a_trigger_on_another_machine_than_a_local_job_says_so_and_never_ends_the_run(tmp_path: Path) -> None:
+    """A triggerer (or a retry) on another machine than a local job's: its job folder is not there.
+    The trigger must not take that for the job's end, which would finalize a running job Failed."""
+    go = tmp_path / "go"
+    run = _submit(tmp_path, HALF_LINE_SCRIPT, READY_FILE=str(tmp_path / "ready"), GO_FILE=str(go))
+    assert run.handle is not None and run.handle.host  # a local job knows its machine
+    elsewhere = dict(run.handle.to_dict(), host="another-worker")
+    reference = RunReference(run.id, run.experiment.name, run.experiment.tracking_uri, None, "local", elsewhere)
+    payload, _ = _first_event(TrainingRunTrigger(reference.to_dict(), poll_interval=0.1))
+    assert payload["status"] == "error"
+    assert "runs on the machine 'another-worker'" in payload["message"] and "Celery queue" in payload["message"]
+    assert run.get_details()["status"] == "Running"  # nothing was finalized
+    go.write_text("go")
+    assert run.wait_for_completion()["status"] == "Completed"  # its own machine still watches it

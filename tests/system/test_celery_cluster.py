@@ -339,6 +339,19 @@ def test_an_ssh_task_whose_worker_dies_is_retried_on_the_other_worker_and_reatta
     if container_host() is None:
         skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
     _assert_reattached_after_worker_death(cluster, "cl_ssh_retry", on_ssh_host=True)
+    run_id = _run_of(cluster, "cl_ssh_retry").info.run_id
+
+    def left_on_the_host() -> list[str]:  # the job's processes, and the agents of both workers' connections
+        listing = _on_ssh_host(f"ps -eo pid,args | grep -F -e {SSH_WORK_ROOT} -e {run_id} | grep -v grep || true")
+        return [line.strip() for line in listing.splitlines() if line.strip()]
+
+    # The killed worker's connection is gone with it (sshd ends its session); the retry's with its task.
+    try:
+        wait_until(lambda: not left_on_the_host(), timeout=60, message="the run's processes to end on the SSH host")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; left: {left_on_the_host()}") from None
+    assert _on_ssh_host(f"ls -d {SSH_WORK_ROOT}/jobs/{run_id} 2>/dev/null || true").strip() == "", \
+        "the job folder was left on the SSH host"
 
 
 def test_a_deferred_task_survives_a_restart_of_the_triggerer(cluster: Cluster) -> None:

@@ -113,11 +113,15 @@ class JobHandle:
     :param target: the target kind (``"local"``, ``"docker"``, ...).
     :param job_id: the job's id (the MLflow run id).
     :param location: where the job folder is on the target.
+    :param host: the machine whose processes run the job, for a target whose jobs live on the
+        machine that started them (the local target's host name); empty for a target every
+        machine reaches.
     """
 
     target: str
     job_id: str
     location: str
+    host: str = ""
 
     def __post_init__(self) -> None:
         check_job_id(self.job_id)
@@ -132,7 +136,7 @@ class JobHandle:
 
         :param data: the serialised handle.
         """
-        return cls(str(data["target"]), str(data["job_id"]), str(data["location"]))
+        return cls(str(data["target"]), str(data["job_id"]), str(data["location"]), str(data.get("host", "")))
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,19 @@ class LocalTarget(ComputeTarget):
         return self.environment_cache.prepare(environment)
 
     def job_dir(self, handle: JobHandle) -> Path:
-        """The job folder of ``handle`` (checked to be a folder of :attr:`jobs_root`)."""
+        """The job folder of ``handle`` (checked to be a folder of :attr:`jobs_root`, on this machine).
+
+        :raises TargetError: the job runs on another machine: only its own machine can watch,
+            stop or collect it (a retry or a trigger on another Airflow worker cannot).
+        """
+        here = socket.gethostname()
+        if handle.host and handle.host != here:
+            raise TargetError(
+                f"the local-target job of run {handle.job_id} runs on the machine {handle.host!r}, and this "
+                f"process runs on {here!r}: a local job is watched, stopped and collected only where it runs. "
+                "Route the task's retries to that machine (a Celery queue only it serves), run a triggerer "
+                "there or leave deferrable=False, or use a target every worker reaches (Docker, SSH)"
+            )
         return Path(job_dir_under(str(self.jobs_root), handle))
 
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
@@ -86,7 +98,7 @@ class LocalTarget(ComputeTarget):
             shutil.rmtree(work)
         work.mkdir()
         store.materialize(snapshot, work)
-        return JobHandle(self.kind, job_id, str(job_dir))
+        return JobHandle(self.kind, job_id, str(job_dir), host=socket.gethostname())
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         job_dir = self.job_dir(handle)
@@ -103,7 +115,7 @@ class LocalTarget(ComputeTarget):
         job_dir = self.jobs_root / check_job_id(job_id)
         if not (job_dir / job_runner.JOB_SPEC).exists():
             return None
-        return JobHandle(self.kind, job_id, str(job_dir))
+        return JobHandle(self.kind, job_id, str(job_dir), host=socket.gethostname())
 
     def poll(self, handle: JobHandle) -> JobStatus:
         job_dir = self.job_dir(handle)
