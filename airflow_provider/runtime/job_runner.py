@@ -422,7 +422,9 @@ def spawn_in_new_session(argv: list[str], cwd: str, env: dict[str, str], output:
     stdin ``/dev/null``, stdout and stderr ``output``; return its pid. As ``subprocess.Popen(...,
     start_new_session=True)`` does, without importing ``subprocess`` (milliseconds at every start).
 
-    The supervisor is single-threaded: it may change its own working folder for the spawn.
+    The supervisor is single-threaded: it may change its own working folder for the spawn. Where
+    ``posix_spawn`` cannot start a session (no ``POSIX_SPAWN_SETSID``, as on older macOS), it is
+    ``Popen`` after all.
 
     :param argv: the command.
     :param cwd: its working folder.
@@ -440,6 +442,11 @@ def spawn_in_new_session(argv: list[str], cwd: str, env: dict[str, str], output:
                           (os.POSIX_SPAWN_DUP2, output, 1), (os.POSIX_SPAWN_DUP2, output, 2)],
             setsigdef=_signals_python_ignores(),
         )
+    except NotImplementedError:
+        import subprocess
+
+        return subprocess.Popen(argv, executable=program, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True).pid
     finally:
         os.chdir(previous)
 

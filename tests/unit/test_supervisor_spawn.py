@@ -23,13 +23,18 @@ sys.stderr.write("to stderr\\n")
 """
 
 
-def _spawn(tmp_path: Path, argv: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Spawn ``argv`` from a Python 3.9 supervisor; what the supervisor printed (``status CODE
+def _spawn(tmp_path: Path, argv: list[str], env: dict[str, str], cwd: Path, without_setsid: bool = False) -> str:
+    """Spawn ``argv`` from a Python 3.9 supervisor (``without_setsid``: as where ``posix_spawn``
+    cannot start a session); what the supervisor printed (``status CODE
     FOLDER`` or ``error ...``), then what the command wrote."""
     (tmp_path / "job_runner.py").write_bytes(host_files()["job_runner.py"])
     output = tmp_path / "output.log"
     done = _run(_python39(), f"""
         import os, job_runner
+        if {without_setsid!r}:  # a platform whose posix_spawn cannot start a session
+            def no_session(*args, **kwargs):
+                raise NotImplementedError("setsid")
+            os.posix_spawn = no_session
         fd = os.open({str(output)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             pid = job_runner.spawn_in_new_session({argv!r}, {str(cwd)!r}, {env!r}, fd)
@@ -42,12 +47,14 @@ def _spawn(tmp_path: Path, argv: list[str], env: dict[str, str], cwd: Path) -> s
     return done.stdout + (output.read_text() if output.exists() else "")
 
 
-def test_the_command_leads_a_new_session_in_its_folder_with_default_signals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("without_setsid", [False, True], ids=["posix_spawn", "Popen where it cannot"])
+def test_the_command_leads_a_new_session_in_its_folder_with_default_signals(tmp_path: Path,
+                                                                            without_setsid: bool) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "probe.py").write_text(PROBE)
     env = {"MARKER": "here", "PATH": os.path.dirname(_python39())}
-    output = _spawn(tmp_path, [os.path.basename(_python39()), "probe.py"], env, work)
+    output = _spawn(tmp_path, [os.path.basename(_python39()), "probe.py"], env, work, without_setsid)
     status_line, *written = output.splitlines()
     assert "to stderr" in written  # stdout and stderr both to the log
     probe_line = next(line for line in written if line.startswith("{"))
@@ -56,7 +63,7 @@ def test_the_command_leads_a_new_session_in_its_folder_with_default_signals(tmp_
     assert probe["sid"] == probe["pid"] == probe["pgid"]
     assert probe["cwd"] == str(work)
     # Python ignores SIGPIPE and SIGXFSZ; the command gets them back at their defaults (as with Popen).
-    status = _spawn(tmp_path, ["cat", "/proc/self/status"], {"PATH": "/usr/bin:/bin"}, work)
+    status = _spawn(tmp_path, ["cat", "/proc/self/status"], {"PATH": "/usr/bin:/bin"}, work, without_setsid)
     ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1))
     assert probe["stdin"] == ""
