@@ -334,3 +334,19 @@ def test_compat_layer_imports_only_the_standard_library() -> None:
                             env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_celery_config_is_airflows_default_plus_the_preloaded_modules() -> None:
+    """``[celery] celery_config_options = airflow_provider.celery_config.CELERY_CONFIG`` (README,
+    "Running at scale"): Airflow's own settings unchanged, and each module a worker preloads imports."""
+    import importlib
+
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    from airflow_provider.celery_config import CELERY_CONFIG, PRELOADED_MODULES
+
+    assert {k: v for k, v in CELERY_CONFIG.items() if k != "imports"} == {
+        k: v for k, v in DEFAULT_CELERY_CONFIG.items() if k != "imports"}
+    assert set(PRELOADED_MODULES) <= set(CELERY_CONFIG["imports"])
+    for name in PRELOADED_MODULES:
+        importlib.import_module(name)
