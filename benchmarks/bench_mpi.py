@@ -158,7 +158,7 @@ def instrumented() -> Iterator[None]:
         _wrap(mpi.MPITarget, "cleanup", "cleanup"),
         _wrap(script_run.ScriptRun, "get_details", "get_details"),
     ]
-    original_translated = tracking._TranslatingClient._translated
+    original_translated = tracking._TranslatingClient.translated
 
     def translated(self: Any, name: str, method: Any) -> Any:  # every MLflow call of the lifecycle
         call = original_translated(self, name, method)
@@ -173,8 +173,8 @@ def instrumented() -> Iterator[None]:
 
         return timed_call
 
-    tracking._TranslatingClient._translated = translated  # type: ignore[method-assign]
-    undo.append(lambda: setattr(tracking._TranslatingClient, "_translated", original_translated))
+    tracking._TranslatingClient.translated = translated  # type: ignore[method-assign]
+    undo.append(lambda: setattr(tracking._TranslatingClient, "translated", original_translated))
     original_agent = ssh.SSHTarget._agent
 
     def agent(self: Any, operation: str, request: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
