@@ -184,8 +184,7 @@ class Experiment:
             writes.close()  # its writes end before the run's failure is recorded
             self._fail_before_start(run_id, target, handle, exc)
             raise
-        finally:
-            writes.close()
+        writes.close()
         return StagedRun(self, run_id, target, handle, spec)
 
     # ------------------------------------------------------------------ steps

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -523,9 +522,12 @@ def test_a_slow_finalize_shows_the_state_finalizing_and_a_quick_one_only_records
     seen: list[str] = []
     collect = RunWatcher._upload_final
 
-    def slow_collect(watcher: RunWatcher) -> None:
-        time.sleep(watcher.finalizing_shown_after + 0.5)
-        seen.append(watcher.tracker.get_run(watcher.run_id).data.tags[Tags.STATE])
+    def state(watcher: RunWatcher) -> str:
+        return watcher.tracker.get_run(watcher.run_id).data.tags[Tags.STATE]
+
+    def slow_collect(watcher: RunWatcher) -> None:  # collecting takes long: the state shows it meanwhile
+        wait_until(lambda: state(watcher) == "Finalizing", timeout=60, message="the state Finalizing")
+        seen.append(state(watcher))
         collect(watcher)
 
     monkeypatch.setattr(RunWatcher, "finalizing_shown_after", 0.2)
@@ -536,7 +538,7 @@ def test_a_slow_finalize_shows_the_state_finalizing_and_a_quick_one_only_records
     assert details["status"] == "Completed" and "Finalizing" in details["stateTimes"]
 
     def quick_collect(watcher: RunWatcher) -> None:
-        seen.append(watcher.tracker.get_run(watcher.run_id).data.tags[Tags.STATE])
+        seen.append(state(watcher))
         collect(watcher)
 
     seen.clear()
