@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         PyTorchConfiguration,
         TensorflowConfiguration,
     )
+    from airflow_provider.core.environments.conda_spec import CondaDependencies
     from airflow_provider.core.environments.spec import Environment
     from airflow_provider.core.errors import (
         ConfigurationError,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from airflow_provider.runtime.run_context import Run
 
 __all__ = [
+    "CondaDependencies",
     "ConfigurationError",
     "Environment",
     "EnvironmentBuildError",
@@ -52,6 +54,7 @@ __all__ = [
 _WHERE = {
     "ScriptRunConfig": "config",
     "Environment": "airflow_provider.core.environments.spec",
+    "CondaDependencies": "airflow_provider.core.environments.conda_spec",
     "Experiment": "submit",
     "ScriptRun": "script_run",
     "Run": "run_context",

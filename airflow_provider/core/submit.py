@@ -173,6 +173,9 @@ class Experiment:
                 writes.submit(lambda: self.tracker.log_text(run_id, diff, "git/uncommitted.diff"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.PREPARING))
             prepared = self._prepare_environment(run_id, target, resolved)
+            if prepared.lock is not None:
+                lock_text = prepared.lock
+                writes.submit(lambda: self.tracker.log_text(run_id, lock_text, "environment/lock.txt"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.STARTING, {
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,

@@ -7,8 +7,9 @@ requests and answers then cost one round trip each, not a shell and an interpret
 
 Layout under the root: ``blobs/ab/<sha256>`` (the content-addressed store; a job folder gets
 independent copies, each checked against its hash while it is copied, so a job can never change
-what another job will read), ``jobs/<job id>/`` (as on every target), ``envs/<fingerprint>/`` (virtual environments,
-built once under a lock), ``files/`` (local files named by requirements), ``logs/``.
+what another job will read; wheels sent for environments are blobs too, so the store is the host's
+wheel cache), ``jobs/<job id>/`` (as on every target), ``envs/<fingerprint>/`` (virtual environments,
+built once under a lock from a lock's wheels), ``logs/``.
 """
 
 from __future__ import annotations
@@ -89,8 +90,12 @@ def op_hello(request: dict[str, Any]) -> dict[str, Any]:
     """What the target needs to know about this host and its Python."""
     uv = shutil.which("uv") or next((p for p in (os.path.expanduser("~/.local/bin/uv"), "/usr/local/bin/uv")
                                      if os.access(p, os.X_OK)), None)
+    try:
+        libc: str | None = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        libc = None
     return {"python_version": sys.version, "executable": sys.executable, "home": os.path.expanduser("~"),
-            "uv": uv, "hostname": os.uname().nodename}
+            "uv": uv, "hostname": os.uname().nodename, "machine": os.uname().machine, "libc": libc}
 
 
 def op_which(request: dict[str, Any]) -> dict[str, Any]:
@@ -293,17 +298,12 @@ def _remove_secrets(spec_path: str) -> None:
 
 
 def op_env(request: dict[str, Any]) -> dict[str, Any]:
-    """The virtual environment for these requirements, built once per fingerprint under a lock."""
+    """The virtual environment of a lock, built once per fingerprint under a lock file.
+
+    ``wheels`` (file name: sha256) are taken from the blob store; when some are missing there and the
+    environment is not built yet, the answer lists them (``missing``) and the client sends them first.
+    """
     root = request["root"]
-    requirements = list(request["requirements"])
-    for relative, digest in request.get("files", {}).items():  # local files the requirements name
-        path = os.path.join(root, "files", relative)
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            temporary = f"{path}.tmp.{os.getpid()}"
-            with contextlib.suppress(DamagedBlobError, FileNotFoundError):  # pip then names the missing file
-                _copy_verified(_blob_path(root, digest), temporary, digest)
-                os.replace(temporary, path)
     fingerprint = request["fingerprint"]  # the client's environment_fingerprint: the same on every target
     if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
         raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
@@ -313,6 +313,10 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
     if venv_builder.is_built(final):
         os.utime(final)
         return {"fingerprint": fingerprint, "python": python, "built": False}
+    wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
+    missing = sorted({d for name, d in request.get("wheels", {}).items() if not os.path.exists(wheels[name])})
+    if missing:
+        return {"fingerprint": fingerprint, "built": False, "missing": missing}
     os.makedirs(envs, exist_ok=True)
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
@@ -322,8 +326,9 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
         try:
             with open(log_path, "ab") as log:
-                venv_builder.build_venv(final, requirements, sys.executable, op_hello({})["uv"], log,
-                                        float(request.get("timeout", 1800)), sys.version)
+                venv_builder.build_venv(final, list(request["requirements"]), sys.executable, op_hello({})["uv"], log,
+                                        float(request.get("timeout", 1800)), sys.version, wheels,
+                                        bool(request.get("offline")))
         except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
         return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path}
@@ -393,6 +398,33 @@ _OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 """The agent's operations by name (``put_blobs`` and ``pack`` carry payloads: :func:`serve`)."""
 
 
+class _Limited(io.RawIOBase):
+    """The next ``size`` bytes of a stream, as a file of their own."""
+
+    def __init__(self, source: IO[bytes], size: int) -> None:
+        super().__init__()
+        self.source = source
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        data = self.source.read(min(len(buffer), self.left))
+        if not data:
+            raise EOFError(f"the payload ended {self.left} bytes early")
+        buffer[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def drain(self) -> None:
+        while self.left > 0:
+            if not self.read(min(self.left, 1 << 20)):
+                break
+
+
 def serve(source: IO[bytes], sink: IO[bytes]) -> int:
     """Answer requests until end of input: one JSON line each (``op``, ``payload_size`` and the
     operation's fields) followed by ``payload_size`` bytes; each answer is a JSON line (``ok``,
@@ -403,11 +435,12 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> int:
             return 0
         request = json.loads(line)
         operation = request.pop("op")
-        payload = source.read(int(request.pop("payload_size", 0)))
+        size = int(request.pop("payload_size", 0))
+        incoming = _Limited(source, size)  # read by put_blobs as it goes; other operations take none
         data = b""
         try:
-            if operation == "put_blobs":
-                answer = op_put_blobs(request, io.BytesIO(payload))
+            if operation == "put_blobs":  # streamed: blobs of gigabytes never sit in memory
+                answer = op_put_blobs(request, io.BufferedReader(incoming, 1 << 20))
             elif operation == "pack":
                 packed = pack(request)
                 answer = {"missing": packed is None}
@@ -420,6 +453,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> int:
             answer["ok"] = True
         except Exception as exc:
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        incoming.drain()  # the rest of a payload an operation stopped reading (it failed)
         answer["payload_size"] = len(data)
         sink.write(json.dumps(answer).encode() + b"\n" + data)
         sink.flush()

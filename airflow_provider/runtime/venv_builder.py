@@ -17,14 +17,17 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 __all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "is_built"]
 
 MARKER_NAME = ".training-runs-complete"
 """Written last into a finished environment (JSON: requirements, interpreter version, tool)."""
-_BUILD_VARIABLES = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "UV_PYTHON_DOWNLOADS": "never"}
+_BUILD_VARIABLES = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", "UV_PYTHON_DOWNLOADS": "never",
+                    # Trust the host's certificate store, as pip does (truststore): hosts behind a TLS-inspecting
+                    # proxy add its CA there. UV_NATIVE_TLS is the name uv versions before 0.9 read.
+                    "UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
 
 
 class BuildFailedError(Exception):
@@ -49,8 +52,13 @@ def is_built(final: str) -> bool:
 
 
 def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: str | None, log: IO[bytes],
-               timeout: float, python_version: str) -> str:
+               timeout: float, python_version: str, wheels: Mapping[str, str] | None = None,
+               offline: bool = False) -> str:
     """Build the environment of ``requirements`` and publish it at ``final``.
+
+    With ``wheels``, the installer finds packages in a folder of those files (``--find-links``,
+    linked beside the build and removed after it); with ``offline`` too, nowhere else
+    (``--no-index``): a host without a package index installs a lock's wheels sent to it.
 
     :param final: where the finished environment goes (replaced when it holds no marker).
     :param requirements: requirement lines for ``pip install -r``.
@@ -59,28 +67,49 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
     :param log: the build log (binary, appended).
     :param timeout: the longest a step may take, in seconds (its process group is killed then).
     :param python_version: ``sys.version`` of ``base_python``, recorded in the marker.
+    :param wheels: package files by their file name: the path each is linked (or copied) from.
+    :param offline: install from ``wheels`` only, never from a package index.
     :return: the tool used (``"uv"`` or ``"venv + pip"``).
     :raises BuildFailedError: a step failed (nothing is left at ``final`` or in the temporary folder).
     """
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=parent)
+    links = None if wheels is None else _link_wheels(wheels, f"{temporary}.wheels")
+    options = ([] if links is None else ["--find-links", links]) + (["--no-index"] if offline else [])
     try:
-        tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout)
+        tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout, options)
         with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
-            json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool}, marker,
-                      indent=2)
+            json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool,
+                       "offline": offline}, marker, indent=2)
         if os.path.exists(final):  # a folder without marker: left by hand or by a crash, never finished
             shutil.rmtree(final)
         os.rename(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        if links is not None:
+            shutil.rmtree(links, ignore_errors=True)
     return tool
 
 
+def _link_wheels(wheels: Mapping[str, str], folder: str) -> str:
+    """A ``--find-links`` folder of ``wheels`` (hard links, copies across file systems)."""
+    os.makedirs(folder, exist_ok=True)
+    for name, source in wheels.items():
+        if os.sep in name or name in ("", ".", ".."):
+            raise ValueError(f"not a file name: {name!r}")
+        target = os.path.join(folder, name)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    return folder
+
+
 def _build_in(temporary: str, final: str, requirements: list[str], base_python: str, uv: str | None,
-              log: IO[bytes], timeout: float) -> str:
+              log: IO[bytes], timeout: float, options: list[str]) -> str:
     requirements_file = os.path.join(temporary, "requirements.txt")
     with open(requirements_file, "w", encoding="utf-8") as out:
         out.write("\n".join(requirements) + "\n")
@@ -89,10 +118,10 @@ def _build_in(temporary: str, final: str, requirements: list[str], base_python: 
     if uv is not None:
         create = [uv, "venv", "--relocatable", "--allow-existing", "--prompt", prompt, "--python", base_python,
                   temporary]
-        install = [uv, "pip", "install", "--python", python, "-r", requirements_file]
+        install = [uv, "pip", "install", "--python", python, *options, "-r", requirements_file]
     else:
         create = [base_python, "-m", "venv", "--prompt", prompt, temporary]
-        install = [python, "-m", "pip", "install", "-r", requirements_file]
+        install = [python, "-m", "pip", "install", *options, "-r", requirements_file]
     _run(create, log, timeout, "creating the virtual environment")
     _run(install, log, timeout, "pip install")
     if uv is None:

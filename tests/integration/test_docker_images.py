@@ -168,16 +168,30 @@ def test_a_bad_dockerfile_fails_the_run_with_the_build_error_before_any_containe
     assert not target.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
 
 
-def test_a_pip_failure_names_the_requirements(target: DockerTarget, tmp_path: Path) -> None:
+def test_a_requirement_that_cannot_resolve_fails_before_any_build(target: DockerTarget, tmp_path: Path) -> None:
+    missing = f"no-such-package-{uuid.uuid4().hex[:8]}"
     environment = Environment("broken-pip")
-    environment.add_pip_package("--no-index")
-    environment.add_pip_package(f"no-such-package-{uuid.uuid4().hex[:8]}")
+    environment.add_pip_package(missing)
     write_script(tmp_path / "src", "print('never runs')\n")
-    with pytest.raises(EnvironmentBuildError) as caught:
+    images_before = {image.id for image in target.client.images.list()}
+    with pytest.raises(ConfigurationError) as caught:
         Experiment("docker-bad-pip").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
                                                             environment=environment))
+    assert caught.value.field == "environment.python.pip_packages"
+    assert missing in str(caught.value) and "Python 3.11" in str(caught.value)
+    assert {image.id for image in target.client.images.list()} <= images_before, "nothing was built"
+
+
+def test_an_install_failure_names_the_requirements_with_the_log(target: DockerTarget, tmp_path: Path) -> None:
+    environment = Environment("failing-install")  # resolves (its metadata is fine), cannot be installed
+    environment.add_pip_package(str(make_wheel(tmp_path, f"badcli{uuid.uuid4().hex[:6]}", "1.0", "V = 1\n",
+                                               "[console_scripts]\nbad-cli = :::\n")))
+    write_script(tmp_path / "src", "print('never runs')\n")
+    with pytest.raises(EnvironmentBuildError) as caught:
+        Experiment("docker-bad-install").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                                                 environment=environment))
     assert "environment.python.pip_packages" in str(caught.value)
-    assert "No matching distribution" in caught.value.log_tail
+    assert "bad-cli" in caught.value.log_tail or "console" in caught.value.log_tail.lower()
 
 
 def test_a_missing_base_image_that_cannot_be_pulled_names_the_image(target: DockerTarget, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from airflow_provider.core import (
     ScriptRun,
     ScriptRunConfig,
 )
-from airflow_provider.core.errors import SnapshotError, TargetError, TrackingError
+from airflow_provider.core.errors import ConfigurationError, SnapshotError, TargetError, TrackingError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.targets.base import JobHandle, JobStatus
 from airflow_provider.core.targets.local import LocalTarget
@@ -419,14 +419,29 @@ def test_concurrent_runs_sharing_an_environment_build_it_once(tmp_path: Path) ->
     assert sum("built now" in t[Tags.ENVIRONMENT_DESCRIPTION] for t in tags) == 1
 
 
-def test_a_failed_environment_build_fails_the_run_with_the_pip_error(tmp_path: Path) -> None:
+def test_a_missing_wheel_fails_the_run_before_any_build(tmp_path: Path) -> None:
     write_script(tmp_path / "src", "print('never runs')\n")
     environment = Environment("broken")
     environment.add_pip_package(str(tmp_path / "missing-1.0-py3-none-any.whl"))
     experiment = Experiment("broken-env")
+    with pytest.raises(ConfigurationError) as caught:
+        experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", environment=environment))
+    assert caught.value.field == "environment.python.pip_packages"
+    assert "missing-1.0-py3-none-any.whl" in str(caught.value)
+    (run,) = MlflowClient().search_runs([experiment.id])
+    assert run.info.status == "FAILED" and run.data.tags[Tags.STATE] == "Failed"
+    assert "ConfigurationError" in run.data.tags[Tags.ERROR]
+
+
+def test_a_failed_environment_build_fails_the_run_with_the_installer_error(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "print('never runs')\n")
+    environment = Environment("broken")  # resolves (its metadata is fine), cannot be installed
+    environment.add_pip_package(str(make_wheel(tmp_path, "badcli", "1.0", "V = 1\n",
+                                               "[console_scripts]\nbad-cli = :::\n")))
+    experiment = Experiment("broken-install")
     with pytest.raises(EnvironmentBuildError) as caught:
         experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", environment=environment))
-    assert "missing-1.0-py3-none-any.whl" in caught.value.log_tail
+    assert "badcli" in caught.value.log_tail and "[exit code" in caught.value.log_tail
     (run,) = MlflowClient().search_runs([experiment.id])
     assert run.info.status == "FAILED"
     assert run.data.tags[Tags.STATE] == "Failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from airflow_provider.core.environments.local_cache import (
     environment_fingerprint,
 )
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
+from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError, is_retryable
 from tests.conftest import skip_or_fail
 from tests.helpers import make_wheel
 
@@ -44,7 +45,10 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     broken = folder / "brokenpkg-1.0-py3-none-any.whl"  # a zip, but no .dist-info: not a wheel
     with zipfile.ZipFile(broken, "w") as archive:
         archive.writestr("brokenpkg.py", "VALUE = 0\n")
-    return {"tiny": tiny, "other": other, "broken": broken}
+    # A real wheel (it resolves: its metadata reads fine) with a console script no installer can
+    # write: the install fails.
+    corrupt = make_wheel(folder, "corruptpkg", "1.0", "VALUE = 1\n", "[console_scripts]\nbad-cli = :::\n")
+    return {"tiny": tiny, "other": other, "broken": broken, "corrupt": corrupt}
 
 
 @pytest.fixture(params=INSTALLERS)
@@ -158,7 +162,9 @@ def test_pip_environment_is_built_once_then_reused(
         f"42 {root / first.fingerprint}"
     )
     assert run_python(sys.executable, "import importlib.util as u; print(u.find_spec('tinypkg'))") == "None"
-    assert str(wheels["tiny"]) in (root / first.fingerprint / "requirements.txt").read_text()
+    digest = hashlib.sha256(wheels["tiny"].read_bytes()).hexdigest()
+    assert (root / first.fingerprint / "requirements.txt").read_text() == f"tinypkg==1.0 --hash=sha256:{digest}\n"
+    assert first.lock is not None and f"tinypkg==1.0 --hash=sha256:{digest}" in first.lock.splitlines()
 
     second = EnvironmentCache(root, installer=installer).prepare(env)
     assert not second.built and second.build_log is None
@@ -186,19 +192,30 @@ def test_environment_works_after_the_rename(
         assert pip.returncode == 0 and str(root / prepared.fingerprint) in pip.stdout, pip.stderr
 
 
+def test_a_requirement_that_is_not_a_wheel_is_refused_before_any_build(
+    tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
+) -> None:
+    root = tmp_path / "envs"
+    with pytest.raises(ConfigurationError) as info:
+        EnvironmentCache(root, installer=installer).prepare(pip_env(wheels["broken"], name="broken-env"))
+    assert not is_retryable(info.value)
+    assert "environment.python.pip_packages" in str(info.value) and "brokenpkg" in str(info.value)
+    assert not root.exists() or not list(root.iterdir()), "nothing is built for a requirement that cannot resolve"
+
+
 def test_a_failed_build_raises_with_the_log_tail_and_leaves_nothing(
     tmp_path: Path, wheels: dict[str, Path], installer: InstallerName
 ) -> None:
     root = tmp_path / "envs"
-    env = pip_env(wheels["broken"], name="broken-env")
+    env = pip_env(wheels["corrupt"], name="corrupt-env")
     cache = EnvironmentCache(root, installer=installer)
     with pytest.raises(EnvironmentBuildError) as info:
         cache.prepare(env)
     error = info.value
-    assert "'broken-env'" in str(error) and "pip install" in str(error)
-    assert "dist-info" in error.log_tail and "error" in error.log_tail.lower()  # the installer speaks
+    assert "'corrupt-env'" in str(error) and "pip install" in str(error)
+    assert "corruptpkg" in error.log_tail and "[exit code" in error.log_tail  # the installer speaks
     assert error.log_tail in str(error)
-    fingerprint = environment_fingerprint(env, sys.version)
+    fingerprint = environment_fingerprint(env, sys.version, cache.lock(env))
     assert len(build_logs(root, fingerprint)) == 1
     assert error.log_tail.splitlines()[-1] in build_logs(root, fingerprint)[0].read_text()
     assert not (root / fingerprint).exists()

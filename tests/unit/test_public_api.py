@@ -19,6 +19,7 @@ import airflow_provider.core as core
 CORE_API = {
     "ScriptRunConfig",
     "Environment",
+    "CondaDependencies",
     "Experiment",
     "Run",
     "ScriptRun",
@@ -350,3 +351,29 @@ def test_celery_config_is_airflows_default_plus_the_preloaded_modules() -> None:
     assert set(PRELOADED_MODULES) <= set(CELERY_CONFIG["imports"])
     for name in PRELOADED_MODULES:
         importlib.import_module(name)
+
+
+ENVIRONMENT_CONSTRUCTORS = {
+    # Azure ML v1's Environment constructors, with its parameter names
+    "from_pip_requirements": ["name", "file_path"],
+    "from_conda_specification": ["name", "file_path"],
+    "from_existing_conda_environment": ["name", "conda_environment_name"],
+    "from_docker_image": ["name", "image", "conda_specification", "pip_requirements"],
+    "from_dockerfile": ["name", "dockerfile", "conda_specification", "pip_requirements"],
+    "load_from_directory": ["path"],
+}
+
+
+@pytest.mark.parametrize(("method", "parameters"), sorted(ENVIRONMENT_CONSTRUCTORS.items()))
+def test_environment_constructors_keep_azure_ml_names(method: str, parameters: list[str]) -> None:
+    assert list(inspect.signature(getattr(core.Environment, method)).parameters) == parameters
+
+
+def test_environment_and_conda_dependencies_methods_exist() -> None:
+    for name in ("save_to_directory", "register", "get", "list", "refresh_lock", "add_pip_package"):
+        assert callable(getattr(core.Environment, name)), name
+    for name in ("create", "add_conda_package", "add_pip_package", "add_channel", "serialize_to_string",
+                 "save_to_file", "get_python_version", "set_python_version"):
+        assert callable(getattr(core.CondaDependencies, name)), name
+    assert list(inspect.signature(core.CondaDependencies.create).parameters) == [
+        "pip_packages", "conda_packages", "python_version", "pin_sdk_version", "pip_indexurl", "channels"]

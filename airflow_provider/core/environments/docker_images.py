@@ -3,37 +3,43 @@
 * no environment, or one with neither pip packages nor a Dockerfile (user-managed included): the
   base image (``docker.base_image`` or the target's default image) is used as it is, pulled first
   when the daemon lacks it;
-* pip packages and/or ``docker.base_dockerfile``: an image tagged ``training-runs/env:<fingerprint>``
-  is built from the Dockerfile (or ``FROM <base image>``) with the requirements installed on top
-  into a virtual environment that sees the base image's packages (``--system-site-packages``).
+* ``docker.base_dockerfile``: an image tagged ``training-runs/env:<fingerprint>`` built from it
+  (its fingerprint: the Dockerfile, its build context and the ids of the images it starts ``FROM``);
+* pip packages: an image ``FROM`` the base image (or the Dockerfile's image) with the environment's
+  lock installed into a virtual environment that sees the base image's packages
+  (``--system-site-packages``). The lock is resolved on the submitting side for the image's own
+  Python and platform (asked once per image by a short container without network), and its wheels
+  travel in the build context: the build installs with ``--no-index`` and needs no package index
+  (``install_from="target"``: the image's index gives what is not a local file).
 
-The fingerprint covers the base image's id (or the Dockerfile, its build context and the ids of the
-images it starts ``FROM``), the requirements and the content of local wheel files they name, so a
-second run builds nothing and a changed requirement builds a new tag. A build runs under a file
-lock per fingerprint (concurrent runs on a machine build an image once) and streams its log to a
-file that becomes the run's ``system_logs/image_build.log``. Local files named by requirements
-(``/path/pkg.whl``, ``file://`` URLs, ``--find-links DIR``) travel in the build context, so a remote
-daemon gets them too.
+The fingerprint of a package image covers the base image's id and the lock (versions and wheel
+hashes), so a second run builds nothing and a changed requirement builds a new tag. A build runs
+under a file lock per fingerprint (concurrent runs on a machine build an image once) and streams
+its log to a file that becomes the run's ``system_logs/image_build.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
-from airflow_provider.core.environments.requirement_files import localize_requirements
-from airflow_provider.core.environments.spec import Environment
+from airflow_provider.core.environments.interpreters import check_interpreter
+from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
+from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
+from airflow_provider.core.environments.wheels import WheelStore, files_to_install
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import state_dir
 
@@ -51,6 +57,13 @@ _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<s
                         re.IGNORECASE | re.MULTILINE)
 
 
+_PLATFORM_PROBE = (
+    "import json, os, sys\n"
+    "try:\n    libc = os.confstr('CS_GNU_LIBC_VERSION')\nexcept (ValueError, OSError):\n    libc = None\n"
+    "print(json.dumps({'version': sys.version, 'machine': os.uname().machine, 'libc': libc}))"
+)
+
+
 @dataclass(frozen=True)
 class ResolvedImage:
     """The image a run's container starts from.
@@ -61,6 +74,7 @@ class ResolvedImage:
     :param fingerprint: the environment's fingerprint.
     :param built: True when this call built the image.
     :param build_log: the build log, when this call built the image.
+    :param lock: the lock installed in the image, for pip environments.
     """
 
     image: str
@@ -69,27 +83,39 @@ class ResolvedImage:
     fingerprint: str
     built: bool
     build_log: Path | None
+    lock: Lock | None = None
 
 
 @dataclass
 class _BuildContext:
-    """The files of a build context, by their path in the tar."""
+    """The files of a build context, by their path in the tar (contents in memory, or files on disk)."""
 
     files: dict[str, bytes] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, content: bytes) -> None:
         self.files[name] = content
         self.digests[name] = hashlib.sha256(content).hexdigest()
 
-    def tar(self) -> io.BytesIO:
-        archive = io.BytesIO()
+    def add_file(self, name: str, path: Path) -> None:
+        """Add a file read only when the tar is written (wheels: no need to hash them again)."""
+        self.paths[name] = path
+
+    def tar(self) -> IO[bytes]:
+        """The context as a tar, spooled to disk past 64 MiB (wheels of gigabytes stay out of memory)."""
+        archive = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 - the caller closes it
         with tarfile.open(fileobj=archive, mode="w") as tar:
-            for name in sorted(self.files):
+            for name in sorted({*self.files, *self.paths}):
                 info = tarfile.TarInfo(name)
-                info.size = len(self.files[name])
                 info.mode = 0o644
-                tar.addfile(info, io.BytesIO(self.files[name]))
+                if name in self.files:
+                    info.size = len(self.files[name])
+                    tar.addfile(info, io.BytesIO(self.files[name]))
+                else:
+                    info.size = self.paths[name].stat().st_size
+                    with self.paths[name].open("rb") as source:
+                        tar.addfile(info, source)
         archive.seek(0)
         return archive
 
@@ -120,29 +146,91 @@ class ImageBuilder:
         :raises EnvironmentBuildError: the Dockerfile or the pip install failed (with the log tail).
         """
         docker_section = environment.docker if environment is not None else None
-        pip = environment is not None and environment.kind == "pip"
-        requirements = environment.normalized_requirements() if environment is not None and pip else []
+        pip = environment is not None and environment.kind in MANAGED_KINDS
         dockerfile = docker_section.base_dockerfile if docker_section is not None else None
-        if not requirements and dockerfile is None:
+        if not pip and dockerfile is None:
             return self._as_is(environment)
-        assert environment is not None
-        context = _BuildContext()
+        assert environment is not None and docker_section is not None
         if dockerfile is not None:
-            base_payload = self._dockerfile_base(dockerfile, docker_section.build_context if docker_section else None,
-                                                 context)
+            base = self._from_dockerfile(environment, dockerfile, docker_section.build_context)
+            if not pip:
+                return base
+            base_image, base_id = base.image, base.image_id
         else:
-            base_image = (docker_section.base_image if docker_section is not None else None) or self.default_image
+            base_image = docker_section.base_image or self.default_image
             base_id = self._ensure_present(base_image, _base_field(environment))
-            dockerfile = f"FROM {base_image}\n"
-            base_payload = {"base_image_id": base_id}
-        lines = _stage_requirements(requirements, context)
-        fingerprint = _fingerprint({"base": base_payload, "requirements": lines, "python": self.python,
-                                    "files": {k: v for k, v in context.digests.items() if "/wheels/" in k
-                                              or "/links/" in k}, "layout": _LAYOUT_VERSION})
-        python = f"{ENV_PREFIX}/bin/python" if lines else self.python
-        context.add(f"{BUILD_FOLDER}/Dockerfile", _dockerfile(dockerfile, lines, self.python, environment.name,
-                                                              fingerprint).encode())
-        tag = f"{IMAGE_REPOSITORY}:{fingerprint[:32]}"
+        return self._with_packages(environment, base_image, base_id)
+
+    def _from_dockerfile(self, environment: Environment, dockerfile: str, build_context: str | None) -> ResolvedImage:
+        """The image of the user's Dockerfile (its context and the images it starts FROM count)."""
+        context = _BuildContext()
+        payload = self._dockerfile_base(dockerfile, build_context, context)
+        fingerprint = _fingerprint({"base": payload, "python": self.python, "layout": _LAYOUT_VERSION})
+        text = dockerfile if dockerfile.endswith("\n") else dockerfile + "\n"
+        context.add(f"{BUILD_FOLDER}/Dockerfile", (text + _labels(environment.name, fingerprint)).encode())
+        return self._find_or_build(f"{IMAGE_REPOSITORY}:{fingerprint[:32]}", context, environment, fingerprint,
+                                   self.python, "environment.docker.base_dockerfile")
+
+    def _with_packages(self, environment: Environment, base_image: str, base_id: str) -> ResolvedImage:
+        """An image of ``base_image`` with the environment's lock installed into a virtual environment."""
+        check_interpreter(environment.required_python(), self.platform(base_id).python_version,
+                          f"in image {base_image} ({self.python})",
+                          "use a base image with that Python (environment.docker.base_image), or name its interpreter "
+                          "on the connection (extra 'python')")
+        lock = self.lock(environment, base_id)
+        context = _BuildContext()
+        for name, path in files_to_install(lock, WheelStore()).items():
+            context.add_file(f"{BUILD_FOLDER}/wheels/{name}", path)
+        context.add(f"{BUILD_FOLDER}/requirements.txt", ("\n".join(lock.requirement_lines()) + "\n").encode())
+        context.add(f"{BUILD_FOLDER}/lock.txt", lock.text().encode())
+        fingerprint = _fingerprint({"base_image_id": base_id, "lock": lock.identity(), "python": self.python,
+                                    "install_from": lock.install_from, "layout": _LAYOUT_VERSION})
+        options = [f"--find-links {IN_IMAGE_BUILD_FOLDER}/wheels"] + (
+            ["--no-index"] if lock.install_from == "submitter" else [])
+        context.add(f"{BUILD_FOLDER}/Dockerfile", _dockerfile(f"FROM {base_id}\n", options, self.python,
+                                                              environment.name, fingerprint).encode())
+        resolved = self._find_or_build(f"{IMAGE_REPOSITORY}:{fingerprint[:32]}", context, environment, fingerprint,
+                                       f"{ENV_PREFIX}/bin/python", "environment.python.pip_packages")
+        return dataclasses.replace(resolved, lock=lock)
+
+    def lock(self, environment: Environment, image_id: str) -> Lock:
+        """The resolved lock of a pip environment for the Python of an image (see :mod:`locking`).
+
+        :param environment: a pip environment.
+        :param image_id: the id of the image the environment is installed on.
+        """
+        install_from: InstallFrom = "target" if environment.python.install_from == "target" else "submitter"
+        return lock_requirements(environment.requirements(), self.platform(image_id), install_from,
+                                 timeout=self.build_timeout_seconds)
+
+    def platform(self, image_id: str) -> TargetPlatform:
+        """The Python and system of an image: asked once (a short container, no network), then kept.
+
+        :param image_id: the image's id on the daemon.
+        """
+        folder = state_dir() / "image-platforms"
+        path = folder / f"{image_id.replace(':', '-')}-{hashlib.sha256(self.python.encode()).hexdigest()[:12]}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return TargetPlatform(**json.loads(path.read_text()))
+        try:
+            output = self.client.containers.run(image_id, [self.python, "-I", "-S", "-c", _PLATFORM_PROBE],
+                                                remove=True, network_disabled=True, stderr=True)
+            facts = json.loads(output.decode().strip().splitlines()[-1])
+        except Exception as exc:
+            raise ConfigurationError(
+                "compute target python (the connection's extra 'python')",
+                f"cannot run {self.python!r} in image {image_id[:19]}: {_short(exc)}.",
+                "name the image's Python interpreter (e.g. python3) on the connection, or use an image that has one.",
+            ) from exc
+        platform = TargetPlatform.from_facts(facts["version"], facts["machine"], facts["libc"])
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_text(json.dumps(platform.to_dict()))
+        os.replace(temporary, path)
+        return platform
+
+    def _find_or_build(self, tag: str, context: _BuildContext, environment: Environment, fingerprint: str,
+                       python: str, failing_field: str) -> ResolvedImage:
         found = self._image_id(tag)
         if found is not None:
             return ResolvedImage(tag, found, python, fingerprint, False, None)
@@ -153,7 +241,7 @@ class ImageBuilder:
                 found = self._image_id(tag)  # built by whoever held the lock
                 if found is not None:
                     return ResolvedImage(tag, found, python, fingerprint, False, None)
-                image_id, log_path = self._build(tag, context, environment, fingerprint)
+                image_id, log_path = self._build(tag, context, environment, fingerprint, failing_field)
         except Timeout as exc:
             raise EnvironmentBuildError(
                 f"another process has been building image {tag} for over {2 * self.build_timeout_seconds:g} s "
@@ -225,7 +313,7 @@ class ImageBuilder:
 
     # ------------------------------------------------------------------ building
     def _build(self, tag: str, context: _BuildContext, environment: Environment,
-               fingerprint: str) -> tuple[str, Path]:
+               fingerprint: str, failing: str) -> tuple[str, Path]:
         folder = state_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"image_build-{fingerprint[:16]}-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -235,10 +323,14 @@ class ImageBuilder:
         started = time.monotonic()
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"building {tag} for environment {environment.name!r}\n--- Dockerfile ---\n"
-                      f"{context.files[f'{BUILD_FOLDER}/Dockerfile'].decode()}--- build ---\n")
+                      f"{context.files[f'{BUILD_FOLDER}/Dockerfile'].decode()}")
+            if f"{BUILD_FOLDER}/lock.txt" in context.files:
+                log.write(f"--- lock ---\n{context.files[f'{BUILD_FOLDER}/lock.txt'].decode()}")
+            log.write("--- build ---\n")
+            archive = context.tar()
             try:
                 for chunk in self.client.api.build(
-                    fileobj=context.tar(), custom_context=True, dockerfile=f"{BUILD_FOLDER}/Dockerfile", tag=tag,
+                    fileobj=archive, custom_context=True, dockerfile=f"{BUILD_FOLDER}/Dockerfile", tag=tag,
                     rm=True, forcerm=True, decode=True, timeout=self.build_timeout_seconds,
                     labels={LABEL_FINGERPRINT: fingerprint, LABEL_ENVIRONMENT: environment.name},
                 ):
@@ -254,15 +346,14 @@ class ImageBuilder:
             except Exception as exc:  # the daemon went away, the build went silent for too long
                 error = f"{type(exc).__name__}: {exc}"
                 log.write(f"ERROR: {error}\n")
+            finally:
+                archive.close()
             log.write(f"--- {'failed' if error else 'built'} in {time.monotonic() - started:.1f} s ---\n")
         if error is None:
             image_id = image_id or self._image_id(tag)
             if image_id is None:
                 error = "the daemon reported no image"
         if error is not None or image_id is None:
-            failing = ("environment.python.pip_packages" if ENV_PREFIX in step
-                       else "environment.docker.base_dockerfile" if environment.docker.base_dockerfile
-                       else "environment.docker.base_image")
             raise EnvironmentBuildError(
                 f"building the image of environment {environment.name!r} failed at {failing} "
                 f"({step.strip() or 'start'}): {error}", _tail(log_path), log_path, "image_build.log",
@@ -270,27 +361,24 @@ class ImageBuilder:
         return image_id, log_path
 
 
-def _dockerfile(base: str, requirements: list[str], python: str, name: str, fingerprint: str) -> str:
-    text = base if base.endswith("\n") else base + "\n"
-    if requirements:
-        pip = f"--no-input --disable-pip-version-check --no-cache-dir -r {IN_IMAGE_BUILD_FOLDER}/requirements.txt"
-        text += (
-            f"COPY {BUILD_FOLDER}/ {IN_IMAGE_BUILD_FOLDER}/\n"
-            f"RUN {python} -m venv --system-site-packages --without-pip {ENV_PREFIX} \\\n"
-            f" && if {python} -m pip --version >/dev/null 2>&1; then {python} -m pip --python {ENV_PREFIX}/bin/python "
-            f"install {pip}; \\\n"
-            f"    else {ENV_PREFIX}/bin/python -m ensurepip && {ENV_PREFIX}/bin/python -m pip install {pip}; fi\n"
-        )
-    return text + f"LABEL {LABEL_ENVIRONMENT}={json.dumps(name)} {LABEL_FINGERPRINT}={fingerprint}\n"
+def _dockerfile(base: str, options: list[str], python: str, name: str, fingerprint: str) -> str:
+    """``FROM`` the base, then the lock installed into a virtual environment that sees the base's packages."""
+    pip = (f"--no-input --disable-pip-version-check --no-cache-dir {' '.join(options)} "
+           f"-r {IN_IMAGE_BUILD_FOLDER}/requirements.txt")
+    return (
+        base
+        + f"COPY {BUILD_FOLDER}/ {IN_IMAGE_BUILD_FOLDER}/\n"
+        + f"RUN {python} -m venv --system-site-packages --without-pip {ENV_PREFIX} \\\n"
+        + f" && if {python} -m pip --version >/dev/null 2>&1; then {python} -m pip --python {ENV_PREFIX}/bin/python "
+        + f"install {pip}; \\\n"
+        + f"    else {ENV_PREFIX}/bin/python -m ensurepip && {ENV_PREFIX}/bin/python -m pip install {pip}; fi \\\n"
+        + f" && rm -rf {IN_IMAGE_BUILD_FOLDER}/wheels\n"
+        + _labels(name, fingerprint)
+    )
 
 
-def _stage_requirements(requirements: list[str], context: _BuildContext) -> list[str]:
-    """Copy local files the requirements name into the build context; the rewritten lines."""
-    lines, files = localize_requirements(requirements, IN_IMAGE_BUILD_FOLDER)
-    for relative, content in files.items():
-        context.add(f"{BUILD_FOLDER}/{relative}", content)
-    context.add(f"{BUILD_FOLDER}/requirements.txt", ("\n".join(lines) + "\n").encode())
-    return lines
+def _labels(name: str, fingerprint: str) -> str:
+    return f"LABEL {LABEL_ENVIRONMENT}={json.dumps(name)} {LABEL_FINGERPRINT}={fingerprint}\n"
 
 
 def _context_files(folder: Path) -> list[tuple[Path, str]]:

@@ -28,8 +28,11 @@ from typing import Literal
 from filelock import FileLock, Timeout
 
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
+from airflow_provider.core.environments.interpreters import find_local_interpreter, python_matches
+from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
 from airflow_provider.core.environments.prepared import PreparedEnvironment
-from airflow_provider.core.environments.spec import Environment
+from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
+from airflow_provider.core.environments.wheels import WheelStore, files_to_install
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import state_dir
 from airflow_provider.runtime import venv_builder
@@ -70,6 +73,44 @@ class EnvironmentCache:
 
         :param env: the run's environment, or ``None`` for the current interpreter.
         """
+        if env is None or env.kind not in MANAGED_KINDS:
+            return self._unmanaged(env)
+        required = env.required_python()
+        if required is not None and not python_matches(required, self.python_version()):
+            other = find_local_interpreter(required, self.base_python, self.python_version())
+            return EnvironmentCache(self.root, base_python=other, installer=self.installer,
+                                    build_timeout_seconds=self.build_timeout_seconds).prepare(env)
+        lock = self.lock(env)
+        fingerprint = environment_fingerprint(env, self.python_version(), lock)
+        final = self.root / fingerprint
+        if (final / MARKER_NAME).exists():
+            return self._cached(env, fingerprint, lock)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(self.root / f"{fingerprint}.lock"), timeout=2 * self.build_timeout_seconds):
+                if (final / MARKER_NAME).exists():
+                    return self._cached(env, fingerprint, lock)
+                self._remove_stale_temps(fingerprint)
+                return self._build(env, fingerprint, lock)
+        except Timeout as exc:
+            raise EnvironmentBuildError(
+                f"Environment {_label(env)}: another process has been building it for over "
+                f"{2 * self.build_timeout_seconds:g} s (lock {self.root / f'{fingerprint}.lock'}); stop that build "
+                "or remove the lock file if its process is gone."
+            ) from exc
+
+    def lock(self, env: Environment) -> Lock:
+        """The resolved lock of ``env`` for the base interpreter (cached per machine; see :mod:`locking`).
+
+        :param env: a pip environment.
+        """
+        platform = TargetPlatform.from_facts(self.python_version(), os.uname().machine,
+                                             TargetPlatform.current().libc)
+        install_from: InstallFrom = "submitter" if env.python.install_from == "submitter" else "target"
+        return lock_requirements(env.requirements(), platform, install_from, python=self.base_python,
+                                 timeout=self.build_timeout_seconds)
+
+    def _unmanaged(self, env: Environment | None) -> PreparedEnvironment:
         fingerprint = environment_fingerprint(env, self.python_version())
         if env is None or env.kind == "current":
             why = "no environment given" if env is None else f"environment {_label(env)} lists no packages"
@@ -79,22 +120,7 @@ class EnvironmentCache:
             python = _resolve_interpreter(env.python.interpreter_path or "python3")
             text = f"user-managed interpreter {python} (environment {_label(env)})"
             return PreparedEnvironment("user_managed", python, fingerprint, False, None, text)
-        final = self.root / fingerprint
-        if (final / MARKER_NAME).exists():
-            return self._cached(env, fingerprint)
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            with FileLock(str(self.root / f"{fingerprint}.lock"), timeout=2 * self.build_timeout_seconds):
-                if (final / MARKER_NAME).exists():
-                    return self._cached(env, fingerprint)
-                self._remove_stale_temps(fingerprint)
-                return self._build(env, fingerprint)
-        except Timeout as exc:
-            raise EnvironmentBuildError(
-                f"Environment {_label(env)}: another process has been building it for over "
-                f"{2 * self.build_timeout_seconds:g} s (lock {self.root / f'{fingerprint}.lock'}); stop that build "
-                "or remove the lock file if its process is gone."
-            ) from exc
+        raise AssertionError(f"not an unmanaged environment: {env.kind}")
 
     def python_version(self) -> str:
         """The full ``sys.version`` of the base interpreter, asked once per instance."""
@@ -117,22 +143,27 @@ class EnvironmentCache:
         return self._python_version
 
     # ----------------------------------------------------------------- internals
-    def _cached(self, env: Environment, fingerprint: str) -> PreparedEnvironment:
+    def _cached(self, env: Environment, fingerprint: str, lock: Lock) -> PreparedEnvironment:
         final = self.root / fingerprint
+        os.utime(final)  # a use: least recently used environments are evicted first
         text = f"virtual environment {final} for {_label(env)}, reused from the cache"
-        return PreparedEnvironment("pip", str(final / "bin" / "python"), fingerprint, False, None, text)
+        return PreparedEnvironment(env.kind, str(final / "bin" / "python"), fingerprint, False, None, text,
+                                   lock=lock.text())
 
-    def _build(self, env: Environment, fingerprint: str) -> PreparedEnvironment:
+    def _build(self, env: Environment, fingerprint: str, lock: Lock) -> PreparedEnvironment:
         final = self.root / fingerprint
         (self.root / "logs").mkdir(exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         log_path = self.root / "logs" / f"{fingerprint}-{stamp}.log"
         started = time.monotonic()
         try:
+            files = files_to_install(lock, WheelStore())
             with log_path.open("wb") as log:
-                tool = venv_builder.build_venv(str(final), env.normalized_requirements(), self.base_python,
+                log.write(lock.text().encode())
+                tool = venv_builder.build_venv(str(final), lock.requirement_lines(), self.base_python,
                                                self._find_uv(), log, self.build_timeout_seconds,
-                                               self.python_version())
+                                               self.python_version(), {k: str(v) for k, v in files.items()},
+                                               offline=lock.install_from == "submitter")
         except venv_builder.BuildFailedError as exc:
             tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
             raise EnvironmentBuildError(
@@ -142,10 +173,11 @@ class EnvironmentCache:
                 log_path,
             ) from exc
         text = (
-            f"virtual environment {final} for {_label(env)}, built now with {tool} "
-            f"in {time.monotonic() - started:.1f} s"
+            f"virtual environment {final} for {_label(env)}, built now with {tool} from a lock of "
+            f"{len(lock.packages)} packages ({_source(lock)}) in {time.monotonic() - started:.1f} s"
         )
-        return PreparedEnvironment("pip", str(final / "bin" / "python"), fingerprint, True, log_path, text)
+        return PreparedEnvironment(env.kind, str(final / "bin" / "python"), fingerprint, True, log_path,
+                                   text + _translation_note(env), lock=lock.text())
 
     def _find_uv(self) -> str | None:
         if self.installer == "pip":
@@ -181,6 +213,20 @@ class EnvironmentCache:
                     shutil.rmtree(path, ignore_errors=True)
             except Timeout:
                 pass  # being built right now
+
+
+def _translation_note(env: Environment) -> str:
+    translation = env.translation()
+    if translation is None:
+        return ""
+    return ("; conda specification translated to a virtual environment (no conda on the target)"
+            + "".join(f"; {note}" for note in translation.notes))
+
+
+def _source(lock: Lock) -> str:
+    if lock.install_from == "submitter":
+        return "wheels downloaded on the submitting side, installed offline"
+    return "installed from the package index"
 
 
 def _label(env: Environment) -> str:

@@ -23,6 +23,7 @@ class PreparedEnvironment:
     :param description: human-readable summary for the run's details.
     :param image: the container image the run uses (container targets only).
     :param build_log_artifact: the build log's name under the run's ``system_logs/``.
+    :param lock: the resolved lock the environment was built from (the run's ``environment/lock.txt``).
     """
 
     kind: EnvironmentKind
@@ -33,6 +34,7 @@ class PreparedEnvironment:
     description: str
     image: str | None = None
     build_log_artifact: str = "environment_build.log"
+    lock: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
@@ -45,6 +47,7 @@ class PreparedEnvironment:
             "description": self.description,
             "image": self.image,
             "build_log_artifact": self.build_log_artifact,
+            "lock": self.lock,
         }
 
     @classmethod
@@ -63,4 +66,5 @@ class PreparedEnvironment:
             description=str(data["description"]),
             image=data.get("image"),
             build_log_artifact=str(data.get("build_log_artifact", "environment_build.log")),
+            lock=data.get("lock"),
         )

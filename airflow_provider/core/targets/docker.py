@@ -218,9 +218,17 @@ class DockerTarget(ComputeTarget):
         if resolved.image.startswith(f"{IMAGE_REPOSITORY}:"):
             how = ", built now" if resolved.built else ", cached"
         description = f"image {resolved.image} ({resolved.image_id[:19]}{how}), interpreter {resolved.python}"
+        lock = resolved.lock
+        if lock is not None:
+            description += f", from a lock of {len(lock.packages)} packages, " + (
+                "wheels sent in the build context and installed offline" if lock.install_from == "submitter"
+                else "installed from the image's package index")
+        if environment is not None and environment.kind == "conda":
+            description += ", conda specification translated to a virtual environment (no conda in the image)"
         return PreparedEnvironment(environment.kind if environment is not None else "current", resolved.python,
                                    resolved.fingerprint, resolved.built, resolved.build_log, description,
-                                   resolved.image, build_log_artifact="image_build.log")
+                                   resolved.image, build_log_artifact="image_build.log",
+                                   lock=None if lock is None else lock.text())
 
     @_docker_errors
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],

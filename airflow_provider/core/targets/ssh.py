@@ -17,25 +17,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import shlex
 import shutil
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 from airflow_provider.core.collect import tolerant_tar_filter
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
+from airflow_provider.core.environments.interpreters import check_interpreter
+from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
 from airflow_provider.core.environments.prepared import PreparedEnvironment
-from airflow_provider.core.environments.requirement_files import localize_requirements
-from airflow_provider.core.environments.spec import Environment
+from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
+from airflow_provider.core.environments.wheels import WheelStore, files_to_install
 from airflow_provider.core.errors import (
     ConfigurationError,
     EnvironmentBuildError,
@@ -177,7 +180,7 @@ class SSHTarget(ComputeTarget):
                 out.write(content)
             sftp.posix_rename(temporary, f"{self.runtime_dir}/{name}")
 
-    def _agent(self, operation: str, request: dict[str, Any], payload: bytes = b"",
+    def _agent(self, operation: str, request: dict[str, Any], payload: bytes | _FilePayload = b"",
                timeout: float = 600.0) -> dict[str, Any]:
         """Run one agent operation and return its answer (retried on a new connection when it drops).
 
@@ -223,7 +226,7 @@ class SSHTarget(ComputeTarget):
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
         hello = self.hello()
         where = f"on {self.settings.address}"
-        if environment is None or environment.kind != "pip":
+        if environment is None or environment.kind not in MANAGED_KINDS:
             python = (environment.python.interpreter_path if environment is not None else None) or self.python
             if environment is not None and environment.python.interpreter_path:
                 self._check_interpreter(python)
@@ -231,22 +234,51 @@ class SSHTarget(ComputeTarget):
             return PreparedEnvironment(environment.kind if environment is not None else "current", python,
                                        environment_fingerprint(environment, version), False, None,
                                        f"remote interpreter {python} (Python {version.split()[0]}) {where}")
-        lines, files = localize_requirements(environment.normalized_requirements(), f"{self.root}/files")
-        blobs = {hashlib.sha256(content).hexdigest(): content for content in files.values()}
-        self._send_blobs(list(blobs), lambda digest: blobs[digest])
-        fingerprint = environment_fingerprint(environment, str(hello["python_version"]))
-        answer = self._agent("env", {"root": self.root, "requirements": lines, "timeout": self.build_timeout_seconds,
-                                     "fingerprint": fingerprint,
-                                     "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}},
-                             timeout=self.build_timeout_seconds + 60)
+        check_interpreter(environment.required_python(), str(hello["python_version"]), f"{where} ({self.python})",
+                          f"set the connection's python (extra 'python') to an interpreter of that version on "
+                          f"{self.settings.address}")
+        lock = self.lock(environment)
+        fingerprint = environment_fingerprint(environment, str(hello["python_version"]), lock)
+        request = {"root": self.root, "requirements": lock.requirement_lines(), "fingerprint": fingerprint,
+                   "timeout": self.build_timeout_seconds, "offline": lock.install_from == "submitter",
+                   "wheels": {p.filename: p.sha256 for p in lock.packages
+                              if lock.install_from == "submitter" or p.local}}
+        answer = self._agent("env", request, timeout=self.build_timeout_seconds + 60)
+        if answer.get("missing"):  # not built yet, and the host lacks some wheels: send them, then build
+            files = files_to_install(lock, WheelStore())
+            by_digest = {p.sha256: files[p.filename] for p in lock.packages if p.filename in files}
+            self._send_blobs(list(answer["missing"]), lambda digest: by_digest[digest])
+            answer = self._agent("env", request, timeout=self.build_timeout_seconds + 60)
         log_path = self._fetch_log(answer["log_path"]) if answer.get("log_path") else None
-        if answer.get("error"):
+        if answer.get("error") or answer.get("missing"):
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
+            why = f"wheels missing on the host: {answer['missing']}" if answer.get("missing") else "the install failed"
             raise EnvironmentBuildError(f"building the environment {environment.name!r} {where} failed "
-                                        "(environment.python.pip_packages)", tail, log_path)
-        how = "built now" if answer["built"] else "cached"
-        return PreparedEnvironment("pip", str(answer["python"]), str(answer["fingerprint"]), bool(answer["built"]),
-                                   log_path, f"virtual environment {answer['python']} {where} ({how})")
+                                        f"(environment.python.pip_packages): {why}", tail, log_path)
+        how = ("built now" if answer["built"] else "cached") + f", from a lock of {len(lock.packages)} packages, " + (
+            "wheels sent from the submitting side and installed offline" if lock.install_from == "submitter"
+            else "installed from the host's package index")
+        if environment.kind == "conda":
+            how += ", conda specification translated to a virtual environment (no conda on the host)"
+        return PreparedEnvironment(environment.kind, str(answer["python"]), str(answer["fingerprint"]),
+                                   bool(answer["built"]),
+                                   log_path, f"virtual environment {answer['python']} {where} ({how})",
+                                   lock=lock.text())
+
+    def platform(self) -> TargetPlatform:
+        """The host's Python and system, as its agent reports them (asked once per object)."""
+        hello = self.hello()
+        return TargetPlatform.from_facts(str(hello["python_version"]), str(hello.get("machine") or "x86_64"),
+                                         hello.get("libc"))
+
+    def lock(self, environment: Environment) -> Lock:
+        """The resolved lock of a pip environment for this host (cached on the submitting machine).
+
+        :param environment: a pip environment.
+        """
+        install_from: InstallFrom = "target" if environment.python.install_from == "target" else "submitter"
+        return lock_requirements(environment.requirements(), self.platform(), install_from,
+                                 timeout=self.build_timeout_seconds)
 
     def _check_interpreter(self, python: str) -> None:
         if self._agent("which", {"program": python})["path"] is None:
@@ -275,23 +307,35 @@ class SSHTarget(ComputeTarget):
     def _job_dir(self, handle: JobHandle) -> str:
         return job_dir_under(f"{self.root}/jobs", handle)
 
-    def _send_blobs(self, digests: list[str], content: Any) -> None:
+    def _send_blobs(self, digests: list[str], content: Callable[[str], bytes | Path]) -> None:
+        """Send the blobs of ``digests`` the host lacks, in one tar stream (spooled to disk past 64 MiB,
+        so wheels of gigabytes never sit in memory).
+
+        :param digests: the sha256 of each blob needed on the host.
+        :param content: a blob's bytes, or the path of its file, by digest.
+        """
         if not digests:
             return
         missing = self._agent("missing", {"root": self.root, "digests": digests})["missing"]
         if not missing:
             return
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            for digest in missing:
-                data = content(digest)
-                self.blob_bytes_sent += len(data)
-                info = tarfile.TarInfo(digest)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        payload = archive.getvalue()
-        self._agent("put_blobs", {"root": self.root}, payload)
-        self.bytes_sent += len(payload)
+        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as archive:
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                for digest in missing:
+                    data = content(digest)
+                    if isinstance(data, Path):
+                        info = tar.gettarinfo(str(data), arcname=digest)
+                        info.mode, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, "", ""
+                        with data.open("rb") as source:
+                            tar.addfile(info, source)
+                    else:
+                        info = tarfile.TarInfo(digest)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                    self.blob_bytes_sent += info.size
+            size = archive.tell()
+            self._agent("put_blobs", {"root": self.root}, _FilePayload(archive, size))
+        self.bytes_sent += size
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         answer = self._with_damaged_blobs_resent("launch", handle, spec, with_secrets=True)
@@ -492,6 +536,14 @@ def _under_home(work_root: str) -> bool:
     return work_root.startswith("~")
 
 
+@dataclass(frozen=True)
+class _FilePayload:
+    """A request's payload read from a file (sent in chunks, from its start on every attempt)."""
+
+    file: IO[bytes]
+    size: int
+
+
 class _AgentSession:
     """One ``remote_agent.py serve`` process on the host, spoken to over one SSH channel."""
 
@@ -504,16 +556,24 @@ class _AgentSession:
         self.reader = self.channel.makefile("rb")
         self.closed = False
 
-    def request(self, operation: str, request: dict[str, Any], payload: bytes, timeout: float) -> dict[str, Any]:
+    def request(self, operation: str, request: dict[str, Any], payload: bytes | _FilePayload,
+                timeout: float) -> dict[str, Any]:
         """Send one request and read its answer.
 
         :raises EOFError: the agent or the channel went away (the caller reconnects and retries).
         """
         try:
             self.channel.settimeout(timeout)
-            header = {**request, "op": operation, "payload_size": len(payload)}
+            size = payload.size if isinstance(payload, _FilePayload) else len(payload)
+            header = {**request, "op": operation, "payload_size": size}
             try:
-                self.channel.sendall(json.dumps(header).encode() + b"\n" + payload)
+                if isinstance(payload, _FilePayload):
+                    self.channel.sendall(json.dumps(header).encode() + b"\n")
+                    payload.file.seek(0)  # from the start again when a retry sends it anew
+                    for chunk in iter(lambda: payload.file.read(1 << 20), b""):
+                        self.channel.sendall(chunk)
+                else:
+                    self.channel.sendall(json.dumps(header).encode() + b"\n" + payload)
             except OSError:
                 if self.channel.exit_status_ready():  # it ended before reading: say why
                     self._raise_ended()

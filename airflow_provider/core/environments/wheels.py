@@ -1,0 +1,154 @@
+"""The submitting side's wheel store: every wheel a lock names, downloaded once, kept by content.
+
+Wheels live at ``<cache>/wheels/<sha256[:2]>/<sha256>`` (content-addressed, like snapshot blobs, so a
+target's transfer can send them as blobs and a host's blob store is its wheel cache). A download
+streams into a temporary file, is checked against the lock's sha256 and size, and is renamed into
+place: an interrupted or altered download is never used. Files named by local paths or ``file://``
+URLs (wheels the user built, ``--find-links`` folders) are copied in and checked the same way.
+Downloads run a few at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from airflow_provider.core.environments.locking import Lock, LockedPackage
+from airflow_provider.core.errors import EnvironmentBuildError
+from airflow_provider.core.paths import cache_dir
+
+__all__ = ["WheelStore", "files_to_install"]
+
+_PARALLEL_DOWNLOADS = 4
+_DOWNLOAD_TIMEOUT_SECONDS = 120.0
+_CHUNK = 1 << 20
+
+
+class WheelStore:
+    """Wheels by sha256 on this machine.
+
+    :param root: the store's folder; default ``<cache>/wheels``.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_dir() / "wheels"
+        self.bytes_downloaded = 0
+        """Bytes this object downloaded (a warm store downloads nothing)."""
+
+    def path(self, sha256: str) -> Path:
+        """Where the file with this sha256 is (or would be) kept.
+
+        :param sha256: the file's sha256 hex digest.
+        """
+        return self.root / sha256[:2] / sha256
+
+    def fetch(self, lock: Lock) -> dict[str, Path]:
+        """Make every file of ``lock`` present (downloading the missing ones) and return them.
+
+        :param lock: the lock whose files are needed.
+        :return: the stored file of each package, by sha256.
+        :raises EnvironmentBuildError: a download failed or arrived altered (a retry may help).
+        """
+        missing = [p for p in lock.packages if not self.path(p.sha256).exists()]
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(_PARALLEL_DOWNLOADS, len(missing)),
+                                    thread_name_prefix="wheel-download") as pool:
+                for _ in pool.map(self._fetch_one, missing):
+                    pass
+        for package in lock.packages:  # a hit counts as a use (least recently used eviction)
+            with contextlib.suppress(OSError):
+                os.utime(self.path(package.sha256))
+        return {p.sha256: self.path(p.sha256) for p in lock.packages}
+
+    def _fetch_one(self, package: LockedPackage) -> None:
+        final = self.path(package.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(descriptor, "wb") as out:
+                try:
+                    with _open(package) as source:
+                        for chunk in iter(lambda: source.read(_CHUNK), b""):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            out.write(chunk)
+                except (OSError, urllib.error.URLError, ValueError) as exc:
+                    raise EnvironmentBuildError(
+                        f"fetching {package.filename} ({package.name} {package.version}) from "
+                        f"{_without_credentials(package.location)} failed: {exc}; a retry may help if the index "
+                        "was unreachable"
+                    ) from exc
+            if digest.hexdigest() != package.sha256 or (package.size is not None and size != package.size):
+                raise EnvironmentBuildError(
+                    f"{package.filename} from {_without_credentials(package.location)} does not match its lock "
+                    f"(sha256 {digest.hexdigest()}, {size} bytes; expected {package.sha256}"
+                    f"{'' if package.size is None else f', {package.size} bytes'}): the file changed since the lock "
+                    "was made, or the download was altered. For a wheel you rebuilt, submit again (its new content "
+                    "makes a new lock); otherwise a retry may help"
+                )
+            os.chmod(temporary, 0o444)
+            os.replace(temporary, final)
+            if not package.local:
+                self.bytes_downloaded += size
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class _Reader:
+    """A readable file for a package: an HTTP response or a local file."""
+
+    def __init__(self, package: LockedPackage) -> None:
+        self.handle = (package.local_path().open("rb") if package.local
+                       else urllib.request.urlopen(package.location, timeout=_DOWNLOAD_TIMEOUT_SECONDS))
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.handle.close()
+
+    def read(self, size: int) -> bytes:
+        data: bytes = self.handle.read(size)
+        return data
+
+
+def _open(package: LockedPackage) -> _Reader:
+    return _Reader(package)
+
+
+def _without_credentials(location: str) -> str:
+    parsed = urlparse(location)
+    if parsed.username or parsed.password:
+        return urlunparse(parsed._replace(netloc=parsed.hostname or ""))
+    return location
+
+
+
+def files_to_install(lock: Lock, store: WheelStore) -> dict[str, Path]:
+    """The files a target needs to install ``lock``, by file name, fetched into ``store``.
+
+    ``install_from="submitter"``: every wheel (the target installs with ``--no-index``);
+    ``"target"``: only the files of this machine (wheels the user built), the index gives the rest.
+
+    :param lock: the environment's lock.
+    :param store: where the files are fetched to.
+    """
+    needed = lock if lock.install_from == "submitter" else _only_local(lock)
+    stored = store.fetch(needed)
+    return {p.filename: stored[p.sha256] for p in needed.packages}
+
+
+def _only_local(lock: Lock) -> Lock:
+    import dataclasses
+
+    return dataclasses.replace(lock, packages=tuple(p for p in lock.packages if p.local))

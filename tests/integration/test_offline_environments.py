@@ -1,0 +1,232 @@
+"""Environments with real PyPI packages (numpy, scikit-learn) on targets that cannot reach a package
+index: the SSH host container and the Docker daemon's containers, like GPU machines behind a firewall.
+The submitting side resolves the lock for the target's Python and platform, downloads the wheels,
+and the target installs them offline; a host's blob store is its wheel cache."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from airflow_provider.core import ConfigurationError, Environment, Experiment, ScriptRunConfig
+from airflow_provider.core.environments.conda_spec import CondaDependencies
+from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
+from airflow_provider.core.targets.docker import DockerTarget
+from airflow_provider.core.targets.ssh import SSHTarget
+from airflow_provider.core.targets.ssh_connection import SSHSettings
+from airflow_provider.core.tracking import Tags
+from tests.helpers import write_script
+from tests.ssh_hosts import SSHHost
+
+SKLEARN_SCRIPT = """
+    import sys
+    import numpy as np
+    import sklearn
+    from sklearn.linear_model import LinearRegression
+    from airflow_provider.core import Run
+    x = np.arange(20, dtype=float).reshape(-1, 1)
+    model = LinearRegression().fit(x, 3.0 * x.ravel() + 1.0)
+    Run.get_context().log("coef", float(model.coef_[0]))
+    print("sklearn", sklearn.__version__, "from", sklearn.__file__)
+"""
+_PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:[0-9a-f]{64}$")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+
+
+def _ssh_target(host: SSHHost, root: str) -> SSHTarget:
+    settings = SSHSettings(host.host, host.port, username=host.username, key_file=str(host.key_path),
+                           host_key=host.host_public_key)
+    return SSHTarget(settings, work_root=root)
+
+
+def _assert_offline(command: list[str]) -> None:
+    """The premise: this place cannot install from a package index."""
+    done = subprocess.run([*command, "python3", "-m", "pip", "download", "--no-deps", "-d", "/tmp/probe",
+                           "--timeout", "3", "--retries", "0", "six"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, f"expected no package index to be reachable, but pip downloaded six: {done.stdout}"
+
+
+def _lock_pins(run_id: str, folder: Path) -> dict[str, str]:
+    path = MlflowClient().download_artifacts(run_id, "environment/lock.txt", str(folder))
+    lines = [line for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
+    pins = {}
+    for line in lines:
+        match = _PIN.match(line)
+        assert match is not None, f"not a hash-pinned lock line: {line!r}"
+        pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def _run_sklearn(target: SSHTarget | DockerTarget, environment: Environment, source: Path) -> str:
+    write_script(source, SKLEARN_SCRIPT)
+    lines: list[str] = []
+    run = Experiment("offline-envs").submit(ScriptRunConfig(source, "train.py", compute_target=target,
+                                                            environment=environment))
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", (details, lines)
+    assert MlflowClient().get_metric_history(run.id, "coef")[0].value == pytest.approx(3.0)
+    assert lines and lines[0].startswith("sklearn "), lines
+    return run.id
+
+
+def test_scikit_learn_on_an_ssh_host_without_a_package_index(ssh_container: SSHHost, tmp_path: Path) -> None:
+    _assert_offline(["docker", "exec", ssh_container.name])
+    root = f"/tmp/training-runs-offline-{uuid.uuid4().hex[:8]}"
+    target = _ssh_target(ssh_container, root)
+    environment = Environment("sklearn-offline")
+    environment.add_pip_package("scikit-learn")
+
+    run_id = _run_sklearn(target, environment, tmp_path / "src")
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert "wheels sent from the submitting side and installed offline" in tags[Tags.ENVIRONMENT_DESCRIPTION]
+    pins = _lock_pins(run_id, tmp_path / "lock1")
+    assert {"scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl"} <= set(pins)
+    first_sent = target.blob_bytes_sent
+    assert first_sent > 20_000_000, "numpy, scipy and scikit-learn wheels went to the host"
+
+    # A second environment sharing numpy and threadpoolctl: only the new wheel (six) travels.
+    second = Environment("shares-numpy")
+    for name in ("numpy", "threadpoolctl"):
+        second.add_pip_package(f"{name}=={pins[name]}")
+    second.add_pip_package("six")
+    prepared = target.prepare_environment(second)
+    assert prepared.built
+    new_bytes = target.blob_bytes_sent - first_sent
+    assert 0 < new_bytes < 200_000, f"only six's wheel should be sent, not {new_bytes} bytes"
+    assert prepared.lock is not None and f"numpy=={pins['numpy']} " in prepared.lock
+
+    # The same environment from another process: built once, nothing sent, same lock and interpreter.
+    again = _ssh_target(ssh_container, root)
+    reused = again.prepare_environment(environment)
+    assert not reused.built and again.blob_bytes_sent == 0
+    assert "cached" in reused.description
+
+
+def test_scikit_learn_image_on_a_docker_daemon_without_a_package_index(docker_target: DockerTarget,
+                                                                        tmp_path: Path) -> None:
+    _assert_offline(["docker", "run", "--rm", docker_target.image])
+    before = {image.id for image in docker_target.client.images.list(IMAGE_REPOSITORY)}
+    try:
+        environment = Environment("sklearn-image-offline")
+        environment.add_pip_package("scikit-learn")
+        run_id = _run_sklearn(docker_target, environment, tmp_path / "src")
+        tags = MlflowClient().get_run(run_id).data.tags
+        assert "wheels sent in the build context and installed offline" in tags[Tags.ENVIRONMENT_DESCRIPTION]
+        assert "scikit-learn" in _lock_pins(run_id, tmp_path / "lock")
+        again = docker_target.prepare_environment(environment)
+        assert not again.built and again.image == tags[Tags.ENVIRONMENT_DESCRIPTION].split()[1]
+    finally:
+        for image in docker_target.client.images.list(IMAGE_REPOSITORY):
+            if image.id not in before:
+                docker_target.client.images.remove(image.id, force=True)
+
+
+def test_a_package_without_a_wheel_for_the_host_fails_before_anything_is_sent(ssh_container: SSHHost,
+                                                                              tmp_path: Path) -> None:
+    target = _ssh_target(ssh_container, f"/tmp/training-runs-offline-{uuid.uuid4().hex[:8]}")
+    sdist = _sdist(tmp_path, f"sdistonly{uuid.uuid4().hex[:6]}")
+    environment = Environment("no-wheel")
+    environment.add_pip_package("six")
+    environment.add_pip_package(str(sdist))
+    with pytest.raises(ConfigurationError) as caught:
+        target.prepare_environment(environment)
+    message = str(caught.value)
+    assert caught.value.field == "environment.python.pip_packages"
+    assert sdist.name.split("-")[0] in message and "Python 3.11" in message and "x86_64" in message
+    assert 'install_from = "target"' in message
+    assert target.blob_bytes_sent == 0
+
+
+def test_install_from_target_uses_the_hosts_own_index(ssh_loopback: SSHHost, tmp_path: Path) -> None:
+    """The loopback host reaches this machine's package index: it downloads the locked versions itself."""
+    target = _ssh_target(ssh_loopback, str(tmp_path / "host-root"))
+    environment = Environment("from-target")
+    environment.add_pip_package("six")
+    environment.python.install_from = "target"
+    prepared = target.prepare_environment(environment)
+    assert prepared.built and target.blob_bytes_sent == 0, "nothing is sent: the host downloads the packages"
+    assert "installed from the host's package index" in prepared.description
+    assert prepared.lock is not None and "install_from=target" in prepared.lock
+    (pin,) = [line for line in prepared.lock.splitlines() if line.startswith("six==")]
+    done = subprocess.run([prepared.python, "-c", "import six; print(six.__version__)"], capture_output=True,
+                          text=True, check=True, timeout=60)
+    assert pin.startswith(f"six=={done.stdout.strip()} --hash=sha256:")
+
+
+def _sdist(folder: Path, name: str) -> Path:
+    """A source distribution with a PEP 517 build (it has no wheel for any platform)."""
+    import tarfile
+
+    base = f"{name}-1.0"
+    staging = folder / base
+    staging.mkdir(parents=True)
+    (staging / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        f'[project]\nname = "{name}"\nversion = "1.0"\n'
+    )
+    (staging / f"{name}.py").write_text("VALUE = 1\n")
+    (staging / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    archive = folder / f"{base}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging, arcname=base)
+    return archive
+
+
+
+CONDA_YML = """\
+name: project_environment
+channels:
+  - conda-forge
+dependencies:
+  - python=3.11
+  - numpy
+  - conda-forge::threadpoolctl
+  - pip:
+    - six
+"""
+CONDA_SCRIPT = """
+    import numpy, six, threadpoolctl
+    print("numpy", numpy.__version__, "six", six.__version__)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "ssh", "docker"])
+def test_a_conda_specification_runs_translated_on_every_target(where: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    target: SSHTarget | DockerTarget | str = "local"
+    if where == "ssh":
+        target = _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-conda-{uuid.uuid4().hex[:8]}")
+    elif where == "docker":
+        target = request.getfixturevalue("docker_target")
+    (tmp_path / "environment.yml").write_text(CONDA_YML)
+    environment = Environment.from_conda_specification("conda-translated", tmp_path / "environment.yml")
+    write_script(tmp_path / "src", CONDA_SCRIPT)
+    lines: list[str] = []
+    run = Experiment("conda-envs").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                                          environment=environment))
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", (details, lines)
+    assert lines[0].startswith("numpy ") and " six " in lines[0]
+    tags = MlflowClient().get_run(run.id).data.tags
+    assert "conda specification translated" in tags[Tags.ENVIRONMENT_DESCRIPTION]
+    assert {"numpy", "six", "threadpoolctl"} <= set(_lock_pins(run.id, tmp_path / "lock"))
+
+
+def test_a_python_version_the_host_lacks_is_refused_naming_both(ssh_container: SSHHost, tmp_path: Path) -> None:
+    target = _ssh_target(ssh_container, f"/tmp/tr-conda-{uuid.uuid4().hex[:8]}")
+    environment = Environment("wants-3-13")
+    environment.python.conda_dependencies = CondaDependencies.create(python_version="3.13", conda_packages=["numpy"])
+    with pytest.raises(ConfigurationError) as caught:
+        target.prepare_environment(environment)
+    message = str(caught.value)
+    assert "python=3.13" in message and "Python 3.11.2" in message and "extra 'python'" in message
+    assert target.blob_bytes_sent == 0
