@@ -73,7 +73,10 @@ def get_provider_info() -> dict[str, Any]:
             _connection_type(
                 "training_local", "compute.LocalComputeHook", "Training: local processes",
                 {"jobs_root": {"label": "Jobs folder", "schema": _STRING,
-                               "description": "Where job folders are made (default: under $AIRFLOW_HOME)."}},
+                               "description": "Where job folders are made (default: under $AIRFLOW_HOME)."},
+                 "conda": {"label": "Conda specifications", "schema": _STRING,
+                           "description": "auto (default), rattler (real conda environments with py-rattler) or "
+                                          "translate (a virtual environment from PyPI)."}},
                 ["host", "schema", "login", "password", "port", "extra"],
             ),
             _connection_type(
@@ -122,8 +125,9 @@ def get_provider_info() -> dict[str, Any]:
                     "connect_timeout": {"label": "Connect timeout (s)", "schema": _INTEGER},
                     "keepalive": {"label": "Keepalive interval (s)", "schema": _INTEGER},
                     "keep_failed_job_folders": {"label": "Keep failed runs' folders", "schema": _BOOLEAN},
-                    "blob_cache_max_mb": {"label": "Snapshot blob cache bound (MB)", "schema": _INTEGER},
+                    "blob_cache_max_mb": {"label": "Blob cache bound: snapshots and wheels (MB)", "schema": _INTEGER},
                     "env_cache_max_count": {"label": "Environments kept", "schema": _INTEGER},
+                    "env_cache_max_gb": {"label": "Environment cache bound (GB)", "schema": _INTEGER},
                     "kept_job_max_age_days": {"label": "Days to keep failed runs' folders", "schema": _INTEGER},
                 },
                 ["schema"],

@@ -11,6 +11,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_script(folder: Path, body: str, name: str = "train.py") -> Path:
@@ -126,3 +127,13 @@ def stop_process_tree(pid: int, grace: float = 30.0) -> None:
             if not tree:
                 return
             time.sleep(0.1)
+
+
+def remove_new_images(client: Any, before: set[str]) -> None:
+    """Remove the environment images made since ``before`` (image ids), newest first: an image of
+    pip packages is built FROM the image of its Dockerfile, and a parent goes after its children."""
+    from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
+
+    images = [image for image in client.images.list(IMAGE_REPOSITORY) if image.id not in before]
+    for image in sorted(images, key=lambda image: str(image.attrs.get("Created", "")), reverse=True):
+        client.images.remove(image.id, force=True)

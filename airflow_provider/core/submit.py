@@ -173,9 +173,11 @@ class Experiment:
                 writes.submit(lambda: self.tracker.log_text(run_id, diff, "git/uncommitted.diff"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.PREPARING))
             prepared = self._prepare_environment(run_id, target, resolved)
-            if prepared.lock is not None:
+            if prepared.lock is not None and resolved.environment is not None:
                 lock_text = prepared.lock
+                definition = json.dumps(resolved.environment.to_dict(), indent=2, sort_keys=True)
                 writes.submit(lambda: self.tracker.log_text(run_id, lock_text, "environment/lock.txt"))
+                writes.submit(lambda: self.tracker.log_text(run_id, definition, "environment/definition.json"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.STARTING, {
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,

@@ -62,7 +62,8 @@ class ComputeHook(BaseHook):
 class LocalComputeHook(ComputeHook):
     """Runs jobs as processes on the worker's machine (``compute_target="local"``).
 
-    A connection is optional; its extra field ``jobs_root`` moves the job folders.
+    A connection is optional; its extra field ``jobs_root`` moves the job folders, and ``conda``
+    (``auto``, ``rattler``, ``translate``) says how conda specifications are built.
     """
 
     conn_type = "training_local"
@@ -71,7 +72,13 @@ class LocalComputeHook(ComputeHook):
     def get_target(self) -> ComputeTarget:
         from airflow_provider.core.targets.local import LocalTarget
 
-        return LocalTarget(jobs_root=self.connection_extra.get("jobs_root"))
+        extra = self.connection_extra
+        conda = extra.get("conda", "auto")
+        if conda not in ("auto", "rattler", "translate"):
+            raise TargetConfigurationError(
+                f"connection {self.conn_id!r} extra.conda is {conda!r}: use \"auto\", \"rattler\" (real conda "
+                "environments with py-rattler) or \"translate\" (a virtual environment from PyPI).")
+        return LocalTarget(jobs_root=extra.get("jobs_root"), conda=conda)
 
     @property
     def target_reference(self) -> str:
@@ -112,7 +119,7 @@ class SSHComputeHook(ComputeHook):
     Connection: host, port, login, password; extra fields ``key_file`` or ``private_key`` (with
     ``passphrase``), ``host_key`` (pinned, as in known_hosts) or ``known_hosts`` (a file),
     ``accept_unknown_host_keys``, ``work_root``, ``python``, ``connect_timeout``, ``keepalive``,
-    ``keep_failed_job_folders``, ``blob_cache_max_mb``, ``env_cache_max_count``,
+    ``keep_failed_job_folders``, ``blob_cache_max_mb``, ``env_cache_max_count``, ``env_cache_max_gb``,
     ``kept_job_max_age_days``. Every field is checked before connecting.
     """
 

@@ -17,7 +17,8 @@ __all__ = ["KNOWN_EXTRA_FIELDS", "ssh_target_arguments"]
 
 _STRINGS = ("private_key", "key_file", "passphrase", "host_key", "known_hosts", "work_root", "python")
 _BOOLEANS = ("accept_unknown_host_keys", "keep_failed_job_folders")
-_NUMBERS = ("connect_timeout", "keepalive", "blob_cache_max_mb", "env_cache_max_count", "kept_job_max_age_days")
+_NUMBERS = ("connect_timeout", "keepalive", "blob_cache_max_mb", "env_cache_max_count", "env_cache_max_gb",
+            "kept_job_max_age_days")
 KNOWN_EXTRA_FIELDS = frozenset((*_STRINGS, *_BOOLEANS, *_NUMBERS))
 
 
@@ -72,6 +73,8 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
     limits = {}
     if "blob_cache_max_mb" in extra:
         limits["blob_cache_max_bytes"] = extra["blob_cache_max_mb"] * 1024 * 1024
+    if "env_cache_max_gb" in extra:
+        limits["env_cache_max_bytes"] = extra["env_cache_max_gb"] * 1024 ** 3
     for name in ("env_cache_max_count", "kept_job_max_age_days"):
         if name in extra:
             limits[name] = extra[name]

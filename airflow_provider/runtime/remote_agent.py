@@ -315,6 +315,12 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         return {"fingerprint": fingerprint, "python": python, "built": False}
     wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
     missing = sorted({d for name, d in request.get("wheels", {}).items() if not os.path.exists(wheels[name])})
+    uv = op_hello({})["uv"]
+    uv_digest = request.get("uv_blob") if uv is None else None
+    if uv_digest:
+        uv = _uv_from_blob(root, uv_digest)
+        if uv is None:
+            missing.append(uv_digest)
     if missing:
         return {"fingerprint": fingerprint, "built": False, "missing": missing}
     os.makedirs(envs, exist_ok=True)
@@ -326,12 +332,46 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
         try:
             with open(log_path, "ab") as log:
-                venv_builder.build_venv(final, list(request["requirements"]), sys.executable, op_hello({})["uv"], log,
+                venv_builder.build_venv(final, list(request["requirements"]), sys.executable, uv, log,
                                         float(request.get("timeout", 1800)), sys.version, wheels,
                                         bool(request.get("offline")))
         except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
-        return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path}
+    evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint,))
+    return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path, "evicted": evicted}
+
+
+def _uv_from_blob(root: str, digest: str) -> str | None:
+    """The uv executable the client sent (this host has none), made runnable once under ``tools/``;
+    None while its blob has not arrived."""
+    tool = os.path.join(root, "tools", f"uv-{digest[:16]}", "uv")
+    if os.access(tool, os.X_OK):
+        return tool
+    blob = _blob_path(root, digest)
+    if not os.path.exists(blob):
+        return None
+    os.makedirs(os.path.dirname(tool), exist_ok=True)
+    temporary = f"{tool}.tmp.{os.getpid()}"
+    try:
+        _copy_verified(blob, temporary, digest)
+    except (DamagedBlobError, FileNotFoundError):
+        return None
+    os.chmod(temporary, 0o755)
+    os.replace(temporary, tool)
+    return tool
+
+
+def _evict_environments(root: str, limits: dict[str, Any], keep: tuple[str, ...] = ()) -> list[str]:
+    """Least recently used environments beyond ``env_cache_max_count`` / ``env_cache_max_bytes``
+    (never one a running job uses), each logged to ``logs/evictions.log``."""
+    removed = venv_builder.evict_environments(os.path.join(root, "envs"), int(limits.get("env_cache_max_count", 20)),
+                                              int(limits.get("env_cache_max_bytes", 50 << 30)), keep)
+    if removed:
+        os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+        with open(os.path.join(root, "logs", "evictions.log"), "a", encoding="utf-8") as log:
+            for line in removed:
+                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} evicted environment {line}\n")
+    return removed
 
 
 def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
@@ -361,14 +401,7 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
             os.unlink(path)  # a job that linked it keeps its own link
             total -= size
             evicted += 1
-    env_max = int(limits.get("env_cache_max_count", 20))
-    envs_dir = os.path.join(root, "envs")
-    if os.path.isdir(envs_dir):
-        envs = sorted((os.stat(os.path.join(envs_dir, n)).st_mtime, n) for n in os.listdir(envs_dir)
-                      if venv_builder.is_built(os.path.join(envs_dir, n)))
-        for _, name in envs[: max(0, len(envs) - env_max)]:
-            shutil.rmtree(os.path.join(envs_dir, name), ignore_errors=True)
-            evicted += 1
+    evicted += len(_evict_environments(root, limits))
     kept_days = float(limits.get("kept_job_max_age_days", 7))
     jobs_dir = os.path.join(root, "jobs")
     if os.path.isdir(jobs_dir):

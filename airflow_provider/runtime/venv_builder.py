@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-__all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "is_built"]
+__all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "environments_in_use", "evict_environments", "is_built"]
 
 MARKER_NAME = ".training-runs-complete"
 """Written last into a finished environment (JSON: requirements, interpreter version, tool)."""
@@ -81,7 +81,7 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
         tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout, options)
         with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
             json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool,
-                       "offline": offline}, marker, indent=2)
+                       "offline": offline, "size": _folder_size(temporary)}, marker, indent=2)
         if os.path.exists(final):  # a folder without marker: left by hand or by a crash, never finished
             shutil.rmtree(final)
         os.rename(temporary, final)
@@ -168,3 +168,82 @@ def _rewrite_paths(temporary: str, final: str) -> None:
         if old in data and b"\0" not in data:
             with open(path, "wb") as out:
                 out.write(data.replace(old, new))
+
+
+def _folder_size(folder: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def environments_in_use(envs_dir: str) -> set[str]:
+    """Names of the environments under ``envs_dir`` that a running process was started from (its
+    ``argv[0]`` is inside one: a job runs ``<env>/bin/python``, and so do the processes it starts)."""
+    prefix = os.path.realpath(envs_dir).rstrip("/") + "/"
+    plain = os.path.abspath(envs_dir).rstrip("/") + "/"
+    used: set[str] = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                program = handle.read().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        for root in (prefix, plain):
+            if program.startswith(root):
+                used.add(program[len(root):].split("/", 1)[0])
+    return used
+
+
+def evict_environments(envs_dir: str, max_count: int, max_bytes: int, keep: Sequence[str] = ()) -> list[str]:
+    """Remove the least recently used finished environments beyond ``max_count`` or ``max_bytes``.
+
+    An environment's last use is its folder's modification time (touched at every use); one a
+    running process uses, or named in ``keep``, is never removed. Removal is one rename out of the
+    cache (nobody sees half an environment), then the folder's deletion.
+
+    :param envs_dir: the folder of environments (one per fingerprint).
+    :param max_count: the most environments to keep.
+    :param max_bytes: the most bytes they may take together (sizes recorded in their markers).
+    :param keep: names never to remove (the one just built or chosen).
+    :return: one line per removed environment: its name, size and why.
+    """
+    if not os.path.isdir(envs_dir):
+        return []
+    entries: list[tuple[float, int, str]] = []
+    for name in os.listdir(envs_dir):
+        folder = os.path.join(envs_dir, name)
+        if name.startswith(".evicted-"):  # an earlier removal was interrupted
+            shutil.rmtree(folder, ignore_errors=True)
+        if name.startswith(".") or not is_built(folder):
+            continue
+        try:
+            with open(os.path.join(folder, MARKER_NAME), encoding="utf-8") as marker:
+                size = int(json.load(marker).get("size") or 0)
+            entries.append((os.stat(folder).st_mtime, size, name))
+        except (OSError, ValueError):
+            continue
+    count, total = len(entries), sum(size for _, size, _ in entries)
+    if count <= max_count and total <= max_bytes:
+        return []
+    in_use = environments_in_use(envs_dir)
+    removed: list[str] = []
+    for _, size, name in sorted(entries):
+        if count <= max_count and total <= max_bytes:
+            break
+        if name in keep or name in in_use:
+            continue
+        why = f"more than {max_count} environments" if count > max_count else f"over {max_bytes} bytes"
+        doomed = os.path.join(envs_dir, f".evicted-{name}-{os.getpid()}")
+        try:
+            os.rename(os.path.join(envs_dir, name), doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        count, total = count - 1, total - size
+        removed.append(f"{name} ({size} bytes, least recently used; {why})")
+    return removed

@@ -15,7 +15,7 @@ from airflow_provider.core import ConfigurationError, Environment, EnvironmentBu
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
 from airflow_provider.core.tracking import Tags
-from tests.helpers import make_wheel, write_script
+from tests.helpers import make_wheel, remove_new_images, write_script
 
 SCRIPT = """
     import sys, tinypkg
@@ -37,9 +37,7 @@ def target(docker_target: DockerTarget) -> Iterator[DockerTarget]:
     """The shared Docker target; environment images the test built are removed after it."""
     before = {image.id for image in docker_target.client.images.list(IMAGE_REPOSITORY)}
     yield docker_target
-    for image in docker_target.client.images.list(IMAGE_REPOSITORY):
-        if image.id not in before:
-            docker_target.client.images.remove(image.id, force=True)
+    remove_new_images(docker_target.client, before)
 
 
 def _tags(run_id: str) -> dict[str, str]:

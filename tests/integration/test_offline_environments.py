@@ -17,10 +17,11 @@ from airflow_provider.core import ConfigurationError, Environment, Experiment, S
 from airflow_provider.core.environments.conda_spec import CondaDependencies
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.targets.docker import DockerTarget
+from airflow_provider.core.targets.local import LocalTarget
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import Tags
-from tests.helpers import write_script
+from tests.helpers import make_wheel, remove_new_images, write_script
 from tests.ssh_hosts import SSHHost
 
 SKLEARN_SCRIPT = """
@@ -125,9 +126,7 @@ def test_scikit_learn_image_on_a_docker_daemon_without_a_package_index(docker_ta
         again = docker_target.prepare_environment(environment)
         assert not again.built and again.image == tags[Tags.ENVIRONMENT_DESCRIPTION].split()[1]
     finally:
-        for image in docker_target.client.images.list(IMAGE_REPOSITORY):
-            if image.id not in before:
-                docker_target.client.images.remove(image.id, force=True)
+        remove_new_images(docker_target.client, before)
 
 
 def test_a_package_without_a_wheel_for_the_host_fails_before_anything_is_sent(ssh_container: SSHHost,
@@ -202,11 +201,15 @@ CONDA_SCRIPT = """
 @pytest.mark.parametrize("where", ["local", "ssh", "docker"])
 def test_a_conda_specification_runs_translated_on_every_target(where: str, request: pytest.FixtureRequest,
                                                                tmp_path: Path) -> None:
-    target: SSHTarget | DockerTarget | str = "local"
+    target: SSHTarget | DockerTarget | LocalTarget = LocalTarget(conda="translate")  # py-rattler is installed
     if where == "ssh":
         target = _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-conda-{uuid.uuid4().hex[:8]}")
     elif where == "docker":
         target = request.getfixturevalue("docker_target")
+    if isinstance(target, DockerTarget):
+        client = target.client
+        before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
+        request.addfinalizer(lambda: remove_new_images(client, before))
     (tmp_path / "environment.yml").write_text(CONDA_YML)
     environment = Environment.from_conda_specification("conda-translated", tmp_path / "environment.yml")
     write_script(tmp_path / "src", CONDA_SCRIPT)
@@ -230,3 +233,49 @@ def test_a_python_version_the_host_lacks_is_refused_naming_both(ssh_container: S
     message = str(caught.value)
     assert "python=3.13" in message and "Python 3.11.2" in message and "extra 'python'" in message
     assert target.blob_bytes_sent == 0
+
+
+def test_from_run_rebuilds_the_runs_lock_on_another_target(ssh_container: SSHHost, tmp_path: Path) -> None:
+    environment = Environment("pinned-later")
+    environment.add_pip_package("six")
+    environment.add_pip_package("threadpoolctl")
+    environment.environment_variables = {"TRAINING_FLAVOUR": "lock"}
+    write_script(tmp_path / "src", "import six, threadpoolctl\nprint('ok')\n")
+    run = Experiment("from-run").submit(ScriptRunConfig(tmp_path / "src", "train.py", environment=environment))
+    assert run.wait_for_completion()["status"] == "Completed"
+    pins = _lock_pins(run.id, tmp_path / "lock")
+
+    again = Environment.from_run(run.id)
+    assert again.name == "pinned-later" and again.environment_variables == {"TRAINING_FLAVOUR": "lock"}
+    assert sorted(again.python.pip_packages) == sorted(f"{name}=={version}" for name, version in pins.items())
+    remote = _ssh_target(ssh_container, f"/tmp/tr-from-run-{uuid.uuid4().hex[:8]}").prepare_environment(again)
+    assert remote.lock is not None
+    remote_pins = {line.split("==")[0]: line.split("==")[1].split()[0] for line in remote.lock.splitlines()
+                   if line and not line.startswith("#")}
+    assert remote_pins == pins, "the same versions on the other target"
+
+
+def test_from_run_of_a_run_without_a_managed_environment_says_so(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "print('ok')\n")
+    run = Experiment("from-run-plain").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    assert run.wait_for_completion()["status"] == "Completed"
+    with pytest.raises(ConfigurationError, match=r"no environment/lock\.txt"):
+        Environment.from_run(run.id)
+
+
+def test_a_hosts_environment_cache_is_bounded_and_logs_evictions(ssh_container: SSHHost, tmp_path: Path) -> None:
+    root = f"/tmp/tr-evict-{uuid.uuid4().hex[:8]}"
+    settings = SSHSettings(ssh_container.host, ssh_container.port, username=ssh_container.username,
+                           key_file=str(ssh_container.key_path), host_key=ssh_container.host_public_key)
+    target = SSHTarget(settings, work_root=root, cache_limits={"env_cache_max_count": 1})
+    prepared = []
+    for name in ("evictfirst", "evictsecond"):
+        environment = Environment(name)
+        environment.add_pip_package(str(make_wheel(tmp_path, name, "1.0", "VALUE = 1\n")))
+        prepared.append(target.prepare_environment(environment))
+    listing = subprocess.run(["docker", "exec", ssh_container.name, "sh", "-c",
+                              f"ls {root}/envs; cat {root}/logs/evictions.log"], capture_output=True, text=True,
+                             check=True).stdout
+    assert prepared[1].fingerprint in listing
+    assert f"evicted environment {prepared[0].fingerprint}" in listing and "more than 1 environments" in listing
+    assert listing.split().count(prepared[0].fingerprint) == 1, "only the log names the first one now"

@@ -875,6 +875,11 @@ class CondaDependencies:
             return version[:-2]
         return version
 
+    def match_specs(self) -> list[str]:
+        """Every conda entry as written, the Python entry (``python=3.11``) first: what a conda
+        solver is given."""
+        return ([self._python] if self._python is not None else []) + list(self._conda)
+
     @property
     def name(self) -> str:
         """The environment's name (``name:`` in the file)."""

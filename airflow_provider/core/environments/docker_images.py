@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -37,7 +38,7 @@ from typing import IO, Any
 from filelock import FileLock, Timeout
 
 from airflow_provider.core.environments.interpreters import check_interpreter
-from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
+from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, find_uv, lock_requirements
 from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
 from airflow_provider.core.environments.wheels import WheelStore, files_to_install
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
@@ -45,13 +46,15 @@ from airflow_provider.core.paths import state_dir
 
 __all__ = ["IMAGE_REPOSITORY", "ImageBuilder", "ResolvedImage"]
 
+log = logging.getLogger(__name__)
+
 IMAGE_REPOSITORY = "training-runs/env"
 ENV_PREFIX = "/opt/training-runs/env"
 BUILD_FOLDER = ".training-runs"
 IN_IMAGE_BUILD_FOLDER = "/opt/training-runs/build"
 LABEL_FINGERPRINT = "training.environment.fingerprint"
 LABEL_ENVIRONMENT = "training.environment.name"
-_LAYOUT_VERSION = "1"  # bump when the generated Dockerfile changes meaning
+_LAYOUT_VERSION = "2"  # bump when the generated Dockerfile changes meaning
 _LOG_TAIL_LINES = 40
 _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<stage>\S+))?",
                         re.IGNORECASE | re.MULTILINE)
@@ -92,15 +95,22 @@ class _BuildContext:
 
     files: dict[str, bytes] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, content: bytes) -> None:
         self.files[name] = content
         self.digests[name] = hashlib.sha256(content).hexdigest()
 
-    def add_file(self, name: str, path: Path) -> None:
-        """Add a file read only when the tar is written (wheels: no need to hash them again)."""
+    def add_file(self, name: str, path: Path, mode: int = 0o644) -> None:
+        """Add a file read only when the tar is written (wheels: no need to hash them again).
+
+        :param name: its path in the context.
+        :param path: the file.
+        :param mode: its permission bits in the context.
+        """
         self.paths[name] = path
+        self.modes[name] = mode
 
     def tar(self) -> IO[bytes]:
         """The context as a tar, spooled to disk past 64 MiB (wheels of gigabytes stay out of memory)."""
@@ -108,7 +118,7 @@ class _BuildContext:
         with tarfile.open(fileobj=archive, mode="w") as tar:
             for name in sorted({*self.files, *self.paths}):
                 info = tarfile.TarInfo(name)
-                info.mode = 0o644
+                info.mode = self.modes.get(name, 0o644)
                 if name in self.files:
                     info.size = len(self.files[name])
                     tar.addfile(info, io.BytesIO(self.files[name]))
@@ -128,10 +138,13 @@ class ImageBuilder:
     :param python: the interpreter inside base images.
     :param registry_auth: credentials for pulling base images (username, password, serveraddress).
     :param build_timeout_seconds: a build that prints nothing for this long fails.
+    :param max_images: the most environment images kept on the daemon; after a build the least
+        recently used beyond it are removed (never one a container uses), each removal logged.
     """
 
     def __init__(self, client: Any, default_image: str, python: str, registry_auth: dict[str, str] | None = None,
-                 build_timeout_seconds: float = 1800.0) -> None:
+                 build_timeout_seconds: float = 1800.0, max_images: int = 20) -> None:
+        self.max_images = max_images
         self.client = client
         self.default_image = default_image
         self.python = python
@@ -187,11 +200,24 @@ class ImageBuilder:
                                     "install_from": lock.install_from, "layout": _LAYOUT_VERSION})
         options = [f"--find-links {IN_IMAGE_BUILD_FOLDER}/wheels"] + (
             ["--no-index"] if lock.install_from == "submitter" else [])
-        context.add(f"{BUILD_FOLDER}/Dockerfile", _dockerfile(f"FROM {base_id}\n", options, self.python,
-                                                              environment.name, fingerprint).encode())
+        uv = self._uv_for(base_id) if lock.install_from == "submitter" else None  # "target": the image's pip config
+        if uv is not None:
+            context.add_file(f"{BUILD_FOLDER}/uv", uv, mode=0o755)
+        context.add(f"{BUILD_FOLDER}/Dockerfile", _dockerfile(base_id, options, self.python, environment.name,
+                                                              fingerprint, uv is not None).encode())
         resolved = self._find_or_build(f"{IMAGE_REPOSITORY}:{fingerprint[:32]}", context, environment, fingerprint,
                                        f"{ENV_PREFIX}/bin/python", "environment.python.pip_packages")
         return dataclasses.replace(resolved, lock=lock)
+
+    def _uv_for(self, image_id: str) -> Path | None:
+        """This machine's uv, when the image can run it (same machine type, glibc): builds take
+        seconds instead of pip's tens of seconds; it stays out of the image (a build stage)."""
+        here, there = TargetPlatform.current(), self.platform(image_id)
+        if there.machine != here.machine or not (there.libc or "").startswith("glibc") or not (
+                here.libc or "").startswith("glibc"):
+            return None
+        found = find_uv()
+        return None if found is None else Path(found)
 
     def lock(self, environment: Environment, image_id: str) -> Lock:
         """The resolved lock of a pip environment for the Python of an image (see :mod:`locking`).
@@ -232,6 +258,7 @@ class ImageBuilder:
     def _find_or_build(self, tag: str, context: _BuildContext, environment: Environment, fingerprint: str,
                        python: str, failing_field: str) -> ResolvedImage:
         found = self._image_id(tag)
+        _record_use(tag)
         if found is not None:
             return ResolvedImage(tag, found, python, fingerprint, False, None)
         lock_path = state_dir() / "locks" / f"image-{fingerprint}.lock"
@@ -242,12 +269,41 @@ class ImageBuilder:
                 if found is not None:
                     return ResolvedImage(tag, found, python, fingerprint, False, None)
                 image_id, log_path = self._build(tag, context, environment, fingerprint, failing_field)
+            self.evict(keep={tag})
         except Timeout as exc:
             raise EnvironmentBuildError(
                 f"another process has been building image {tag} for over {2 * self.build_timeout_seconds:g} s "
                 f"(lock {lock_path}); stop that build or remove the lock file"
             ) from exc
         return ResolvedImage(tag, image_id, python, fingerprint, True, log_path)
+
+    def evict(self, keep: set[str]) -> list[str]:
+        """Remove the least recently used environment images beyond :attr:`max_images` (last use as
+        recorded on this machine; never one a container uses: the daemon refuses, and it stays).
+
+        :param keep: tags not to remove.
+        :return: the removed tags.
+        """
+        import docker
+
+        tags = [t for image in self.client.images.list(IMAGE_REPOSITORY) for t in image.tags
+                if t.startswith(f"{IMAGE_REPOSITORY}:")]
+        removed: list[str] = []
+        excess = len(tags) - self.max_images
+        for tag in sorted(tags, key=_last_use):
+            if excess <= 0:
+                break
+            if tag in keep:
+                continue
+            try:
+                self.client.images.remove(tag, noprune=False)
+            except docker.errors.APIError:
+                continue  # a container (running or stopped) still uses it
+            excess -= 1
+            removed.append(tag)
+            log.info("Evicted environment image %s (least recently used; more than %d images)", tag,
+                     self.max_images)
+        return removed
 
     # ------------------------------------------------------------------ base images
     def _as_is(self, environment: Environment | None) -> ResolvedImage:
@@ -361,20 +417,50 @@ class ImageBuilder:
         return image_id, log_path
 
 
-def _dockerfile(base: str, options: list[str], python: str, name: str, fingerprint: str) -> str:
-    """``FROM`` the base, then the lock installed into a virtual environment that sees the base's packages."""
-    pip = (f"--no-input --disable-pip-version-check --no-cache-dir {' '.join(options)} "
-           f"-r {IN_IMAGE_BUILD_FOLDER}/requirements.txt")
+def _dockerfile(base_id: str, options: list[str], python: str, name: str, fingerprint: str, with_uv: bool) -> str:
+    """``FROM`` the base, then the lock installed into a virtual environment that sees the base image's
+    packages: with uv from the build context when it was sent (seconds), else with the image's pip.
+
+    One stage: the legacy builder keeps a multi-stage build's first stage as untagged children of the
+    base image, which then cannot be removed; the copied wheels stay in the ``COPY`` layer."""
+    requirements = f"-r {IN_IMAGE_BUILD_FOLDER}/requirements.txt"
+    if with_uv:
+        uv = f"{IN_IMAGE_BUILD_FOLDER}/uv"
+        install = (f"RUN {uv} venv --quiet --system-site-packages --python {python} {ENV_PREFIX} \\\n"
+                   f" && UV_NO_CACHE=1 {uv} pip install --python {ENV_PREFIX}/bin/python {' '.join(options)} "
+                   f"{requirements} \\\n")
+    else:
+        pip = f"--no-input --disable-pip-version-check --no-cache-dir {' '.join(options)} {requirements}"
+        install = (
+            f"RUN {python} -m venv --system-site-packages --without-pip {ENV_PREFIX} \\\n"
+            f" && if {python} -m pip --version >/dev/null 2>&1; then {python} -m pip --python "
+            f"{ENV_PREFIX}/bin/python install {pip}; \\\n"
+            f"    else {ENV_PREFIX}/bin/python -m ensurepip && {ENV_PREFIX}/bin/python -m pip install {pip}; fi \\\n"
+        )
     return (
-        base
-        + f"COPY {BUILD_FOLDER}/ {IN_IMAGE_BUILD_FOLDER}/\n"
-        + f"RUN {python} -m venv --system-site-packages --without-pip {ENV_PREFIX} \\\n"
-        + f" && if {python} -m pip --version >/dev/null 2>&1; then {python} -m pip --python {ENV_PREFIX}/bin/python "
-        + f"install {pip}; \\\n"
-        + f"    else {ENV_PREFIX}/bin/python -m ensurepip && {ENV_PREFIX}/bin/python -m pip install {pip}; fi \\\n"
-        + f" && rm -rf {IN_IMAGE_BUILD_FOLDER}/wheels\n"
+        f"FROM {base_id}\n"
+        f"COPY {BUILD_FOLDER}/ {IN_IMAGE_BUILD_FOLDER}/\n"
+        + install
+        + f" && rm -rf {IN_IMAGE_BUILD_FOLDER}/wheels {IN_IMAGE_BUILD_FOLDER}/uv\n"
         + _labels(name, fingerprint)
     )
+
+
+def _uses_dir() -> Path:
+    return state_dir() / "image-uses"
+
+
+def _record_use(tag: str) -> None:
+    folder = _uses_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / tag.replace("/", "_").replace(":", "_")).touch()
+
+
+def _last_use(tag: str) -> float:
+    try:
+        return (_uses_dir() / tag.replace("/", "_").replace(":", "_")).stat().st_mtime
+    except OSError:
+        return 0.0  # never used from this machine: first to go
 
 
 def _labels(name: str, fingerprint: str) -> str:

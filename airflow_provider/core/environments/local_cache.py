@@ -16,6 +16,7 @@ in ``bin/`` are rewritten to the final path before the rename (the one builder e
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
+from airflow_provider.core.environments.conda_builder import CondaBuilder, rattler_available
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
 from airflow_provider.core.environments.interpreters import find_local_interpreter, python_matches
 from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
@@ -39,7 +41,9 @@ from airflow_provider.runtime import venv_builder
 
 __all__ = ["EnvironmentCache", "PreparedEnvironment", "environment_fingerprint"]  # the last two re-exported
 
+logger = logging.getLogger(__name__)
 Installer = Literal["auto", "uv", "pip"]
+CondaMode = Literal["auto", "rattler", "translate"]
 
 MARKER_NAME = venv_builder.MARKER_NAME
 STALE_TEMP_SECONDS = 3600
@@ -54,17 +58,30 @@ class EnvironmentCache:
     :param installer: ``"uv"``, ``"pip"`` (``python -m venv`` + pip), or ``"auto"`` (uv when found).
     :param build_timeout_seconds: a build step (venv, pip install) that runs longer fails; a run
         waiting for another process's build of the same environment waits at most twice as long.
+    :param max_count: the most environments kept; after a build, the least recently used beyond it
+        are evicted (never one a running job uses), each eviction logged.
+    :param max_bytes: likewise, the most bytes the environments may take together.
+    :param conda: how conda specifications are built: ``"rattler"``, a real conda environment with
+        py-rattler (the ``conda`` extra; its channels must be reachable); ``"translate"``, a virtual
+        environment from PyPI (see :func:`~airflow_provider.core.environments.conda_spec.translate_to_pip`);
+        ``"auto"`` (default): rattler when py-rattler is installed, else translate.
     """
 
     def __init__(
         self, root: Path | None = None, *, base_python: str | None = None, installer: Installer = "auto",
-        build_timeout_seconds: float = 1800.0,
+        build_timeout_seconds: float = 1800.0, max_count: int = 20, max_bytes: int = 50 << 30,
+        conda: CondaMode = "auto",
     ) -> None:
+        if conda not in ("auto", "rattler", "translate"):
+            raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
+        self.conda = conda
         self.root = Path(root) if root is not None else state_dir() / "envs"
         self.build_timeout_seconds = build_timeout_seconds
         python = base_python or sys.executable
         self.base_python = python if os.path.isabs(python) else (shutil.which(python) or python)
         self.installer = installer
+        self.max_count = max_count
+        self.max_bytes = max_bytes
         self._python_version: str | None = None
 
     # ----------------------------------------------------------------- public
@@ -75,11 +92,14 @@ class EnvironmentCache:
         """
         if env is None or env.kind not in MANAGED_KINDS:
             return self._unmanaged(env)
+        if env.kind == "conda" and self.conda_mode() == "rattler":
+            return CondaBuilder(self.root, self.build_timeout_seconds, self.max_count, self.max_bytes).prepare(env)
         required = env.required_python()
         if required is not None and not python_matches(required, self.python_version()):
             other = find_local_interpreter(required, self.base_python, self.python_version())
             return EnvironmentCache(self.root, base_python=other, installer=self.installer,
-                                    build_timeout_seconds=self.build_timeout_seconds).prepare(env)
+                                    build_timeout_seconds=self.build_timeout_seconds, max_count=self.max_count,
+                                    max_bytes=self.max_bytes, conda=self.conda).prepare(env)
         lock = self.lock(env)
         fingerprint = environment_fingerprint(env, self.python_version(), lock)
         final = self.root / fingerprint
@@ -98,6 +118,12 @@ class EnvironmentCache:
                 f"{2 * self.build_timeout_seconds:g} s (lock {self.root / f'{fingerprint}.lock'}); stop that build "
                 "or remove the lock file if its process is gone."
             ) from exc
+
+    def conda_mode(self) -> Literal["rattler", "translate"]:
+        """How this cache builds conda specifications (``"auto"`` decided)."""
+        if self.conda == "auto":
+            return "rattler" if rattler_available() else "translate"
+        return self.conda
 
     def lock(self, env: Environment) -> Lock:
         """The resolved lock of ``env`` for the base interpreter (cached per machine; see :mod:`locking`).
@@ -172,6 +198,8 @@ class EnvironmentCache:
                 "\n".join(tail[-LOG_TAIL_LINES:]),
                 log_path,
             ) from exc
+        for line in venv_builder.evict_environments(str(self.root), self.max_count, self.max_bytes, (fingerprint,)):
+            logger.info("Evicted environment %s from %s", line, self.root)
         text = (
             f"virtual environment {final} for {_label(env)}, built now with {tool} from a lock of "
             f"{len(lock.packages)} packages ({_source(lock)}) in {time.monotonic() - started:.1f} s"

@@ -205,15 +205,66 @@ class Environment:
             env.python.user_managed_dependencies = True
         return env
 
+    @classmethod
+    def from_run(cls, run_id: str, tracking_uri: str | None = None) -> Environment:
+        """The environment a run ran in, pinned to the exact versions of its lock (``environment/lock.txt``).
+
+        Building it on any target installs those versions (for another platform, their wheels for
+        it); its image, variables and settings are the run's too.
+
+        :param run_id: the MLflow run id.
+        :param tracking_uri: the tracking server; default as for :class:`Experiment`.
+        :raises ConfigurationError: the run has no lock (it ran without a managed environment).
+        """
+        import tempfile
+
+        from airflow_provider.core.errors import ArtifactNotFoundError
+        from airflow_provider.core.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="environment-from-run-") as scratch:
+            try:
+                lock = Path(tracker.download_artifact(run_id, "environment/lock.txt", scratch)).read_text()
+            except ArtifactNotFoundError as exc:
+                raise ConfigurationError(
+                    "Environment.from_run.run_id", f"run {run_id} has no environment/lock.txt: it ran without a "
+                    "managed environment (pip packages or a conda specification), or before locks were recorded.",
+                    "pass the id of a run whose environment the provider built.",
+                ) from exc
+            try:
+                definition = json.loads(Path(tracker.download_artifact(run_id, "environment/definition.json",
+                                                                       scratch)).read_text())
+            except ArtifactNotFoundError:
+                definition = {"name": "from-run"}
+        env = cls.from_dict(definition)
+        env.version = None
+        if "@EXPLICIT" in lock.splitlines():  # a conda environment: the same packages, builds included
+            original = env.python.conda_dependencies
+            env.python.conda_dependencies = _pinned_conda(lock, original.channels if original else [])
+            env.python.conda_dependencies_file = None
+            return env
+        env.python.conda_dependencies = None
+        env.python.conda_dependencies_file = None
+        env.python.pip_packages = [line.split(" --hash=")[0] for line in lock.splitlines()
+                                   if line.strip() and not line.startswith("#")]
+        return env
+
     def refresh_lock(self) -> int:
         """Forget this machine's resolved locks of this environment: the next build resolves anew
         (newer releases within the requirements). Until then, runs get the packages first locked.
 
         :return: how many cached locks were removed.
         """
+        from airflow_provider.core.environments.conda_builder import forget_conda_locks
         from airflow_provider.core.environments.locking import forget_locks
 
-        return forget_locks(self.requirements())
+        spec = self.conda_specification()
+        removed = forget_conda_locks(spec) if spec is not None else 0
+        try:
+            requirements = self.requirements()
+        except ConfigurationError:  # conda-only packages: no translation, so no pip lock either
+            return removed
+        return removed + forget_locks(requirements)
 
     def add_pip_package(self, requirement: str) -> None:
         """Add one pip requirement (e.g. ``"numpy>=1.26"``) to the environment.
@@ -332,7 +383,8 @@ class Environment:
             spec = self.conda_specification()
             assert spec is not None
             spec.validate(f"{field_prefix}.python.conda_dependencies")
-            translate_to_pip(spec, f"{field_prefix}.python.conda_dependencies")  # conda-only packages: refused now
+            # Conda-only packages (cudatoolkit, ...) are refused when a target without conda translates
+            # the specification (preparing it, before anything is sent or started).
         if python.install_from not in (None, "target", "submitter"):
             raise ConfigurationError(
                 f"{field_prefix}.python.install_from",
@@ -565,6 +617,26 @@ class Environment:
         """
         name, _, version = reference.partition(":")
         return Environment.get(name, version or None)
+
+
+def _pinned_conda(lock: str, channels: list[str]) -> CondaDependencies:
+    """A specification of exactly the packages of a conda lock (``@EXPLICIT`` URLs, ``# pip:`` pins)."""
+    spec = CondaDependencies()
+    for channel in spec.channels:
+        spec.remove_channel(channel)
+    for channel in channels:
+        spec.add_channel(channel)
+    for line in lock.splitlines():
+        if line.startswith("# pip: ") and "==" in line:
+            spec.add_pip_package(line[len("# pip: "):].split(" --hash=")[0])
+        elif line and not line.startswith(("#", "@")):
+            stem = line.split("#", 1)[0].rsplit("/", 1)[-1].removesuffix(".conda").removesuffix(".tar.bz2")
+            name, version, build = stem.rsplit("-", 2)
+            if name == "python":
+                spec.set_python_version(f"=={version}")
+            else:
+                spec.add_conda_package(f"{name}=={version}={build}")
+    return spec
 
 
 def _python_dict(python: PythonSection) -> dict[str, Any]:

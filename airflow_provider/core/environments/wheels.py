@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.error
@@ -26,6 +27,8 @@ from airflow_provider.core.paths import cache_dir
 
 __all__ = ["WheelStore", "files_to_install"]
 
+log = logging.getLogger(__name__)
+
 _PARALLEL_DOWNLOADS = 4
 _DOWNLOAD_TIMEOUT_SECONDS = 120.0
 _CHUNK = 1 << 20
@@ -35,10 +38,13 @@ class WheelStore:
     """Wheels by sha256 on this machine.
 
     :param root: the store's folder; default ``<cache>/wheels``.
+    :param max_bytes: after a fetch, the least recently used wheels beyond this size are removed
+        (never those of the lock just fetched), each removal logged.
     """
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, max_bytes: int = 20 << 30) -> None:
         self.root = Path(root) if root is not None else cache_dir() / "wheels"
+        self.max_bytes = max_bytes
         self.bytes_downloaded = 0
         """Bytes this object downloaded (a warm store downloads nothing)."""
 
@@ -65,7 +71,34 @@ class WheelStore:
         for package in lock.packages:  # a hit counts as a use (least recently used eviction)
             with contextlib.suppress(OSError):
                 os.utime(self.path(package.sha256))
+        if missing:
+            self.evict(keep={p.sha256 for p in lock.packages})
         return {p.sha256: self.path(p.sha256) for p in lock.packages}
+
+    def evict(self, keep: set[str]) -> list[str]:
+        """Remove the least recently used wheels beyond :attr:`max_bytes`, except ``keep``.
+
+        :param keep: sha256 digests not to remove.
+        :return: the removed files' digests.
+        """
+        files = []
+        for path in self.root.glob("??/*"):
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                files.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in files)
+        removed: list[str] = []
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if path.name in keep or path.name.startswith(".tmp-"):
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            removed.append(path.name)
+            log.info("Evicted wheel %s (%d bytes) from %s: the store is over %d bytes", path.name, size, self.root,
+                     self.max_bytes)
+        return removed
 
     def _fetch_one(self, package: LockedPackage) -> None:
         final = self.path(package.sha256)

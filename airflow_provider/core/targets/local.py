@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airflow_provider.core.environments.local_cache import EnvironmentCache
+from airflow_provider.core.environments.local_cache import CondaMode, EnvironmentCache
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import TargetError
@@ -44,22 +44,24 @@ class LocalTarget(ComputeTarget):
 
     :param jobs_root: where job folders are made; default ``<state>/local/jobs``.
     :param environment_cache: the cache of managed virtual environments.
+    :param conda: how conda specifications are built here when no ``environment_cache`` is given
+        (``"auto"``, ``"rattler"``, ``"translate"``: see :class:`EnvironmentCache`).
     """
 
     kind: ClassVar[str] = "local"
 
     def __init__(self, jobs_root: str | Path | None = None,
-                 environment_cache: EnvironmentCache | None = None) -> None:
+                 environment_cache: EnvironmentCache | None = None, conda: CondaMode = "auto") -> None:
         self.jobs_root = Path(jobs_root) if jobs_root else state_dir() / "local" / "jobs"
-        self.environment_cache = environment_cache or EnvironmentCache()
+        self.environment_cache = environment_cache or EnvironmentCache(conda=conda)
         self._runners: dict[str, subprocess.Popen[bytes]] = {}
 
     def to_spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "jobs_root": str(self.jobs_root)}
+        return {"kind": self.kind, "jobs_root": str(self.jobs_root), "conda": self.environment_cache.conda}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> LocalTarget:
-        return cls(jobs_root=spec.get("jobs_root"))
+        return cls(jobs_root=spec.get("jobs_root"), conda=spec.get("conda", "auto"))
 
     def describe(self) -> str:
         return f"local ({socket.gethostname()})"
