@@ -5,8 +5,8 @@
   install -r lock.txt`` of the same lock into a new folder, with the same uv and cache. Interleaved,
   medians of N.
 * SSH host without a package index, cold: ``prepare_environment`` into a new work root (every wheel
-  sent over SSH, then installed offline by the host's own installer) vs that installer alone on the
-  same host with the wheels already there (``python3 -m venv`` + ``pip install --no-index
+  sent over SSH, and uv when the host has none, then installed offline) vs the same installer alone
+  on the same host with the wheels already there (``uv venv`` + ``uv pip install --no-index
   --find-links``): the price of the transfer.
 * Cache hits: ``prepare_environment`` of an environment already built, on the local, SSH and Docker
   targets (goal: under 0.2 s each).
@@ -101,26 +101,33 @@ def _ssh(env: object, repetitions: int) -> None:
 
     ours: list[float] = []
     bare: list[float] = []
+    sent: list[int] = []
     for _ in range(repetitions):
         root = f"/tmp/bench-envs-{uuid.uuid4().hex[:8]}"
         fresh = target(root)
         fresh.hello()  # the connection and the agent are not the build
         ours.append(_timed(lambda fresh=fresh: fresh.prepare_environment(env)))  # type: ignore[misc]
+        sent.append(fresh.blob_bytes_sent)
         lock = fresh.lock(env)
         wheels = f"{root}/bench-wheels"
         names = " ".join(f"ln -sf {root}/blobs/{p.sha256[:2]}/{p.sha256} {wheels}/{p.filename};" for p in lock.packages)
         lines = "\\n".join(lock.requirement_lines())
         setup = f"mkdir -p {wheels} && {names} printf '{lines}\\n' > {root}/lock.txt"
         subprocess.run(["docker", "exec", host.name, "sh", "-c", setup], check=True)
-        command = (f"python3 -m venv {root}/bare && {root}/bare/bin/pip install -q --no-index --find-links {wheels} "
-                   f"-r {root}/lock.txt")
+        # The same installer ours used: the uv it sent (the host had none), else the host's venv + pip.
+        command = (f"U=$(ls {root}/tools/uv-*/uv 2>/dev/null | head -1); if [ -n \"$U\" ]; then "
+                   f"$U venv -q --relocatable {root}/bare && $U pip install -q --python {root}/bare/bin/python "
+                   f"--no-index --no-deps --find-links {wheels} -r {root}/lock.txt; "
+                   f"else python3 -m venv {root}/bare && {root}/bare/bin/pip install -q --no-index --no-deps "
+                   f"--find-links {wheels} -r {root}/lock.txt; fi")
         bare.append(_timed(lambda command=command: subprocess.run(  # type: ignore[misc]
             ["docker", "exec", host.name, "sh", "-c", command], check=True)))
         hit_target = fresh
         subprocess.run(["docker", "exec", host.name, "rm", "-rf", root], check=False)
     ratio = statistics.median(ours) / statistics.median(bare)
-    print(f"ssh cold build (offline host, wheels sent): ours {statistics.median(ours):.2f} s, the host's venv + pip "
-          f"from wheels already there {statistics.median(bare):.2f} s: {ratio:.2f}x")
+    print(f"ssh cold build (offline host, wheels sent): ours {statistics.median(ours):.2f} s, the same installer on "
+          f"the host from wheels already there {statistics.median(bare):.2f} s: {ratio:.2f}x; "
+          f"{statistics.median(sent) / 1e6:.0f} MB sent to a new work root (the wheels, and uv once per root)")
     root = f"/tmp/bench-envs-{uuid.uuid4().hex[:8]}"
     warm = target(root)
     warm.prepare_environment(env)

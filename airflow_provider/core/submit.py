@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
+from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.errors import (
     ConfigurationError,
@@ -175,7 +176,7 @@ class Experiment:
             prepared = self._prepare_environment(run_id, target, resolved)
             if prepared.lock is not None and resolved.environment is not None:
                 lock_text = prepared.lock
-                definition = json.dumps(resolved.environment.to_dict(), indent=2, sort_keys=True)
+                definition = redact(json.dumps(resolved.environment.to_dict(), indent=2, sort_keys=True))
                 writes.submit(lambda: self.tracker.log_text(run_id, lock_text, "environment/lock.txt"))
                 writes.submit(lambda: self.tracker.log_text(run_id, definition, "environment/definition.json"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.STARTING, {

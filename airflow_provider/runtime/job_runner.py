@@ -85,6 +85,9 @@ COLLECTED_PATHS = (EVENTS_FILE, RANKS_DIR, f"{WORK_DIR}/outputs", f"{WORK_DIR}/l
 absent, so a watcher that must fetch each file over a connection skips those."""
 RUNNER_LOG = "runner.log"  # the supervisor's own output
 LAUNCH_MARKER = ".launched"  # created (exclusively) by a launch in progress or done
+JOB_MARKER_VARIABLE = "TRAINING_RUN_JOB_DIR"
+"""Set by the supervisor to the job folder in the command's environment; every process the command
+starts inherits it, so a job's processes are found even after they left its session."""
 
 REASON_EXITED = "exited"
 REASON_TIMEOUT = "timeout"
@@ -162,22 +165,44 @@ def tree_members(root_pid: int, group: int) -> set[int]:
     return members
 
 
-def stop_orphaned_command(state: RunnerJson, grace_seconds: float) -> str:
-    """Stop the command of a job whose supervisor is gone, if it still runs (same start time).
+def stop_orphaned_command(state: RunnerJson, grace_seconds: float, job_dir: str | None = None) -> str:
+    """Stop the command of a job whose supervisor is gone, if it still runs (same start time), and
+    every process that carries the job's marker (a daemon that left the command's session).
 
+    :param state: the job's ``runner.json``.
+    :param grace_seconds: how long SIGTERM is given before SIGKILL.
+    :param job_dir: the job folder (its processes carry it in :data:`JOB_MARKER_VARIABLE`).
     :return: a note for the status message ("" when there was nothing to stop).
     """
     child = state.get("child_pid")
-    if not child or not is_alive(int(child), state.get("child_start_ticks")):
+    marked = _marked_processes(job_dir) if job_dir else set()
+    if child and is_alive(int(child), state.get("child_start_ticks")):
+        marked |= tree_members(int(child), int(child)) | {int(child)}
+    if not marked:
         return ""
-    _stop_tree_without_runner(int(child), grace_seconds)
+    _stop_without_runner(marked, grace_seconds)
     return " (its command, left running, was stopped)"
 
 
-def _stop_tree_without_runner(child_pid: int, grace_seconds: float) -> None:
+def _marked_processes(job_dir: str) -> set[int]:
+    """The processes whose environment names this job folder (the command and what it started)."""
+    marker = f"{JOB_MARKER_VARIABLE}={os.path.abspath(job_dir)}".encode()
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker in handle.read().split(b"\0"):
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _stop_without_runner(members: set[int], grace_seconds: float) -> None:
     import signal
 
-    members = tree_members(child_pid, child_pid) | {child_pid}
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in members:
             _kill(pid, signum)
@@ -246,7 +271,7 @@ def cancel_job(job_dir: str, grace_seconds: float, wait: bool) -> None:
                 break
             time.sleep(0.02)
     # The supervisor is gone or stuck: stop the command's tree ourselves and record it.
-    stop_orphaned_command(state, grace_seconds)
+    stop_orphaned_command(state, grace_seconds, job_dir)
     if not os.path.exists(exit_path):
         write_json_atomically(exit_path, {
             "exit_code": None, "signal": None, "reason": REASON_CANCELED,
@@ -308,7 +333,7 @@ def job_state(job_dir: str) -> dict[str, Any]:
     exit_state = read_exit_json(job_dir)  # it may have just finished
     if exit_state is not None:
         return {"state": "ended", "exit": exit_state}
-    stopped = stop_orphaned_command(state, grace_seconds=5)
+    stopped = stop_orphaned_command(state, grace_seconds=5, job_dir=job_dir)
     return {"state": "lost", "message": f"the job supervisor died{stopped}: {runner_log_tail(job_dir)}"}
 
 
@@ -603,6 +628,7 @@ class JobRunner:
             environment["PATH"] = os.pathsep.join([*prepend, environment.get("PATH", os.defpath)])
         for name in launch.get("unset_env", []):
             environment.pop(name, None)
+        environment[JOB_MARKER_VARIABLE] = self.job_dir  # inherited: finds a daemon even once it has left
         log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             return Child(spawn_in_new_session(launch["argv"], self.path(launch.get("cwd", WORK_DIR)), environment, log))

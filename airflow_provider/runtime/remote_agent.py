@@ -95,7 +95,8 @@ def op_hello(request: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, OSError):
         libc = None
     return {"python_version": sys.version, "executable": sys.executable, "home": os.path.expanduser("~"),
-            "uv": uv, "hostname": os.uname().nodename, "machine": os.uname().machine, "libc": libc}
+            "uv": uv, "hostname": os.uname().nodename, "machine": os.uname().machine, "libc": libc,
+            "system": sys.platform, "implementation": sys.implementation.name}
 
 
 def op_which(request: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +315,13 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         os.utime(final)
         return {"fingerprint": fingerprint, "python": python, "built": False}
     wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
-    missing = sorted({d for name, d in request.get("wheels", {}).items() if not os.path.exists(wheels[name])})
+    missing = []
+    for name, digest in request.get("wheels", {}).items():
+        try:
+            os.utime(wheels[name])  # a use: the blob collector keeps the recently used
+        except OSError:
+            missing.append(digest)
+    missing = sorted(set(missing))
     uv = op_hello({})["uv"]
     uv_digest = request.get("uv_blob") if uv is None else None
     if uv_digest:
@@ -334,7 +341,7 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
             with open(log_path, "ab") as log:
                 venv_builder.build_venv(final, list(request["requirements"]), sys.executable, uv, log,
                                         float(request.get("timeout", 1800)), sys.version, wheels,
-                                        bool(request.get("offline")))
+                                        bool(request.get("offline")), bool(request.get("complete")))
         except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
     evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint,))

@@ -53,7 +53,7 @@ def is_built(final: str) -> bool:
 
 def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: str | None, log: IO[bytes],
                timeout: float, python_version: str, wheels: Mapping[str, str] | None = None,
-               offline: bool = False) -> str:
+               offline: bool = False, complete: bool = False) -> str:
     """Build the environment of ``requirements`` and publish it at ``final``.
 
     With ``wheels``, the installer finds packages in a folder of those files (``--find-links``,
@@ -69,15 +69,20 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
     :param python_version: ``sys.version`` of ``base_python``, recorded in the marker.
     :param wheels: package files by their file name: the path each is linked (or copied) from.
     :param offline: install from ``wheels`` only, never from a package index.
+    :param complete: the requirements are a whole lock (every dependency listed): installed as they
+        are (``--no-deps``), so what the base interpreter provides is used, never replaced.
     :return: the tool used (``"uv"`` or ``"venv + pip"``).
     :raises BuildFailedError: a step failed (nothing is left at ``final`` or in the temporary folder).
     """
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=parent)
-    links = None if wheels is None else _link_wheels(wheels, f"{temporary}.wheels")
-    options = ([] if links is None else ["--find-links", links]) + (["--no-index"] if offline else [])
+    links = None if wheels is None else f"{temporary}.wheels"
+    options = (([] if links is None else ["--find-links", links]) + (["--no-index"] if offline else [])
+               + (["--no-deps"] if complete else []))
     try:
+        if wheels is not None and links is not None:
+            _link_wheels(wheels, links, log)
         tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout, options)
         with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
             json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool,
@@ -94,7 +99,7 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
     return tool
 
 
-def _link_wheels(wheels: Mapping[str, str], folder: str) -> str:
+def _link_wheels(wheels: Mapping[str, str], folder: str, log: IO[bytes]) -> None:
     """A ``--find-links`` folder of ``wheels`` (hard links, copies across file systems)."""
     os.makedirs(folder, exist_ok=True)
     for name, source in wheels.items():
@@ -103,9 +108,12 @@ def _link_wheels(wheels: Mapping[str, str], folder: str) -> str:
         target = os.path.join(folder, name)
         try:
             os.link(source, target)
+        except FileNotFoundError:
+            log.write(f"the wheel {name} is no longer in the host's store ({source}); submit again to send it\n"
+                      .encode())
+            raise BuildFailedError("linking the wheels", -1) from None
         except OSError:
             shutil.copyfile(source, target)
-    return folder
 
 
 def _build_in(temporary: str, final: str, requirements: list[str], base_python: str, uv: str | None,
@@ -180,8 +188,9 @@ def _folder_size(folder: str) -> int:
 
 
 def environments_in_use(envs_dir: str) -> set[str]:
-    """Names of the environments under ``envs_dir`` that a running process was started from (its
-    ``argv[0]`` is inside one: a job runs ``<env>/bin/python``, and so do the processes it starts)."""
+    """Names of the environments under ``envs_dir`` that a running process uses: its ``argv[0]`` is
+    inside one (a job runs ``<env>/bin/python``, and so do the processes it starts), or its ``PATH``
+    holds one's ``bin`` (a job's commands, ``bash run.sh``, inherit the PATH the job was given)."""
     prefix = os.path.realpath(envs_dir).rstrip("/") + "/"
     plain = os.path.abspath(envs_dir).rstrip("/") + "/"
     used: set[str] = set()
@@ -196,7 +205,25 @@ def environments_in_use(envs_dir: str) -> set[str]:
         for root in (prefix, plain):
             if program.startswith(root):
                 used.add(program[len(root):].split("/", 1)[0])
+        used.update(_on_path(entry, (prefix, plain)))  # `bash run.sh`, `python x.py`: the job's PATH
     return used
+
+
+def _on_path(pid: str, roots: tuple[str, ...]) -> set[str]:
+    """Environments whose ``bin`` is on a process's ``PATH`` (jobs get their environment's first)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            variables = handle.read().split(b"\0")
+    except OSError:
+        return set()
+    found: set[str] = set()
+    for variable in variables:
+        if variable.startswith(b"PATH="):
+            for folder in variable[5:].decode(errors="replace").split(":"):
+                for root in roots:
+                    if folder.startswith(root) and folder.endswith("/bin"):
+                        found.add(folder[len(root):].split("/", 1)[0])
+    return found
 
 
 def evict_environments(envs_dir: str, max_count: int, max_bytes: int, keep: Sequence[str] = ()) -> list[str]:

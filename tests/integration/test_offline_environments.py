@@ -279,3 +279,62 @@ def test_a_hosts_environment_cache_is_bounded_and_logs_evictions(ssh_container: 
     assert prepared[1].fingerprint in listing
     assert f"evicted environment {prepared[0].fingerprint}" in listing and "more than 1 environments" in listing
     assert listing.split().count(prepared[0].fingerprint) == 1, "only the log names the first one now"
+
+
+AZUREML_SCRIPT = """
+    import mlflow, sklearn
+    from azureml.core import Run
+    from sklearn.linear_model import LogisticRegression
+    run = Run.get_context()
+    model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+    run.log("accuracy", float(model.score([[0.0], [3.0]], [0, 1])))
+    print("sklearn", sklearn.__version__, "mlflow", mlflow.__version__)
+"""
+
+
+@pytest.mark.parametrize("where", ["ssh", "docker"])
+def test_an_azure_ml_curated_environment_runs_a_v1_script_unchanged(where: str, request: pytest.FixtureRequest,
+                                                                   tmp_path: Path) -> None:
+    target: SSHTarget | DockerTarget
+    if where == "ssh":
+        target = _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-curated-{uuid.uuid4().hex[:8]}")
+    else:
+        target = request.getfixturevalue("docker_target")
+        client = target.client
+        before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
+        request.addfinalizer(lambda: remove_new_images(client, before))
+    environment = Environment.get("AzureML-sklearn-1.0-ubuntu20.04-py38-cpu")
+    write_script(tmp_path / "src", AZUREML_SCRIPT)
+    lines: list[str] = []
+    run = Experiment("curated").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                                       environment=environment))
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", (details, lines)
+    assert lines[0].startswith("sklearn 1.7.2 mlflow 3.5.0"), lines
+    assert MlflowClient().get_metric_history(run.id, "accuracy")[0].value == 1.0
+    assert _lock_pins(run.id, tmp_path / "lock")["scikit-learn"] == "1.7.2"
+    assert not target.prepare_environment(environment).built, "prepared once per host"
+
+
+def test_what_the_image_already_has_is_kept_not_replaced(docker_target: DockerTarget, request: pytest.FixtureRequest,
+                                                         tmp_path: Path) -> None:
+    """As pip kept a satisfied requirement: an image's own build of a package (a CUDA torch, say) is
+    used as it is; the lock resolves around its version and leaves it out."""
+    client = docker_target.client
+    before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
+    request.addfinalizer(lambda: remove_new_images(client, before))
+    builder_facts = docker_target.client.containers.run(
+        docker_target.image, [docker_target.python, "-c", "import wheel; print(wheel.__version__)"], remove=True)
+    image_wheel = builder_facts.decode().strip()
+    environment = Environment("keeps-image-packages")
+    environment.add_pip_package("wheel")  # the image has its own (Debian's)
+    environment.add_pip_package("six")
+    prepared = docker_target.prepare_environment(environment)
+    assert prepared.lock is not None and "six==" in prepared.lock and "\nwheel==" not in prepared.lock
+    write_script(tmp_path / "src", "import wheel, six\nprint(wheel.__version__, wheel.__file__)\n")
+    lines: list[str] = []
+    run = Experiment("image-kept").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=docker_target,
+                                                          environment=environment))
+    assert run.wait_for_completion(output=lines.append)["status"] == "Completed", lines
+    version, location = lines[0].split()
+    assert version == image_wheel and "/opt/training-runs/env" not in location

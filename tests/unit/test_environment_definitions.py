@@ -64,7 +64,8 @@ def test_a_conda_environment_survives_to_dict_and_register(isolated_state: Path)
     assert again == env and again.requirements() == env.requirements() == ["numpy==1.26.*", "six"]
     env.register()
     assert Environment.get("conda-reg").requirements() == ["numpy==1.26.*", "six"]
-    assert set(Environment.list()) == {"conda-reg"}
+    listed = Environment.list()
+    assert "conda-reg" in listed and {"training-sklearn", "AzureML-Minimal"} <= set(listed)
     plain = Environment("plain")  # definitions without the new fields keep their hash
     assert "install_from" not in json.dumps(plain.definition_hash())
 
@@ -187,3 +188,25 @@ def test_a_lock_is_kept_until_it_is_forgotten(isolated_state: Path, tmp_path: Pa
     assert forget_locks([str(wheel)]) == 1
     with pytest.raises(ConfigurationError, match="uv"):
         lock_requirements([str(wheel)], platform)
+
+
+def test_curated_environments_and_their_azure_ml_names(isolated_state: Path) -> None:
+    sklearn = Environment.get("AzureML-sklearn-1.0-ubuntu20.04-py38-cpu")
+    assert sklearn.azureml_compat and sklearn.kind == "pip" and sklearn.version == "1"
+    assert "scikit-learn==1.7.2" in sklearn.requirements()
+    plain = Environment.get("training-sklearn")
+    assert not plain.azureml_compat and plain.requirements() == sklearn.requirements()
+    minimal = Environment.resolve("AzureML-Minimal:1")
+    assert minimal.kind == "current" and minimal.azureml_compat
+    torch = Environment.get("AzureML-pytorch-1.10-ubuntu18.04-py37-cpu-inference")
+    assert any(line.startswith("torch==") and line.endswith("+cpu") for line in torch.requirements())
+    with pytest.raises(ConfigurationError, match="GPU"):
+        Environment.get("AzureML-pytorch-1.10-ubuntu18.04-py38-cuda11-gpu")
+    with pytest.raises(ConfigurationError, match="no version 7"):
+        Environment.get("training-sklearn", 7)
+    for env in Environment.list().values():
+        env.validate()
+    mine = Environment("training-sklearn")  # a registered definition shadows the curated one
+    mine.add_pip_package("six")
+    mine.register()
+    assert Environment.get("training-sklearn").python.pip_packages == ["six"]

@@ -97,3 +97,19 @@ def test_the_wheel_store_is_bounded(tmp_path: Path) -> None:
         os.utime(path, (stamp, stamp))
     removed = store.evict(keep={"00" + "a" * 62})
     assert removed == ["01" + "a" * 62]
+
+
+def test_a_job_whose_path_holds_the_environment_keeps_it(tmp_path: Path) -> None:
+    envs = tmp_path / "envs"
+    busy = _fake_environment(envs, "viapath", 10, 500)
+    _fake_environment(envs, "other", 10, 100)
+    process = subprocess.Popen(["/bin/sleep", "60"], env={"PATH": f"{busy / 'bin'}:/usr/bin:/bin"})
+    try:
+        wait_until(lambda: Path(f"/proc/{process.pid}/cmdline").read_bytes().startswith(b"/bin/sleep"),
+                   timeout=10, message="the process's command line")
+        assert "viapath" in venv_builder.environments_in_use(str(envs))  # `bash run.sh` in a job, say
+        removed = venv_builder.evict_environments(str(envs), max_count=1, max_bytes=1 << 40)
+        assert [line.split()[0] for line in removed] == ["other"] and busy.exists()
+    finally:
+        process.kill()
+        process.wait()

@@ -38,7 +38,7 @@ from typing import IO, Any, Literal, TypeVar
 
 from filelock import FileLock
 
-from airflow_provider.core.environments.conda_spec import CondaDependencies
+from airflow_provider.core.environments.conda_spec import PYPI_NAMES, CondaDependencies
 from airflow_provider.core.environments.locking import Lock, TargetPlatform, find_uv, lock_requirements
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
@@ -47,7 +47,7 @@ from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildErr
 from airflow_provider.core.paths import cache_dir, state_dir
 from airflow_provider.runtime import venv_builder
 
-__all__ = ["CondaBuilder", "forget_conda_locks", "rattler_available"]
+__all__ = ["CondaBuilder", "forget_conda_locks", "pip_section", "rattler_available"]
 
 logger = logging.getLogger(__name__)
 _LAYOUT = "1"
@@ -81,9 +81,27 @@ def forget_conda_locks(spec: CondaDependencies | None = None) -> int:
     return removed
 
 
+def pip_section(spec: CondaDependencies) -> list[str]:
+    """The requirement lines of a specification's ``pip:`` section (options first), as locked.
+
+    :param spec: the conda specification.
+    """
+    return sorted(set([*spec.pip_options, *spec.pip_packages]))
+
+
+def _virtual_packages() -> list[str]:
+    """This machine's conda virtual packages (``__glibc``, ``__cuda``, ...): a solution depends on them."""
+    try:
+        import rattler
+
+        return sorted(str(package) for package in rattler.VirtualPackage.detect())
+    except Exception:  # no py-rattler, or an unreadable system
+        return []
+
+
 def _solution_path(spec: CondaDependencies, subdir: str) -> Path:
-    key = hashlib.sha256(json.dumps({"layout": _LAYOUT, "spec": spec.fingerprint_payload(), "subdir": subdir},
-                                    sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps({"layout": _LAYOUT, "spec": spec.fingerprint_payload(), "subdir": subdir,
+                                     "virtual": _virtual_packages()}, sort_keys=True).encode()).hexdigest()
     return state_dir() / "locks" / f"conda-{key}.json"
 
 
@@ -121,8 +139,11 @@ class CondaBuilder:
         final = self.root / fingerprint
         lock_text = _lock_text(spec, solution, pip_lock, self.subdir)
         if venv_builder.is_built(str(final)):
-            os.utime(final)
-            return self._prepared(env, final, fingerprint, False, None, lock_text, len(solution))
+            try:
+                os.utime(final)  # a use: least recently used environments are evicted first
+                return self._prepared(env, final, fingerprint, False, None, lock_text, len(solution))
+            except FileNotFoundError:
+                pass  # evicted a moment ago by another process: build it again
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / f"{fingerprint}.lock"), timeout=2 * self.build_timeout_seconds):
             if venv_builder.is_built(str(final)):
@@ -226,7 +247,6 @@ class CondaBuilder:
         return log_path
 
     def _pip_lock(self, spec: CondaDependencies, solution: list[dict[str, str]]) -> Lock | None:
-        lines = [*spec.pip_options, *spec.pip_packages]
         if not spec.pip_packages:
             return None
         python = next((r["version"] for r in solution if r["name"] == "python"), None)
@@ -234,7 +254,9 @@ class CondaBuilder:
             raise ConfigurationError(_FIELD, "has a pip: section but its solution has no python package.",
                                      "add python (e.g. python=3.11) to the dependencies.")
         platform = TargetPlatform.from_facts(python, os.uname().machine, TargetPlatform.current().libc)
-        return lock_requirements(sorted(set(lines)), platform, "target", timeout=self.build_timeout_seconds)
+        provided = {PYPI_NAMES.get(r["name"], r["name"]): r["version"] for r in solution if r["name"] != "python"}
+        return lock_requirements(pip_section(spec), platform, "target", timeout=self.build_timeout_seconds,
+                                 provided=provided)
 
     def _install_pip(self, final: Path, lock: Lock, log: IO[bytes]) -> None:
         uv = find_uv()
@@ -249,7 +271,7 @@ class CondaBuilder:
             requirements = links / "requirements.txt"
             requirements.write_text("\n".join(lock.requirement_lines()) + "\n")
             command = [uv, "pip", "install", "--python", str(final / "bin" / "python"), "--find-links", str(links),
-                       "-r", str(requirements)]
+                       "--no-deps", "-r", str(requirements)]  # the lock is whole; conda's packages stay
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=self.build_timeout_seconds,

@@ -63,7 +63,13 @@ _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<s
 _PLATFORM_PROBE = (
     "import json, os, sys\n"
     "try:\n    libc = os.confstr('CS_GNU_LIBC_VERSION')\nexcept (ValueError, OSError):\n    libc = None\n"
-    "print(json.dumps({'version': sys.version, 'machine': os.uname().machine, 'libc': libc}))"
+    "from importlib import metadata\n"
+    "installed = {}\n"
+    "for dist in metadata.distributions():\n"
+    "    name = dist.metadata['Name']\n"
+    "    if name:\n        installed[name.lower()] = dist.version\n"
+    "print(json.dumps({'version': sys.version, 'machine': os.uname().machine, 'libc': libc,\n"
+    "                  'system': sys.platform, 'implementation': sys.implementation.name, 'installed': installed}))"
 )
 
 
@@ -195,10 +201,9 @@ class ImageBuilder:
         for name, path in files_to_install(lock, WheelStore()).items():
             context.add_file(f"{BUILD_FOLDER}/wheels/{name}", path)
         context.add(f"{BUILD_FOLDER}/requirements.txt", ("\n".join(lock.requirement_lines()) + "\n").encode())
-        context.add(f"{BUILD_FOLDER}/lock.txt", lock.text().encode())
         fingerprint = _fingerprint({"base_image_id": base_id, "lock": lock.identity(), "python": self.python,
                                     "install_from": lock.install_from, "layout": _LAYOUT_VERSION})
-        options = [f"--find-links {IN_IMAGE_BUILD_FOLDER}/wheels"] + (
+        options = [f"--find-links {IN_IMAGE_BUILD_FOLDER}/wheels", "--no-deps"] + (  # the lock lists every package
             ["--no-index"] if lock.install_from == "submitter" else [])
         uv = self._uv_for(base_id) if lock.install_from == "submitter" else None  # "target": the image's pip config
         if uv is not None:
@@ -206,7 +211,7 @@ class ImageBuilder:
         context.add(f"{BUILD_FOLDER}/Dockerfile", _dockerfile(base_id, options, self.python, environment.name,
                                                               fingerprint, uv is not None).encode())
         resolved = self._find_or_build(f"{IMAGE_REPOSITORY}:{fingerprint[:32]}", context, environment, fingerprint,
-                                       f"{ENV_PREFIX}/bin/python", "environment.python.pip_packages")
+                                       f"{ENV_PREFIX}/bin/python", "environment.python.pip_packages", lock.text())
         return dataclasses.replace(resolved, lock=lock)
 
     def _uv_for(self, image_id: str) -> Path | None:
@@ -223,40 +228,58 @@ class ImageBuilder:
         """The resolved lock of a pip environment for the Python of an image (see :mod:`locking`).
 
         :param environment: a pip environment.
-        :param image_id: the id of the image the environment is installed on.
+        :param image_id: the id of the image the environment is installed on: what its Python already
+            has (a CUDA build of torch, say) is kept, as pip kept a satisfied requirement.
         """
         install_from: InstallFrom = "target" if environment.python.install_from == "target" else "submitter"
         return lock_requirements(environment.requirements(), self.platform(image_id), install_from,
-                                 timeout=self.build_timeout_seconds)
+                                 timeout=self.build_timeout_seconds, provided=self.installed(image_id))
 
     def platform(self, image_id: str) -> TargetPlatform:
         """The Python and system of an image: asked once (a short container, no network), then kept.
 
         :param image_id: the image's id on the daemon.
         """
+        return TargetPlatform(**{k: v for k, v in self._image_facts(image_id).items() if k != "installed"})
+
+    def installed(self, image_id: str) -> dict[str, str]:
+        """The Python distributions of an image's interpreter (name: version), asked with its platform.
+
+        :param image_id: the image's id on the daemon.
+        """
+        return dict(self._image_facts(image_id).get("installed") or {})
+
+    def _image_facts(self, image_id: str) -> dict[str, Any]:
+        import docker
+
         folder = state_dir() / "image-platforms"
-        path = folder / f"{image_id.replace(':', '-')}-{hashlib.sha256(self.python.encode()).hexdigest()[:12]}.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return TargetPlatform(**json.loads(path.read_text()))
+        probe = hashlib.sha256(f"{self.python}\n{_PLATFORM_PROBE}".encode()).hexdigest()[:12]
+        path = folder / f"{image_id.replace(':', '-')}-{probe}.json"
+        with contextlib.suppress(OSError, ValueError):
+            cached: dict[str, Any] = json.loads(path.read_text())
+            if "installed" in cached:
+                return cached
         try:
-            output = self.client.containers.run(image_id, [self.python, "-I", "-S", "-c", _PLATFORM_PROBE],
+            output = self.client.containers.run(image_id, [self.python, "-I", "-c", _PLATFORM_PROBE],  # with site
                                                 remove=True, network_disabled=True, stderr=True)
             facts = json.loads(output.decode().strip().splitlines()[-1])
-        except Exception as exc:
+        except (docker.errors.ContainerError, docker.errors.ImageNotFound, ValueError, IndexError) as exc:
             raise ConfigurationError(
                 "compute target python (the connection's extra 'python')",
                 f"cannot run {self.python!r} in image {image_id[:19]}: {_short(exc)}.",
                 "name the image's Python interpreter (e.g. python3) on the connection, or use an image that has one.",
             ) from exc
-        platform = TargetPlatform.from_facts(facts["version"], facts["machine"], facts["libc"])
+        platform = TargetPlatform.from_facts(facts["version"], facts["machine"], facts["libc"],
+                                             facts.get("system", "linux"), facts.get("implementation", "cpython"))
+        record = {**platform.to_dict(), "installed": facts.get("installed") or {}}
         folder.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_text(json.dumps(platform.to_dict()))
+        temporary.write_text(json.dumps(record))
         os.replace(temporary, path)
-        return platform
+        return record
 
     def _find_or_build(self, tag: str, context: _BuildContext, environment: Environment, fingerprint: str,
-                       python: str, failing_field: str) -> ResolvedImage:
+                       python: str, failing_field: str, lock_text: str = "") -> ResolvedImage:
         found = self._image_id(tag)
         _record_use(tag)
         if found is not None:
@@ -268,7 +291,7 @@ class ImageBuilder:
                 found = self._image_id(tag)  # built by whoever held the lock
                 if found is not None:
                     return ResolvedImage(tag, found, python, fingerprint, False, None)
-                image_id, log_path = self._build(tag, context, environment, fingerprint, failing_field)
+                image_id, log_path = self._build(tag, context, environment, fingerprint, failing_field, lock_text)
             self.evict(keep={tag})
         except Timeout as exc:
             raise EnvironmentBuildError(
@@ -279,7 +302,8 @@ class ImageBuilder:
 
     def evict(self, keep: set[str]) -> list[str]:
         """Remove the least recently used environment images beyond :attr:`max_images` (last use as
-        recorded on this machine; never one a container uses: the daemon refuses, and it stays).
+        recorded on this machine; never one a container uses: the daemon refuses, and it stays; never
+        one this machine has no record of: on a shared daemon, another machine's images are its own).
 
         :param keep: tags not to remove.
         :return: the removed tags.
@@ -290,10 +314,10 @@ class ImageBuilder:
                 if t.startswith(f"{IMAGE_REPOSITORY}:")]
         removed: list[str] = []
         excess = len(tags) - self.max_images
-        for tag in sorted(tags, key=_last_use):
+        for tag in sorted(tags, key=lambda t: _last_use(t) or 0.0):
             if excess <= 0:
                 break
-            if tag in keep:
+            if tag in keep or _last_use(tag) is None:  # another machine's image: its users decide
                 continue
             try:
                 self.client.images.remove(tag, noprune=False)
@@ -369,7 +393,7 @@ class ImageBuilder:
 
     # ------------------------------------------------------------------ building
     def _build(self, tag: str, context: _BuildContext, environment: Environment,
-               fingerprint: str, failing: str) -> tuple[str, Path]:
+               fingerprint: str, failing: str, lock_text: str = "") -> tuple[str, Path]:
         folder = state_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"image_build-{fingerprint[:16]}-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -380,8 +404,8 @@ class ImageBuilder:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"building {tag} for environment {environment.name!r}\n--- Dockerfile ---\n"
                       f"{context.files[f'{BUILD_FOLDER}/Dockerfile'].decode()}")
-            if f"{BUILD_FOLDER}/lock.txt" in context.files:
-                log.write(f"--- lock ---\n{context.files[f'{BUILD_FOLDER}/lock.txt'].decode()}")
+            if lock_text:
+                log.write(f"--- lock ---\n{lock_text}")
             log.write("--- build ---\n")
             archive = context.tar()
             try:
@@ -456,11 +480,11 @@ def _record_use(tag: str) -> None:
     (folder / tag.replace("/", "_").replace(":", "_")).touch()
 
 
-def _last_use(tag: str) -> float:
+def _last_use(tag: str) -> float | None:
     try:
         return (_uses_dir() / tag.replace("/", "_").replace(":", "_")).stat().st_mtime
     except OSError:
-        return 0.0  # never used from this machine: first to go
+        return None  # never used from this machine
 
 
 def _labels(name: str, fingerprint: str) -> str:

@@ -104,7 +104,11 @@ class EnvironmentCache:
         fingerprint = environment_fingerprint(env, self.python_version(), lock)
         final = self.root / fingerprint
         if (final / MARKER_NAME).exists():
-            return self._cached(env, fingerprint, lock)
+            try:
+                os.utime(final)  # a use: least recently used environments are evicted first
+                return self._cached(env, fingerprint, lock)
+            except FileNotFoundError:
+                pass  # evicted a moment ago by another process: build it again
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             with FileLock(str(self.root / f"{fingerprint}.lock"), timeout=2 * self.build_timeout_seconds):
@@ -171,7 +175,6 @@ class EnvironmentCache:
     # ----------------------------------------------------------------- internals
     def _cached(self, env: Environment, fingerprint: str, lock: Lock) -> PreparedEnvironment:
         final = self.root / fingerprint
-        os.utime(final)  # a use: least recently used environments are evicted first
         text = f"virtual environment {final} for {_label(env)}, reused from the cache"
         return PreparedEnvironment(env.kind, str(final / "bin" / "python"), fingerprint, False, None, text,
                                    lock=lock.text())
@@ -189,7 +192,7 @@ class EnvironmentCache:
                 tool = venv_builder.build_venv(str(final), lock.requirement_lines(), self.base_python,
                                                self._find_uv(), log, self.build_timeout_seconds,
                                                self.python_version(), {k: str(v) for k, v in files.items()},
-                                               offline=lock.install_from == "submitter")
+                                               offline=lock.install_from == "submitter", complete=True)
         except venv_builder.BuildFailedError as exc:
             tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
             raise EnvironmentBuildError(

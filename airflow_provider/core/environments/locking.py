@@ -38,7 +38,8 @@ from airflow_provider.core.environments.requirement_files import localize_requir
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import state_dir
 
-__all__ = ["Lock", "LockedPackage", "TargetPlatform", "find_uv", "forget_locks", "lock_requirements"]
+__all__ = ["Lock", "LockedPackage", "TargetPlatform", "absolute_paths", "find_uv", "forget_locks", "index_options",
+           "lock_requirements", "redact"]
 
 InstallFrom = Literal["target", "submitter"]
 _LOCK_LAYOUT = "1"  # bump when what a cached lock means changes
@@ -60,27 +61,37 @@ class TargetPlatform:
     python_version: str
     machine: str
     libc: str | None
+    system: str = "linux"
+    implementation: str = "cpython"
 
     @classmethod
-    def from_facts(cls, python_version: str, machine: str, libc: str | None) -> TargetPlatform:
+    def from_facts(cls, python_version: str, machine: str, libc: str | None, system: str = "linux",
+                   implementation: str = "cpython") -> TargetPlatform:
         """Build from what a target reports (``sys.version`` may be given whole).
 
         :param python_version: ``sys.version`` or ``"3.11.2"``.
         :param machine: ``os.uname().machine``.
         :param libc: ``os.confstr("CS_GNU_LIBC_VERSION")`` or None.
+        :param system: ``sys.platform`` (``"linux"``, ``"darwin"``).
+        :param implementation: ``sys.implementation.name``.
         """
-        return cls(python_version.split()[0], machine, libc or None)
+        return cls(python_version.split()[0], machine, libc or None, system or "linux",
+                   implementation or "cpython")
 
     @classmethod
     def current(cls) -> TargetPlatform:
         """The platform of this process's interpreter and machine."""
-        return cls.from_facts(sys.version, os.uname().machine, _glibc_here())
+        return cls.from_facts(sys.version, os.uname().machine, _glibc_here(), sys.platform, sys.implementation.name)
 
     def uv_platform(self) -> str:
         """The ``--python-platform`` value uv resolves wheels for on this platform.
 
         :raises ConfigurationError: a platform uv cannot resolve wheels for.
         """
+        if not self.system.startswith("linux"):
+            raise self._unsupported(f"the system {self.system!r} is not Linux")
+        if self.implementation != "cpython":
+            raise self._unsupported(f"the interpreter is {self.implementation}, not CPython")
         machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(self.machine, self.machine)
         if machine not in ("x86_64", "aarch64"):
             raise self._unsupported(f"the machine {self.machine!r} is not one uv resolves Linux wheels for")
@@ -99,7 +110,8 @@ class TargetPlatform:
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
-        return {"python_version": self.python_version, "machine": self.machine, "libc": self.libc}
+        return {"python_version": self.python_version, "machine": self.machine, "libc": self.libc,
+                "system": self.system, "implementation": self.implementation}
 
     def _unsupported(self, why: str) -> ConfigurationError:
         return ConfigurationError(
@@ -120,6 +132,8 @@ class LockedPackage:
     :param location: an ``https://`` or ``file://`` URL, or a local path, to fetch it from.
     :param size: the file's size in bytes, when the index said it.
     :param wheel: False for a source distribution (only allowed with ``install_from="target"``).
+    :param direct: for ``install_from="target"``, a requirement installed as the line itself (a
+        folder, a git URL, a source archive of this machine): no file to fetch, no hash.
     """
 
     name: str
@@ -129,11 +143,12 @@ class LockedPackage:
     location: str
     size: int | None = None
     wheel: bool = True
+    direct: str | None = None
 
     @property
     def local(self) -> bool:
         """True when the file is on this machine (a wheel the user built, a ``--find-links`` folder)."""
-        return not self.location.startswith(("http://", "https://"))
+        return self.direct is None and not self.location.startswith(("http://", "https://"))
 
     def local_path(self) -> Path:
         """The file's path on this machine (only for :attr:`local` packages)."""
@@ -141,9 +156,14 @@ class LockedPackage:
             return Path(unquote(urlparse(self.location).path))
         return Path(self.location)
 
-    def requirement(self) -> str:
-        """The lock line: ``name==version --hash=sha256:...``."""
-        return f"{self.name}=={self.version} --hash=sha256:{self.sha256}"
+    def requirement(self, hashed: bool = True) -> str:
+        """The lock line: ``name==version --hash=sha256:...`` (a direct reference as it is).
+
+        :param hashed: with the file's hash (pip and uv then check every file).
+        """
+        if self.direct is not None:
+            return self.direct
+        return f"{self.name}=={self.version}" + (f" --hash=sha256:{self.sha256}" if hashed else "")
 
 
 @dataclass(frozen=True)
@@ -168,19 +188,25 @@ class Lock:
         return [[p.name, p.version, p.sha256] for p in self.packages]
 
     def requirement_lines(self) -> list[str]:
-        """The lines an installer is given (``--require-hashes`` is implied by the hashes)."""
-        return [p.requirement() for p in self.packages]
+        """The lines an installer is given: every package pinned with its hash (``--require-hashes``
+        is implied); for ``install_from="target"`` the requested index options first (the index a
+        package comes from), and no hashes when a direct reference (a folder, git) has none."""
+        if self.install_from == "submitter":
+            return [p.requirement() for p in self.packages]
+        hashed = all(p.direct is None for p in self.packages)
+        return [*index_options(self.requested), *(p.requirement(hashed) for p in self.packages)]
 
     def text(self) -> str:
-        """The ``environment/lock.txt`` artifact: a pip requirements file with a header."""
+        """The ``environment/lock.txt`` artifact: a pip requirements file with a header (index
+        credentials replaced by ``***``)."""
         header = [
             "# The resolved lock of this environment (pip requirements format, hash-checked).",
             f"# platform: {self.platform.describe()}",
             f"# resolved: {self.created} with uv pip compile, install_from={self.install_from}",
             "# requested:",
-            *(f"#   {line}" for line in self.requested),
+            *(f"#   {redact(line)}" for line in self.requested),
         ]
-        return "\n".join([*header, *self.requirement_lines()]) + "\n"
+        return "\n".join([*header, *map(redact, self.requirement_lines())]) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types (the lock cache's files)."""
@@ -198,6 +224,33 @@ class Lock:
                    tuple(data["requested"]), str(data["created"]), data.get("install_from", "submitter"))
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_INDEX_OPTIONS = ("--index-url", "-i", "--extra-index-url", "--trusted-host", "--pre", "--prefer-binary")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of URLs (``https://user:token@host``) replaced by ``***``.
+
+    :param text: a requirement line, a log line.
+    """
+    return _CREDENTIALS.sub("***@", text)
+
+
+def index_options(requested: tuple[str, ...] | list[str]) -> list[str]:
+    """The requested lines that say where packages come from (``--index-url``, ``--extra-index-url``,
+    ``--trusted-host``, remote ``--find-links``), for an installer that uses an index.
+
+    :param requested: the requirement lines.
+    """
+    found = []
+    for line in requested:
+        option = line.split("=", 1)[0].split()[0] if line.startswith("-") else ""
+        if option in _INDEX_OPTIONS or (option in ("-f", "--find-links") and "://" in line
+                                        and "file://" not in line):
+            found.append(line)
+    return found
+
+
 def find_uv() -> str | None:
     """The ``uv`` executable of the provider's installation (a dependency), else one on ``PATH``."""
     try:
@@ -212,7 +265,7 @@ def find_uv() -> str | None:
 
 def lock_requirements(requirements: list[str], platform: TargetPlatform, install_from: InstallFrom = "submitter",
                       *, python: str | None = None, refresh: bool = False,
-                      timeout: float = _RESOLVE_TIMEOUT_SECONDS) -> Lock:
+                      timeout: float = _RESOLVE_TIMEOUT_SECONDS, provided: dict[str, str] | None = None) -> Lock:
     """The lock of ``requirements`` for ``platform``: from this machine's lock cache, else resolved now.
 
     :param requirements: normalized requirement lines (see ``Environment.normalized_requirements``).
@@ -222,11 +275,16 @@ def lock_requirements(requirements: list[str], platform: TargetPlatform, install
     :param python: resolve for this local interpreter instead of ``platform``'s tags (the local target).
     :param refresh: resolve again even when a lock is cached (and replace it).
     :param timeout: the longest the resolution may take, in seconds (``build_timeout_seconds``).
+    :param provided: packages the target already has (name: version, e.g. an image's CUDA build of
+        torch): the resolution keeps their versions (as constraints, local version labels aside) and
+        the lock leaves them out, so the installer uses them as they are.
     :raises ConfigurationError: the requirements cannot be satisfied, or a package has no wheel for
         the platform (never retryable: the task fails at once).
     :raises EnvironmentBuildError: the resolver could not run or reach the index (a retry may help).
     """
-    key = _cache_key(requirements, platform, install_from)
+    requirements = absolute_paths(requirements)
+    provided = dict(sorted((provided or {}).items()))
+    key = _cache_key(requirements, platform, install_from, provided)
     folder = state_dir() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.json"
@@ -239,11 +297,24 @@ def lock_requirements(requirements: list[str], platform: TargetPlatform, install
             cached = _read_cached(path)
             if cached is not None:
                 return cached
-        lock = _resolve(requirements, platform, install_from, python, timeout)
+        lock = _resolve(requirements, platform, install_from, python, timeout, provided)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(lock.to_dict(), indent=1, sort_keys=True))
         os.replace(temporary, path)
     return lock
+
+
+def absolute_paths(requirements: list[str]) -> list[str]:
+    """The requirement lines with relative local paths (``./dist/pkg.whl``, ``-f ./wheels``,
+    ``name @ file:./x``) made absolute from the current folder, as the user meant them.
+
+    :param requirements: requirement lines.
+    """
+    lines = []
+    for line in requirements:
+        words = line.split()
+        lines.append(" ".join(os.path.abspath(w) if w.startswith(("./", "../")) else w for w in words))
+    return lines
 
 
 def forget_locks(requirements: list[str] | None = None) -> int:
@@ -254,19 +325,23 @@ def forget_locks(requirements: list[str] | None = None) -> int:
     """
     folder = state_dir() / "locks"
     removed = 0
+    wanted = None if requirements is None else absolute_paths(requirements)
     for path in folder.glob("*.json") if folder.is_dir() else []:
+        if path.name.startswith("conda-"):
+            continue
         cached = _read_cached(path)
-        if requirements is None or (cached is not None and list(cached.requested) == list(requirements)):
+        if wanted is None or (cached is not None and list(cached.requested) == wanted):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
 
 
 # ---------------------------------------------------------------------- internals
-def _cache_key(requirements: list[str], platform: TargetPlatform, install_from: InstallFrom) -> str:
+def _cache_key(requirements: list[str], platform: TargetPlatform, install_from: InstallFrom,
+               provided: dict[str, str]) -> str:
     by_content = localize_requirements(requirements, "<files>")[0]  # a rebuilt local wheel is a new key
     payload = {"layout": _LOCK_LAYOUT, "requirements": by_content, "platform": platform.to_dict(),
-               "install_from": install_from}
+               "install_from": install_from, **({"provided": provided} if provided else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -279,7 +354,27 @@ def _read_cached(path: Path) -> Lock | None:
 
 
 def _resolve(requirements: list[str], platform: TargetPlatform, install_from: InstallFrom,
-             python: str | None, timeout: float) -> Lock:
+             python: str | None, timeout: float, provided: dict[str, str] | None = None) -> Lock:
+    """Resolve; with ``provided``, first as if the target had nothing, then again keeping the
+    provided packages the first lock involves (if that cannot be satisfied, the first lock stands:
+    the environment then installs its own versions over the target's)."""
+    first = _resolve_once(requirements, platform, install_from, python, timeout, {})
+    names = {_canonical(p.name) for p in first.packages}
+    kept = {name: version for name, version in (provided or {}).items() if _canonical(name) in names}
+    if not kept:
+        return first
+    try:
+        return _resolve_once(requirements, platform, install_from, python, timeout, kept)
+    except ConfigurationError:
+        return first
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _resolve_once(requirements: list[str], platform: TargetPlatform, install_from: InstallFrom,
+                  python: str | None, timeout: float, provided: dict[str, str]) -> Lock:
     uv = find_uv()
     if uv is None:
         raise ConfigurationError("environment.python.pip_packages", "uv, which resolves environments, is missing.",
@@ -293,6 +388,12 @@ def _resolve(requirements: list[str], platform: TargetPlatform, install_from: In
         command += ["--python", python] if python else ["--python-platform", platform.uv_platform()]
         if install_from == "submitter":
             command += ["--only-binary", ":all:"]
+        if provided:
+            constraints = Path(scratch) / "provided.txt"
+            constraints.write_text("".join(f"{name}=={version.split('+')[0]}\n" for name, version in provided.items()))
+            command += ["--constraint", str(constraints)]
+            for name in provided:
+                command += ["--no-emit-package", name]
         environment = {"UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1", **os.environ, "UV_PYTHON_DOWNLOADS": "never",
                        "NO_COLOR": "1"}  # the machine's certificate store, as pip uses it (truststore)
         try:
@@ -329,17 +430,39 @@ def _locked(entry: dict[str, Any], platform: TargetPlatform, install_from: Insta
         return _package(name, version, wheels[0], True)
     if "archive" in entry and str(entry["archive"].get("path", entry["archive"].get("url", ""))).endswith(".whl"):
         return _package(name, version, entry["archive"], True)
-    if install_from == "target" and "sdist" in entry:
-        return _package(name, version, entry["sdist"], False)
+    if install_from == "target":
+        if "sdist" in entry:
+            return _package(name, version, entry["sdist"], False)
+        direct = _direct_reference(name, entry)
+        if direct is not None:
+            return LockedPackage(name, version, name, "", direct, None, False, direct)
     source = next((k for k in ("sdist", "archive", "directory", "vcs") if k in entry), "no file")
+    if install_from == "target":
+        raise ConfigurationError(_FIELD, f"{name}: uv's lock names no file to install it from ({source}).",
+                                 "name a released version, a wheel or a source archive of it.")
     raise ConfigurationError(
         _FIELD,
-        f"{name} {version} has no wheel for {platform.describe()} (only a {source}), and the target installs "
-        "without a package index.",
+        f"{name} {version or '(unversioned)'} has no wheel for {platform.describe()} (only a {source}), and the "
+        "target installs without a package index.",
         f"pin a version of {name} that publishes a wheel for this platform, add a wheel you built "
         "(a path to the .whl file) to the requirements, or set environment.python.install_from = \"target\" "
         "when the target can reach a package index and build it.",
     )
+
+
+def _direct_reference(name: str, entry: dict[str, Any]) -> str | None:
+    """The line that installs a folder, a git checkout or a local source archive as it is."""
+    if "vcs" in entry:
+        vcs = entry["vcs"]
+        commit = vcs.get("commit-id")
+        return f"{name} @ {vcs.get('type', 'git')}+{vcs['url']}" + (f"@{commit}" if commit else "")
+    for key in ("directory", "archive"):
+        if key in entry and entry[key].get("path"):
+            path = os.path.abspath(str(entry[key]["path"]))
+            return f"{name} @ {Path(path).as_uri()}"
+        if key in entry and entry[key].get("url"):
+            return f"{name} @ {entry[key]['url']}"
+    return None
 
 
 def _package(name: str, version: str, file: dict[str, Any], wheel: bool) -> LockedPackage:
@@ -368,7 +491,7 @@ def _resolution_error(output: str, platform: TargetPlatform, install_from: Insta
     text = "\n".join(lines[-25:])
     unsatisfiable = any(marker in output for marker in (
         "No solution found", "not found in the package registry", "Failed to parse", "no wheels",
-        "Distribution not found", "Couldn't parse", "is not a valid", "unexpected", "Failed to read",
+        "Distribution not found", "Couldn't parse", "is not a valid", "Failed to read `", "Failed to read from file",
     ))
     if unsatisfiable:
         extra = (" (only wheels are allowed: the target installs without a package index; set "

@@ -259,7 +259,11 @@ class Environment:
         from airflow_provider.core.environments.locking import forget_locks
 
         spec = self.conda_specification()
-        removed = forget_conda_locks(spec) if spec is not None else 0
+        removed = 0
+        if spec is not None:
+            from airflow_provider.core.environments.conda_builder import pip_section
+
+            removed = forget_conda_locks(spec) + (forget_locks(pip_section(spec)) if spec.pip_packages else 0)
         try:
             requirements = self.requirements()
         except ConfigurationError:  # conda-only packages: no translation, so no pip lock either
@@ -500,11 +504,17 @@ class Environment:
         folder = _registry_dir() / str(name)
         versions = _versions(folder) if folder.is_dir() else []
         if not versions:
+            from airflow_provider.core.environments.curated import curated_environment, curated_names
+
+            curated = curated_environment(str(name), version)
+            if curated is not None:
+                return curated
             known = sorted(p.name for p in _registry_dir().iterdir() if p.is_dir())
             raise EnvironmentNotFoundError(
                 "environment",
-                f"no environment named {name!r} is registered.",
-                f"register it first with Environment(...).register(); registered: {known or 'none'}.",
+                f"no environment named {name!r} is registered or curated.",
+                f"register it first with Environment(...).register(); registered: {known or 'none'}; curated: "
+                f"{', '.join(curated_names())}.",
             )
         chosen = versions[-1] if version is None else _parse_version(version)
         path = folder / f"{chosen}.json"
@@ -518,11 +528,18 @@ class Environment:
 
     @staticmethod
     def list() -> dict[str, Environment]:
-        """The registered environments, each at its latest version, by name."""
+        """The registered environments, each at its latest version, and the curated ones (with the
+        Azure ML v1 names listed for them), by name."""
+        from airflow_provider.core.environments.curated import curated_environment, curated_names
+
         found: dict[str, Environment] = {}
         for folder in sorted(p for p in _registry_dir().iterdir() if p.is_dir()):
             if _versions(folder):
                 found[folder.name] = Environment.get(folder.name)
+        for name in curated_names():
+            curated = curated_environment(name)
+            if name not in found and curated is not None:
+                found[name] = curated
         return found
 
     def save_to_directory(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:

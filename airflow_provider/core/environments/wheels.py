@@ -10,6 +10,7 @@ Downloads run a few at a time.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -19,10 +20,11 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from typing import Any
+from urllib.parse import unquote, urlparse, urlunparse
 
 from airflow_provider.core.environments.locking import Lock, LockedPackage
-from airflow_provider.core.errors import EnvironmentBuildError
+from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import cache_dir
 
 __all__ = ["WheelStore", "files_to_install"]
@@ -64,9 +66,10 @@ class WheelStore:
         """
         missing = [p for p in lock.packages if not self.path(p.sha256).exists()]
         if missing:
+            credentials = _index_credentials(lock.requested)
             with ThreadPoolExecutor(max_workers=min(_PARALLEL_DOWNLOADS, len(missing)),
                                     thread_name_prefix="wheel-download") as pool:
-                for _ in pool.map(self._fetch_one, missing):
+                for _ in pool.map(lambda package: self._fetch_one(package, credentials), missing):
                     pass
         for package in lock.packages:  # a hit counts as a use (least recently used eviction)
             with contextlib.suppress(OSError):
@@ -100,7 +103,7 @@ class WheelStore:
                      self.max_bytes)
         return removed
 
-    def _fetch_one(self, package: LockedPackage) -> None:
+    def _fetch_one(self, package: LockedPackage, credentials: dict[str, tuple[str, str]]) -> None:
         final = self.path(package.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
@@ -109,11 +112,24 @@ class WheelStore:
         try:
             with os.fdopen(descriptor, "wb") as out:
                 try:
-                    with _open(package) as source:
+                    with _open(package, credentials) as source:
                         for chunk in iter(lambda: source.read(_CHUNK), b""):
                             digest.update(chunk)
                             size += len(chunk)
                             out.write(chunk)
+                except urllib.error.HTTPError as exc:
+                    if exc.code not in (401, 403, 404):
+                        raise EnvironmentBuildError(
+                            f"fetching {package.filename} from {_without_credentials(package.location)} failed: "
+                            f"{exc}; a retry may help") from exc
+                    fix = ("the file is gone from the index (removed or yanked): call Environment.refresh_lock() "
+                           "to resolve anew, then submit again." if exc.code == 404 else
+                           "give the index's credentials in its URL (--index-url https://user:token@host/simple), "
+                           "in ~/.netrc, or in PIP_INDEX_URL / UV_INDEX_URL; then submit again.")
+                    raise ConfigurationError(
+                        "environment.python.pip_packages",
+                        f"the index refused {package.filename} ({exc.code} {exc.reason}) at "
+                        f"{_without_credentials(package.location)}.", fix) from exc
                 except (OSError, urllib.error.URLError, ValueError) as exc:
                     raise EnvironmentBuildError(
                         f"fetching {package.filename} ({package.name} {package.version}) from "
@@ -140,9 +156,16 @@ class WheelStore:
 class _Reader:
     """A readable file for a package: an HTTP response or a local file."""
 
-    def __init__(self, package: LockedPackage) -> None:
-        self.handle = (package.local_path().open("rb") if package.local
-                       else urllib.request.urlopen(package.location, timeout=_DOWNLOAD_TIMEOUT_SECONDS))
+    def __init__(self, package: LockedPackage, credentials: dict[str, tuple[str, str]]) -> None:
+        if package.local:
+            self.handle: Any = package.local_path().open("rb")
+            return
+        request = urllib.request.Request(package.location)
+        login = credentials.get(urlparse(package.location).hostname or "") or _netrc(package.location)
+        if login is not None:
+            token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        self.handle = urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_SECONDS)
 
     def __enter__(self) -> _Reader:
         return self
@@ -155,8 +178,32 @@ class _Reader:
         return data
 
 
-def _open(package: LockedPackage) -> _Reader:
-    return _Reader(package)
+def _open(package: LockedPackage, credentials: dict[str, tuple[str, str]]) -> _Reader:
+    return _Reader(package, credentials)
+
+
+def _index_credentials(requested: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """user and password by host, from the requested index URLs and the index variables of pip and uv
+    (uv leaves credentials out of the URLs it locks)."""
+    urls = [word for line in requested for word in line.replace("=", " ").split() if "://" in word]
+    urls += [os.environ.get(name, "") for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL",
+                                                    "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX")]
+    found: dict[str, tuple[str, str]] = {}
+    for url in " ".join(urls).split():
+        parsed = urlparse(url.split("=", 1)[-1])
+        if parsed.username and parsed.hostname:
+            found.setdefault(parsed.hostname, (unquote(parsed.username), unquote(parsed.password or "")))
+    return found
+
+
+def _netrc(url: str) -> tuple[str, str] | None:
+    import netrc
+
+    try:
+        entry = netrc.netrc().authenticators(urlparse(url).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return None if entry is None else (entry[0], entry[2] or "")
 
 
 def _without_credentials(location: str) -> str:
@@ -176,7 +223,7 @@ def files_to_install(lock: Lock, store: WheelStore) -> dict[str, Path]:
     :param lock: the environment's lock.
     :param store: where the files are fetched to.
     """
-    needed = lock if lock.install_from == "submitter" else _only_local(lock)
+    needed = _only_files(lock) if lock.install_from == "submitter" else _only_local(lock)
     stored = store.fetch(needed)
     return {p.filename: stored[p.sha256] for p in needed.packages}
 
@@ -185,3 +232,9 @@ def _only_local(lock: Lock) -> Lock:
     import dataclasses
 
     return dataclasses.replace(lock, packages=tuple(p for p in lock.packages if p.local))
+
+
+def _only_files(lock: Lock) -> Lock:
+    import dataclasses
+
+    return dataclasses.replace(lock, packages=tuple(p for p in lock.packages if p.direct is None))

@@ -246,7 +246,7 @@ class SSHTarget(ComputeTarget):
         fingerprint = environment_fingerprint(environment, str(hello["python_version"]), lock)
         request = {"root": self.root, "requirements": lock.requirement_lines(), "fingerprint": fingerprint,
                    "timeout": self.build_timeout_seconds, "offline": lock.install_from == "submitter",
-                   "limits": dict(self.cache_limits),
+                   "limits": dict(self.cache_limits), "complete": True,
                    "wheels": {p.filename: p.sha256 for p in lock.packages
                               if lock.install_from == "submitter" or p.local}}
         uv = self._uv_to_send()
@@ -284,8 +284,9 @@ class SSHTarget(ComputeTarget):
         builds environments in seconds where ``venv`` + pip take tens of seconds."""
         hello = self.hello()
         here = TargetPlatform.current()
-        if hello.get("uv") or hello.get("machine") != here.machine or not str(hello.get("libc") or "").startswith(
-                "glibc") or not str(here.libc or "").startswith("glibc"):
+        same_kind = (hello.get("system", "linux") == "linux" and hello.get("machine") == here.machine
+                     and str(hello.get("libc") or "").startswith("glibc") and str(here.libc or "").startswith("glibc"))
+        if hello.get("uv") or not same_kind:
             return None
         found = find_uv()
         return None if found is None else (_file_digest(found), Path(found))
@@ -294,7 +295,8 @@ class SSHTarget(ComputeTarget):
         """The host's Python and system, as its agent reports them (asked once per object)."""
         hello = self.hello()
         return TargetPlatform.from_facts(str(hello["python_version"]), str(hello.get("machine") or "x86_64"),
-                                         hello.get("libc"))
+                                         hello.get("libc"), str(hello.get("system") or "linux"),
+                                         str(hello.get("implementation") or "cpython"))
 
     def lock(self, environment: Environment) -> Lock:
         """The resolved lock of a pip environment for this host (cached on the submitting machine).
