@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-__all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "environments_in_use", "evict_environments", "is_built"]
+__all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "environments_in_use", "evict_environments", "folder_size",
+           "is_built"]
 
 MARKER_NAME = ".training-runs-complete"
 """Written last into a finished environment (JSON: requirements, interpreter version, tool)."""
@@ -86,7 +87,7 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
         tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout, options)
         with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
             json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool,
-                       "offline": offline, "size": _folder_size(temporary)}, marker, indent=2)
+                       "offline": offline, "size": folder_size(temporary)}, marker, indent=2)
         if os.path.exists(final):  # a folder without marker: left by hand or by a crash, never finished
             shutil.rmtree(final)
         os.rename(temporary, final)
@@ -178,7 +179,8 @@ def _rewrite_paths(temporary: str, final: str) -> None:
                 out.write(data.replace(old, new))
 
 
-def _folder_size(folder: str) -> int:
+def folder_size(folder: str) -> int:
+    """The bytes of the files under ``folder`` (links counted as links)."""
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:

@@ -67,16 +67,36 @@ def _lock_pins(run_id: str, folder: Path) -> dict[str, str]:
     return pins
 
 
-def _run_sklearn(target: SSHTarget | DockerTarget, environment: Environment, source: Path) -> str:
-    write_script(source, SKLEARN_SCRIPT)
+def _target(where: str, request: pytest.FixtureRequest) -> SSHTarget | DockerTarget | LocalTarget:
+    """The target of a parametrized test; images a Docker test builds are removed after it."""
+    if where == "ssh":
+        return _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-envs-{uuid.uuid4().hex[:8]}")
+    if where == "docker":
+        target: DockerTarget = request.getfixturevalue("docker_target")
+        client = target.client
+        before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
+        request.addfinalizer(lambda: remove_new_images(client, before))
+        return target
+    return LocalTarget(conda="translate")  # py-rattler is installed: "auto" would build real conda
+
+
+def _completed(target: SSHTarget | DockerTarget | LocalTarget, environment: Environment, source: Path,
+               experiment: str) -> tuple[str, list[str]]:
+    """Submit ``source/train.py`` in ``environment``, wait, and return the run id and its output lines."""
     lines: list[str] = []
-    run = Experiment("offline-envs").submit(ScriptRunConfig(source, "train.py", compute_target=target,
-                                                            environment=environment))
+    run = Experiment(experiment).submit(ScriptRunConfig(source, "train.py", compute_target=target,
+                                                        environment=environment))
     details = run.wait_for_completion(output=lines.append)
     assert details["status"] == "Completed", (details, lines)
-    assert MlflowClient().get_metric_history(run.id, "coef")[0].value == pytest.approx(3.0)
+    return run.id, lines
+
+
+def _run_sklearn(target: SSHTarget | DockerTarget, environment: Environment, source: Path) -> str:
+    write_script(source, SKLEARN_SCRIPT)
+    run_id, lines = _completed(target, environment, source, "offline-envs")
+    assert MlflowClient().get_metric_history(run_id, "coef")[0].value == pytest.approx(3.0)
     assert lines and lines[0].startswith("sklearn "), lines
-    return run.id
+    return run_id
 
 
 def test_scikit_learn_on_an_ssh_host_without_a_package_index(ssh_container: SSHHost, tmp_path: Path) -> None:
@@ -201,27 +221,15 @@ CONDA_SCRIPT = """
 @pytest.mark.parametrize("where", ["local", "ssh", "docker"])
 def test_a_conda_specification_runs_translated_on_every_target(where: str, request: pytest.FixtureRequest,
                                                                tmp_path: Path) -> None:
-    target: SSHTarget | DockerTarget | LocalTarget = LocalTarget(conda="translate")  # py-rattler is installed
-    if where == "ssh":
-        target = _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-conda-{uuid.uuid4().hex[:8]}")
-    elif where == "docker":
-        target = request.getfixturevalue("docker_target")
-    if isinstance(target, DockerTarget):
-        client = target.client
-        before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
-        request.addfinalizer(lambda: remove_new_images(client, before))
+    target = _target(where, request)
     (tmp_path / "environment.yml").write_text(CONDA_YML)
     environment = Environment.from_conda_specification("conda-translated", tmp_path / "environment.yml")
     write_script(tmp_path / "src", CONDA_SCRIPT)
-    lines: list[str] = []
-    run = Experiment("conda-envs").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
-                                                          environment=environment))
-    details = run.wait_for_completion(output=lines.append)
-    assert details["status"] == "Completed", (details, lines)
+    run_id, lines = _completed(target, environment, tmp_path / "src", "conda-envs")
     assert lines[0].startswith("numpy ") and " six " in lines[0]
-    tags = MlflowClient().get_run(run.id).data.tags
+    tags = MlflowClient().get_run(run_id).data.tags
     assert "conda specification translated" in tags[Tags.ENVIRONMENT_DESCRIPTION]
-    assert {"numpy", "six", "threadpoolctl"} <= set(_lock_pins(run.id, tmp_path / "lock"))
+    assert {"numpy", "six", "threadpoolctl"} <= set(_lock_pins(run_id, tmp_path / "lock"))
 
 
 def test_a_python_version_the_host_lacks_is_refused_naming_both(ssh_container: SSHHost, tmp_path: Path) -> None:
@@ -295,24 +303,13 @@ AZUREML_SCRIPT = """
 @pytest.mark.parametrize("where", ["ssh", "docker"])
 def test_an_azure_ml_curated_environment_runs_a_v1_script_unchanged(where: str, request: pytest.FixtureRequest,
                                                                    tmp_path: Path) -> None:
-    target: SSHTarget | DockerTarget
-    if where == "ssh":
-        target = _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-curated-{uuid.uuid4().hex[:8]}")
-    else:
-        target = request.getfixturevalue("docker_target")
-        client = target.client
-        before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
-        request.addfinalizer(lambda: remove_new_images(client, before))
+    target = _target(where, request)
     environment = Environment.get("AzureML-sklearn-1.0-ubuntu20.04-py38-cpu")
     write_script(tmp_path / "src", AZUREML_SCRIPT)
-    lines: list[str] = []
-    run = Experiment("curated").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
-                                                       environment=environment))
-    details = run.wait_for_completion(output=lines.append)
-    assert details["status"] == "Completed", (details, lines)
+    run_id, lines = _completed(target, environment, tmp_path / "src", "curated")
     assert lines[0].startswith("sklearn 1.7.2 mlflow 3.5.0"), lines
-    assert MlflowClient().get_metric_history(run.id, "accuracy")[0].value == 1.0
-    assert _lock_pins(run.id, tmp_path / "lock")["scikit-learn"] == "1.7.2"
+    assert MlflowClient().get_metric_history(run_id, "accuracy")[0].value == 1.0
+    assert _lock_pins(run_id, tmp_path / "lock")["scikit-learn"] == "1.7.2"
     assert not target.prepare_environment(environment).built, "prepared once per host"
 
 

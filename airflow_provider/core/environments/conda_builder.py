@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import logging
@@ -242,7 +241,7 @@ class CondaBuilder:
                                                 tail, log_path) from exc
                 raise
             marker = {"kind": "conda", "packages": len(solution), "tool": f"py-rattler {_rattler_version()}",
-                      "size": _size(final)}
+                      "size": venv_builder.folder_size(str(final))}
             (final / venv_builder.MARKER_NAME).write_text(json.dumps(marker, indent=2))
         return log_path
 
@@ -344,11 +343,3 @@ def _rattler_version() -> str:
     except importlib.metadata.PackageNotFoundError:
         return "?"
 
-
-def _size(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
