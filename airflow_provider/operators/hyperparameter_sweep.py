@@ -136,10 +136,13 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
         sweep_run = self._sweep_run
         if sweep_run is None:
             return  # nothing started yet: execute() stops the sweep as soon as submit returns
-        running = sweep_run.abort(KILLED)
-        self.log.info("Task killed: stopped %d running trials of sweep %s", len(running), sweep_run.id)
+        # The detached finalizers first: Airflow kills this process a few seconds after on_kill began,
+        # and they must exist by then (each waits for its trial's job to stop, then records it).
+        running = sweep_run.running_trials()
         for run in running:
             finalize_in_background(run, self._credentials)
+        sweep_run.abort(KILLED)
+        self.log.info("Task killed: stopped %d running trials of sweep %s", len(running), sweep_run.id)
 
 
 class PlanHyperparameterSweepOperator(BaseOperator):

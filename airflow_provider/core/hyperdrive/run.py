@@ -163,6 +163,10 @@ class HyperDriveRun:
             self._driver.wind_down(error)
         self.sweep.end_early(error)
 
+    def running_trials(self) -> list[ScriptRun]:
+        """The trials whose jobs run now (a task kill starts their detached finalizers first)."""
+        return [] if self._driver is None else [trial.run for trial in list(self._driver.active.values())]
+
     def abort(self, reason: str) -> list[ScriptRun]:
         """Stop at once, from a signal handler or another thread (a task kill): ask every running
         trial's job to stop, discard staged trials, end the sweep Canceled; collect nothing.
