@@ -8,8 +8,14 @@ spec               :class:`Environment` (Azure ML v1's names), its validation an
 fingerprint        :func:`environment_fingerprint`: one id for an environment and an interpreter,
                    the same on every target (the run's ``training.environment.fingerprint``)
 prepared           :class:`PreparedEnvironment`: what the lifecycle gets back (interpreter, how)
-requirement_files  local files named by requirements (wheels, ``-r`` files), shipped to targets
-local_cache        the local target's cache of virtual environments, built once per fingerprint
+requirement_files  local files named by requirements, counted by content in fingerprints and lock keys
+locking            :func:`lock_requirements`: a lock resolved here for the target's platform (uv)
+wheels             :class:`WheelStore`: the lock's wheels downloaded once, by sha256, for targets
+interpreters       which interpreter a conda specification's ``python=X.Y`` selects
+conda_spec         :class:`CondaDependencies` (Azure ML v1) and its translation to pip requirements
+conda_builder      real conda environments on this machine with py-rattler (the ``conda`` extra)
+curated            the shipped curated environments and their Azure ML v1 names
+local_cache        the local target's cache of environments, built once per fingerprint
 docker_images      the Docker target's images, built once per fingerprint
 =================  ===============================================================================
 
@@ -17,9 +23,8 @@ Every virtual environment, on this machine or on a host, is built by one builder
 :mod:`airflow_provider.runtime.venv_builder` (standard library only, shipped to hosts with the
 runtime): ``uv`` when present, else ``venv`` + pip, in a temporary folder published by one rename.
 
-Seams for what comes next: a conda environment is another ``Environment.kind`` with its own
-section of the fingerprint and its own builder beside the venv builder; a curated environment is
-a registry entry shipped with the package.
+Every managed environment is built from a lock (see :mod:`locking`), bounded caches evict the
+least recently used first and never an environment a running job uses.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from airflow_provider.core.environments.conda_builder import CondaBuilder, rattler_available
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
 from airflow_provider.core.environments.interpreters import find_local_interpreter, python_matches
-from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, lock_requirements
+from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, find_uv, lock_requirements
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
 from airflow_provider.core.environments.wheels import WheelStore, files_to_install
@@ -213,12 +213,7 @@ class EnvironmentCache:
     def _find_uv(self) -> str | None:
         if self.installer == "pip":
             return None
-        try:
-            import uv
-
-            found: str | None = str(uv.find_uv_bin())
-        except (ImportError, FileNotFoundError):
-            found = shutil.which("uv")
+        found = find_uv()
         if found is None and self.installer == "uv":
             raise ConfigurationError(
                 "EnvironmentCache.installer", "is 'uv' but uv is not installed.",
