@@ -20,6 +20,11 @@ _BOOLEAN = {"type": ["boolean", "null"]}
 _SECRET = {"type": ["string", "null"], "format": "password"}
 _MULTILINE = {"type": ["string", "null"], "format": "multiline"}  # a text area: PEM and OpenSSH text keep their lines
 _PASTE_KEY = "Paste the whole key file, BEGIN and END lines included."
+_CONDA_FIELD = {"label": "Conda specifications", "schema": {"type": ["string", "null"], "default": "auto",
+                                                             "enum": ["auto", "rattler", "translate", None]},
+                "description": "auto (default: rattler when py-rattler is installed here), rattler (real conda "
+                               "environments, solved here and installed with py-rattler) or translate (a virtual "
+                               "environment from PyPI)."}
 _PATH_OR_PEM = "The absolute path of a PEM file, or the PEM text itself."
 
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
@@ -74,9 +79,7 @@ def get_provider_info() -> dict[str, Any]:
                 "training_local", "compute.LocalComputeHook", "Training: local processes",
                 {"jobs_root": {"label": "Jobs folder", "schema": _STRING,
                                "description": "Where job folders are made (default: under $AIRFLOW_HOME)."},
-                 "conda": {"label": "Conda specifications", "schema": _STRING,
-                           "description": "auto (default), rattler (real conda environments with py-rattler) or "
-                                          "translate (a virtual environment from PyPI)."}},
+                 "conda": _CONDA_FIELD},
                 ["host", "schema", "login", "password", "port", "extra"],
             ),
             _connection_type(
@@ -129,6 +132,7 @@ def get_provider_info() -> dict[str, Any]:
                     "env_cache_max_count": {"label": "Environments kept", "schema": _INTEGER},
                     "env_cache_max_gb": {"label": "Environment cache bound (GB)", "schema": _INTEGER},
                     "kept_job_max_age_days": {"label": "Days to keep failed runs' folders", "schema": _INTEGER},
+                    "conda": _CONDA_FIELD,
                 },
                 ["schema"],
             ),
@@ -148,6 +152,7 @@ def get_provider_info() -> dict[str, Any]:
                     "known_hosts": {"label": "known_hosts file (hosts)", "schema": _STRING},
                     "work_root": {"label": "Remote working root, same on every host", "schema": _STRING},
                     "python": {"label": "Remote Python interpreter", "schema": _STRING},
+                    "conda": _CONDA_FIELD,
                 },
                 ["schema"],
             ),

@@ -55,7 +55,7 @@ def main() -> None:
         target.stage("warmup", snapshot, store, {}, prepared)  # sends the blobs once
         manifest = [[e.path, e.digest, e.executable] for e in snapshot.entries]
         # A tree laid out as a job's work folder, on the host, for the baselines to copy.
-        target._agent("materialize", {"root": root, "job_dir": f"{root}/jobs/reference", "manifest": manifest,
+        target.agent("materialize", {"root": root, "job_dir": f"{root}/jobs/reference", "manifest": manifest,
                                       "extras": {}, "job_json": {"argv": ["true"]}})
 
         def on_host(command: str) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
         for index in range(repetitions):
             job = f"{root}/jobs/bench{index}"
             started = time.perf_counter()
-            target._agent("materialize", {"root": root, "job_dir": job, "manifest": manifest, "extras": {},
+            target.agent("materialize", {"root": root, "job_dir": job, "manifest": manifest, "extras": {},
                                           "job_json": {"argv": ["true"]}})
             ours.append(time.perf_counter() - started)
             copy.append(on_host(f"cp -a {root}/jobs/reference/work {root}/copy{index}"))

@@ -92,7 +92,8 @@ class DockerComputeHook(ComputeHook):
     and password = registry credentials (with extra ``registry``). Extra fields: TLS
     (``tls_ca_cert``, ``tls_client_cert``, ``tls_client_private_key``: each a path or PEM text;
     ``tls_verify``, ``tls_hostname``), ``image`` (default image), ``python``, and run options
-    ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``.
+    ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``, and
+    ``conda`` (``auto``, ``rattler``: a real conda environment in the image, ``translate``: PyPI).
     Every field is checked (:mod:`airflow_provider.hooks.docker_options`) before anything connects.
     """
 
@@ -110,7 +111,7 @@ class DockerComputeHook(ComputeHook):
                                           connection.port if connection else None)
         return DockerTarget(base_url=settings["base_url"], image=settings["image"] or DEFAULT_IMAGE,
                             python=settings["python"] or "python3", run_options=settings["run_options"],
-                            tls=settings["tls"], registry_auth=settings["registry_auth"])
+                            tls=settings["tls"], registry_auth=settings["registry_auth"], conda=settings["conda"])
 
 
 class SSHComputeHook(ComputeHook):
@@ -120,7 +121,9 @@ class SSHComputeHook(ComputeHook):
     ``passphrase``), ``host_key`` (pinned, as in known_hosts) or ``known_hosts`` (a file),
     ``accept_unknown_host_keys``, ``work_root``, ``python``, ``connect_timeout``, ``keepalive``,
     ``keep_failed_job_folders``, ``blob_cache_max_mb``, ``env_cache_max_count``, ``env_cache_max_gb``,
-    ``kept_job_max_age_days``. Every field is checked before connecting.
+    ``kept_job_max_age_days``, ``conda`` (``auto``, ``rattler``: real conda environments installed
+    offline with py-rattler, ``translate``: a virtual environment from PyPI). Every field is checked
+    before connecting.
     """
 
     conn_type = "training_ssh"
@@ -145,7 +148,7 @@ class MPIComputeHook(ComputeHook):
     Connection: either extra ``ssh_conn_ids`` (comma-separated ``training_ssh`` connections, one
     per host, the first launching) or extra ``hosts`` (``host[:slots]``, comma separated) reached
     with this connection's port, login, password and SSH extra fields (``key_file``, ``host_key``
-    or ``known_hosts``, ``work_root``, ...); ``slots`` caps the processes per host; extra
+    or ``known_hosts``, ``work_root``, ``conda``, ...); ``slots`` caps the processes per host; extra
     ``mpirun_options`` adds arguments to the launcher, and ``launcher`` is ``openmpi`` (default) or
     ``mpich``. ``work_root`` must be the same absolute folder
     on every host.

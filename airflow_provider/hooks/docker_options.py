@@ -95,6 +95,9 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
         "run_options": _run_options(fields),
         "tls": tls,
         "registry_auth": _registry_auth(fields, login, password),
+        "conda": fields.text("conda", 'write "auto", "rattler" (a real conda environment in the image, installed with '
+                             'py-rattler) or "translate" (a virtual environment from PyPI).',
+                             lambda v: v in ("auto", "rattler", "translate")) or "auto",
     }
     for name, text in pem_texts.items():  # only once every field is known to be right
         assert tls is not None
@@ -104,7 +107,7 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
 
 KNOWN_EXTRA_FIELDS = frozenset({
     "tls_ca_cert", "tls_client_cert", "tls_client_private_key", "tls_verify", "tls_hostname", "registry", "image",
-    "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels",
+    "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels", "conda",
 })
 """Every extra field a ``training_docker`` connection may have."""
 

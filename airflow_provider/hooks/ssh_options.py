@@ -15,7 +15,7 @@ from airflow_provider.core.errors import ConfigurationError
 
 __all__ = ["KNOWN_EXTRA_FIELDS", "ssh_target_arguments"]
 
-_STRINGS = ("private_key", "key_file", "passphrase", "host_key", "known_hosts", "work_root", "python")
+_STRINGS = ("private_key", "key_file", "passphrase", "host_key", "known_hosts", "work_root", "python", "conda")
 _BOOLEANS = ("accept_unknown_host_keys", "keep_failed_job_folders")
 _NUMBERS = ("connect_timeout", "keepalive", "blob_cache_max_mb", "env_cache_max_count", "env_cache_max_gb",
             "kept_job_max_age_days")
@@ -67,6 +67,9 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
     if not (password or "private_key" in extra or "key_file" in extra):
         raise fail("extra.key_file", "no private key and no password are set.",
                    "set key_file (a path) or private_key (the key's text), or the connection's password.")
+    if extra.get("conda", "auto") not in ("auto", "rattler", "translate"):
+        raise fail("extra.conda", f"is {extra['conda']!r}.", 'use "auto", "rattler" (real conda environments with '
+                   'py-rattler) or "translate" (a virtual environment from PyPI).')
     if port is not None and not 0 < int(port) < 65536:
         raise fail("port", f"{port} is not a TCP port.", "use 1-65535 (22 by default).")
     _check_key(conn_id, extra)
@@ -88,7 +91,8 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
     }
     return {"settings": settings, "work_root": extra.get("work_root", "~/.training-runs"),
             "python": extra.get("python", "python3"),
-            "keep_failed_job_folders": bool(extra.get("keep_failed_job_folders", True)), "cache_limits": limits}
+            "keep_failed_job_folders": bool(extra.get("keep_failed_job_folders", True)), "cache_limits": limits,
+            "conda": extra.get("conda", "auto")}
 
 
 def _check_key(conn_id: str, extra: dict[str, Any]) -> None:

@@ -5,16 +5,17 @@ SSH or MPI host, a cluster node) and must import with the standard library alone
 (a test checks it): no Airflow, no MLflow, no third-party package, no ``zip(strict=)``, no ``|`` in
 runtime type expressions.
 
-============  ============================================================================
-module        role
-============  ============================================================================
-job_runner    the supervisor of one job (``python3 job_runner.py JOB_DIR``), its job folder
-remote_agent  the SSH/MPI hosts' helper (``python3 remote_agent.py serve``)
-run_context   ``Run.get_context()`` / ``run.log(...)`` for training scripts
-events        the events file's line format, shared by the script side and the watcher
-rank_launcher the per-rank wrapper of distributed runs (``python -m training_runs_launcher``)
-venv_builder  the one builder of virtual environments (this machine's cache and the hosts' agent)
-============  ============================================================================
+===============  ===================================================================================
+module           role
+===============  ===================================================================================
+job_runner       the supervisor of one job (``python3 job_runner.py JOB_DIR``), its job folder
+remote_agent     the SSH/MPI hosts' helper (``python3 remote_agent.py serve``)
+run_context      ``Run.get_context()`` / ``run.log(...)`` for training scripts
+events           the events file's line format, shared by the script side and the watcher
+rank_launcher    the per-rank wrapper of distributed runs (``python -m training_runs_launcher``)
+venv_builder     the one builder of virtual environments (this machine's cache and the hosts' agent)
+conda_installer  conda environments on hosts, from solved packages sent there (py-rattler as a tool)
+===============  ===================================================================================
 
 What travels, and how: :func:`host_files` (the supervisor and the agent, copied once per version
 to a host, or into each container) and :func:`job_files` (the run-context package put on the
@@ -64,7 +65,7 @@ COMPAT_PATH_DIR = "azureml_compat"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE = os.path.dirname(_HERE)
-_HOST_MODULES = ("remote_agent.py", "job_runner.py", "venv_builder.py")
+_HOST_MODULES = ("remote_agent.py", "job_runner.py", "venv_builder.py", "conda_installer.py")
 _JOB_MODULES = ("__init__.py", "events.py", "run_context.py", "rank_launcher.py")
 _CORE_STAND_IN = (b'"""In a job only ``Run`` is here: the rest of the core stays on the submitting side."""\n'
                   b"from airflow_provider.core.run_context import Run\n__all__ = [\"Run\"]\n")

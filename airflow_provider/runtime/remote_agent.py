@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,9 +32,10 @@ from collections.abc import Callable
 from typing import IO, Any
 
 try:
-    from airflow_provider.runtime import job_runner, venv_builder
+    from airflow_provider.runtime import conda_installer, job_runner, venv_builder
 except ImportError:  # on the remote host: plain files copied next to this one
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import conda_installer  # type: ignore[no-redef]
     import job_runner  # type: ignore[no-redef]
     import venv_builder  # type: ignore[no-redef]
 
@@ -86,17 +88,38 @@ def _check_job_dir(root: str, job_dir: str) -> None:
         raise ValueError(f"refusing job folder {job_dir!r}: not a folder of {os.path.join(root, 'jobs')}")
 
 
+def _host_uv() -> str | None:
+    """This host's own uv, if it has one."""
+    return shutil.which("uv") or next((p for p in (os.path.expanduser("~/.local/bin/uv"), "/usr/local/bin/uv")
+                                       if os.access(p, os.X_OK)), None)
+
+
 def op_hello(request: dict[str, Any]) -> dict[str, Any]:
     """What the target needs to know about this host and its Python."""
-    uv = shutil.which("uv") or next((p for p in (os.path.expanduser("~/.local/bin/uv"), "/usr/local/bin/uv")
-                                     if os.access(p, os.X_OK)), None)
+    uv = _host_uv()
     try:
         libc: str | None = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):
         libc = None
     return {"python_version": sys.version, "executable": sys.executable, "home": os.path.expanduser("~"),
             "uv": uv, "hostname": os.uname().nodename, "machine": os.uname().machine, "libc": libc,
-            "system": sys.platform, "implementation": sys.implementation.name}
+            "system": sys.platform, "implementation": sys.implementation.name,
+            "kernel": os.uname().release, "cuda_driver": _cuda_driver_version()}
+
+
+def _cuda_driver_version() -> str | None:
+    """The CUDA version the driver supports ("12.4"), from ``nvidia-smi``; None without a GPU driver."""
+    program = shutil.which("nvidia-smi")
+    if program is None:
+        return None
+    try:
+        done = subprocess.run([program], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in done.stdout.splitlines():
+        if "CUDA Version:" in line:
+            return line.split("CUDA Version:")[1].split()[0].strip("| ")
+    return None
 
 
 def op_which(request: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +345,7 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         except OSError:
             missing.append(digest)
     missing = sorted(set(missing))
-    uv = op_hello({})["uv"]
+    uv = _host_uv()
     uv_digest = request.get("uv_blob") if uv is None else None
     if uv_digest:
         uv = _uv_from_blob(root, uv_digest)
@@ -345,6 +368,62 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
         except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
     evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint,))
+    return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path, "evicted": evicted}
+
+
+def op_conda_env(request: dict[str, Any]) -> dict[str, Any]:
+    """The conda environment of a solved specification, built once per fingerprint under a lock file
+    (see :mod:`conda_installer`).
+
+    ``packages`` (each with ``file_name``, ``subdir``, ``name``, ``version``, ``build``, ``sha256``)
+    and ``wheels`` (the ``pip:`` section's, file name: sha256) are taken from the blob store; when
+    some are missing there and the environment is not built yet, the answer lists them (``missing``).
+    ``tool_python`` is an interpreter with py-rattler (an environment the client had built first);
+    with ``probe``, the answer only says whether the environment is built.
+    """
+    root = request["root"]
+    fingerprint = request["fingerprint"]
+    if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
+        raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
+    envs = os.path.join(root, "envs")
+    final = os.path.join(envs, fingerprint)
+    python = os.path.join(final, "bin", "python")
+    if venv_builder.is_built(final):
+        os.utime(final)
+        return {"fingerprint": fingerprint, "python": python, "built": False}
+    if request.get("probe"):  # only whether it is built: the client prepares the tool first
+        return {"fingerprint": fingerprint, "built": False}
+    packages = [dict(package, path=_blob_path(root, package["sha256"])) for package in request["packages"]]
+    wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
+    missing = []
+    for path in [*(package["path"] for package in packages), *wheels.values()]:
+        try:
+            os.utime(path)  # a use: the blob collector keeps the recently used
+        except OSError:
+            missing.append(os.path.basename(path))
+    uv = _host_uv()
+    if uv is None and request.get("uv_blob"):
+        uv = _uv_from_blob(root, request["uv_blob"])
+        if uv is None:
+            missing.append(request["uv_blob"])
+    if missing:
+        return {"fingerprint": fingerprint, "built": False, "missing": sorted(set(missing))}
+    os.makedirs(envs, exist_ok=True)
+    os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+    with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if venv_builder.is_built(final):
+            return {"fingerprint": fingerprint, "python": python, "built": False}
+        log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
+        try:
+            with open(log_path, "ab") as log:
+                conda_installer.build_conda_env(final, packages, request["tool_python"], uv,
+                                                list(request.get("pip_requirements") or []), wheels,
+                                                os.path.join(root, "cache", "conda"), log,
+                                                float(request.get("timeout", 1800)))
+        except venv_builder.BuildFailedError:
+            return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
+    evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint, request["tool_fingerprint"]))
     return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path, "evicted": evicted}
 
 
@@ -434,6 +513,7 @@ _OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "cancel": op_cancel,
     "cleanup": op_cleanup,
     "env": op_env,
+    "conda_env": op_conda_env,
 }
 """The agent's operations by name (``put_blobs`` and ``pack`` carry payloads: :func:`serve`)."""
 

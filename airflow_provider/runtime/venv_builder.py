@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 __all__ = ["MARKER_NAME", "BuildFailedError", "build_venv", "environments_in_use", "evict_environments", "folder_size",
-           "is_built"]
+           "is_built", "link_files", "run_step"]
 
 MARKER_NAME = ".training-runs-complete"
 """Written last into a finished environment (JSON: requirements, interpreter version, tool)."""
@@ -83,7 +83,7 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
                + (["--no-deps"] if complete else []))
     try:
         if wheels is not None and links is not None:
-            _link_wheels(wheels, links, log)
+            link_files(wheels, links, log)
         tool = _build_in(temporary, final, list(requirements), base_python, uv, log, timeout, options)
         with open(os.path.join(temporary, MARKER_NAME), "w", encoding="utf-8") as marker:
             json.dump({"requirements": list(requirements), "python_version": python_version, "tool": tool,
@@ -100,8 +100,15 @@ def build_venv(final: str, requirements: Sequence[str], base_python: str, uv: st
     return tool
 
 
-def _link_wheels(wheels: Mapping[str, str], folder: str, log: IO[bytes]) -> None:
-    """A ``--find-links`` folder of ``wheels`` (hard links, copies across file systems)."""
+def link_files(wheels: Mapping[str, str], folder: str, log: IO[bytes]) -> None:
+    """A folder of ``wheels`` (file name: source path; hard links, copies across file systems), for
+    ``--find-links`` or a local conda channel.
+
+    :param wheels: the files by the name they get in ``folder``.
+    :param folder: the folder (made when missing).
+    :param log: the build log.
+    :raises BuildFailedError: a source is gone (evicted from the host's store).
+    """
     os.makedirs(folder, exist_ok=True)
     for name, source in wheels.items():
         if os.sep in name or name in ("", ".", ".."):
@@ -131,14 +138,22 @@ def _build_in(temporary: str, final: str, requirements: list[str], base_python: 
     else:
         create = [base_python, "-m", "venv", "--prompt", prompt, temporary]
         install = [python, "-m", "pip", "install", *options, "-r", requirements_file]
-    _run(create, log, timeout, "creating the virtual environment")
-    _run(install, log, timeout, "pip install")
+    run_step(create, log, timeout, "creating the virtual environment")
+    run_step(install, log, timeout, "pip install")
     if uv is None:
         _rewrite_paths(temporary, final)
     return "uv" if uv is not None else "venv + pip"
 
 
-def _run(command: list[str], log: IO[bytes], timeout: float, step: str) -> None:
+def run_step(command: list[str], log: IO[bytes], timeout: float, step: str) -> None:
+    """Run one build step, its output into the log, in its own process group (killed on timeout).
+
+    :param command: the program and its arguments.
+    :param log: the build log (binary, appended).
+    :param timeout: the longest it may take, in seconds.
+    :param step: what it does, for the error.
+    :raises BuildFailedError: it failed, could not start or timed out.
+    """
     log.write(f"$ {' '.join(command)}\n".encode())
     log.flush()
     try:
@@ -180,12 +195,21 @@ def _rewrite_paths(temporary: str, final: str) -> None:
 
 
 def folder_size(folder: str) -> int:
-    """The bytes of the files under ``folder`` (links counted as links)."""
+    """The bytes of the files under ``folder`` (links counted as links; one ``scandir`` per folder,
+    whose entries carry what ``lstat`` would say)."""
     total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
+    pending = [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
     return total
 
 

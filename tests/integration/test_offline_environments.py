@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from airflow_provider.core import ConfigurationError, Environment, Experiment, ScriptRunConfig
+from airflow_provider.core import ConfigurationError, Environment, EnvironmentBuildError, Experiment, ScriptRunConfig
 from airflow_provider.core.environments.conda_spec import CondaDependencies
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.targets.docker import DockerTarget
@@ -44,9 +44,11 @@ def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _ssh_target(host: SSHHost, root: str) -> SSHTarget:
+    """The host; conda specifications translated to PyPI (py-rattler is installed: "auto" would build
+    real conda, and no conda channel is reachable here)."""
     settings = SSHSettings(host.host, host.port, username=host.username, key_file=str(host.key_path),
                            host_key=host.host_public_key)
-    return SSHTarget(settings, work_root=root)
+    return SSHTarget(settings, work_root=root, conda="translate")
 
 
 def _assert_offline(command: list[str]) -> None:
@@ -73,6 +75,7 @@ def _target(where: str, request: pytest.FixtureRequest) -> SSHTarget | DockerTar
         return _ssh_target(request.getfixturevalue("ssh_container"), f"/tmp/tr-envs-{uuid.uuid4().hex[:8]}")
     if where == "docker":
         target: DockerTarget = request.getfixturevalue("docker_target")
+        target.conda = "translate"  # py-rattler is installed: "auto" would build real conda
         client = target.client
         before = {image.id for image in client.images.list(IMAGE_REPOSITORY)}
         request.addfinalizer(lambda: remove_new_images(client, before))
@@ -230,6 +233,23 @@ def test_a_conda_specification_runs_translated_on_every_target(where: str, reque
     tags = MlflowClient().get_run(run_id).data.tags
     assert "conda specification translated" in tags[Tags.ENVIRONMENT_DESCRIPTION]
     assert {"numpy", "six", "threadpoolctl"} <= set(_lock_pins(run_id, tmp_path / "lock"))
+
+
+@pytest.mark.parametrize("where", ["local", "ssh", "docker"])
+def test_auto_translates_a_specification_whose_channels_cannot_be_read_from_here(
+        where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """conda="auto" with py-rattler installed: conda-forge is unreachable from this machine, so the
+    specification is translated to PyPI, and the run's details say why; "rattler" refuses instead."""
+    target = _target(where, request)
+    target.conda = "auto"
+    environment = Environment("auto-conda")
+    environment.python.conda_dependencies = CondaDependencies.create(python_version="3.11", conda_packages=["six"])
+    prepared = target.prepare_environment(environment)
+    assert "conda channels could not be read from here" in prepared.description, prepared.description
+    assert prepared.lock is not None and "six==" in prepared.lock
+    target.conda = "rattler"
+    with pytest.raises(EnvironmentBuildError, match="reading the conda channels"):
+        target.prepare_environment(environment)
 
 
 def test_a_python_version_the_host_lacks_is_refused_naming_both(ssh_container: SSHHost, tmp_path: Path) -> None:

@@ -263,7 +263,8 @@ def test_a_bad_connection_field_fails_before_connecting() -> None:
     for extra, field in (({"key_file": "/k", "colour": "x"}, "extra.colour"),
                          ({"key_file": "/k", "connect_timeout": "soon"}, "extra.connect_timeout"),
                          ({"key_file": "/k", "accept_unknown_host_keys": "maybe"}, "extra.accept_unknown_host_keys"),
-                         ({}, "extra.key_file"), ({"key_file": "/k", "private_key": "x"}, "extra.private_key")):
+                         ({}, "extra.key_file"), ({"key_file": "/k", "private_key": "x"}, "extra.private_key"),
+                         ({"key_file": "/k", "conda": "mamba"}, "extra.conda")):
         with pytest.raises(ConfigurationError) as caught:
             ssh_target_arguments("box", "h", 22, "u", None, extra)
         assert caught.value.field == f"connection 'box' {field}"
@@ -272,6 +273,8 @@ def test_a_bad_connection_field_fails_before_connecting() -> None:
     arguments = ssh_target_arguments("box", "h", 2200, "u", None, {**good, "blob_cache_max_mb": "5"})
     assert arguments["settings"]["port"] == 2200
     assert arguments["cache_limits"]["blob_cache_max_bytes"] == 5 * 1024 * 1024
+    assert arguments["conda"] == "auto"
+    assert ssh_target_arguments("box", "h", 22, "u", None, {**good, "conda": "translate"})["conda"] == "translate"
 
 
 def test_caches_over_their_bounds_are_evicted_least_recently_used_first(ssh_loopback: SSHHost,
@@ -330,7 +333,8 @@ def test_the_remote_helper_is_shipped_once_per_version_and_then_started_without_
         first.check()
         assert first.root == str(root)
         (runtime,) = (root / "runtime").iterdir()
-        assert sorted(p.name for p in runtime.glob("*.py")) == ["job_runner.py", "remote_agent.py", "venv_builder.py"]
+        assert sorted(p.name for p in runtime.glob("*.py")) == [
+            "conda_installer.py", "job_runner.py", "remote_agent.py", "venv_builder.py"]
         warm = _target(ssh_loopback, root=f"~/{name}")  # a new task: a new connection to a host that has it
         warm.check()
         assert warm.root == str(root)

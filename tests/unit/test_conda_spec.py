@@ -638,3 +638,38 @@ def test_translation_refuses_alternatives() -> None:
         error.problem == "'numpy=1.2|1.3' allows alternative versions (=1.2|1.3), which one pip requirement "
         "cannot express."
     )
+
+
+def test_virtual_packages_of_another_machine_come_from_what_it_reports() -> None:
+    from airflow_provider.core.environments.conda_builder import virtual_packages_for
+
+    assert virtual_packages_for("x86_64", "glibc 2.36", "6.1.0-18-amd64", "12.4") == [
+        "__archspec=1=x86_64", "__cuda=12.4=0", "__glibc=2.36=0", "__linux=6.1.0=0", "__unix=0=0"]
+    # musl, an unreadable kernel release, no GPU driver: only what is known.
+    assert virtual_packages_for("aarch64", None, "", None) == ["__archspec=1=aarch64", "__unix=0=0"]
+
+
+def test_targets_keep_their_conda_mode_in_their_spec_and_refuse_unknown_ones() -> None:
+    from airflow_provider.core import ConfigurationError
+    from airflow_provider.core.targets.docker import DockerTarget
+    from airflow_provider.core.targets.ssh import SSHTarget
+    from airflow_provider.core.targets.ssh_connection import SSHSettings
+
+    ssh = SSHTarget(SSHSettings("h"), conda="translate", build_timeout_seconds=60)
+    again = SSHTarget.from_spec(ssh.to_spec(), secrets={})
+    assert again.conda == "translate" and again.build_timeout_seconds == 60
+    assert DockerTarget.from_spec(DockerTarget(conda="rattler").to_spec()).conda == "rattler"
+    with pytest.raises(ConfigurationError, match='"auto", "rattler" or "translate"'):
+        SSHTarget(SSHSettings("h"), conda="mamba")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match='"auto", "rattler" or "translate"'):
+        DockerTarget(conda="mamba")  # type: ignore[arg-type]
+
+
+def test_a_docker_connection_names_its_conda_mode() -> None:
+    from airflow_provider.hooks.docker_options import docker_target_settings
+
+    assert docker_target_settings("d", None, None, None, {})["conda"] == "auto"
+    assert docker_target_settings("d", None, None, None, {"conda": "translate"})["conda"] == "translate"
+    with pytest.raises(ConfigurationError) as caught:
+        docker_target_settings("d", None, None, None, {"conda": "mamba"})
+    assert "extra" in caught.value.field and "conda" in caught.value.field and "translate" in str(caught.value)

@@ -41,7 +41,8 @@ def _run(python: str, code: str, path: Path, **kwargs: object) -> subprocess.Com
 
 
 def test_the_runtime_package_lists_every_module() -> None:
-    assert RUNTIME_MODULES == ["events", "job_runner", "rank_launcher", "remote_agent", "run_context", "venv_builder"]
+    assert RUNTIME_MODULES == ["conda_installer", "events", "job_runner", "rank_launcher", "remote_agent",
+                               "run_context", "venv_builder"]
 
 
 def test_every_runtime_module_imports_with_the_standard_library_alone_on_python_3_9() -> None:
@@ -103,7 +104,7 @@ def test_job_files_are_the_runtime_modules_and_nothing_of_the_submitting_side(az
     alias = files["runtime/airflow_provider/core/run_context.py"]
     assert b"from airflow_provider.runtime.run_context import Run" in alias
     assert any(path.startswith("runtime/azureml_compat/azureml/") for path in files) == azureml_compat
-    assert set(runtime.host_files()) == {"job_runner.py", "remote_agent.py", "venv_builder.py"}
+    assert set(runtime.host_files()) == {"conda_installer.py", "job_runner.py", "remote_agent.py", "venv_builder.py"}
     assert len(runtime.host_files_version()) == 16
 
 

@@ -11,6 +11,11 @@
   Python and platform (asked once per image by a short container without network), and its wheels
   travel in the build context: the build installs with ``--no-index`` and needs no package index
   (``install_from="target"``: the image's index gives what is not a local file).
+* a conda specification (``conda="rattler"``, or ``"auto"`` with py-rattler here): an image ``FROM``
+  the base with a real conda environment at ``/opt/training-runs/env``. It is solved here for the
+  image's platform, and the package files, py-rattler's wheel and the ``pip:`` section's wheels
+  travel in the build context; :mod:`~airflow_provider.runtime.conda_installer` installs them
+  during the build, without any network.
 
 The fingerprint of a package image covers the base image's id and the lock (versions and wheel
 hashes), so a second run builds nothing and a changed requirement builds a new tag. A build runs
@@ -33,10 +38,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from filelock import FileLock, Timeout
 
+from airflow_provider.core.environments.conda_builder import (
+    CondaMode,
+    conda_fingerprint,
+    conda_lock_text,
+    conda_packages,
+    conda_subdir,
+    conda_tool_environment,
+    pip_lock_for,
+    rattler_available,
+    solve,
+    virtual_packages_for,
+)
 from airflow_provider.core.environments.interpreters import check_interpreter
 from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, find_uv, lock_requirements
 from airflow_provider.core.environments.spec import MANAGED_KINDS, Environment
@@ -54,6 +71,7 @@ BUILD_FOLDER = ".training-runs"
 IN_IMAGE_BUILD_FOLDER = "/opt/training-runs/build"
 LABEL_FINGERPRINT = "training.environment.fingerprint"
 LABEL_ENVIRONMENT = "training.environment.name"
+_RUNTIME_FOLDER = Path(__file__).resolve().parents[2] / "runtime"
 _LAYOUT_VERSION = "2"  # bump when the generated Dockerfile changes meaning
 _LOG_TAIL_LINES = 40
 _FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<stage>\S+))?",
@@ -84,6 +102,7 @@ class ResolvedImage:
     :param built: True when this call built the image.
     :param build_log: the build log, when this call built the image.
     :param lock: the lock installed in the image, for pip environments.
+    :param conda_lock: the lock installed in the image, for conda environments built with py-rattler.
     """
 
     image: str
@@ -93,6 +112,8 @@ class ResolvedImage:
     built: bool
     build_log: Path | None
     lock: Lock | None = None
+    conda_lock: str | None = None
+    """For a conda environment: its lock (conda's explicit format, the pip section's pins appended)."""
 
 
 @dataclass
@@ -146,11 +167,15 @@ class ImageBuilder:
     :param build_timeout_seconds: a build that prints nothing for this long fails.
     :param max_images: the most environment images kept on the daemon; after a build the least
         recently used beyond it are removed (never one a container uses), each removal logged.
+    :param conda: how conda specifications are built: ``"rattler"`` (a real conda environment in the
+        image, solved here and installed offline by py-rattler during the build), ``"translate"`` (a
+        virtual environment from PyPI) or ``"auto"`` (``"rattler"`` when py-rattler is installed here).
     """
 
     def __init__(self, client: Any, default_image: str, python: str, registry_auth: dict[str, str] | None = None,
-                 build_timeout_seconds: float = 1800.0, max_images: int = 20) -> None:
+                 build_timeout_seconds: float = 1800.0, max_images: int = 20, conda: CondaMode = "auto") -> None:
         self.max_images = max_images
+        self.conda = conda
         self.client = client
         self.default_image = default_image
         self.python = python
@@ -178,7 +203,71 @@ class ImageBuilder:
         else:
             base_image = docker_section.base_image or self.default_image
             base_id = self._ensure_present(base_image, _base_field(environment))
+        if environment.kind == "conda" and self.conda_mode() == "rattler":
+            return self._with_conda(environment, base_id)
         return self._with_packages(environment, base_image, base_id)
+
+    def conda_mode(self) -> Literal["rattler", "translate"]:
+        """How conda specifications are built (``"auto"`` decided: py-rattler installed here or not)."""
+        if self.conda == "auto":
+            return "rattler" if rattler_available() else "translate"
+        return self.conda
+
+    def _with_conda(self, environment: Environment, base_id: str) -> ResolvedImage:
+        """An image of the base with a real conda environment at :data:`ENV_PREFIX`: solved here for the
+        image's platform, its package files (and py-rattler's wheel, and the ``pip:`` section's wheels)
+        in the build context, installed by py-rattler during the build without any network."""
+        spec = environment.conda_specification()
+        assert spec is not None
+        platform = self.platform(base_id)
+        if platform.system != "linux" or platform.machine not in ("x86_64", "aarch64", "arm64"):
+            raise ConfigurationError("environment.python.conda_dependencies",
+                                     f"cannot be built in image {base_id[:19]} ({platform.system} on "
+                                     f"{platform.machine}): conda environments are built for Linux on x86_64 or "
+                                     "aarch64.",
+                                     "set the connection extra conda to \"translate\".")
+        subdir = conda_subdir(platform.machine)
+        virtual = virtual_packages_for(platform.machine, platform.libc, str(self.client.info().get("KernelVersion")))
+        solution = solve(spec, subdir, virtual, self.build_timeout_seconds)
+        pip_lock = pip_lock_for(spec, solution, platform.machine, platform.libc, "submitter",
+                                self.build_timeout_seconds)
+        tool_lock = lock_requirements(conda_tool_environment().python.pip_packages, platform, "submitter",
+                                      timeout=self.build_timeout_seconds)
+        fingerprint = _fingerprint({"base_image_id": base_id, "conda": conda_fingerprint(solution, pip_lock),
+                                    "python": self.python, "layout": _LAYOUT_VERSION})
+        lock_text = conda_lock_text(spec, solution, pip_lock, subdir)
+        context = _BuildContext()
+        store = WheelStore()
+        files = store.fetch_packages(conda_packages(solution))
+        packages = []
+        for package, record in zip(conda_packages(solution), solution, strict=True):
+            folder = record.get("subdir") or record["url"].rsplit("/", 2)[-2]
+            context.add_file(f"{BUILD_FOLDER}/conda/{folder}/{package.filename}", files[package.sha256])
+            packages.append({"name": record["name"], "version": record["version"], "build": record["build"],
+                             "sha256": record["sha256"], "subdir": folder})
+        for name, path in files_to_install(tool_lock, store).items():
+            context.add_file(f"{BUILD_FOLDER}/tool-wheels/{name}", path)
+        context.add(f"{BUILD_FOLDER}/tool-requirements.txt", ("\n".join(tool_lock.requirement_lines()) + "\n").encode())
+        if pip_lock is not None:
+            for name, path in files_to_install(pip_lock, store).items():
+                context.add_file(f"{BUILD_FOLDER}/wheels/{name}", path)
+            context.add(f"{BUILD_FOLDER}/requirements.txt", ("\n".join(pip_lock.requirement_lines()) + "\n").encode())
+        for module in ("conda_installer.py", "venv_builder.py"):
+            context.add_file(f"{BUILD_FOLDER}/installer/{module}", _RUNTIME_FOLDER / module)
+        context.add(f"{BUILD_FOLDER}/request.json", json.dumps({
+            "channel": f"{IN_IMAGE_BUILD_FOLDER}/conda", "prefix": ENV_PREFIX, "packages": packages,
+            "cache": f"{IN_IMAGE_BUILD_FOLDER}/rattler-cache"}).encode())
+        uv = self._uv_for(base_id)
+        if uv is not None:
+            context.add_file(f"{BUILD_FOLDER}/uv", uv, mode=0o755)
+        for folder in ("noarch", "linux-64", "linux-aarch64"):  # the channel's platforms, even when empty
+            context.add(f"{BUILD_FOLDER}/conda/{folder}/.keep", b"")
+        context.add(f"{BUILD_FOLDER}/Dockerfile", _conda_dockerfile(base_id, self.python, environment.name,
+                                                                    fingerprint, uv is not None,
+                                                                    pip_lock is not None).encode())
+        resolved = self._find_or_build(f"{IMAGE_REPOSITORY}:{fingerprint[:32]}", context, environment, fingerprint,
+                                       f"{ENV_PREFIX}/bin/python", "environment.python.conda_dependencies", lock_text)
+        return dataclasses.replace(resolved, conda_lock=lock_text)
 
     def _from_dockerfile(self, environment: Environment, dockerfile: str, build_context: str | None) -> ResolvedImage:
         """The image of the user's Dockerfile (its context and the images it starts FROM count)."""
@@ -466,6 +555,31 @@ def _dockerfile(base_id: str, options: list[str], python: str, name: str, finger
         f"COPY {BUILD_FOLDER}/ {IN_IMAGE_BUILD_FOLDER}/\n"
         + install
         + f" && rm -rf {IN_IMAGE_BUILD_FOLDER}/wheels {IN_IMAGE_BUILD_FOLDER}/uv\n"
+        + _labels(name, fingerprint)
+    )
+
+
+def _conda_dockerfile(base_id: str, python: str, name: str, fingerprint: str, with_uv: bool, with_pip: bool) -> str:
+    """``FROM`` the base, then py-rattler into a scratch folder (from its wheel), the conda packages of
+    the build context installed with it at :data:`ENV_PREFIX`, and the ``pip:`` section's wheels; the
+    scratch files are removed in the same step (the copied files stay in the ``COPY`` layer)."""
+    build = IN_IMAGE_BUILD_FOLDER
+    tool_options = f"--no-index --find-links {build}/tool-wheels --no-deps --target {build}/tool"
+    pip_options = f"--no-index --find-links {build}/wheels --no-deps -r {build}/requirements.txt"
+    if with_uv:
+        tool = f"UV_NO_CACHE=1 {build}/uv pip install --quiet --python {python} {tool_options}"
+        pip = f"UV_NO_CACHE=1 {build}/uv pip install --python {ENV_PREFIX}/bin/python {pip_options}"
+    else:
+        quiet = "--no-input --disable-pip-version-check --no-cache-dir"
+        tool = f"{python} -m pip install {quiet} {tool_options}"
+        pip = f"{python} -m pip --python {ENV_PREFIX}/bin/python install {quiet} {pip_options}"
+    return (
+        f"FROM {base_id}\n"
+        f"COPY {BUILD_FOLDER}/ {build}/\n"
+        f"RUN {tool} -r {build}/tool-requirements.txt \\\n"
+        f" && PYTHONPATH={build}/tool {python} -s {build}/installer/conda_installer.py {build}/request.json \\\n"
+        + (f" && {pip} \\\n" if with_pip else "")
+        + f" && rm -rf {build}\n"
         + _labels(name, fingerprint)
     )
 

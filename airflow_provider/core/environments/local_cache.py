@@ -28,7 +28,12 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
-from airflow_provider.core.environments.conda_builder import CondaBuilder, rattler_available
+from airflow_provider.core.environments.conda_builder import (
+    CondaBuilder,
+    CondaMode,
+    rattler_available,
+    translated_when_unreachable,
+)
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
 from airflow_provider.core.environments.interpreters import find_local_interpreter, python_matches
 from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, find_uv, lock_requirements
@@ -43,7 +48,6 @@ __all__ = ["EnvironmentCache", "PreparedEnvironment", "environment_fingerprint"]
 
 logger = logging.getLogger(__name__)
 Installer = Literal["auto", "uv", "pip"]
-CondaMode = Literal["auto", "rattler", "translate"]
 
 MARKER_NAME = venv_builder.MARKER_NAME
 STALE_TEMP_SECONDS = 3600
@@ -74,7 +78,7 @@ class EnvironmentCache:
     ) -> None:
         if conda not in ("auto", "rattler", "translate"):
             raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
-        self.conda = conda
+        self.conda: CondaMode = conda
         self.root = Path(root) if root is not None else state_dir() / "envs"
         self.build_timeout_seconds = build_timeout_seconds
         python = base_python or sys.executable
@@ -93,13 +97,18 @@ class EnvironmentCache:
         if env is None or env.kind not in MANAGED_KINDS:
             return self._unmanaged(env)
         if env.kind == "conda" and self.conda_mode() == "rattler":
-            return CondaBuilder(self.root, self.build_timeout_seconds, self.max_count, self.max_bytes).prepare(env)
+            builder = CondaBuilder(self.root, self.build_timeout_seconds, self.max_count, self.max_bytes)
+            return translated_when_unreachable(self.conda, lambda: builder.prepare(env), lambda: self._venv(env))
+        return self._venv(env)
+
+    def _venv(self, env: Environment) -> PreparedEnvironment:
+        """The virtual environment of a managed environment (a conda one translated to PyPI)."""
         required = env.required_python()
         if required is not None and not python_matches(required, self.python_version()):
             other = find_local_interpreter(required, self.base_python, self.python_version())
             return EnvironmentCache(self.root, base_python=other, installer=self.installer,
                                     build_timeout_seconds=self.build_timeout_seconds, max_count=self.max_count,
-                                    max_bytes=self.max_bytes, conda=self.conda).prepare(env)
+                                    max_bytes=self.max_bytes, conda="translate").prepare(env)
         lock = self.lock(env)
         fingerprint = environment_fingerprint(env, self.python_version(), lock)
         final = self.root / fingerprint

@@ -64,19 +64,30 @@ class WheelStore:
         :return: the stored file of each package, by sha256.
         :raises EnvironmentBuildError: a download failed or arrived altered (a retry may help).
         """
-        missing = [p for p in lock.packages if not self.path(p.sha256).exists()]
+        return self.fetch_packages(lock.packages, lock.requested)
+
+    def fetch_packages(self, packages: tuple[LockedPackage, ...] | list[LockedPackage],
+                       requested: tuple[str, ...] = ()) -> dict[str, Path]:
+        """Make every file of ``packages`` present (wheels, conda packages) and return them.
+
+        :param packages: the files, each with its location and sha256.
+        :param requested: the requirement lines they were resolved from (index URLs with credentials).
+        :return: the stored file of each package, by sha256.
+        :raises EnvironmentBuildError: a download failed or arrived altered (a retry may help).
+        """
+        missing = [p for p in packages if not self.path(p.sha256).exists()]
         if missing:
-            credentials = _index_credentials(lock.requested)
+            credentials = _index_credentials(requested)
             with ThreadPoolExecutor(max_workers=min(_PARALLEL_DOWNLOADS, len(missing)),
                                     thread_name_prefix="wheel-download") as pool:
                 for _ in pool.map(lambda package: self._fetch_one(package, credentials), missing):
                     pass
-        for package in lock.packages:  # a hit counts as a use (least recently used eviction)
+        for package in packages:  # a hit counts as a use (least recently used eviction)
             with contextlib.suppress(OSError):
                 os.utime(self.path(package.sha256))
         if missing:
-            self.evict(keep={p.sha256 for p in lock.packages})
-        return {p.sha256: self.path(p.sha256) for p in lock.packages}
+            self.evict(keep={p.sha256 for p in packages})
+        return {p.sha256: self.path(p.sha256) for p in packages}
 
     def evict(self, keep: set[str]) -> list[str]:
         """Remove the least recently used wheels beyond :attr:`max_bytes`, except ``keep``.

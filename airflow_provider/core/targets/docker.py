@@ -36,10 +36,11 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import tolerant_tar_filter
+from airflow_provider.core.environments.conda_builder import CondaMode, translated_when_unreachable
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import TargetConfigurationError, TargetError, TrainingRunError
+from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError, TargetError, TrainingRunError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.docker_streams import (
@@ -117,6 +118,9 @@ class DockerTarget(ComputeTarget):
         Kept in :meth:`to_spec` (paths only).
     :param registry_auth: credentials for pulling base images (``username``, ``password``,
         ``serveraddress``). Never part of :meth:`to_spec`: the spec ends up on a command line.
+    :param conda: how conda specifications are built: ``"rattler"`` (a real conda environment in the
+        image, installed offline by py-rattler during the build), ``"translate"`` (a virtual
+        environment from PyPI) or ``"auto"`` (``"rattler"`` when py-rattler is installed here).
     """
 
     kind: ClassVar[str] = "docker"
@@ -126,7 +130,10 @@ class DockerTarget(ComputeTarget):
 
     def __init__(self, base_url: str | None = None, image: str = DEFAULT_IMAGE, python: str = "python3",
                  run_options: dict[str, Any] | None = None, *, tls: dict[str, Any] | None = None,
-                 registry_auth: dict[str, str] | None = None) -> None:
+                 registry_auth: dict[str, str] | None = None, conda: CondaMode = "auto") -> None:
+        if conda not in ("auto", "rattler", "translate"):
+            raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
+        self.conda = conda
         self.base_url = base_url
         self.image = image
         self.python = python
@@ -192,12 +199,12 @@ class DockerTarget(ComputeTarget):
     def to_spec(self) -> dict[str, Any]:
         # registry_auth stays out on purpose: the spec is passed on a command line.
         return {"kind": self.kind, "base_url": self.base_url, "image": self.image, "python": self.python,
-                "run_options": self.run_options, "tls": self.tls}
+                "run_options": self.run_options, "tls": self.tls, "conda": self.conda}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> DockerTarget:
         return cls(spec.get("base_url"), spec.get("image", DEFAULT_IMAGE), spec.get("python", "python3"),
-                   spec.get("run_options"), tls=spec.get("tls"))
+                   spec.get("run_options"), tls=spec.get("tls"), conda=spec.get("conda", "auto"))
 
     def describe(self) -> str:
         return f"docker ({self.base_url or 'local daemon'}{', TLS' if self.tls else ''})"
@@ -209,26 +216,36 @@ class DockerTarget(ComputeTarget):
     @_docker_errors
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
         """Find or build the environment's image on the daemon (see :mod:`docker_images`)."""
+        if environment is not None and environment.kind == "conda" and self.conda == "auto":
+            return translated_when_unreachable("auto", lambda: self._prepare(environment, "auto"),
+                                               lambda: self._prepare(environment, "translate"))
+        return self._prepare(environment, self.conda)
+
+    def _prepare(self, environment: Environment | None, conda: CondaMode) -> PreparedEnvironment:
         from airflow_provider.core.environments.docker_images import ImageBuilder
 
         builder = ImageBuilder(self.client, self.image, self.python, self.registry_auth,
-                               self.build_timeout_seconds)
+                               self.build_timeout_seconds, conda=conda)
         resolved = builder.resolve(environment)
         how = ""  # a base image used as it is is neither built nor cached by us
         if resolved.image.startswith(f"{IMAGE_REPOSITORY}:"):
             how = ", built now" if resolved.built else ", cached"
         description = f"image {resolved.image} ({resolved.image_id[:19]}{how}), interpreter {resolved.python}"
         lock = resolved.lock
+        if resolved.conda_lock is not None:
+            count = sum(1 for line in resolved.conda_lock.splitlines() if "#sha256:" in line)
+            description += (f", a conda environment of {count} packages solved here with py-rattler, sent in the "
+                            "build context and installed offline")
         if lock is not None:
             description += f", from a lock of {len(lock.packages)} packages, " + (
                 "wheels sent in the build context and installed offline" if lock.install_from == "submitter"
                 else "installed from the image's package index")
-        if environment is not None and environment.kind == "conda":
-            description += ", conda specification translated to a virtual environment (no conda in the image)"
+        if environment is not None and environment.kind == "conda" and resolved.conda_lock is None:
+            description += ", conda specification translated to a virtual environment from PyPI (extra conda)"
         return PreparedEnvironment(environment.kind if environment is not None else "current", resolved.python,
                                    resolved.fingerprint, resolved.built, resolved.build_log, description,
                                    resolved.image, build_log_artifact="image_build.log",
-                                   lock=None if lock is None else lock.text())
+                                   lock=resolved.conda_lock if lock is None else lock.text())
 
     @_docker_errors
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],

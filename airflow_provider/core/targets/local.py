@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airflow_provider.core.environments.local_cache import CondaMode, EnvironmentCache
+from airflow_provider.core.environments.conda_builder import CondaMode
+from airflow_provider.core.environments.local_cache import EnvironmentCache
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.paths import private_folder, state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
@@ -56,8 +57,19 @@ class LocalTarget(ComputeTarget):
         self.environment_cache = environment_cache or EnvironmentCache(conda=conda)
         self._runners: dict[str, subprocess.Popen[bytes]] = {}
 
+    @property
+    def conda(self) -> CondaMode:
+        """How conda specifications are built here (the environment cache's setting)."""
+        return self.environment_cache.conda
+
+    @conda.setter
+    def conda(self, mode: CondaMode) -> None:
+        if mode not in ("auto", "rattler", "translate"):
+            raise ConfigurationError("conda", f"is {mode!r}.", 'use "auto", "rattler" or "translate".')
+        self.environment_cache.conda = mode
+
     def to_spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "jobs_root": str(self.jobs_root), "conda": self.environment_cache.conda}
+        return {"kind": self.kind, "jobs_root": str(self.jobs_root), "conda": self.conda}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> LocalTarget:

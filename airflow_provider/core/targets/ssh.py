@@ -33,9 +33,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal
 
 from airflow_provider.core.collect import tolerant_tar_filter
+from airflow_provider.core.environments.conda_builder import CondaMode, rattler_available, translated_when_unreachable
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
 from airflow_provider.core.environments.interpreters import check_interpreter
 from airflow_provider.core.environments.locking import InstallFrom, Lock, TargetPlatform, find_uv, lock_requirements
@@ -85,6 +86,9 @@ class SSHTarget(ComputeTarget):
         ``kept_job_max_age_days`` (7): least recently used blobs and environments beyond them are
         evicted (an environment a running job uses never is), logged to ``logs/evictions.log`` there.
     :param build_timeout_seconds: an environment build step that runs longer fails.
+    :param conda: how conda specifications are built on the host (see :meth:`conda_mode`): ``"auto"``,
+        ``"rattler"`` (a real conda environment; the ``conda`` extra here, nothing there) or
+        ``"translate"`` (a virtual environment from PyPI).
     """
 
     kind: ClassVar[str] = "ssh"
@@ -92,8 +96,11 @@ class SSHTarget(ComputeTarget):
 
     def __init__(self, settings: SSHSettings, work_root: str = "~/.training-runs", python: str = "python3",
                  keep_failed_job_folders: bool = True, cache_limits: dict[str, float] | None = None,
-                 build_timeout_seconds: float = 1800.0) -> None:
+                 build_timeout_seconds: float = 1800.0, conda: CondaMode = "auto") -> None:
+        if conda not in ("auto", "rattler", "translate"):
+            raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
         self.settings = settings
+        self.conda = conda
         self.work_root = work_root
         self.python = python
         self.keep_failed_job_folders = keep_failed_job_folders
@@ -117,7 +124,8 @@ class SSHTarget(ComputeTarget):
     def to_spec(self) -> dict[str, Any]:
         fields = {k: v for k, v in vars(self.settings).items() if k not in _SECRET_FIELDS}
         return {"kind": self.kind, "settings": fields, "work_root": self.work_root, "python": self.python,
-                "keep_failed_job_folders": self.keep_failed_job_folders, "cache_limits": self.cache_limits}
+                "keep_failed_job_folders": self.keep_failed_job_folders, "cache_limits": self.cache_limits,
+                "build_timeout_seconds": self.build_timeout_seconds, "conda": self.conda}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], secrets: dict[str, str] | None = None) -> SSHTarget:
@@ -133,7 +141,8 @@ class SSHTarget(ComputeTarget):
             secrets = json.loads(os.environ.get(SECRETS_VARIABLE) or "{}")
         settings = SSHSettings(**{**spec["settings"], **{k: v for k, v in secrets.items() if k in _SECRET_FIELDS}})
         return cls(settings, spec.get("work_root", "~/.training-runs"), spec.get("python", "python3"),
-                   bool(spec.get("keep_failed_job_folders", True)), spec.get("cache_limits"))
+                   bool(spec.get("keep_failed_job_folders", True)), spec.get("cache_limits"),
+                   float(spec.get("build_timeout_seconds", 1800.0)), spec.get("conda", "auto"))
 
     def secrets(self) -> dict[str, str]:
         """The private key, passphrase and password this target was given (never in its spec)."""
@@ -168,7 +177,7 @@ class SSHTarget(ComputeTarget):
         """Start the agent (installing this version of it first if the host lacks it) and ask the host
         about its Python (once per object)."""
         if self._hello is None:
-            self._hello = self._agent("hello", {})
+            self._hello = self.agent("hello", {})
         return self._hello
 
     def _install_runtime(self) -> None:
@@ -185,11 +194,16 @@ class SSHTarget(ComputeTarget):
                 out.write(content)
             sftp.posix_rename(temporary, f"{self.runtime_dir}/{name}")
 
-    def _agent(self, operation: str, request: dict[str, Any], payload: bytes | _FilePayload = b"",
-               timeout: float = 600.0) -> dict[str, Any]:
+    def agent(self, operation: str, request: dict[str, Any], payload: bytes | _FilePayload = b"",
+              timeout: float = 600.0) -> dict[str, Any]:
         """Run one agent operation and return its answer (retried on a new connection when it drops).
 
-        The answer's payload, if any, is under the key ``"payload"``.
+        :param operation: the operation's name (see :mod:`~airflow_provider.runtime.remote_agent`).
+        :param request: its arguments.
+        :param payload: bytes (or a file) streamed after the request.
+        :param timeout: the longest the answer may take, in seconds.
+        :return: the answer; its payload, if any, under the key ``"payload"``.
+        :raises TargetError: the operation failed on the host.
         """
         def call() -> dict[str, Any]:
             with self._lock:
@@ -239,6 +253,28 @@ class SSHTarget(ComputeTarget):
             return PreparedEnvironment(environment.kind if environment is not None else "current", python,
                                        environment_fingerprint(environment, version), False, None,
                                        f"remote interpreter {python} (Python {version.split()[0]}) {where}")
+        if environment.kind == "conda" and self.conda_mode() == "rattler":
+            from airflow_provider.core.targets.ssh_conda import prepare_conda_environment
+
+            return translated_when_unreachable(self.conda, lambda: prepare_conda_environment(self, environment),
+                                               lambda: self.prepare_pip_environment(environment))
+        return self.prepare_pip_environment(environment)
+
+    def conda_mode(self) -> Literal["rattler", "translate"]:
+        """How conda specifications are built on this host: ``"rattler"`` (a real conda environment,
+        solved here and installed there with py-rattler) or ``"translate"`` (a virtual environment
+        from PyPI); ``"auto"`` is ``"rattler"`` when py-rattler (the ``conda`` extra) is installed here."""
+        if self.conda == "auto":
+            return "rattler" if rattler_available() else "translate"
+        return self.conda
+
+    def prepare_pip_environment(self, environment: Environment) -> PreparedEnvironment:
+        """Build a managed environment as a virtual environment on the host, from its lock.
+
+        :param environment: a pip environment, or a conda one translated to PyPI.
+        """
+        hello = self.hello()
+        where = f"on {self.settings.address}"
         check_interpreter(environment.required_python(), str(hello["python_version"]), f"{where} ({self.python})",
                           f"set the connection's python (extra 'python') to an interpreter of that version on "
                           f"{self.settings.address}")
@@ -249,20 +285,20 @@ class SSHTarget(ComputeTarget):
                    "limits": dict(self.cache_limits), "complete": True,
                    "wheels": {p.filename: p.sha256 for p in lock.packages
                               if lock.install_from == "submitter" or p.local}}
-        uv = self._uv_to_send()
+        uv = self.uv_to_send()
         if uv is not None:
             request["uv_blob"] = uv[0]
-        answer = self._agent("env", request, timeout=self.build_timeout_seconds + 60)
+        answer = self.agent("env", request, timeout=self.build_timeout_seconds + 60)
         if answer.get("missing"):  # not built yet, and the host lacks some wheels: send them, then build
             files = files_to_install(lock, WheelStore())
             by_digest = {p.sha256: files[p.filename] for p in lock.packages if p.filename in files}
             if uv is not None:
                 by_digest[uv[0]] = uv[1]
-            self._send_blobs(list(answer["missing"]), lambda digest: by_digest[digest])
-            answer = self._agent("env", request, timeout=self.build_timeout_seconds + 60)
+            self.send_blobs(list(answer["missing"]), lambda digest: by_digest[digest])
+            answer = self.agent("env", request, timeout=self.build_timeout_seconds + 60)
         for line in answer.get("evicted") or []:
             log.info("Evicted environment %s on %s", line, self.settings.address)
-        log_path = self._fetch_log(answer["log_path"]) if answer.get("log_path") else None
+        log_path = self.fetch_log(answer["log_path"]) if answer.get("log_path") else None
         if answer.get("error") or answer.get("missing"):
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
             why = f"wheels missing on the host: {answer['missing']}" if answer.get("missing") else "the install failed"
@@ -272,13 +308,13 @@ class SSHTarget(ComputeTarget):
             "wheels sent from the submitting side and installed offline" if lock.install_from == "submitter"
             else "installed from the host's package index")
         if environment.kind == "conda":
-            how += ", conda specification translated to a virtual environment (no conda on the host)"
+            how += ", conda specification translated to a virtual environment from PyPI (connection extra conda)"
         return PreparedEnvironment(environment.kind, str(answer["python"]), str(answer["fingerprint"]),
                                    bool(answer["built"]),
                                    log_path, f"virtual environment {answer['python']} {where} ({how})",
                                    lock=lock.text())
 
-    def _uv_to_send(self) -> tuple[str, Path] | None:
+    def uv_to_send(self) -> tuple[str, Path] | None:
         """This machine's uv (digest, path), for a host that has none and runs it: the same machine
         type with glibc (uv's Linux build needs glibc 2.17). Sent once per host and uv version, it
         builds environments in seconds where ``venv`` + pip take tens of seconds."""
@@ -308,12 +344,16 @@ class SSHTarget(ComputeTarget):
                                  timeout=self.build_timeout_seconds)
 
     def _check_interpreter(self, python: str) -> None:
-        if self._agent("which", {"program": python})["path"] is None:
+        if self.agent("which", {"program": python})["path"] is None:
             raise ConfigurationError("environment.python.interpreter_path",
                                      f"{python!r} does not exist on {self.settings.address}.",
                                      "install it there or fix the path.")
 
-    def _fetch_log(self, remote_path: str) -> Path:
+    def fetch_log(self, remote_path: str) -> Path:
+        """Copy a build log of the host into this machine's ``<state>/logs/`` and return its path.
+
+        :param remote_path: the log's path on the host.
+        """
         folder = state_dir() / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         local = folder / f"ssh-{Path(remote_path).name}"
@@ -325,7 +365,7 @@ class SSHTarget(ComputeTarget):
               environment: PreparedEnvironment) -> JobHandle:
         """Send the blobs the host lacks (one question, one stream); the job folder is made at launch."""
         self.hello()
-        self._send_blobs(sorted({entry.digest for entry in snapshot.entries}),
+        self.send_blobs(sorted({entry.digest for entry in snapshot.entries}),
                          lambda digest: store.blob_path(digest).read_bytes())
         manifest = [[entry.path, entry.digest, entry.executable] for entry in snapshot.entries]
         self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()}, store)
@@ -334,7 +374,7 @@ class SSHTarget(ComputeTarget):
     def _job_dir(self, handle: JobHandle) -> str:
         return job_dir_under(f"{self.root}/jobs", handle)
 
-    def _send_blobs(self, digests: list[str], content: Callable[[str], bytes | Path]) -> None:
+    def send_blobs(self, digests: list[str], content: Callable[[str], bytes | Path]) -> None:
         """Send the blobs of ``digests`` the host lacks, in one tar stream (spooled to disk past 64 MiB,
         so wheels of gigabytes never sit in memory).
 
@@ -343,7 +383,7 @@ class SSHTarget(ComputeTarget):
         """
         if not digests:
             return
-        missing = self._agent("missing", {"root": self.root, "digests": digests})["missing"]
+        missing = self.agent("missing", {"root": self.root, "digests": digests})["missing"]
         if not missing:
             return
         with tempfile.SpooledTemporaryFile(max_size=64 << 20) as archive:
@@ -361,7 +401,7 @@ class SSHTarget(ComputeTarget):
                         tar.addfile(info, io.BytesIO(data))
                     self.blob_bytes_sent += info.size
             size = archive.tell()
-            self._agent("put_blobs", {"root": self.root}, _FilePayload(archive, size))
+            self.agent("put_blobs", {"root": self.root}, _FilePayload(archive, size))
         self.bytes_sent += size
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
@@ -389,13 +429,13 @@ class SSHTarget(ComputeTarget):
         request = {"root": self.root, "job_dir": self._job_dir(handle), "manifest": manifest,
                    "extras": {k: base64.b64decode(v).decode() for k, v in extras.items()},
                    "job_json": spec.to_job_json(with_secrets)}
-        answer = self._agent(operation, request)
+        answer = self.agent(operation, request)
         if answer.get("damaged"):
             log.warning("%s: %d blob(s) of job %s were altered on the host; sending them again", self.settings.address,
                         len(answer["damaged"]), handle.job_id)
             self.damaged_blobs_resent += len(answer["damaged"])
-            self._send_blobs(list(answer["damaged"]), lambda digest: store.blob_path(digest).read_bytes())
-            answer = self._agent(operation, request)
+            self.send_blobs(list(answer["damaged"]), lambda digest: store.blob_path(digest).read_bytes())
+            answer = self.agent(operation, request)
             if answer.get("damaged"):
                 raise TargetError(f"blobs {answer['damaged']} on {self.settings.address} were altered again while "
                                   "the job folder was made; something on the host writes to its blob store")
@@ -409,7 +449,7 @@ class SSHTarget(ComputeTarget):
         """
         self.hello()
         folder, name = path.rstrip("/").rsplit("/", 1)
-        answer = self._agent("pack", {"job_dir": folder or "/", "relative_path": name})  # no SFTP session
+        answer = self.agent("pack", {"job_dir": folder or "/", "relative_path": name})  # no SFTP session
         if answer["missing"]:
             return None
         with tarfile.open(fileobj=io.BytesIO(answer["payload"])) as tar:
@@ -423,7 +463,7 @@ class SSHTarget(ComputeTarget):
         :return: True when appended now.
         """
         self.hello()
-        answer = self._agent("append_once", {"path": path, "data": base64.b64encode(data).decode(), "marker": marker})
+        answer = self.agent("append_once", {"path": path, "data": base64.b64encode(data).decode(), "marker": marker})
         return bool(answer["appended"])
 
     def stop_strays(self, job_dir: str, grace_seconds: float = 5.0) -> list[int]:
@@ -432,7 +472,7 @@ class SSHTarget(ComputeTarget):
         :return: pids that survived even SIGKILL (normally none).
         """
         self.hello()
-        answer = self._agent("stop_strays", {"job_dir": job_dir, "grace_seconds": grace_seconds},
+        answer = self.agent("stop_strays", {"job_dir": job_dir, "grace_seconds": grace_seconds},
                              timeout=2 * grace_seconds + 60)
         return [int(pid) for pid in answer["remaining"]]
 
@@ -470,7 +510,7 @@ class SSHTarget(ComputeTarget):
 
     def poll(self, handle: JobHandle) -> JobStatus:
         self.hello()
-        status = JobStatus.from_job_state(self._agent("poll", {"job_dir": self._job_dir(handle)}))
+        status = JobStatus.from_job_state(self.agent("poll", {"job_dir": self._job_dir(handle)}))
         if status.state not in ("running", "not_found", "lost"):
             self._ended[self._job_dir(handle)] = status
         return status
@@ -490,7 +530,7 @@ class SSHTarget(ComputeTarget):
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         self.hello()
-        answer = self._agent("pack", {"job_dir": self._job_dir(handle), "relative_path": relative_path})
+        answer = self.agent("pack", {"job_dir": self._job_dir(handle), "relative_path": relative_path})
         if answer["missing"]:
             return None
         destination = scratch / "fetched" / relative_path.replace("/", "_")
@@ -511,7 +551,7 @@ class SSHTarget(ComputeTarget):
             self._agent_aside("cancel", request, timeout=grace_seconds + 60)
             return
         self._lock.release()
-        self._agent("cancel", request, timeout=grace_seconds + 60)
+        self.agent("cancel", request, timeout=grace_seconds + 60)
 
     def _agent_aside(self, operation: str, request: dict[str, Any], timeout: float) -> None:
         """Run one agent operation on a new agent session of the same connection, then close it.
@@ -547,7 +587,7 @@ class SSHTarget(ComputeTarget):
         keep = self.keep_failed_job_folders and (ended is None or not ended.succeeded)
         self.hello()
         limits = {k: v for k, v in self.cache_limits.items()}
-        self._agent("cleanup", {"root": self.root, "job_dir": self._job_dir(handle), "keep": keep, "limits": limits})
+        self.agent("cleanup", {"root": self.root, "job_dir": self._job_dir(handle), "keep": keep, "limits": limits})
 
 
 _AGENT_FILE = "remote_agent.py"
