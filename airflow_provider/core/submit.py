@@ -23,6 +23,7 @@ from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
+from airflow_provider.core.environments.shared_locks import shared_locks_for, sharing_locks
 from airflow_provider.core.errors import (
     ConfigurationError,
     EnvironmentBuildError,
@@ -218,7 +219,8 @@ class Experiment:
     def _prepare_environment(self, run_id: str, target: ComputeTarget,
                              resolved: ResolvedRunConfig) -> PreparedEnvironment:
         try:
-            prepared = target.prepare_environment(resolved.environment)
+            with sharing_locks(shared_locks_for(self.tracking_uri)):  # a shared server: its workers share locks
+                prepared = target.prepare_environment(resolved.environment)
         except EnvironmentBuildError as exc:
             if exc.log_path is not None and exc.log_path.exists():
                 self._log_build_log(run_id, exc.log_path, exc.artifact_name)

@@ -47,6 +47,9 @@ from airflow_provider.core.environments.locking import (
     TargetPlatform,
     find_uv,
     lock_requirements,
+    publish_lock,
+    retire_shared_locks,
+    shared_lock_data,
 )
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
@@ -87,6 +90,8 @@ def forget_conda_locks(spec: CondaDependencies | None = None) -> int:
     for path in folder.glob(pattern) if folder.is_dir() else []:
         path.unlink(missing_ok=True)
         removed += 1
+    if spec is not None:
+        removed += retire_shared_locks("conda", spec.fingerprint_payload())
     return removed
 
 
@@ -175,7 +180,14 @@ def solve(spec: CondaDependencies, subdir: str, virtual: list[str], timeout: flo
         cached = _read_json(path)
         if cached is not None:
             return list(cached)
-        solution = [_record_dict(record) for record in _solve(spec, spec.match_specs(), subdir, virtual)]
+        shared = shared_lock_data(path.stem)  # another worker's, on the shared tracking server
+        if shared is not None and isinstance(shared.get("solution"), list):
+            solution = list(shared["solution"])
+        else:
+            solution = [_record_dict(record) for record in _solve(spec, spec.match_specs(), subdir, virtual)]
+            publish_lock(path.stem, "conda", spec.fingerprint_payload(), {"solution": solution},
+                         shareable=all(r["url"].startswith(("https://", "http://")) for r in solution),
+                         summary=f"conda {subdir}: {', '.join(spec.match_specs())}")
         temporary = path.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(solution, indent=1))
         os.replace(temporary, path)

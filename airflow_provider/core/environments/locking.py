@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -38,8 +39,10 @@ from airflow_provider.core.environments.requirement_files import localize_requir
 from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
 from airflow_provider.core.paths import state_dir
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Lock", "LockedPackage", "TargetPlatform", "absolute_paths", "find_uv", "forget_locks", "index_options",
-           "lock_requirements", "redact"]
+           "lock_requirements", "publish_lock", "redact", "retire_shared_locks", "shared_lock_data"]
 
 InstallFrom = Literal["target", "submitter"]
 _LOCK_LAYOUT = "1"  # bump when what a cached lock means changes
@@ -297,11 +300,63 @@ def lock_requirements(requirements: list[str], platform: TargetPlatform, install
             cached = _read_cached(path)
             if cached is not None:
                 return cached
-        lock = _resolve(requirements, platform, install_from, python, timeout, provided)
+        shared = None if refresh else _shared_lock(key)  # another worker's, on the shared tracking server
+        lock = shared or _resolve(requirements, platform, install_from, python, timeout, provided)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps(lock.to_dict(), indent=1, sort_keys=True))
         os.replace(temporary, path)
+        if shared is None:
+            publish_lock(key, "pip", requirements, lock.to_dict(), shareable=not any(
+                p.local or p.direct for p in lock.packages), summary=f"pip: {', '.join(requirements)}")
     return lock
+
+
+def publish_lock(key: str, kind: str, requested: Any, data: dict[str, Any], shareable: bool, summary: str) -> None:
+    """Publish a lock just resolved on the shared tracking server of what is being prepared (see
+    :mod:`shared_locks`), unless it names files of this machine or holds credentials.
+
+    :param key: the lock's cache key.
+    :param kind: ``"pip"`` or ``"conda"``.
+    :param requested: what was asked for (JSON), for refreshes.
+    :param data: the lock's JSON.
+    :param shareable: False when the lock names files of this machine.
+    :param summary: a line naming it in the MLflow UI.
+    """
+    from airflow_provider.core.environments import shared_locks
+
+    store = shared_locks.current()
+    text = json.dumps(data)
+    if store is None or not shareable or redact(text) != text:
+        return
+    try:
+        store.put(key, shared_locks.requested_id(kind, requested), kind, data, redact(summary))
+    except Exception as exc:  # the lock still holds on this machine; other workers resolve their own
+        log.warning("The lock %s could not be published on %s: %s", key, store.tracking_uri, exc)
+
+
+def shared_lock_data(key: str) -> dict[str, Any] | None:
+    """The lock of ``key`` another machine published on the shared tracking server, if any.
+
+    :param key: the lock's cache key.
+    """
+    from airflow_provider.core.environments import shared_locks
+
+    store = shared_locks.current()
+    if store is None:
+        return None
+    try:
+        return store.get(key)
+    except Exception as exc:  # resolve here instead
+        log.warning("The shared locks on %s cannot be read (%s); resolving on this machine", store.tracking_uri, exc)
+        return None
+
+
+def _shared_lock(key: str) -> Lock | None:
+    data = shared_lock_data(key)
+    try:
+        return Lock.from_dict(data) if data is not None and data.get("layout") == _LOCK_LAYOUT else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def absolute_paths(requirements: list[str]) -> list[str]:
@@ -333,7 +388,23 @@ def forget_locks(requirements: list[str] | None = None) -> int:
         if wanted is None or (cached is not None and list(cached.requested) == wanted):
             path.unlink(missing_ok=True)
             removed += 1
+    if wanted is not None:
+        removed += retire_shared_locks("pip", wanted)
     return removed
+
+
+def retire_shared_locks(kind: str, requested: Any) -> int:
+    """Delete the locks of ``requested`` published on the shared tracking server (see :mod:`shared_locks`):
+    the one of what is being prepared, else the one ``MLFLOW_TRACKING_URI`` names.
+
+    :param kind: ``"pip"`` or ``"conda"``.
+    :param requested: what was asked for, as it was published.
+    :return: how many were deleted.
+    """
+    from airflow_provider.core.environments import shared_locks
+
+    store = shared_locks.current() or shared_locks.shared_locks_for(None)
+    return 0 if store is None else store.retire(shared_locks.requested_id(kind, requested))
 
 
 # ---------------------------------------------------------------------- internals

@@ -15,6 +15,7 @@ about what its slowest host costs, not the sum of the hosts.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
@@ -55,7 +56,7 @@ def at_once(items: Sequence[N], action: Callable[[N], T]) -> list[T]:
     if len(items) <= 1:
         return [action(item) for item in items]
     with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="mpi-node") as pool:
-        futures = [pool.submit(action, item) for item in items]
+        futures = [pool.submit(contextvars.copy_context().run, action, item) for item in items]  # (shared locks)
         errors = [future.exception() for future in futures]
     for error in errors:
         if error is not None:
