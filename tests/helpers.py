@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
+import http.server
 import os
 import textwrap
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +140,27 @@ def remove_new_images(client: Any, before: set[str]) -> None:
     images = [image for image in client.images.list(IMAGE_REPOSITORY) if image.id not in before]
     for image in sorted(images, key=lambda image: str(image.attrs.get("Created", "")), reverse=True):
         client.images.remove(image.id, force=True)
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")  # a new release is seen at once (uv caches pages)
+        super().end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on a free loopback port (a package index, a conda channel) and
+    yield its URL; nothing is cached by clients, so a file added later is seen at once."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

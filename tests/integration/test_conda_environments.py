@@ -21,7 +21,7 @@ from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import Tags
 from tests import conda_channel
-from tests.helpers import make_wheel, remove_new_images, write_script
+from tests.helpers import make_wheel, remove_new_images, serve_folder, write_script
 from tests.ssh_hosts import SSHHost
 
 SCRIPT = """
@@ -108,6 +108,20 @@ def test_a_local_channel_that_does_not_exist_is_refused_before_any_run(tmp_path:
     with pytest.raises(ConfigurationError, match="nowhere"):
         experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", environment=environment))
     assert MlflowClient().search_runs([experiment.id]) == []
+
+
+def test_a_channel_the_server_does_not_have_is_refused_not_translated(tmp_path: Path) -> None:
+    """A typo in a channel's name is the user's to fix: even conda="auto" does not fall back to PyPI."""
+    pytest.importorskip("rattler", reason="py-rattler (the conda extra) is not installed")
+    with serve_folder(tmp_path) as url:
+        environment = Environment("typo-channel")
+        environment.python.conda_dependencies = CondaDependencies.create(conda_packages=["numpy"],
+                                                                         channels=[f"{url}/conda-froge"])
+        environment.python.conda_dependencies.remove_channel("conda-forge")
+        with pytest.raises(ConfigurationError) as caught:
+            LocalTarget(conda="auto").prepare_environment(environment)
+    assert caught.value.field == "environment.python.conda_dependencies"
+    assert f"{url}/conda-froge does not exist" in str(caught.value) and "name or URL" in str(caught.value)
 
 
 def test_from_run_rebuilds_the_same_conda_packages(channel: Path, tmp_path: Path) -> None:

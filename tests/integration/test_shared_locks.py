@@ -6,11 +6,8 @@ during the tests."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,18 +21,9 @@ from airflow_provider.core.environments.conda_spec import CondaDependencies
 from airflow_provider.core.environments.locking import TargetPlatform, forget_locks, lock_requirements
 from airflow_provider.core.targets.local import LocalTarget
 from tests import conda_channel
-from tests.helpers import make_wheel, write_script
+from tests.helpers import make_wheel, serve_folder, write_script
 
 PLATFORM = TargetPlatform.current()
-
-
-class _Files(http.server.SimpleHTTPRequestHandler):
-    def end_headers(self) -> None:
-        self.send_header("Cache-Control", "no-store")  # a new release is seen at once (uv caches pages)
-        super().end_headers()
-
-    def log_message(self, *_args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -43,12 +31,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A folder served over HTTP on loopback, and its URL."""
     folder = tmp_path / "served"
     folder.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    with serve_folder(folder) as url:
+        yield folder, url
 
 
 def _release(folder: Path, version: str) -> None:

@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -210,6 +211,12 @@ def _solve(spec: CondaDependencies, specs: list[str], subdir: Any, virtual: list
                 _FIELD, f"the conda specification cannot be satisfied from channels {spec.channels} for {subdir} "
                 f"(virtual packages {', '.join(virtual) or 'none'}):\n{exc}",
                 "fix the named package's version, or add the channel that has it.") from exc
+        missing = re.search(r"could not find subdir '([^']+)' in channel '([^']+)'", str(exc))
+        if missing is not None and ("404" in str(exc) or "No such file" in str(exc)):
+            raise ConfigurationError(
+                _FIELD, f"the channel {missing.group(2).rstrip('/')} does not exist: it has no {missing.group(1)} "
+                "folder (the server answered 'not found').",
+                "check the channel's name or URL (e.g. conda-forge, or https://host/path/channel).") from exc
         raise ChannelUnreachableError(
             f"reading the conda channels {spec.channels} failed ({name}: {exc}); a retry may help if a "
             "channel was unreachable. On a machine that reaches no conda channel, let the specification be "
