@@ -48,8 +48,11 @@ def _release(folder: Path, version: str) -> None:
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
-    """From now on, this process is another machine: its own state folder (lock cache, environments)."""
+    """From now on, this process is another machine: its own state folder (lock cache, environments) and
+    caches (py-rattler's repodata, uv's pages), as another worker has."""
     monkeypatch.setenv("TRAINING_RUNS_HOME", str(tmp_path / name))
+    monkeypatch.setenv("TRAINING_RUNS_CACHE", str(tmp_path / name / "cache"))
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / name / "uv-cache"))
 
 
 def _pinned(requirements: list[str]) -> str:
