@@ -327,48 +327,21 @@ def op_env(request: dict[str, Any]) -> dict[str, Any]:
     ``wheels`` (file name: sha256) are taken from the blob store; when some are missing there and the
     environment is not built yet, the answer lists them (``missing``) and the client sends them first.
     """
-    root = request["root"]
-    fingerprint = request["fingerprint"]  # the client's environment_fingerprint: the same on every target
-    if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
-        raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
-    envs = os.path.join(root, "envs")
-    final = os.path.join(envs, fingerprint)
-    python = os.path.join(final, "bin", "python")
-    if venv_builder.is_built(final):
-        os.utime(final)
-        return {"fingerprint": fingerprint, "python": python, "built": False}
+    root, fingerprint = request["root"], request["fingerprint"]
+    built = _already_built(root, fingerprint)
+    if built is not None:
+        return built
     wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
-    missing = []
-    for name, digest in request.get("wheels", {}).items():
-        try:
-            os.utime(wheels[name])  # a use: the blob collector keeps the recently used
-        except OSError:
-            missing.append(digest)
-    missing = sorted(set(missing))
-    uv = _host_uv()
-    uv_digest = request.get("uv_blob") if uv is None else None
-    if uv_digest:
-        uv = _uv_from_blob(root, uv_digest)
-        if uv is None:
-            missing.append(uv_digest)
+    uv, missing = _needed_files(root, list(wheels.values()), request.get("uv_blob"))
     if missing:
         return {"fingerprint": fingerprint, "built": False, "missing": missing}
-    os.makedirs(envs, exist_ok=True)
-    os.makedirs(os.path.join(root, "logs"), exist_ok=True)
-    with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if venv_builder.is_built(final):
-            return {"fingerprint": fingerprint, "python": python, "built": False}
-        log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
-        try:
-            with open(log_path, "ab") as log:
-                venv_builder.build_venv(final, list(request["requirements"]), sys.executable, uv, log,
-                                        float(request.get("timeout", 1800)), sys.version, wheels,
-                                        bool(request.get("offline")), bool(request.get("complete")))
-        except venv_builder.BuildFailedError:
-            return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
-    evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint,))
-    return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path, "evicted": evicted}
+
+    def build(final: str, log: IO[bytes]) -> None:
+        venv_builder.build_venv(final, list(request["requirements"]), sys.executable, uv, log,
+                                float(request.get("timeout", 1800)), sys.version, wheels,
+                                bool(request.get("offline")), bool(request.get("complete")))
+
+    return _build_once(root, fingerprint, request.get("limits") or {}, (fingerprint,), build)
 
 
 def op_conda_env(request: dict[str, Any]) -> dict[str, Any]:
@@ -381,33 +354,60 @@ def op_conda_env(request: dict[str, Any]) -> dict[str, Any]:
     ``tool_python`` is an interpreter with py-rattler (an environment the client had built first);
     with ``probe``, the answer only says whether the environment is built.
     """
-    root = request["root"]
-    fingerprint = request["fingerprint"]
-    if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
-        raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
-    envs = os.path.join(root, "envs")
-    final = os.path.join(envs, fingerprint)
-    python = os.path.join(final, "bin", "python")
-    if venv_builder.is_built(final):
-        os.utime(final)
-        return {"fingerprint": fingerprint, "python": python, "built": False}
-    if request.get("probe"):  # only whether it is built: the client prepares the tool first
-        return {"fingerprint": fingerprint, "built": False}
+    root, fingerprint = request["root"], request["fingerprint"]
+    built = _already_built(root, fingerprint)
+    if built is not None or request.get("probe"):  # probe: the client prepares the tool first
+        return built or {"fingerprint": fingerprint, "built": False}
     packages = [dict(package, path=_blob_path(root, package["sha256"])) for package in request["packages"]]
     wheels = {name: _blob_path(root, digest) for name, digest in request.get("wheels", {}).items()}
+    uv, missing = _needed_files(root, [*(package["path"] for package in packages), *wheels.values()],
+                                request.get("uv_blob"))
+    if missing:
+        return {"fingerprint": fingerprint, "built": False, "missing": missing}
+
+    def build(final: str, log: IO[bytes]) -> None:
+        conda_installer.build_conda_env(final, packages, request["tool_python"], uv,
+                                        list(request.get("pip_requirements") or []), wheels,
+                                        os.path.join(root, "cache", "conda"), log, float(request.get("timeout", 1800)))
+
+    return _build_once(root, fingerprint, request.get("limits") or {}, (fingerprint, request["tool_fingerprint"]),
+                       build)
+
+
+def _already_built(root: str, fingerprint: str) -> dict[str, Any] | None:
+    """The answer for an environment already built (and now used), or None."""
+    if len(fingerprint) != 64 or not all(c in "0123456789abcdef" for c in fingerprint):
+        raise ValueError(f"not an environment fingerprint: {fingerprint!r}")
+    final = os.path.join(root, "envs", fingerprint)
+    if not venv_builder.is_built(final):
+        return None
+    os.utime(final)
+    return {"fingerprint": fingerprint, "python": os.path.join(final, "bin", "python"), "built": False}
+
+
+def _needed_files(root: str, blobs: list[str], uv_digest: str | None) -> tuple[str | None, list[str]]:
+    """uv (this host's, or the one the client sent), and the digests of the blobs still missing."""
     missing = []
-    for path in [*(package["path"] for package in packages), *wheels.values()]:
+    for path in blobs:
         try:
             os.utime(path)  # a use: the blob collector keeps the recently used
         except OSError:
             missing.append(os.path.basename(path))
     uv = _host_uv()
-    if uv is None and request.get("uv_blob"):
-        uv = _uv_from_blob(root, request["uv_blob"])
+    if uv is None and uv_digest:
+        uv = _uv_from_blob(root, uv_digest)
         if uv is None:
-            missing.append(request["uv_blob"])
-    if missing:
-        return {"fingerprint": fingerprint, "built": False, "missing": sorted(set(missing))}
+            missing.append(uv_digest)
+    return uv, sorted(set(missing))
+
+
+def _build_once(root: str, fingerprint: str, limits: dict[str, Any], keep: tuple[str, ...],
+                build: Callable[[str, IO[bytes]], None]) -> dict[str, Any]:
+    """Build the environment ``fingerprint`` under its lock file (unless another build just did), with
+    its log under ``logs/``, then evict the least recently used beyond the limits (never ``keep``)."""
+    envs = os.path.join(root, "envs")
+    final = os.path.join(envs, fingerprint)
+    python = os.path.join(final, "bin", "python")
     os.makedirs(envs, exist_ok=True)
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     with open(os.path.join(envs, fingerprint + ".lock"), "w") as lock:
@@ -417,13 +417,10 @@ def op_conda_env(request: dict[str, Any]) -> dict[str, Any]:
         log_path = os.path.join(root, "logs", f"env-{fingerprint[:16]}-{int(time.time())}.log")
         try:
             with open(log_path, "ab") as log:
-                conda_installer.build_conda_env(final, packages, request["tool_python"], uv,
-                                                list(request.get("pip_requirements") or []), wheels,
-                                                os.path.join(root, "cache", "conda"), log,
-                                                float(request.get("timeout", 1800)))
+                build(final, log)
         except venv_builder.BuildFailedError:
             return {"fingerprint": fingerprint, "built": False, "error": True, "log_path": log_path}
-    evicted = _evict_environments(root, request.get("limits") or {}, keep=(fingerprint, request["tool_fingerprint"]))
+    evicted = _evict_environments(root, limits, keep=keep)
     return {"fingerprint": fingerprint, "python": python, "built": True, "log_path": log_path, "evicted": evicted}
 
 

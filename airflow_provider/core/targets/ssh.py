@@ -296,14 +296,8 @@ class SSHTarget(ComputeTarget):
                 by_digest[uv[0]] = uv[1]
             self.send_blobs(list(answer["missing"]), lambda digest: by_digest[digest])
             answer = self.agent("env", request, timeout=self.build_timeout_seconds + 60)
-        for line in answer.get("evicted") or []:
-            log.info("Evicted environment %s on %s", line, self.settings.address)
-        log_path = self.fetch_log(answer["log_path"]) if answer.get("log_path") else None
-        if answer.get("error") or answer.get("missing"):
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
-            why = f"wheels missing on the host: {answer['missing']}" if answer.get("missing") else "the install failed"
-            raise EnvironmentBuildError(f"building the environment {environment.name!r} {where} failed "
-                                        f"(environment.python.pip_packages): {why}", tail, log_path)
+        log_path = self.build_outcome(answer, f"the environment {environment.name!r}",
+                                      "environment.python.pip_packages")
         how = ("built now" if answer["built"] else "cached") + f", from a lock of {len(lock.packages)} packages, " + (
             "wheels sent from the submitting side and installed offline" if lock.install_from == "submitter"
             else "installed from the host's package index")
@@ -313,6 +307,24 @@ class SSHTarget(ComputeTarget):
                                    bool(answer["built"]),
                                    log_path, f"virtual environment {answer['python']} {where} ({how})",
                                    lock=lock.text())
+
+    def build_outcome(self, answer: dict[str, Any], what: str, field: str) -> Path | None:
+        """The build log of an agent's environment answer (fetched here), after logging its evictions.
+
+        :param answer: the agent's answer to ``env`` or ``conda_env``.
+        :param what: what was built, for the error (``the environment 'train'``).
+        :param field: the environment field the error names.
+        :raises EnvironmentBuildError: the build failed, or files are still missing (with the log's tail).
+        """
+        for line in answer.get("evicted") or []:
+            log.info("Evicted environment %s on %s", line, self.settings.address)
+        log_path = self.fetch_log(answer["log_path"]) if answer.get("log_path") else None
+        if answer.get("error") or answer.get("missing"):
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
+            why = f"files missing on the host: {answer['missing']}" if answer.get("missing") else "the install failed"
+            raise EnvironmentBuildError(f"building {what} on {self.settings.address} failed ({field}): {why}", tail,
+                                        log_path)
+        return log_path
 
     def uv_to_send(self) -> tuple[str, Path] | None:
         """This machine's uv (digest, path), for a host that has none and runs it: the same machine

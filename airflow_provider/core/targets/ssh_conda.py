@@ -17,7 +17,6 @@ the exact builds and hashes of the lock, against its own virtual packages, and i
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +34,13 @@ from airflow_provider.core.environments.conda_builder import (
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.environments.wheels import WheelStore, files_to_install
-from airflow_provider.core.errors import ConfigurationError, EnvironmentBuildError
+from airflow_provider.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from airflow_provider.core.targets.ssh import SSHTarget
 
 __all__ = ["prepare_conda_environment"]
 
-log = logging.getLogger(__name__)
 _FIELD = "environment.python.conda_dependencies"
 
 
@@ -74,7 +72,6 @@ def prepare_conda_environment(target: SSHTarget, environment: Environment) -> Pr
     lock_text = conda_lock_text(spec, solution, pip_lock, subdir)
     store = WheelStore()
     packages = conda_packages(solution)
-    wheels = files_to_install(pip_lock, store) if pip_lock is not None else {}
     request: dict[str, Any] = {
         "root": target.root, "fingerprint": fingerprint, "timeout": timeout, "limits": dict(target.cache_limits),
         "packages": [{"file_name": p.filename, "sha256": p.sha256, "name": r["name"], "version": r["version"],
@@ -93,19 +90,13 @@ def prepare_conda_environment(target: SSHTarget, environment: Environment) -> Pr
         if answer.get("missing"):  # send what the host lacks, then build
             by_digest: dict[str, Path] = dict(store.fetch_packages(packages))
             if pip_lock is not None:
+                wheels = files_to_install(pip_lock, store)
                 by_digest.update({p.sha256: wheels[p.filename] for p in pip_lock.packages})
             if uv is not None:
                 by_digest[uv[0]] = uv[1]
             target.send_blobs(list(answer["missing"]), lambda digest: by_digest[digest])
             answer = target.agent("conda_env", request, timeout=timeout + 60)
-    for line in answer.get("evicted") or []:
-        log.info("Evicted environment %s %s", line, where)
-    log_path = target.fetch_log(answer["log_path"]) if answer.get("log_path") else None
-    if answer.get("error") or answer.get("missing"):
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path else ""
-        why = f"files missing on the host: {answer['missing']}" if answer.get("missing") else "the install failed"
-        raise EnvironmentBuildError(f"building the conda environment {environment.name!r} {where} failed "
-                                    f"({_FIELD}): {why}", tail, log_path)
+    log_path = target.build_outcome(answer, f"the conda environment {environment.name!r}", _FIELD)
     how = "built now" if answer["built"] else "cached"
     text = (f"conda environment {answer['python'].rsplit('/bin/', 1)[0]} {where} ({how}; {len(solution)} conda "
             f"packages solved here for {subdir} with py-rattler, sent and installed offline"
