@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         TrackingError,
         TrainingRunError,
     )
+    from airflow_provider.core.resources import Resources
     from airflow_provider.core.script_run import ScriptRun
     from airflow_provider.core.submit import Experiment
     from airflow_provider.core.tracking import RunState
@@ -40,6 +41,7 @@ __all__ = [
     "Experiment",
     "MpiConfiguration",
     "PyTorchConfiguration",
+    "Resources",
     "Run",
     "RunFailedError",
     "RunState",
@@ -53,6 +55,7 @@ __all__ = [
 
 _WHERE = {
     "ScriptRunConfig": "config",
+    "Resources": "resources",
     "Environment": "airflow_provider.core.environments.spec",
     "CondaDependencies": "airflow_provider.core.environments.conda_spec",
     "Experiment": "submit",

@@ -25,6 +25,7 @@ from airflow_provider.core.distributed import (
 )
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.variables import validate_variables
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class ScriptRunConfig:
         resolves to the provider's compatibility layer (unless the environment has the real
         ``azureml-core``), the ``AZUREML_*`` variables are set, and ``$VAR`` / ``${VAR}`` in
         ``arguments`` expand from the run's variables. Also on when the environment sets it.
+    :param resources: what the run asks the target for (GPUs, CPUs, memory, nodes, a partition): a
+        :class:`~airflow_provider.core.resources.Resources` or a dict of its fields. A target that
+        cannot honour a field refuses the run before any compute is used.
     """
 
     source_directory: str | os.PathLike[str]
@@ -71,6 +75,7 @@ class ScriptRunConfig:
     environment_variables: dict[str, str] | None = None
     snapshot_size_limit_mb: float = DEFAULT_SNAPSHOT_SIZE_LIMIT_MB
     azureml_compat: bool = False
+    resources: Resources | dict[str, Any] | None = None
 
     def submit_to(self, experiment: Experiment, tags: dict[str, str] | None = None, *, run_key: str | None = None,
                   reattach: bool = True, run_name: str | None = None,
@@ -102,6 +107,7 @@ class ScriptRunConfig:
             raise ConfigurationError(_field("azureml_compat"), f"must be True or False, got {self.azureml_compat!r}.",
                                      "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
                                      "False.")
+        resources = _validate_resources(self.resources, self.distributed_job_config)
         return ResolvedRunConfig(
             source_directory=source,
             script=script,
@@ -113,6 +119,7 @@ class ScriptRunConfig:
             environment_variables=variables,
             snapshot_size_limit_bytes=int((snapshot_limit or DEFAULT_SNAPSHOT_SIZE_LIMIT_MB) * 1024 * 1024),
             azureml_compat=self.azureml_compat or bool(environment is not None and environment.azureml_compat),
+            resources=resources,
         )
 
 
@@ -136,6 +143,7 @@ class ResolvedRunConfig:
     environment_variables: dict[str, str]
     snapshot_size_limit_bytes: int
     azureml_compat: bool = False
+    resources: Resources | None = None
 
     def argv(self, python: str) -> list[str]:
         """The command line of the run, for a given interpreter.
@@ -163,6 +171,26 @@ class ResolvedRunConfig:
 
 def _field(name: str) -> str:
     return f"ScriptRunConfig.{name}"
+
+
+def _validate_resources(value: object, distribution: DistributedConfig | None) -> Resources | None:
+    """The run's resources, checked, and consistent with its distributed configuration."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        resources = Resources.from_dict(value)
+    elif isinstance(value, Resources):
+        resources = value
+    else:
+        raise ConfigurationError(_field("resources"), f"must be a Resources or a dict, got {type(value).__name__}.",
+                                 "pass Resources(gpus=1, cpus=4, memory_gb=16) or {\"gpus\": 1, ...}.")
+    resources.validate(_field("resources"))
+    node_count = getattr(distribution, "node_count", None)
+    if resources.nodes is not None and node_count is not None and resources.nodes != node_count:
+        raise ConfigurationError(_field("resources.nodes"),
+                                 f"is {resources.nodes} but the distributed configuration asks for {node_count} nodes.",
+                                 "set one of them, or the same number in both.")
+    return resources
 
 
 def _validate_source_directory(value: object) -> Path:

@@ -135,6 +135,7 @@ class Experiment:
         resolved = config.validate()
         target = resolve_target(config.compute_target)
         _validate_distribution_for(resolved, target)
+        target.check_resources(resolved.resources)
         _validate_tags(tags)
         secret_variables = validate_secret_variables(secret_variables)
         self.tracker.check_reachable()
@@ -263,6 +264,7 @@ class Experiment:
             path_prepend=tuple(p for p in (os.path.dirname(prepared.python),) if p),
             max_run_duration_seconds=resolved.max_run_duration_seconds,
             secret_names=tuple(secrets or {}),
+            resources=resolved.resources,
         )
 
     def _fail_before_start(self, run_id: str, target: ComputeTarget, handle: JobHandle | None,

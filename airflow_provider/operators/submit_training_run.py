@@ -23,6 +23,7 @@ from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.settings import trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState, Tags
@@ -77,6 +78,9 @@ class SubmitTrainingRunOperator(BaseOperator):
         the task as skipped.
     :param azureml_compat: run an unchanged Azure ML v1 script (``from azureml.core import Run``)
         with the provider's compatibility layer; see ``docs/migrating-from-azureml-v1.md``.
+    :param resources: what the run asks the target for: a ``Resources`` or a dict of its fields
+        (``{"gpus": 1, "memory_gb": 16}``); a target that cannot honour a field fails the task
+        before any compute is used. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -88,8 +92,10 @@ class SubmitTrainingRunOperator(BaseOperator):
         "tags",
         "environment_variables",
         "secret_environment_variables",
+        "resources",
     )
-    template_fields_renderers = {"tags": "json", "environment_variables": "json", "arguments": "py"}
+    template_fields_renderers = {"tags": "json", "environment_variables": "json", "arguments": "py",
+                                 "resources": "json"}
     operator_extra_links = (MLflowRunLink(),)
     ui_color = "#d5f0e3"
 
@@ -115,6 +121,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         reattach_on_retry: bool = True,
         sweep_trial: dict[str, Any] | None = None,
         azureml_compat: bool = False,
+        resources: Resources | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,6 +133,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.environment = environment
         self.distributed_job_config = distributed_job_config
         self.max_run_duration_seconds = max_run_duration_seconds
+        self.resources = resources.to_dict() if isinstance(resources, Resources) else resources
         self.environment_variables = environment_variables
         self.secret_environment_variables = secret_environment_variables
         self.experiment_name = experiment_name
@@ -278,6 +286,7 @@ class SubmitTrainingRunOperator(BaseOperator):
             max_run_duration_seconds=self.max_run_duration_seconds,
             environment_variables=plain,
             azureml_compat=self.azureml_compat,
+            resources=self.resources,
         )
         return config, {**secrets, **credentials}
 

@@ -26,6 +26,7 @@ CORE_API = {
     "MpiConfiguration",
     "PyTorchConfiguration",
     "TensorflowConfiguration",
+    "Resources",
     "RunState",
     "ConfigurationError",
     "EnvironmentBuildError",
@@ -75,9 +76,10 @@ OPERATOR_PARAMETERS = {
     "reattach_on_retry": True,
     "sweep_trial": None,
     "azureml_compat": False,
+    "resources": None,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
-             "secret_environment_variables", "experiment_name", "tags"}
+             "secret_environment_variables", "experiment_name", "tags", "resources"}
 
 
 # ---------------------------------------------------------------------- airflow_provider.core
@@ -309,6 +311,17 @@ def test_compat_run_keeps_the_v1_signatures(method: str) -> None:
 
     parameters = [p for p in inspect.signature(getattr(Run, method)).parameters if p not in ("self", "cls")]
     assert parameters == V1_RUN_SIGNATURES[method]
+
+
+def test_resources_fields_and_the_targets_that_honour_them() -> None:
+    from dataclasses import fields
+
+    from airflow_provider.core.targets.base import ComputeTarget
+
+    assert [f.name for f in fields(core.Resources)] == ["gpus", "gpu_type", "cpus", "memory_gb", "shm_size_gb",
+                                                        "nodes", "tasks_per_node", "partition"]
+    assert inspect.signature(core.ScriptRunConfig).parameters["resources"].default is None
+    assert ComputeTarget.supported_resources == frozenset()
 
 
 def test_azureml_compat_flags_default_off() -> None:

@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Literal
 
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
-from airflow_provider.core.errors import TargetConfigurationError
+from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.runtime import job_runner
 
@@ -78,6 +79,7 @@ class JobSpec:
     :param grace_seconds: time between SIGTERM and SIGKILL when the job is stopped.
     :param secret_names: variables of ``env`` whose values are secrets: the supervisor removes them
         from ``job.json`` as soon as it has read it, so no folder kept on a target holds them.
+    :param resources: what the run asked for (only fields in the target's ``supported_resources``).
     """
 
     argv: tuple[str, ...]
@@ -87,6 +89,7 @@ class JobSpec:
     max_run_duration_seconds: float | None = None
     grace_seconds: float = 10.0
     secret_names: tuple[str, ...] = ()
+    resources: Resources | None = None
 
     def to_job_json(self, with_secrets: bool = True) -> job_runner.JobJson:
         """The runner's ``job.json``.
@@ -183,6 +186,23 @@ class ComputeTarget(abc.ABC):
     """Where a run's job executes. One subclass per kind; see the module docstring."""
 
     kind: ClassVar[str]
+    supported_resources: ClassVar[frozenset[str]] = frozenset()
+    """The :class:`~airflow_provider.core.resources.Resources` fields this target honours; a run
+    asking for another is refused before any compute is used (:meth:`check_resources`)."""
+
+    def check_resources(self, resources: Resources | None, field: str = "ScriptRunConfig.resources") -> None:
+        """Refuse what this target cannot give, naming the first field it does not honour.
+
+        :param resources: what the run asks for.
+        :param field: how the caller names the resources in messages.
+        :raises ConfigurationError: a field this target does not honour.
+        """
+        for name in resources.requested() if resources is not None else []:
+            if name not in self.supported_resources:
+                honoured = ", ".join(sorted(self.supported_resources)) or "none yet"
+                raise ConfigurationError(f"{field}.{name}",
+                                         f"is not honoured by the {self.kind} target (it honours: {honoured}).",
+                                         f"remove {name}, or run on a target that honours it.")
 
     @abc.abstractmethod
     def to_spec(self) -> dict[str, Any]:
