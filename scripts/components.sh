@@ -14,10 +14,12 @@ have_root() { [ "$(id -u)" = 0 ]; }
 if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
     || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1 \
     || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1 \
-    || ! dpkg -s postgresql >/dev/null 2>&1 || ! dpkg -s redis-server >/dev/null 2>&1; then
+    || ! dpkg -s postgresql >/dev/null 2>&1 || ! dpkg -s redis-server >/dev/null 2>&1 \
+    || ! dpkg -s slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
-            openssh-server openssh-client openmpi-bin mpich postgresql redis-server >/dev/null
+            openssh-server openssh-client openmpi-bin mpich postgresql redis-server \
+            slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi
@@ -505,5 +507,16 @@ command -v mpirun >/dev/null 2>&1 && echo "components: $(mpirun --version 2>/dev
 [ -n "$mpi_up" ] \
     && echo "components: MPI hosts $MPI_CONTAINER_PREFIX-1..3 at ${MPI_IPS[*]}:22 (image $MPI_IMAGE, hostnames mpi-1..3)" \
     || echo "components: no MPI host containers at ${MPI_IPS[*]}"
+
+# --- A Slurm cluster (controller + login node, two compute nodes, a shared folder): scripts/slurm_cluster.sh ---
+source scripts/slurm_cluster.sh
+if have_root && [ -s "$SSHD_DIR/client_ed25519.pub" ] && docker info >/dev/null 2>&1 && command -v slurmctld >/dev/null; then
+    exec 9>"$COMPONENTS_DIR/.slurm.lock" && flock -w 300 9  # one run at a time sets the cluster up
+    start_slurm_cluster || echo "components: the Slurm cluster is not up (docker logs $SLURM_PREFIX-ctl)" >&2
+    exec 9>&-
+fi
+slurm_cluster_up \
+    && echo "components: Slurm cluster: login node $SLURM_CTL_IP:22 (slurmctld, slurmdbd), nodes slurm-node-1..2, /shared = $SLURM_SHARED" \
+    || echo "components: no Slurm cluster"
 
 exit 0

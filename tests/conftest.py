@@ -206,7 +206,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # --- SSH hosts (started by scripts/components.sh; see tests/ssh_hosts.py) ---------------------------
 
-from tests.ssh_hosts import SSHHost, container_host, loopback_host, mpi_hosts, restore_host_key  # noqa: E402
+from tests.ssh_hosts import (  # noqa: E402
+    SSHHost,
+    container_host,
+    loopback_host,
+    mpi_hosts,
+    restore_host_key,
+    slurm_login,
+)
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +235,17 @@ def ssh_container() -> SSHHost:
         skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
     assert host is not None
     restore_host_key(host)  # an interrupted earlier session may have left it rotated
+    return host
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> SSHHost:
+    """The Slurm cluster's login node (controller) at 172.28.0.40:22, with compute nodes
+    slurm-node-1..2 and ``/shared`` (``tests.ssh_hosts.SLURM_SHARED`` here) on all of them."""
+    host = slurm_login()
+    if host is None:
+        skip_or_fail("no Slurm cluster at 172.28.0.40 (run scripts/components.sh as root)")
+    assert host is not None
     return host
 
 

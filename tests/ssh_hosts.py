@@ -7,7 +7,11 @@
   same network), with this machine's Open MPI and mpi4py in their system Python; the nodes log in to
   each other as root, so ``mpirun`` on one of them starts ranks on the others.
 
-Root logs in to both with the client key ``$COMPONENTS/sshd/client_ed25519``. The helpers here also
+* a Slurm cluster: the login node ``training-runs-slurm-ctl`` at 172.28.0.40:22 (slurmctld and
+  slurmdbd), compute nodes ``training-runs-slurm-node-1..2``, ``/shared`` on all of them being
+  :data:`SLURM_SHARED` here.
+
+Root logs in to all of them with the client key ``$COMPONENTS/sshd/client_ed25519``. The helpers here also
 disturb them on purpose: cut the open sessions, rotate a host key (and put the original back).
 """
 
@@ -35,6 +39,11 @@ CONTAINER_IP = "172.28.0.10"
 MPI_HOST_DIR = COMPONENTS_DIR / "mpi-host"
 MPI_CONTAINERS = (("training-runs-mpi-1", "172.28.0.21"), ("training-runs-mpi-2", "172.28.0.22"),
                   ("training-runs-mpi-3", "172.28.0.23"))
+SLURM_DIR = COMPONENTS_DIR / "slurm"
+SLURM_SHARED = SLURM_DIR / "shared"
+"""The Slurm cluster's shared filesystem on this machine (``/shared`` on its nodes)."""
+SLURM_LOGIN = ("training-runs-slurm-ctl", "172.28.0.40")
+SLURM_NODES = ("training-runs-slurm-node-1", "training-runs-slurm-node-2")
 LOOPBACK = "loopback"
 
 # Kills the session processes (``sshd: root@notty``, ``sshd: root@pts/0``, ``sshd: root [priv]``) that
@@ -182,6 +191,22 @@ def mpi_hosts() -> list[SSHHost]:
     if any(presented_host_key(host.host, host.port) is None for host in hosts):
         return []
     return hosts
+
+
+def slurm_login() -> SSHHost | None:
+    """The Slurm cluster's login node (its controller, 172.28.0.40:22), or None when the cluster's
+    containers are not all running or the login node does not answer."""
+    original = _public_key(SLURM_DIR / "host_ed25519.pub")
+    if original is None or not os.access(CLIENT_KEY, os.R_OK) or shutil.which("docker") is None:
+        return None
+    names = [SLURM_LOGIN[0], *SLURM_NODES]
+    try:
+        running = _docker("inspect", "-f", "{{.State.Running}}", *names).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if running != ["true"] * len(names) or presented_host_key(SLURM_LOGIN[1], 22) is None:
+        return None
+    return SSHHost(SLURM_LOGIN[1], 22, "root", CLIENT_KEY, original, SLURM_LOGIN[0])
 
 
 def _loopback_listener() -> int:
