@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         try:
-            if run.target.poll(run.handle).state != "running":
+            if not run.target.poll(run.handle).active:
                 break
         except Exception:  # a daemon restarting, a dropped connection: the job is still there
             logging.exception("Polling run %s failed; trying again", run.id)

@@ -31,7 +31,7 @@ from airflow_provider.core.errors import ConfigurationError
 
 __all__ = ["Resources"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 
 
 @dataclass(frozen=True)

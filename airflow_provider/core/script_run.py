@@ -64,7 +64,7 @@ class ScriptRun(RunHistory):
                 if not _state_of(run).is_terminal:
                     watcher = self.watcher(None, run=run)
                     status = watcher.step()
-                    if status.state != "running":
+                    if not status.active:
                         watcher.finalize(status)
             finally:
                 lock.release()
@@ -131,7 +131,7 @@ class ScriptRun(RunHistory):
                 return None
             watcher = self.watcher(output, log_offset, run=run)
             status = watcher.watch(poll_interval, timeout=max(0.0, seconds - (time.monotonic() - started)))
-            if status.state == "running":
+            if status.active:
                 return watcher.line_offset
             watcher.finalize(status)
             return None

@@ -109,6 +109,7 @@ class Tags:
     ENVIRONMENT_DESCRIPTION = "training.environment.description"
     DISTRIBUTION = "training.distribution"
     ERROR = "training.error"
+    QUEUE_REASON = "training.queue_reason"
     EXIT_CODE = "training.exit_code"
     EVENTS_OFFSET = "training.relay.events_offset"
     DROPPED_EVENTS = "training.relay.dropped_events"

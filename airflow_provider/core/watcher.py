@@ -23,7 +23,7 @@ from typing import Protocol
 from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import is_plain_file, uploadable_files
-from airflow_provider.core.errors import TargetError, TrackingError
+from airflow_provider.core.errors import TargetError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal, now_iso
@@ -91,7 +91,10 @@ class RunWatcher:
     """
 
     max_step_failures: int = 6
-    """Consecutive failed polls (about a minute of backing off) before watching gives up."""
+    """Consecutive failed steps before watching may give up (also :attr:`max_failure_seconds`)."""
+    max_failure_seconds: float = 300.0
+    """How long steps failing because the tracking server does not answer (restarting: the job goes
+    on meanwhile) are retried before watching gives up; a restart under load takes a minute."""
     monitor_interval: float = 2.0
     """Seconds between consultations of the monitor when no event was relayed."""
     finalizing_shown_after: float = 1.0
@@ -125,6 +128,7 @@ class RunWatcher:
         self._last_upload = time.monotonic()
         self._uploaded_logs: dict[str, tuple[int, int]] = {}
         self._failing_rank = ""
+        self._queue_reason: str | None = None
 
     # ------------------------------------------------------------------ one step
     def step(self) -> JobStatus:
@@ -133,6 +137,7 @@ class RunWatcher:
         :return: the job's status after this step.
         """
         status = self.target.poll(self.handle)
+        self._note_queue(status)
         if self.live_tracking:
             self.relay.pump()
         if (self.monitor is not None or self.termination_reason is not None) and status.state == "running" and (
@@ -146,6 +151,24 @@ class RunWatcher:
                 and time.monotonic() - self._last_upload >= self.upload_interval):
             self._upload_logs()
         return status
+
+    def _note_queue(self, status: JobStatus) -> None:
+        """A job waiting in the target's scheduler shows the run Queued, with the scheduler's reason
+        (in the run's tags and the output), and Running again once it starts."""
+        reason = status.message or "waiting for resources" if status.state == "queued" else None
+        if reason == self._queue_reason:
+            return
+        if reason is not None:
+            if self.live_tracking:
+                self.tracker.set_state(self.run_id, RunState.QUEUED, {Tags.QUEUE_REASON: reason})
+            if self.output is not None:
+                self.output(f"[queued] {reason}")
+        elif self._queue_reason is not None and status.state == "running":
+            if self.live_tracking:
+                self.tracker.set_state(self.run_id, RunState.RUNNING, {Tags.QUEUE_REASON: ""})
+            if self.output is not None:
+                self.output("[running]")
+        self._queue_reason = reason
 
     def terminate(self, reason: str) -> None:
         """Stop the job for ``reason`` (recorded at once); the run ends Canceled with it as its error.
@@ -221,6 +244,7 @@ class RunWatcher:
         # fraction of a second, and the ending is seen at once.
         pause = min(poll_interval, 0.25) if self.target.wakes_on_end else 0.005
         failures: list[str] = []
+        failing_since = 0.0
         while True:
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
@@ -229,17 +253,21 @@ class RunWatcher:
                 status = self.step()
             except Exception as exc:  # a daemon restarting, a dropped connection, a busy store
                 failures.append(f"{type(exc).__name__}: {exc}")
-                if len(failures) > self.max_step_failures:
+                failing_since = failing_since or time.monotonic()
+                outage = isinstance(exc, TrackingUnavailableError)  # the job goes on: be patient
+                if len(failures) > self.max_step_failures and (
+                        not outage or time.monotonic() - failing_since >= self.max_failure_seconds):
                     raise TargetError(
                         f"watching run {self.run_id} failed {len(failures)} times in a row (last: {failures[-1]}); "
                         "the job may still be running: wait for the run again, or retry the task, to reattach"
                     ) from exc
                 log.warning("Watching run %s: %s; trying again (%d of %d)", self.run_id, failures[-1],
                             len(failures), self.max_step_failures)
-                time.sleep(min(30.0, 0.5 * 2 ** len(failures)))
+                time.sleep(min(15.0, 0.5 * 2 ** len(failures)))
                 continue
             failures.clear()
-            if status.state != "running" or (deadline is not None and time.monotonic() >= deadline):
+            failing_since = 0.0
+            if not status.active or (deadline is not None and time.monotonic() >= deadline):
                 return status
             pause = min(poll_interval, pause * 1.5)
 

@@ -225,6 +225,29 @@ def op_materialize(request: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def op_run(request: dict[str, Any]) -> dict[str, Any]:
+    """Run a program of this host (a scheduler's ``sbatch``, ``squeue``, ``sacct``, ``scancel``) and
+    answer its exit code and output; ``files`` (path: text) are written first (a batch script).
+
+    Not through a shell: ``argv`` is the program and its arguments as they are.
+    """
+    for path, text in (request.get("files") or {}).items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(path, 0o700)
+    try:
+        done = subprocess.run(list(request["argv"]), capture_output=True, text=True, errors="replace",
+                              timeout=float(request.get("timeout", 60)), cwd=request.get("cwd"),
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return {"code": 127, "stdout": "", "stderr": f"{request['argv'][0]}: command not found"}
+    except subprocess.TimeoutExpired:
+        limit = request.get("timeout", 60)
+        return {"code": -1, "stdout": "", "stderr": f"{request['argv'][0]} took longer than {limit} s"}
+    return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
 def op_append_once(request: dict[str, Any]) -> dict[str, Any]:
     """Append base64 ``data`` to ``path`` unless ``marker`` exists, then create it (idempotent)."""
     try:
@@ -503,6 +526,7 @@ _OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "missing": op_missing,
     "launch": op_launch,
     "materialize": op_materialize,
+    "run": op_run,
     "append_once": op_append_once,
     "stop_strays": op_stop_strays,
     "poll": op_poll,

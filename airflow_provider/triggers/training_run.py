@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider.core.errors import TrackingUnavailableError
 from airflow_provider.redaction import Redactor, register_with_airflow
 
 if TYPE_CHECKING:
@@ -106,10 +107,22 @@ class TrainingRunTrigger(BaseTrigger):
             watcher: RunWatcher = await asyncio.to_thread(script_run.watcher, self._output, self.log_offset, live)
             pause = min(0.2, self.poll_interval)
             started = time.monotonic()
+            failing_since = 0.0
             while True:
-                status = await asyncio.to_thread(watcher.step)
+                try:
+                    status = await asyncio.to_thread(watcher.step)
+                except TrackingUnavailableError as exc:  # the tracking server restarting: the job goes on
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since >= watcher.max_failure_seconds:
+                        raise
+                    self.log.warning("Watching training run %s: %s; trying again", self.reference.get("run_id"),
+                                     self._redact(f"{type(exc).__name__}: {exc}"))
+                    await asyncio.sleep(min(15.0, max(pause, 1.0) * 2))
+                    pause = min(self.poll_interval, pause * 2)
+                    continue
+                failing_since = 0.0
                 self.log_offset = watcher.line_offset  # a line cut in two is shown whole, by the worker
-                if status.state != "running":
+                if not status.active:
                     await asyncio.sleep(self._seconds_to_hold_event(time.monotonic() - started))
                     yield self._event("ended")
                     return

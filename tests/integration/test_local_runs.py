@@ -633,17 +633,40 @@ def test_a_watcher_without_live_tracking_leaves_mlflow_to_the_finalizer(tmp_path
 
 
 class _FlakyTarget(LocalTarget):
-    """The local target whose polls fail ``failures`` times in a row, as a restarting daemon's would."""
+    """The local target whose polls fail ``failures`` times in a row, as a restarting daemon's would
+    (or with ``error``, e.g. a tracking server that does not answer)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
         super().__init__()
         self.failures = failures
+        self.error = error or ConnectionError("the daemon is restarting")
 
     def poll(self, handle: JobHandle) -> JobStatus:
         if self.failures > 0:
             self.failures -= 1
-            raise ConnectionError("the daemon is restarting")
+            raise self.error
         return super().poll(handle)
+
+
+def test_watching_outlasts_a_tracking_server_outage_longer_than_its_failure_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracking server restarting under load is away for a minute or more: the job goes on, so the
+    watcher keeps trying for max_failure_seconds, past max_step_failures; other failures do not wait."""
+    from airflow_provider.core.errors import TrackingUnavailableError
+
+    write_script(tmp_path / "src", "print('done')")
+    monkeypatch.setattr(RunWatcher, "max_step_failures", 1)
+    monkeypatch.setattr(RunWatcher, "max_failure_seconds", 60.0)
+    run = Experiment("outage").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    run.target = _FlakyTarget(failures=3, error=TrackingUnavailableError("the tracking server did not answer"))
+    assert run.wait_for_completion()["status"] == "Completed"
+
+    again = Experiment("outage").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    again.target = _FlakyTarget(failures=3)
+    with pytest.raises(TargetError, match="failed 2 times in a row"):
+        again.wait_for_completion()
+    again.target = LocalTarget()
+    assert again.wait_for_completion()["status"] == "Completed"
 
 
 def test_watching_rides_out_a_few_failed_polls(tmp_path: Path) -> None:

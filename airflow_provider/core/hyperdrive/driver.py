@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_provider.core.config import ScriptRunConfig
-from airflow_provider.core.errors import TargetError
+from airflow_provider.core.errors import TargetError, TrackingUnavailableError
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.sampling import Hyperparameters, TrialSampler
 from airflow_provider.core.hyperdrive.settings import trial_run_config
@@ -61,6 +61,8 @@ class ActiveTrial:
     :param run: its run.
     :param watcher: the watcher that streams, relays and applies the policy.
     :param failures: its consecutive failed polls.
+    :param failing_since: when the first of them failed (0: none).
+    :param retry_at: no poll before this time (backing off after a failure).
     """
 
     index: int
@@ -68,6 +70,8 @@ class ActiveTrial:
     run: ScriptRun
     watcher: RunWatcher
     failures: list[str] = field(default_factory=list)
+    failing_since: float = 0.0
+    retry_at: float = 0.0
 
 
 class SweepDriver:
@@ -82,7 +86,10 @@ class SweepDriver:
     """
 
     max_step_failures = 6
-    """Consecutive failed polls of one trial before the sweep gives up (a retry resumes it)."""
+    """Consecutive failed polls of one trial before the sweep may give up (a retry resumes it)."""
+    max_failure_seconds = 300.0
+    """How long a trial's polls may keep failing because the tracking server does not answer (restarting)
+    before the sweep gives up."""
     wind_down_seconds = 120.0
     """How long :meth:`wind_down` waits for the stopped trials to end before leaving them to end alone."""
 
@@ -165,18 +172,25 @@ class SweepDriver:
         """Poll every running trial once; fill freed slots, then finalize the trials that ended."""
         ended: list[tuple[ActiveTrial, JobStatus]] = []
         for index, trial in list(self.active.items()):
+            if time.monotonic() < trial.retry_at:
+                continue
             try:
                 status = trial.watcher.step()
             except Exception as exc:  # a restarting daemon, a dropped connection: try again next round
                 trial.failures.append(f"{type(exc).__name__}: {exc}")
-                if len(trial.failures) > self.max_step_failures:
+                trial.failing_since = trial.failing_since or time.monotonic()
+                outage = isinstance(exc, TrackingUnavailableError)  # the trial goes on: be patient
+                if len(trial.failures) > self.max_step_failures and (
+                        not outage or time.monotonic() - trial.failing_since >= self.max_failure_seconds):
                     raise TargetError(
                         f"watching trial {index} (run {trial.run.id}) failed {len(trial.failures)} times in a row "
                         f"(last: {trial.failures[-1]}); retry the sweep to reattach to its trials") from exc
                 log.warning("Watching trial %d: %s; trying again", index, trial.failures[-1])
+                trial.retry_at = time.monotonic() + min(15.0, 0.5 * 2 ** len(trial.failures))
                 continue
             trial.failures.clear()
-            if status.state != "running":
+            trial.failing_since = 0.0
+            if not status.active:
                 del self.active[index]
                 ended.append((trial, status))
         if not ended:

@@ -31,7 +31,7 @@ __all__ = ["Channel", "ComputeTarget", "JobHandle", "JobSpec", "JobState", "JobS
            "job_dir_under"]
 
 Channel = Literal["driver", "events"]
-JobState = Literal["running", "ended", "lost", "not_found"]
+JobState = Literal["queued", "running", "ended", "lost", "not_found"]
 
 
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -146,8 +146,9 @@ class JobHandle:
 class JobStatus:
     """What a poll learned.
 
-    :param state: ``running``; ``ended`` (``exit.json`` written); ``lost`` (the runner died
-        without writing it); ``not_found`` (no such job folder).
+    :param state: ``queued`` (waiting in the target's scheduler; ``message`` says why); ``running``;
+        ``ended`` (``exit.json`` written, or the target's scheduler says how the job ended); ``lost``
+        (the runner died without writing it); ``not_found`` (no such job folder).
     :param exit_code: the command's exit code when it exited normally.
     :param signal: the signal that killed the command, if any.
     :param reason: ``exited``, ``timeout``, ``canceled`` or ``launch_failed`` (from the runner).
@@ -159,6 +160,11 @@ class JobStatus:
     signal: int | None = None
     reason: str = ""
     message: str = ""
+
+    @property
+    def active(self) -> bool:
+        """The job has not ended: it is queued or running."""
+        return self.state in ("queued", "running")
 
     @property
     def succeeded(self) -> bool:

@@ -216,7 +216,7 @@ class MPITarget(ComputeTarget):
     # ------------------------------------------------------------------ watching
     def poll(self, handle: JobHandle) -> JobStatus:
         status = self.first.poll(self._node_handle(handle))
-        if status.state != "running":
+        if not status.active:
             self._merge_events(handle)
         return status
 
