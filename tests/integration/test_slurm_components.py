@@ -18,15 +18,17 @@ def _login(host: SSHHost, command: str, timeout: float = 120) -> str:
     return done.stdout
 
 
-def _sacct_state(host: SSHHost, job: str) -> str:
+def _sacct(host: SSHHost, job: str, fields: str = "State") -> list[str]:
+    """The job's accounting record once it has ended (accounting fills its fields a moment after the
+    queue lets the job go: the name reads "allocation" until then)."""
     deadline = time.monotonic() + 60
-    state = ""
+    record: list[str] = []
     while time.monotonic() < deadline:
-        state = _login(host, f"sacct -n -X -P -j {job} -o State").strip()
-        if state and state not in ("PENDING", "RUNNING", "COMPLETING"):
-            return state
+        record = _login(host, f"sacct -n -X -P -j {job} -o State,JobName,{fields}").strip().split("|")
+        if record[0] and record[0] not in ("PENDING", "RUNNING", "COMPLETING") and record[1] != "allocation":
+            return [record[0], *record[2:]]
         time.sleep(0.5)
-    return state
+    return record
 
 
 def test_two_nodes_in_two_partitions_run_jobs_across_both(slurm_cluster: SSHHost) -> None:
@@ -40,10 +42,9 @@ def test_a_batch_job_writes_to_the_shared_folder_and_is_accounted(slurm_cluster:
     name = f"probe-{uuid.uuid4().hex[:8]}"
     job = _login(slurm_cluster, f"sbatch --parsable -J {name} -o /shared/{name}.out --wrap 'hostname; echo done'"
                  ).strip()
-    assert _sacct_state(slurm_cluster, job) == "COMPLETED"
+    assert _sacct(slurm_cluster, job, "JobName") == ["COMPLETED", name]
     output = (SLURM_SHARED / f"{name}.out").read_text().split()
     assert output[0].startswith("slurm-node-") and output[1] == "done"
-    assert _login(slurm_cluster, f"sacct -n -X -P -j {job} -o JobName").strip() == name
     (SLURM_SHARED / f"{name}.out").unlink()
 
 
@@ -57,8 +58,7 @@ def test_a_job_over_its_memory_is_killed_and_says_so(slurm_cluster: SSHHost) -> 
     try:
         job = _login(slurm_cluster, f"sbatch --parsable --mem=200M -o /shared/{output.name} "
                                     f"--wrap 'python3 /shared/{hog.name}'").strip()
-        assert _sacct_state(slurm_cluster, job) == "FAILED"
-        assert _login(slurm_cluster, f"sacct -n -X -P -j {job} -o ExitCode").strip() == "0:9"
+        assert _sacct(slurm_cluster, job, "ExitCode") == ["FAILED", "0:9"]
         assert "exceeded memory limit" in output.read_text()
     finally:
         hog.unlink()

@@ -16,6 +16,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "docker": ("airflow_provider.core.targets.docker", "DockerTarget"),
     "ssh": ("airflow_provider.core.targets.ssh", "SSHTarget"),
     "mpi": ("airflow_provider.core.targets.mpi", "MPITarget"),
+    "slurm": ("airflow_provider.core.targets.slurm", "SlurmTarget"),
 }
 
 

@@ -421,13 +421,16 @@ class SSHTarget(ComputeTarget):
         if answer.get("error"):
             raise TargetError(f"the job on {self.settings.address} did not start: {answer['error']}")
 
-    def materialize(self, handle: JobHandle, spec: JobSpec) -> None:
-        """Make the staged job's folder without starting it (another node of a multi-node run).
+    def materialize(self, handle: JobHandle, spec: JobSpec, with_secrets: bool = False) -> None:
+        """Make the staged job's folder without starting it (another node of a multi-node run, or a
+        job a scheduler starts).
 
         :param handle: the staged job.
         :param spec: its launch specification (written as ``job.json``).
+        :param with_secrets: write the secret variables too (the supervisor that reads the file
+            removes them at once); a node whose ranks get them from the launcher needs none.
         """
-        self._with_damaged_blobs_resent("materialize", handle, spec, with_secrets=False)
+        self._with_damaged_blobs_resent("materialize", handle, spec, with_secrets=with_secrets)
 
     def _with_damaged_blobs_resent(self, operation: str, handle: JobHandle, spec: JobSpec,
                                    with_secrets: bool) -> dict[str, Any]:
