@@ -32,6 +32,7 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "training_docker": ("password", "tls_client_private_key"),
     "training_ssh": ("password", "private_key", "passphrase"),
     "training_mpi": ("password", "private_key", "passphrase"),
+    "training_slurm": ("password", "private_key", "passphrase"),
     "mlflow": ("password", "token"),
 }
 """The fields of each connection type that hold secrets: the connection's own ``password`` and extra
@@ -155,6 +156,30 @@ def get_provider_info() -> dict[str, Any]:
                     "conda": _CONDA_FIELD,
                 },
                 ["schema"],
+            ),
+            _connection_type(
+                "training_slurm", "compute.SlurmComputeHook", "Training: Slurm cluster",
+                {
+                    "work_root": {"label": "Shared work root (the same path on every node)", "schema": _STRING,
+                                  "description": "A folder of the cluster's shared filesystem, e.g. "
+                                                 "/shared/training-runs: snapshots, environments and job folders."},
+                    "partition": {"label": "Default partition", "schema": _STRING},
+                    "account": {"label": "Account", "schema": _STRING},
+                    "qos": {"label": "QOS", "schema": _STRING},
+                    "sbatch_options": {"label": "Extra sbatch arguments", "schema": _STRING},
+                    "setup": {"label": "Setup lines run before each job", "schema": _MULTILINE,
+                              "description": "e.g. module load python/3.11 (one per line)."},
+                    "python": {"label": "Python interpreter (login and compute nodes)", "schema": _STRING},
+                    "private_key": {"label": "Private key (inline)", "schema": _MULTILINE,
+                                    "description": f"{_PASTE_KEY} Or set key_file."},
+                    "key_file": {"label": "Private key file", "schema": _STRING},
+                    "passphrase": {"label": "Key passphrase", "schema": _SECRET},
+                    "host_key": {"label": "Pinned host key of the login node", "schema": _STRING},
+                    "known_hosts": {"label": "known_hosts file", "schema": _STRING},
+                    "conda": _CONDA_FIELD,
+                },
+                ["schema"],
+                {"host": "Login node"},
             ),
             _connection_type(
                 "mlflow", "mlflow.MLflowTrackingHook", "MLflow tracking server",

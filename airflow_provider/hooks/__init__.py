@@ -5,6 +5,7 @@ from airflow_provider.hooks.compute import (
     DockerComputeHook,
     LocalComputeHook,
     MPIComputeHook,
+    SlurmComputeHook,
     SSHComputeHook,
     compute_hook_for,
 )
@@ -17,5 +18,6 @@ __all__ = [
     "MLflowTrackingHook",
     "MPIComputeHook",
     "SSHComputeHook",
+    "SlurmComputeHook",
     "compute_hook_for",
 ]

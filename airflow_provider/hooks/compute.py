@@ -21,6 +21,7 @@ __all__ = [
     "LocalComputeHook",
     "MPIComputeHook",
     "SSHComputeHook",
+    "SlurmComputeHook",
     "compute_hook_for",
 ]
 
@@ -204,8 +205,61 @@ class MPIComputeHook(ComputeHook):
         return MPITarget(nodes, slots, options, launcher)
 
 
+class SlurmComputeHook(ComputeHook):
+    """Runs each training run as a Slurm job, submitted through the cluster's login node over SSH.
+
+    Connection: host, port, login, password of the login node, and the SSH extra fields
+    (``key_file`` or ``private_key``, ``passphrase``, ``host_key`` or ``known_hosts``, ...);
+    ``work_root`` is a folder of the cluster's shared filesystem (the same path on every node);
+    ``partition``, ``account``, ``qos`` and ``sbatch_options`` are every job's defaults, ``setup``
+    the shell lines each job runs first (``module load python/3.11``), ``python`` the interpreter
+    on the login and compute nodes.
+    """
+
+    conn_type = "training_slurm"
+    hook_name = "Training: Slurm cluster"
+
+    def get_target(self) -> ComputeTarget:
+        import shlex
+
+        from airflow_provider.core.errors import ConfigurationError
+        from airflow_provider.core.targets.slurm import SlurmTarget
+        from airflow_provider.core.targets.slurm_batch import SlurmDefaults
+        from airflow_provider.core.targets.ssh_connection import SSHSettings
+        from airflow_provider.hooks.ssh_options import ssh_target_arguments
+
+        if not self.conn_id:
+            raise TargetConfigurationError("the Slurm compute target needs a training_slurm connection id.")
+        connection = self.get_connection(self.conn_id)
+        extra = {k.removeprefix("extra__training_slurm__"): v for k, v in dict(connection.extra_dejson).items()
+                 if v not in (None, "")}
+        slurm = {name: extra.pop(name, None) for name in ("partition", "account", "qos", "sbatch_options", "setup")}
+        for name in ("partition", "account", "qos"):
+            value = slurm[name]
+            if value is not None and (not isinstance(value, str) or not value or any(c.isspace() for c in value)):
+                example = "gpu" if name == "partition" else "ml"
+                raise ConfigurationError(f"connection {self.conn_id!r} extra.{name}", f"{value!r} is not a name.",
+                                         f"write the cluster's {name} name, e.g. {example}.")
+        try:
+            options = tuple(shlex.split(str(slurm["sbatch_options"] or "")))
+        except ValueError as exc:
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.sbatch_options", f"cannot be split: {exc}.",
+                                     "quote it as on a command line, e.g. --exclusive --constraint=\"a100\".") from None
+        setup = tuple(line for line in str(slurm["setup"] or "").splitlines() if line.strip())
+        if "work_root" not in extra:
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.work_root", "is not set.",
+                                     "set a folder of the cluster's shared filesystem, e.g. /shared/training-runs.")
+        arguments = ssh_target_arguments(self.conn_id, connection.host, connection.port, connection.login,
+                                         connection.password, extra)
+        login = arguments.pop("settings")
+        return SlurmTarget(SSHSettings(**login), arguments["work_root"], arguments["python"],
+                           SlurmDefaults(slurm["partition"], slurm["account"], slurm["qos"], options, setup),
+                           arguments["keep_failed_job_folders"], arguments["cache_limits"], conda=arguments["conda"])
+
+
 _HOOKS_BY_CONN_TYPE: dict[str, type[ComputeHook]] = {
-    hook.conn_type: hook for hook in (LocalComputeHook, DockerComputeHook, SSHComputeHook, MPIComputeHook)
+    hook.conn_type: hook
+    for hook in (LocalComputeHook, DockerComputeHook, SSHComputeHook, MPIComputeHook, SlurmComputeHook)
 }
 
 

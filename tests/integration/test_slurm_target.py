@@ -4,6 +4,7 @@ Slurm's own message, and found again from another process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -201,3 +202,34 @@ def test_another_process_finds_the_same_job(slurm: SlurmTarget, slurm_cluster: S
         assert len(_accounted(slurm_cluster, first.id, "JobID")) == 1
     finally:
         gate.unlink(missing_ok=True)
+
+
+def _connection(host: SSHHost, monkeypatch: pytest.MonkeyPatch, conn_id: str, **extra: object) -> None:
+    connection = {"conn_type": "training_slurm", "host": host.host, "login": host.username, "port": host.port,
+                  "extra": {"key_file": str(host.key_path), "host_key": host.host_public_key, **extra}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+
+
+def test_a_training_slurm_connection_gives_the_clusters_defaults(slurm_cluster: SSHHost, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection's partition and setup lines reach the job; bad fields are refused naming them."""
+    from airflow_provider.hooks.compute import compute_hook_for
+
+    root = f"/shared/tr-hook-{uuid.uuid4().hex[:8]}"
+    _connection(slurm_cluster, monkeypatch, "test_slurm", work_root=root, partition="small",
+                setup="export TRAINING_SETUP=from-the-connection\necho setup ran", sbatch_options="--nice=5")
+    target = compute_hook_for("test_slurm").get_target()
+    assert isinstance(target, SlurmTarget) and target.defaults.partition == "small"
+    write_script(tmp_path / "src", "import os\nprint(os.environ.get('TRAINING_SETUP'))\n")
+    run = Experiment("slurm-hook").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    lines: list[str] = []
+    assert run.wait_for_completion(output=lines.append)["status"] == "Completed", lines
+    assert lines[-1] == "from-the-connection"
+    assert _accounted(slurm_cluster, run.id, "Partition,Priority")[0][0] == "small"
+
+    for extra, field in (({"partition": "two words"}, "extra.partition"), ({}, "extra.work_root"),
+                         ({"work_root": root, "sbatch_options": "--comment='open"}, "extra.sbatch_options")):
+        _connection(slurm_cluster, monkeypatch, "bad_slurm", **extra)
+        with pytest.raises(ConfigurationError) as caught:
+            compute_hook_for("bad_slurm").get_target()
+        assert caught.value.field == f"connection 'bad_slurm' {field}", caught.value

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 AIRFLOW_BIN = str(Path(sys.executable).parent / "airflow")
 MULTI_LINE = {"training_ssh": {"private_key"}, "training_mpi": {"private_key"},
+              "training_slurm": {"private_key", "setup"},
               "training_docker": {"tls_ca_cert", "tls_client_cert", "tls_client_private_key"}}
 
 

@@ -29,6 +29,7 @@ CONNECTION_TYPES = {
     "training_docker": ("airflow_provider.hooks.compute.DockerComputeHook", "conn_id"),
     "training_ssh": ("airflow_provider.hooks.compute.SSHComputeHook", "conn_id"),
     "training_mpi": ("airflow_provider.hooks.compute.MPIComputeHook", "conn_id"),
+    "training_slurm": ("airflow_provider.hooks.compute.SlurmComputeHook", "conn_id"),
     "mlflow": ("airflow_provider.hooks.mlflow.MLflowTrackingHook", "tracking_conn_id"),
 }
 LINK_CLASS = "airflow_provider.links.MLflowRunLink"
@@ -174,7 +175,7 @@ def test_provider_info_is_valid_for_airflows_schemas() -> None:
                 pytest.fail(f"{connection['connection-type']}.{field}: not a JSON schema: {exc.message}")
 
 
-def test_declared_connection_types_are_the_five_hooks() -> None:
+def test_declared_connection_types_are_the_six_hooks() -> None:
     info = airflow_provider.get_provider_info()
     declared = {c["connection-type"]: c["hook-class-name"] for c in info["connection-types"]}
     assert declared == {t: path for t, (path, _) in CONNECTION_TYPES.items()}
@@ -284,7 +285,8 @@ def test_providers_manager_sees_the_connection_form_fields(airflow_views: dict[s
     # Password inputs; the key fields are multi-line text areas instead, hidden by the API for their
     # names (airflow_provider.SECRET_FIELDS; tests/system/test_connection_redaction.py).
     sensitive = sorted(name for name, w in widgets.items() if w["is_sensitive"])
-    assert sensitive == ["extra__mlflow__token", "extra__training_mpi__passphrase", "extra__training_ssh__passphrase"]
+    assert sensitive == ["extra__mlflow__token", "extra__training_mpi__passphrase", "extra__training_slurm__passphrase",
+                         "extra__training_ssh__passphrase"]
 
 
 def test_providers_manager_sees_the_field_behaviours(airflow_views: dict[str, Any]) -> None:

@@ -155,7 +155,8 @@ def test_the_former_docker_key_field_is_still_read_and_its_rename_is_asked_for(
 # ---------------------------------------------------------------------- item 9: the form
 def test_key_and_pem_fields_are_multi_line_in_the_form() -> None:
     types = _connection_types()
-    multi_line = {("training_ssh", "private_key"), ("training_mpi", "private_key"),
+    multi_line = {("training_ssh", "private_key"), ("training_mpi", "private_key"), ("training_slurm", "private_key"),
+                  ("training_slurm", "setup"),
                   ("training_docker", "tls_ca_cert"), ("training_docker", "tls_client_cert"),
                   ("training_docker", "tls_client_private_key")}
     for conn_type, name in multi_line:

@@ -42,6 +42,7 @@ HOOKS_API = {
     "MLflowTrackingHook",
     "MPIComputeHook",
     "SSHComputeHook",
+    "SlurmComputeHook",
     "compute_hook_for",
 }
 SCRIPT_RUN_CONFIG_ORDER = [
