@@ -78,9 +78,10 @@ class SubmitTrainingRunOperator(BaseOperator):
         the task as skipped.
     :param azureml_compat: run an unchanged Azure ML v1 script (``from azureml.core import Run``)
         with the provider's compatibility layer; see ``docs/migrating-from-azureml-v1.md``.
-    :param resources: what the run asks the target for: a ``Resources`` or a dict of its fields
-        (``{"gpus": 1, "memory_gb": 16}``); a target that cannot honour a field fails the task
-        before any compute is used. (templated)
+    :param compute_resources: what the run asks the target for (``ScriptRunConfig.resources``): a
+        ``Resources`` or a dict of its fields (``{"gpus": 1, "memory_gb": 16}``); a target that
+        cannot honour a field fails the task before any compute is used. Not ``resources``: that
+        name is ``BaseOperator``'s, the executor's resources for the task itself. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -92,10 +93,10 @@ class SubmitTrainingRunOperator(BaseOperator):
         "tags",
         "environment_variables",
         "secret_environment_variables",
-        "resources",
+        "compute_resources",
     )
     template_fields_renderers = {"tags": "json", "environment_variables": "json", "arguments": "py",
-                                 "resources": "json"}
+                                 "compute_resources": "json"}
     operator_extra_links = (MLflowRunLink(),)
     ui_color = "#d5f0e3"
 
@@ -121,7 +122,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         reattach_on_retry: bool = True,
         sweep_trial: dict[str, Any] | None = None,
         azureml_compat: bool = False,
-        resources: Resources | dict[str, Any] | None = None,
+        compute_resources: Resources | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,7 +134,8 @@ class SubmitTrainingRunOperator(BaseOperator):
         self.environment = environment
         self.distributed_job_config = distributed_job_config
         self.max_run_duration_seconds = max_run_duration_seconds
-        self.resources = resources.to_dict() if isinstance(resources, Resources) else resources
+        self.compute_resources = (compute_resources.to_dict() if isinstance(compute_resources, Resources)
+                                  else compute_resources)
         self.environment_variables = environment_variables
         self.secret_environment_variables = secret_environment_variables
         self.experiment_name = experiment_name
@@ -286,7 +288,7 @@ class SubmitTrainingRunOperator(BaseOperator):
             max_run_duration_seconds=self.max_run_duration_seconds,
             environment_variables=plain,
             azureml_compat=self.azureml_compat,
-            resources=self.resources,
+            resources=self.compute_resources,
         )
         return config, {**secrets, **credentials}
 

@@ -5,6 +5,7 @@ Slurm's own message, and found again from another process."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ from airflow_provider.core.targets.slurm import SlurmTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import Tags
 from tests.helpers import wait_until, write_script
-from tests.ssh_hosts import SLURM_SHARED, SSHHost
+from tests.ssh_hosts import SLURM_NODES, SLURM_SHARED, SSHHost
 
 WAITING_SCRIPT = """
     import os, sys, time
@@ -46,13 +47,14 @@ def slurm(slurm_cluster: SSHHost) -> Iterator[SlurmTarget]:
     name = f"tr-{uuid.uuid4().hex[:8]}"
     settings = SSHSettings(slurm_cluster.host, slurm_cluster.port, username=slurm_cluster.username,
                            key_file=str(slurm_cluster.key_path), host_key=slurm_cluster.host_public_key)
-    target = SlurmTarget(settings, f"/shared/{name}", keep_failed_job_folders=False)
+    target = SlurmTarget(settings, f"/shared/{name}")  # keeps failed runs' folders: a good run's is removed
     yield target
     time.sleep(0.5)
     left = _login(slurm_cluster, "squeue -h -o '%i %j %T' | grep ' training-' || true").split("\n")
     jobs = [line.split()[0] for line in left if line.strip()]
     if jobs:
         _login(slurm_cluster, f"scancel {' '.join(jobs)}")  # the next test starts on an empty cluster
+    shutil.rmtree(SLURM_SHARED / name, ignore_errors=True)  # kept folders of failed runs, blobs, environments
     assert not jobs, f"Slurm jobs left behind: {left}"
 
 
@@ -100,6 +102,7 @@ def test_a_run_is_a_slurm_job_that_lands_in_mlflow(slurm: SlurmTarget, slurm_clu
     assert _accounted(slurm_cluster, run.id, "JobName,State,Partition,ReqMem") == [
         [f"training-{run.id}", "COMPLETED", "main", "512M"]]
     assert MlflowClient().get_run(run.id).data.tags[Tags.TARGET].startswith("slurm (login node 172.28.0.40")
+    assert not (SLURM_SHARED / slurm.login.root.removeprefix("/shared/") / "jobs" / run.id).exists()
     gate.unlink()
 
 
@@ -150,10 +153,12 @@ def test_cancel_a_running_and_a_pending_job(slurm: SlurmTarget, slurm_cluster: S
     running.cancel()
     details = running.wait_for_completion(raise_on_error=False)
     assert details["status"] == "Canceled", details
-    time.sleep(1)
-    assert _login(slurm_cluster, f"squeue -h -n training-{running.id},training-{pending.id}") == ""
-    processes = _login(slurm_cluster, "for n in slurm-node-1 slurm-node-2; do srun -w $n -p main ps -eo args; done")
-    assert running.id not in processes, "nothing of the run is left on any node"
+    wait_until(lambda: _login(slurm_cluster, f"squeue -h -n training-{running.id},training-{pending.id}") == "",
+               timeout=60, message="both jobs to leave the queue")
+    for node in SLURM_NODES:  # every process of the nodes, seen from outside Slurm
+        processes = subprocess.run(["docker", "exec", node, "ps", "-eo", "args"], capture_output=True, text=True,
+                                   timeout=30, check=True).stdout
+        assert running.id not in processes, f"something of the run is left on {node}: {processes}"
 
 
 def test_a_run_over_its_memory_fails_saying_so(slurm: SlurmTarget, tmp_path: Path) -> None:

@@ -77,10 +77,10 @@ OPERATOR_PARAMETERS = {
     "reattach_on_retry": True,
     "sweep_trial": None,
     "azureml_compat": False,
-    "resources": None,
+    "compute_resources": None,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
-             "secret_environment_variables", "experiment_name", "tags", "resources"}
+             "secret_environment_variables", "experiment_name", "tags", "compute_resources"}
 
 
 # ---------------------------------------------------------------------- airflow_provider.core
@@ -209,6 +209,27 @@ def test_operator_has_the_documented_keyword_parameters() -> None:
     docstring = inspect.getdoc(SubmitTrainingRunOperator) or ""
     undocumented = [name for name in OPERATOR_PARAMETERS if f":param {name}:" not in docstring]
     assert not undocumented, f"parameters missing from the docstring: {undocumented}"
+
+
+def test_a_dag_with_every_operator_serializes_as_the_scheduler_needs() -> None:
+    """The scheduler stores DAGs serialized: a template field BaseOperator owns (``resources``) fails it."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from airflow_provider.operators import (
+        HyperparameterSweepOperator,
+        PlanHyperparameterSweepOperator,
+        SubmitTrainingRunOperator,
+    )
+
+    with DAG("serialized", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        SubmitTrainingRunOperator(task_id="train", source_directory="/tmp", script="train.py",
+                                  compute_resources={"gpus": "{{ params.gpus }}"})
+    for operator in (HyperparameterSweepOperator, PlanHyperparameterSweepOperator):
+        assert "resources" not in operator.template_fields
+    DagSerialization.from_dict(DagSerialization.to_dict(dag))
 
 
 def test_operator_templated_fields_are_the_documented_ones() -> None:

@@ -88,6 +88,7 @@ class SlurmTarget(ComputeTarget):
         self.defaults = defaults or SlurmDefaults()
         self._slurm_ids: dict[str, str] = {}
         self._requests: dict[str, dict[str, Any]] = {}
+        self._ended: dict[str, JobStatus] = {}
 
     # ------------------------------------------------------------------ spec
     def to_spec(self) -> dict[str, Any]:
@@ -181,6 +182,12 @@ class SlurmTarget(ComputeTarget):
         self.login.wait(self._ssh(handle), timeout)
 
     def poll(self, handle: JobHandle) -> JobStatus:
+        status = self._status(handle)
+        if not status.active:
+            self._ended[handle.job_id] = status  # cleanup keeps a failed run's folder, not a good one's
+        return status
+
+    def _status(self, handle: JobHandle) -> JobStatus:
         ended = self._exit(handle)
         if ended is not None:
             return ended
@@ -253,7 +260,8 @@ class SlurmTarget(ComputeTarget):
         self._run(["scancel", slurm_id])  # what the supervisor did not stop (a no-op once the job ended)
 
     def cleanup(self, handle: JobHandle) -> None:
-        self.login.cleanup(self._ssh(handle))
+        ended = self._ended.pop(handle.job_id, None) or self._exit(handle)
+        self.login.cleanup(self._ssh(handle), ended)
 
     # ------------------------------------------------------------------ helpers
     def _ssh(self, handle: JobHandle) -> JobHandle:
