@@ -242,22 +242,24 @@ class SlurmTarget(ComputeTarget):
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
         """A pending job leaves the queue; a running one gets SIGTERM (the supervisor stops the run
         and records it), then after ``grace_seconds`` Slurm kills whatever is left."""
-        slurm_id = self._slurm_id(handle)
-        if slurm_id is None or self._exit(handle) is not None:
+        if self._slurm_id(handle) is None or self._exit(handle) is not None:
             return
-        queue = self._run(["squeue", "-h", "-j", slurm_id, "-o", "%T"])
+        # By the job's name, never by the id read from the folder: the run's script can write there,
+        # and must not make us cancel another job.
+        name = f"--name=training-{handle.job_id}"
+        queue = self._run(["squeue", "-h", name, "-o", "%T"])
         if queue["stdout"].strip() in _WAITING:
-            self._run(["scancel", slurm_id])
+            self._run(["scancel", name])
             return
-        self._run(["scancel", "--signal=TERM", "--full", slurm_id])
+        self._run(["scancel", "--signal=TERM", "--full", name])
         if not wait:
             return
         deadline = time.monotonic() + grace_seconds + 15
         while time.monotonic() < deadline:
-            if self._exit(handle) is not None or not self._run(["squeue", "-h", "-j", slurm_id, "-o", "%T"])["stdout"]:
+            if self._exit(handle) is not None or not self._run(["squeue", "-h", name, "-o", "%T"])["stdout"]:
                 break
             time.sleep(0.5)
-        self._run(["scancel", slurm_id])  # what the supervisor did not stop (a no-op once the job ended)
+        self._run(["scancel", name])  # what the supervisor did not stop (a no-op once the job ended)
 
     def cleanup(self, handle: JobHandle) -> None:
         ended = self._ended.pop(handle.job_id, None) or self._exit(handle)
