@@ -167,6 +167,12 @@ def get_provider_info() -> dict[str, Any]:
                     "account": {"label": "Account", "schema": _STRING},
                     "qos": {"label": "QOS", "schema": _STRING},
                     "sbatch_options": {"label": "Extra sbatch arguments", "schema": _STRING},
+                    "mpi_launcher": {"label": "MPI launcher", "schema": {"type": ["string", "null"],
+                                                                         "enum": ["srun", "mpirun", None]},
+                                     "description": "srun (default: Slurm's PMI starts the ranks) or mpirun "
+                                                    "(Open MPI inside the allocation)."},
+                    "srun_options": {"label": "Extra srun arguments for MPI ranks", "schema": _STRING,
+                                     "description": "e.g. --mpi=pmix (default: the cluster's MpiDefault)."},
                     "setup": {"label": "Setup lines run before each job", "schema": _MULTILINE,
                               "description": "e.g. module load python/3.11 (one per line)."},
                     "python": {"label": "Python interpreter (login and compute nodes)", "schema": _STRING},

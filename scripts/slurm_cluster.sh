@@ -11,7 +11,11 @@
 #    shared filesystem (the tests read it directly too);
 #  * partitions `main` (both nodes, the default) and `small` (slurm-node-1 alone, one node per job,
 #    to make jobs queue); memory is a consumable resource and jobs over their --mem are killed
-#    (OUT_OF_MEMORY), without cgroups (containers have none to give).
+#    (OUT_OF_MEMORY), without cgroups (containers have none to give);
+#  * srun starts MPI ranks through PMIx (MpiDefault=pmix: Debian's Open MPI speaks PMIx, not PMI-2;
+#    Slurm's plugin opens libpmix.so, which only the -dev package links: the image makes the link);
+#  * mpi4py in the system Python (the MPI hosts' wheel), and the PyTorch venv read-only at
+#    /opt/torch-venv when there is one (as on the MPI hosts), for the distributed runs.
 # The image is rebuilt when its inputs change (packages, keys, configuration); containers are
 # remade when the image changed. State (munge key, host key) in $SLURM_DIR.
 SLURM_DIR=$COMPONENTS_DIR/slurm
@@ -48,7 +52,7 @@ JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=200
-MpiDefault=pmi2
+MpiDefault=pmix
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
@@ -109,6 +113,7 @@ slurm_dockerfile() {
 FROM $1
 COPY ssh_host_ed25519_key ssh_host_ed25519_key.pub authorized_keys sshd_config munge.key slurm.conf slurmdbd.conf \\
      training-runs-slurm-start /tmp/setup/
+COPY wheels/ /tmp/wheels/
 RUN set -e; getent passwd sshd >/dev/null || useradd -r -d /run/sshd -s /usr/sbin/nologin sshd; \\
     mkdir -p -m 755 /run/sshd /etc/slurm /usr/local/sbin; mkdir -p -m 700 /root/.ssh /etc/munge; \\
     install -m 600 /tmp/setup/ssh_host_ed25519_key /etc/ssh/; install -m 644 /tmp/setup/ssh_host_ed25519_key.pub /etc/ssh/; \\
@@ -116,7 +121,11 @@ RUN set -e; getent passwd sshd >/dev/null || useradd -r -d /run/sshd -s /usr/sbi
     install -m 644 /tmp/setup/sshd_config /etc/ssh/sshd_config; \\
     install -m 400 /tmp/setup/munge.key /etc/munge/munge.key; \\
     install -m 644 /tmp/setup/slurm.conf /etc/slurm/slurm.conf; install -m 600 /tmp/setup/slurmdbd.conf /etc/slurm/; \\
-    install -m 755 /tmp/setup/training-runs-slurm-start /usr/local/sbin/; rm -rf /tmp/setup; /usr/sbin/sshd -t
+    install -m 755 /tmp/setup/training-runs-slurm-start /usr/local/sbin/; rm -rf /tmp/setup; /usr/sbin/sshd -t; \\
+    site=\$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib", "posix_local"))'); mkdir -p "\$site"; \\
+    for wheel in /tmp/wheels/*.whl; do python3 -m zipfile -e "\$wheel" "\$site"; done; rm -rf /tmp/wheels; \\
+    python3 -c 'import mpi4py'; \\
+    ln -sf libpmix.so.2 /usr/lib/\$(uname -m)-linux-gnu/pmix2/lib/libpmix.so
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 DOCKERFILE
 }
@@ -126,7 +135,7 @@ slurm_sshd_config() {
         "SetEnv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none"
 }
 
-build_slurm_image() {  # INPUTS-HASH
+build_slurm_image() {  # INPUTS-HASH MPI4PY-WHEEL
     local ctx rootfs=training-runs/slurm-node-rootfs:22.05 rc
     ctx=$(mktemp -d) || return 1
     if ! /usr/bin/python3 scripts/hostfs_tar.py "${SLURM_PACKAGES[@]}" 2>/dev/null \
@@ -138,6 +147,7 @@ build_slurm_image() {  # INPUTS-HASH
     cp "$SSHD_DIR/client_ed25519.pub" "$ctx/authorized_keys" && cp "$SLURM_DIR/munge.key" "$ctx/munge.key"
     slurm_sshd_config >"$ctx/sshd_config" && slurm_conf >"$ctx/slurm.conf" && slurmdbd_conf >"$ctx/slurmdbd.conf"
     slurm_start_script >"$ctx/training-runs-slurm-start"
+    mkdir -p "$ctx/wheels" && cp "$2" "$ctx/wheels/"
     slurm_dockerfile "$rootfs" >"$ctx/Dockerfile"
     docker build -q --network none --label training.test-component=slurm --label "training.slurm-inputs=$1" \
         -t "$SLURM_IMAGE" "$ctx" >"$ctx/build.log" 2>&1
@@ -150,21 +160,22 @@ build_slurm_image() {  # INPUTS-HASH
 
 # Run (or keep) one container of the cluster: NAME HOSTNAME IP ROLE IMAGE-ID.
 slurm_container() {
-    local name=$1 host=$2 ip=$3 role=$4 image=$5 state
-    state=$(docker inspect -f '{{.State.Running}} {{.Image}} {{index .Config.Labels "training.test-component"}}' \
+    local name=$1 host=$2 ip=$3 role=$4 image=$5 state torch_mount=no mounts=()
+    [ -x "$TORCH_VENV/bin/python" ] && torch_mount=yes && mounts=(-v "$TORCH_VENV:/opt/torch-venv:ro")
+    state=$(docker inspect -f '{{.State.Running}} {{.Image}} {{index .Config.Labels "training.torch-venv"}} {{index .Config.Labels "training.test-component"}}' \
         "$name" 2>/dev/null)
     if [ -n "$state" ] && [ "${state##* }" != slurm ]; then
         echo "components: a container named $name exists that this script did not make" >&2
         return 1
     fi
-    if [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f2)" != "$image" ]; then
+    if [ -n "$state" ] && [ "$(echo "$state" | cut -d' ' -f2-3)" != "$image $torch_mount" ]; then
         docker rm -f "$name" >/dev/null && state=
     fi
     if [ -z "$state" ]; then
         docker run -d --name "$name" --hostname "$host" --network "$SSH_NET" --ip "$ip" \
             --add-host "slurm-ctl:$SLURM_CTL_IP" --add-host "slurm-node-1:${SLURM_NODE_IPS[0]}" \
-            --add-host "slurm-node-2:${SLURM_NODE_IPS[1]}" -v "$SLURM_SHARED:/shared" \
-            --label training.test-component=slurm --restart unless-stopped "$SLURM_IMAGE" \
+            --add-host "slurm-node-2:${SLURM_NODE_IPS[1]}" -v "$SLURM_SHARED:/shared" "${mounts[@]}" \
+            --label training.test-component=slurm --label training.torch-venv="$torch_mount" --restart unless-stopped "$SLURM_IMAGE" \
             /usr/local/sbin/training-runs-slurm-start "$role" >/dev/null || return 1
     elif [ "${state%% *}" != true ]; then
         docker start "$name" >/dev/null || return 1
@@ -172,18 +183,20 @@ slurm_container() {
 }
 
 start_slurm_cluster() {
-    local inputs image old_image= i seen _
+    local inputs image old_image= i seen _ wheel
     mkdir -p -m 755 "$SLURM_DIR" "$SLURM_SHARED" || return 1
     make_key "$SLURM_DIR/host_ed25519" training-runs-slurm-login || return 1
     [ -s "$SLURM_DIR/munge.key" ] || { head -c 1024 /dev/urandom >"$SLURM_DIR/munge.key" && chmod 600 "$SLURM_DIR/munge.key"; } \
         || return 1
     [ -s "$SSHD_DIR/client_ed25519.pub" ] || return 1
+    wheel=$(mpi4py_wheel) || { echo "components: could not download an mpi4py wheel ($MPI_DIR/pip-download.log)" >&2; return 1; }
     inputs=$( { cat "$SLURM_DIR/host_ed25519.pub" "$SSHD_DIR/client_ed25519.pub" "$SLURM_DIR/munge.key"
+                basename "$wheel"
                 slurm_dockerfile X; slurm_sshd_config; slurm_conf; slurmdbd_conf; slurm_start_script
                 dpkg-query -W -f '${Version}\n' "${SLURM_PACKAGES[@]}"; } | sha256sum | cut -c1-16)
     if [ "$(docker image inspect -f '{{index .Config.Labels "training.slurm-inputs"}}' "$SLURM_IMAGE" 2>/dev/null)" != "$inputs" ]; then
         old_image=$(docker image inspect -f '{{.Id}}' "$SLURM_IMAGE" 2>/dev/null)
-        build_slurm_image "$inputs" || { echo "components: could not build $SLURM_IMAGE" >&2; return 1; }
+        build_slurm_image "$inputs" "$wheel" || { echo "components: could not build $SLURM_IMAGE" >&2; return 1; }
     fi
     image=$(docker image inspect -f '{{.Id}}' "$SLURM_IMAGE") || return 1
     slurm_container "$SLURM_PREFIX-ctl" slurm-ctl "$SLURM_CTL_IP" controller "$image" || return 1

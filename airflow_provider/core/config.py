@@ -190,6 +190,12 @@ def _validate_resources(value: object, distribution: DistributedConfig | None) -
         raise ConfigurationError(_field("resources.nodes"),
                                  f"is {resources.nodes} but the distributed configuration asks for {node_count} nodes.",
                                  "set one of them, or the same number in both.")
+    per_node = getattr(distribution, "process_count_per_node", None) or getattr(distribution, "processes_per_node",
+                                                                                None)
+    if resources.tasks_per_node is not None and per_node is not None and resources.tasks_per_node != per_node:
+        raise ConfigurationError(_field("resources.tasks_per_node"),
+                                 f"is {resources.tasks_per_node} but the distributed configuration starts {per_node} "
+                                 "processes per node.", "set one of them, or the same number in both.")
     return resources
 
 

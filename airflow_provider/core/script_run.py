@@ -16,6 +16,7 @@ from airflow_provider.core.run_history import RunHistory
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.watcher import MonitorFactory, OutputSink, RunWatcher
+from airflow_provider.runtime import job_runner
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -170,11 +171,27 @@ class ScriptRun(RunHistory):
             run = self.tracker.get_run(self.id)
             if not _state_of(run).is_terminal:
                 watcher = self.watcher(None, run=run)
-                watcher.finalize(self.target.poll(self.handle))
+                watcher.finalize(self._ending_after_cancel())
         finally:
             lock.release()
 
     # ------------------------------------------------------------------ internals
+    def _ending_after_cancel(self, seconds: float = 30.0) -> JobStatus:
+        """The job's ending once the target shows it; a target that still shows the job active after
+        ``seconds`` (its state lags the cancel) gives a Canceled ending that says so, never a
+        failure read from a job that merely looked alive."""
+        assert self.target is not None and self.handle is not None
+        deadline = time.monotonic() + seconds
+        status = self.target.poll(self.handle)
+        while status.active and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = self.target.poll(self.handle)
+        if status.active:
+            return JobStatus("ended", None, None, job_runner.REASON_CANCELED,
+                             f"the run was canceled; {self.target.kind} still showed the job {status.state} "
+                             f"{seconds:g} s later")
+        return status
+
     def _state(self) -> RunState:
         return _state_of(self.tracker.get_run(self.id))
 

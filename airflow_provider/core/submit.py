@@ -208,11 +208,12 @@ class Experiment:
             return ScriptRun(self, run_id, None, None)
         if state.is_terminal:
             return None
-        if previous.data.tags.get(Tags.JOB):  # launched: the job's id is the run's id, never read from a tag
-            handle = target.find(run_id)
-            if handle is not None:
-                log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
-                return ScriptRun(self, run_id, target, handle)
+        handle = target.find(run_id)  # the job's id is the run's id, never read from a tag
+        if handle is not None and (previous.data.tags.get(Tags.JOB) or target.was_launched(handle)):
+            if not previous.data.tags.get(Tags.JOB):  # the process that launched it died before saying so
+                self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+            log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
+            return ScriptRun(self, run_id, target, handle)
         self.tracker.end(run_id, RunState.FAILED,
                          "the run's job was never launched or is gone from the target; a new run replaces it")
         return None

@@ -213,15 +213,14 @@ class SlurmComputeHook(ComputeHook):
     ``work_root`` is a folder of the cluster's shared filesystem (the same path on every node);
     ``partition``, ``account``, ``qos`` and ``sbatch_options`` are every job's defaults, ``setup``
     the shell lines each job runs first (``module load python/3.11``), ``python`` the interpreter
-    on the login and compute nodes.
+    on the login and compute nodes; ``mpi_launcher`` (``srun``, the default, or ``mpirun``) starts
+    MPI ranks, with ``srun_options`` (``--mpi=pmix``) for ``srun``.
     """
 
     conn_type = "training_slurm"
     hook_name = "Training: Slurm cluster"
 
     def get_target(self) -> ComputeTarget:
-        import shlex
-
         from airflow_provider.core.errors import ConfigurationError
         from airflow_provider.core.targets.slurm import SlurmTarget
         from airflow_provider.core.targets.slurm_batch import SlurmDefaults
@@ -233,18 +232,22 @@ class SlurmComputeHook(ComputeHook):
         connection = self.get_connection(self.conn_id)
         extra = {k.removeprefix("extra__training_slurm__"): v for k, v in dict(connection.extra_dejson).items()
                  if v not in (None, "")}
-        slurm = {name: extra.pop(name, None) for name in ("partition", "account", "qos", "sbatch_options", "setup")}
+        slurm = {name: extra.pop(name, None)
+                 for name in ("partition", "account", "qos", "sbatch_options", "setup", "mpi_launcher", "srun_options")}
         for name in ("partition", "account", "qos"):
             value = slurm[name]
             if value is not None and (not isinstance(value, str) or not value or any(c.isspace() for c in value)):
                 example = "gpu" if name == "partition" else "ml"
                 raise ConfigurationError(f"connection {self.conn_id!r} extra.{name}", f"{value!r} is not a name.",
                                          f"write the cluster's {name} name, e.g. {example}.")
-        try:
-            options = tuple(shlex.split(str(slurm["sbatch_options"] or "")))
-        except ValueError as exc:
-            raise ConfigurationError(f"connection {self.conn_id!r} extra.sbatch_options", f"cannot be split: {exc}.",
-                                     "quote it as on a command line, e.g. --exclusive --constraint=\"a100\".") from None
+        options, srun_options = (self._split(slurm[name], name, example) for name, example in (
+            ("sbatch_options", '--exclusive --constraint="a100"'), ("srun_options", "--mpi=pmix --cpu-bind=cores")))
+        launcher = str(slurm["mpi_launcher"] or "srun")
+        if launcher not in ("srun", "mpirun"):
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.mpi_launcher",
+                                     f"{launcher!r} is not a launcher.",
+                                     "use srun (Slurm's PMI starts the ranks) or mpirun (Open MPI inside the "
+                                     "allocation).")
         setup = tuple(line for line in str(slurm["setup"] or "").splitlines() if line.strip())
         if "work_root" not in extra:
             raise ConfigurationError(f"connection {self.conn_id!r} extra.work_root", "is not set.",
@@ -253,8 +256,20 @@ class SlurmComputeHook(ComputeHook):
                                          connection.password, extra)
         login = arguments.pop("settings")
         return SlurmTarget(SSHSettings(**login), arguments["work_root"], arguments["python"],
-                           SlurmDefaults(slurm["partition"], slurm["account"], slurm["qos"], options, setup),
+                           SlurmDefaults(slurm["partition"], slurm["account"], slurm["qos"], options, setup,
+                                         launcher, srun_options),  # type: ignore[arg-type]
                            arguments["keep_failed_job_folders"], arguments["cache_limits"], conda=arguments["conda"])
+
+    def _split(self, value: object, name: str, example: str) -> tuple[str, ...]:
+        import shlex
+
+        from airflow_provider.core.errors import ConfigurationError
+
+        try:
+            return tuple(shlex.split(str(value or "")))
+        except ValueError as exc:
+            raise ConfigurationError(f"connection {self.conn_id!r} extra.{name}", f"cannot be split: {exc}.",
+                                     f"quote it as on a command line, e.g. {example}.") from None
 
 
 _HOOKS_BY_CONN_TYPE: dict[str, type[ComputeHook]] = {

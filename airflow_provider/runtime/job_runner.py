@@ -726,16 +726,48 @@ def _become_subreaper() -> None:
         pass
 
 
+EXIT_WITH_RUN = "--exit-with-run"
+"""The supervisor's flag: exit with the run's code, so a scheduler's accounting shows a failed run
+as failed (Slurm: ``FAILED`` with the code); without it the supervisor exits 0 once it recorded
+the ending."""
+
+
+def run_exit_code(ending: ExitJson | None) -> int:
+    """The code a supervisor run with :data:`EXIT_WITH_RUN` exits with: 0 for a run that succeeded,
+    the command's code, 128 + the signal that killed it, 124 for a timeout, 143 for a cancel, 1 else.
+
+    :param ending: the run's ``exit.json``.
+    """
+    if ending is None:
+        return 1
+    if ending.get("reason") == REASON_TIMEOUT:
+        return 124
+    if ending.get("reason") == REASON_CANCELED:
+        return 143
+    code = ending.get("exit_code")
+    if code is not None:
+        if int(code) == 0:
+            return 0 if ending.get("reason") == REASON_EXITED else 1
+        return int(code) & 0xFF or 1
+    signal_number = ending.get("signal")
+    if signal_number is not None:
+        return 128 + int(signal_number)
+    return 1
+
+
 def main(argv: list[str], launch: bytes | None = None) -> int:
-    """Entry point: ``python3 job_runner.py JOB_DIR``.
+    """Entry point: ``python3 job_runner.py JOB_DIR [--exit-with-run]``.
 
     :param argv: the command line.
     :param launch: the command's launch parameters (see :class:`JobRunner`).
     """
-    if len(argv) != 2:
-        print("usage: job_runner.py JOB_DIR", file=sys.stderr)
+    if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != EXIT_WITH_RUN):
+        print(f"usage: job_runner.py JOB_DIR [{EXIT_WITH_RUN}]", file=sys.stderr)
         return 2
-    return JobRunner(argv[1], launch).run()
+    code = JobRunner(argv[1], launch).run()
+    if len(argv) == 3 and code == 0:
+        return run_exit_code(read_exit_json(argv[1]))
+    return code
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 RANK_LOG_DIR_VARIABLE = "TRAINING_RUNS_RANK_LOG_DIR"
 RANK_VARIABLE = "TRAINING_RUNS_RANK"
-_RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "RANK")
+_RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK")
+_NODE_RANK_SOURCES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")  # of a torchnode
+_SLURM_LAUNCH_NODE = "@slurm-launch-node"  # torchnode's --master on Slurm: the node srun ran on
 _GRACE_SECONDS = 10.0
 _PARENT_STOPS_VARIABLE = "TRAINING_RUNS_PARENT_STOPS_RANKS"  # set by the TensorFlow mode, which does
 
@@ -62,7 +64,10 @@ def current_rank() -> int | None:
 
 def run_rank(command: list[str]) -> int:
     """Run one rank's command, teeing rank 0's output; return its exit code."""
-    rank = current_rank() or 0
+    rank = current_rank()
+    if rank is None:  # a task srun started without an MPI plugin: Slurm's task id is the rank
+        rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
+        os.environ[RANK_VARIABLE] = str(rank)
     if "GROUP_RANK" in os.environ and "NODE_RANK" not in os.environ:  # torchrun's name for it
         os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
     folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
@@ -104,10 +109,20 @@ def run_rank(command: list[str]) -> int:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         # mpirun waits for the other ranks when one exits after MPI_Finalize: stopping the launcher
-        # that started this rank (mpirun, its remote daemon, torchrun's agent) stops them all.
-        with contextlib.suppress(OSError):
-            os.kill(os.getppid(), signal.SIGTERM)
+        # that started this rank (mpirun, its remote daemon, torchrun's agent) stops them all. A
+        # task of srun is Slurm's (its step daemon stops the step: --kill-on-bad-exit).
+        if not _started_by_slurmstepd():
+            with contextlib.suppress(OSError):
+                os.kill(os.getppid(), signal.SIGTERM)
     return code if code >= 0 else 128 - code
+
+
+def _started_by_slurmstepd() -> bool:
+    try:
+        with open(f"/proc/{os.getppid()}/comm", "rb") as comm:
+            return comm.read().strip() == b"slurmstepd"
+    except OSError:
+        return False
 
 
 _LAUNCHER_MODULE = "training_runs_launcher"
@@ -210,6 +225,14 @@ def run_script(argv: list[str]) -> int:
     if code and mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
         sys.stdout.flush()
         sys.stderr.flush()
+        rank, folder = current_rank(), os.environ.get(RANK_LOG_DIR_VARIABLE)
+        if rank is not None and folder:
+            # The abort may stop this rank's wrapper too (srun's step daemon stops whole tasks): the
+            # failure is recorded first, and the wrapper gets a moment to write out the traceback.
+            with contextlib.suppress(OSError):
+                _write_atomically(os.path.join(folder, f"rank_{rank}.exit"),
+                                  f'{{"rank": {rank}, "exit_code": {code}, "ended_at": {time.time()!r}}}')
+            time.sleep(0.2)
         mpi.COMM_WORLD.Abort(code)
     return code
 
@@ -243,11 +266,14 @@ def run_torch_checked(backend: str, command: list[str]) -> int:
 
 
 def run_torch_node(master: str, port: str, command: list[str]) -> int:
-    """Start ``torchrun`` for this node of a multi-node run; ``mpirun`` started one such process
-    per host, and its rank is the node's rank."""
-    node_rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"):  # the workers' rank is torchrun's RANK
+    """Start ``torchrun`` for this node of a multi-node run; ``mpirun`` (or ``srun``) started one
+    such process per host, and its rank is the node's rank. On Slurm, ``--master
+    @slurm-launch-node`` is the node ``srun`` ran on: the allocation's first."""
+    node_rank = next((os.environ[name] for name in _NODE_RANK_SOURCES if os.environ.get(name)), "0")
+    for name in _NODE_RANK_SOURCES:  # the workers' rank is torchrun's RANK
         os.environ.pop(name, None)
+    if master == _SLURM_LAUNCH_NODE:
+        master = os.environ.get("SLURM_LAUNCH_NODE_IPADDR") or "127.0.0.1"
     position = command.index("torch.distributed.run") + 1
     command = [*command[:position], "--node_rank", node_rank, "--master_addr", master, "--master_port", port,
                *command[position:]]

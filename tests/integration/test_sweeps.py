@@ -321,11 +321,15 @@ def _ssh_target(host: SSHHost) -> Any:
     return SSHTarget(settings, work_root=f"/tmp/training-runs-test-{uuid.uuid4().hex[:8]}")
 
 
-@pytest.mark.parametrize("kind", ["docker", "ssh"])
+@pytest.mark.parametrize("kind", ["docker", "ssh", "slurm"])
 def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_path: Path,
                                                                request: pytest.FixtureRequest) -> None:
+    """On Slurm every trial is a Slurm job, at most two queued or running at once; the trial stopped
+    early is its job canceled."""
     if kind == "docker":
         target = request.getfixturevalue("docker_target")
+    elif kind == "slurm":
+        target = request.getfixturevalue("slurm")
     else:
         target = _ssh_target(request.getfixturevalue("ssh_container"))
     curves = [[0.5, 0.6, 0.7, 0.8, 0.8, 0.8], [0.6, 0.7, 0.7, 0.7, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
@@ -344,6 +348,13 @@ def test_a_sweep_runs_on_remote_targets_with_early_termination(kind: str, tmp_pa
     assert stopped[Tags.ERROR].startswith("terminated early by BanditPolicy at interval 2:"), stopped[Tags.ERROR]
     assert kind in stopped[Tags.TARGET]
     assert details["bestRun"]["hyperparameters"] == {"--curve": 0}
+    if kind == "slurm":
+        from tests.integration.slurm_support import accounted
+
+        cluster = request.getfixturevalue("slurm_cluster")
+        jobs = {t["trial_index"]: accounted(cluster, t["run_id"], "State,Start,End")[0] for t in details["trials"]}
+        assert [jobs[i][0] for i in range(3)] == ["COMPLETED", "COMPLETED", "CANCELLED by 0"], jobs
+        assert jobs[2][1] >= min(jobs[0][2], jobs[1][2]), f"a third job ran while two did: {jobs}"
 
 
 def test_a_sweep_stopped_by_a_task_kill_resumes_and_reruns_only_the_stopped_trials(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,39 @@ def test_train_mpi(run_dag: Callable[..., dict[str, Any]], client: MlflowClient)
     artifacts = {a.path for a in client.list_artifacts(run_id, "system_logs")}
     assert {f"system_logs/rank_{r}.log" for r in range(4)} <= artifacts
     assert "[run] 4 ranks: loss" in outcome["output"]
+
+
+def test_train_slurm(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
+    """The MPI example's script, unchanged, as one Slurm job of 2 nodes x 2 ranks, in an environment
+    built on the cluster's shared root from wheels sent there (the nodes reach no package index)."""
+    import json
+    import uuid
+
+    from tests.conftest import skip_or_fail
+    from tests.ssh_hosts import SLURM_SHARED, slurm_login
+
+    host = slurm_login()
+    if host is None:
+        skip_or_fail("no Slurm cluster (run scripts/components.sh as root)")
+    assert host is not None
+    root = f"tr-example-{uuid.uuid4().hex[:8]}"
+    connection = json.dumps({"conn_type": "training_slurm", "host": host.host, "login": host.username,
+                             "extra": {"key_file": str(host.key_path), "host_key": host.host_public_key,
+                                       "work_root": f"/shared/{root}"}})
+    try:
+        outcome = run_dag("train_slurm", extra_env={"AIRFLOW_CONN_TRAINING_SLURM_DEFAULT": connection})
+        assert outcome["state"] == "success", outcome["output"][-3000:]
+        run_id = outcome["xcom"]["train"]["run_id"]
+        run = client.get_run(run_id)
+        assert run.data.tags["training.target"] == f"slurm (login node {host.host}:22)"
+        assert run.data.metrics["loss"] < 0.05
+        assert {f"rank_{r}/shard_loss" for r in (1, 2, 3)} <= set(run.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(run_id, "system_logs")}
+        assert {f"system_logs/rank_{r}.log" for r in range(4)} <= artifacts
+        assert [a.path for a in client.list_artifacts(run_id, "outputs")] == ["outputs/weights.json"]
+        assert "[run] 4 ranks: loss" in outcome["output"]
+    finally:
+        shutil.rmtree(SLURM_SHARED / root, ignore_errors=True)
 
 
 def test_train_pytorch_ddp(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:

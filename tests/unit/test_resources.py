@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider.core import ConfigurationError, Experiment, MpiConfiguration, Resources, ScriptRunConfig
+from airflow_provider.core import (
+    ConfigurationError,
+    Experiment,
+    MpiConfiguration,
+    PyTorchConfiguration,
+    Resources,
+    ScriptRunConfig,
+)
 from airflow_provider.core.targets.local import LocalTarget
 
 
@@ -49,7 +56,15 @@ def test_nodes_must_agree_with_the_distributed_configuration(tmp_path: Path) -> 
         config.validate()
     assert caught.value.field == "ScriptRunConfig.resources.nodes" and "2 nodes" in str(caught.value)
     config.resources = {"nodes": 2, "tasks_per_node": 4}
+    with pytest.raises(ConfigurationError) as caught:
+        config.validate()
+    assert caught.value.field == "ScriptRunConfig.resources.tasks_per_node" and "1 processes per node" in str(
+        caught.value)
+    config.distributed_job_config = MpiConfiguration(node_count=2, process_count_per_node=4)
     assert config.validate().resources == Resources(nodes=2, tasks_per_node=4)
+    config.distributed_job_config = PyTorchConfiguration(node_count=2, process_count=6)
+    with pytest.raises(ConfigurationError, match="starts 3 processes per node"):
+        config.validate()
 
 
 def test_a_target_that_cannot_honour_a_field_refuses_the_run_before_it_exists(tmp_path: Path,

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import shlex
 
-from airflow_provider.core import Resources
+import pytest
+
+from airflow_provider.core import (
+    ConfigurationError,
+    MpiConfiguration,
+    PyTorchConfiguration,
+    Resources,
+    TensorflowConfiguration,
+)
+from airflow_provider.core.distributed import LAUNCHER_MODULE, launch_command
+from airflow_provider.core.targets.base import JobSpec
 from airflow_provider.core.targets.slurm_batch import (
     SlurmDefaults,
     batch_script,
@@ -13,6 +23,8 @@ from airflow_provider.core.targets.slurm_batch import (
     sbatch_argv,
     time_limit_minutes,
 )
+from airflow_provider.core.targets.slurm_layout import LAUNCH_NODE, slurm_layout
+from airflow_provider.runtime.job_runner import run_exit_code
 
 
 def test_sbatch_asks_for_the_runs_resources_and_the_clusters_defaults() -> None:
@@ -40,7 +52,18 @@ def test_the_batch_script_runs_the_setup_lines_then_the_supervisor() -> None:
     assert lines[0] == "#!/bin/bash" and "set -e" in lines
     assert lines.index("module load python/3.11") < len(lines) - 1
     assert shlex.split(lines[-1]) == ["exec", "/opt/py 3/bin/python", "-I", "-S", "/shared/runtime/v1/job_runner.py",
-                                      "/shared/jobs/r1"]
+                                      "/shared/jobs/r1", "--exit-with-run"]
+
+
+def test_the_supervisor_exits_with_the_runs_code_for_slurms_accounting() -> None:
+    assert run_exit_code({"exit_code": 0, "reason": "exited"}) == 0
+    assert run_exit_code({"exit_code": 3, "reason": "exited"}) == 3
+    assert run_exit_code({"exit_code": 256, "reason": "exited"}) == 1  # never 0 for a failure
+    assert run_exit_code({"exit_code": None, "signal": 9, "reason": "exited"}) == 137
+    assert run_exit_code({"exit_code": None, "signal": 15, "reason": "canceled"}) == 143
+    assert run_exit_code({"exit_code": None, "signal": 15, "reason": "timeout"}) == 124
+    assert run_exit_code({"exit_code": None, "reason": "launch_failed"}) == 1
+    assert run_exit_code(None) == 1
 
 
 def test_each_way_slurm_ends_a_job_has_its_own_message() -> None:
@@ -57,3 +80,46 @@ def test_each_way_slurm_ends_a_job_has_its_own_message() -> None:
     assert "preempted" in ended_status("PREEMPTED", "0:0", "", None, None).message
     failed = ended_status("FAILED", "127:0", "line 4: module: command not found\n", None, None)
     assert failed.state == "lost" and failed.exit_code == 127 and "module: command not found" in failed.message
+
+
+def _spec(config: object, resources: Resources | None = None) -> JobSpec:
+    argv, env = launch_command(config, ["/env/bin/python", "train.py", "--lr", "0.1"], "/env/bin/python")  # type: ignore[arg-type]
+    return JobSpec(tuple(argv), env, resources=resources)
+
+
+def test_mpi_ranks_are_slurm_tasks_started_by_srun_or_by_mpirun_in_the_allocation() -> None:
+    spec = _spec(MpiConfiguration(process_count_per_node=2, node_count=3), Resources(cpus=2))
+    by_srun = slurm_layout(spec, "srun", ("--mpi=pmix",))
+    assert (by_srun.nodes, by_srun.tasks_per_node, by_srun.cpus_per_task) == (3, 2, 2)
+    rank = by_srun.argv[by_srun.argv.index("--mpi=pmix") + 1:]
+    assert by_srun.argv[:2] == ("srun", "--kill-on-bad-exit=1") and rank[1:4] == ("-m", LAUNCHER_MODULE, "rank")
+    assert rank[-3:] == ("train.py", "--lr", "0.1")
+    by_mpirun = slurm_layout(spec, "mpirun")
+    assert by_mpirun.argv[:3] == ("mpirun", "-np", "6") and by_mpirun.argv[3:] == rank
+    assert "--oversubscribe" not in by_mpirun.argv  # the allocation's slots are the ranks'
+
+
+def test_pytorch_on_several_nodes_is_one_torchrun_per_node_meeting_on_the_first() -> None:
+    layout = slurm_layout(_spec(PyTorchConfiguration(process_count=8, node_count=2)), rendezvous_port=29999)
+    assert (layout.nodes, layout.tasks_per_node, layout.cpus_per_task) == (2, 1, 4)  # a CPU per process
+    node = layout.argv[layout.argv.index("torchnode") - 2:]
+    assert layout.argv[:3] == ("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1")
+    assert node[3:8] == ("--master", LAUNCH_NODE, "--port", "29999", "--")
+    torchrun = node[node.index("torch.distributed.run") + 1:]
+    assert torchrun[:6] == ("--nnodes", "2", "--nproc_per_node", "4", "--max_restarts", "0")
+    assert "--standalone" not in torchrun
+    one_node = slurm_layout(_spec(PyTorchConfiguration(process_count=2), Resources(cpus=6)))
+    assert (one_node.nodes, one_node.cpus_per_task) == (1, 6) and "--standalone" in one_node.argv
+
+
+def test_one_process_and_tensorflow_runs_take_their_shape_from_resources() -> None:
+    plain = slurm_layout(JobSpec(("/env/bin/python", "train.py"), resources=Resources(nodes=2, tasks_per_node=3)))
+    assert (plain.nodes, plain.tasks_per_node, plain.cpus_per_task) == (2, 3, None)
+    assert plain.argv == ("/env/bin/python", "train.py")
+    tensorflow = slurm_layout(_spec(TensorflowConfiguration(worker_count=2, parameter_server_count=1)))
+    assert (tensorflow.nodes, tensorflow.tasks_per_node) == (1, 1) and "tensorflow" in tensorflow.argv
+
+
+def test_an_unknown_launcher_in_the_connection_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"mpi_launcher.*'mpiexec' is not a launcher"):
+        SlurmDefaults(mpi_launcher="mpiexec")  # type: ignore[arg-type]

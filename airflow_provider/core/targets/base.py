@@ -275,6 +275,15 @@ class ComputeTarget(abc.ABC):
     def find(self, job_id: str) -> JobHandle | None:
         """Find an existing job folder by id (for reattaching), None when there is none."""
 
+    def was_launched(self, handle: JobHandle) -> bool:
+        """Whether a job found staged was launched, though its run never recorded it (the process
+        that launched it died at that moment): a retried submit then reattaches instead of
+        replacing the run. Targets that cannot tell answer False (the run is replaced).
+
+        :param handle: the job, as :meth:`find` returned it.
+        """
+        return False
+
     @abc.abstractmethod
     def poll(self, handle: JobHandle) -> JobStatus:
         """Report whether the job runs, ended (and how) or was lost."""

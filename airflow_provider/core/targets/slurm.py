@@ -15,12 +15,15 @@ cluster reaches no index: the wheels are sent). Then:
   runs; a job that left the queue without ``exit.json`` ended in Slurm's hands, and ``sacct`` with
   ``slurmstepd``'s messages says how (:func:`~airflow_provider.core.targets.slurm_batch.ended_status`);
 * **logs** are read from the folder on the shared root from byte offsets, through the login node;
-* **cancel**: a pending job is removed from the queue; a running one gets SIGTERM (our supervisor
-  stops the run's tree and records it), then, after the grace period, Slurm kills what is left.
+* **cancel**: ``scancel``: a pending job is removed from the queue; a running one gets SIGTERM (our
+  supervisor stops the run's tree and records it), then, after the cluster's ``KillWait``, Slurm
+  kills what is left; the job is accounted ``CANCELLED``. The supervisor exits with the run's code,
+  so a failed run's job is accounted ``FAILED``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -43,6 +46,7 @@ from airflow_provider.core.targets.slurm_batch import (
     sbatch_argv,
     time_limit_minutes,
 )
+from airflow_provider.core.targets.slurm_layout import slurm_layout
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.runtime import job_runner
@@ -58,6 +62,11 @@ SLURM_REQUEST_FILE = "slurm.json"
 _BATCH_SCRIPT = "slurm-batch.sh"
 _REFUSALS = ("invalid", "not available", "unrecognized", "unknown", "not allowed", "exceeded", "must be",
              "can't", "cannot", "denied", "not permitted")
+_QUEUE_SECONDS = 10.0
+"""How long a poll waits for ``squeue``: with the controller down it retries for half a minute, and
+``sacct`` (the accounting daemon) answers meanwhile."""
+_ENDING_CONFIRMED_SECONDS = 60.0
+"""How long a cancel waits for Slurm's accounting to show the job's ending."""
 _WAITING = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
 
 
@@ -77,7 +86,9 @@ class SlurmTarget(ComputeTarget):
 
     kind: ClassVar[str] = "slurm"
     wakes_on_end: ClassVar[bool] = True
-    supported_resources: ClassVar[frozenset[str]] = frozenset({"gpus", "gpu_type", "cpus", "memory_gb", "partition"})
+    supported_resources: ClassVar[frozenset[str]] = frozenset(
+        {"gpus", "gpu_type", "cpus", "memory_gb", "partition", "nodes", "tasks_per_node"})
+    max_nodes: ClassVar[int] = 1 << 16  # what the cluster has: Slurm refuses more, with its own message
 
     def __init__(self, settings: SSHSettings, work_root: str, python: str = "python3",
                  defaults: SlurmDefaults | None = None, keep_failed_job_folders: bool = True,
@@ -95,7 +106,8 @@ class SlurmTarget(ComputeTarget):
         return {"kind": self.kind, "login": self.login.to_spec(),
                 "defaults": {"partition": self.defaults.partition, "account": self.defaults.account,
                              "qos": self.defaults.qos, "sbatch_options": list(self.defaults.sbatch_options),
-                             "setup": list(self.defaults.setup)}}
+                             "setup": list(self.defaults.setup), "mpi_launcher": self.defaults.mpi_launcher,
+                             "srun_options": list(self.defaults.srun_options)}}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], secrets: dict[str, str] | None = None) -> SlurmTarget:
@@ -108,7 +120,8 @@ class SlurmTarget(ComputeTarget):
         defaults = spec.get("defaults") or {}
         target = cls(login.settings, login.work_root, login.python, SlurmDefaults(
             defaults.get("partition"), defaults.get("account"), defaults.get("qos"),
-            tuple(defaults.get("sbatch_options") or ()), tuple(defaults.get("setup") or ())),
+            tuple(defaults.get("sbatch_options") or ()), tuple(defaults.get("setup") or ()),
+            defaults.get("mpi_launcher") or "srun", tuple(defaults.get("srun_options") or ())),
             login.keep_failed_job_folders, login.cache_limits, login.build_timeout_seconds, login.conda)
         return target
 
@@ -143,14 +156,16 @@ class SlurmTarget(ComputeTarget):
         """Make the job folder on the shared root and queue the job (once: a launch retried after
         ``sbatch`` answered finds the job id in the folder)."""
         job_dir = handle.location
-        if self._slurm_id(handle) is not None:
+        if self._slurm_id(handle, search=True) is not None:  # a retried launch: queued already
             return
+        layout = slurm_layout(spec, self.defaults.mpi_launcher, self.defaults.srun_options)
+        spec = dataclasses.replace(spec, argv=layout.argv)
         self.login.materialize(self._ssh(handle), spec, with_secrets=True)
         minutes = time_limit_minutes(spec.max_run_duration_seconds, spec.grace_seconds)
         script = f"{job_dir}/{_BATCH_SCRIPT}"
         request = {"resources": spec.resources.to_dict() if spec.resources else {}, "minutes": minutes}
         argv = sbatch_argv(job_dir, script, f"training-{handle.job_id}", f"mlflow run {handle.job_id}",
-                           spec.resources, self.defaults, minutes)
+                           spec.resources, self.defaults, minutes, layout)
         files = {script: batch_script(self.login.python, self.login.runtime_dir, job_dir, self.defaults.setup),
                  f"{job_dir}/{SLURM_REQUEST_FILE}": json.dumps(request)}
         answer = self._run(argv, files=files, timeout=120)
@@ -184,19 +199,33 @@ class SlurmTarget(ComputeTarget):
     def poll(self, handle: JobHandle) -> JobStatus:
         status = self._status(handle)
         if not status.active:
+            status = self._explained(handle, status)
             self._ended[handle.job_id] = status  # cleanup keeps a failed run's folder, not a good one's
         return status
+
+    def _explained(self, handle: JobHandle, status: JobStatus) -> JobStatus:
+        """A failure the supervisor recorded, said as Slurm's when Slurm caused it: ``slurmstepd``
+        killing a step over its memory (``srun`` then only exits 137) reads as out of memory."""
+        if status.state != "ended" or status.succeeded or status.reason in (
+                job_runner.REASON_CANCELED, job_runner.REASON_TIMEOUT, "oom"):
+            return status
+        logs = [f"{handle.location}/{name}" for name in (job_runner.DRIVER_LOG, SLURM_OUTPUT)]
+        tail = self._run(["tail", "-q", "-c", "16384", *logs])["stdout"]
+        if "exceeded memory limit" not in tail and "oom-kill" not in tail.lower():
+            return status
+        return ended_status("OUT_OF_MEMORY", f"{status.exit_code or 0}:{status.signal or 9}", tail,
+                            Resources.from_dict(self._request(handle).get("resources")), None)
 
     def _status(self, handle: JobHandle) -> JobStatus:
         ended = self._exit(handle)
         if ended is not None:
             return ended
-        slurm_id = self._slurm_id(handle)
+        slurm_id = self._slurm_id(handle, search=True)
         if slurm_id is None:
             found = self.login.find(handle.job_id)
             return JobStatus("not_found") if found is None else JobStatus(
                 "lost", message="the job folder exists but no Slurm job was queued for it (its launch failed)")
-        queue = self._run(["squeue", "-h", "-j", slurm_id, "-o", "%T|%r"])
+        queue = self._run(["squeue", "-h", "-j", slurm_id, "-o", "%T|%r"], timeout=_QUEUE_SECONDS)
         state, _, reason = queue["stdout"].strip().partition("|")
         if queue["code"] == 0 and state in _WAITING:
             why = reason if reason and reason != "None" else "about to be scheduled"
@@ -240,8 +269,9 @@ class SlurmTarget(ComputeTarget):
 
     # ------------------------------------------------------------------ control
     def cancel(self, handle: JobHandle, grace_seconds: float = 10.0, wait: bool = True) -> None:
-        """A pending job leaves the queue; a running one gets SIGTERM (the supervisor stops the run
-        and records it), then after ``grace_seconds`` Slurm kills whatever is left."""
+        """``scancel``: a pending job leaves the queue; every process of a running one gets SIGTERM
+        (the supervisor stops the run's tree and records it), and whatever is left SIGKILL after the
+        cluster's ``KillWait``; ``sacct`` shows the job ``CANCELLED``."""
         if self._slurm_id(handle) is None or self._exit(handle) is not None:
             return
         # By the job's name, never by the id read from the folder: the run's script can write there,
@@ -250,16 +280,34 @@ class SlurmTarget(ComputeTarget):
         queue = self._run(["squeue", "-h", name, "-o", "%T"])
         if queue["stdout"].strip() in _WAITING:
             self._run(["scancel", name])
-            return
-        self._run(["scancel", "--signal=TERM", "--full", name])
-        if not wait:
-            return
-        deadline = time.monotonic() + grace_seconds + 15
-        while time.monotonic() < deadline:
-            if self._exit(handle) is not None or not self._run(["squeue", "-h", name, "-o", "%T"])["stdout"]:
-                break
+            self._record_canceled_in_queue(handle, name)
+        else:  # Slurm sends every process of the job SIGTERM, and SIGKILL after the cluster's KillWait
+            self._run(["scancel", name])
+            if not wait:
+                return
+            deadline = time.monotonic() + grace_seconds + 15
+            while time.monotonic() < deadline:
+                if self._exit(handle) is not None or not self._run(["squeue", "-h", name, "-o", "%T"])["stdout"]:
+                    break
+                time.sleep(0.5)
+        if wait:
+            self._wait_for_ending(handle, _ENDING_CONFIRMED_SECONDS)
+
+    def _record_canceled_in_queue(self, handle: JobHandle, name: str) -> None:
+        """A job canceled before it started has no supervisor to record its ending: write its
+        ``exit.json`` here, so every watcher reads Canceled at once (``sacct`` may lag for a while)."""
+        if self._run(["squeue", "-h", name, "-o", "%T"])["stdout"].strip() or self._exit(handle) is not None:
+            return  # it started meanwhile: its supervisor got the stop and records the ending
+        ending = {"exit_code": None, "signal": None, "reason": job_runner.REASON_CANCELED,
+                  "message": "the run was canceled while its Slurm job waited in the queue", "ended_at": time.time()}
+        self._run(["true"], files={f"{handle.location}/{job_runner.EXIT_STATE}": json.dumps(ending)})
+
+    def _wait_for_ending(self, handle: JobHandle, seconds: float) -> None:
+        """Until the job's ending can be read: Slurm's accounting lags the queue (more so under load),
+        and a run finalized from a job still shown pending or running would read as failed."""
+        deadline = time.monotonic() + seconds
+        while self._status(handle).active and time.monotonic() < deadline:
             time.sleep(0.5)
-        self._run(["scancel", name])  # what the supervisor did not stop (a no-op once the job ended)
 
     def cleanup(self, handle: JobHandle) -> None:
         ended = self._ended.pop(handle.job_id, None) or self._exit(handle)
@@ -274,13 +322,34 @@ class SlurmTarget(ComputeTarget):
         return self.login.agent("run", {"argv": argv, "files": files or {}, "timeout": timeout},
                                 timeout=timeout + 30)
 
-    def _slurm_id(self, handle: JobHandle) -> str | None:
+    def _slurm_id(self, handle: JobHandle, search: bool = False) -> str | None:
+        """The job's Slurm id: remembered, else from the job folder, else (``search``) from Slurm
+        by the job's name, for a job queued by a process that died before writing it down."""
         if handle.job_id not in self._slurm_ids:
             data = self.login.read_file(f"{handle.location}/{SLURM_JOB_FILE}")
-            if data is None or not data.strip().isdigit():
+            if data is not None and data.strip().isdigit():
+                self._slurm_ids[handle.job_id] = data.decode().strip()
+            elif search and self.login.read_file(f"{handle.location}/{_BATCH_SCRIPT}") is not None and (
+                    found := self._queued_by_name(handle.job_id)) is not None:  # sbatch was run: did it queue?
+                self._run(["true"], files={f"{handle.location}/{SLURM_JOB_FILE}": found})
+                self._slurm_ids[handle.job_id] = found
+            else:
                 return None
-            self._slurm_ids[handle.job_id] = data.decode().strip()
         return self._slurm_ids[handle.job_id]
+
+    def _queued_by_name(self, job_id: str) -> str | None:
+        """The id of the job named for this run, in the queue or in the accounting of the last weeks."""
+        name = f"training-{job_id}"
+        ids = self._run(["squeue", "-h", f"--name={name}", "-o", "%i"])["stdout"].split()
+        if not ids:
+            ids = self._run(["sacct", "-n", "-X", "-P", f"--name={name}", "-S", "now-14days", "-o", "JobID"])[
+                "stdout"].split()
+        ids = [found for found in ids if found.isdigit()]
+        return ids[-1] if ids else None
+
+    def was_launched(self, handle: JobHandle) -> bool:
+        """Slurm knows a job by the run's name: it was queued, whatever the folder says."""
+        return self._slurm_id(handle, search=True) is not None
 
     def _request(self, handle: JobHandle) -> dict[str, Any]:
         if handle.job_id not in self._requests:

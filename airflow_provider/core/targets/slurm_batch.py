@@ -16,8 +16,10 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.resources import Resources
 from airflow_provider.core.targets.base import JobStatus
+from airflow_provider.core.targets.slurm_layout import MPI_LAUNCHERS, MpiLauncher, SlurmLayout
 from airflow_provider.runtime import job_runner
 
 __all__ = ["SLURM_OUTPUT", "SlurmDefaults", "batch_script", "ended_status", "sbatch_argv", "time_limit_minutes"]
@@ -36,6 +38,8 @@ class SlurmDefaults:
     :param qos: the quality of service.
     :param sbatch_options: more ``sbatch`` arguments, as they are.
     :param setup: shell lines run before the job (``module load python/3.11``).
+    :param mpi_launcher: what starts MPI ranks: ``srun`` (Slurm's PMI) or ``mpirun`` inside the allocation.
+    :param srun_options: more ``srun`` arguments for the ranks (``--mpi=pmix``).
     """
 
     partition: str | None = None
@@ -43,6 +47,13 @@ class SlurmDefaults:
     qos: str | None = None
     sbatch_options: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    mpi_launcher: MpiLauncher = "srun"
+    srun_options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mpi_launcher not in MPI_LAUNCHERS:
+            raise ConfigurationError("training_slurm connection extra.mpi_launcher",
+                                     f"{self.mpi_launcher!r} is not a launcher.", "use srun or mpirun.")
 
 
 def time_limit_minutes(max_run_duration_seconds: float | None, grace_seconds: float) -> int | None:
@@ -58,7 +69,7 @@ def time_limit_minutes(max_run_duration_seconds: float | None, grace_seconds: fl
 
 
 def sbatch_argv(job_dir: str, script: str, job_name: str, comment: str, resources: Resources | None,
-                defaults: SlurmDefaults, minutes: int | None) -> list[str]:
+                defaults: SlurmDefaults, minutes: int | None, layout: SlurmLayout | None = None) -> list[str]:
     """The ``sbatch`` command that queues a job.
 
     :param job_dir: the job folder (the job's working folder; Slurm's output goes to :data:`SLURM_OUTPUT`).
@@ -68,14 +79,18 @@ def sbatch_argv(job_dir: str, script: str, job_name: str, comment: str, resource
     :param resources: what the run asks for.
     :param defaults: the cluster's defaults.
     :param minutes: the time limit (see :func:`time_limit_minutes`).
+    :param layout: the nodes, tasks and CPUs per task (None: from ``resources``, for one process).
     """
     resources = resources or Resources()
+    if layout is None:
+        layout = SlurmLayout(resources.nodes or 1, resources.tasks_per_node or 1,
+                             None if resources.cpus is None else math.ceil(resources.cpus), ())
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--chdir={job_dir}",
             f"--output={job_dir}/{SLURM_OUTPUT}", "--open-mode=append"]
-    argv.append(f"--nodes={resources.nodes or 1}")
-    argv.append(f"--ntasks-per-node={resources.tasks_per_node or 1}")
-    if resources.cpus is not None:
-        argv.append(f"--cpus-per-task={math.ceil(resources.cpus)}")
+    argv.append(f"--nodes={layout.nodes}")
+    argv.append(f"--ntasks-per-node={layout.tasks_per_node}")
+    if layout.cpus_per_task is not None:
+        argv.append(f"--cpus-per-task={layout.cpus_per_task}")
     if resources.memory_gb is not None:
         argv.append(f"--mem={math.ceil(resources.memory_gb * 1024)}M")
     if resources.gpus:
@@ -90,7 +105,8 @@ def sbatch_argv(job_dir: str, script: str, job_name: str, comment: str, resource
 
 
 def batch_script(python: str, runtime_dir: str, job_dir: str, setup: Sequence[str]) -> str:
-    """The script ``sbatch`` runs on the allocation's first node: the setup lines, then the supervisor.
+    """The script ``sbatch`` runs on the allocation's first node: the setup lines, then the supervisor,
+    which exits with the run's code (``sacct`` shows a failed run ``FAILED``).
 
     :param python: the interpreter that runs the supervisor.
     :param runtime_dir: where the supervisor's file is (the shared root's runtime folder).
@@ -99,7 +115,8 @@ def batch_script(python: str, runtime_dir: str, job_dir: str, setup: Sequence[st
     """
     supervisor = f"{runtime_dir}/job_runner.py"
     lines = ["#!/bin/bash", "# Written by the training-runs Slurm target: the supervisor of one run.", "set -e",
-             *setup, f"exec {shlex.quote(python)} -I -S {shlex.quote(supervisor)} {shlex.quote(job_dir)}"]
+             *setup, f"exec {shlex.quote(python)} -I -S {shlex.quote(supervisor)} {shlex.quote(job_dir)} "
+                     f"{job_runner.EXIT_WITH_RUN}"]
     return "\n".join(lines) + "\n"
 
 
