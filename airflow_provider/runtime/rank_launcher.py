@@ -14,7 +14,10 @@ It travels in every job's ``runtime/`` folder (on ``PYTHONPATH``) as ``training_
 ``python -m training_runs_launcher tensorflow --workers W --ps P -- CMD...``
     starts W workers and P parameter servers on this machine, each with its own ``TF_CONFIG``;
     when one fails, the others are stopped and the launcher fails; when every worker has ended,
-    the parameter servers are stopped.
+    the parameter servers are stopped;
+``python -m training_runs_launcher tftask --workers W --ps P -- CMD...``
+    one task of such a job spread by ``srun`` over a Slurm allocation: the tasks meet through
+    their addresses in the rank folder (on the shared filesystem) to make ``TF_CONFIG``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ RANK_VARIABLE = "TRAINING_RUNS_RANK"
 _RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK")
 _NODE_RANK_SOURCES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")  # of a torchnode
 _SLURM_LAUNCH_NODE = "@slurm-launch-node"  # torchnode's --master on Slurm: the node srun ran on
+_TF_RENDEZVOUS_SECONDS = 300.0  # for every task of a TensorFlow job on Slurm to write its address
 _GRACE_SECONDS = 10.0
 _PARENT_STOPS_VARIABLE = "TRAINING_RUNS_PARENT_STOPS_RANKS"  # set by the TensorFlow mode, which does
 
@@ -321,6 +325,60 @@ def run_tensorflow(workers: int, parameter_servers: int, command: list[str]) -> 
         time.sleep(0.05)
 
 
+def run_tensorflow_task(workers: int, parameter_servers: int, command: list[str]) -> int:
+    """One task of a TensorFlow job that ``srun`` spread over a Slurm allocation (``SLURM_PROCID``
+    is its index: workers first, then parameter servers). It writes its address in the rank folder
+    (the job folder, on the cluster's shared filesystem), reads every other task's there, and runs
+    with the ``TF_CONFIG`` they make; a parameter server is stopped once every worker has ended."""
+    import json
+    import socket
+    import subprocess
+
+    index = int(os.environ.get("SLURM_PROCID", "0"))
+    total = workers + parameter_servers
+    folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
+    os.makedirs(folder, exist_ok=True)
+    _write_atomically(os.path.join(folder, f"tf_{index}.address"),
+                      f"{socket.gethostname()}:{_free_ports(1, '')[0]}")
+    deadline = time.monotonic() + _TF_RENDEZVOUS_SECONDS
+    while True:
+        try:
+            addresses = []
+            for other in range(total):
+                with open(os.path.join(folder, f"tf_{other}.address")) as address:
+                    addresses.append(address.read().strip())
+            break
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                print(f"training-runs: TensorFlow task {index}: not every task of the job wrote its address in "
+                      f"{_TF_RENDEZVOUS_SECONDS:g} s", file=sys.stderr, flush=True)
+                return 2
+            time.sleep(0.1)
+    cluster: dict[str, list[str]] = {"worker": addresses[:workers]}
+    if parameter_servers:
+        cluster["ps"] = addresses[workers:]
+    kind, task_index = ("worker", index) if index < workers else ("ps", index - workers)
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": kind, "index": task_index}})
+    os.environ[RANK_VARIABLE] = str(index)
+    for name in ("PMIX_RANK", "PMI_RANK"):  # this task's rank is its index in the job
+        os.environ.pop(name, None)
+    if kind == "worker":
+        return run_rank(command)
+    server = subprocess.Popen([sys.executable, "-m", _LAUNCHER_MODULE, "rank", "--", *command],
+                              env={**os.environ, _PARENT_STOPS_VARIABLE: "1"}, stdin=subprocess.DEVNULL)
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stopping.append(received))
+    worker_exits = [os.path.join(folder, f"rank_{worker}.exit") for worker in range(workers)]
+    while server.poll() is None:
+        if stopping or all(os.path.exists(path) for path in worker_exits):
+            _stop([("ps", server)])  # parameter servers serve until told to stop
+            return 128 + stopping[0] if stopping else 0
+        time.sleep(0.2)
+    code = server.returncode
+    return code if code >= 0 else 128 - code
+
+
 def _stop(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
     running = [child for _, child in children if child.poll() is None]
     for child in running:
@@ -334,14 +392,14 @@ def _stop(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
             child.wait()
 
 
-def _free_ports(count: int) -> list[int]:
+def _free_ports(count: int, interface: str = "127.0.0.1") -> list[int]:
     import socket
 
     sockets = []
     try:
         for _ in range(count):
             candidate = socket.socket()
-            candidate.bind(("127.0.0.1", 0))
+            candidate.bind((interface, 0))
             sockets.append(candidate)
         return [s.getsockname()[1] for s in sockets]
     finally:
@@ -373,9 +431,10 @@ def main(argv: list[str]) -> int:
     if mode == "torchnode":
         values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
         return run_torch_node(values["--master"], values["--port"], command)
-    if mode == "tensorflow":
+    if mode in ("tensorflow", "tftask"):
         values = dict(zip(options[::2], options[1::2]))  # noqa: B905 - runs on Python 3.9 hosts too
-        return run_tensorflow(int(values.get("--workers", "1")), int(values.get("--ps", "0")), command)
+        run = run_tensorflow if mode == "tensorflow" else run_tensorflow_task
+        return run(int(values.get("--workers", "1")), int(values.get("--ps", "0")), command)
     print(f"unknown mode {mode!r}", file=sys.stderr)
     return 2
 

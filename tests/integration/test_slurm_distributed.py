@@ -5,6 +5,7 @@ each ending with their own error and nothing left on any node."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from airflow_provider.core import (
     Resources,
     RunFailedError,
     ScriptRunConfig,
+    TensorflowConfiguration,
 )
 from airflow_provider.core.targets.slurm import SlurmTarget
 from airflow_provider.core.targets.slurm_batch import SlurmDefaults
@@ -96,6 +98,39 @@ def test_pytorch_on_two_nodes_one_torchrun_each(slurm: SlurmTarget, tmp_path: Pa
     rank_3 = run.download_file("system_logs/rank_3.log", tmp_path / "r3.log").read_text()
     assert "rank 3 of 4 node 1 on slurm-node-2: sum 10.0" in rank_3.splitlines(), rank_3
     assert MlflowClient().get_run(run.id).data.metrics == {"sum": 10.0, **{f"rank_{r}/sum": 10.0 for r in (1, 2, 3)}}
+
+
+def test_tensorflow_tasks_spread_over_two_nodes_each_with_its_tf_config(slurm: SlurmTarget, tmp_path: Path) -> None:
+    """Two workers and a parameter server as Slurm tasks on two nodes: every task's TF_CONFIG names
+    the hosts and ports of all three; the parameter server (which never ends by itself, as
+    ``server.join()``) is stopped once the workers are done, and the run Completes."""
+    write_script(tmp_path / "src", """
+        import json, os, socket, time
+        config = json.loads(os.environ["TF_CONFIG"])
+        task = config["task"]
+        print(f"{task['type']} {task['index']} on {socket.gethostname()}: {json.dumps(config['cluster'])}",
+              flush=True)
+        if task["type"] == "ps":
+            while True:
+                time.sleep(1)
+        time.sleep(1)
+    """)
+    run = Experiment("slurm-tensorflow").submit(ScriptRunConfig(
+        tmp_path / "src", "train.py", compute_target=slurm, resources=Resources(nodes=2),
+        distributed_job_config=TensorflowConfiguration(worker_count=2, parameter_server_count=1)))
+    lines: list[str] = []
+    details = run.wait_for_completion(output=lines.append)
+    assert details["status"] == "Completed", details
+    logs = [run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}.log").read_text() for r in range(3)]
+    seen = [log.splitlines()[0] for log in logs]
+    assert [line.split(" on ")[0] for line in seen] == ["worker 0", "worker 1", "ps 0"], seen
+    clusters = {line.split(": ", 1)[1] for line in seen}
+    assert len(clusters) == 1, f"the tasks disagree on the cluster: {seen}"
+    cluster = json.loads(clusters.pop())
+    hosts = {address.split(":")[0] for addresses in cluster.values() for address in addresses}
+    assert hosts == {"slurm-node-1", "slurm-node-2"} and len(cluster["worker"]) == 2 and len(cluster["ps"]) == 1
+    assert {line.split(" on ")[1].split(":")[0] for line in seen} == hosts
+    assert any(line.startswith("worker 0 on slurm-node-1") for line in lines), lines  # rank 0 in the task log
 
 
 def test_a_failing_rank_stops_the_job_on_every_node(slurm: SlurmTarget, slurm_cluster: SSHHost,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import skip_or_fail
 from tests.helpers import pid_alive, stop_process_tree, wait_until
-from tests.ssh_hosts import SSHHost, container_host, restore_host_key
+from tests.ssh_hosts import SLURM_SHARED, SSHHost, container_host, restore_host_key, slurm_login
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +128,9 @@ DOCKER_IMAGE = "training-runs/python:3.11"
 SSH_CONN_ID = "svc_ssh"
 SSH_WORK_ROOT = "/root/svc-runs"
 
+SLURM_CONN_ID = "svc_slurm"
+SLURM_LOGIN_ADDRESS = "172.28.0.40"
+
 DAG_TEMPLATE = """
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
@@ -133,13 +138,13 @@ from airflow_provider.core.hyperdrive import GridParameterSampling, choice
 from airflow_provider.operators import HyperparameterSweepOperator, SubmitTrainingRunOperator
 
 def training_dag(dag_id, deferrable, retries=0, compute_target="local", source={source!r},
-                 defer_after_seconds=5.0):
+                 defer_after_seconds=5.0, control_dir={control!r}):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         SubmitTrainingRunOperator(
             task_id="train", source_directory=source, script="train.py", deferrable=deferrable,
             defer_after_seconds=defer_after_seconds,
             poll_interval=1, retries=retries, retry_delay=timedelta(seconds=1), experiment_name=dag_id,
-            environment_variables={{"CONTROL_DIR": {control!r}, "RUN_NAME": dag_id}},
+            environment_variables={{"CONTROL_DIR": control_dir, "RUN_NAME": dag_id}},
             compute_target=compute_target,
         )
     return dag
@@ -157,6 +162,8 @@ ssh_deferred_kill = training_dag("svc_ssh_deferred_kill", True, compute_target={
                                  source={docker_source!r})
 ssh_running_kill = training_dag("svc_ssh_running_kill", False, compute_target={ssh_conn!r},
                                 source={docker_source!r})
+slurm_reattach = training_dag("svc_slurm_reattach", False, retries=1, compute_target={slurm_conn!r},
+                              control_dir={slurm_control!r})
 
 def secret_dag(dag_id, deferrable, compute_target="local"):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -195,6 +202,7 @@ class Airflow:
     control: Path
     api: httpx.Client
     ssh_host: SSHHost | None = None  # the SSH host container, when connection svc_ssh points at it
+    slurm_control: Path | None = None  # CONTROL_DIR of the Slurm DAG, here, when the cluster answers
 
     def trigger(self, dag_id: str) -> str:
         assert self.api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
@@ -222,8 +230,8 @@ class Airflow:
                                   json={"new_state": state})
         assert response.status_code == 200, response.text
 
-    def executions(self, name: str) -> list[int]:
-        path = self.control / f"{name}.executions"
+    def executions(self, name: str, control: Path | None = None) -> list[int]:
+        path = (control or self.control) / f"{name}.executions"
         return [int(p) for p in path.read_text().split()] if path.exists() else []
 
     def mlflow(self) -> MlflowClient:
@@ -276,6 +284,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     sweep_source = home / "sweep_source"
     secret_source = home / "secret_source"
     quick_source = home / "quick_source"
+    slurm_folder = f"svc-{uuid.uuid4().hex[:8]}"
     for folder in (control, source, docker_source, sweep_source, secret_source, quick_source, home / "dags"):
         folder.mkdir()
     (quick_source / "train.py").write_text(textwrap.dedent(QUICK_SCRIPT))
@@ -286,7 +295,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
         source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
         ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source), secret_source=str(secret_source),
-        secret=SECRET_VALUE, quick_source=str(quick_source)))
+        secret=SECRET_VALUE, quick_source=str(quick_source), slurm_conn=SLURM_CONN_ID,
+        slurm_control=f"/shared/{slurm_folder}/control"))
     port = _free_port()
     venv_bin = str(Path(sys.executable).parent)
     environment = {
@@ -308,6 +318,15 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
             "conn_type": "training_ssh", "host": ssh_host.host, "port": ssh_host.port, "login": ssh_host.username,
             "extra": {"key_file": str(ssh_host.key_path), "host_key": ssh_host.host_public_key,
                       "work_root": SSH_WORK_ROOT}})
+    slurm_host = slurm_login()
+    slurm_control = None
+    if slurm_host is not None:  # the cluster sees /shared/<folder> as SLURM_SHARED/<folder> here
+        slurm_control = SLURM_SHARED / slurm_folder / "control"
+        slurm_control.mkdir(parents=True)
+        environment[f"AIRFLOW_CONN_{SLURM_CONN_ID.upper()}"] = json.dumps({
+            "conn_type": "training_slurm", "host": slurm_host.host, "login": slurm_host.username,
+            "extra": {"key_file": str(slurm_host.key_path), "host_key": slurm_host.host_public_key,
+                      "work_root": f"/shared/{slurm_folder}/runs"}})
     log = open(home / "standalone.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen([f"{venv_bin}/airflow", "standalone"], env=environment, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -328,8 +347,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
         wait_until(lambda: api.get("/api/v2/dags/svc_reattach").status_code == 200, timeout=120,
                    message="the DAGs to be parsed")
-        yield Airflow(home, control, api, ssh_host)
+        yield Airflow(home, control, api, ssh_host, slurm_control)
     finally:
+        if slurm_control is not None:
+            shutil.rmtree(slurm_control.parent, ignore_errors=True)
         leftovers = _stop_leftover_jobs(home / "training_runs" / "local" / "jobs")
         stop_process_tree(process.pid)  # its scheduler and executor workers too, whatever their group
         process.wait()
@@ -473,6 +494,41 @@ def test_a_retry_after_a_killed_worker_reattaches_to_the_job(airflow: Airflow) -
     run = airflow.run_of("svc_reattach")
     assert run.info.status == "FINISHED"
     assert run.data.tags["airflow.try_number"] == "1"  # the run was created by the first try
+
+
+def test_a_retry_after_a_killed_worker_reattaches_to_the_slurm_job(airflow: Airflow) -> None:
+    """The worker watching a Slurm job is SIGKILLed: the job runs on, the retry finds it by the run's
+    key and watches it to its end; the script ran once and Slurm accounted one job."""
+    import psutil
+
+    from tests.integration.slurm_support import accounted
+
+    if airflow.slurm_control is None:
+        skip_or_fail("no Slurm cluster (run scripts/components.sh as root)")
+    assert airflow.slurm_control is not None
+    dag = "svc_slurm_reattach"
+    run_id = airflow.trigger(dag)
+    airflow.wait_for_task(dag, run_id, {"running"})
+    wait_until(lambda: bool(airflow.executions(dag, airflow.slurm_control)), timeout=120,
+               message="the script to start on a Slurm node")
+    login = (SLURM_LOGIN_ADDRESS, 22)
+    watchers = {c.pid for c in psutil.net_connections("tcp") if c.raddr and tuple(c.raddr) == login
+                and c.status == psutil.CONN_ESTABLISHED and c.pid not in (None, os.getpid())}
+    assert len(watchers) == 1, f"not one task process connected to the login node: {watchers}"
+    os.kill(watchers.pop(), signal.SIGKILL)  # the worker dies; the Slurm job must live on
+    wait_until(lambda: airflow.task(dag, run_id)["try_number"] == 2, timeout=120, message="the second try")
+    airflow.wait_for_task(dag, run_id, {"running"})
+    time.sleep(2)  # the retry reattaches; give it time to start watching
+    (airflow.slurm_control / f"{dag}.go").write_text("go")
+    task = airflow.wait_for_task(dag, run_id, {"success", "failed"}, timeout=120)
+    assert task["state"] == "success" and task["try_number"] == 2, _task_logs(airflow, dag)[-3000:]
+    assert len(airflow.executions(dag, airflow.slurm_control)) == 1, "the script ran more than once"
+    run = airflow.run_of(dag)
+    assert run.info.status == "FINISHED" and run.data.tags["airflow.try_number"] == "1"
+    assert [a.path for a in airflow.mlflow().list_artifacts(run.info.run_id, "outputs")] == ["outputs/done.txt"]
+    cluster = slurm_login()
+    assert cluster is not None
+    assert accounted(cluster, run.info.run_id, "State") == [["COMPLETED"]]
 
 
 def test_marking_a_sweep_task_failed_stops_every_running_trial(airflow: Airflow) -> None:

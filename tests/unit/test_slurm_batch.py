@@ -120,6 +120,19 @@ def test_one_process_and_tensorflow_runs_take_their_shape_from_resources() -> No
     assert (tensorflow.nodes, tensorflow.tasks_per_node) == (1, 1) and "tensorflow" in tensorflow.argv
 
 
+def test_tensorflow_on_several_nodes_is_one_srun_task_per_worker_and_server() -> None:
+    config = TensorflowConfiguration(worker_count=2, parameter_server_count=1)
+    spread = slurm_layout(_spec(config, Resources(nodes=2, cpus=2)))
+    assert (spread.nodes, spread.tasks, spread.cpus_per_task) == (2, 3, 2)
+    assert spread.argv[:3] == ("srun", "--kill-on-bad-exit=1", "--mpi=none")
+    assert spread.argv[3:12] == ("/env/bin/python", "-m", LAUNCHER_MODULE, "tftask", "--workers", "2", "--ps", "1",
+                                 "--")
+    assert spread.argv[-3:] == ("train.py", "--lr", "0.1")
+    assert "--ntasks=3" in sbatch_argv("/j", "/j/s.sh", "n", "c", None, SlurmDefaults(), None, spread)
+    with pytest.raises(ConfigurationError, match=r"resources\.nodes.*more than the TensorflowConfiguration's 3"):
+        slurm_layout(_spec(config, Resources(nodes=4)))
+
+
 def test_an_unknown_launcher_in_the_connection_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"mpi_launcher.*'mpiexec' is not a launcher"):
         SlurmDefaults(mpi_launcher="mpiexec")  # type: ignore[arg-type]

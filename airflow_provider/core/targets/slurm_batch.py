@@ -88,7 +88,7 @@ def sbatch_argv(job_dir: str, script: str, job_name: str, comment: str, resource
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--chdir={job_dir}",
             f"--output={job_dir}/{SLURM_OUTPUT}", "--open-mode=append"]
     argv.append(f"--nodes={layout.nodes}")
-    argv.append(f"--ntasks-per-node={layout.tasks_per_node}")
+    argv.append(f"--ntasks={layout.tasks}" if layout.tasks else f"--ntasks-per-node={layout.tasks_per_node}")
     if layout.cpus_per_task is not None:
         argv.append(f"--cpus-per-task={layout.cpus_per_task}")
     if resources.memory_gb is not None:

@@ -12,8 +12,10 @@ other nodes through Slurm itself:
   (node rank from Slurm), with the rendezvous on the first node (where ``srun`` runs); on one
   node, ``torchrun`` as on every target; each node gets a CPU per process unless ``resources.cpus``
   says otherwise;
-* **TensorflowConfiguration**: its workers and parameter servers on the first node, each with its
-  own ``TF_CONFIG`` (as on one machine).
+* **TensorflowConfiguration**: on one node, its workers and parameter servers there, each with its
+  own ``TF_CONFIG`` (as on one machine); on ``resources.nodes`` nodes, ``srun`` spreads them
+  (``--ntasks``), and each task's ``TF_CONFIG`` holds the hosts and ports the tasks wrote in the
+  job folder.
 
 Every rank goes through the per-rank wrapper, which writes ``ranks/rank_<N>.log`` in the job folder
 on the shared root: the logs of every node's ranks are in one folder.
@@ -48,12 +50,14 @@ class SlurmLayout:
     :param tasks_per_node: ``--ntasks-per-node``.
     :param cpus_per_task: ``--cpus-per-task`` (None: Slurm's default, one).
     :param argv: the command the supervisor starts in the batch step.
+    :param tasks: ``--ntasks`` instead of ``tasks_per_node`` (tasks Slurm spreads over the nodes).
     """
 
     nodes: int
     tasks_per_node: int
     cpus_per_task: int | None
     argv: tuple[str, ...]
+    tasks: int | None = None
 
 
 def slurm_layout(spec: JobSpec, launcher: MpiLauncher = "srun", srun_options: Sequence[str] = (),
@@ -69,7 +73,9 @@ def slurm_layout(spec: JobSpec, launcher: MpiLauncher = "srun", srun_options: Se
     resources = spec.resources or Resources()
     cpus = None if resources.cpus is None else max(1, math.ceil(resources.cpus))
     argv = list(spec.argv)
-    if "TRAINING_RUNS_NODE_COUNT" not in spec.env:  # one process, or a TensorFlow job on one node
+    if len(argv) > 3 and argv[1:4] == ["-m", LAUNCHER_MODULE, "tensorflow"]:
+        return _tensorflow_layout(argv, resources.nodes or 1, cpus)
+    if "TRAINING_RUNS_NODE_COUNT" not in spec.env:  # one process
         return SlurmLayout(resources.nodes or 1, resources.tasks_per_node or 1, cpus, tuple(argv))
     nodes = int(spec.env["TRAINING_RUNS_NODE_COUNT"])
     per_node = int(spec.env.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1"))
@@ -87,7 +93,25 @@ def slurm_layout(spec: JobSpec, launcher: MpiLauncher = "srun", srun_options: Se
         port = rendezvous_port or random.randint(29500, 39999)
         node_launcher = [python, "-m", LAUNCHER_MODULE, "torchnode", "--master", LAUNCH_NODE, "--port", str(port), "--"]
         return SlurmLayout(nodes, 1, cpus or per_node, ("srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1",
-                                                        *srun_options, *node_launcher, *torchrun))
+                                                        "--mpi=none", *node_launcher, *torchrun))
     raise ConfigurationError("ScriptRunConfig.distributed_job_config",
                              f"is not a distribution the slurm target knows how to start ({argv[:3]}).",
                              "use MpiConfiguration, PyTorchConfiguration or TensorflowConfiguration.")
+
+
+def _tensorflow_layout(argv: list[str], nodes: int, cpus: int | None) -> SlurmLayout:
+    """On one node, the launcher starts every task there (as on one machine); on several
+    (``resources.nodes``), ``srun`` spreads the tasks over them, and they meet through the job folder."""
+    if nodes == 1:
+        return SlurmLayout(1, 1, cpus, tuple(argv))
+    split = argv.index("--")
+    options = dict(zip(argv[4:split:2], argv[5:split:2], strict=False))
+    workers, servers = int(options.get("--workers", "1")), int(options.get("--ps", "0"))
+    if workers + servers < nodes:
+        raise ConfigurationError("ScriptRunConfig.resources.nodes",
+                                 f"is {nodes}, more than the TensorflowConfiguration's {workers + servers} tasks.",
+                                 "ask for at most one node per worker and parameter server.")
+    task = (argv[0], "-m", LAUNCHER_MODULE, "tftask", "--workers", str(workers), "--ps", str(servers), "--",
+            *argv[split + 1:])
+    return SlurmLayout(nodes, 1, cpus, ("srun", "--kill-on-bad-exit=1", "--mpi=none", *task),
+                       tasks=workers + servers)
