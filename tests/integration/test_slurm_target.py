@@ -16,10 +16,19 @@ from mlflow.tracking import MlflowClient
 from airflow_provider.core import ConfigurationError, Experiment, Resources, ScriptRunConfig
 from airflow_provider.core.submit import StagedRun
 from airflow_provider.core.targets.slurm import SlurmTarget
+from airflow_provider.core.targets.slurm_batch import SlurmDefaults
 from airflow_provider.core.tracking import Tags
 from tests.helpers import wait_until, write_script
-from tests.integration.slurm_support import WAITING_SCRIPT, accounted, gate_file, login, processes_on_nodes, submit
-from tests.ssh_hosts import SLURM_SHARED, SSHHost
+from tests.integration.slurm_support import (
+    WAITING_SCRIPT,
+    accounted,
+    gate_file,
+    login,
+    processes_on_nodes,
+    slurm_target,
+    submit,
+)
+from tests.ssh_hosts import SLURM_NODES, SLURM_SHARED, SSHHost
 
 
 @pytest.fixture(autouse=True)
@@ -204,6 +213,45 @@ def test_the_controller_restarted_mid_run_loses_nothing(slurm: SlurmTarget, slur
         gate.touch()
         watching.join(timeout=120)
         gate.unlink(missing_ok=True)
+
+
+def test_a_node_that_dies_mid_run_fails_the_run_with_what_it_wrote(slurm: SlurmTarget, slurm_cluster: SSHHost,
+                                                                   tmp_path: Path) -> None:
+    """The compute node's machine dies (its container is killed): Slurm marks the job NODE_FAIL once
+    the node stops answering; the run ends Failed saying so, with the output and metrics it had."""
+    write_script(tmp_path / "src", """
+        import os, time
+        from airflow_provider.core import Run
+        run = Run.get_context()
+        print("started on", os.uname().nodename, flush=True)
+        for step in range(600):
+            run.log("step", step)
+            time.sleep(0.5)
+    """)
+    target = slurm_target(slurm_cluster, slurm.login.work_root,
+                          defaults=SlurmDefaults(sbatch_options=("--nodelist=slurm-node-2",)))
+    run = submit(target, tmp_path / "src", "slurm-node-fail")
+    lines: list[str] = []
+    watching = threading.Thread(target=lambda: run.wait_for_completion(output=lines.append, raise_on_error=False))
+    watching.start()
+    try:
+        wait_until(lambda: "started on slurm-node-2" in lines and len(
+            MlflowClient().get_metric_history(run.id, "step")) >= 3, timeout=60, message="the run to log steps")
+        subprocess.run(["docker", "kill", SLURM_NODES[1]], check=True, capture_output=True, timeout=60)
+        watching.join(timeout=180)  # SlurmdTimeout (30 s) until Slurm gives the node up
+        assert not watching.is_alive(), "the run did not end after its node died"
+        details = run.get_details()
+        assert details["status"] == "Failed"
+        assert "NODE_FAIL" in details["error"]["message"] and "a retry may help" in details["error"]["message"]
+        driver_log = run.download_file("system_logs/driver.log", tmp_path / "driver.log").read_text()
+        assert "started on slurm-node-2" in driver_log
+        assert len(MlflowClient().get_metric_history(run.id, "step")) >= 3
+        assert accounted(slurm_cluster, run.id, "State")[0][0] == "NODE_FAIL"
+    finally:
+        subprocess.run(["docker", "start", SLURM_NODES[1]], capture_output=True, timeout=60)
+        watching.join(timeout=180)
+        wait_until(lambda: login(slurm_cluster, "sinfo -h -p main -t idle -o %D").strip() == "2", timeout=120,
+                   message="slurm-node-2 back in service")
 
 
 def _connection(host: SSHHost, monkeypatch: pytest.MonkeyPatch, conn_id: str, **extra: object) -> None:

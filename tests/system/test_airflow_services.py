@@ -164,6 +164,8 @@ ssh_running_kill = training_dag("svc_ssh_running_kill", False, compute_target={s
                                 source={docker_source!r})
 slurm_reattach = training_dag("svc_slurm_reattach", False, retries=1, compute_target={slurm_conn!r},
                               control_dir={slurm_control!r})
+slurm_deferred_kill = training_dag("svc_slurm_deferred_kill", True, compute_target={slurm_conn!r},
+                                   control_dir={slurm_control!r})
 
 def secret_dag(dag_id, deferrable, compute_target="local"):
     with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
@@ -529,6 +531,33 @@ def test_a_retry_after_a_killed_worker_reattaches_to_the_slurm_job(airflow: Airf
     cluster = slurm_login()
     assert cluster is not None
     assert accounted(cluster, run.info.run_id, "State") == [["COMPLETED"]]
+
+
+def test_marking_a_deferred_slurm_task_failed_cancels_the_slurm_job(airflow: Airflow) -> None:
+    """Marked failed while the triggerer watches: the job is canceled in Slurm (accounted CANCELLED),
+    nothing of it is left on the nodes, and the run ends Canceled with what the script wrote."""
+    from tests.integration.slurm_support import accounted, processes_on_nodes
+
+    if airflow.slurm_control is None:
+        skip_or_fail("no Slurm cluster (run scripts/components.sh as root)")
+    assert airflow.slurm_control is not None
+    dag = "svc_slurm_deferred_kill"
+    run_id = airflow.trigger(dag)
+    airflow.wait_for_task(dag, run_id, {"deferred"})
+    wait_until(lambda: bool(airflow.executions(dag, airflow.slurm_control)), timeout=120,
+               message="the script to start on a Slurm node")
+    since = airflow.ticks(dag)
+    wait_until(lambda: airflow.trigger_is_relaying(dag, since), timeout=60, message="the triggerer to watch the run")
+    airflow.mark(dag, run_id, "failed")
+    wait_until(lambda: airflow.run_of(dag).data.tags.get("training.state") == "Canceled", timeout=120,
+               message="the MLflow run to end Canceled")
+    run = airflow.run_of(dag)
+    assert run.info.status == "KILLED"
+    assert airflow.mlflow().get_metric_history(run.info.run_id, "tick")
+    wait_until(lambda: not processes_on_nodes(run.info.run_id), timeout=60, message="nothing left on the nodes")
+    cluster = slurm_login()
+    assert cluster is not None
+    assert accounted(cluster, run.info.run_id, "State")[0][0].startswith("CANCELLED")
 
 
 def test_marking_a_sweep_task_failed_stops_every_running_trial(airflow: Airflow) -> None:

@@ -34,7 +34,8 @@ def test_sbatch_asks_for_the_runs_resources_and_the_clusters_defaults() -> None:
     assert argv[:2] == ["sbatch", "--parsable"] and argv[-2:] == ["--exclusive", "/shared/jobs/r1/slurm-batch.sh"]
     for expected in ("--job-name=training-r1", "--comment=mlflow run r1", "--chdir=/shared/jobs/r1",
                      "--output=/shared/jobs/r1/slurm.out", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=4",
-                     "--mem=1536M", "--gres=gpu:a100:2", "--partition=gpu", "--account=ml", "--qos=high", "--time=7"):
+                     "--mem=1536M", "--gres=gpu:a100:2", "--partition=gpu", "--account=ml", "--qos=high", "--time=7",
+                     "--no-requeue"):
         assert expected in argv, expected
     plain = sbatch_argv("/j", "/j/s.sh", "n", "c", Resources(partition="small"), SlurmDefaults(partition="gpu"), None)
     assert "--partition=small" in plain and not [a for a in plain if a.startswith(("--time", "--gres", "--mem"))]

@@ -85,8 +85,11 @@ def sbatch_argv(job_dir: str, script: str, job_name: str, comment: str, resource
     if layout is None:
         layout = SlurmLayout(resources.nodes or 1, resources.tasks_per_node or 1,
                              None if resources.cpus is None else math.ceil(resources.cpus), ())
+    # --no-requeue: a job Slurm requeued (node failure, preemption) would run the script a second time
+    # in a folder whose first ending may already be recorded; it ends NODE_FAIL or PREEMPTED instead,
+    # and Airflow's retry makes the new run.
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--chdir={job_dir}",
-            f"--output={job_dir}/{SLURM_OUTPUT}", "--open-mode=append"]
+            f"--output={job_dir}/{SLURM_OUTPUT}", "--open-mode=append", "--no-requeue"]
     argv.append(f"--nodes={layout.nodes}")
     argv.append(f"--ntasks={layout.tasks}" if layout.tasks else f"--ntasks-per-node={layout.tasks_per_node}")
     if layout.cpus_per_task is not None:
