@@ -37,9 +37,17 @@ def slurm(slurm_cluster: SSHHost) -> Iterator[SlurmTarget]:
     name = f"tr-{uuid.uuid4().hex[:8]}"
     target = slurm_target(slurm_cluster, f"/shared/{name}")  # keeps failed runs' folders: a good run's is removed
     yield target
-    time.sleep(0.5)
-    left = login(slurm_cluster, "squeue -h -o '%i %j %T' | grep ' training-' || true").split("\n")
-    jobs = [line.split()[0] for line in left if line.strip()]
+    # A job that just ended can show COMPLETING while Slurm stops what is left of it on its nodes (a
+    # step killed over its memory takes a moment): that one is waited for; a pending or running job
+    # is what a test left behind.
+    deadline = time.monotonic() + 60
+    while True:
+        left = [line for line in login(slurm_cluster, "squeue -h -o '%i %j %T' | grep ' training-' || true")
+                .splitlines() if line.strip()]
+        if not left or time.monotonic() > deadline or not all(line.endswith(" COMPLETING") for line in left):
+            break
+        time.sleep(0.5)
+    jobs = [line.split()[0] for line in left if not line.endswith(" COMPLETING")]
     if jobs:
         login(slurm_cluster, f"scancel {' '.join(jobs)}")  # the next test starts on an empty cluster
     shutil.rmtree(SLURM_SHARED / name, ignore_errors=True)  # kept folders of failed runs, blobs, environments

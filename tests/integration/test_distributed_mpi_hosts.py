@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from airflow_provider.core import ConfigurationError, Experiment, MpiConfiguration, RunFailedError, ScriptRunConfig
 from airflow_provider.core.targets.mpi import MPITarget
 from airflow_provider.hooks.compute import compute_hook_for
+from tests.distributed_scripts import MPI_RANKS_SCRIPT, TORCH_ALLREDUCE_SCRIPT, remote_torch_environment
 from tests.helpers import wait_until, write_script
 from tests.ssh_hosts import SSHHost
 
@@ -53,15 +54,7 @@ def _no_process_left(hosts: list[SSHHost], job_dir: str) -> bool:
 
 
 def test_six_ranks_across_three_hosts(target: MPITarget, tmp_path: Path) -> None:
-    write_script(tmp_path / "src", """
-        import socket
-        from mpi4py import MPI
-        from airflow_provider.core import Run
-        comm = MPI.COMM_WORLD
-        rank = comm.Get_rank()
-        Run.get_context().log("rank_seen", rank)
-        print(f"rank {rank} of {comm.Get_size()} on {socket.gethostname()}: sum {comm.allreduce(rank)}", flush=True)
-    """)
+    write_script(tmp_path / "src", MPI_RANKS_SCRIPT)
     run = Experiment("mpi-hosts").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=target,
         distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=3)))
@@ -128,7 +121,7 @@ def test_more_nodes_than_hosts_fail_before_anything_starts(target: MPITarget, tm
 
 
 def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[SSHHost], tmp_path: Path) -> None:
-    from airflow_provider.core import Environment, PyTorchConfiguration
+    from airflow_provider.core import PyTorchConfiguration
     from tests.conftest import skip_or_fail
 
     probe = subprocess.run(
@@ -136,22 +129,8 @@ def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[S
         capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         skip_or_fail(f"no torch on the MPI hosts (run scripts/components.sh as root): {probe.stderr[-300:]}")
-    write_script(tmp_path / "src", """
-        import os, socket
-        import torch
-        import torch.distributed as dist
-        from airflow_provider.core import Run
-        dist.init_process_group(os.environ["TRAINING_RUNS_COMMUNICATION_BACKEND"])
-        value = torch.tensor([dist.get_rank() + 1.0])
-        dist.all_reduce(value)
-        Run.get_context().log("sum", value.item())
-        print(f"rank {dist.get_rank()} of {dist.get_world_size()} node {os.environ['NODE_RANK']} "
-              f"on {socket.gethostname()}: sum {value.item()}", flush=True)
-        dist.destroy_process_group()
-    """)
-    environment = Environment("torch-on-hosts")
-    environment.python.user_managed_dependencies = True
-    environment.python.interpreter_path = "/opt/torch-venv/bin/python"
+    write_script(tmp_path / "src", TORCH_ALLREDUCE_SCRIPT)
+    environment = remote_torch_environment("torch-on-hosts")
     run = Experiment("torch-hosts").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=target, environment=environment,
         distributed_job_config=PyTorchConfiguration(process_count=2, node_count=2)))

@@ -13,7 +13,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import (
-    Environment,
     Experiment,
     MpiConfiguration,
     PyTorchConfiguration,
@@ -25,19 +24,10 @@ from airflow_provider.core import (
 from airflow_provider.core.targets.slurm import SlurmTarget
 from airflow_provider.core.targets.slurm_batch import SlurmDefaults
 from tests.conftest import skip_or_fail
+from tests.distributed_scripts import MPI_RANKS_SCRIPT, TORCH_ALLREDUCE_SCRIPT, remote_torch_environment
 from tests.helpers import wait_until, write_script
 from tests.integration.slurm_support import accounted, processes_on_nodes, slurm_target
 from tests.ssh_hosts import SLURM_NODES, SSHHost
-
-MPI_SCRIPT = """
-    import socket
-    from mpi4py import MPI
-    from airflow_provider.core import Run
-    comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
-    Run.get_context().log("rank_seen", rank)
-    print(f"rank {rank} of {comm.Get_size()} on {socket.gethostname()}: sum {comm.allreduce(rank)}", flush=True)
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +39,7 @@ def _mlflow_env(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_two_nodes_by_two_mpi_ranks(launcher: str, slurm: SlurmTarget, slurm_cluster: SSHHost,
                                     tmp_path: Path) -> None:
     target = slurm_target(slurm_cluster, slurm.login.work_root, defaults=SlurmDefaults(mpi_launcher=launcher))  # type: ignore[arg-type]
-    write_script(tmp_path / "src", MPI_SCRIPT)
+    write_script(tmp_path / "src", MPI_RANKS_SCRIPT)
     run = Experiment("slurm-mpi").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=target,
         distributed_job_config=MpiConfiguration(process_count_per_node=2, node_count=2)))
@@ -70,22 +60,8 @@ def test_pytorch_on_two_nodes_one_torchrun_each(slurm: SlurmTarget, tmp_path: Pa
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         skip_or_fail(f"no torch on the Slurm nodes (run scripts/components.sh as root): {probe.stderr[-300:]}")
-    write_script(tmp_path / "src", """
-        import os, socket
-        import torch
-        import torch.distributed as dist
-        from airflow_provider.core import Run
-        dist.init_process_group(os.environ["TRAINING_RUNS_COMMUNICATION_BACKEND"])
-        value = torch.tensor([dist.get_rank() + 1.0])
-        dist.all_reduce(value)
-        Run.get_context().log("sum", value.item())
-        print(f"rank {dist.get_rank()} of {dist.get_world_size()} node {os.environ['NODE_RANK']} "
-              f"on {socket.gethostname()}: sum {value.item()}", flush=True)
-        dist.destroy_process_group()
-    """)
-    environment = Environment("torch-on-slurm")
-    environment.python.user_managed_dependencies = True
-    environment.python.interpreter_path = "/opt/torch-venv/bin/python"
+    write_script(tmp_path / "src", TORCH_ALLREDUCE_SCRIPT)
+    environment = remote_torch_environment("torch-on-slurm")
     run = Experiment("slurm-torch").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=slurm, environment=environment,
         resources=Resources(memory_gb=1.25),  # per node: two processes of torch (200 MB per CPU by default)

@@ -9,7 +9,9 @@ cluster reaches no index: the wheels are sent). Then:
   runs our supervisor on the allocation's first node (the connection's setup lines first, e.g.
   ``module load python/3.11``). The job is named ``training-<run id>`` and commented with the run's
   id; its Slurm id is kept in the folder (``slurm.job``), so another process (a retried task, the
-  triggerer) finds the same job, and a retried launch never queues it twice;
+  triggerer) finds the same job; without that file (its launcher died as ``sbatch`` answered) the
+  job is found by its name, and a retried launch never queues it twice. A distributed run's
+  allocation and launch are :mod:`~airflow_provider.core.targets.slurm_layout`'s;
 * **states**: ``exit.json`` in the folder says how a run ended, as on every target; until then
   ``squeue`` says whether the job waits (``queued``, with Slurm's reason: Priority, Resources...) or
   runs; a job that left the queue without ``exit.json`` ended in Slurm's hands, and ``sacct`` with
@@ -153,8 +155,8 @@ class SlurmTarget(ComputeTarget):
         return JobHandle(self.kind, job_id, staged.location)
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
-        """Make the job folder on the shared root and queue the job (once: a launch retried after
-        ``sbatch`` answered finds the job id in the folder)."""
+        """Make the job folder on the shared root and queue the job, once: a launch retried after
+        ``sbatch`` answered finds the job, by the id in the folder or by the job's name in Slurm."""
         job_dir = handle.location
         if self._slurm_id(handle, search=True) is not None:  # a retried launch: queued already
             return
