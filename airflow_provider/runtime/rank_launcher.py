@@ -52,6 +52,8 @@ RANK_VARIABLE = "TRAINING_RUNS_RANK"
 _RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK")
 _NODE_RANK_SOURCES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")  # of a torchnode
 _SLURM_LAUNCH_NODE = "@slurm-launch-node"  # torchnode's --master on Slurm: the node srun ran on
+EVENTS_HOST_VARIABLE = "TRAINING_RUNS_EVENTS_HOST"  # the supervisor's host, when nodes share the job folder
+_EVENTS_FILE_VARIABLE = "TRAINING_RUN_EVENTS_FILE"  # events.EVENTS_FILE_VARIABLE (this module imports nothing)
 _TF_RENDEZVOUS_SECONDS = 300.0  # for every task of a TensorFlow job on Slurm to write its address
 _GRACE_SECONDS = 10.0
 _PARENT_STOPS_VARIABLE = "TRAINING_RUNS_PARENT_STOPS_RANKS"  # set by the TensorFlow mode, which does
@@ -72,6 +74,7 @@ def run_rank(command: list[str]) -> int:
     if rank is None:  # a task srun started without an MPI plugin: Slurm's task id is the rank
         rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
         os.environ[RANK_VARIABLE] = str(rank)
+    _events_of_this_node()
     if "GROUP_RANK" in os.environ and "NODE_RANK" not in os.environ:  # torchrun's name for it
         os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
     folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
@@ -119,6 +122,17 @@ def run_rank(command: list[str]) -> int:
             with contextlib.suppress(OSError):
                 os.kill(os.getppid(), signal.SIGTERM)
     return code if code >= 0 else 128 - code
+
+
+def _events_of_this_node() -> None:
+    """On a cluster whose nodes share the job folder (Slurm), a rank on another node than the
+    supervisor's writes its metrics to ``events.<host>.jsonl``: appends from several machines to one
+    file are not kept whole on every shared filesystem (NFS); the target merges them at the end."""
+    first = os.environ.get(EVENTS_HOST_VARIABLE)
+    events = os.environ.get(_EVENTS_FILE_VARIABLE)
+    host = os.uname().nodename
+    if first and events and host != first:
+        os.environ[_EVENTS_FILE_VARIABLE] = os.path.join(os.path.dirname(events), f"events.{host}.jsonl")
 
 
 def _started_by_slurmstepd() -> bool:

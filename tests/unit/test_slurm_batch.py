@@ -3,7 +3,11 @@ job ended without our exit record."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +141,25 @@ def test_tensorflow_on_several_nodes_is_one_srun_task_per_worker_and_server() ->
 def test_an_unknown_launcher_in_the_connection_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"mpi_launcher.*'mpiexec' is not a launcher"):
         SlurmDefaults(mpi_launcher="mpiexec")  # type: ignore[arg-type]
+
+
+def test_the_batch_script_names_the_supervisors_host_for_the_ranks_events() -> None:
+    script = batch_script("python3", "/shared/runtime/v1", "/shared/jobs/r1", [])
+    assert 'export TRAINING_RUNS_EVENTS_HOST="$(hostname)"' in script.splitlines()
+
+
+@pytest.mark.parametrize(("supervisor_host", "expected"), [("another-node", "events.{host}.jsonl"),
+                                                            ("{host}", "events.jsonl")])
+def test_a_rank_on_another_node_writes_its_events_to_a_file_of_its_own(tmp_path: Path, supervisor_host: str,
+                                                                       expected: str) -> None:
+    """Appends from several machines to one file of a shared filesystem are not kept whole on NFS:
+    a rank away from the supervisor's node writes to ``events.<host>.jsonl`` (merged at the end)."""
+    host = os.uname().nodename
+    printing = "import os; print(os.environ['TRAINING_RUN_EVENTS_FILE'])"
+    environment = {**os.environ, "TRAINING_RUNS_EVENTS_HOST": supervisor_host.format(host=host),
+                   "TRAINING_RUN_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+                   "TRAINING_RUNS_RANK_LOG_DIR": str(tmp_path / "ranks"), "TRAINING_RUNS_RANK": "0"}
+    done = subprocess.run([sys.executable, "-m", "airflow_provider.runtime.rank_launcher", "rank", "--",
+                           sys.executable, "-c", printing], env=environment, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == str(tmp_path / expected.format(host=host))

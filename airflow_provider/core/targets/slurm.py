@@ -62,6 +62,7 @@ SLURM_JOB_FILE = "slurm.job"
 SLURM_REQUEST_FILE = "slurm.json"
 """The job folder's record of what was asked of Slurm (resources, time limit), for messages."""
 _BATCH_SCRIPT = "slurm-batch.sh"
+_MERGED_MARKER = ".events-merged"
 _REFUSALS = ("invalid", "not available", "unrecognized", "unknown", "not allowed", "exceeded", "must be",
              "can't", "cannot", "denied", "not permitted")
 _QUEUE_SECONDS = 10.0
@@ -102,6 +103,7 @@ class SlurmTarget(ComputeTarget):
         self._slurm_ids: dict[str, str] = {}
         self._requests: dict[str, dict[str, Any]] = {}
         self._ended: dict[str, JobStatus] = {}
+        self._merged: set[str] = set()
 
     # ------------------------------------------------------------------ spec
     def to_spec(self) -> dict[str, Any]:
@@ -202,8 +204,24 @@ class SlurmTarget(ComputeTarget):
         status = self._status(handle)
         if not status.active:
             status = self._explained(handle, status)
+            self._merge_node_events(handle)
             self._ended[handle.job_id] = status  # cleanup keeps a failed run's folder, not a good one's
         return status
+
+    def _merge_node_events(self, handle: JobHandle) -> None:
+        """Append the ranks' events of the other nodes (``events.<host>.jsonl``) to the run's
+        events file, once, so their metrics reach MLflow (a line cut short by a killed rank is left out)."""
+        if handle.job_id in self._merged:
+            return
+        listing = self._run(["find", handle.location, "-maxdepth", "1", "-type", "f", "-name", "events.*.jsonl"])
+        data = b""
+        for path in sorted(listing["stdout"].split()):
+            content = self.login.read_file(path) or b""
+            data += content[:content.rfind(b"\n") + 1]
+        if data:
+            self.login.append_once(f"{handle.location}/{job_runner.EVENTS_FILE}", data,
+                                   f"{handle.location}/{_MERGED_MARKER}")
+        self._merged.add(handle.job_id)
 
     def _explained(self, handle: JobHandle, status: JobStatus) -> JobStatus:
         """A failure the supervisor recorded, said as Slurm's when Slurm caused it: ``slurmstepd``

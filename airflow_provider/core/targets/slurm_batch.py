@@ -21,6 +21,7 @@ from airflow_provider.core.resources import Resources
 from airflow_provider.core.targets.base import JobStatus
 from airflow_provider.core.targets.slurm_layout import MPI_LAUNCHERS, MpiLauncher, SlurmLayout
 from airflow_provider.runtime import job_runner
+from airflow_provider.runtime.rank_launcher import EVENTS_HOST_VARIABLE
 
 __all__ = ["SLURM_OUTPUT", "SlurmDefaults", "batch_script", "ended_status", "sbatch_argv", "time_limit_minutes"]
 
@@ -118,8 +119,10 @@ def batch_script(python: str, runtime_dir: str, job_dir: str, setup: Sequence[st
     """
     supervisor = f"{runtime_dir}/job_runner.py"
     lines = ["#!/bin/bash", "# Written by the training-runs Slurm target: the supervisor of one run.", "set -e",
-             *setup, f"exec {shlex.quote(python)} -I -S {shlex.quote(supervisor)} {shlex.quote(job_dir)} "
-                     f"{job_runner.EXIT_WITH_RUN}"]
+             # ranks on other nodes write their events to files of their own (merged at the end)
+             f'export {EVENTS_HOST_VARIABLE}="$(hostname)"', *setup,
+             f"exec {shlex.quote(python)} -I -S {shlex.quote(supervisor)} {shlex.quote(job_dir)} "
+             f"{job_runner.EXIT_WITH_RUN}"]
     return "\n".join(lines) + "\n"
 
 
