@@ -215,7 +215,7 @@ class SlurmTarget(ComputeTarget):
             return
         listing = self._run(["find", handle.location, "-maxdepth", "1", "-type", "f", "-name", "events.*.jsonl"])
         data = b""
-        for path in sorted(listing["stdout"].split()):
+        for path in sorted(line for line in listing["stdout"].split("\n") if line):
             content = self.login.read_file(path) or b""
             data += content[:content.rfind(b"\n") + 1]
         if data:
