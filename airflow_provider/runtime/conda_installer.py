@@ -149,4 +149,10 @@ async def _install(request: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # py-rattler's runtime threads may still release the GIL while the interpreter finalizes, which
+    # aborts the process ("PyGILState_Release: thread state ... must be current", seen once in CI)
+    # after the install has completed: this tool process ends without finalizing.
+    os._exit(_code)

@@ -575,6 +575,9 @@ def test_marking_a_sweep_task_failed_stops_every_running_trial(airflow: Airflow)
         return all(trials[i].info.status == "KILLED" for i in (0, 1))
 
     wait_until(trials_killed, timeout=90, message="the trials' MLflow runs to end KILLED")
+    # The trials' detached finalizers may end them a moment before on_kill ends the sweep itself.
+    wait_until(lambda: airflow.sweep_runs(dag)[0].data.tags.get("training.state") == "Canceled", timeout=60,
+               message="the sweep's parent run to end Canceled")
     parent, trials = airflow.sweep_runs(dag)
     assert parent.data.tags["training.state"] == "Canceled" and parent.info.status == "KILLED"
     assert all(trials[i].data.tags["training.state"] == "Canceled" for i in (0, 1))
