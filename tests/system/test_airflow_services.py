@@ -206,14 +206,26 @@ class Airflow:
     ssh_host: SSHHost | None = None  # the SSH host container, when connection svc_ssh points at it
     slurm_control: Path | None = None  # CONTROL_DIR of the Slurm DAG, here, when the cluster answers
 
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API request. The standalone's metadata database is SQLite: while the scheduler holds
+        its write lock past SQLite's busy timeout, the API server answers 500 (seen once in CI), so
+        a server error is asked again, for up to 30 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            response = self.api.request(method, path, **kwargs)
+            if response.status_code < 500 or time.monotonic() > deadline:
+                return response
+            time.sleep(1)
+
     def trigger(self, dag_id: str) -> str:
-        assert self.api.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
-        response = self.api.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
+        response = self.call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        assert response.status_code == 200, response.text
+        response = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
         assert response.status_code == 200, response.text
         return str(response.json()["dag_run_id"])
 
     def task(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        response = self.api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
+        response = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")
         assert response.status_code == 200, response.text
         return dict(response.json())
 
@@ -228,8 +240,8 @@ class Airflow:
         return found
 
     def mark(self, dag_id: str, run_id: str, state: str) -> None:
-        response = self.api.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train",
-                                  json={"new_state": state})
+        response = self.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train",
+                             json={"new_state": state})
         assert response.status_code == 200, response.text
 
     def executions(self, name: str, control: Path | None = None) -> list[int]:
