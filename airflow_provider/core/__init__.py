@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow_provider.core.config import ScriptRunConfig
+    from airflow_provider.core.data.bindings import Input, Output
     from airflow_provider.core.distributed import (
         MpiConfiguration,
         PyTorchConfiguration,
@@ -39,7 +40,9 @@ __all__ = [
     "Environment",
     "EnvironmentBuildError",
     "Experiment",
+    "Input",
     "MpiConfiguration",
+    "Output",
     "PyTorchConfiguration",
     "Resources",
     "Run",
@@ -56,6 +59,8 @@ __all__ = [
 _WHERE = {
     "ScriptRunConfig": "config",
     "Resources": "resources",
+    "Input": "airflow_provider.core.data.bindings",
+    "Output": "airflow_provider.core.data.bindings",
     "Environment": "airflow_provider.core.environments.spec",
     "CondaDependencies": "airflow_provider.core.environments.conda_spec",
     "Experiment": "submit",

@@ -12,10 +12,11 @@ import math
 import numbers
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Union
 
+from airflow_provider.core.data.bindings import Input, Output, validate_bindings
 from airflow_provider.core.distributed import (
     DistributedConfig,
     MpiConfiguration,
@@ -62,6 +63,10 @@ class ScriptRunConfig:
     :param resources: what the run asks the target for (GPUs, CPUs, memory, nodes, a partition): a
         :class:`~airflow_provider.core.resources.Resources` or a dict of its fields. A target that
         cannot honour a field refuses the run before any compute is used.
+    :param inputs: data the run reads, ``{name: Input(...)}`` (a plain URI is a ``download``
+        input); ``${{inputs.<name>}}`` in ``arguments`` or ``command`` becomes its path on the target.
+    :param outputs: folders the run writes, ``{name: Output(...)}``; ``${{outputs.<name>}}``
+        becomes the folder to write to, copied to the output's URI when the run ends.
     """
 
     source_directory: str | os.PathLike[str]
@@ -76,6 +81,8 @@ class ScriptRunConfig:
     snapshot_size_limit_mb: float = DEFAULT_SNAPSHOT_SIZE_LIMIT_MB
     azureml_compat: bool = False
     resources: Resources | dict[str, Any] | None = None
+    inputs: dict[str, Input | str] | None = None
+    outputs: dict[str, Output | str] | None = None
 
     def submit_to(self, experiment: Experiment, tags: dict[str, str] | None = None, *, run_key: str | None = None,
                   reattach: bool = True, run_name: str | None = None,
@@ -108,6 +115,8 @@ class ScriptRunConfig:
                                      "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
                                      "False.")
         resources = _validate_resources(self.resources, self.distributed_job_config)
+        inputs, outputs = validate_bindings("ScriptRunConfig", self.inputs, self.outputs)
+        _validate_placeholders([*arguments, *(command or [])], inputs, outputs)
         return ResolvedRunConfig(
             source_directory=source,
             script=script,
@@ -120,6 +129,8 @@ class ScriptRunConfig:
             snapshot_size_limit_bytes=int((snapshot_limit or DEFAULT_SNAPSHOT_SIZE_LIMIT_MB) * 1024 * 1024),
             azureml_compat=self.azureml_compat or bool(environment is not None and environment.azureml_compat),
             resources=resources,
+            inputs=inputs,
+            outputs=outputs,
         )
 
 
@@ -144,6 +155,8 @@ class ResolvedRunConfig:
     snapshot_size_limit_bytes: int
     azureml_compat: bool = False
     resources: Resources | None = None
+    inputs: dict[str, Input] = field(default_factory=dict)
+    outputs: dict[str, Output] = field(default_factory=dict)
 
     def argv(self, python: str) -> list[str]:
         """The command line of the run, for a given interpreter.
@@ -171,6 +184,19 @@ class ResolvedRunConfig:
 
 def _field(name: str) -> str:
     return f"ScriptRunConfig.{name}"
+
+
+def _validate_placeholders(values: list[str], inputs: dict[str, Input], outputs: dict[str, Output]) -> None:
+    """Every ``${{inputs.<name>}}`` / ``${{outputs.<name>}}`` names a declared input or output."""
+    from airflow_provider.core.data.run_data import placeholder_names
+
+    for kind, name in placeholder_names(values):
+        declared = inputs if kind == "inputs" else outputs
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise ConfigurationError(_field("arguments"), f"${{{{{kind}.{name}}}}} names no declared {kind[:-1]} "
+                                     f"(declared: {known}).",
+                                     f"add {name!r} to ScriptRunConfig.{kind}, or fix the name.")
 
 
 def _validate_resources(value: object, distribution: DistributedConfig | None) -> Resources | None:

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from airflow_provider.core.data.credentials import with_inline_options
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment
@@ -53,7 +54,7 @@ def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = 
     with open(folder / f"finalizer-{run.id}.log", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "airflow_provider.core.finalizer", json.dumps(description)],
-            env={**os.environ, **(environment or {}), **run.target.secret_environment()},
+            env=with_inline_options({**os.environ, **(environment or {}), **run.target.secret_environment()}, run.id),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
         )
 

@@ -33,7 +33,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,11 +168,13 @@ class SnapshotStore:
         """
         return os.path.isfile(self._blob(digest))
 
-    def take(self, source_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> SnapshotResult:
+    def take(self, source_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+             ignore_files: bool = True) -> SnapshotResult:
         """Snapshot ``source_dir``, storing only the blobs the store does not hold yet.
 
         :param source_dir: the directory to snapshot.
         :param max_bytes: largest total size of the included files.
+        :param ignore_files: apply ``.amlignore`` / ``.gitignore`` (False for data: every file counts).
         :raises SnapshotError: missing directory, too big, link leaving it, unreadable file.
         """
         source = Path(source_dir)
@@ -181,6 +183,8 @@ class SnapshotStore:
             raise SnapshotError(SOURCE_FIELD, f"{str(source)!r} {problem}.", "Pass the script's folder.")
         racy_ns = time.time_ns() - _RACY_NS
         ignore_name = ".amlignore" if (source / ".amlignore").is_file() else ".gitignore"
+        if not ignore_files:
+            ignore_name = "\0"  # no file has this name
         found, skipped = _walk(str(source), ignore_name, _node(self.root))
         total = sum(st.st_size for _, _, st in found)
         if total > max_bytes:
@@ -227,6 +231,36 @@ class SnapshotStore:
             payload = {"version": 1, "source": real, "entries": new_cache}
             _atomic_write(cache_path, json.dumps(payload, separators=(",", ":")).encode())
         return SnapshotResult(snapshot, new_blobs, new_bytes, tuple(skipped))
+
+    def add_stream(self, read: Callable[[int], bytes], size: int | None = None) -> tuple[str, int]:
+        """Store what ``read`` returns until it returns nothing, as one blob; return its digest and size.
+
+        The content goes to a temporary file first and becomes the blob only once it is whole (and,
+        when ``size`` is given, of that size), so an interrupted copy never leaves a partial blob.
+
+        :param read: called with a chunk size, like a binary file's ``read``.
+        :param size: the expected size; a different one is refused with :class:`OSError`.
+        """
+        digest, total = hashlib.sha256(), 0
+        folder = f"{self._blobs}/incoming"
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.{os.getpid()}.{next(_tmp_counter)}.tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                while chunk := read(_CHUNK):
+                    digest.update(chunk)
+                    handle.write(chunk)
+                    total += len(chunk)
+            if size is not None and total != size:
+                raise OSError(f"received {total} bytes of {size}: the copy was cut short")
+            name = digest.hexdigest()
+            self._make_shard(name[:2])
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self._blob(name))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return name, total
 
     def load(self, snapshot_id: str) -> Snapshot:
         """Read the manifest of ``snapshot_id``.

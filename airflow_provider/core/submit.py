@@ -21,6 +21,9 @@ from typing import Protocol, TypeVar
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
+from airflow_provider.core.data.inputs import INPUTS_DIR
+from airflow_provider.core.data.outputs import OUTPUTS_DIR
+from airflow_provider.core.data.run_data import RunData, expand_placeholders, plan_run_data
 from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.shared_locks import shared_locks_for, sharing_locks
@@ -30,7 +33,7 @@ from airflow_provider.core.errors import (
 )
 from airflow_provider.core.git import read_git_state
 from airflow_provider.core.script_run import ScriptRun
-from airflow_provider.core.snapshot import SnapshotStore
+from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import resolve_target
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobSpec
 from airflow_provider.core.tracking import RunState, Tags, Tracker
@@ -144,8 +147,11 @@ class Experiment:
             existing = self._reattach(run_key, target)
             if existing is not None:
                 return existing
+        data = plan_run_data(resolved.inputs, resolved.outputs, target)
         store = SnapshotStore()
         snapshot = store.take(resolved.source_directory, max_bytes=resolved.snapshot_size_limit_bytes).snapshot
+        if not data.empty:
+            _check_reserved_folders(snapshot)
         git = read_git_state(resolved.source_directory)
         initial_tags = {
             **(tags or {}),
@@ -175,6 +181,13 @@ class Experiment:
                 diff = git.diff
                 writes.submit(lambda: self.tracker.log_text(run_id, diff, "git/uncommitted.diff"))
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.PREPARING))
+            staged_snapshot = snapshot
+            if not data.empty:
+                data_entries = data.stage(run_id, store, self.tracking_uri)
+                staged_snapshot = Snapshot.from_entries([*snapshot.entries, *data_entries])
+                data_tags = data.tags()
+                writes.submit(lambda: self.tracker.set_tags(run_id, data_tags))
+                writes.submit(lambda: data.record(self.tracker, run_id))
             prepared = self._prepare_environment(run_id, target, resolved)
             if prepared.lock is not None and resolved.environment is not None:
                 lock_text = prepared.lock
@@ -185,8 +198,10 @@ class Experiment:
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             }))
-            handle = target.stage(run_id, snapshot, store, job_files(resolved.azureml_compat), prepared)
-            spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables)
+            mounts = {"mounts": data.binds} if data.binds else {}
+            handle = target.stage(run_id, staged_snapshot, store, job_files(resolved.azureml_compat), prepared,
+                                  **mounts)
+            spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables, data)
             writes.wait()
         except BaseException as exc:
             writes.close()  # its writes end before the run's failure is recorded
@@ -238,9 +253,16 @@ class Experiment:
             self.tracker.log_artifact(run_id, named, "system_logs")
 
     def _job_spec(self, run_id: str, target: ComputeTarget, handle: JobHandle, resolved: ResolvedRunConfig,
-                  prepared: PreparedEnvironment, secrets: dict[str, str] | None) -> JobSpec:
+                  prepared: PreparedEnvironment, secrets: dict[str, str] | None,
+                  data: RunData | None = None) -> JobSpec:
         paths = target.job_paths(handle)
         runtime = f"{paths['job_dir']}/{RUNTIME_DIR}"
+        data_variables = data.bind(paths["job_dir"]) if data is not None else {}
+        if data_variables:
+            assert data is not None
+            resolved = dataclasses.replace(
+                resolved, arguments=expand_placeholders(resolved.arguments, data.paths),
+                command=expand_placeholders(resolved.command, data.paths) if resolved.command is not None else None)
         env = {
             **(resolved.environment.environment_variables if resolved.environment else {}),
             **resolved.environment_variables,
@@ -254,6 +276,7 @@ class Experiment:
             **resolved.distribution_variables(),
             rank_launcher.RANK_LOG_DIR_VARIABLE: f"{paths['job_dir']}/{RANKS_DIR}",
             "PYTHONUNBUFFERED": "1",
+            **data_variables,
             "PYTHONPATH": os.pathsep.join(p for p in (resolved.environment_variables.get("PYTHONPATH"), runtime) if p),
         }
         if resolved.azureml_compat:
@@ -328,6 +351,17 @@ def _with_azureml_compat(resolved: ResolvedRunConfig, env: dict[str, str], runti
     if command is not None and command[:2] != ["/bin/sh", "-c"]:  # a shell command line expands itself
         command = expand_arguments(command, visible)
     return dataclasses.replace(resolved, arguments=expand_arguments(resolved.arguments, visible), command=command)
+
+
+def _check_reserved_folders(snapshot: Snapshot) -> None:
+    """A run with inputs or outputs keeps them in ``work/.inputs`` and ``work/.outputs``: the source
+    folder must not hold folders of those names."""
+    for entry in snapshot.entries:
+        top = entry.path.split("/", 1)[0]
+        if top in (INPUTS_DIR, OUTPUTS_DIR):
+            raise ConfigurationError("ScriptRunConfig.source_directory",
+                                     f"holds {top}/, where a run with inputs or outputs keeps its data.",
+                                     f"rename that folder, or add {top}/ to .amlignore.")
 
 
 def _validate_distribution_for(resolved: ResolvedRunConfig, target: ComputeTarget) -> None:

@@ -666,6 +666,14 @@ class Tracker:
         """
         self.client.log_text(run_id, text, artifact_file)
 
+    def log_inputs(self, run_id: str, datasets: list[Any]) -> None:
+        """Record the run's data inputs (MLflow ``DatasetInput`` entities: lineage).
+
+        :param run_id: the MLflow run id.
+        :param datasets: the inputs.
+        """
+        self.client.log_inputs(run_id, datasets=datasets)
+
     def end(self, run_id: str, state: RunState, error: str | None = None) -> None:
         """End a run that its watcher will not finalize: MLflow's status, then the detailed state
         with ``error`` (the state last, as :meth:`RunWatcher.finalize` does).

@@ -23,7 +23,8 @@ from typing import Protocol
 from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import is_plain_file, uploadable_files
-from airflow_provider.core.errors import TargetError, TrackingError, TrackingUnavailableError
+from airflow_provider.core.data.outputs import OUTPUTS_DIR, declared_outputs, upload_output
+from airflow_provider.core.errors import ConfigurationError, TargetError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal, now_iso
@@ -420,7 +421,38 @@ class RunWatcher:
                     self.relay.warnings.add(note)
                 for path, relative in files:
                     self._upload_file(path, Path(name, relative).parent.as_posix(), f"{name}/{relative}")
+            self._upload_declared_outputs(Path(scratch))
         self.relay.warnings.flush()
+
+    def _upload_declared_outputs(self, scratch: Path) -> None:
+        """Copy each declared ``upload`` output to its URI (whatever the run's ending) and record its
+        digest; an output that cannot be copied as configured goes to the run's artifacts instead
+        (``outputs_not_copied/<name>/``), so nothing the script wrote is lost."""
+        tags = self._run_tags if self._run_tags is not None else self.tracker.get_run(self.run_id).data.tags
+        declared = declared_outputs(tags)
+        for output in declared:
+            if output.mode != "upload":
+                continue
+            relative = f"{job_runner.WORK_DIR}/{OUTPUTS_DIR}/{output.name}"
+            folder = self.target.fetch(self.handle, relative, scratch / "declared" / output.name)
+            notes: list[str] = []
+            try:
+                uploaded = upload_output(output, folder, self.run_id, notes)
+            except ConfigurationError as exc:
+                self.relay.warnings.add(f"output {output.name!r} was not copied to {output.uri}: {exc}; its files are "
+                                        f"in the run's artifacts under outputs_not_copied/{output.name}/")
+                if folder is not None and folder.is_dir():
+                    files, _ = uploadable_files(folder, output.name)
+                    for path, key in files:
+                        self._upload_file(path, Path("outputs_not_copied", output.name, key).parent.as_posix(), key)
+                continue
+            for note in notes:
+                self.relay.warnings.add(note)
+            self.tracker.set_tags(self.run_id, {f"training.data.output.{output.name}.uri": uploaded.uri,
+                                                f"training.data.output.{output.name}.digest": uploaded.digest})
+            self.tracker.log_text(self.run_id, json.dumps({"uri": uploaded.uri, "digest": uploaded.digest,
+                                                           "files": uploaded.files}, indent=1),
+                                  f"data/outputs/{output.name}.json")
 
     def _upload_file(self, path: Path, folder: str, label: str) -> None:
         """Upload one file (readable: :func:`uploadable_files` checked); one MLflow refuses is noted

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider.core.config import ScriptRunConfig
+from airflow_provider.core.data.bindings import Input, Output
+from airflow_provider.core.data.credentials import resolved_for_environment
 from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
@@ -29,8 +31,16 @@ from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState, Tags
 from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
+from airflow_provider.hooks.data_connections import register_data_connections
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
 from airflow_provider.links import MLflowRunLink, mlflow_run_url
+from airflow_provider.operators.data_lineage import (
+    DataPlaceholders,
+    LineageMixin,
+    announce_outputs,
+    data_assets,
+    data_secret_values,
+)
 from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name
 from airflow_provider.redaction import Redactor, register_with_airflow
 from airflow_provider.run_reference import RunReference
@@ -46,7 +56,13 @@ DEFAULT_DEFER_AFTER_SECONDS = 5.0
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
-class SubmitTrainingRunOperator(BaseOperator):
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
     """Submit a training run (Azure ML v1's ``ScriptRunConfig`` + ``Experiment.submit``) and wait for it.
 
     :param source_directory: folder snapshotted and sent to the target. (templated)
@@ -82,6 +98,12 @@ class SubmitTrainingRunOperator(BaseOperator):
         ``Resources`` or a dict of its fields (``{"gpus": 1, "memory_gb": 16}``); a target that
         cannot honour a field fails the task before any compute is used. Not ``resources``: that
         name is ``BaseOperator``'s, the executor's resources for the task itself. (templated)
+    :param inputs: data the run reads, ``{name: Input(uri, mode=..., connection=...)}``; URIs are
+        templated (``s3://bucket/{{ ds }}/``), ``${{inputs.<name>}}`` in ``arguments`` becomes the
+        path on the target, and each input is an inlet of the task (an ``Asset``). (templated)
+    :param outputs: folders the run writes, ``{name: Output(uri, ...)}``, copied to their URI when
+        the run ends; each is an outlet of the task: an ``Asset`` for a fixed URI, else an event of
+        the ``AssetAlias`` ``training-output:<dag>.<task>.<name>``. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -94,6 +116,8 @@ class SubmitTrainingRunOperator(BaseOperator):
         "environment_variables",
         "secret_environment_variables",
         "compute_resources",
+        "inputs",
+        "outputs",
     )
     template_fields_renderers = {"tags": "json", "environment_variables": "json", "arguments": "py",
                                  "compute_resources": "json"}
@@ -123,9 +147,20 @@ class SubmitTrainingRunOperator(BaseOperator):
         sweep_trial: dict[str, Any] | None = None,
         azureml_compat: bool = False,
         compute_resources: Resources | dict[str, Any] | None = None,
+        inputs: dict[str, Input | str] | None = None,
+        outputs: dict[str, Output | str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # after the base class: the task id is final (a task group's prefix) and the DAG is known
+        inlets, outlets = data_assets(inputs, outputs, self.task_id, self.dag if self.has_dag() else None)
+        given = {getattr(item, "uri", None) for item in [*_as_list(self.inlets), *_as_list(self.outlets)]}
+        # an asset the DAG author declared for the same URI (maybe under another name) is kept as given
+        self.inlets = [*_as_list(self.inlets), *(item for item in inlets if item.uri not in given)]
+        self.outlets = [*_as_list(self.outlets), *(item for item in outlets if getattr(item, "uri", None) not in given)]
+        self.inputs = inputs
+        self.outputs = outputs
+        self._data_uris: dict[str, list[str]] = {"inputs": [], "outputs": []}
         self.source_directory = source_directory
         self.script = script
         self.command = command
@@ -165,6 +200,13 @@ class SubmitTrainingRunOperator(BaseOperator):
         return MLflowTrackingHook(self.tracking_conn_id)
 
     # ------------------------------------------------------------------ execution
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render as Airflow does, with ``${{inputs.<name>}}`` / ``${{outputs.<name>}}`` left for
+        the run (Jinja would otherwise fail on ``inputs`` being undefined)."""
+        context.setdefault("inputs", DataPlaceholders("inputs"))  # type: ignore[typeddict-item]
+        context.setdefault("outputs", DataPlaceholders("outputs"))  # type: ignore[typeddict-item]
+        super().render_template_fields(context, jinja_env)
+
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return self._submit_and_watch(context)
@@ -219,7 +261,7 @@ class SubmitTrainingRunOperator(BaseOperator):
                 )
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
                                           poll_interval=self.poll_interval)
-        return self._result(run, details, experiment)
+        return self._result(run, details, experiment, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger saw the job end: finalize the run and return its result.
@@ -228,14 +270,15 @@ class SubmitTrainingRunOperator(BaseOperator):
         :param event: the trigger's event (run reference, log offset, status).
         """
         try:
-            return self._resume(event)
+            return self._resume(event, context)
         except TrainingRunError as exc:
             raise_for_airflow(exc)
 
-    def _resume(self, event: dict[str, Any]) -> dict[str, Any]:
+    def _resume(self, event: dict[str, Any], context: Context) -> dict[str, Any]:
         self._reference = RunReference.from_dict(event["reference"])
         run = self._reference.script_run()
         self._credentials = self.tracking_hook.get_credentials()
+        register_data_connections()
         self._protect_secrets()
         experiment = run.experiment
         self._run = run
@@ -244,7 +287,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         details = run.wait_for_completion(output=self._log_output, raise_on_error=False,
                                           poll_interval=self.poll_interval,
                                           log_offset=int(event.get("log_offset", 0)))
-        return self._result(run, details, experiment)
+        return self._result(run, details, experiment, context)
 
     def on_kill(self) -> None:
         """Stop the run's whole process tree when Airflow kills the task; the run ends Canceled.
@@ -257,7 +300,10 @@ class SubmitTrainingRunOperator(BaseOperator):
             return  # nothing launched yet: execute() cancels the run as soon as submit returns
         self.log.info("Task killed: canceling training run %s", self._run.id)
         self._run.cancel(wait=False)
-        finalize_in_background(self._run, self._credentials)
+        output_connections = {output.connection: _scheme(output) for output in self._bindings()
+                              if isinstance(output, Output) and output.connection}
+        # the finalizer copies the outputs without Airflow: their credentials go in its environment
+        finalize_in_background(self._run, {**self._credentials, **resolved_for_environment(output_connections)})
 
     # ------------------------------------------------------------------ helpers
     def _experiment(self, context: Context, trial: TrialPlan | None = None) -> Experiment:
@@ -276,6 +322,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         plain = validate_variables(self.environment_variables, "environment_variables")
         credentials = self.tracking_hook.get_credentials()
         self._credentials = credentials
+        register_data_connections()
         self._protect_secrets()
         config = ScriptRunConfig(
             source_directory=self.source_directory,
@@ -289,8 +336,16 @@ class SubmitTrainingRunOperator(BaseOperator):
             environment_variables=plain,
             azureml_compat=self.azureml_compat,
             resources=self.compute_resources,
+            inputs=self.inputs,
+            outputs=self.outputs,
         )
         return config, {**secrets, **credentials}
+
+    def _bindings(self) -> list[Input | Output]:
+        found: list[Input | Output] = []
+        for given in (self.inputs, self.outputs):
+            found += [item for item in (given or {}).values() if isinstance(item, (Input, Output))]
+        return found
 
     def _secret_values(self) -> list[str]:
         """Every value to hide: the secret variables, the tracking credentials, and plain variables
@@ -299,7 +354,7 @@ class SubmitTrainingRunOperator(BaseOperator):
         values += [v for v in self._credentials.values() if isinstance(v, str)]
         values += [v for k, v in (self.environment_variables or {}).items()
                    if isinstance(k, str) and isinstance(v, str) and _SECRET_NAME.search(k)]
-        return values
+        return values + data_secret_values(self._bindings())
 
     def _protect_secrets(self) -> None:
         """Mask every secret value in this task's log (whatever its variable's name) and in what
@@ -319,7 +374,12 @@ class SubmitTrainingRunOperator(BaseOperator):
     def _log_output(self, line: str) -> None:
         self.log.info("%s%s", OUTPUT_PREFIX, self._redact(line))
 
-    def _result(self, run: ScriptRun, details: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
+    def _result(self, run: ScriptRun, details: dict[str, Any], experiment: Experiment,
+                context: Context) -> dict[str, Any]:
+        try:
+            self._data_uris = announce_outputs(self, run, context)
+        except Exception:  # the run's result stands; only the asset events' details are missing
+            self.log.warning("Recording the outlet events of run %s failed", run.id, exc_info=True)
         if details["status"] != RunState.COMPLETED.value:
             from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
@@ -339,5 +399,18 @@ class SubmitTrainingRunOperator(BaseOperator):
             "metrics": final_metrics,
             "artifact_uri": details["artifactUri"],
             "tracking_url": mlflow_run_url(experiment.tracking_uri, details["experimentId"], run.id),
+            "outputs": self._output_uris(run),
         }
 
+    def _output_uris(self, run: ScriptRun) -> dict[str, str]:
+        """Where each declared output was written: ``{name: URI}``."""
+        from airflow_provider.core.data.outputs import declared_outputs
+
+        return {output.name: output.uri for output in declared_outputs(run.tracker.get_run(run.id).data.tags)}
+
+
+
+def _scheme(output: Output) -> str:
+    """The scheme of an output's URI (``file`` for a local path)."""
+    uri = str(output.uri)
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"

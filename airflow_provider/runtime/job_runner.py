@@ -629,6 +629,7 @@ class JobRunner:
         for name in launch.get("unset_env", []):
             environment.pop(name, None)
         environment[JOB_MARKER_VARIABLE] = self.job_dir  # inherited: finds a daemon even once it has left
+        _make_output_dirs(environment.get("TRAINING_RUNS_OUTPUT_DIRS"))
         log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             return Child(spawn_in_new_session(launch["argv"], self.path(launch.get("cwd", WORK_DIR)), environment, log))
@@ -770,5 +771,22 @@ def main(argv: list[str], launch: bytes | None = None) -> int:
     return code
 
 
+def _make_output_dirs(listed: str | None) -> None:
+    """Create the run's declared output folders (JSON list, ``TRAINING_RUNS_OUTPUT_DIRS``) before
+    the command starts, as Azure ML does: a script writes into them without creating them."""
+    if not listed:
+        return
+    import json  # only for a run with outputs: the supervisor's start stays lean
+
+    try:
+        folders = json.loads(listed)
+    except ValueError:
+        return
+    for folder in folders if isinstance(folders, list) else []:
+        if isinstance(folder, str):
+            os.makedirs(folder, exist_ok=True)
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
+

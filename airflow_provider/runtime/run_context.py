@@ -38,7 +38,13 @@ from airflow_provider.runtime.events import (
 )
 from airflow_provider.runtime.rank_launcher import current_rank
 
-__all__ = ["Run"]
+__all__ = ["DATA_VARIABLE", "OUTPUT_DIRS_VARIABLE", "Run"]
+
+DATA_VARIABLE = "TRAINING_RUNS_DATA"
+"""JSON ``{"inputs": {name: path or URI}, "outputs": {name: path or URI}}``: the run's data as
+the job sees it (``input_datasets`` / ``output_datasets``)."""
+OUTPUT_DIRS_VARIABLE = "TRAINING_RUNS_OUTPUT_DIRS"
+"""JSON list of the output folders the supervisor creates before the command starts."""
 
 _LIST_CHUNK = 500  # values per event of log_list, so one event never exceeds MLflow's batch limit
 
@@ -92,6 +98,18 @@ class Run:
     def id(self) -> str:
         """The MLflow run id, or ``"OfflineRun"`` outside a submitted run."""
         return self._run_id or "OfflineRun"
+
+    @property
+    def input_datasets(self) -> dict[str, str]:
+        """The run's inputs by name: the local path of a ``download`` or ``mount`` input, the URI of
+        a ``direct`` one (what ``${{inputs.<name>}}`` becomes in the command)."""
+        return dict(_run_data().get("inputs", {}))
+
+    @property
+    def output_datasets(self) -> dict[str, str]:
+        """The run's outputs by name: the folder to write an ``upload`` output to (copied to its URI
+        when the run ends), the URI of a ``direct`` one."""
+        return dict(_run_data().get("outputs", {}))
 
     @property
     def is_offline(self) -> bool:
@@ -308,3 +326,13 @@ def _now_ms() -> int:
 
 # Its public home (users import it from airflow_provider.core; the alias module is shipped too).
 Run.__module__ = "airflow_provider.core.run_context"
+
+
+def _run_data() -> dict[str, dict[str, str]]:
+    import json
+
+    try:
+        data = json.loads(os.environ.get(DATA_VARIABLE) or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

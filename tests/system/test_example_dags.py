@@ -22,7 +22,8 @@ def test_train_local(run_dag: Callable[..., dict[str, Any]], client: MlflowClien
     outcome = run_dag("train_local")
     assert outcome["state"] == "success", outcome["output"][-3000:]
     result = outcome["xcom"]["train"]
-    assert set(result) == {"run_id", "experiment_id", "status", "metrics", "artifact_uri", "tracking_url"}
+    assert set(result) == {"run_id", "experiment_id", "status", "metrics", "artifact_uri", "tracking_url", "outputs"}
+    assert result["outputs"] == {}
     assert result["status"] == "Completed" and result["tracking_url"] is None
     assert "[run] epoch 29: loss=" in outcome["output"], "the script's output streams into the task log"
     run = client.get_run(result["run_id"])
@@ -374,3 +375,34 @@ def test_mapped_trials_apply_the_policy_from_their_siblings_in_mlflow_and_a_stop
     parent = client.get_run(best["parent_run_id"])
     assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == best["best_run"]["run_id"]
     assert parent.data.metrics["score"] == max(completed.values())
+
+
+def test_retrain_on_new_data_trains_from_the_partitions_and_registers_the_output(
+    run_dag: Callable[..., dict[str, Any]], client: MlflowClient, tmp_path: Path, airflow_home: Path
+) -> None:
+    """A partition lands (an asset event), the training run reads every partition as its input, writes
+    its model to the output folder, and the next task registers that folder as a model version."""
+    import json
+    import sqlite3
+
+    data, models = tmp_path / "churn", tmp_path / "models"
+    env = {"TRAINING_EXAMPLE_DATA": str(data), "TRAINING_EXAMPLE_MODELS": str(models)}
+    for day in ("2026-04-01", "2026-04-02"):
+        prepared = run_dag("prepare_churn_data", logical_date=f"{day}T00:00:00+00:00", extra_env=env)
+        assert prepared["state"] == "success", prepared["output"][-3000:]
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        events = db.execute("SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id").fetchall()
+    assert [uri for (uri,) in events].count(f"file://{data}") == 2, events
+    outcome = run_dag("retrain_on_new_data", extra_env=env)
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    assert result["outputs"] == {"model": str(models / result["run_id"])}
+    model = json.loads((models / result["run_id"] / "model.json").read_text())
+    assert model["trained_on"] == ["2026-04-01.csv", "2026-04-02.csv"]
+    run = client.get_run(result["run_id"])
+    assert run.data.metrics["rows"] == 1000 and run.data.metrics["accuracy"] > 0.8
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert json.loads(dataset_input.dataset.profile)["num_files"] == 2
+    registered = outcome["xcom"]["register_model"]
+    version = client.get_model_version("churn-from-data", registered["version"])
+    assert version.source == str(models / result["run_id"]) and version.run_id == result["run_id"]

@@ -27,6 +27,8 @@ CORE_API = {
     "PyTorchConfiguration",
     "TensorflowConfiguration",
     "Resources",
+    "Input",
+    "Output",
     "RunState",
     "ConfigurationError",
     "EnvironmentBuildError",
@@ -78,9 +80,11 @@ OPERATOR_PARAMETERS = {
     "sweep_trial": None,
     "azureml_compat": False,
     "compute_resources": None,
+    "inputs": None,
+    "outputs": None,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
-             "secret_environment_variables", "experiment_name", "tags", "compute_resources"}
+             "secret_environment_variables", "experiment_name", "tags", "compute_resources", "inputs", "outputs"}
 
 
 # ---------------------------------------------------------------------- airflow_provider.core
@@ -128,6 +132,18 @@ def test_script_run_config_keeps_azure_parameter_names_in_order() -> None:
     for name in SCRIPT_RUN_CONFIG_ORDER[1:]:
         if name != "compute_target":
             assert parameters[name].default is None, name
+
+
+def test_input_and_output_fields_and_modes() -> None:
+    """The data API's names are fixed: Input(uri, mode, connection, ...), Output(uri, mode, connection, ...)."""
+    from airflow_provider.core.data.bindings import INPUT_MODES, OUTPUT_MODES
+
+    assert list(inspect.signature(core.Input).parameters)[:3] == ["uri", "mode", "connection"]
+    assert list(inspect.signature(core.Output).parameters)[:3] == ["uri", "mode", "connection"]
+    assert core.Input("x").mode == "download" and core.Output("x").mode == "upload"
+    assert INPUT_MODES == ("download", "direct", "mount") and OUTPUT_MODES == ("upload", "direct")
+    parameters = inspect.signature(core.ScriptRunConfig).parameters
+    assert parameters["inputs"].default is None and parameters["outputs"].default is None
 
 
 # ---------------------------------------------------------------------- airflow_provider (package)

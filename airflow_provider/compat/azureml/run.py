@@ -72,7 +72,6 @@ _INSTEAD = {
     "log_confusion_matrix": "log the matrix with run.log_table(name, {...}) or run.upload_file",
     "log_predictions": "log the values with run.log_table(name, {...})",
     "log_residuals": "log the values with run.log_table(name, {...})",
-    "input_datasets": "pass the data's path as an argument",
     "get_environment": "the environment is set outside the script (ScriptRunConfig.environment)",
     "submit_child": "create child runs with run.child_run() / run.create_children() and run their work here",
 }

@@ -255,6 +255,24 @@ class ComputeTarget(abc.ABC):
             its image here).
         """
 
+    binds_mounts: ClassVar[bool] = False
+    """True when ``mount`` inputs are bound into the job by :meth:`stage` (its ``mounts``
+    argument: ``{path on the host: path in the job}``); a container target."""
+
+    def mount_input(self, name: str, path: str, field: str) -> str:
+        """Where a ``mount`` input's ``path`` (one the target's machines already see) is in the job;
+        refused by default.
+
+        :param name: the input's name.
+        :param path: the path on the target's host (the Docker daemon's, the cluster's filesystem).
+        :param field: how messages name the input.
+        :raises ConfigurationError: this target cannot mount.
+        """
+        raise ConfigurationError(f"{field}.mode", f"the {self.kind} target cannot mount {path!r}: its hosts do not "
+                                 "share this machine's filesystem.",
+                                 "use mode='download' (copied to the target, cached there) or 'direct' (the script "
+                                 "reads the URI itself).")
+
     def job_paths(self, handle: JobHandle) -> dict[str, str]:
         """Absolute paths of the job folder's parts as the job itself sees them.
 

@@ -247,13 +247,29 @@ class DockerTarget(ComputeTarget):
                                    resolved.image, build_log_artifact="image_build.log",
                                    lock=resolved.conda_lock if lock is None else lock.text())
 
+    binds_mounts = True
+
+    def mount_input(self, name: str, path: str, field: str) -> str:
+        """A ``mount`` input is a read-only bind mount of ``path`` on the daemon's host, at
+        ``/mnt/inputs/<name>`` in the container."""
+        if not path.startswith("/"):
+            raise ConfigurationError(f"{field}.uri", f"{path!r} is not an absolute path on the Docker host.",
+                                     "give the absolute path the Docker daemon's host sees.")
+        return f"/mnt/inputs/{name}"
+
     @_docker_errors
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
-              environment: PreparedEnvironment) -> JobHandle:
+              environment: PreparedEnvironment, mounts: Mapping[str, str] | None = None) -> JobHandle:
         """Create the job's container from the environment's image (not started) and put the job
-        folder into it."""
+        folder into it.
+
+        :param mounts: ``{path on the daemon's host: path in the container}``, bound read-only.
+        """
         image = environment.image or self.image
         options = dict(self.run_options)
+        if mounts:
+            binds = [f"{host}:{inside}:ro" for host, inside in mounts.items()]
+            options["volumes"] = [*options.get("volumes", []), *binds]
         labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
         # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
         container = self.client.containers.create(

@@ -97,6 +97,13 @@ class LocalTarget(ComputeTarget):
             )
         return Path(job_dir_under(str(self.jobs_root), handle))
 
+    def mount_input(self, name: str, path: str, field: str) -> str:
+        """A ``mount`` input of a local run is the path itself (this machine sees it)."""
+        if not os.path.exists(path):
+            raise ConfigurationError(f"{field}.uri", f"{path!r} does not exist on this machine.",
+                                     "check the path (a retry helps only once the data is there).")
+        return path
+
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
         job_dir = self.jobs_root / check_job_id(job_id)

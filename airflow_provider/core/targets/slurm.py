@@ -151,6 +151,11 @@ class SlurmTarget(ComputeTarget):
         """Built once on the login node, under the shared root, so every compute node finds it."""
         return self.login.prepare_environment(environment)
 
+    def mount_input(self, name: str, path: str, field: str) -> str:
+        """A ``mount`` input of a Slurm run is a path of the cluster's shared filesystem, as it is
+        (every node sees it at the same path)."""
+        return path
+
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
               environment: PreparedEnvironment) -> JobHandle:
         staged = self.login.stage(job_id, snapshot, store, extras, environment)

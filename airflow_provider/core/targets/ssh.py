@@ -378,7 +378,7 @@ class SSHTarget(ComputeTarget):
         """Send the blobs the host lacks (one question, one stream); the job folder is made at launch."""
         self.hello()
         self.send_blobs(sorted({entry.digest for entry in snapshot.entries}),
-                         lambda digest: store.blob_path(digest).read_bytes())
+                         store.blob_path)
         manifest = [[entry.path, entry.digest, entry.executable] for entry in snapshot.entries]
         self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()}, store)
         return JobHandle(self.kind, job_id, f"{self.root}/jobs/{check_job_id(job_id)}")
@@ -449,7 +449,7 @@ class SSHTarget(ComputeTarget):
             log.warning("%s: %d blob(s) of job %s were altered on the host; sending them again", self.settings.address,
                         len(answer["damaged"]), handle.job_id)
             self.damaged_blobs_resent += len(answer["damaged"])
-            self.send_blobs(list(answer["damaged"]), lambda digest: store.blob_path(digest).read_bytes())
+            self.send_blobs(list(answer["damaged"]), store.blob_path)
             answer = self.agent(operation, request)
             if answer.get("damaged"):
                 raise TargetError(f"blobs {answer['damaged']} on {self.settings.address} were altered again while "

@@ -1,0 +1,213 @@
+"""Outputs: checked before the job starts, copied to their URI when it ends (whatever the ending).
+
+An ``upload`` output is a folder the script writes, ``work/.outputs/<name>/``. When the run ends
+(completed, failed or canceled) the folder is fetched from the target and copied to the output's
+URI, and a marker ``.training_run.json`` (the run id, the digest and the files) is written beside
+it. That marker is how a later run tells its own earlier copy (a retried finalize: allowed) from
+another run's data (refused unless ``overwrite=True``, before the job starts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow_provider.core.collect import uploadable_files
+from airflow_provider.core.data.credentials import output_options
+from airflow_provider.core.data.inputs import DataTransferError
+from airflow_provider.core.data.locations import READ_ONLY_SCHEMES, DataLocation, open_filesystem, parse_location
+from airflow_provider.core.errors import ConfigurationError, TrainingRunError
+
+__all__ = ["MARKER", "OUTPUTS_DIR", "OUTPUTS_TAG", "DeclaredOutput", "UploadedOutput", "check_output",
+           "declared_outputs", "upload_output"]
+
+log = logging.getLogger(__name__)
+OUTPUTS_DIR = ".outputs"
+"""Where ``upload`` outputs are written, inside the job's ``work/`` folder."""
+MARKER = ".training_run.json"
+OUTPUTS_TAG = "training.data.outputs"
+"""The run tag that declares its outputs (JSON, no credentials): read by whoever finalizes the run."""
+
+
+@dataclass(frozen=True)
+class DeclaredOutput:
+    """An output as recorded on its run (no credentials).
+
+    :param name: the output's name.
+    :param uri: where it goes, placeholders filled in.
+    :param mode: ``upload`` or ``direct``.
+    :param connection: the connection with the credentials, if any.
+    :param overwrite: replace another run's data.
+    """
+
+    name: str
+    uri: str
+    mode: str
+    connection: str | None
+    overwrite: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the run's tag."""
+        return {"uri": self.uri, "mode": self.mode, "connection": self.connection, "overwrite": self.overwrite}
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> DeclaredOutput:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(name, str(data["uri"]), str(data.get("mode", "upload")), data.get("connection"),
+                   bool(data.get("overwrite", False)))
+
+
+@dataclass(frozen=True)
+class UploadedOutput:
+    """What an upload copied.
+
+    :param name: the output's name.
+    :param uri: where it went.
+    :param digest: the sha256 of its manifest, 32 hex digits.
+    :param files: ``[[relative path, sha256, size], ...]``.
+    """
+
+    name: str
+    uri: str
+    digest: str
+    files: list[list[Any]]
+
+    @property
+    def size(self) -> int:
+        """Total bytes copied."""
+        return sum(int(item[2]) for item in self.files)
+
+
+def declared_outputs(tags: Mapping[str, str]) -> list[DeclaredOutput]:
+    """The outputs a run declared, from its tags (none when the tag is missing or unreadable).
+
+    :param tags: the run's tags.
+    """
+    try:
+        data = json.loads(tags.get(OUTPUTS_TAG) or "{}")
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    return [DeclaredOutput.from_dict(name, item) for name, item in sorted(data.items()) if isinstance(item, dict)]
+
+
+def _target(location: DataLocation, options: dict[str, Any]) -> tuple[Any, str]:
+    filesystem, path = open_filesystem(location, options)
+    return filesystem, path.rstrip("/") or "/"
+
+
+def check_output(output: DeclaredOutput, run_id: str, options: dict[str, Any], field: str) -> None:
+    """Refuse an ``upload`` output whose URI holds another run's data (unless ``overwrite``), before the job starts.
+
+    :param output: the output.
+    :param run_id: the run that will write it.
+    :param options: fsspec options for its URI.
+    :param field: how messages name it.
+    :raises ConfigurationError: the URI is read-only or holds data of another run.
+    :raises DataTransferError: the URI's storage could not be reached (a retry may help).
+    """
+    location = parse_location(output.uri, field)
+    if location.scheme in READ_ONLY_SCHEMES:
+        raise ConfigurationError(f"{field}.uri",
+                                 f"{output.uri!r} cannot be written ({location.scheme} is read-only here).",
+                                 "give a local path, sftp://, s3://, gs:// or abfs:// URI.")
+    if output.mode != "upload":
+        return
+    try:
+        filesystem, path = _target(location, options)
+        if not filesystem.exists(path):
+            return
+        if not filesystem.isdir(path):
+            raise ConfigurationError(f"{field}.uri", f"{output.uri!r} is a file; an output is a folder.",
+                                     "give a folder URI (ending in /).")
+        listed = filesystem.ls(path, detail=False)
+        if not listed:
+            return
+        owner = _marker_run(filesystem, path)
+        if owner == run_id or output.overwrite:
+            return
+        who = f"run {owner}" if owner else "something other than a training run"
+        raise ConfigurationError(f"{field}.uri", f"{output.uri!r} already holds data written by {who}.",
+                                 "put {run_id} in the URI so each run writes its own folder, or set overwrite=True to "
+                                 "replace it.")
+    except (ConfigurationError, TrainingRunError):
+        raise
+    except PermissionError as exc:
+        raise ConfigurationError(f"{field}.connection", f"{output.uri!r} cannot be read: {exc}.",
+                                 "check the credentials of the connection named on the output.") from exc
+    except Exception as exc:
+        raise DataTransferError(f"{field}: cannot check {output.uri!r} ({type(exc).__name__}: {exc}); a retry may "
+                                "help if the storage was unreachable") from exc
+
+
+def _marker_run(filesystem: Any, path: str) -> str | None:
+    try:
+        with filesystem.open(posixpath.join(path, MARKER), "rb") as handle:
+            data = json.loads(handle.read())
+    except Exception:
+        return None
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return str(run_id) if run_id else None
+
+
+def upload_output(output: DeclaredOutput, folder: Path | None, run_id: str, notes: list[str]) -> UploadedOutput:
+    """Copy what the script wrote in ``folder`` to the output's URI, with its marker.
+
+    :param output: the output (``upload`` mode).
+    :param folder: the local copy of ``work/.outputs/<name>`` (None when the script wrote nothing).
+    :param run_id: the run.
+    :param notes: where to add what was skipped (links leaving the folder, special files).
+    :raises DataTransferError: the copy failed (finalizing is retried; nothing is lost meanwhile).
+    """
+    field = f"outputs[{output.name!r}]"
+    location = parse_location(output.uri, field)
+    options = output_options(field, location.scheme, run_id, output.name, output.connection)
+    files: list[tuple[Path, str]] = []
+    if folder is not None and folder.is_dir():
+        files, skipped = uploadable_files(folder, f"{OUTPUTS_DIR}/{output.name}")
+        notes.extend(skipped)
+    manifest: list[list[Any]] = []
+    try:
+        filesystem, path = _target(location, options)
+        if output.overwrite and filesystem.exists(path) and _marker_run(filesystem, path) != run_id:
+            filesystem.rm(path, recursive=True)
+        filesystem.makedirs(path, exist_ok=True)
+        made = {path}
+        for local, relative in files:
+            remote = posixpath.join(path, relative)
+            parent = posixpath.dirname(remote)
+            if parent not in made:
+                filesystem.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            filesystem.put_file(str(local), remote)
+            manifest.append([relative, _sha256(local), local.stat().st_size])
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:32]
+        marker = json.dumps({"run_id": run_id, "digest": digest, "files": manifest}, indent=1).encode()
+        with filesystem.open(posixpath.join(path, MARKER), "wb") as handle:
+            handle.write(marker)
+    except (ConfigurationError, TrainingRunError):
+        raise
+    except Exception as exc:
+        raise DataTransferError(f"{field}: copying to {output.uri!r} failed ({type(exc).__name__}: {exc}); the "
+                                "run's folder is kept and the copy is tried again") from exc
+    finally:
+        close = getattr(locals().get("filesystem"), "close", None)
+        if callable(close) and location.scheme == "sftp":
+            close()
+    log.info("Output %s: %d files copied to %s", output.name, len(manifest), output.uri)
+    return UploadedOutput(output.name, output.uri, digest, manifest)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
