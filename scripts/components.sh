@@ -15,11 +15,13 @@ if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&
     || ! dpkg -s openssh-server >/dev/null 2>&1 || ! dpkg -s openssh-client >/dev/null 2>&1 \
     || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1 \
     || ! dpkg -s postgresql >/dev/null 2>&1 || ! dpkg -s redis-server >/dev/null 2>&1 \
-    || ! dpkg -s slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null 2>&1; then
+    || ! dpkg -s slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null 2>&1 \
+    || ! dpkg -s radosgw ceph-mon ceph-osd rsync >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
             openssh-server openssh-client openmpi-bin mpich postgresql redis-server \
-            slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null
+            slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin \
+            radosgw ceph-mon ceph-osd rsync >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi
@@ -518,5 +520,15 @@ fi
 slurm_cluster_up \
     && echo "components: Slurm cluster: login node $SLURM_CTL_IP:22 (slurmctld, slurmdbd), nodes slurm-node-1..2, /shared = $SLURM_SHARED" \
     || echo "components: no Slurm cluster"
+
+# --- An S3 server (Ceph's RADOS Gateway on 127.0.0.1, objects in memory): scripts/s3_server.sh ---
+source scripts/s3_server.sh
+if have_root && command -v radosgw >/dev/null; then
+    exec 9>"$COMPONENTS_DIR/.s3.lock" && flock -w 300 9  # one run at a time starts it
+    start_s3_server || echo "components: the S3 server did not start (logs in $S3_DIR/log)" >&2
+    exec 9>&-
+fi
+s3_server_up && echo "components: S3 server (Ceph RGW $(radosgw --version 2>/dev/null | awk '{print $3}')) at $S3_ENDPOINT" \
+    || echo "components: no S3 server"
 
 exit 0

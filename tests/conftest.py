@@ -204,6 +204,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> dict[str, str]:
+    """The S3 server scripts/components.sh starts (Ceph's RADOS Gateway on 127.0.0.1:7480): its
+    endpoint and the test user's keys. Each test makes its own bucket."""
+    import httpx
+
+    endpoint = "http://127.0.0.1:7480"
+    try:
+        answered = httpx.get(endpoint, timeout=3).status_code == 200
+    except httpx.HTTPError:
+        answered = False
+    if not answered:
+        skip_or_fail(f"no S3 server at {endpoint} (run scripts/components.sh as root)")
+    return {"endpoint_url": endpoint, "key": "training-runs-test", "secret": "training-runs-test-secret"}
+
+
 # --- SSH hosts (started by scripts/components.sh; see tests/ssh_hosts.py) ---------------------------
 
 from tests.ssh_hosts import (  # noqa: E402

@@ -100,7 +100,8 @@ class ScriptRunConfig:
         """
         source = _validate_source_directory(self.source_directory)
         script = _validate_script(source, self.script, self.command)
-        arguments = _render_arguments(self.arguments)
+        given_arguments, v1_inputs, v1_outputs = _v1_data_arguments(self.arguments)
+        arguments = _render_arguments(given_arguments)
         command = _validate_command(self.command, arguments)
         _validate_target(self.compute_target)
         environment = _resolve_environment(self.environment)
@@ -115,7 +116,8 @@ class ScriptRunConfig:
                                      "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
                                      "False.")
         resources = _validate_resources(self.resources, self.distributed_job_config)
-        inputs, outputs = validate_bindings("ScriptRunConfig", self.inputs, self.outputs)
+        inputs, outputs = validate_bindings("ScriptRunConfig", _merged(self.inputs, v1_inputs, "inputs"),
+                                            _merged(self.outputs, v1_outputs, "outputs"))
         _validate_placeholders([*arguments, *(command or [])], inputs, outputs)
         return ResolvedRunConfig(
             source_directory=source,
@@ -273,6 +275,38 @@ def _check_script_is_a_file(script: str, full: Path, source: Path) -> None:
     if not full.is_file():
         raise ConfigurationError(_field("script"), f"{str(full)!r} does not exist.",
                                  f"pass a file relative to source_directory {str(source)!r}.")
+
+
+def _v1_data_arguments(arguments: object) -> tuple[object, dict[str, Input], dict[str, Output]]:
+    """Azure ML v1 dataset objects in ``arguments`` (``ds.as_named_input("x").as_download()``,
+    ``OutputFileDatasetConfig(...)``) become inputs and outputs, and the argument their placeholder."""
+    from airflow_provider.core.data.azureml_v1 import binding_of
+
+    if not isinstance(arguments, (list, tuple)):
+        return arguments, {}, {}
+    rendered: list[object] = []
+    found: dict[str, dict[str, Any]] = {"inputs": {}, "outputs": {}}
+    for argument in arguments:
+        binding = binding_of(argument)
+        if binding is None:
+            rendered.append(argument)
+            continue
+        kind, name, value = binding
+        found[kind][name] = value
+        rendered.append(f"${{{{{kind}.{name}}}}}")
+    return rendered, found["inputs"], found["outputs"]
+
+
+def _merged(given: dict[str, Any] | None, from_arguments: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    if not from_arguments:
+        return given
+    if given is not None and not isinstance(given, dict):
+        return given  # validate_bindings names the problem
+    clash = sorted(set(given or {}) & set(from_arguments))
+    if clash:
+        raise ConfigurationError(_field(f"{kind}[{clash[0]!r}]"), "is given both in arguments (an Azure ML v1 dataset) "
+                                 f"and in {kind}.", "give it once.")
+    return {**(given or {}), **from_arguments}
 
 
 def _render_arguments(arguments: object) -> list[str]:

@@ -153,6 +153,7 @@ class SnapshotStore:
         self.root = Path(root) if root is not None else state_dir() / "snapshots"
         self._blobs = str(self.root / "blobs")
         self._made_dirs: set[str] = set()
+        self._external: dict[str, str] = {}  # digest -> a file read where it is (take(copy_blobs=False))
 
     def blob_path(self, digest: str) -> Path:
         """Return where the blob of ``digest`` lives: ``root/blobs/ab/abcdef…``.
@@ -169,12 +170,15 @@ class SnapshotStore:
         return os.path.isfile(self._blob(digest))
 
     def take(self, source_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
-             ignore_files: bool = True) -> SnapshotResult:
+             ignore_files: bool = True, copy_blobs: bool = True) -> SnapshotResult:
         """Snapshot ``source_dir``, storing only the blobs the store does not hold yet.
 
         :param source_dir: the directory to snapshot.
         :param max_bytes: largest total size of the included files.
         :param ignore_files: apply ``.amlignore`` / ``.gitignore`` (False for data: every file counts).
+        :param copy_blobs: False reads the files where they are instead of copying them into the store
+            (a data input of gigabytes): this store object serves them as blobs (:meth:`blob_path`)
+            for as long as it lives, and no manifest is written. The files must not change meanwhile.
         :raises SnapshotError: missing directory, too big, link leaving it, unreadable file.
         """
         source = Path(source_dir)
@@ -215,7 +219,11 @@ class SnapshotStore:
 
         new_blobs = new_bytes = 0
         manifest = self.root / "manifests" / f"{snapshot.id}.json"
-        if not manifest.is_file():
+        if not copy_blobs:
+            for (_, path, _st), digest in zip(found, digests, strict=True):
+                self._external.setdefault(digest, path)
+            new_bytes = sum(found[index][2].st_size for index in unknown)  # what was read (hashed)
+        elif not manifest.is_file():
             first_with: dict[str, int] = {}  # one file per distinct content
             for index, digest in enumerate(digests):
                 first_with.setdefault(digest, index)
@@ -256,7 +264,7 @@ class SnapshotStore:
             name = digest.hexdigest()
             self._make_shard(name[:2])
             os.chmod(tmp, 0o600)
-            os.replace(tmp, self._blob(name))
+            os.replace(tmp, self._stored(name))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -327,8 +335,17 @@ class SnapshotStore:
         self.materialize(self.load(snapshot_id), dest)
         return Path(dest)
 
-    def _blob(self, digest: str) -> str:
+    def _stored(self, digest: str) -> str:
+        """Where the store keeps the blob of ``digest`` (the only path ever written)."""
         return f"{self._blobs}/{digest[:2]}/{digest}"
+
+    def _blob(self, digest: str) -> str:
+        """Where to read the blob of ``digest``: the store's copy, else a file read where it is."""
+        stored = self._stored(digest)
+        external = self._external.get(digest)
+        if external is not None and not os.path.isfile(stored):
+            return external
+        return stored
 
     def _make_shard(self, shard: str) -> None:
         if (folder := f"{self._blobs}/{shard}") not in self._made_dirs:
@@ -340,7 +357,7 @@ class SnapshotStore:
 
         Its shard folder must exist (:meth:`_make_shard`). Refuses a file changed since ``st`` was taken.
         """
-        final = self._blob(digest)
+        final = self._stored(digest)
         if os.path.isfile(final):
             return False
         tmp = f"{self._blobs}/{digest[:2]}/.{digest}.{os.getpid()}.{next(_tmp_counter)}.tmp"

@@ -144,8 +144,7 @@ def test_an_output_holding_another_runs_data_is_refused_before_the_job(tmp_path:
     assert json.loads((out / MARKER).read_text())["run_id"] == third.id
 
 
-def test_http_folder_and_file_inputs_and_unchanged_files_not_read_again(tmp_path: Path,
-                                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_http_folder_and_file_inputs_and_unchanged_files_not_read_again(tmp_path: Path) -> None:
     """A folder served over HTTP (listed through its index page) and a single file arrive; a second
     run reads from the server only the file that changed (Last-Modified / size)."""
     served = _data(tmp_path / "www" / "set", {"a.txt": b"alpha", "b.txt": b"beta"})
@@ -159,11 +158,9 @@ def test_http_folder_and_file_inputs_and_unchanged_files_not_read_again(tmp_path
         assert _seen(out, single.id) == {"a.txt": _sha(b"alpha")}
         os.utime(served / "b.txt", (1_700_000_000, 1_700_000_000))
         (served / "b.txt").write_bytes(b"beta, changed")
-        caplog.clear()
-        with caplog.at_level("INFO", logger="airflow_provider.core.data.inputs"):
-            again = Experiment("data").submit(_config(tmp_path / "src", Input(f"{url}/set/"), f"{out}/{{run_id}}/"))
+        again = Experiment("data").submit(_config(tmp_path / "src", Input(f"{url}/set/"), f"{out}/{{run_id}}/"))
         again.wait_for_completion()
-        assert "2 files, 13 bytes read" in caplog.text, caplog.text
+        assert MlflowClient().get_run(again.id).data.tags["training.data.input.train.bytes_read"] == "13"
         assert _seen(out, again.id)["b.txt"] == _sha(b"beta, changed")
     with pytest.raises(ConfigurationError, match=r"inputs\['train'\].*does not exist"), \
             serve_folder(tmp_path / "www") as url:
@@ -277,12 +274,13 @@ def test_ssh_target_second_run_sends_only_the_changed_bytes(ssh_container: SSHHo
 def test_docker_target_download_and_read_only_mount(docker_target: Any, tmp_path: Path) -> None:
     """In a container the downloaded input arrives, and a mount input is the host folder bound
     read-only (the script cannot write into it)."""
-    data = _data(tmp_path / "data", {"d.txt": b"docker data"})
+    large = os.urandom(3 << 20)  # sent from its blob file while the job folder streams, never held whole
+    data = _data(tmp_path / "data", {"d.txt": b"docker data", "big/weights.bin": large})
     out = tmp_path / "models"
     run = Experiment("data").submit(_config(tmp_path / "src", Input(str(data)), f"{out}/{{run_id}}/",
                                             compute_target=docker_target))
     run.wait_for_completion()
-    assert _seen(out, run.id) == {"d.txt": _sha(b"docker data")}
+    assert _seen(out, run.id) == {"d.txt": _sha(b"docker data"), "big/weights.bin": _sha(large)}
     write_script(tmp_path / "mount_src", """
         import os, sys
         path = sys.argv[1]
@@ -340,3 +338,212 @@ def test_mpi_ranks_on_every_host_read_the_input(mpi_hosts: list[SSHHost], tmp_pa
     run.wait_for_completion()
     metrics = MlflowClient().get_run(run.id).data.metrics
     assert metrics.get("read_ok") == 1 and metrics.get("rank_1/read_ok") == 1, metrics
+
+
+@pytest.fixture
+def bucket(s3_server: dict[str, str]) -> Any:
+    """A fresh bucket on the S3 server, removed after the test; yields (filesystem, bucket name)."""
+    import s3fs
+
+    filesystem = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    filesystem.mkdir(name)
+    yield filesystem, name
+    filesystem.rm(name, recursive=True)
+
+
+def test_s3_input_and_output_through_an_airflow_connection(s3_server: dict[str, str], bucket: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real S3 server (Ceph RGW) with the keys in an Airflow connection: the input prefix arrives,
+    the output lands under the run's id, a second run reads only the changed object (by ETag), a
+    wrong secret is refused naming the connection, and another run's output is not overwritten."""
+    from airflow_provider.core.data.credentials import register_resolver
+    from airflow_provider.hooks.data_connections import register_data_connections
+
+    filesystem, name = bucket
+    filesystem.pipe({f"{name}/data/day=1/a.csv": b"a" * 1000, f"{name}/data/day=2/b.csv": b"b" * 2000})
+    connection = {"conn_type": "aws", "login": s3_server["key"], "password": s3_server["secret"],
+                  "extra": {"endpoint_url": s3_server["endpoint_url"]}}
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_S3", json.dumps(connection))
+    monkeypatch.setenv("AIRFLOW_CONN_TEST_S3_WRONG", json.dumps({**connection, "password": "wrong"}))
+    register_data_connections()
+    try:
+        config = _config(tmp_path / "src", Input(f"s3://{name}/data/", connection="test_s3"), "/unused")
+        config.outputs = {"model": Output(f"s3://{name}/models/{{run_id}}/", connection="test_s3")}
+        first = Experiment("data").submit(config)
+        first.wait_for_completion()
+        seen = json.loads(filesystem.cat(f"{name}/models/{first.id}/seen.json"))
+        assert seen == {"day=1/a.csv": _sha(b"a" * 1000), "day=2/b.csv": _sha(b"b" * 2000)}
+        assert filesystem.exists(f"{name}/models/{first.id}/{MARKER}")
+        recorded = MlflowClient().get_run(first.id)
+        assert recorded.inputs.dataset_inputs[0].dataset.source_type == "s3"
+        assert recorded.data.tags["training.data.output.model.uri"] == f"s3://{name}/models/{first.id}/"
+        filesystem.pipe(f"{name}/data/day=2/b.csv", b"c" * 2000)
+        second = Experiment("data").submit(config)
+        second.wait_for_completion()
+        assert MlflowClient().get_run(second.id).data.tags["training.data.input.train.bytes_read"] == "2000"
+        assert json.loads(filesystem.cat(f"{name}/models/{second.id}/seen.json"))["day=2/b.csv"] == _sha(b"c" * 2000)
+        wrong = _config(tmp_path / "src", Input(f"s3://{name}/data/", connection="test_s3_wrong"), "/unused")
+        wrong.outputs = {"model": Output(f"s3://{name}/models/{{run_id}}/", connection="test_s3")}
+        with pytest.raises(ConfigurationError, match=r"inputs\['train'\].connection.*refused"):
+            Experiment("data").submit(wrong)
+        fixed = _config(tmp_path / "src", Input(f"s3://{name}/data/", connection="test_s3"), "/unused")
+        fixed.outputs = {"model": Output(f"s3://{name}/models/{first.id}/", connection="test_s3")}
+        with pytest.raises(ConfigurationError, match="already holds data written by run"):
+            Experiment("data").submit(fixed)
+    finally:
+        register_resolver(None)
+
+
+def test_azureml_v1_dataset_arguments_run_unchanged(tmp_path: Path) -> None:
+    """A v1 submission's dataset arguments (as_named_input().as_download(), OutputFileDatasetConfig with
+    {run-id}) become the run's input and output; the v1 script reads run.input_datasets as in Azure ML."""
+    from airflow_provider.core.data.azureml_v1 import Dataset, OutputFileDatasetConfig
+
+    data = _data(tmp_path / "data", {"iris.csv": b"5.1,3.5,1.4,0.2,setosa\n"})
+    write_script(tmp_path / "src", """
+        import argparse, os, shutil
+        from azureml.core import Run
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--data")
+        parser.add_argument("--out")
+        args = parser.parse_args()
+        run = Run.get_context()
+        assert run.input_datasets["iris"] == args.data, (run.input_datasets, args.data)
+        rows = open(os.path.join(run.input_datasets["iris"], "iris.csv")).read().splitlines()
+        run.log("rows", len(rows))
+        os.makedirs(args.out, exist_ok=True)
+        shutil.copy(os.path.join(args.data, "iris.csv"), os.path.join(args.out, "copy.csv"))
+    """)
+    output = OutputFileDatasetConfig(name="prepared", destination=str(tmp_path / "out" / "{run-id}" / "{output-name}"))
+    config = ScriptRunConfig(tmp_path / "src", "train.py", azureml_compat=True, arguments=[
+        "--data", Dataset.File.from_files(str(data)).as_named_input("iris").as_download(),
+        "--out", output.as_upload(overwrite=False)])
+    run = Experiment("v1-data").submit(config)
+    run.wait_for_completion()
+    assert (tmp_path / "out" / run.id / "prepared" / "copy.csv").read_bytes() == b"5.1,3.5,1.4,0.2,setosa\n"
+    assert MlflowClient().get_run(run.id).data.metrics["rows"] == 1
+    with pytest.raises(ConfigurationError, match="datastores"):
+        Dataset.File.from_files(path=[("workspaceblobstore", "iris/")])
+
+
+@pytest.mark.parametrize("client", ["openssh", "paramiko"])
+def test_a_large_input_goes_through_the_system_ssh_client_or_paramiko(client: str, ssh_container: SSHHost,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 70 MiB input reaches the SSH host through the system's ssh client (the connection's key file
+    and the host key the provider verified), or through paramiko when that is turned off; the host's
+    job gets read-only links to the checked blobs either way."""
+    from airflow_provider.core.targets.ssh import OPENSSH_VARIABLE
+
+    if client == "paramiko":
+        monkeypatch.setenv(OPENSSH_VARIABLE, "0")
+    parts = {f"shard-{i}.bin": os.urandom(10 << 20) for i in range(7)}
+    data = _data(tmp_path / "data", parts)
+    target = _ssh_target(ssh_container, f"/tmp/tr-data-{uuid.uuid4().hex[:8]}")
+    out = tmp_path / "models"
+    run = Experiment("data").submit(_config(tmp_path / "src", Input(str(data)), f"{out}/{{run_id}}/",
+                                            compute_target=target))
+    run.wait_for_completion()
+    assert _seen(out, run.id) == {name: _sha(content) for name, content in parts.items()}
+    assert target.blob_bytes_sent >= 70 << 20
+    assert (target.openssh_bytes_sent > 0) is (client == "openssh")
+
+
+def test_a_sweeps_trials_each_read_the_input_and_write_their_own_output(tmp_path: Path) -> None:
+    """Every trial of a sweep gets the input (copied once here) and writes its own output folder."""
+    from airflow_provider.core.hyperdrive import GridParameterSampling, HyperDriveConfig, choice
+
+    data = _data(tmp_path / "data", {"rows.csv": b"1\n2\n3\n"})
+    write_script(tmp_path / "src", """
+        import argparse, os
+        from airflow_provider.core import Run
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--data")
+        parser.add_argument("--out")
+        parser.add_argument("--lr", type=float)
+        args = parser.parse_args()
+        rows = len(open(os.path.join(args.data, "rows.csv")).read().split())
+        open(os.path.join(args.out, "model.txt"), "w").write(f"lr={args.lr} rows={rows}")
+        Run.get_context().log("score", args.lr * rows)
+    """)
+    config = ScriptRunConfig(tmp_path / "src", "train.py",
+                             arguments=["--data", "${{inputs.train}}", "--out", "${{outputs.model}}"],
+                             inputs={"train": Input(str(data))},
+                             outputs={"model": Output(str(tmp_path / "out" / "{run_id}"))})
+    sweep = HyperDriveConfig(config, GridParameterSampling({"--lr": choice(0.1, 0.2)}), "score", "maximize",
+                             max_total_runs=2, max_concurrent_runs=2)
+    run = Experiment("data-sweep").submit(sweep)
+    run.wait_for_completion()
+    trials = run.get_details()["trials"]
+    assert sorted(t["status"] for t in trials) == ["Completed", "Completed"]
+    written = sorted((tmp_path / "out" / t["run_id"] / "model.txt").read_text() for t in trials)
+    assert written == ["lr=0.1 rows=3", "lr=0.2 rows=3"]
+
+
+def test_an_interrupted_download_is_never_used_and_the_next_try_reads_it_whole(tmp_path: Path) -> None:
+    """A server that drops the connection half-way through a file: staging fails with a retryable
+    error naming the input, nothing half-read is kept, and the next submit reads the file whole."""
+    import functools
+    import http.server
+    import threading
+
+    from airflow_provider.core.data.inputs import DataTransferError
+    from airflow_provider.core.errors import is_retryable
+
+    content = os.urandom(3 << 20)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "big.bin").write_bytes(content)
+    state = {"cut": True}
+
+    class CuttingHandler(http.server.SimpleHTTPRequestHandler):
+        def copyfile(self, source: Any, outputfile: Any) -> None:
+            if self.command == "GET" and state["cut"]:
+                outputfile.write(source.read(len(content) // 2))  # then the connection drops
+                self.close_connection = True
+                return
+            super().copyfile(source, outputfile)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(CuttingHandler, directory=str(tmp_path / "www")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
+    out = tmp_path / "models"
+    try:
+        with pytest.raises(DataTransferError, match=r"inputs\['train'\]") as raised:
+            Experiment("data").submit(_config(tmp_path / "src", Input(url), f"{out}/{{run_id}}/"))
+        assert is_retryable(raised.value)
+        blobs = tmp_path / "state" / "snapshots" / "blobs"
+        kept = [p for p in blobs.rglob("*") if p.is_file() and p.stat().st_size == len(content) // 2]
+        assert kept == [], "a half-read file was kept"
+        state["cut"] = False
+        run = Experiment("data").submit(_config(tmp_path / "src", Input(url), f"{out}/{{run_id}}/"))
+        run.wait_for_completion()
+        assert _seen(out, run.id) == {"big.bin": _sha(content)}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_canceled_runs_output_is_copied(tmp_path: Path) -> None:
+    """What the script wrote before it was canceled reaches the output's URI."""
+    from airflow_provider.core.errors import RunCanceledError
+    from tests.helpers import wait_until
+
+    write_script(tmp_path / "src", """
+        import os, sys, time
+        open(os.path.join(sys.argv[1], "checkpoint.txt"), "w").write("epoch 1")
+        time.sleep(300)
+    """)
+    out = tmp_path / "models"
+    run = Experiment("data").submit(ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{outputs.model}}"],
+                                                    outputs={"model": Output(f"{out}/{{run_id}}/")}))
+    job_output = tmp_path / "state" / "local" / "jobs" / run.id / "work" / ".outputs" / "model" / "checkpoint.txt"
+    wait_until(job_output.exists, timeout=60, message="the script to write its checkpoint")
+    run.cancel()
+    with pytest.raises(RunCanceledError):
+        run.wait_for_completion()
+    assert (out / run.id / "checkpoint.txt").read_text() == "epoch 1"

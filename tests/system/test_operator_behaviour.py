@@ -401,7 +401,8 @@ def test_bad_configuration_fails_the_task_once_naming_the_field(behaviour: Behav
 def test_successful_run_returns_its_result_as_xcom(behaviour: BehaviourRun) -> None:
     assert behaviour.outcome["tasks"]["succeeds"] == "success", behaviour.task_log("succeeds")[-3000:]
     result = behaviour.outcome["xcom"]["succeeds"]
-    assert set(result) == {"run_id", "experiment_id", "status", "metrics", "artifact_uri", "tracking_url"}
+    assert set(result) == {"run_id", "experiment_id", "status", "metrics", "artifact_uri", "tracking_url",
+                           "outputs"}
     run = behaviour.mlflow_run("succeeds")
     assert result["run_id"] == run.info.run_id
     assert result["experiment_id"] == run.info.experiment_id

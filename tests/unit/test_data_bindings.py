@@ -293,16 +293,22 @@ def test_an_unknown_scheme_lists_the_supported_ones() -> None:
         assert supported in raised.value.fix
 
 
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed here")
-@pytest.mark.parametrize("uri", ["s3://bucket/key", "s3a://bucket/key"])
-def test_s3_without_s3fs_names_the_package_to_install(uri: str) -> None:
-    """s3:// with s3fs missing is a ConfigurationError saying to pip install s3fs (and the extra)."""
+@pytest.mark.parametrize(("uri", "package", "extra"), [("s3://bucket/key", "s3fs", "[s3]"),
+                                                       ("gs://bucket/key", "gcsfs", "[gcs]"),
+                                                       ("abfs://container/key", "adlfs", "[azure]")])
+def test_an_object_store_without_its_package_names_the_package_to_install(
+        uri: str, package: str, extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """s3://, gs:// and abfs:// with their fsspec package missing are a ConfigurationError saying what to
+    pip install (and the extra); the package is hidden from the import system for the test."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == package else real_find_spec(name, *args))
     with pytest.raises(ConfigurationError) as raised:
         parse_location(uri, "ScriptRunConfig.inputs['x']")
     assert raised.value.field == "ScriptRunConfig.inputs['x'].uri"
-    assert "s3fs" in raised.value.problem
-    assert "pip install s3fs" in str(raised.value)
-    assert "[s3]" in raised.value.fix
+    assert package in raised.value.problem
+    assert f"pip install {package}" in str(raised.value)
+    assert extra in raised.value.fix
 
 
 @pytest.mark.parametrize("uri", ["runs:/", "runs:///", "models:/"])
@@ -847,3 +853,20 @@ def test_registered_connections_resolve_inputs_and_round_trip(monkeypatch: pytes
     assert resolve_options("f", "s3", "my_s3", None) == {"key": "k", "secret": "secret-value",
                                                          "endpoint_url": "http://127.0.0.1:7480"}
     assert "missing_conn" not in json.loads(variables[CREDENTIALS_VARIABLE])
+
+
+def test_a_password_in_a_uri_is_refused_and_signed_urls_are_recorded_masked() -> None:
+    """Credentials never ride in a recorded URI: a user:password@ URI is refused, naming the fix; the
+    signature of a signed URL is masked in what is recorded; other URIs are recorded as they are."""
+    from airflow_provider.core.data.bindings import recordable_uri
+
+    with pytest.raises(ConfigurationError, match=r"inputs\['x'\].uri.*holds a password.*connection"):
+        validate_bindings("ScriptRunConfig", {"x": Input("sftp://me:hunter2@host/data")}, None)
+    with pytest.raises(ConfigurationError, match=r"outputs\['y'\].uri.*holds a password") as raised:
+        validate_bindings("ScriptRunConfig", None, {"y": Output("sftp://me:hunter2@host/out")})
+    assert "hunter2" not in str(raised.value)
+    signed = "https://acct.blob.core.windows.net/c/x.csv?sv=2024-01-01&sig=SECRET%2Fsig&se=2026"
+    assert recordable_uri(signed) == "https://acct.blob.core.windows.net/c/x.csv?sv=2024-01-01&sig=***&se=2026"
+    assert Input(signed).to_record()["uri"].count("SECRET") == 0
+    assert recordable_uri("s3://bucket/prefix/") == "s3://bucket/prefix/"
+    assert recordable_uri("runs:/abc/model") == "runs:/abc/model"

@@ -54,7 +54,9 @@ _INSTEAD = {
     "Experiment": "submit runs from outside the script with airflow_provider.core.Experiment",
     "ScriptRunConfig": "use airflow_provider.core.ScriptRunConfig outside the script",
     "Environment": "use airflow_provider.core.Environment outside the script",
-    "Dataset": "pass the data's path or URL as an argument (arguments=[...]) and read it directly",
+    "Dataset": "bind the data to the run (ScriptRunConfig inputs=..., or Dataset.File.from_files(...)"
+               ".as_named_input(name).as_download() from airflow_provider.core.data.azureml_v1 in the arguments) "
+               "and read Run.get_context().input_datasets[name] or the path argument",
     "Datastore": "pass the data's path or URL as an argument (arguments=[...]) and read it directly",
     "Model": "register models with run.register_model(name, path); load them with mlflow outside the script",
     "ComputeTarget": "choose the target with compute_target= on ScriptRunConfig / SubmitTrainingRunOperator",

@@ -32,12 +32,35 @@ from typing import Any, ClassVar
 
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["INPUT_MODES", "OUTPUT_MODES", "Input", "Output", "validate_bindings"]
+__all__ = ["INPUT_MODES", "OUTPUT_MODES", "Input", "Output", "recordable_uri", "validate_bindings"]
 
 INPUT_MODES = ("download", "direct", "mount")
 OUTPUT_MODES = ("upload", "direct")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")  # ${{inputs.<name>}} must also be a Jinja name
 _OUTPUT_PLACEHOLDERS = re.compile(r"\{(run_id|run-id|name|output-name)\}")
+_SECRET_QUERY_KEY = re.compile(r"(sig|signature|token|key|credential|password|secret|sas)", re.IGNORECASE)
+
+
+def recordable_uri(uri: str) -> str:
+    """``uri`` as it may be recorded (tags, lineage, logs): a password in it and the values of query
+    parameters that carry credentials (SAS ``sig``, ``X-Amz-Signature``, tokens) replaced by ``***``.
+
+    :param uri: a data URI.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    split = urlsplit(uri)
+    if not split.scheme or split.scheme in ("runs", "models"):
+        return uri
+    netloc = split.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
+    query = split.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in pairs], safe="*")
+    return split._replace(netloc=netloc, query=query).geturl()
 
 
 def _uri_text(field_name: str, uri: object) -> str:
@@ -46,6 +69,11 @@ def _uri_text(field_name: str, uri: object) -> str:
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigurationError(f"{field_name}.uri", f"must be a non-empty string or path, got {uri!r}.",
                                  'pass a URI such as "s3://bucket/prefix/", "sftp://host/data" or a local path.')
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@", uri.strip()):
+        raise ConfigurationError(f"{field_name}.uri", f"{recordable_uri(uri.strip())!r} holds a password; URIs are "
+                                 "recorded (tags, lineage, the task's inlets and outlets).",
+                                 "name an Airflow connection with the credentials (connection=...), or pass them in "
+                                 "storage_options.")
     return uri.strip()
 
 
@@ -100,7 +128,7 @@ class Input:
 
     def to_record(self) -> dict[str, Any]:
         """What may be recorded (tags, job folder, XCom): never the storage options."""
-        return {"uri": str(self.uri), "mode": self.mode, "connection": self.connection}
+        return {"uri": recordable_uri(str(self.uri)), "mode": self.mode, "connection": self.connection}
 
 
 @dataclass
@@ -157,7 +185,8 @@ class Output:
 
     def to_record(self) -> dict[str, Any]:
         """What may be recorded: never the storage options."""
-        return {"uri": str(self.uri), "mode": self.mode, "connection": self.connection, "overwrite": self.overwrite}
+        return {"uri": recordable_uri(str(self.uri)), "mode": self.mode, "connection": self.connection,
+                "overwrite": self.overwrite}
 
 
 def validate_bindings(owner: str, inputs: object, outputs: object) -> tuple[dict[str, Input], dict[str, Output]]:

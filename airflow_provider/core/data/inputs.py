@@ -81,6 +81,7 @@ class StagedInput:
     :param size: total bytes.
     :param file_count: how many files.
     :param source: what was read (``models:/`` resolved to the version's artifacts).
+    :param bytes_read: the bytes read from the source by this staging (the rest was cached here).
     """
 
     name: str
@@ -90,6 +91,7 @@ class StagedInput:
     size: int
     file_count: int
     source: str
+    bytes_read: int = 0
 
 
 def plan_inputs(inputs: dict[str, Input], owner: str = "ScriptRunConfig") -> list[PlannedInput]:
@@ -188,27 +190,30 @@ def stage_input(plan: PlannedInput, store: SnapshotStore, tracking_uri: str) -> 
     source = plan.location.uri
     if plan.location.is_mlflow:
         entries, single, source = _stage_mlflow(plan, store, tracking_uri, where)
+        read = sum(entry.size for entry in entries)
     elif plan.location.is_local:
-        entries = _stage_local(plan, store, where)
+        entries, read = _stage_local(plan, store, where)
         single = plan.single_file
     else:
-        entries = _stage_remote(plan, store, where)
+        entries, read = _stage_remote(plan, store, where)
         single = plan.single_file
     placed = tuple(ManifestEntry(f"{prefix}/{entry.path}", entry.digest, entry.size, entry.executable)
                    for entry in entries)
     manifest = Snapshot.from_entries(entries)
     relative = f"{prefix}/{entries[0].path}" if single and len(entries) == 1 else prefix
-    return StagedInput(plan.name, placed, relative, manifest.id[:32], manifest.total_size, len(entries), source)
+    return StagedInput(plan.name, placed, relative, manifest.id[:32], manifest.total_size, len(entries), source, read)
 
 
-def _stage_local(plan: PlannedInput, store: SnapshotStore, where: str) -> list[ManifestEntry]:
+def _stage_local(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple[list[ManifestEntry], int]:
     path = Path(plan.location.path)
     try:
         if plan.single_file:
             with open(path, "rb") as handle:
                 digest, size = store.add_stream(handle.read)
-            return [ManifestEntry(path.name, digest, size, False)]
-        return list(store.take(path, max_bytes=2**62, ignore_files=False).snapshot.entries)
+            return [ManifestEntry(path.name, digest, size, False)], size
+        # read where they are, never copied here: the target's transfer reads them (see SnapshotStore.take)
+        taken = store.take(path, max_bytes=2**62, ignore_files=False, copy_blobs=False)
+        return list(taken.snapshot.entries), taken.new_bytes
     except SnapshotError as exc:
         raise ConfigurationError(where, exc.problem.replace(" source directory", " input folder"),
                                  "remove or replace the link, or make the file readable.") from exc
@@ -242,7 +247,7 @@ def _version(info: dict[str, Any]) -> str | None:
     return json.dumps(found, sort_keys=True)
 
 
-def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> list[ManifestEntry]:
+def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple[list[ManifestEntry], int]:
     index = _RemoteIndex(plan.location.uri)
     filesystem, path_text = open_filesystem(plan.location, plan.options)
     root = path_text.rstrip("/")
@@ -281,7 +286,7 @@ def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> list[
             close()
     log.info("Input %s: %d files, %d bytes read from %s (the rest unchanged since the last read)", plan.name,
              len(entries), read_bytes, plan.location.uri)
-    return entries
+    return entries, read_bytes
 
 
 def _stage_mlflow(plan: PlannedInput, store: SnapshotStore, tracking_uri: str,

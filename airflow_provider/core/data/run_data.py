@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider.core.data.bindings import Input, Output
+from airflow_provider.core.data.bindings import Input, Output, recordable_uri
 from airflow_provider.core.data.credentials import remember_inline, resolve_options
 from airflow_provider.core.data.inputs import PlannedInput, StagedInput, plan_inputs, stage_input
 from airflow_provider.core.data.locations import parse_location
@@ -142,6 +142,9 @@ class RunData:
         tags = {}
         if self.inputs:
             tags[INPUTS_TAG] = json.dumps({plan.name: plan.binding.to_record() for plan in self.inputs}, sort_keys=True)
+        for name, staged in self.staged.items():
+            tags[f"training.data.input.{name}.digest"] = staged.digest
+            tags[f"training.data.input.{name}.bytes_read"] = str(staged.bytes_read)
         if self.declared:
             tags[OUTPUTS_TAG] = json.dumps({name: item.to_dict() for name, item in self.declared.items()},
                                            sort_keys=True)
@@ -162,15 +165,15 @@ class RunData:
             staged = self.staged.get(plan.name)
             profile: dict[str, Any] = {"mode": plan.binding.mode}
             digest = "unread"  # direct and mount inputs are read by the script itself
-            source = plan.location.uri
+            source = recordable_uri(plan.location.uri)
             # per run (MLflow shares one dataset entity per name and digest in an experiment)
             tags = [InputTag("mlflow.data.context", "training"), InputTag("mode", plan.binding.mode),
                     InputTag("source", source[:500])]
             if staged is not None:
                 profile.update(num_files=staged.file_count, total_bytes=staged.size)
                 digest = staged.digest
-                if staged.source != source:
-                    tags.append(InputTag("resolved_source", staged.source[:500]))
+                if staged.source != plan.location.uri:
+                    tags.append(InputTag("resolved_source", recordable_uri(staged.source)[:500]))
             dataset = Dataset(name=plan.name, digest=digest, source_type=plan.location.scheme[:36],
                               source=json.dumps({"uri": source}), profile=json.dumps(profile, sort_keys=True))
             datasets.append(DatasetInput(dataset, tags=tags))

@@ -47,6 +47,7 @@ from airflow_provider.core.targets.docker_streams import (
     END,
     ENTRY_PROGRAM,
     ContainerOutput,
+    FileRecord,
     close_stream,
     last_exit_line,
     raw_socket,
@@ -67,6 +68,9 @@ _TLS_FILES: dict[str, tuple[str, str]] = {"ca_cert": ("TLS CA certificate", "tls
                                            "client_cert": ("TLS client certificate", "tls_client_cert"),
                                            "client_key": ("TLS client key", "tls_client_private_key")}
 """tls key: what it is, and the connection's extra field that sets it."""
+_INLINE_BYTES = 256 * 1024
+"""Snapshot files up to this size are read when the job is staged; larger ones (data inputs) while
+the job folder is sent."""
 _UNREACHABLE_FIX = "Fix: start dockerd there, or fix the connection's daemon URL (host)."
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -141,7 +145,7 @@ class DockerTarget(ComputeTarget):
         self.tls: dict[str, Any] | None = dict(tls) if tls else None
         self.registry_auth: dict[str, str] | None = dict(registry_auth) if registry_auth else None
         self._client: Any = None
-        self._unsent: dict[str, list[bytes]] = {}  # staged job folders (records) launch streams
+        self._unsent: dict[str, list[bytes | FileRecord]] = {}  # staged job folders (records) launch streams
         self._states: dict[str, str] = {}  # container status at the last poll
         self._ended_files: dict[str, dict[str, bytes | None]] = {}  # files of stopped containers
         self._sizes: dict[tuple[str, str], int] = {}  # size of a log file at its last read
@@ -276,11 +280,15 @@ class DockerTarget(ComputeTarget):
             image, [self.python, "-I", "-S", "-c", ENTRY_PROGRAM, JOB_ROOT], labels=labels,
             name=f"training-run-{job_id}", stdin_open=True, detach=False, **options,
         )
-        records = [record("d", 0o755, folder) for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
+        records: list[bytes | FileRecord] = [record("d", 0o755, folder)
+                                             for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
         for entry in snapshot.entries:
+            mode, path = 0o755 if entry.executable else 0o644, f"{job_runner.WORK_DIR}/{entry.path}"
+            if entry.size > _INLINE_BYTES:  # read while it is sent (a data input of gigabytes)
+                records.append(FileRecord(mode, path, store.blob_path(entry.digest), entry.size))
+                continue
             with open(store.blob_path(entry.digest), "rb") as blob:
-                records.append(record("f", 0o755 if entry.executable else 0o644, f"{job_runner.WORK_DIR}/{entry.path}",
-                                      blob.read()))
+                records.append(record("f", mode, path, blob.read()))
         supervisor_pyc, compiled = compiled_supervisor()
         for relative, content in {**extras, "job_runner.py": host_files()["job_runner.py"],
                                   supervisor_pyc: compiled}.items():
@@ -306,7 +314,7 @@ class DockerTarget(ComputeTarget):
             raise TargetError(f"the container of job {handle.job_id} is gone before it started") from exc
         # The job folder goes out while the daemon starts the container: the supervisor finds it
         # waiting on its stdin. The end of stdin is the end of the folder: it then starts the job.
-        sending = BackgroundCall(f"send-{handle.job_id}", lambda: _send_and_close(stdin, b"".join(records)))
+        sending = BackgroundCall(f"send-{handle.job_id}", lambda: _send_and_close(stdin, records))
         try:
             self.client.api.start(handle.location)
         except Exception as exc:
@@ -608,9 +616,22 @@ def _connection_fix(exc: BaseException, tls: dict[str, Any] | None) -> str:
     return _UNREACHABLE_FIX
 
 
-def _send_and_close(stream: Any, data: bytes) -> None:
+def _send_and_close(stream: Any, records: list[bytes | FileRecord]) -> None:
+    """Send the job folder's records (consecutive small ones in one call), then close the stream."""
     try:
-        raw_socket(stream).sendall(data)
+        sock = raw_socket(stream)
+        batch: list[bytes] = []
+        for item in records:
+            if isinstance(item, bytes):
+                batch.append(item)
+                continue
+            if batch:
+                sock.sendall(b"".join(batch))
+                batch = []
+            for chunk in item.chunks():
+                sock.sendall(chunk)
+        if batch:
+            sock.sendall(b"".join(batch))
     finally:
         close_stream(stream)
 

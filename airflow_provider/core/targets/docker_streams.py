@@ -23,6 +23,9 @@ import contextlib
 import json
 import socket
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_provider.runtime import job_runner
@@ -75,6 +78,38 @@ os._exit(code)
 from stdin, then supervise the job. Its argument is the job folder. Once the supervisor has
 recorded the ending, the process exits without the interpreter's teardown (the container stops
 milliseconds sooner; every file is closed and both streams are flushed by then)."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file record whose content is read from ``source`` only while it is sent (large files: data
+    inputs), so a staged job folder never holds gigabytes in memory.
+
+    :param mode: its permission bits.
+    :param path: relative to the job folder.
+    :param source: the file to read (a blob: it does not change).
+    :param size: its size.
+    """
+
+    mode: int
+    path: str
+    source: Path
+    size: int
+
+    def chunks(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """The record: its header, then the file's bytes.
+
+        :raises OSError: the file's length is not ``size`` any more.
+        """
+        name = self.path.encode()
+        yield b"f %o %d %d\n" % (self.mode, self.size, len(name)) + name
+        sent = 0
+        with open(self.source, "rb") as handle:
+            while sent < self.size and (data := handle.read(min(chunk, self.size - sent))):
+                sent += len(data)
+                yield data
+        if sent != self.size:
+            raise OSError(f"{self.source} changed while it was sent ({sent} of {self.size} bytes)")
 
 
 def record(kind: str, mode: int, path: str, content: bytes = b"") -> bytes:

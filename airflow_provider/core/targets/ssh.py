@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import getpass
 import hashlib
 import io
 import json
@@ -26,7 +27,6 @@ import os
 import shlex
 import shutil
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
 from airflow_provider.core.collect import tolerant_tar_filter
+from airflow_provider.core.data.inputs import INPUTS_DIR
 from airflow_provider.core.environments.conda_builder import CondaMode, rattler_available, translated_when_unreachable
 from airflow_provider.core.environments.fingerprint import environment_fingerprint
 from airflow_provider.core.environments.interpreters import check_interpreter
@@ -60,11 +61,17 @@ from airflow_provider.core.targets.base import (
     check_job_id,
     job_dir_under,
 )
+from airflow_provider.core.targets.openssh import OpenSSHUnavailable, openssh_request
 from airflow_provider.core.targets.ssh_connection import SSHConnection, SSHSettings
+from airflow_provider.core.targets.tar_stream import BlobTarStream
 from airflow_provider.runtime import host_files, host_files_version, job_runner
 
 __all__ = ["SECRETS_VARIABLE", "SSHTarget"]
 
+OPENSSH_VARIABLE = "TRAINING_RUNS_OPENSSH"
+"""``0`` keeps every transfer on paramiko (default: large blob streams go through ``ssh`` when it can)."""
+_OPENSSH_MIN_BYTES = 64 << 20
+"""Blob streams at least this large go through the system's ``ssh`` (its start costs ~50 ms)."""
 log = logging.getLogger(__name__)
 
 SECRETS_VARIABLE = "TRAINING_RUNS_SSH_SECRETS"
@@ -110,9 +117,12 @@ class SSHTarget(ComputeTarget):
         self.bytes_sent = 0
         """Bytes of blob streams (tar framing included) sent to the host by this object."""
         self.blob_bytes_sent = 0
+        """Content bytes of the blobs sent to the host by this object."""
         self.damaged_blobs_resent = 0
         """Blobs found altered on the host and sent again (see :meth:`launch`)."""
-        """Content bytes of the blobs sent to the host by this object."""
+        self.openssh_bytes_sent = 0
+        """Of :attr:`bytes_sent`, what went through the system's ``ssh`` client (see :mod:`.openssh`)."""
+        self._use_openssh = os.environ.get(OPENSSH_VARIABLE, "1") != "0"
         self._root: str | None = None
         self._hello: dict[str, Any] | None = None
         self._pending: dict[str, tuple[list[list[Any]], dict[str, str], SnapshotStore]] = {}
@@ -379,7 +389,9 @@ class SSHTarget(ComputeTarget):
         self.hello()
         self.send_blobs(sorted({entry.digest for entry in snapshot.entries}),
                          store.blob_path)
-        manifest = [[entry.path, entry.digest, entry.executable] for entry in snapshot.entries]
+        # data inputs are hard links to the host's blobs (read-only; see remote_agent), the rest copies
+        manifest = [[entry.path, entry.digest, entry.executable, entry.path.startswith(f"{INPUTS_DIR}/")]
+                    for entry in snapshot.entries]
         self._pending[job_id] = (manifest, {k: base64.b64encode(v).decode() for k, v in extras.items()}, store)
         return JobHandle(self.kind, job_id, f"{self.root}/jobs/{check_job_id(job_id)}")
 
@@ -387,8 +399,8 @@ class SSHTarget(ComputeTarget):
         return job_dir_under(f"{self.root}/jobs", handle)
 
     def send_blobs(self, digests: list[str], content: Callable[[str], bytes | Path]) -> None:
-        """Send the blobs of ``digests`` the host lacks, in one tar stream (spooled to disk past 64 MiB,
-        so wheels of gigabytes never sit in memory).
+        """Send the blobs of ``digests`` the host lacks, in one tar stream made while it is sent (gigabytes
+        of data or wheels never sit in memory nor in a temporary file).
 
         :param digests: the sha256 of each blob needed on the host.
         :param content: a blob's bytes, or the path of its file, by digest.
@@ -398,23 +410,31 @@ class SSHTarget(ComputeTarget):
         missing = self.agent("missing", {"root": self.root, "digests": digests})["missing"]
         if not missing:
             return
-        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as archive:
-            with tarfile.open(fileobj=archive, mode="w") as tar:
-                for digest in missing:
-                    data = content(digest)
-                    if isinstance(data, Path):
-                        info = tar.gettarinfo(str(data), arcname=digest)
-                        info.mode, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, "", ""
-                        with data.open("rb") as source:
-                            tar.addfile(info, source)
-                    else:
-                        info = tarfile.TarInfo(digest)
-                        info.size = len(data)
-                        tar.addfile(info, io.BytesIO(data))
-                    self.blob_bytes_sent += info.size
-            size = archive.tell()
-            self.agent("put_blobs", {"root": self.root}, _FilePayload(archive, size))
-        self.bytes_sent += size
+        archive = BlobTarStream(missing, content)
+        if not (archive.content_bytes >= _OPENSSH_MIN_BYTES and self._put_blobs_through_openssh(archive)):
+            self.agent("put_blobs", {"root": self.root}, _FilePayload(archive, archive.size))
+        self.blob_bytes_sent += archive.content_bytes
+        self.bytes_sent += archive.size
+
+    def _put_blobs_through_openssh(self, archive: BlobTarStream) -> bool:
+        """Send a large blob stream with the system's ``ssh`` (see :mod:`.openssh`); False when it
+        cannot be used here (the caller sends it with paramiko, and so does every later call)."""
+        if not self._use_openssh:
+            return False
+        transport = self.connection.client.get_transport()
+        assert transport is not None
+        try:
+            answer = openssh_request(self.settings, transport.get_remote_server_key(),
+                                     self.settings.username or getpass.getuser(), self._agent_command(),
+                                     {"op": "put_blobs", "root": self.root}, archive, archive.size, 3600.0)
+        except OpenSSHUnavailable as exc:
+            log.info("Sending blobs to %s with paramiko: %s", self.settings.address, exc)
+            self._use_openssh = False
+            return False
+        if not answer.get("ok"):
+            raise TargetError(f"the remote put_blobs on {self.settings.address} failed: {answer.get('error')}")
+        self.openssh_bytes_sent += archive.size
+        return True
 
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         answer = self._with_damaged_blobs_resent("launch", handle, spec, with_secrets=True)
@@ -637,7 +657,7 @@ def _file_digest(path: str) -> str:
 class _FilePayload:
     """A request's payload read from a file (sent in chunks, from its start on every attempt)."""
 
-    file: IO[bytes]
+    file: IO[bytes] | BlobTarStream
     size: int
 
 
