@@ -101,8 +101,10 @@ def main() -> None:
         print(f"  {name:<11} {value:8.2f} s   (runs: {', '.join(f'{v:.2f}' for v in results[name])})")
     cold = medians["ours_cold"] / medians["rsync_cold"]
     warm = medians["ours_warm"] / medians["ours_cold"]
-    print(f"cold, ours / rsync:    {cold:.2f}x (goal <= {GOAL_COLD_RATIO}x) {'met' if cold <= GOAL_COLD_RATIO else 'MISSED'}")
-    print(f"warm / cold (ours):    {warm:.3f}x (goal < {GOAL_WARM_FRACTION}x) {'met' if warm < GOAL_WARM_FRACTION else 'MISSED'}")
+    cold_verdict = "met" if cold <= GOAL_COLD_RATIO else "MISSED"
+    warm_verdict = "met" if warm < GOAL_WARM_FRACTION else "MISSED"
+    print(f"cold, ours / rsync:    {cold:.2f}x (goal <= {GOAL_COLD_RATIO}x) {cold_verdict}")
+    print(f"warm / cold (ours):    {warm:.3f}x (goal < {GOAL_WARM_FRACTION}x) {warm_verdict}")
     print(f"warm rsync / cold rsync: {medians['rsync_warm'] / medians['rsync_cold']:.3f}x")
 
 
