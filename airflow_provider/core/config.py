@@ -292,6 +292,9 @@ def _v1_data_arguments(arguments: object) -> tuple[object, dict[str, Input], dic
             rendered.append(argument)
             continue
         kind, name, value = binding
+        if name in found[kind] and str(found[kind][name].uri) != str(value.uri):
+            raise ConfigurationError(_field(f"arguments[{kind}][{name!r}]"), "two different datasets in arguments "
+                                     "have this name.", "give each as_named_input(...) its own name.")
         found[kind][name] = value
         rendered.append(f"${{{{{kind}.{name}}}}}")
     return rendered, found["inputs"], found["outputs"]

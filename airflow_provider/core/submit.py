@@ -183,7 +183,7 @@ class Experiment:
             writes.submit(lambda: self.tracker.set_state(run_id, RunState.PREPARING))
             staged_snapshot = snapshot
             if not data.empty:
-                data_entries = data.stage(run_id, store, self.tracking_uri)
+                data_entries = data.stage(run_id, store, self.tracking_uri, self._run_is_active)
                 staged_snapshot = Snapshot.from_entries([*snapshot.entries, *data_entries])
                 data_tags = data.tags()
                 writes.submit(lambda: self.tracker.set_tags(run_id, data_tags))
@@ -232,6 +232,14 @@ class Experiment:
         self.tracker.end(run_id, RunState.FAILED,
                          "the run's job was never launched or is gone from the target; a new run replaces it")
         return None
+
+    def _run_is_active(self, run_id: str) -> bool:
+        """Whether the run has not ended (a run that cannot be read counts as ended)."""
+        try:
+            tags = self.tracker.get_run(run_id).data.tags
+        except Exception:
+            return False
+        return not RunState(tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal
 
     def _prepare_environment(self, run_id: str, target: ComputeTarget,
                              resolved: ResolvedRunConfig) -> PreparedEnvironment:

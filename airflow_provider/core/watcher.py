@@ -23,6 +23,7 @@ from typing import Protocol
 from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import is_plain_file, uploadable_files
+from airflow_provider.core.data.bindings import recordable_uri
 from airflow_provider.core.data.outputs import OUTPUTS_DIR, declared_outputs, upload_output
 from airflow_provider.core.errors import ConfigurationError, TargetError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.relay import EventRelay
@@ -448,11 +449,11 @@ class RunWatcher:
                 continue
             for note in notes:
                 self.relay.warnings.add(note)
-            self.tracker.set_tags(self.run_id, {f"training.data.output.{output.name}.uri": uploaded.uri,
+            shown = recordable_uri(uploaded.uri)
+            self.tracker.set_tags(self.run_id, {f"training.data.output.{output.name}.uri": shown,
                                                 f"training.data.output.{output.name}.digest": uploaded.digest})
-            self.tracker.log_text(self.run_id, json.dumps({"uri": uploaded.uri, "digest": uploaded.digest,
-                                                           "files": uploaded.files}, indent=1),
-                                  f"data/outputs/{output.name}.json")
+            manifest = {"uri": shown, "digest": uploaded.digest, "files": uploaded.files}
+            self.tracker.log_text(self.run_id, json.dumps(manifest, indent=1), f"data/outputs/{output.name}.json")
 
     def _upload_file(self, path: Path, folder: str, label: str) -> None:
         """Upload one file (readable: :func:`uploadable_files` checked); one MLflow refuses is noted

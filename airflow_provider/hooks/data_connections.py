@@ -38,13 +38,19 @@ def storage_options_for(conn_id: str, scheme: str) -> dict[str, Any]:
     :raises ConfigurationError: the connection does not exist.
     """
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_provider.core.errors import TargetError
 
     try:
         connection = BaseHook.get_connection(conn_id)
-    except Exception as exc:
-        raise ConfigurationError("connection", f"Airflow connection {conn_id!r} cannot be read ({exc}).",
+    except AirflowNotFoundException as exc:
+        raise ConfigurationError("connection", f"Airflow connection {conn_id!r} does not exist ({exc}).",
                                  "create it (Admin > Connections), or fix the id named on the input or "
                                  "output.") from exc
+    except Exception as exc:  # Airflow's API server or secrets backend did not answer: a retry may
+        raise TargetError(f"Airflow connection {conn_id!r} could not be read now ({type(exc).__name__}: {exc}); "
+                          "a retry may help") from exc
     extra = connection.extra_dejson or {}
     options: dict[str, Any] = {}
     if scheme == "s3":

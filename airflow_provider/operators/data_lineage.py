@@ -148,8 +148,10 @@ def announce_outputs(operator: Any, run: ScriptRun, context: Any) -> dict[str, l
         by_uri = {item.uri: item for item in operator.outlets if isinstance(item, Asset)}
         dag_id = getattr(context.get("ti"), "dag_id", "") or getattr(operator, "dag_id", "")
         for output in written:
-            extra = {"run_id": run.id, "output": output.name,
-                     "digest": tags.get(f"training.data.output.{output.name}.digest", "")}
+            digest = tags.get(f"training.data.output.{output.name}.digest")
+            if output.mode == "upload" and not digest:
+                continue  # not copied to its URI (its files went to the run's artifacts): no event
+            extra = {"run_id": run.id, "output": output.name, "digest": digest or ""}
             asset = by_uri.get(asset_uri(output.uri).rstrip("/")) or by_uri.get(asset_uri(output.uri))
             alias = by_alias.get(output_alias_name(dag_id, operator.task_id, output.name)) or by_alias.get(
                 output_alias_name("", operator.task_id, output.name))

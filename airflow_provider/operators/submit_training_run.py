@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.data.bindings import Input, Output
-from airflow_provider.core.data.credentials import resolved_for_environment
+from airflow_provider.core.data.credentials import remember_inline, resolved_for_environment
 from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
@@ -234,6 +234,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
                                 params=trial.params() if trial is not None else None)
         if trial is not None:
             run.monitor_factory = TrialMonitor.from_tags  # its watcher (or trigger) applies the sweep's policy
+        self._remember_output_options(run.id)  # a reattached run was staged by another try
         self._run = run
         if self._killed:  # on_kill came while submitting, before there was a run to cancel
             self.on_kill()
@@ -279,6 +280,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         run = self._reference.script_run()
         self._credentials = self.tracking_hook.get_credentials()
         register_data_connections()
+        self._remember_output_options(run.id)
         self._protect_secrets()
         experiment = run.experiment
         self._run = run
@@ -340,6 +342,12 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
             outputs=self.outputs,
         )
         return config, {**secrets, **credentials}
+
+    def _remember_output_options(self, run_id: str) -> None:
+        """Storage options given on the outputs, for whoever copies them in this process."""
+        for name, output in (self.outputs or {}).items():
+            if isinstance(output, Output):
+                remember_inline(run_id, name, output.storage_options)
 
     def _bindings(self) -> list[Input | Output]:
         found: list[Input | Output] = []
@@ -404,13 +412,19 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
 
     def _output_uris(self, run: ScriptRun) -> dict[str, str]:
         """Where each declared output was written: ``{name: URI}``."""
+        from airflow_provider.core.data.bindings import recordable_uri
         from airflow_provider.core.data.outputs import declared_outputs
 
-        return {output.name: output.uri for output in declared_outputs(run.tracker.get_run(run.id).data.tags)}
+        tags = run.tracker.get_run(run.id).data.tags
+        return {output.name: recordable_uri(output.uri) for output in declared_outputs(tags)}
 
 
 
 def _scheme(output: Output) -> str:
-    """The scheme of an output's URI (``file`` for a local path)."""
-    uri = str(output.uri)
-    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    """The scheme of an output's URI as the credential resolver names it (``file`` for a local path)."""
+    from airflow_provider.core.data.locations import parse_location
+
+    try:
+        return parse_location(str(output.uri), "outputs").scheme
+    except ConfigurationError:
+        return ""

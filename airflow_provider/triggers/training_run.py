@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -164,4 +165,23 @@ class TrainingRunTrigger(BaseTrigger):
 
         script_run = self._script_run()
         script_run.cancel(wait=False)
-        finalize_in_background(script_run, self._credentials())
+        finalize_in_background(script_run, {**self._credentials(), **_output_credentials(script_run)})
+
+
+def _output_credentials(script_run: Any) -> dict[str, str]:
+    """What the detached finalizer needs to copy the run's outputs: the connections they name,
+    resolved here (the triggerer reads Airflow connections; the finalizer does not)."""
+    from airflow_provider.core.data.credentials import resolved_for_environment
+    from airflow_provider.core.data.locations import parse_location
+    from airflow_provider.core.data.outputs import declared_outputs
+    from airflow_provider.hooks.data_connections import register_data_connections
+
+    try:
+        outputs = declared_outputs(script_run.tracker.get_run(script_run.id).data.tags)
+        register_data_connections()
+        return resolved_for_environment({output.connection: parse_location(output.uri, "outputs").scheme
+                                         for output in outputs if output.connection})
+    except Exception:  # the run's state and logs are finalized all the same; only the copy may lack them
+        logging.getLogger(__name__).warning("Reading the output connections of run %s failed", script_run.id,
+                                            exc_info=True)
+        return {}

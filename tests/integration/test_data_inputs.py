@@ -97,7 +97,7 @@ def test_local_folder_in_output_out_lineage_recorded(tmp_path: Path) -> None:
     assert dataset.name == "train" and json.loads(dataset.source) == {"uri": str(data)}
     assert json.loads(dataset.profile) == {"mode": "download", "num_files": 2, "total_bytes": 404}
     assert len(dataset.digest) == 32
-    assert recorded.data.tags["training.data.output.model.uri"] == f"{out}/{run.id}/"
+    assert recorded.data.tags["training.data.output.model.uri"] == f"{out}/{run.id}"  # absolute, normalized
     assert recorded.data.tags["training.data.output.model.digest"] == marker["digest"]
     manifest = json.loads(Path(MlflowClient().download_artifacts(run.id, "data/outputs/model.json",
                                                                  str(tmp_path / "dl"))).read_text())
@@ -240,6 +240,8 @@ def test_runs_and_models_inputs_from_a_real_mlflow_server(mlflow_server: str, tm
     with pytest.raises(ConfigurationError, match="cannot be read from MLflow"):
         Experiment("consumer", tracking_uri=mlflow_server).submit(
             _config(tmp_path / "src", Input(f"models:/{name}@nope"), f"{out}/{{run_id}}/")).wait_for_completion()
+    # MLflow's process-wide registry URI is exported to every later process: staging must not set it
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def _ssh_target(host: SSHHost, root: str) -> SSHTarget:

@@ -870,3 +870,22 @@ def test_a_password_in_a_uri_is_refused_and_signed_urls_are_recorded_masked() ->
     assert Input(signed).to_record()["uri"].count("SECRET") == 0
     assert recordable_uri("s3://bucket/prefix/") == "s3://bucket/prefix/"
     assert recordable_uri("runs:/abc/model") == "runs:/abc/model"
+
+
+def test_an_output_is_claimed_at_staging_and_an_abandoned_claim_taken_over(tmp_path: Path) -> None:
+    """Staging claims a fixed output folder: another run staged while the first still runs is refused;
+    once the first has ended without writing (it failed before starting), a new run takes it over."""
+    from airflow_provider.core.data.outputs import MARKER, DeclaredOutput, check_output
+
+    folder = tmp_path / "model"
+    output = DeclaredOutput("model", str(folder), "upload", None, False)
+    check_output(output, "run-a", {}, "outputs['model']", run_is_active=lambda run: True)
+    assert json.loads((folder / MARKER).read_text()) == {"run_id": "run-a", "state": "claimed"}
+    check_output(output, "run-a", {}, "outputs['model']")  # its own claim: a retried staging
+    with pytest.raises(ConfigurationError, match="already holds data written by run run-a"):
+        check_output(output, "run-b", {}, "outputs['model']", run_is_active=lambda run: run == "run-a")
+    check_output(output, "run-b", {}, "outputs['model']", run_is_active=lambda run: False)
+    assert json.loads((folder / MARKER).read_text())["run_id"] == "run-b"
+    (folder / "weights.bin").write_bytes(b"w")  # data written: never taken over, even from an ended run
+    with pytest.raises(ConfigurationError, match="already holds data written by run run-b"):
+        check_output(output, "run-c", {}, "outputs['model']", run_is_active=lambda run: False)

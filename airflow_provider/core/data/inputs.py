@@ -19,11 +19,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider.core.data.bindings import Input
+from airflow_provider.core.data.bindings import Input, recordable_uri
 from airflow_provider.core.data.credentials import resolve_options
 from airflow_provider.core.data.locations import DataLocation, open_filesystem, parse_location
 from airflow_provider.core.errors import ConfigurationError, SnapshotError, TrainingRunError
@@ -126,16 +127,18 @@ def _limit_bytes(binding: Input) -> int | None:
 
 def _list_source(plan: PlannedInput, where: str) -> None:
     location = plan.location
+    shown = recordable_uri(location.uri)
     if location.is_local:
         path = Path(location.path)
         if not path.exists():
-            raise ConfigurationError(f"{where}.uri", f"{location.uri!r} does not exist on this machine.",
+            raise ConfigurationError(f"{where}.uri", f"{shown!r} does not exist on this machine.",
                                      "check the path (a retry helps only once the data is there).")
         plan.single_file = path.is_file()
         plan.total_size = path.stat().st_size if plan.single_file else sum(
             os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(path) for name in names
             if os.path.isfile(os.path.join(folder, name)))
     else:
+        filesystem: Any = None
         try:
             filesystem, path_text = open_filesystem(location, plan.options)
             folder_url = location.scheme in ("http", "https") and path_text.endswith("/")  # an index page
@@ -149,23 +152,49 @@ def _list_source(plan: PlannedInput, where: str) -> None:
                 plan.single_file = True
                 plan.files = {location.basename or "data": info}
         except FileNotFoundError as exc:
-            raise ConfigurationError(f"{where}.uri", f"{location.uri!r} does not exist.",
+            raise ConfigurationError(f"{where}.uri", f"{shown!r} does not exist.",
                                      "check the URI (a retry helps only once the data is there).") from exc
         except (ConfigurationError, TrainingRunError):
             raise
         except PermissionError as exc:
-            raise ConfigurationError(f"{where}.connection", f"reading {location.uri!r} was refused: {exc}.",
+            raise ConfigurationError(f"{where}.connection", f"reading {shown!r} was refused: {exc}.",
                                      "check the credentials of the connection named on the input.") from exc
         except Exception as exc:
-            raise DataTransferError(f"{where}: cannot list {location.uri!r} ({type(exc).__name__}: {exc}); "
+            raise DataTransferError(f"{where}: cannot list {shown!r} ({type(exc).__name__}: {exc}); "
                                     "a retry may help if the server was unreachable") from exc
+        finally:
+            _close_sftp(filesystem, location)
         sizes = [item.get("size") for item in plan.files.values()]
         plan.total_size = sum(int(size) for size in sizes if size is not None) if None not in sizes else None
     limit = _limit_bytes(plan.binding)
     if limit is not None and plan.total_size is not None and plan.total_size > limit:
-        raise ConfigurationError(f"{where}.max_size_mb", f"{location.uri!r} holds {plan.total_size / 2**20:.1f} MB, "
+        raise ConfigurationError(f"{where}.max_size_mb", f"{shown!r} holds {plan.total_size / 2**20:.1f} MB, "
                                  f"more than the limit of {limit / 2**20:.1f} MB.",
                                  "raise max_size_mb (or TRAINING_RUNS_MAX_INPUT_MB), or read it with mode='direct'.")
+
+
+def _capped(read: Callable[[int], bytes], budget: list[int | None], where: str) -> Callable[[int], bytes]:
+    """``read``, refusing the input once more than its size limit was read (sizes a server did not
+    list: an HTTP index page, or an artifact store)."""
+
+    def capped(count: int) -> bytes:
+        data = read(count)
+        if budget[0] is not None:
+            budget[0] -= len(data)
+            if budget[0] < 0:
+                raise ConfigurationError(f"{where}.max_size_mb", "the input is larger than its size limit.",
+                                         "raise max_size_mb (or TRAINING_RUNS_MAX_INPUT_MB), or read it with "
+                                         "mode='direct'.")
+        return data
+
+    return capped
+
+
+def _close_sftp(filesystem: Any, location: DataLocation) -> None:
+    """Close an SFTP filesystem (its SSH connection); other filesystems keep their pools."""
+    close = getattr(filesystem, "close", None)
+    if filesystem is not None and location.scheme == "sftp" and callable(close):
+        close()
 
 
 def _relative(name: str, root: str, filesystem: Any) -> str:
@@ -218,8 +247,8 @@ def _stage_local(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple[
         raise ConfigurationError(where, exc.problem.replace(" source directory", " input folder"),
                                  "remove or replace the link, or make the file readable.") from exc
     except FileNotFoundError as exc:
-        raise ConfigurationError(f"{where}.uri", f"{plan.location.uri!r} disappeared while it was copied.",
-                                 "submit again once the data is complete.") from exc
+        raise DataTransferError(f"{where}: {recordable_uri(plan.location.uri)!r} changed while it was copied; a "
+                                "retry reads it again (once the data is complete)") from exc
 
 
 class _RemoteIndex:
@@ -249,6 +278,7 @@ def _version(info: dict[str, Any]) -> str | None:
 
 def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple[list[ManifestEntry], int]:
     index = _RemoteIndex(plan.location.uri)
+    budget = [_limit_bytes(plan.binding)]  # what may still be read (None: no limit), for sizes not listed
     filesystem, path_text = open_filesystem(plan.location, plan.options)
     root = path_text.rstrip("/")
     entries: list[ManifestEntry] = []
@@ -266,27 +296,41 @@ def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple
                 continue
             size = info.get("size")
             with filesystem.open(remote, "rb") as handle:
-                digest, got = store.add_stream(handle.read, int(size) if size is not None else None)
+                expected = int(size) if size is not None else None
+                digest, got = store.add_stream(_capped(handle.read, budget, where), expected)
             read_bytes += got
             entries.append(ManifestEntry(relative, digest, got, False))
             if version is not None:
                 index.entries[relative] = [version, digest, got]
     except FileNotFoundError as exc:
-        raise ConfigurationError(f"{where}.uri", f"a file of {plan.location.uri!r} disappeared while it was read "
-                                 f"({exc}).", "submit again once the data is complete.") from exc
+        raise DataTransferError(f"{where}: a file of {recordable_uri(plan.location.uri)!r} disappeared while it was "
+                                f"read ({exc}); a retry reads it again (once the data is complete)") from exc
     except (ConfigurationError, TrainingRunError):
         raise
     except Exception as exc:
-        raise DataTransferError(f"{where}: reading {plan.location.uri!r} failed ({type(exc).__name__}: {exc}); what "
-                                "was read whole is kept, a retry reads the rest") from exc
+        raise DataTransferError(f"{where}: reading {recordable_uri(plan.location.uri)!r} failed "
+                                f"({type(exc).__name__}: {exc}); what was read whole is kept, a retry reads the "
+                                "rest") from exc
     finally:
         index.save()
-        close = getattr(filesystem, "close", None)
-        if callable(close):
-            close()
+        _close_sftp(filesystem, plan.location)
     log.info("Input %s: %d files, %d bytes read from %s (the rest unchanged since the last read)", plan.name,
-             len(entries), read_bytes, plan.location.uri)
+             len(entries), read_bytes, recordable_uri(plan.location.uri))
     return entries, read_bytes
+
+
+def _model_source(uri: str, tracking_uri: str) -> str:
+    """Where the artifacts of ``models:/<name>@<alias>`` (or ``/<version>``, or a logged model id)
+    are, asked of this run's registry: never through MLflow's process-wide registry URI, which
+    ``mlflow.set_registry_uri`` also exports to every process started afterwards."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = get_model_name_and_version(client, uri)  # type: ignore[no-untyped-call]
+    if len(found) == 1:
+        return str(client.get_logged_model(found[0]).artifact_location)
+    return str(client.get_model_version_download_uri(found[0], found[1]))
 
 
 def _stage_mlflow(plan: PlannedInput, store: SnapshotStore, tracking_uri: str,
@@ -298,15 +342,7 @@ def _stage_mlflow(plan: PlannedInput, store: SnapshotStore, tracking_uri: str,
     source = uri
     try:
         if plan.location.scheme == "models":
-            from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-
-            previous = mlflow.get_registry_uri() if hasattr(mlflow, "get_registry_uri") else None
-            mlflow.set_registry_uri(tracking_uri)
-            try:
-                source = str(ModelsArtifactRepository.get_underlying_uri(uri))  # type: ignore[no-untyped-call]
-            finally:
-                if previous is not None:
-                    mlflow.set_registry_uri(previous)
+            source = _model_source(uri, tracking_uri)
         with tempfile.TemporaryDirectory(prefix="input-") as scratch:
             downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch,
                                                                   tracking_uri=tracking_uri))
@@ -314,6 +350,12 @@ def _stage_mlflow(plan: PlannedInput, store: SnapshotStore, tracking_uri: str,
                 with open(downloaded, "rb") as handle:
                     digest, size = store.add_stream(handle.read)
                 return [ManifestEntry(downloaded.name, digest, size, False)], True, source
+            limit = _limit_bytes(plan.binding)
+            total = sum(path.stat().st_size for path in downloaded.rglob("*") if path.is_file())
+            if limit is not None and total > limit:
+                raise ConfigurationError(f"{where}.max_size_mb", f"{uri!r} holds {total / 2**20:.1f} MB, more than "
+                                         f"the limit of {limit / 2**20:.1f} MB.",
+                                         "raise max_size_mb (or TRAINING_RUNS_MAX_INPUT_MB).")
             entries = list(store.take(downloaded, max_bytes=2**62, ignore_files=False).snapshot.entries)
             shutil.rmtree(downloaded, ignore_errors=True)
     except MlflowException as exc:
@@ -324,6 +366,11 @@ def _stage_mlflow(plan: PlannedInput, store: SnapshotStore, tracking_uri: str,
                                      "check the run id and artifact path, or the model's name, version or "
                                      "alias.") from exc
         raise DataTransferError(f"{where}: reading {uri!r} from MLflow failed ({exc}); a retry may help") from exc
+    except (ConfigurationError, TrainingRunError):
+        raise
+    except Exception as exc:  # the artifact store behind MLflow (a dropped connection, a full disk here)
+        raise DataTransferError(f"{where}: reading {uri!r} from MLflow failed ({type(exc).__name__}: {exc}); a retry "
+                                "may help") from exc
     if not entries:
         raise ConfigurationError(f"{where}.uri", f"{uri!r} holds no files.", "check the artifact path.")
     return entries, False, source

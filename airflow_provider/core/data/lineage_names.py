@@ -44,7 +44,7 @@ def openlineage_name(uri: str) -> tuple[str, str]:
 
 
 def asset_uri(uri: str) -> str:
-    """The Airflow asset URI of ``uri``: a local path as ``file://``, user info dropped.
+    """The Airflow asset URI of ``uri``: a local path as ``file://``, user info and query dropped.
 
     :param uri: a local path or a data URI.
     """
@@ -53,6 +53,7 @@ def asset_uri(uri: str) -> str:
     split = urlsplit(uri)
     if not split.scheme:
         return f"file://{os.path.abspath(uri)}"
+    split = split._replace(query="", fragment="")  # a signed URL's signature is no part of the data's name
     if "@" in split.netloc and split.scheme.lower() not in ("abfs", "abfss", "az"):
-        return split._replace(netloc=split.netloc.rsplit("@", 1)[-1]).geturl()
-    return uri
+        split = split._replace(netloc=split.netloc.rsplit("@", 1)[-1])
+    return split.geturl()

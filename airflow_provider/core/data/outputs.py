@@ -13,12 +13,13 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.collect import uploadable_files
+from airflow_provider.core.data.bindings import recordable_uri
 from airflow_provider.core.data.credentials import output_options
 from airflow_provider.core.data.inputs import DataTransferError
 from airflow_provider.core.data.locations import READ_ONLY_SCHEMES, DataLocation, open_filesystem, parse_location
@@ -103,13 +104,17 @@ def _target(location: DataLocation, options: dict[str, Any]) -> tuple[Any, str]:
     return filesystem, path.rstrip("/") or "/"
 
 
-def check_output(output: DeclaredOutput, run_id: str, options: dict[str, Any], field: str) -> None:
-    """Refuse an ``upload`` output whose URI holds another run's data (unless ``overwrite``), before the job starts.
+def check_output(output: DeclaredOutput, run_id: str, options: dict[str, Any], field: str,
+                 run_is_active: Callable[[str], bool] = lambda _: True) -> None:
+    """Refuse an ``upload`` output whose URI holds another run's data (unless ``overwrite``), before
+    the job starts, and claim it for this run (a marker), so that a run staged meanwhile is refused.
+    A folder holding only the claim of a run that has ended (it failed before writing) is taken over.
 
     :param output: the output.
     :param run_id: the run that will write it.
     :param options: fsspec options for its URI.
     :param field: how messages name it.
+    :param run_is_active: whether a run (the claim's) has not ended.
     :raises ConfigurationError: the URI is read-only or holds data of another run.
     :raises DataTransferError: the URI's storage could not be reached (a retry may help).
     """
@@ -120,31 +125,61 @@ def check_output(output: DeclaredOutput, run_id: str, options: dict[str, Any], f
                                  "give a local path, sftp://, s3://, gs:// or abfs:// URI.")
     if output.mode != "upload":
         return
+    filesystem: Any = None
     try:
         filesystem, path = _target(location, options)
-        if not filesystem.exists(path):
-            return
-        if not filesystem.isdir(path):
-            raise ConfigurationError(f"{field}.uri", f"{output.uri!r} is a file; an output is a folder.",
-                                     "give a folder URI (ending in /).")
-        listed = filesystem.ls(path, detail=False)
-        if not listed:
-            return
-        owner = _marker_run(filesystem, path)
-        if owner == run_id or output.overwrite:
-            return
-        who = f"run {owner}" if owner else "something other than a training run"
-        raise ConfigurationError(f"{field}.uri", f"{output.uri!r} already holds data written by {who}.",
-                                 "put {run_id} in the URI so each run writes its own folder, or set overwrite=True to "
-                                 "replace it.")
+        if filesystem.exists(path):
+            if not filesystem.isdir(path):
+                raise ConfigurationError(f"{field}.uri", f"{output.uri!r} is a file; an output is a folder.",
+                                         "give a folder URI (ending in /).")
+            owner = _marker_run(filesystem, path)
+            listed = [name for name in filesystem.ls(path, detail=False) if posixpath.basename(name) != MARKER]
+            abandoned = owner is not None and not listed and not run_is_active(owner)
+            if (listed or owner is not None) and owner != run_id and not output.overwrite and not abandoned:
+                raise _taken(output, owner, field)
+        if not output.overwrite:  # claimed now: a run staged meanwhile (a sweep's next trial) is refused
+            _write_marker(filesystem, path, {"run_id": run_id, "state": "claimed"})
     except (ConfigurationError, TrainingRunError):
         raise
-    except PermissionError as exc:
-        raise ConfigurationError(f"{field}.connection", f"{output.uri!r} cannot be read: {exc}.",
-                                 "check the credentials of the connection named on the output.") from exc
     except Exception as exc:
-        raise DataTransferError(f"{field}: cannot check {output.uri!r} ({type(exc).__name__}: {exc}); a retry may "
-                                "help if the storage was unreachable") from exc
+        raise _transfer_error(exc, output, field, "check") from exc
+    finally:
+        _close(filesystem, location)
+
+
+def _taken(output: DeclaredOutput, owner: str | None, field: str) -> ConfigurationError:
+    who = f"run {owner}" if owner else "something other than a training run"
+    return ConfigurationError(f"{field}.uri", f"{recordable_uri(output.uri)!r} already holds data written by {who}.",
+                              "put {run_id} in the URI so each run writes its own folder, or set overwrite=True to "
+                              "replace it.")
+
+
+_REFUSED = ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "NoCredentials", "Unauthorized",
+            "Forbidden", "AuthenticationFailed", "AuthorizationFailure")
+
+
+def _transfer_error(exc: Exception, output: DeclaredOutput, field: str, what: str) -> TrainingRunError:
+    """A refusal of the credentials is a ConfigurationError (retrying cannot help); anything else a
+    retryable DataTransferError."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PermissionError) or any(word in text for word in _REFUSED):
+        return ConfigurationError(f"{field}.connection", f"{recordable_uri(output.uri)!r} refused the credentials "
+                                  f"({text[:300]}).", "check the credentials of the connection named on the output.")
+    return DataTransferError(f"{field}: cannot {what} {recordable_uri(output.uri)!r} ({text[:300]}); a retry may help "
+                             "if the storage was unreachable")
+
+
+def _write_marker(filesystem: Any, path: str, content: dict[str, Any]) -> None:
+    filesystem.makedirs(path, exist_ok=True)
+    with filesystem.open(posixpath.join(path, MARKER), "wb") as handle:
+        handle.write(json.dumps(content, indent=1).encode())
+
+
+def _close(filesystem: Any, location: DataLocation) -> None:
+    """Close an SFTP filesystem (its SSH connection); other filesystems keep their pools."""
+    close = getattr(filesystem, "close", None)
+    if filesystem is not None and location.scheme == "sftp" and callable(close):
+        close()
 
 
 def _marker_run(filesystem: Any, path: str) -> str | None:
@@ -174,9 +209,13 @@ def upload_output(output: DeclaredOutput, folder: Path | None, run_id: str, note
         files, skipped = uploadable_files(folder, f"{OUTPUTS_DIR}/{output.name}")
         notes.extend(skipped)
     manifest: list[list[Any]] = []
+    filesystem: Any = None
     try:
         filesystem, path = _target(location, options)
-        if output.overwrite and filesystem.exists(path) and _marker_run(filesystem, path) != run_id:
+        owner = _marker_run(filesystem, path) if filesystem.exists(path) else None
+        if owner not in (None, run_id) and not output.overwrite:  # taken after this run was staged
+            raise _taken(output, owner, field)
+        if output.overwrite and filesystem.exists(path) and owner != run_id:
             filesystem.rm(path, recursive=True)
         filesystem.makedirs(path, exist_ok=True)
         made = {path}
@@ -189,18 +228,13 @@ def upload_output(output: DeclaredOutput, folder: Path | None, run_id: str, note
             filesystem.put_file(str(local), remote)
             manifest.append([relative, _sha256(local), local.stat().st_size])
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:32]
-        marker = json.dumps({"run_id": run_id, "digest": digest, "files": manifest}, indent=1).encode()
-        with filesystem.open(posixpath.join(path, MARKER), "wb") as handle:
-            handle.write(marker)
+        _write_marker(filesystem, path, {"run_id": run_id, "digest": digest, "files": manifest})
     except (ConfigurationError, TrainingRunError):
         raise
     except Exception as exc:
-        raise DataTransferError(f"{field}: copying to {output.uri!r} failed ({type(exc).__name__}: {exc}); the "
-                                "run's folder is kept and the copy is tried again") from exc
+        raise _transfer_error(exc, output, field, "copy to") from exc
     finally:
-        close = getattr(locals().get("filesystem"), "close", None)
-        if callable(close) and location.scheme == "sftp":
-            close()
+        _close(filesystem, location)
     log.info("Output %s: %d files copied to %s", output.name, len(manifest), output.uri)
     return UploadedOutput(output.name, output.uri, digest, manifest)
 

@@ -15,8 +15,10 @@ The lifecycle (:mod:`airflow_provider.core.submit`) calls, in order:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,21 +86,23 @@ class RunData:
         """No input and no output."""
         return not self.inputs and not self.outputs
 
-    def stage(self, run_id: str, store: SnapshotStore, tracking_uri: str) -> list[ManifestEntry]:
-        """Copy the ``download`` inputs into ``store``; check the outputs' URIs. Return the manifest
-        entries that travel with the snapshot.
+    def stage(self, run_id: str, store: SnapshotStore, tracking_uri: str,
+              run_is_active: Callable[[str], bool] = lambda _: True) -> list[ManifestEntry]:
+        """Copy the ``download`` inputs into ``store``; check and claim the outputs' URIs. Return the
+        manifest entries that travel with the snapshot.
 
         :param run_id: the run (fills ``{run_id}`` in output URIs).
         :param store: the snapshot store.
         :param tracking_uri: MLflow, for ``runs:/`` and ``models:/`` inputs.
+        :param run_is_active: whether another run (an output's claim) has not ended.
         """
         for name, output in self.outputs.items():
-            declared = DeclaredOutput(name, output.resolved_uri(run_id, name), output.mode, output.connection,
-                                      output.overwrite)
             where = f"ScriptRunConfig.outputs[{name!r}]"
-            options = resolve_options(where, parse_location(declared.uri, where).scheme, output.connection,
-                                      output.storage_options)
-            check_output(declared, run_id, options, where)
+            location = parse_location(output.resolved_uri(run_id, name), where)
+            uri = location.path if location.is_local else location.uri  # absolute: whoever copies it, wherever
+            declared = DeclaredOutput(name, uri, output.mode, output.connection, output.overwrite)
+            options = resolve_options(where, location.scheme, output.connection, output.storage_options)
+            check_output(declared, run_id, options, where, run_is_active)
             remember_inline(run_id, name, output.storage_options)
             self.declared[name] = declared
         entries: list[ManifestEntry] = []
@@ -164,7 +168,8 @@ class RunData:
         for plan in self.inputs:
             staged = self.staged.get(plan.name)
             profile: dict[str, Any] = {"mode": plan.binding.mode}
-            digest = "unread"  # direct and mount inputs are read by the script itself
+            # direct and mount inputs are read by the script itself: named by their URI, not their content
+            digest = "uri-" + hashlib.sha256(plan.location.uri.encode()).hexdigest()[:32]
             source = recordable_uri(plan.location.uri)
             # per run (MLflow shares one dataset entity per name and digest in an experiment)
             tags = [InputTag("mlflow.data.context", "training"), InputTag("mode", plan.binding.mode),

@@ -273,7 +273,10 @@ class DockerTarget(ComputeTarget):
         options = dict(self.run_options)
         if mounts:
             binds = [f"{host}:{inside}:ro" for host, inside in mounts.items()]
-            options["volumes"] = [*options.get("volumes", []), *binds]
+            given = options.get("volumes") or []
+            if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
+                given = [f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}" for host, spec in given.items()]
+            options["volumes"] = [*given, *binds]
         labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
         # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
         container = self.client.containers.create(

@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import IO, Any, Protocol
 
 import paramiko
@@ -89,9 +90,13 @@ def openssh_request(settings: SSHSettings, server_key: paramiko.PKey, username: 
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", f"ConnectTimeout={int(settings.connect_timeout)}", "-o", "LogLevel=ERROR",
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
                 "-F", "/dev/null", settings.host, command]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdin is not None and process.stdout is not None
+        watchdog = threading.Timer(timeout, process.kill)  # a host that stops answering never hangs the caller
+        watchdog.daemon = True
+        watchdog.start()
         try:
             process.stdin.write(json.dumps({**request, "payload_size": size}).encode() + b"\n")
             _write_payload(process.stdin, payload)
@@ -109,6 +114,8 @@ def openssh_request(settings: SSHSettings, server_key: paramiko.PKey, username: 
             process.kill()
             process.wait()
             raise
+        finally:
+            watchdog.cancel()
     if not line:
         reason = error.decode(errors="replace").strip()[-300:]
         if process.returncode == _CONNECT_FAILED:
