@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow_provider.core.data.bindings import Input, recordable_uri
 from airflow_provider.core.data.credentials import resolve_options
-from airflow_provider.core.data.locations import DataLocation, open_filesystem, parse_location
+from airflow_provider.core.data.locations import DataLocation, close_filesystem, open_filesystem, parse_location
 from airflow_provider.core.errors import ConfigurationError, SnapshotError, TrainingRunError
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import ManifestEntry, Snapshot, SnapshotStore
@@ -163,7 +163,7 @@ def _list_source(plan: PlannedInput, where: str) -> None:
             raise DataTransferError(f"{where}: cannot list {shown!r} ({type(exc).__name__}: {exc}); "
                                     "a retry may help if the server was unreachable") from exc
         finally:
-            _close_sftp(filesystem, location)
+            close_filesystem(filesystem, location)
         sizes = [item.get("size") for item in plan.files.values()]
         plan.total_size = sum(int(size) for size in sizes if size is not None) if None not in sizes else None
     limit = _limit_bytes(plan.binding)
@@ -188,13 +188,6 @@ def _capped(read: Callable[[int], bytes], budget: list[int | None], where: str) 
         return data
 
     return capped
-
-
-def _close_sftp(filesystem: Any, location: DataLocation) -> None:
-    """Close an SFTP filesystem (its SSH connection); other filesystems keep their pools."""
-    close = getattr(filesystem, "close", None)
-    if filesystem is not None and location.scheme == "sftp" and callable(close):
-        close()
 
 
 def _relative(name: str, root: str, filesystem: Any) -> str:
@@ -313,7 +306,7 @@ def _stage_remote(plan: PlannedInput, store: SnapshotStore, where: str) -> tuple
                                 "rest") from exc
     finally:
         index.save()
-        _close_sftp(filesystem, plan.location)
+        close_filesystem(filesystem, plan.location)
     log.info("Input %s: %d files, %d bytes read from %s (the rest unchanged since the last read)", plan.name,
              len(entries), read_bytes, recordable_uri(plan.location.uri))
     return entries, read_bytes

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["MLFLOW_SCHEMES", "DataLocation", "open_filesystem", "parse_location"]
+__all__ = ["MLFLOW_SCHEMES", "DataLocation", "close_filesystem", "open_filesystem", "parse_location"]
 
 MLFLOW_SCHEMES = ("runs", "models")
 _PACKAGES = {  # scheme -> (import name, pip package, extra of this provider)
@@ -139,6 +139,17 @@ def open_filesystem(location: DataLocation, options: dict[str, Any]) -> tuple[An
 
     filesystem = fsspec.filesystem(location.scheme, skip_instance_cache=True, **options)
     return filesystem, location.path if location.scheme not in ("http", "https") else location.uri
+
+
+def close_filesystem(filesystem: Any, location: DataLocation) -> None:
+    """Close an SFTP filesystem (its SSH connection) once used; other filesystems keep their pools.
+
+    :param filesystem: what :func:`open_filesystem` returned (or None when it failed).
+    :param location: its location.
+    """
+    close = getattr(filesystem, "close", None)
+    if filesystem is not None and location.scheme == "sftp" and callable(close):
+        close()
 
 
 def local_path(location: DataLocation) -> Path:

@@ -22,7 +22,13 @@ from airflow_provider.core.collect import uploadable_files
 from airflow_provider.core.data.bindings import recordable_uri
 from airflow_provider.core.data.credentials import output_options
 from airflow_provider.core.data.inputs import DataTransferError
-from airflow_provider.core.data.locations import READ_ONLY_SCHEMES, DataLocation, open_filesystem, parse_location
+from airflow_provider.core.data.locations import (
+    READ_ONLY_SCHEMES,
+    DataLocation,
+    close_filesystem,
+    open_filesystem,
+    parse_location,
+)
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 
 __all__ = ["MARKER", "OUTPUTS_DIR", "OUTPUTS_TAG", "DeclaredOutput", "UploadedOutput", "check_output",
@@ -144,7 +150,7 @@ def check_output(output: DeclaredOutput, run_id: str, options: dict[str, Any], f
     except Exception as exc:
         raise _transfer_error(exc, output, field, "check") from exc
     finally:
-        _close(filesystem, location)
+        close_filesystem(filesystem, location)
 
 
 def _taken(output: DeclaredOutput, owner: str | None, field: str) -> ConfigurationError:
@@ -173,13 +179,6 @@ def _write_marker(filesystem: Any, path: str, content: dict[str, Any]) -> None:
     filesystem.makedirs(path, exist_ok=True)
     with filesystem.open(posixpath.join(path, MARKER), "wb") as handle:
         handle.write(json.dumps(content, indent=1).encode())
-
-
-def _close(filesystem: Any, location: DataLocation) -> None:
-    """Close an SFTP filesystem (its SSH connection); other filesystems keep their pools."""
-    close = getattr(filesystem, "close", None)
-    if filesystem is not None and location.scheme == "sftp" and callable(close):
-        close()
 
 
 def _marker_run(filesystem: Any, path: str) -> str | None:
@@ -234,7 +233,7 @@ def upload_output(output: DeclaredOutput, folder: Path | None, run_id: str, note
     except Exception as exc:
         raise _transfer_error(exc, output, field, "copy to") from exc
     finally:
-        _close(filesystem, location)
+        close_filesystem(filesystem, location)
     log.info("Output %s: %d files copied to %s", output.name, len(manifest), output.uri)
     return UploadedOutput(output.name, output.uri, digest, manifest)
 
