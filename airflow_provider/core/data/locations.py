@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -150,8 +149,3 @@ def close_filesystem(filesystem: Any, location: DataLocation) -> None:
     close = getattr(filesystem, "close", None)
     if filesystem is not None and location.scheme == "sftp" and callable(close):
         close()
-
-
-def local_path(location: DataLocation) -> Path:
-    """The local path of a ``file`` location."""
-    return Path(location.path)
