@@ -204,7 +204,7 @@ start_loopback_sshd() {
     fi
     /usr/sbin/sshd -t -f "$d/sshd_config" || return 1
     pid=$(cat "$d/sshd.pid" 2>/dev/null)
-    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-f $d/sshd_config "; then
+    if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-f $d/sshd_config "; then
         [ -n "$reload" ] && kill -HUP "$pid"
     elif [ -n "$(ssh_key_seen 127.0.0.1 "$SSHD_PORT")" ]; then
         echo "components: 127.0.0.1:$SSHD_PORT is served by an sshd this script did not start" >&2

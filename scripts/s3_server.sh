@@ -61,6 +61,9 @@ pid file = $S3_DIR/run/\$name.pid
 mon data = $S3_DIR/mon.\$id
 osd data = $S3_DIR/osd.\$id
 mon warn on pool no redundancy = false
+# the monitor refuses to start when its disk has under 5% free; its data here is a few MiB
+mon data avail crit = 0
+mon data avail warn = 0
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:$S3_PORT
 CONF

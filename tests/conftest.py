@@ -204,6 +204,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+def _s3_log_errors() -> str:
+    """The last error lines of the S3 server's daemons, to say why it is not up."""
+    logs = Path("/var/lib/training-runs-components/s3/log")
+    lines = [
+        f"{log.name}: {line.strip()}"
+        for log in sorted(logs.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()[-200:]
+        if " -1 " in line or "error" in line.lower()
+    ]
+    return "; daemons' last errors: " + " | ".join(lines[-5:]) if lines else ""
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> dict[str, str]:
     """The S3 server scripts/components.sh starts (Ceph's RADOS Gateway on 127.0.0.1:7480): its
@@ -216,7 +228,7 @@ def s3_server() -> dict[str, str]:
     except httpx.HTTPError:
         answered = False
     if not answered:
-        skip_or_fail(f"no S3 server at {endpoint} (run scripts/components.sh as root)")
+        skip_or_fail(f"no S3 server at {endpoint} (run scripts/components.sh as root){_s3_log_errors()}")
     return {"endpoint_url": endpoint, "key": "training-runs-test", "secret": "training-runs-test-secret"}
 
 
