@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from airflow_provider.core.data.outputs import outputs_from_dict
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment
 from airflow_provider.core.targets.base import JobHandle
@@ -24,6 +25,9 @@ class RunReference:
     :param compute_target: ``"local"`` or the compute connection id.
     :param handle: the job handle (``JobHandle.to_dict()``).
     :param sweep_trial: the run is a trial of a sweep: its watchers apply the sweep's policy.
+    :param outputs: the outputs it was submitted with (``outputs_to_dict``), which its watchers copy
+        to their URIs; None for a reference written before references carried them (its outputs
+        are then kept in the run's artifacts).
     """
 
     run_id: str
@@ -33,6 +37,7 @@ class RunReference:
     compute_target: str
     handle: dict[str, str]
     sweep_trial: bool = False
+    outputs: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to plain JSON types."""
@@ -46,7 +51,8 @@ class RunReference:
         """
         return cls(str(data["run_id"]), str(data["experiment_name"]), str(data["tracking_uri"]),
                    data.get("tracking_conn_id"), str(data["compute_target"]), dict(data["handle"]),
-                   bool(data.get("sweep_trial", False)))
+                   bool(data.get("sweep_trial", False)),
+                   None if data.get("outputs") is None else dict(data["outputs"]))
 
     def script_run(self, configure_credentials: bool = True) -> ScriptRun:
         """Rebuild the run's handle here (reads the connections; creates no job).
@@ -67,4 +73,5 @@ class RunReference:
             from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 
             monitor = TrialMonitor.from_tags
-        return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle), monitor)
+        outputs = None if self.outputs is None else outputs_from_dict(self.outputs)
+        return ScriptRun(experiment, self.run_id, target, JobHandle.from_dict(self.handle), monitor, outputs)

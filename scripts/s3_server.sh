@@ -28,6 +28,8 @@ stop_s3_server() {
     return 0
 }
 
+# The daemons are started with fd 9 closed: components.sh holds its lock there, and a daemon keeping
+# it would make the next components.sh wait for the lock as long as the server runs.
 start_s3_server() {
     s3_server_up && return 0
     stop_s3_server
@@ -69,10 +71,10 @@ rgw frontends = beast endpoint=127.0.0.1:$S3_PORT
 CONF
     c="-c $S3_DIR/ceph.conf"
     monmaptool --create --fsid "$fsid" --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' "$S3_DIR/monmap" >/dev/null \
-        && ceph-mon $c --mkfs -i a --monmap "$S3_DIR/monmap" && ceph-mon $c -i a || return 1
+        && ceph-mon $c --mkfs -i a --monmap "$S3_DIR/monmap" && ceph-mon $c -i a 9>&- || return 1
     osd_uuid=$(cat /proc/sys/kernel/random/uuid)
     timeout 60 ceph $c osd new "$osd_uuid" >/dev/null && ceph-osd $c -i 0 --mkfs --osd-uuid "$osd_uuid" 2>/dev/null \
-        && ceph-osd $c -i 0 2>/dev/null && radosgw $c -n client.rgw 2>/dev/null || return 1
+        && ceph-osd $c -i 0 2>/dev/null 9>&- && radosgw $c -n client.rgw 2>/dev/null 9>&- || return 1
     for _ in $(seq 240); do curl -s -o /dev/null --max-time 2 "$S3_ENDPOINT/" && break; sleep 0.5; done
     timeout 60 radosgw-admin $c user create --uid=test --display-name=test --access-key="$S3_ACCESS_KEY" \
         --secret-key="$S3_SECRET_KEY" >/dev/null || return 1

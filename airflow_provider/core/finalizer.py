@@ -23,13 +23,14 @@ import time
 from typing import Any
 
 from airflow_provider.core.data.credentials import with_inline_options
+from airflow_provider.core.data.outputs import outputs_from_dict, outputs_to_dict
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment
 from airflow_provider.core.targets import target_from_spec
 from airflow_provider.core.targets.base import JobHandle
 
-__all__ = ["finalize_in_background", "main"]
+__all__ = ["describe", "finalize_in_background", "main", "script_run"]
 
 _STOP_TIMEOUT_SECONDS = 120.0
 _ATTEMPTS = 5
@@ -41,14 +42,8 @@ def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = 
     :param run: a submitted run with a target and a job handle.
     :param environment: extra variables for the finalizer (tracking credentials): never in argv.
     """
-    assert run.target is not None and run.handle is not None
-    description = {
-        "run_id": run.id,
-        "experiment_name": run.experiment.name,
-        "tracking_uri": run.experiment.tracking_uri,
-        "target": run.target.to_spec(),
-        "handle": run.handle.to_dict(),
-    }
+    assert run.target is not None
+    description = describe(run)
     folder = state_dir() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"finalizer-{run.id}.log", "ab") as log:
@@ -59,16 +54,39 @@ def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = 
         )
 
 
-def _script_run(description: dict[str, Any]) -> ScriptRun:
+def describe(run: ScriptRun) -> dict[str, Any]:
+    """What the finalizer is given of ``run`` (plain JSON; no credentials): where the job is, and the
+    outputs it copies (as submitted, never read back from the run's tags).
+
+    :param run: a submitted run with a target and a job handle.
+    """
+    assert run.target is not None and run.handle is not None
+    return {
+        "run_id": run.id,
+        "experiment_name": run.experiment.name,
+        "tracking_uri": run.experiment.tracking_uri,
+        "target": run.target.to_spec(),
+        "handle": run.handle.to_dict(),
+        "outputs": None if run.outputs is None else outputs_to_dict(run.outputs),
+    }
+
+
+def script_run(description: dict[str, Any]) -> ScriptRun:
+    """Rebuild the run :func:`describe` described.
+
+    :param description: its description.
+    """
     experiment = Experiment(description["experiment_name"], tracking_uri=description["tracking_uri"])
+    outputs = description.get("outputs")
     return ScriptRun(experiment, description["run_id"], target_from_spec(description["target"]),
-                     JobHandle.from_dict(description["handle"]))
+                     JobHandle.from_dict(description["handle"]),
+                     outputs=None if outputs is None else outputs_from_dict(outputs))
 
 
 def main(argv: list[str]) -> int:
     """Finalize the run described by ``argv[1]``; retry while the tracking store is busy."""
     logging.basicConfig(level=logging.INFO)
-    run = _script_run(json.loads(argv[1]))
+    run = script_run(json.loads(argv[1]))
     assert run.target is not None and run.handle is not None
     deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:

@@ -8,8 +8,10 @@ so one run is never finalized twice. What a run recorded is read through :class:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider.core.data.outputs import DeclaredOutput
 from airflow_provider.core.errors import RunFailedError
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.run_history import RunHistory
@@ -35,14 +37,20 @@ class ScriptRun(RunHistory):
     :param handle: its job (None when the run was already over).
     :param monitor_factory: makes the monitor every watcher of this run consults (a sweep's trial
         gets its early termination policy from the caller that knows it is one); None for none.
+    :param outputs: the outputs the run was submitted with, which its watchers copy to their URIs;
+        None when this process does not know them (a run rebuilt from its id alone): its watchers
+        then keep the outputs' files in the run's artifacts, never copying them where the run's
+        tags say (the script can rewrite those).
     """
 
     def __init__(self, experiment: Experiment, run_id: str, target: ComputeTarget | None,
-                 handle: JobHandle | None, monitor_factory: MonitorFactory | None = None) -> None:
+                 handle: JobHandle | None, monitor_factory: MonitorFactory | None = None,
+                 outputs: Sequence[DeclaredOutput] | None = None) -> None:
         super().__init__(experiment, run_id)
         self.target = target
         self.handle = handle
         self.monitor_factory = monitor_factory
+        self.outputs: tuple[DeclaredOutput, ...] | None = None if outputs is None else tuple(outputs)
         self.log_upload_interval = 15.0
         """Seconds between uploads of the driver log and ``./logs`` while the run goes on."""
 
@@ -213,7 +221,8 @@ class ScriptRun(RunHistory):
         return RunWatcher(self.tracker, self.target, self.handle, self.id, output,
                           upload_interval=self.log_upload_interval, log_offset=log_offset,
                           live_tracking=live_tracking, monitor=monitor,
-                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED), run_tags=run.data.tags)
+                          termination_reason=run.data.tags.get(Tags.SWEEP_TERMINATED), run_tags=run.data.tags,
+                          declared_outputs=self.outputs)
 
     def _lock(self) -> Any:
         from filelock import FileLock

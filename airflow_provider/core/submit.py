@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -22,8 +23,8 @@ from airflow_provider.core.azureml_compat import azureml_variables, expand_argum
 from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.data.inputs import INPUTS_DIR
-from airflow_provider.core.data.outputs import OUTPUTS_DIR
-from airflow_provider.core.data.run_data import RunData, expand_placeholders, plan_run_data
+from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput
+from airflow_provider.core.data.run_data import RunData, declare_outputs, expand_placeholders, plan_run_data
 from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.shared_locks import shared_locks_for, sharing_locks
@@ -144,7 +145,7 @@ class Experiment:
         self.tracker.check_reachable()
         target.check()
         if run_key is not None and reattach:
-            existing = self._reattach(run_key, target)
+            existing = self._reattach(run_key, target, resolved)
             if existing is not None:
                 return existing
         data = plan_run_data(resolved.inputs, resolved.outputs, target)
@@ -208,19 +209,20 @@ class Experiment:
             self._fail_before_start(run_id, target, handle, exc)
             raise
         writes.close()
-        return StagedRun(self, run_id, target, handle, spec)
+        return StagedRun(self, run_id, target, handle, spec, tuple(data.declared.values()))
 
     # ------------------------------------------------------------------ steps
-    def _reattach(self, run_key: str, target: ComputeTarget) -> ScriptRun | None:
+    def _reattach(self, run_key: str, target: ComputeTarget, resolved: ResolvedRunConfig) -> ScriptRun | None:
         previous = self.tracker.find_run_by_key(self.id, run_key)
         if previous is None:
             return None
         run_id = previous.info.run_id
+        outputs = tuple(declare_outputs(resolved.outputs, run_id).values())  # as configured, never from a tag
         # Decide from our own state tag: a script using mlflow directly can change MLflow's status.
         state = RunState(previous.data.tags.get(Tags.STATE, RunState.QUEUED.value))
         if state is RunState.COMPLETED:
             log.info("Run %s for key %s already completed; collecting its result", run_id, run_key)
-            return ScriptRun(self, run_id, None, None)
+            return ScriptRun(self, run_id, None, None, outputs=outputs)
         if state.is_terminal:
             return None
         handle = target.find(run_id)  # the job's id is the run's id, never read from a tag
@@ -228,7 +230,7 @@ class Experiment:
             if not previous.data.tags.get(Tags.JOB):  # the process that launched it died before saying so
                 self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
             log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
-            return ScriptRun(self, run_id, target, handle)
+            return ScriptRun(self, run_id, target, handle, outputs=outputs)
         self.tracker.end(run_id, RunState.FAILED,
                          "the run's job was never launched or is gone from the target; a new run replaces it")
         return None
@@ -317,15 +319,17 @@ class StagedRun:
     :param target: the target the job is staged on.
     :param handle: the staged job.
     :param spec: how to start it.
+    :param outputs: the run's declared outputs (:attr:`ScriptRun.outputs`).
     """
 
     def __init__(self, experiment: Experiment, run_id: str, target: ComputeTarget, handle: JobHandle,
-                 spec: JobSpec) -> None:
+                 spec: JobSpec, outputs: Sequence[DeclaredOutput] = ()) -> None:
         self.experiment = experiment
         self.id = run_id
         self.target = target
         self.handle = handle
         self.spec = spec
+        self.outputs = tuple(outputs)
 
     def launch(self) -> ScriptRun:
         """Start the job detached; the run is Running when this returns."""
@@ -335,7 +339,7 @@ class StagedRun:
         except BaseException as exc:
             self.experiment._fail_before_start(self.id, self.target, self.handle, exc)
             raise
-        return ScriptRun(self.experiment, self.id, self.target, self.handle)
+        return ScriptRun(self.experiment, self.id, self.target, self.handle, outputs=self.outputs)
 
     def discard(self, reason: str) -> None:
         """Never start the job: remove it from the target; the run ends Canceled with ``reason``.

@@ -16,15 +16,15 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from airflow_provider.core.azureml_compat import azureml_module_hint
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import is_plain_file, uploadable_files
-from airflow_provider.core.data.bindings import recordable_uri
-from airflow_provider.core.data.outputs import OUTPUTS_DIR, declared_outputs, upload_output
+from airflow_provider.core.data.bindings import is_binding_name, recordable_uri
+from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput, upload_output
 from airflow_provider.core.errors import ConfigurationError, TargetError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
@@ -106,9 +106,12 @@ class RunWatcher:
     def __init__(self, tracker: Tracker, target: ComputeTarget, handle: JobHandle, run_id: str,
                  output: OutputSink | None = None, upload_interval: float = 15.0, log_offset: int = 0,
                  live_tracking: bool = True, monitor: RunMonitor | None = None,
-                 termination_reason: str | None = None, run_tags: Mapping[str, str] | None = None) -> None:
+                 termination_reason: str | None = None, run_tags: Mapping[str, str] | None = None,
+                 declared_outputs: Sequence[DeclaredOutput] | None = None) -> None:
         self.tracker = tracker
         self._run_tags = run_tags
+        self.declared_outputs = None if declared_outputs is None else tuple(declared_outputs)
+        """The outputs the run was submitted with (:attr:`ScriptRun.outputs`); None: unknown here."""
         self._cleanup: BackgroundCall | None = None
         self.monitor = monitor
         self.termination_reason = termination_reason
@@ -428,10 +431,12 @@ class RunWatcher:
     def _upload_declared_outputs(self, scratch: Path) -> None:
         """Copy each declared ``upload`` output to its URI (whatever the run's ending) and record its
         digest; an output that cannot be copied as configured goes to the run's artifacts instead
-        (``outputs_not_copied/<name>/``), so nothing the script wrote is lost."""
-        tags = self._run_tags if self._run_tags is not None else self.tracker.get_run(self.run_id).data.tags
-        declared = declared_outputs(tags)
-        for output in declared:
+        (``outputs_not_copied/<name>/``), so nothing the script wrote is lost. Where an output goes
+        comes from the run's description, never from its tags (its script can rewrite those)."""
+        if self.declared_outputs is None:
+            self._keep_undeclared_outputs(scratch)
+            return
+        for output in self.declared_outputs:
             if output.mode != "upload":
                 continue
             relative = f"{job_runner.WORK_DIR}/{OUTPUTS_DIR}/{output.name}"
@@ -440,12 +445,8 @@ class RunWatcher:
             try:
                 uploaded = upload_output(output, folder, self.run_id, notes)
             except ConfigurationError as exc:
-                self.relay.warnings.add(f"output {output.name!r} was not copied to {output.uri}: {exc}; its files are "
-                                        f"in the run's artifacts under outputs_not_copied/{output.name}/")
-                if folder is not None and folder.is_dir():
-                    files, _ = uploadable_files(folder, output.name)
-                    for path, key in files:
-                        self._upload_file(path, Path("outputs_not_copied", output.name, key).parent.as_posix(), key)
+                self._keep_in_artifacts(folder, output.name, f"output {output.name!r} was not copied to {output.uri}: "
+                                                             f"{exc}")
                 continue
             for note in notes:
                 self.relay.warnings.add(note)
@@ -454,6 +455,29 @@ class RunWatcher:
                                                 f"training.data.output.{output.name}.digest": uploaded.digest})
             manifest = {"uri": shown, "digest": uploaded.digest, "files": uploaded.files}
             self.tracker.log_text(self.run_id, json.dumps(manifest, indent=1), f"data/outputs/{output.name}.json")
+
+    def _keep_undeclared_outputs(self, scratch: Path) -> None:
+        """This process was given the run without its outputs (rebuilt from its id alone): whatever
+        the job wrote for an output goes to the run's artifacts, as nothing says where else."""
+        outputs = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/{OUTPUTS_DIR}", scratch / "undeclared")
+        if outputs is None or outputs.is_symlink() or not outputs.is_dir():
+            return
+        for folder in sorted(outputs.iterdir()):
+            if is_binding_name(folder.name) and folder.is_dir() and not folder.is_symlink():
+                self._keep_in_artifacts(folder, folder.name, f"output {folder.name!r} was not copied to its URI: this "
+                                        "process was given the run by its id alone, without the outputs it was "
+                                        "submitted with (the run's tags are a record its script can rewrite, never "
+                                        "where data goes)")
+
+    def _keep_in_artifacts(self, folder: Path | None, name: str, why: str) -> None:
+        """Upload an output's files to ``outputs_not_copied/<name>/`` and say why; its digest tag is
+        emptied (the tag is the run's record that the output reached its URI)."""
+        self.relay.warnings.add(f"{why}; its files are in the run's artifacts under outputs_not_copied/{name}/")
+        self.tracker.set_tags(self.run_id, {f"training.data.output.{name}.digest": ""})
+        if folder is not None and folder.is_dir():
+            files, _ = uploadable_files(folder, name)
+            for path, key in files:
+                self._upload_file(path, Path("outputs_not_copied", name, key).parent.as_posix(), key)
 
     def _upload_file(self, path: Path, folder: str, label: str) -> None:
         """Upload one file (readable: :func:`uploadable_files` checked); one MLflow refuses is noted

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.data.bindings import Input, Output
 from airflow_provider.core.data.lineage_names import asset_uri, openlineage_name
-from airflow_provider.core.data.outputs import declared_outputs
 from airflow_provider.core.data.run_data import INPUTS_TAG
 
 if TYPE_CHECKING:
@@ -137,7 +136,7 @@ def announce_outputs(operator: Any, run: ScriptRun, context: Any) -> dict[str, l
     from airflow.sdk import Asset, AssetAlias
 
     tags = run.tracker.get_run(run.id).data.tags
-    written = declared_outputs(tags)
+    written = run.outputs or ()  # as submitted: the run's tags are a record its script can rewrite
     try:
         read = [str(item["uri"]) for item in json.loads(tags.get(INPUTS_TAG) or "{}").values()]
     except (ValueError, TypeError, KeyError):

@@ -139,8 +139,9 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
         # The detached finalizers first: Airflow kills this process a few seconds after on_kill began,
         # and they must exist by then (each waits for its trial's job to stop, then records it).
         running = sweep_run.running_trials()
+        environment = self._finalizer_environment()
         for run in running:
-            finalize_in_background(run, self._credentials)
+            finalize_in_background(run, environment)
         sweep_run.abort(KILLED)
         self.log.info("Task killed: stopped %d running trials of sweep %s", len(running), sweep_run.id)
 

@@ -18,6 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.data.bindings import Input, Output
 from airflow_provider.core.data.credentials import remember_inline, resolved_for_environment
+from airflow_provider.core.data.outputs import outputs_to_dict
 from airflow_provider.core.distributed import DistributedConfig
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
@@ -242,7 +243,8 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         if run.handle is not None:
             self._reference = RunReference(run.id, experiment.name, experiment.tracking_uri, self.tracking_conn_id,
                                            self.compute_hook.target_reference, run.handle.to_dict(),
-                                           sweep_trial=trial is not None)
+                                           sweep_trial=trial is not None,
+                                           outputs=None if run.outputs is None else outputs_to_dict(run.outputs))
         self.log.info("Training run %s submitted to %s (experiment %r, tracking %s)", run.id,
                       self.compute_hook.target_reference, experiment.name, experiment.tracking_uri)
         url = mlflow_run_url(experiment.tracking_uri, experiment.id, run.id)
@@ -302,10 +304,14 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
             return  # nothing launched yet: execute() cancels the run as soon as submit returns
         self.log.info("Task killed: canceling training run %s", self._run.id)
         self._run.cancel(wait=False)
+        finalize_in_background(self._run, self._finalizer_environment())
+
+    def _finalizer_environment(self) -> dict[str, str]:
+        """What a detached finalizer needs in its environment: the tracking credentials, and those of
+        the outputs' connections (it copies the outputs without Airflow)."""
         output_connections = {output.connection: _scheme(output) for output in self._bindings()
                               if isinstance(output, Output) and output.connection}
-        # the finalizer copies the outputs without Airflow: their credentials go in its environment
-        finalize_in_background(self._run, {**self._credentials, **resolved_for_environment(output_connections)})
+        return {**self._credentials, **resolved_for_environment(output_connections)}
 
     # ------------------------------------------------------------------ helpers
     def _experiment(self, context: Context, trial: TrialPlan | None = None) -> Experiment:
@@ -411,12 +417,11 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         }
 
     def _output_uris(self, run: ScriptRun) -> dict[str, str]:
-        """Where each declared output was written: ``{name: URI}``."""
+        """Where each declared output was written: ``{name: URI}`` (as submitted: the run's tags
+        are a record its script can rewrite)."""
         from airflow_provider.core.data.bindings import recordable_uri
-        from airflow_provider.core.data.outputs import declared_outputs
 
-        tags = run.tracker.get_run(run.id).data.tags
-        return {output.name: recordable_uri(output.uri) for output in declared_outputs(tags)}
+        return {output.name: recordable_uri(output.uri) for output in run.outputs or ()}
 
 
 

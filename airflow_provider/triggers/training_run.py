@@ -173,11 +173,10 @@ def _output_credentials(script_run: Any) -> dict[str, str]:
     resolved here (the triggerer reads Airflow connections; the finalizer does not)."""
     from airflow_provider.core.data.credentials import resolved_for_environment
     from airflow_provider.core.data.locations import parse_location
-    from airflow_provider.core.data.outputs import declared_outputs
     from airflow_provider.hooks.data_connections import register_data_connections
 
     try:
-        outputs = declared_outputs(script_run.tracker.get_run(script_run.id).data.tags)
+        outputs = script_run.outputs or ()  # as submitted (the run's reference), never the run's tags
         register_data_connections()
         return resolved_for_environment({output.connection: parse_location(output.uri, "outputs").scheme
                                          for output in outputs if output.connection})

@@ -25,6 +25,7 @@ from airflow_provider.core import (
 from airflow_provider.core.data.outputs import MARKER
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
+from airflow_provider.core.tracking import WARNINGS_ARTIFACT
 from tests.helpers import serve_folder, write_script
 from tests.ssh_hosts import SSHHost
 
@@ -528,6 +529,58 @@ def test_an_interrupted_download_is_never_used_and_the_next_try_reads_it_whole(t
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_script_rewriting_its_outputs_tag_cannot_send_its_data_elsewhere(tmp_path: Path) -> None:
+    """The run's tags are a record its script can rewrite: a script that points the outputs' tag at
+    another folder (and forges a digest) changes nothing; the output goes where it was submitted to."""
+    elsewhere = tmp_path / "elsewhere"
+    write_script(tmp_path / "src", f"""
+        import json, os, sys
+        from mlflow.tracking import MlflowClient
+        open(os.path.join(sys.argv[1], "model.txt"), "w").write("weights")
+        forged = {{"uri": {str(elsewhere)!r}, "mode": "upload", "connection": None, "overwrite": True}}
+        client = MlflowClient()
+        client.set_tag(os.environ["MLFLOW_RUN_ID"], "training.data.outputs",
+                       json.dumps({{"model": forged, "extra": forged}}))
+        client.set_tag(os.environ["MLFLOW_RUN_ID"], "training.data.output.model.digest", "forged")
+    """)
+    out = tmp_path / "models"
+    run = Experiment("data").submit(ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{outputs.model}}"],
+                                                    outputs={"model": Output(f"{out}/{{run_id}}/")}))
+    run.wait_for_completion()
+    assert (out / run.id / "model.txt").read_text() == "weights"
+    assert not elsewhere.exists()
+    tags = MlflowClient().get_run(run.id).data.tags
+    marker = json.loads((out / run.id / MARKER).read_text())
+    assert tags["training.data.output.model.digest"] == marker["digest"] != "forged"
+    assert "training.data.output.extra.digest" not in tags
+
+
+def test_a_run_rebuilt_without_its_outputs_keeps_them_in_its_artifacts(tmp_path: Path) -> None:
+    """A process given a run by its id alone does not know where its outputs go (its tags are not
+    trusted for that): the output's files go to the run's artifacts, and the run says so."""
+    from airflow_provider.core.script_run import ScriptRun
+
+    write_script(tmp_path / "src", """
+        import os, sys, time
+        open(os.path.join(sys.argv[1], "model.txt"), "w").write("weights")
+        time.sleep(1)
+    """)
+    out = tmp_path / "models"
+    config = ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{outputs.model}}"],
+                             outputs={"model": Output(f"{out}/{{run_id}}/")})
+    submitted = Experiment("data").submit(config)
+    assert submitted.outputs is not None and [o.name for o in submitted.outputs] == ["model"]
+    rebuilt = ScriptRun(submitted.experiment, submitted.id, submitted.target, submitted.handle)
+    details = rebuilt.wait_for_completion()
+    assert not (out / submitted.id / "model.txt").exists()
+    kept = MlflowClient().download_artifacts(submitted.id, "outputs_not_copied/model", str(tmp_path / "dl"))
+    assert (Path(kept) / "model.txt").read_text() == "weights"
+    assert details["status"] == "Completed"
+    warnings = Path(MlflowClient().download_artifacts(submitted.id, WARNINGS_ARTIFACT, str(tmp_path / "w"))).read_text()
+    assert "output 'model' was not copied to its URI: this process was given the run by its id alone" in warnings
+    assert MlflowClient().get_run(submitted.id).data.tags["training.data.output.model.digest"] == ""
 
 
 def test_a_canceled_runs_output_is_copied(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from airflow_provider.triggers.training_run import MINIMUM_SECONDS_BEFORE_EVENT
 DAG_TEXT = '''
 from datetime import datetime
 from airflow.sdk import DAG
+from airflow_provider.core import Output
 from airflow_provider.operators import SubmitTrainingRunOperator
 
 with DAG("deferral_in_dag_test", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
@@ -21,17 +22,20 @@ with DAG("deferral_in_dag_test", schedule=None, start_date=datetime(2026, 1, 1),
                                       arguments=["short", 10], deferrable=True, poll_interval=0.5,
                                       experiment_name="deferral")
     long = SubmitTrainingRunOperator(task_id="long", source_directory={source!r}, script="train.py",
-                                     arguments=["long", 30], deferrable=True, defer_after_seconds=1,
-                                     poll_interval=0.5, experiment_name="deferral")
+                                     arguments=["long", 30, "${{{{outputs.model}}}}"], deferrable=True,
+                                     defer_after_seconds=1, poll_interval=0.5, experiment_name="deferral",
+                                     outputs={{"model": Output({models!r} + "/{{run_id}}")}})
     short >> long
 '''
 
 SCRIPT = """
-import sys, time
+import os, sys, time
 name, lines = sys.argv[1], int(sys.argv[2])
 for i in range(lines):
     print(name, i, flush=True)
     time.sleep(0.1)
+if len(sys.argv) > 3:
+    open(os.path.join(sys.argv[3], "model.txt"), "w").write(name)
 """
 
 
@@ -46,10 +50,15 @@ def test_a_short_run_never_defers_and_a_long_one_resumes_when_it_ends(
     (source / "train.py").write_text(SCRIPT)
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / "deferral.py").write_text(DAG_TEXT.format(source=str(source)))
+    models = tmp_path / "models"
+    (dags / "deferral.py").write_text(DAG_TEXT.format(source=str(source), models=str(models)))
     outcome = run_dag("deferral_in_dag_test", dags_folder=dags)
     assert outcome["state"] == "success", outcome["output"][-3000:]
     assert outcome["xcom"]["short"]["status"] == outcome["xcom"]["long"]["status"] == "Completed"
+    # the output the deferred run was submitted with travels in the trigger's reference to execute_complete
+    long_run = outcome["xcom"]["long"]["run_id"]
+    assert outcome["xcom"]["long"]["outputs"] == {"model": str(models / long_run)}
+    assert (models / long_run / "model.txt").read_text() == "long"
     lines = outcome["output"].splitlines()
     long_starts = next(i for i, line in enumerate(lines) if "starting task_id=long" in line)
     deferrals = [i for i, line in enumerate(lines) if "running trigger in line" in line]

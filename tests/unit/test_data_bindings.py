@@ -889,3 +889,40 @@ def test_an_output_is_claimed_at_staging_and_an_abandoned_claim_taken_over(tmp_p
     (folder / "weights.bin").write_bytes(b"w")  # data written: never taken over, even from an ended run
     with pytest.raises(ConfigurationError, match="already holds data written by run run-b"):
         check_output(output, "run-c", {}, "outputs['model']", run_is_active=lambda run: False)
+
+
+# ------------------------------------------------------ declared outputs travel with the run's description
+def test_declared_outputs_round_trip_and_names_that_could_leave_the_outputs_folder_are_dropped() -> None:
+    from airflow_provider.core.data.outputs import DeclaredOutput, outputs_from_dict, outputs_to_dict
+
+    model = DeclaredOutput("model", "s3://bucket/models/r1", "upload", "aws_default", False)
+    assert outputs_from_dict(outputs_to_dict([model])) == (model,)
+    forged = {"../x": model.to_dict(), "a/b": model.to_dict(), "ok": "not a mapping", "model": model.to_dict()}
+    assert outputs_from_dict(forged) == (model,)
+
+
+def test_a_run_reference_and_a_finalizer_description_carry_the_outputs_it_was_submitted_with(
+        tmp_path: Path) -> None:
+    """What the trigger, ``execute_complete`` and the detached finalizer copy comes from these, not
+    from the run's tags; a reference written before they carried outputs rebuilds a run whose
+    outputs are unknown (kept in its artifacts), never an empty list (silently not copied)."""
+    from airflow_provider.core.data.outputs import DeclaredOutput
+    from airflow_provider.core.finalizer import describe, script_run
+    from airflow_provider.core.script_run import ScriptRun
+    from airflow_provider.core.submit import Experiment
+    from airflow_provider.core.targets.base import JobHandle
+    from airflow_provider.run_reference import RunReference
+
+    outputs = (DeclaredOutput("model", str(tmp_path / "models"), "upload", None, False),)
+    handle = JobHandle("local", "0123456789abcdef0123456789abcdef", str(tmp_path / "job"))
+    experiment = Experiment("declared", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = ScriptRun(experiment, handle.job_id, LocalTarget(), handle, outputs=outputs)
+    assert script_run(json.loads(json.dumps(describe(run)))).outputs == outputs
+    unknown = ScriptRun(experiment, handle.job_id, LocalTarget(), handle)
+    assert script_run(json.loads(json.dumps(describe(unknown)))).outputs is None
+
+    reference = RunReference(handle.job_id, "declared", experiment.tracking_uri, None, "local", handle.to_dict(),
+                             outputs={"model": outputs[0].to_dict()})
+    assert RunReference.from_dict(json.loads(json.dumps(reference.to_dict()))).script_run(False).outputs == outputs
+    written_before = {key: value for key, value in reference.to_dict().items() if key != "outputs"}
+    assert RunReference.from_dict(written_before).script_run(False).outputs is None

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["INPUT_MODES", "OUTPUT_MODES", "Input", "Output", "recordable_uri", "validate_bindings"]
+__all__ = ["INPUT_MODES", "OUTPUT_MODES", "Input", "Output", "is_binding_name", "recordable_uri", "validate_bindings"]
 
 INPUT_MODES = ("download", "direct", "mount")
 OUTPUT_MODES = ("upload", "direct")
@@ -189,6 +189,15 @@ class Output:
                 "overwrite": self.overwrite}
 
 
+def is_binding_name(name: str) -> bool:
+    """Whether ``name`` is an input's or output's name: a letter or ``_``, then letters, digits or
+    ``_``, at most 64 (a Jinja name, and a folder name that cannot leave its parent).
+
+    :param name: the name.
+    """
+    return _NAME.match(name) is not None
+
+
 def validate_bindings(owner: str, inputs: object, outputs: object) -> tuple[dict[str, Input], dict[str, Output]]:
     """Check a run's ``inputs`` and ``outputs`` mappings.
 
@@ -208,7 +217,7 @@ def validate_bindings(owner: str, inputs: object, outputs: object) -> tuple[dict
                                      f"{type(given).__name__}.", f'pass {{"train": {cls.__name__}("s3://bucket/data/")}}.')
         for name, binding in given.items():
             where = f"{owner}.{kind}[{name!r}]"
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not isinstance(name, str) or not is_binding_name(name):
                 raise ConfigurationError(where, "the name must start with a letter or '_' and hold only letters, "
                                          "digits or '_' (at most 64): it is used as ${{inputs.<name>}}.",
                                          'use a name such as "train" or "train_data".')

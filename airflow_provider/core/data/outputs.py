@@ -13,13 +13,13 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.collect import uploadable_files
-from airflow_provider.core.data.bindings import recordable_uri
+from airflow_provider.core.data.bindings import is_binding_name, recordable_uri
 from airflow_provider.core.data.credentials import output_options
 from airflow_provider.core.data.inputs import DataTransferError
 from airflow_provider.core.data.locations import (
@@ -32,14 +32,16 @@ from airflow_provider.core.data.locations import (
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 
 __all__ = ["MARKER", "OUTPUTS_DIR", "OUTPUTS_TAG", "DeclaredOutput", "UploadedOutput", "check_output",
-           "declared_outputs", "upload_output"]
+           "declared_outputs", "outputs_from_dict", "outputs_to_dict", "upload_output"]
 
 log = logging.getLogger(__name__)
 OUTPUTS_DIR = ".outputs"
 """Where ``upload`` outputs are written, inside the job's ``work/`` folder."""
 MARKER = ".training_run.json"
 OUTPUTS_TAG = "training.data.outputs"
-"""The run tag that declares its outputs (JSON, no credentials): read by whoever finalizes the run."""
+"""The run tag that records its outputs (JSON, no credentials). A record only: the script can
+rewrite its run's tags, so whoever copies the outputs is given them with the run's description
+(:class:`~airflow_provider.run_reference.RunReference`, the finalizer's arguments)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class UploadedOutput:
 
 
 def declared_outputs(tags: Mapping[str, str]) -> list[DeclaredOutput]:
-    """The outputs a run declared, from its tags (none when the tag is missing or unreadable).
+    """The outputs a run's tag records (none when the tag is missing or unreadable). A record the
+    script may have rewritten: never where outputs are copied to (see :data:`OUTPUTS_TAG`).
 
     :param tags: the run's tags.
     """
@@ -100,9 +103,25 @@ def declared_outputs(tags: Mapping[str, str]) -> list[DeclaredOutput]:
         data = json.loads(tags.get(OUTPUTS_TAG) or "{}")
     except ValueError:
         return []
-    if not isinstance(data, dict):
-        return []
-    return [DeclaredOutput.from_dict(name, item) for name, item in sorted(data.items()) if isinstance(item, dict)]
+    return list(outputs_from_dict(data)) if isinstance(data, dict) else []
+
+
+def outputs_to_dict(outputs: Iterable[DeclaredOutput]) -> dict[str, dict[str, Any]]:
+    """Plain JSON data for a run's description: ``{name: DeclaredOutput.to_dict()}``.
+
+    :param outputs: the run's declared outputs.
+    """
+    return {output.name: output.to_dict() for output in outputs}
+
+
+def outputs_from_dict(data: Mapping[str, Any]) -> tuple[DeclaredOutput, ...]:
+    """Rebuild :func:`outputs_to_dict` output, by name; an entry whose name is not an output's name
+    (a folder name under the job's outputs: no ``..``, no ``/``) or that is not a mapping is left out.
+
+    :param data: the serialised outputs.
+    """
+    return tuple(DeclaredOutput.from_dict(name, item) for name, item in sorted(data.items())
+                 if isinstance(item, dict) and isinstance(name, str) and is_binding_name(name))
 
 
 def _target(location: DataLocation, options: dict[str, Any]) -> tuple[Any, str]:

@@ -40,6 +40,7 @@ __all__ = [
     "INPUTS_TAG",
     "OUTPUTS_TAG",
     "RunData",
+    "declare_outputs",
     "expand_placeholders",
     "placeholder_names",
     "plan_run_data",
@@ -96,12 +97,11 @@ class RunData:
         :param tracking_uri: MLflow, for ``runs:/`` and ``models:/`` inputs.
         :param run_is_active: whether another run (an output's claim) has not ended.
         """
-        for name, output in self.outputs.items():
+        for name, declared in declare_outputs(self.outputs, run_id).items():
             where = f"ScriptRunConfig.outputs[{name!r}]"
-            location = parse_location(output.resolved_uri(run_id, name), where)
-            uri = location.path if location.is_local else location.uri  # absolute: whoever copies it, wherever
-            declared = DeclaredOutput(name, uri, output.mode, output.connection, output.overwrite)
-            options = resolve_options(where, location.scheme, output.connection, output.storage_options)
+            output = self.outputs[name]
+            scheme = parse_location(declared.uri, where).scheme
+            options = resolve_options(where, scheme, output.connection, output.storage_options)
             check_output(declared, run_id, options, where, run_is_active)
             remember_inline(run_id, name, output.storage_options)
             self.declared[name] = declared
@@ -183,6 +183,21 @@ class RunData:
                               source=json.dumps({"uri": source}), profile=json.dumps(profile, sort_keys=True))
             datasets.append(DatasetInput(dataset, tags=tags))
         tracker.log_inputs(run_id, datasets)
+
+
+def declare_outputs(outputs: dict[str, Output], run_id: str) -> dict[str, DeclaredOutput]:
+    """Each output of ``run_id`` as it is written: placeholders filled in, a local path absolute
+    (whoever copies it, wherever). Checks nothing beyond the URI's form: :meth:`RunData.stage` does.
+
+    :param outputs: validated outputs by name.
+    :param run_id: the run.
+    """
+    declared = {}
+    for name, output in outputs.items():
+        location = parse_location(output.resolved_uri(run_id, name), f"ScriptRunConfig.outputs[{name!r}]")
+        uri = location.path if location.is_local else location.uri
+        declared[name] = DeclaredOutput(name, uri, output.mode, output.connection, output.overwrite)
+    return declared
 
 
 def plan_run_data(inputs: dict[str, Input], outputs: dict[str, Output], target: ComputeTarget) -> RunData:
