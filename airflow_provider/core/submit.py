@@ -149,6 +149,8 @@ class Experiment:
             if existing is not None:
                 return existing
         data = plan_run_data(resolved.inputs, resolved.outputs, target)
+        if not data.empty:  # direct inputs' and outputs' credentials, for the script (the caller's own win)
+            secret_variables = {**data.direct_variables(), **(secret_variables or {})}
         store = SnapshotStore()
         snapshot = store.take(resolved.source_directory, max_bytes=resolved.snapshot_size_limit_bytes).snapshot
         if not data.empty:

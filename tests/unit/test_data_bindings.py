@@ -926,3 +926,41 @@ def test_a_run_reference_and_a_finalizer_description_carry_the_outputs_it_was_su
     assert RunReference.from_dict(json.loads(json.dumps(reference.to_dict()))).script_run(False).outputs == outputs
     written_before = {key: value for key, value in reference.to_dict().items() if key != "outputs"}
     assert RunReference.from_dict(written_before).script_run(False).outputs is None
+
+
+# ------------------------------------------------------------ direct bindings' credentials reach the script
+def test_a_direct_bindings_credentials_become_its_storages_standard_variables() -> None:
+    from airflow_provider.core.data.job_credentials import DirectBinding, job_variables
+
+    s3 = DirectBinding("ScriptRunConfig.inputs['raw']", "s3", {
+        "key": "AKIA", "secret": "s3cr3t", "endpoint_url": "http://127.0.0.1:7480",
+        "client_kwargs": {"region_name": "eu-west-1"}})
+    azure = DirectBinding("ScriptRunConfig.outputs['scores']", "abfs", {"account_name": "acct", "account_key": "k"})
+    assert job_variables([s3, azure, DirectBinding("x", "file", {})]) == {
+        "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ENDPOINT_URL": "http://127.0.0.1:7480",
+        "AWS_DEFAULT_REGION": "eu-west-1", "AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": "k"}
+    same_keys = DirectBinding("ScriptRunConfig.inputs['more']", "s3", {"key": "AKIA", "secret": "s3cr3t"})
+    assert job_variables([s3, same_keys])["AWS_ACCESS_KEY_ID"] == "AKIA"
+
+
+@pytest.mark.parametrize(("binding", "message"), [
+    (("sftp", {"username": "u", "password": "p"}), "no standard environment variables"),
+    (("s3", {"key": "AKIA", "anon": False}), "'anon' of a direct binding cannot reach the script"),
+])
+def test_a_direct_binding_whose_credentials_cannot_reach_the_script_is_refused(
+        binding: tuple[str, dict[str, object]], message: str) -> None:
+    from airflow_provider.core.data.job_credentials import DirectBinding, job_variables
+
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        job_variables([DirectBinding("ScriptRunConfig.inputs['raw']", *binding)])
+    assert caught.value.field == "ScriptRunConfig.inputs['raw'].connection" and "mode='download'" in str(caught.value)
+
+
+def test_two_direct_bindings_needing_different_keys_are_refused_naming_both() -> None:
+    from airflow_provider.core.data.job_credentials import DirectBinding, job_variables
+
+    first = DirectBinding("ScriptRunConfig.inputs['a']", "s3", {"key": "ONE"})
+    second = DirectBinding("ScriptRunConfig.outputs['b']", "s3", {"key": "TWO"})
+    with pytest.raises(ConfigurationError, match=r"AWS_ACCESS_KEY_ID.*inputs\['a'\]") as caught:
+        job_variables([first, second])
+    assert caught.value.field == "ScriptRunConfig.outputs['b'].connection"

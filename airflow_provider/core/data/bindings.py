@@ -8,7 +8,8 @@ mode        what the script sees
 ==========  ============================================================================
 download    a local folder (or file) on the target, copied before the script starts;
             content-addressed and cached, so a second run sends only what changed
-direct      the URI itself: the script reads it (with its own credentials)
+direct      the URI itself: the script reads it; a connection's credentials reach it as
+            its storage's standard variables (:mod:`.job_credentials`)
 mount       a read-only path the target already sees (a Docker daemon host's folder,
             the Slurm cluster's filesystem); refused on a target that cannot mount
 ==========  ============================================================================

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider.core.data.bindings import Input, Output, recordable_uri
 from airflow_provider.core.data.credentials import remember_inline, resolve_options
 from airflow_provider.core.data.inputs import PlannedInput, StagedInput, plan_inputs, stage_input
+from airflow_provider.core.data.job_credentials import DirectBinding, job_variables
 from airflow_provider.core.data.locations import parse_location
 from airflow_provider.core.data.outputs import OUTPUTS_DIR, OUTPUTS_TAG, DeclaredOutput, check_output
 from airflow_provider.core.errors import ConfigurationError
@@ -112,6 +113,22 @@ class RunData:
                 self.staged[plan.name] = staged
                 entries.extend(staged.entries)
         return entries
+
+    def direct_variables(self) -> dict[str, str]:
+        """The environment variables that give the script the credentials of its ``direct`` inputs
+        and outputs (see :mod:`~airflow_provider.core.data.job_credentials`): secret variables.
+
+        :raises ConfigurationError: naming a binding whose credentials cannot reach the script.
+        """
+        bindings = [DirectBinding(f"ScriptRunConfig.inputs[{plan.name!r}]", plan.location.scheme, plan.options)
+                    for plan in self.inputs if plan.binding.mode == "direct"]
+        for name, output in self.outputs.items():
+            if output.mode == "direct":
+                where = f"ScriptRunConfig.outputs[{name!r}]"
+                scheme = parse_location(output.resolved_uri("run", name), where).scheme
+                bindings.append(DirectBinding(where, scheme, resolve_options(where, scheme, output.connection,
+                                                                             output.storage_options)))
+        return job_variables(bindings)
 
     def bind(self, job_dir: str) -> dict[str, str]:
         """Each input's and output's path as the job sees it; the variables the job needs.
