@@ -109,6 +109,10 @@ def get_provider_info() -> dict[str, Any]:
                     "volumes": {"label": "Volumes (host:container[:ro|rw], one a line)",
                                 "schema": {"type": ["array", "null"], "items": {"type": "string"}}},
                     "labels": {"label": "Container labels (JSON object)", "schema": {"type": ["object", "null"]}},
+                    "input_cache_volume": {"label": "Input cache volume", "schema": _STRING,
+                                           "description": "Keeps downloaded inputs on the daemon's host, so a run "
+                                                          "sends only changed files. Default training-runs-inputs; "
+                                                          "none: send inputs with every job."},
                 },
                 ["schema"],
                 {"host": "Daemon URL", "login": "Registry user", "password": "Registry password"},

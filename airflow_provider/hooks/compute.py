@@ -93,8 +93,10 @@ class DockerComputeHook(ComputeHook):
     and password = registry credentials (with extra ``registry``). Extra fields: TLS
     (``tls_ca_cert``, ``tls_client_cert``, ``tls_client_private_key``: each a path or PEM text;
     ``tls_verify``, ``tls_hostname``), ``image`` (default image), ``python``, and run options
-    ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``, and
-    ``conda`` (``auto``, ``rattler``: a real conda environment in the image, ``translate``: PyPI).
+    ``network``, ``user``, ``shm_size``, ``mem_limit``, ``cpus``, ``gpus``, ``volumes``, ``labels``,
+    ``conda`` (``auto``, ``rattler``: a real conda environment in the image, ``translate``: PyPI), and
+    ``input_cache_volume`` (the volume that keeps downloaded inputs on the daemon's host, default
+    ``training-runs-inputs``; ``none`` sends them with every job).
     Every field is checked (:mod:`airflow_provider.hooks.docker_options`) before anything connects.
     """
 
@@ -112,7 +114,8 @@ class DockerComputeHook(ComputeHook):
                                           connection.port if connection else None)
         return DockerTarget(base_url=settings["base_url"], image=settings["image"] or DEFAULT_IMAGE,
                             python=settings["python"] or "python3", run_options=settings["run_options"],
-                            tls=settings["tls"], registry_auth=settings["registry_auth"], conda=settings["conda"])
+                            tls=settings["tls"], registry_auth=settings["registry_auth"], conda=settings["conda"],
+                            input_cache_volume=settings["input_cache_volume"])
 
 
 class SSHComputeHook(ComputeHook):

@@ -98,6 +98,7 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
         "conda": fields.text("conda", 'write "auto", "rattler" (a real conda environment in the image, installed with '
                              'py-rattler) or "translate" (a virtual environment from PyPI).',
                              lambda v: v in ("auto", "rattler", "translate")) or "auto",
+        "input_cache_volume": _input_cache_volume(fields),
     }
     for name, text in pem_texts.items():  # only once every field is known to be right
         assert tls is not None
@@ -108,8 +109,20 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
 KNOWN_EXTRA_FIELDS = frozenset({
     "tls_ca_cert", "tls_client_cert", "tls_client_private_key", "tls_verify", "tls_hostname", "registry", "image",
     "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels", "conda",
+    "input_cache_volume",
 })
 """Every extra field a ``training_docker`` connection may have."""
+
+
+def _input_cache_volume(fields: _Fields) -> str | None:
+    """The volume that keeps downloaded inputs on the daemon's host (default
+    ``training-runs-inputs``); None for ``none`` (inputs are sent with every job)."""
+    from airflow_provider.core.targets.docker_input_cache import DEFAULT_VOLUME, VOLUME_NAME
+
+    value = fields.text("input_cache_volume", f'write a Docker volume name such as "{DEFAULT_VOLUME}" (letters, '
+                        'digits, "_", "." or "-"), or "none" to send inputs with every job.',
+                        lambda v: v == "none" or bool(VOLUME_NAME.match(v)))
+    return None if value == "none" else value or DEFAULT_VOLUME
 
 
 def _plain_extra(conn_id: str, extra: Mapping[str, Any]) -> _Fields:

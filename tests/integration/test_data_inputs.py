@@ -4,6 +4,7 @@ and on failure; lineage in MLflow; a second run sends only the changed bytes to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -305,6 +306,54 @@ def test_docker_target_download_and_read_only_mount(docker_target: Any, tmp_path
     assert not (data / "new.txt").exists()
 
 
+def test_docker_target_second_run_sends_only_the_changed_bytes(docker_target: Any, tmp_path: Path) -> None:
+    """The daemon's input cache volume keeps the input files by content: a second run with one of 20
+    files changed sends only that file; the script reads them through read-only links into the
+    volume and cannot change what another run reads."""
+    from airflow_provider.core.targets.docker import DockerTarget
+
+    volume = f"training-runs-test-{uuid.uuid4().hex[:8]}"
+    target = DockerTarget(input_cache_volume=volume)
+    files = {f"part-{i:02d}.bin": os.urandom(64 * 1024) for i in range(20)}
+    data = _data(tmp_path / "data", files)
+    out = tmp_path / "models"
+    write_script(tmp_path / "src", """
+        import hashlib, json, os, sys
+        source, out = sys.argv[1], sys.argv[2]
+        found = {name: hashlib.sha256(open(os.path.join(source, name), "rb").read()).hexdigest()
+                 for name in sorted(os.listdir(source))}
+        try:
+            open(os.path.join(source, "part-00.bin"), "ab").write(b"changed")
+            found["written"] = "yes"
+        except OSError as exc:
+            found["written"] = "refused %d" % exc.errno
+        json.dump(found, open(os.path.join(out, "seen.json"), "w"))
+    """)
+    config = ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{inputs.train}}", "${{outputs.model}}"],
+                             inputs={"train": Input(str(data))}, outputs={"model": Output(f"{out}/{{run_id}}/")},
+                             compute_target=target)
+    try:
+        first = Experiment("data").submit(config)
+        first.wait_for_completion()
+        seen = _seen(out, first.id)
+        assert seen.pop("written") in ("refused 30", "refused 13")  # read-only file system / permission
+        assert seen == {name: _sha(content) for name, content in files.items()}
+        assert 20 * 64 * 1024 <= target.blob_bytes_sent < 21 * 64 * 1024
+        sent_first = target.blob_bytes_sent
+        (data / "part-07.bin").write_bytes(os.urandom(64 * 1024))
+        second = Experiment("data").submit(config)
+        second.wait_for_completion()
+        assert target.blob_bytes_sent - sent_first == 64 * 1024
+        assert _seen(out, second.id)["part-07.bin"] == _sha((data / "part-07.bin").read_bytes())
+        uncached = DockerTarget(input_cache_volume=None)  # every job gets the whole input
+        third = Experiment("data").submit(dataclasses.replace(config, compute_target=uncached))
+        third.wait_for_completion()
+        assert uncached.blob_bytes_sent == 20 * 64 * 1024
+        assert _seen(out, third.id)["written"] == "yes"  # its own copy: writable, and nobody else reads it
+    finally:
+        target.client.volumes.get(volume).remove(force=True)
+
+
 def _driver_log(run_id: str, tmp_path: Path) -> str:
     folder = tmp_path / f"log-{run_id}"
     path = MlflowClient().download_artifacts(run_id, "system_logs/driver.log", str(folder))
@@ -394,8 +443,39 @@ def test_s3_input_and_output_through_an_airflow_connection(s3_server: dict[str, 
         fixed.outputs = {"model": Output(f"s3://{name}/models/{first.id}/", connection="test_s3")}
         with pytest.raises(ConfigurationError, match="already holds data written by run"):
             Experiment("data").submit(fixed)
+        _direct_s3_binding_reaches_the_script(name, s3_server, tmp_path, monkeypatch)
     finally:
         register_resolver(None)
+
+
+def _direct_s3_binding_reaches_the_script(bucket: str, s3_server: dict[str, str], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct input's connection reaches the script as AWS's standard variables (s3fs, boto3 and
+    pandas read them), as secrets: not in the job folder, not in MLflow."""
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    write_script(tmp_path / "direct_src", """
+        import os, sys
+        import s3fs
+        print("READ", s3fs.S3FileSystem().cat(sys.argv[1] + "day=1/a.csv")[:3].decode())
+        with s3fs.S3FileSystem().open(sys.argv[2] + "written.txt", "wb") as out:
+            out.write(b"direct")
+    """)
+    config = ScriptRunConfig(tmp_path / "direct_src", "train.py", arguments=["${{inputs.raw}}", "${{outputs.scores}}"],
+                             inputs={"raw": Input(f"s3://{bucket}/data/", mode="direct", connection="test_s3")},
+                             outputs={"scores": Output(f"s3://{bucket}/scores/{{run_id}}/", mode="direct",
+                                                       connection="test_s3")})
+    run = Experiment("data").submit(config)
+    run.wait_for_completion()
+    assert "READ aaa" in _driver_log(run.id, tmp_path)
+    import s3fs
+
+    written = s3fs.S3FileSystem(skip_instance_cache=True, **s3_server).cat(f"{bucket}/scores/{run.id}/written.txt")
+    assert written == b"direct"
+    recorded = MlflowClient().get_run(run.id)
+    assert s3_server["secret"] not in json.dumps([recorded.data.tags, recorded.data.params])
+    job_json = tmp_path / "state" / "local" / "jobs" / run.id / "job.json"
+    assert not job_json.exists() or s3_server["secret"] not in job_json.read_text()
 
 
 def test_azureml_v1_dataset_arguments_run_unchanged(tmp_path: Path) -> None:

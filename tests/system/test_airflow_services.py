@@ -32,6 +32,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
+import airflow_provider
 from tests.conftest import skip_or_fail
 from tests.helpers import pid_alive, stop_process_tree, wait_until
 from tests.ssh_hosts import SLURM_SHARED, SSHHost, container_host, restore_host_key, slurm_login
@@ -306,6 +307,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     (source / "train.py").write_text(textwrap.dedent(SCRIPT))
     (sweep_source / "train.py").write_text(textwrap.dedent(SWEEP_SCRIPT))
     (docker_source / "train.py").write_text(textwrap.dedent(DOCKER_SCRIPT))
+    examples = Path(airflow_provider.__file__).parent / "example_dags"  # scheduled on an asset: proven here
+    shutil.copy(examples / "retrain_on_new_data.py", home / "dags")
+    shutil.copytree(examples / "retrain_on_new_data_src", home / "dags" / "retrain_on_new_data_src")
     (home / "dags" / "service_dags.py").write_text(DAG_TEMPLATE.format(
         source=str(source), control=str(control), docker_source=str(docker_source), docker_conn=DOCKER_CONN_ID,
         ssh_conn=SSH_CONN_ID, sweep_source=str(sweep_source), secret_source=str(secret_source),
@@ -323,6 +327,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "TRAINING_EXAMPLE_DATA": str(home / "example_data"),
+        "TRAINING_EXAMPLE_MODELS": str(home / "example_models"),
         f"AIRFLOW_CONN_{DOCKER_CONN_ID.upper()}": json.dumps({
             "conn_type": "training_docker", "host": DOCKER_URL, "extra": {"image": DOCKER_IMAGE}}),
     }
@@ -404,6 +410,34 @@ def test_deferred_run_is_watched_by_the_triggerer(airflow: Airflow) -> None:
     assert sorted(m.step for m in ticks) == list(range(len(ticks))) and len(ticks) >= 4
     assert [a.path for a in airflow.mlflow().list_artifacts(run.info.run_id, "outputs")] == ["outputs/done.txt"]
     assert len(airflow.executions("svc_deferred_success")) == 1
+
+
+def test_a_landed_partition_triggers_the_retraining_dag_through_its_asset(airflow: Airflow) -> None:
+    """The example ``retrain_on_new_data`` is scheduled on the data folder's asset: the scheduler
+    starts it when ``prepare_churn_data`` writes a partition (the asset event of its outlet), and
+    its training run reads the folder, writes the model output and the next task registers it."""
+    for dag_id in ("retrain_on_new_data", "prepare_churn_data"):
+        wait_until(lambda dag_id=dag_id: airflow.call("GET", f"/api/v2/dags/{dag_id}").status_code == 200,
+                   timeout=120, message=f"{dag_id} to be parsed")
+        response = airflow.call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        assert response.status_code == 200, response.text
+    response = airflow.call("POST", "/api/v2/dags/prepare_churn_data/dagRuns", json={"logical_date": None})
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = {}
+
+    def retrained() -> bool:
+        runs = airflow.call("GET", "/api/v2/dags/retrain_on_new_data/dagRuns").json()["dag_runs"]
+        if runs and runs[0]["state"] == "failed":
+            raise AssertionError(f"retrain_on_new_data failed: {runs[0]}\n{_task_logs(airflow, 'retrain_on_new_data')}")
+        found.update(runs[0] if runs and runs[0]["state"] == "success" else {})
+        return bool(found)
+
+    wait_until(retrained, timeout=300, message="the asset event to start retrain_on_new_data and it to succeed")
+    assert found["run_type"] == "asset_triggered", found
+    (version,) = airflow.mlflow().search_model_versions("name = 'churn-from-data'")
+    model = airflow.home / "example_models" / version.run_id / "model.json"
+    assert json.loads(model.read_text())["trained_on"] == [p.name for p in (airflow.home / "example_data").iterdir()]
+    assert version.source == str(model.parent)
 
 
 def test_a_run_over_when_its_trigger_starts_resumes_its_task_without_failing_it(airflow: Airflow) -> None:

@@ -673,3 +673,20 @@ def test_a_docker_connection_names_its_conda_mode() -> None:
     with pytest.raises(ConfigurationError) as caught:
         docker_target_settings("d", None, None, None, {"conda": "mamba"})
     assert "extra" in caught.value.field and "conda" in caught.value.field and "translate" in str(caught.value)
+
+
+def test_the_input_cache_volume_field_defaults_turns_off_and_refuses_a_bad_name() -> None:
+    from airflow_provider.core.targets.docker import DockerTarget
+    from airflow_provider.hooks.docker_options import docker_target_settings
+
+    assert docker_target_settings("d", None, None, None, {})["input_cache_volume"] == "training-runs-inputs"
+    assert docker_target_settings("d", None, None, None, {"input_cache_volume": "none"})["input_cache_volume"] is None
+    assert docker_target_settings("d", None, None, None, {"input_cache_volume": "data.cache"})[
+        "input_cache_volume"] == "data.cache"
+    with pytest.raises(ConfigurationError) as caught:
+        docker_target_settings("d", None, None, None, {"input_cache_volume": "my cache"})
+    assert caught.value.field == "connection 'd' extra.input_cache_volume" and '"none"' in str(caught.value)
+    with pytest.raises(ConfigurationError, match="input_cache_volume"):
+        DockerTarget(input_cache_volume="/var/lib/cache")
+    for volume in ("data.cache", None):  # the finalizer rebuilds the target from its spec
+        assert DockerTarget.from_spec(DockerTarget(input_cache_volume=volume).to_spec()).input_cache_volume == volume

@@ -5,6 +5,7 @@ stdout and prints its exit line, with the log's size, on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -128,3 +129,79 @@ def test_launch_parameters_round_trip() -> None:
     assert job_runner.decode_launch(job_runner.encode_launch(spec)) == spec  # type: ignore[arg-type]
     minimal = job_runner.decode_launch(job_runner.encode_launch({"argv": ["true"]}))
     assert minimal == {"argv": ["true"], "cwd": job_runner.WORK_DIR, "env": {}, "unset_env": [], "path_prepend": []}
+
+
+# ------------------------------------------------------------------------- the input cache's programs
+def test_a_link_record_becomes_a_link_into_the_cache(tmp_path: Path) -> None:
+    """A data input's file arrives as a link to its blob in the (read-only) cache volume."""
+    stream = _job_folder_stream({"argv": ["true"]})
+    stream = record("s", 0o444, f"{job_runner.WORK_DIR}/.inputs/train/a.csv", b"/cache/blobs/ab/abc") + stream
+    done = _enter(tmp_path / "job", stream)
+    assert done.returncode == 0, done.stderr
+    link = tmp_path / "job" / job_runner.WORK_DIR / ".inputs" / "train" / "a.csv"
+    assert link.is_symlink() and str(link.readlink()) == "/cache/blobs/ab/abc"
+
+
+def _sync(cache: Path, want: list[list[object]], blobs: dict[str, bytes], *, keep_days: float = 30,
+          corrupt: bool = False) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
+    """Run the sync program as the sync container does, sending what it says it lacks."""
+    import hashlib
+
+    from airflow_provider.core.targets.docker_input_cache import SYNC_PROGRAM
+
+    process = subprocess.Popen([_python39(), "-I", "-S", "-c", SYNC_PROGRAM, str(cache), str(keep_days)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(want).encode() + b"\n")
+    process.stdin.flush()
+    answer = process.stdout.readline()
+    missing = json.loads(answer) if answer else []  # no answer: it refused the list
+    for digest in missing:
+        content = blobs[digest]
+        assert hashlib.sha256(content).hexdigest() == digest
+        process.stdin.write(b"b %s %d\n" % (digest.encode(), len(content)) + (content[::-1] if corrupt else content))
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write(b"e\n")
+        process.stdin.close()
+    rest = process.stdout.read()
+    stderr = process.stderr.read() if process.stderr is not None else b""
+    returncode = process.wait(timeout=60)
+    return subprocess.CompletedProcess([], returncode, rest, stderr), missing
+
+
+def test_the_sync_program_asks_only_for_missing_blobs_checks_them_and_evicts_unused_ones(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    contents = [b"first file", b"second file" * 1000]
+    blobs = {hashlib.sha256(c).hexdigest(): c for c in contents}
+    want = [[digest, len(content)] for digest, content in blobs.items()]
+    cache = tmp_path / "cache"
+    done, missing = _sync(cache, want, blobs)
+    assert done.returncode == 0, done.stderr
+    assert sorted(missing) == sorted(blobs)
+    assert json.loads(done.stdout)["stored"] == 2
+    for digest, content in blobs.items():
+        stored = cache / "blobs" / digest[:2] / digest
+        assert stored.read_bytes() == content and oct(stored.stat().st_mode & 0o777) == "0o444"
+    done, missing = _sync(cache, want, blobs)  # nothing changed: nothing is sent
+    assert done.returncode == 0 and missing == []
+    # a blob nobody asked for in longer than keep_days goes; the wanted one stays
+    old_digest = want[0][0]
+    old = cache / "blobs" / str(old_digest)[:2] / str(old_digest)
+    os.utime(old, (1_000_000, 1_000_000))
+    done, _ = _sync(cache, want[1:], blobs, keep_days=1)
+    assert json.loads(done.stdout)["evicted"] == 1 and not old.exists()
+
+
+def test_the_sync_program_refuses_a_blob_whose_content_is_not_its_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    content = b"weights" * 100
+    digest = hashlib.sha256(content).hexdigest()
+    done, _ = _sync(tmp_path / "cache", [[digest, len(content)]], {digest: content}, corrupt=True)
+    assert done.returncode != 0 and b"another content" in done.stderr
+    assert not (tmp_path / "cache" / "blobs" / digest[:2] / digest).exists()
+    assert list((tmp_path / "cache" / "partial").iterdir()) == []
+    refused, _ = _sync(tmp_path / "cache", [["../../etc/passwd", 1]], {})
+    assert refused.returncode != 0 and b"not a sha256 digest" in refused.stderr

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -36,6 +37,7 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from airflow_provider.core.background import BackgroundCall
 from airflow_provider.core.collect import tolerant_tar_filter
+from airflow_provider.core.data.inputs import INPUTS_DIR
 from airflow_provider.core.environments.conda_builder import CondaMode, translated_when_unreachable
 from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.environments.prepared import PreparedEnvironment
@@ -43,6 +45,14 @@ from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError, TargetError, TrainingRunError
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
+from airflow_provider.core.targets.docker_input_cache import (
+    CACHE_MOUNT,
+    DEFAULT_VOLUME,
+    CachedBlob,
+    check_volume_name,
+    link_target,
+    sync_blobs,
+)
 from airflow_provider.core.targets.docker_streams import (
     END,
     ENTRY_PROGRAM,
@@ -56,6 +66,8 @@ from airflow_provider.core.targets.docker_streams import (
 from airflow_provider.runtime import compiled_supervisor, host_files, job_runner
 
 __all__ = ["DEFAULT_IMAGE", "DockerTarget"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "training-runs/python:3.11"
 JOB_ROOT = "/job"
@@ -125,6 +137,9 @@ class DockerTarget(ComputeTarget):
     :param conda: how conda specifications are built: ``"rattler"`` (a real conda environment in the
         image, installed offline by py-rattler during the build), ``"translate"`` (a virtual
         environment from PyPI) or ``"auto"`` (``"rattler"`` when py-rattler is installed here).
+    :param input_cache_volume: the volume on the daemon's host that keeps downloaded inputs by
+        content, so a run sends only the input files the volume lacks (see
+        :mod:`~airflow_provider.core.targets.docker_input_cache`); None sends them with every job.
     """
 
     kind: ClassVar[str] = "docker"
@@ -134,10 +149,16 @@ class DockerTarget(ComputeTarget):
 
     def __init__(self, base_url: str | None = None, image: str = DEFAULT_IMAGE, python: str = "python3",
                  run_options: dict[str, Any] | None = None, *, tls: dict[str, Any] | None = None,
-                 registry_auth: dict[str, str] | None = None, conda: CondaMode = "auto") -> None:
+                 registry_auth: dict[str, str] | None = None, conda: CondaMode = "auto",
+                 input_cache_volume: str | None = DEFAULT_VOLUME) -> None:
         if conda not in ("auto", "rattler", "translate"):
             raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
         self.conda = conda
+        self.input_cache_volume = (None if input_cache_volume is None
+                                   else check_volume_name(input_cache_volume, "input_cache_volume"))
+        self.blob_bytes_sent = 0
+        """Bytes of data input files sent to the daemon by this target object (to its cache volume,
+        or with the job when there is none)."""
         self.base_url = base_url
         self.image = image
         self.python = python
@@ -203,12 +224,14 @@ class DockerTarget(ComputeTarget):
     def to_spec(self) -> dict[str, Any]:
         # registry_auth stays out on purpose: the spec is passed on a command line.
         return {"kind": self.kind, "base_url": self.base_url, "image": self.image, "python": self.python,
-                "run_options": self.run_options, "tls": self.tls, "conda": self.conda}
+                "run_options": self.run_options, "tls": self.tls, "conda": self.conda,
+                "input_cache_volume": self.input_cache_volume}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> DockerTarget:
         return cls(spec.get("base_url"), spec.get("image", DEFAULT_IMAGE), spec.get("python", "python3"),
-                   spec.get("run_options"), tls=spec.get("tls"), conda=spec.get("conda", "auto"))
+                   spec.get("run_options"), tls=spec.get("tls"), conda=spec.get("conda", "auto"),
+                   input_cache_volume=spec.get("input_cache_volume", DEFAULT_VOLUME))
 
     def describe(self) -> str:
         return f"docker ({self.base_url or 'local daemon'}{', TLS' if self.tls else ''})"
@@ -271,8 +294,11 @@ class DockerTarget(ComputeTarget):
         """
         image = environment.image or self.image
         options = dict(self.run_options)
-        if mounts:
-            binds = [f"{host}:{inside}:ro" for host, inside in mounts.items()]
+        links = self._cached_inputs(image, snapshot, store)
+        binds = [f"{host}:{inside}:ro" for host, inside in (mounts or {}).items()]
+        if links:
+            binds.append(f"{self.input_cache_volume}:{CACHE_MOUNT}:ro")
+        if binds:
             given = options.get("volumes") or []
             if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
                 given = [f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}" for host, spec in given.items()]
@@ -287,6 +313,11 @@ class DockerTarget(ComputeTarget):
                                              for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
         for entry in snapshot.entries:
             mode, path = 0o755 if entry.executable else 0o644, f"{job_runner.WORK_DIR}/{entry.path}"
+            if entry.path in links:  # a data input's file: a link into the read-only cache volume
+                records.append(record("s", 0o444, path, links[entry.path].encode()))
+                continue
+            if entry.path.startswith(f"{INPUTS_DIR}/"):
+                self.blob_bytes_sent += entry.size
             if entry.size > _INLINE_BYTES:  # read while it is sent (a data input of gigabytes)
                 records.append(FileRecord(mode, path, store.blob_path(entry.digest), entry.size))
                 continue
@@ -298,6 +329,19 @@ class DockerTarget(ComputeTarget):
             records.append(record("f", 0o644, relative, content))
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
+
+    def _cached_inputs(self, image: str, snapshot: Snapshot, store: SnapshotStore) -> dict[str, str]:
+        """Bring the cache volume up to date with the job's data input files; return the link target
+        of each (by snapshot path). None without inputs or a cache volume."""
+        inputs = [entry for entry in snapshot.entries if entry.path.startswith(f"{INPUTS_DIR}/")]
+        if not inputs or self.input_cache_volume is None:
+            return {}
+        blobs = {entry.digest: CachedBlob(entry.digest, entry.size, store.blob_path(entry.digest)) for entry in inputs}
+        result = sync_blobs(self.client, image, self.python, self.input_cache_volume, blobs, {LABEL_MANAGED: "true"})
+        self.blob_bytes_sent += result.bytes_sent
+        log.info("Input cache %s: %d of %d input files sent (%d bytes), %d unused ones evicted",
+                 self.input_cache_volume, result.sent, len(blobs), result.bytes_sent, result.evicted)
+        return {entry.path: link_target(entry.digest) for entry in inputs}
 
     @_docker_errors
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:

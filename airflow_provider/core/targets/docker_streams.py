@@ -5,8 +5,10 @@ stdin open). Launching streams the job folder to its stdin as :func:`record` s e
 :data:`END`; the program unpacks them and runs :mod:`job_runner` from the folder in the same process
 (no second interpreter start). No archive is copied into the container first. A record is a
 header line ``KIND MODE SIZE NAME_BYTES`` (``MODE`` in octal), the path (UTF-8, relative to the job
-folder) and ``SIZE`` bytes; ``KIND`` is ``d`` (a folder), ``f`` (a file) or ``l`` (the command's
-launch parameters, :func:`~airflow_provider.runtime.job_runner.encode_launch`, kept in memory: the
+folder) and ``SIZE`` bytes; ``KIND`` is ``d`` (a folder), ``f`` (a file), ``s`` (a symbolic link
+whose target is the ``SIZE`` bytes: a data input's file in the read-only input cache, see
+:mod:`~airflow_provider.core.targets.docker_input_cache`) or ``l`` (the command's launch
+parameters, :func:`~airflow_provider.runtime.job_runner.encode_launch`, kept in memory: the
 supervisor starts the command before it parses ``job.json``). The secrets are in the launch
 parameters only: never in the container's configuration or on its disk. A stream cut short stops
 the container before the job starts (the target then reports the job lost).
@@ -48,7 +50,7 @@ while True:
     if header == b"e 0 0 0\n":
         break
     fields = header.split()
-    if len(fields) != 4 or fields[0] not in (b"d", b"f", b"l"):
+    if len(fields) != 4 or fields[0] not in (b"d", b"f", b"l", b"s"):
         sys.exit("the job folder stream was cut short or is malformed: %r" % (header[:80],))
     if fields[0] == b"l":
         launch = read(int(fields[2]))
@@ -57,6 +59,10 @@ while True:
     if relative.startswith("/") or ".." in relative.split("/"):
         sys.exit("refusing the path %r: it leaves the job folder" % (relative,))
     path = os.path.join(root, relative)
+    if fields[0] == b"s":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(read(size).decode(), path)
+        continue
     if fields[0] == b"d":
         os.makedirs(path, exist_ok=True)
     else:
@@ -115,7 +121,8 @@ class FileRecord:
 def record(kind: str, mode: int, path: str, content: bytes = b"") -> bytes:
     """One record of the job folder stream (see the module docstring).
 
-    :param kind: ``d`` for a folder, ``f`` for a file, ``l`` for the launch parameters (path empty).
+    :param kind: ``d`` for a folder, ``f`` for a file, ``s`` for a link (``content`` is its target),
+        ``l`` for the launch parameters (path empty).
     :param mode: its permission bits.
     :param path: relative to the job folder, ``/``-separated.
     :param content: a file's bytes.
