@@ -9,6 +9,8 @@ script reads one file. Timed in this one process, interleaved, medians of N:
 * ours, warm: the same run again (nothing changed: nothing is sent).
 * ours, no cache (``input_cache_volume=None``): every file streamed into the job's container.
 * baseline: ``docker create``, ``docker cp FOLDER``, ``docker start -a``, ``docker rm``.
+* the staging step alone, cold and warm: the cache's sync container for the folder's files (a new
+  volume, then the same one again), what the SSH benchmark's warm/cold compares.
 
 Goals (issue 18): cold at most 1.3x the baseline; warm under 0.1x of cold. Usage::
 
@@ -17,6 +19,7 @@ Goals (issue 18): cold at most 1.3x the baseline; warm under 0.1x of cold. Usage
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 import subprocess
@@ -69,6 +72,7 @@ def main() -> None:
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         from airflow_provider.core import Experiment, Input, ScriptRunConfig
         from airflow_provider.core.targets.docker import DEFAULT_IMAGE, DockerTarget
+        from airflow_provider.core.targets.docker_input_cache import CachedBlob, sync_blobs
 
         data = Path(scratch) / "data"
         _tree(data, files, megabytes)
@@ -84,7 +88,12 @@ def main() -> None:
 
         run(DockerTarget(input_cache_volume=None))  # warm-up: the store, MLflow, the data's digests
         _baseline(DEFAULT_IMAGE, data)
-        results: dict[str, list[float]] = {"ours_cold": [], "ours_warm": [], "ours_no_cache": [], "baseline": []}
+        results: dict[str, list[float]] = {"ours_cold": [], "ours_warm": [], "ours_no_cache": [], "baseline": [],
+                                           "sync_cold": [], "sync_warm": []}
+        blobs = {}
+        for path in sorted(data.iterdir()):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            blobs[digest] = CachedBlob(digest, path.stat().st_size, path)
         sent: dict[str, int] = {}
         for _ in range(repetitions):
             volume = f"bench-inputs-{uuid.uuid4().hex[:8]}"
@@ -96,6 +105,14 @@ def main() -> None:
                 sent["warm"] = cached.blob_bytes_sent - sent["cold"]
             finally:
                 cached.client.volumes.get(volume).remove(force=True)
+            volume = f"bench-inputs-{uuid.uuid4().hex[:8]}"  # the staging step alone: the input cache's sync
+            client = DockerTarget().client
+            try:
+                for phase in ("sync_cold", "sync_warm"):
+                    results[phase].append(_timed(lambda volume=volume, client=client: sync_blobs(
+                        client, DEFAULT_IMAGE, "python3", volume, blobs, {"training.managed": "true"})))
+            finally:
+                client.volumes.get(volume).remove(force=True)
             results["ours_no_cache"].append(_timed(lambda: run(DockerTarget(input_cache_volume=None))))
             results["baseline"].append(_timed(lambda: _baseline(DEFAULT_IMAGE, data)))
     medians = {name: statistics.median(values) for name, values in results.items()}
@@ -110,6 +127,7 @@ def main() -> None:
     print(f"warm / cold (ours):       {warm:.3f}x (goal < {GOAL_WARM_FRACTION}x) "
           f"{'met' if warm < GOAL_WARM_FRACTION else 'MISSED'}")
     print(f"no cache / docker cp:     {medians['ours_no_cache'] / medians['baseline']:.2f}x")
+    print(f"staging alone (the cache's sync), warm / cold: {medians['sync_warm'] / medians['sync_cold']:.3f}x")
 
 
 if __name__ == "__main__":

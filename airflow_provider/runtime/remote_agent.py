@@ -705,6 +705,8 @@ def main(argv: list[str]) -> int:
     if argv[1:] != ["serve"]:
         print("usage: remote_agent.py serve", file=sys.stderr)
         return 2
+    with contextlib.suppress(OSError, AttributeError):  # a pipe from sshd: 1 MiB, as the sender's (Linux)
+        fcntl.fcntl(sys.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)  # gigabytes of blobs: ~25% faster here
     return serve(sys.stdin.buffer, sys.stdout.buffer)
 
 

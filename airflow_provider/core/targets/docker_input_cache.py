@@ -61,6 +61,7 @@ for digest, size in json.loads(stream.readline()):
 sys.stdout.write(json.dumps(missing) + "\n")
 sys.stdout.flush()
 stored = received = 0
+view = memoryview(bytearray(1 << 20))
 while True:
     header = stream.readline().split()
     if header == [b"e"]:
@@ -70,14 +71,14 @@ while True:
     digest, size = digest_of(header[1].decode()), int(header[2])
     temporary = os.path.join(partial, "%s.%d" % (digest, os.getpid()))
     check, left = hashlib.sha256(), size
-    with open(temporary, "wb") as out:
+    with open(temporary, "wb", buffering=0) as out:
         while left:
-            chunk = stream.read(min(left, 1 << 20))
-            if not chunk:
+            got = stream.readinto(view[:min(left, len(view))])
+            if not got:
                 sys.exit("the blob stream was cut short in %s" % digest)
-            check.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
+            check.update(view[:got])
+            out.write(view[:got])
+            left -= got
     if check.hexdigest() != digest:
         os.unlink(temporary)
         sys.exit("blob %s arrived with another content: its file changed while it was sent" % digest)

@@ -46,6 +46,12 @@ class OpenSSHUnavailable(Exception):
     """``ssh`` could not be used for this request (none here, or it could not connect): use paramiko."""
 
 
+_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+            "aes128-ctr,aes192-ctr,aes256-ctr")
+"""OpenSSH's default ciphers (since 6.5), AES-GCM first: with the AES instructions every server CPU
+has, 1 GB goes through ssh in 2.0 s instead of chacha20's 2.9 s here (what this stream is for)."""
+
+
 def _write_payload(pipe: IO[bytes], payload: _Payload) -> None:
     """Write ``payload`` into ``pipe`` in 1 MiB pieces (measured faster here than ``os.sendfile``
     into the pipe), with the pipe's buffer raised to match (Linux)."""
@@ -90,7 +96,7 @@ def openssh_request(settings: SSHSettings, server_key: paramiko.PKey, username: 
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", f"ConnectTimeout={int(settings.connect_timeout)}", "-o", "LogLevel=ERROR",
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", f"Ciphers={_CIPHERS}",
                 "-F", "/dev/null", settings.host, command]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert process.stdin is not None and process.stdout is not None
