@@ -362,7 +362,8 @@ def _driver_log(run_id: str, tmp_path: Path) -> str:
 
 def test_mpi_ranks_on_every_host_read_the_input(mpi_hosts: list[SSHHost], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Across MPI hosts every rank finds the downloaded input at the same path."""
+    """Across MPI hosts every rank finds the downloaded input at the same path; a second run with one
+    of its files changed sends each host only that file."""
     from airflow_provider.hooks.compute import compute_hook_for
 
     first = mpi_hosts[0]
@@ -373,7 +374,8 @@ def test_mpi_ranks_on_every_host_read_the_input(mpi_hosts: list[SSHHost], tmp_pa
                                               "--mca oob_tcp_if_include 172.28.0.0/24"}}
     monkeypatch.setenv("AIRFLOW_CONN_TEST_MPI_DATA", json.dumps(connection))
     target = compute_hook_for("test_mpi_data").get_target()
-    data = _data(tmp_path / "data", {"shard.txt": b"every rank reads this"})
+    data = _data(tmp_path / "data", {"shard.txt": b"every rank reads this",
+                                     **{f"part-{i}.bin": os.urandom(64 * 1024) for i in range(8)}})
     write_script(tmp_path / "src", """
         import os, socket, sys
         from airflow_provider.core import Run
@@ -383,13 +385,20 @@ def test_mpi_ranks_on_every_host_read_the_input(mpi_hosts: list[SSHHost], tmp_pa
         Run.get_context().log("read_ok", 1)
         print("rank", rank, "on", socket.gethostname(), "read", len(text))
     """)
-    run = Experiment("data").submit(ScriptRunConfig(
-        tmp_path / "src", "train.py", arguments=["${{inputs.train}}"], compute_target=target,
-        distributed_job_config=MpiConfiguration(process_count_per_node=1, node_count=2),
-        inputs={"train": Input(str(data))}))
+    config = ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{inputs.train}}"], compute_target=target,
+                             distributed_job_config=MpiConfiguration(process_count_per_node=1, node_count=2),
+                             inputs={"train": Input(str(data))})
+    run = Experiment("data").submit(config)
     run.wait_for_completion()
     metrics = MlflowClient().get_run(run.id).data.metrics
     assert metrics.get("read_ok") == 1 and metrics.get("rank_1/read_ok") == 1, metrics
+    sent = [node.blob_bytes_sent for node in target.nodes[:2]]
+    assert all(count >= 8 * 64 * 1024 for count in sent), sent
+    (data / "part-3.bin").write_bytes(os.urandom(64 * 1024))
+    second = Experiment("data").submit(config)
+    second.wait_for_completion()
+    again = [node.blob_bytes_sent - before for node, before in zip(target.nodes[:2], sent, strict=True)]
+    assert all(64 * 1024 <= count < 2 * 64 * 1024 for count in again), again
 
 
 @pytest.fixture
