@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError, TargetError
-from airflow_provider.core.targets.docker_streams import close_stream, raw_socket
+from airflow_provider.core.targets.docker_streams import close_stream, file_chunks, raw_socket
 
 __all__ = ["CACHE_MOUNT", "DEFAULT_VOLUME", "KEEP_DAYS", "SYNC_PROGRAM", "VOLUME_NAME", "CachedBlob", "SyncResult",
            "check_volume_name", "link_target", "sync_blobs"]
@@ -34,7 +34,6 @@ KEEP_DAYS = 30
 """A blob no job asked for in this many days is removed by the next sync."""
 SYNC_LABEL = "training.input_cache_sync"
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")  # Docker's rule for volume names
-_CHUNK = 1 << 20
 
 SYNC_PROGRAM = r"""import hashlib, json, os, sys, time
 root, keep_days, stream = sys.argv[1], float(sys.argv[2]), sys.stdin.buffer
@@ -201,22 +200,12 @@ def _exchange(stream: Any, blobs: Mapping[str, CachedBlob]) -> SyncResult:
     for digest in missing:
         blob = blobs[digest]
         sock.sendall(b"b %s %d\n" % (digest.encode(), blob.size))
-        for chunk in _read(blob):
+        for chunk in file_chunks(blob.source, blob.size):
             sock.sendall(chunk)
         sent += blob.size
     sock.sendall(b"e\n")
     counts = json.loads(next(lines))
     return SyncResult(len(missing), sent, int(counts["evicted"]))
-
-
-def _read(blob: CachedBlob) -> Iterator[bytes]:
-    read = 0
-    with open(blob.source, "rb") as handle:
-        while read < blob.size and (data := handle.read(min(_CHUNK, blob.size - read))):
-            read += len(data)
-            yield data
-    if read != blob.size:
-        raise OSError(f"{blob.source} changed while it was sent ({read} of {blob.size} bytes)")
 
 
 def _stdout_lines(stream: Any) -> Iterator[bytes]:
