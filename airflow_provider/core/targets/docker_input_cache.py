@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError, TargetError
-from airflow_provider.core.targets.docker_streams import close_stream, file_chunks, raw_socket
+from airflow_provider.core.targets.docker_streams import close_stream, raw_socket
+from airflow_provider.core.targets.tar_stream import file_chunks
 
 __all__ = ["CACHE_MOUNT", "DEFAULT_VOLUME", "KEEP_DAYS", "SYNC_PROGRAM", "VOLUME_NAME", "CachedBlob", "SyncResult",
            "check_volume_name", "link_target", "sync_blobs"]

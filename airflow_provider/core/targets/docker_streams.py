@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from airflow_provider.core.targets.tar_stream import file_chunks
 from airflow_provider.runtime import job_runner
 
-__all__ = ["END", "ENTRY_PROGRAM", "ContainerOutput", "close_stream", "file_chunks", "last_exit_line", "raw_socket",
-           "record"]
+__all__ = ["END", "ENTRY_PROGRAM", "ContainerOutput", "close_stream", "last_exit_line", "raw_socket", "record"]
 
 END = b"e 0 0 0\n"
 """The record that ends the job folder stream."""
@@ -111,23 +111,6 @@ class FileRecord:
         name = self.path.encode()
         yield b"f %o %d %d\n" % (self.mode, self.size, len(name)) + name
         yield from file_chunks(self.source, self.size, chunk)
-
-
-def file_chunks(source: Path, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The bytes of a file that must not change while it is sent, in pieces of ``chunk``.
-
-    :param source: the file.
-    :param size: its length when it was listed.
-    :param chunk: the most bytes a piece holds.
-    :raises OSError: its length is not ``size`` any more.
-    """
-    sent = 0
-    with open(source, "rb") as handle:
-        while sent < size and (data := handle.read(min(chunk, size - sent))):
-            sent += len(data)
-            yield data
-    if sent != size:
-        raise OSError(f"{source} changed while it was sent ({sent} of {size} bytes)")
 
 
 def record(kind: str, mode: int, path: str, content: bytes = b"") -> bytes:

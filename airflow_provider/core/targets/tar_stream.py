@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["BlobTarStream"]
+__all__ = ["BlobTarStream", "file_chunks"]
 
 _BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 1 << 20
@@ -78,15 +78,26 @@ class BlobTarStream(io.RawIOBase):
             info.size, info.mode = length, 0o644
             yield info.tobuf(format=tarfile.GNU_FORMAT)
             if isinstance(data, Path):
-                sent = 0
-                with open(data, "rb") as source:
-                    while sent < length and (chunk := source.read(min(_CHUNK, length - sent))):
-                        sent += len(chunk)
-                        yield chunk
-                if sent != length:
-                    raise OSError(f"{data} changed while it was sent ({sent} of {length} bytes)")
+                yield from file_chunks(data, length, _CHUNK)
             elif data:
                 yield data
             if _padding(length):
                 yield b"\0" * _padding(length)
         yield b"\0" * (2 * _BLOCK)
+
+
+def file_chunks(source: Path, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of a file that must not change while it is sent, in pieces of ``chunk``.
+
+    :param source: the file.
+    :param size: its length when it was listed.
+    :param chunk: the most bytes a piece holds.
+    :raises OSError: its length is not ``size`` any more.
+    """
+    sent = 0
+    with open(source, "rb") as handle:
+        while sent < size and (data := handle.read(min(chunk, size - sent))):
+            sent += len(data)
+            yield data
+    if sent != size:
+        raise OSError(f"{source} changed while it was sent ({sent} of {size} bytes)")
