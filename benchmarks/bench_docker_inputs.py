@@ -110,7 +110,8 @@ def main() -> None:
             try:
                 for phase in ("sync_cold", "sync_warm"):
                     results[phase].append(_timed(lambda volume=volume, client=client: sync_blobs(
-                        client, DEFAULT_IMAGE, "python3", volume, blobs, {"training.managed": "true"})))
+                        client, DEFAULT_IMAGE, "python3", volume, f"bench{uuid.uuid4().hex[:8]}", blobs,
+                        {"training.managed": "true"})))
             finally:
                 client.volumes.get(volume).remove(force=True)
             results["ours_no_cache"].append(_timed(lambda: run(DockerTarget(input_cache_volume=None))))

@@ -23,7 +23,8 @@ from airflow_provider.core.azureml_compat import azureml_variables, expand_argum
 from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.data.inputs import INPUTS_DIR
-from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput
+from airflow_provider.core.data.job_credentials import check_not_set_by_caller
+from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput, declared_outputs
 from airflow_provider.core.data.run_data import RunData, declare_outputs, expand_placeholders, plan_run_data
 from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
@@ -149,8 +150,14 @@ class Experiment:
             if existing is not None:
                 return existing
         data = plan_run_data(resolved.inputs, resolved.outputs, target)
-        if not data.empty:  # direct inputs' and outputs' credentials, for the script (the caller's own win)
-            secret_variables = {**data.direct_variables(), **(secret_variables or {})}
+        if not data.empty:  # direct inputs' and outputs' credentials, for the script
+            direct = data.direct_variables()
+            check_not_set_by_caller(direct, {
+                "secret_environment_variables": secret_variables or {},
+                "ScriptRunConfig.environment_variables": resolved.environment_variables,
+                "Environment.environment_variables": (resolved.environment.environment_variables
+                                                      if resolved.environment else {})})
+            secret_variables = {**direct, **(secret_variables or {})}
         store = SnapshotStore()
         snapshot = store.take(resolved.source_directory, max_bytes=resolved.snapshot_size_limit_bytes).snapshot
         if not data.empty:
@@ -219,7 +226,13 @@ class Experiment:
         if previous is None:
             return None
         run_id = previous.info.run_id
-        outputs = tuple(declare_outputs(resolved.outputs, run_id).values())  # as configured, never from a tag
+        outputs: tuple[DeclaredOutput, ...] | None = tuple(declare_outputs(resolved.outputs, run_id).values())
+        if {o.name: o for o in outputs or ()} != {o.name: o for o in declared_outputs(previous.data.tags)}:
+            # the configuration changed since the run was staged (its outputs were checked and claimed as they
+            # were then), or its script rewrote the record: its outputs go to its artifacts, nowhere else
+            log.warning("Run %s: its outputs differ from those it was staged with; they are kept in its artifacts",
+                        run_id)
+            outputs = None
         # Decide from our own state tag: a script using mlflow directly can change MLflow's status.
         state = RunState(previous.data.tags.get(Tags.STATE, RunState.QUEUED.value))
         if state is RunState.COMPLETED:

@@ -121,8 +121,10 @@ def _input_cache_volume(fields: _Fields) -> str | None:
 
     value = fields.text("input_cache_volume", f'write a Docker volume name such as "{DEFAULT_VOLUME}" (letters, '
                         'digits, "_", "." or "-"), or "none" to send inputs with every job.',
-                        lambda v: v == "none" or bool(VOLUME_NAME.match(v)))
-    return None if value == "none" else value or DEFAULT_VOLUME
+                        lambda v: v.lower() == "none" or bool(VOLUME_NAME.match(v)))
+    if value is not None and value.lower() == "none":
+        return None
+    return value or DEFAULT_VOLUME
 
 
 def _plain_extra(conn_id: str, extra: Mapping[str, Any]) -> _Fields:

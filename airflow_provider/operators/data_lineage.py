@@ -122,7 +122,27 @@ def data_secret_values(bindings: list[Input | Output]) -> list[str]:
         for key, value in (binding.storage_options or {}).items():
             if isinstance(value, str) and value and _SECRET_KEY.search(str(key)):
                 values.append(value)
+        if binding.mode == "direct" and binding.connection:  # its credentials reach the job's environment
+            values += _connection_secrets(binding)
     return values
+
+
+def _connection_secrets(binding: Input | Output) -> list[str]:
+    """The credential values a direct binding's connection resolves to (none when it cannot be
+    read now: submitting says why)."""
+    from airflow_provider.core.data.credentials import resolve_options
+    from airflow_provider.core.data.locations import parse_location
+
+    try:
+        scheme = parse_location(str(binding.uri), "binding").scheme
+        options = resolve_options("binding", scheme, binding.connection, None)
+    except Exception:
+        return []
+    found = [value for key, value in options.items() if isinstance(value, str) and value and _SECRET_KEY.search(key)]
+    for inner in options.values():
+        if isinstance(inner, dict):
+            found += [v for k, v in inner.items() if isinstance(v, str) and v and _SECRET_KEY.search(str(k))]
+    return found
 
 
 def announce_outputs(operator: Any, run: ScriptRun, context: Any) -> dict[str, list[str]]:

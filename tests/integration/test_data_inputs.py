@@ -322,6 +322,8 @@ def test_docker_target_second_run_sends_only_the_changed_bytes(docker_target: An
         source, out = sys.argv[1], sys.argv[2]
         found = {name: hashlib.sha256(open(os.path.join(source, name), "rb").read()).hexdigest()
                  for name in sorted(os.listdir(source))}
+        cache = "/var/cache/training-runs/inputs"  # only this job's files: another run's data is not there
+        found["cache"] = len(os.listdir(cache)) if os.path.isdir(cache) else -1
         try:
             open(os.path.join(source, "part-00.bin"), "ab").write(b"changed")
             found["written"] = "yes"
@@ -337,6 +339,7 @@ def test_docker_target_second_run_sends_only_the_changed_bytes(docker_target: An
         first.wait_for_completion()
         seen = _seen(out, first.id)
         assert seen.pop("written") in ("refused 30", "refused 13")  # read-only file system / permission
+        assert seen.pop("cache") == 20
         assert seen == {name: _sha(content) for name, content in files.items()}
         assert 20 * 64 * 1024 <= target.blob_bytes_sent < 21 * 64 * 1024
         sent_first = target.blob_bytes_sent
@@ -345,11 +348,13 @@ def test_docker_target_second_run_sends_only_the_changed_bytes(docker_target: An
         second.wait_for_completion()
         assert target.blob_bytes_sent - sent_first == 64 * 1024
         assert _seen(out, second.id)["part-07.bin"] == _sha((data / "part-07.bin").read_bytes())
+        assert _seen(out, second.id)["cache"] == 20
         uncached = DockerTarget(input_cache_volume=None)  # every job gets the whole input
         third = Experiment("data").submit(dataclasses.replace(config, compute_target=uncached))
         third.wait_for_completion()
         assert uncached.blob_bytes_sent == 20 * 64 * 1024
         assert _seen(out, third.id)["written"] == "yes"  # its own copy: writable, and nobody else reads it
+        assert _seen(out, third.id)["cache"] == -1
     finally:
         target.client.volumes.get(volume).remove(force=True)
 
@@ -691,3 +696,32 @@ def test_a_canceled_runs_output_is_copied(tmp_path: Path) -> None:
     with pytest.raises(RunCanceledError):
         run.wait_for_completion()
     assert (out / run.id / "checkpoint.txt").read_text() == "epoch 1"
+
+
+def test_a_reattached_run_copies_its_outputs_only_where_they_were_staged(tmp_path: Path) -> None:
+    """A retry reattaches with the task's own outputs; if they are no longer those the run was staged
+    (and its output folders claimed) with, the run keeps its files in its artifacts."""
+    from tests.helpers import wait_until
+
+    go = tmp_path / "go"
+    write_script(tmp_path / "src", f"""
+        import os, sys, time
+        open(os.path.join(sys.argv[1], "model.txt"), "w").write("weights")
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.1)
+    """)
+
+    def config(out: Path) -> ScriptRunConfig:
+        return ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{outputs.model}}"],
+                               outputs={"model": Output(f"{out}/{{run_id}}/")})
+
+    first = Experiment("data").submit(config(tmp_path / "models"), run_key="reattach-outputs")
+    same = Experiment("data").submit(config(tmp_path / "models"), run_key="reattach-outputs")
+    assert same.id == first.id and same.outputs == first.outputs
+    moved = Experiment("data").submit(config(tmp_path / "elsewhere"), run_key="reattach-outputs")
+    assert moved.id == first.id and moved.outputs is None
+    go.write_text("go")
+    moved.wait_for_completion()
+    wait_until(lambda: not (tmp_path / "elsewhere").exists(), timeout=5, message="nothing copied elsewhere")
+    kept = MlflowClient().download_artifacts(first.id, "outputs_not_copied/model", str(tmp_path / "dl"))
+    assert (Path(kept) / "model.txt").read_text() == "weights"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from airflow_provider.core import ConfigurationError, Experiment, ScriptRunConfig, TargetError
+from airflow_provider.core import ConfigurationError, Experiment, Input, ScriptRunConfig, TargetError
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.targets import target_from_spec
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
@@ -94,7 +94,7 @@ def _closed_port() -> int:
 
 
 TRAIN = """
-    import os
+    import os, sys
     from airflow_provider.core import Run
     run = Run.get_context()
     for i in range(5):
@@ -105,6 +105,8 @@ TRAIN = """
             limit = open(path).read().strip()
             break
     print("memory limit", limit)
+    print("input", open(os.path.join(sys.argv[1], "x.txt")).read())
+    print("cached", os.path.islink(os.path.join(sys.argv[1], "x.txt")))
     os.makedirs("outputs", exist_ok=True)
     open("outputs/model.txt", "w").write("over tls")
 """
@@ -112,10 +114,17 @@ TRAIN = """
 
 def _run_and_check(target: Any, tmp_path: Path, name: str, labels: dict[str, str]) -> list[str]:
     write_script(tmp_path / "src", TRAIN)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_text(f"read over tls {uuid.uuid4().hex}")  # new content: sent to the input cache
     lines: list[str] = []
-    run = Experiment(name).submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    run = Experiment(name).submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target,
+                                                  arguments=["${{inputs.train}}"], inputs={"train": Input(str(data))}))
     details = run.wait_for_completion(output=lines.append)
     assert details["status"] == "Completed", details
+    assert f"input {(data / 'x.txt').read_text()}" in lines
+    assert "cached True" in lines, lines  # a link into the input cache: its sync worked over TLS
+    assert target.blob_bytes_sent == (data / "x.txt").stat().st_size
     assert details["target"] == f"docker ({TLS_URL}, TLS)"
     assert [m.value for m in MlflowClient().get_metric_history(run.id, "loss")] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
     assert run.download_file("outputs/model.txt", tmp_path / "model.txt").read_text() == "over tls"

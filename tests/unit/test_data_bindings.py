@@ -938,22 +938,33 @@ def test_a_direct_bindings_credentials_become_its_storages_standard_variables() 
     azure = DirectBinding("ScriptRunConfig.outputs['scores']", "abfs", {"account_name": "acct", "account_key": "k"})
     assert job_variables([s3, azure, DirectBinding("x", "file", {})]) == {
         "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ENDPOINT_URL": "http://127.0.0.1:7480",
-        "AWS_DEFAULT_REGION": "eu-west-1", "AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": "k"}
+        "AWS_DEFAULT_REGION": "eu-west-1", "AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_ACCOUNT_KEY": "k",
+        "AZURE_STORAGE_ANON": "false"}
     same_keys = DirectBinding("ScriptRunConfig.inputs['more']", "s3", {"key": "AKIA", "secret": "s3cr3t"})
     assert job_variables([s3, same_keys])["AWS_ACCESS_KEY_ID"] == "AKIA"
 
 
 @pytest.mark.parametrize(("binding", "message"), [
     (("sftp", {"username": "u", "password": "p"}), "no standard environment variables"),
-    (("s3", {"key": "AKIA", "anon": False}), "'anon' of a direct binding cannot reach the script"),
+    (("s3", {"key": "AKIA", "anon": False}), "'anon' of a direct binding does not reach the script"),
 ])
-def test_a_direct_binding_whose_credentials_cannot_reach_the_script_is_refused(
-        binding: tuple[str, dict[str, object]], message: str) -> None:
+def test_what_no_variable_carries_does_not_reach_the_script_and_the_log_says_so(
+        binding: tuple[str, dict[str, object]], message: str, caplog: pytest.LogCaptureFixture) -> None:
     from airflow_provider.core.data.job_credentials import DirectBinding, job_variables
 
-    with pytest.raises(ConfigurationError, match=message) as caught:
-        job_variables([DirectBinding("ScriptRunConfig.inputs['raw']", *binding)])
-    assert caught.value.field == "ScriptRunConfig.inputs['raw'].connection" and "mode='download'" in str(caught.value)
+    variables = job_variables([DirectBinding("ScriptRunConfig.inputs['raw']", *binding)])
+    assert "anon" not in str(variables) and "p" not in variables.values()
+    assert message in caplog.text and "ScriptRunConfig.inputs['raw']" in caplog.text
+
+
+def test_a_callers_own_variables_of_the_same_storage_are_not_mixed_with_a_connections() -> None:
+    from airflow_provider.core.data.job_credentials import check_not_set_by_caller
+
+    direct = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_ENDPOINT_URL": "http://minio:9000"}
+    check_not_set_by_caller(direct, {"secret_environment_variables": {"HF_TOKEN": "x"}})
+    with pytest.raises(ConfigurationError, match="sets AWS_SECRET_ACCESS_KEY") as caught:
+        check_not_set_by_caller(direct, {"secret_environment_variables": {"AWS_SECRET_ACCESS_KEY": "mine"}})
+    assert caught.value.field == "secret_environment_variables"
 
 
 def test_two_direct_bindings_needing_different_keys_are_refused_naming_both() -> None:

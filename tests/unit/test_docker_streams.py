@@ -143,16 +143,17 @@ def test_a_link_record_becomes_a_link_into_the_cache(tmp_path: Path) -> None:
 
 
 def _sync(cache: Path, want: list[list[object]], blobs: dict[str, bytes], *, keep_days: float = 30,
-          corrupt: bool = False) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
+          corrupt: bool = False, job: str = "job-1",
+          keep_jobs: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
     """Run the sync program as the sync container does, sending what it says it lacks."""
     import hashlib
 
     from airflow_provider.core.targets.docker_input_cache import SYNC_PROGRAM
 
-    process = subprocess.Popen([_python39(), "-I", "-S", "-c", SYNC_PROGRAM, str(cache), str(keep_days)],
+    process = subprocess.Popen([_python39(), "-I", "-S", "-c", SYNC_PROGRAM, str(cache), str(keep_days), job],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(json.dumps(want).encode() + b"\n")
+    process.stdin.write(json.dumps({"want": want, "keep_jobs": list(keep_jobs)}).encode() + b"\n")
     process.stdin.flush()
     answer = process.stdout.readline()
     missing = json.loads(answer) if answer else []  # no answer: it refused the list
@@ -180,18 +181,24 @@ def test_the_sync_program_asks_only_for_missing_blobs_checks_them_and_evicts_unu
     done, missing = _sync(cache, want, blobs)
     assert done.returncode == 0, done.stderr
     assert sorted(missing) == sorted(blobs)
-    assert json.loads(done.stdout)["stored"] == 2
     for digest, content in blobs.items():
         stored = cache / "blobs" / digest[:2] / digest
         assert stored.read_bytes() == content and oct(stored.stat().st_mode & 0o777) == "0o444"
-    done, missing = _sync(cache, want, blobs)  # nothing changed: nothing is sent
+        linked = cache / "jobs" / "job-1" / digest  # the job's own folder: what its container gets
+        assert linked.stat().st_ino == stored.stat().st_ino
+    assert list((cache / "partial").iterdir()) == []
+    done, missing = _sync(cache, want, blobs, job="job-2", keep_jobs=("job-1",))  # nothing is sent again
     assert done.returncode == 0 and missing == []
-    # a blob nobody asked for in longer than keep_days goes; the wanted one stays
-    old_digest = want[0][0]
-    old = cache / "blobs" / str(old_digest)[:2] / str(old_digest)
+    assert sorted(p.name for p in (cache / "jobs").iterdir()) == ["job-1", "job-2"]
+    # a blob nobody asked for in longer than keep_days goes, but a job that still runs keeps its link;
+    # the folder of a job whose container is gone is removed
+    old_digest = str(want[0][0])
+    old = cache / "blobs" / old_digest[:2] / old_digest
     os.utime(old, (1_000_000, 1_000_000))
-    done, _ = _sync(cache, want[1:], blobs, keep_days=1)
+    done, _ = _sync(cache, want[1:], blobs, keep_days=1, job="job-3", keep_jobs=("job-2",))
     assert json.loads(done.stdout)["evicted"] == 1 and not old.exists()
+    assert (cache / "jobs" / "job-2" / old_digest).read_bytes() == blobs[old_digest]
+    assert sorted(p.name for p in (cache / "jobs").iterdir()) == ["job-2", "job-3"]
 
 
 def test_the_sync_program_refuses_a_blob_whose_content_is_not_its_digest(tmp_path: Path) -> None:

@@ -4,30 +4,36 @@ A ``direct`` binding passes its URI through: the script reads or writes it with 
 library (s3fs, boto3, pandas; adlfs, azure-storage), and those read their credentials from standard
 environment variables. A ``direct`` binding that names a connection (or has storage options)
 therefore gives the job those variables, as secret variables: in its process environment only,
-masked in logs, never in MLflow, a tag, XCom or the job folder.
+masked in the task's and the triggerer's logs, never in MLflow, a tag or XCom (a target that writes
+secret variables down keeps them as it keeps the others: see its documentation).
 
 ======  =====================================================================================
 s3      ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
         ``AWS_ENDPOINT_URL`` (an S3-compatible server), ``AWS_DEFAULT_REGION``
 abfs    ``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_SAS_TOKEN``,
-        ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``,
-        ``AZURE_CLIENT_SECRET``
+        ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_TENANT_ID``, ``AZURE_STORAGE_CLIENT_ID``,
+        ``AZURE_STORAGE_CLIENT_SECRET`` (adlfs's names), and ``AZURE_STORAGE_ANON=false``
 ======  =====================================================================================
 
-Other schemes have no such variables (an SFTP key, a Google key file on this machine): a ``direct``
-binding of theirs with credentials is refused before the run is created, as are options no variable
-carries and two bindings that would need different values of one variable.
+``AWS_ENDPOINT_URL`` applies to every S3 client the script makes (an MLflow artifact store on S3
+included). Other schemes have no such variables (an SFTP key, a Google key file on this machine):
+their credentials, and options no variable carries, do not reach the script (logged). Two bindings
+that need different values of one variable, or a binding's variables where the caller sets the same
+storage's own, are refused before the run is created.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["DirectBinding", "job_variables"]
+log = logging.getLogger(__name__)
+
+__all__ = ["DirectBinding", "check_not_set_by_caller", "job_variables"]
 
 _VARIABLES: dict[str, dict[str, str]] = {
     "s3": {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN",
@@ -35,8 +41,12 @@ _VARIABLES: dict[str, dict[str, str]] = {
            "client_kwargs.region_name": "AWS_DEFAULT_REGION"},
     "abfs": {"account_name": "AZURE_STORAGE_ACCOUNT_NAME", "account_key": "AZURE_STORAGE_ACCOUNT_KEY",
              "sas_token": "AZURE_STORAGE_SAS_TOKEN", "connection_string": "AZURE_STORAGE_CONNECTION_STRING",
-             "tenant_id": "AZURE_TENANT_ID", "client_id": "AZURE_CLIENT_ID", "client_secret": "AZURE_CLIENT_SECRET"},
+             "tenant_id": "AZURE_STORAGE_TENANT_ID", "client_id": "AZURE_STORAGE_CLIENT_ID",
+             "client_secret": "AZURE_STORAGE_CLIENT_SECRET"},
 }
+_GROUP_PREFIXES = ("AWS_", "AZURE_")
+"""A storage's variables belong together: keys from one place with an endpoint from another would
+send the keys where they do not belong."""
 _FIX = ("use mode='download' (or 'upload' for an output), or give the script its own credentials "
         "(secret_environment_variables).")
 
@@ -69,16 +79,15 @@ def job_variables(bindings: Iterable[DirectBinding]) -> dict[str, str]:
             continue
         names = _VARIABLES.get("abfs" if binding.scheme in ("abfs", "az") else binding.scheme)
         if names is None:
-            raise ConfigurationError(f"{binding.field}.connection",
-                                     f"a direct {binding.scheme}:// binding's credentials have no standard "
-                                     "environment variables to reach the script.", _FIX)
+            log.warning("%s: a direct %s:// binding's credentials have no standard environment variables: they do "
+                        "not reach the script (%s)", binding.field, binding.scheme, _FIX)
+            continue
         for option, value in _flattened(binding.options):
             variable = names.get(option)
             if variable is None:
-                raise ConfigurationError(f"{binding.field}.connection",
-                                         f"the storage option {option!r} of a direct binding cannot reach the "
-                                         f"script (no environment variable carries it; these can: "
-                                         f"{', '.join(sorted(names))}).", _FIX)
+                log.warning("%s: the storage option %r of a direct binding does not reach the script (no environment "
+                            "variable carries it; these do: %s)", binding.field, option, ", ".join(sorted(names)))
+                continue
             text = str(value)
             if variables.get(variable, text) != text:
                 raise ConfigurationError(f"{binding.field}.connection",
@@ -86,7 +95,28 @@ def job_variables(bindings: Iterable[DirectBinding]) -> dict[str, str]:
                                          "has one value of each variable.",
                                          "use one connection for both, or mode='download' for one of them.")
             variables[variable], set_by[variable] = text, binding.field
+    if any(name.startswith("AZURE_STORAGE_") for name in variables):
+        variables["AZURE_STORAGE_ANON"] = "false"  # adlfs is anonymous unless told otherwise
     return variables
+
+
+def check_not_set_by_caller(variables: Mapping[str, str], given: Mapping[str, Mapping[str, str]]) -> None:
+    """Refuse direct bindings' variables where the caller sets variables of the same storage.
+
+    :param variables: what :func:`job_variables` returned.
+    :param given: the caller's variables by the field that sets them (``secret_environment_variables``...).
+    :raises ConfigurationError: naming the field and the variable.
+    """
+    for prefix in _GROUP_PREFIXES:
+        if not any(name.startswith(prefix) for name in variables):
+            continue
+        for field, values in given.items():
+            clash = sorted(name for name in values if name.startswith(prefix))
+            if clash:
+                raise ConfigurationError(field, f"sets {clash[0]} while a direct input or output's connection gives "
+                                         f"the script its {prefix}* variables: keys from one place and settings "
+                                         "from another would be sent together.",
+                                         f"remove the {prefix}* variables, or the direct binding's connection.")
 
 
 def _flattened(options: Mapping[str, Any]) -> list[tuple[str, Any]]:

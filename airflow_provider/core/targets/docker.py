@@ -294,10 +294,10 @@ class DockerTarget(ComputeTarget):
         """
         image = environment.image or self.image
         options = dict(self.run_options)
-        links = self._cached_inputs(image, snapshot, store)
+        links, cache_folder = self._cached_inputs(image, job_id, snapshot, store)
         binds = [f"{host}:{inside}:ro" for host, inside in (mounts or {}).items()]
         if links:
-            binds.append(f"{self.input_cache_volume}:{CACHE_MOUNT}:ro")
+            binds.append(f"{cache_folder}:{CACHE_MOUNT}:ro")
         if binds:
             given = options.get("volumes") or []
             if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
@@ -330,18 +330,34 @@ class DockerTarget(ComputeTarget):
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
 
-    def _cached_inputs(self, image: str, snapshot: Snapshot, store: SnapshotStore) -> dict[str, str]:
-        """Bring the cache volume up to date with the job's data input files; return the link target
-        of each (by snapshot path). None without inputs or a cache volume."""
-        inputs = [entry for entry in snapshot.entries if entry.path.startswith(f"{INPUTS_DIR}/")]
+    def _cached_inputs(self, image: str, job_id: str, snapshot: Snapshot,
+                       store: SnapshotStore) -> tuple[dict[str, str], str]:
+        """Bring the cache volume up to date with the job's data input files and make the job's folder
+        of links to them; return each file's link target (by snapshot path) and that folder on the
+        daemon's host. Nothing without inputs or a cache volume; when the sync fails, the inputs go
+        with the job (as without a cache), and the log says why."""
+        import docker
+        import requests
+
+        inputs = [entry for entry in snapshot.entries
+                  if entry.path.startswith(f"{INPUTS_DIR}/") and not entry.executable]  # a link keeps no mode
         if not inputs or self.input_cache_volume is None:
-            return {}
+            return {}, ""
         blobs = {entry.digest: CachedBlob(entry.digest, entry.size, store.blob_path(entry.digest)) for entry in inputs}
-        result = sync_blobs(self.client, image, self.python, self.input_cache_volume, blobs, {LABEL_MANAGED: "true"})
+        running = {str(c.labels.get(LABEL_RUN_ID)) for c in
+                   self.client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
+        try:
+            result = sync_blobs(self.client, image, self.python, self.input_cache_volume, job_id, blobs,
+                                {LABEL_MANAGED: "true"}, keep_jobs=running)
+            mountpoint = self.client.volumes.get(self.input_cache_volume).attrs["Mountpoint"]
+        except (TargetError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("Job %s: the input cache volume %s is not used, its inputs are sent with it: %s", job_id,
+                        self.input_cache_volume, exc)
+            return {}, ""
         self.blob_bytes_sent += result.bytes_sent
         log.info("Input cache %s: %d of %d input files sent (%d bytes), %d unused ones evicted",
                  self.input_cache_volume, result.sent, len(blobs), result.bytes_sent, result.evicted)
-        return {entry.path: link_target(entry.digest) for entry in inputs}
+        return {entry.path: link_target(entry.digest) for entry in inputs}, f"{mountpoint}/jobs/{job_id}"
 
     @_docker_errors
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
