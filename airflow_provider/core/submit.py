@@ -24,8 +24,8 @@ from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.data.inputs import INPUTS_DIR
 from airflow_provider.core.data.job_credentials import check_not_set_by_caller
-from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput, declared_outputs
-from airflow_provider.core.data.run_data import RunData, declare_outputs, expand_placeholders, plan_run_data
+from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput
+from airflow_provider.core.data.run_data import RunData, claim_outputs, expand_placeholders, plan_run_data
 from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.shared_locks import shared_locks_for, sharing_locks
@@ -226,13 +226,11 @@ class Experiment:
         if previous is None:
             return None
         run_id = previous.info.run_id
-        outputs: tuple[DeclaredOutput, ...] | None = tuple(declare_outputs(resolved.outputs, run_id).values())
-        if {o.name: o for o in outputs or ()} != {o.name: o for o in declared_outputs(previous.data.tags)}:
-            # the configuration changed since the run was staged (its outputs were checked and claimed as they
-            # were then), or its script rewrote the record: its outputs go to its artifacts, nowhere else
-            log.warning("Run %s: its outputs differ from those it was staged with; they are kept in its artifacts",
-                        run_id)
-            outputs = None
+        outputs: tuple[DeclaredOutput, ...] | None = None
+        try:  # as this try configures them (a new URI is checked and claimed as at staging), never from a tag
+            outputs = tuple(claim_outputs(resolved.outputs, run_id, self._run_is_active).values())
+        except ConfigurationError as exc:  # a URI now holding another run's data (a storage down: raised, retried)
+            log.warning("Run %s: its outputs are kept in its artifacts: %s", run_id, exc)
         # Decide from our own state tag: a script using mlflow directly can change MLflow's status.
         state = RunState(previous.data.tags.get(Tags.STATE, RunState.QUEUED.value))
         if state is RunState.COMPLETED:

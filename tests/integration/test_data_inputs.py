@@ -4,6 +4,7 @@ and on failure; lineage in MLflow; a second run sends only the changed bytes to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -355,8 +356,16 @@ def test_docker_target_second_run_sends_only_the_changed_bytes(docker_target: An
         assert uncached.blob_bytes_sent == 20 * 64 * 1024
         assert _seen(out, third.id)["written"] == "yes"  # its own copy: writable, and nobody else reads it
         assert _seen(out, third.id)["cache"] == -1
+        # a volume with options (tmpfs, NFS) has no folder while no container uses it: inputs go with the job
+        tmpfs = DockerTarget(input_cache_volume=f"{volume}-tmpfs")
+        target.client.volumes.create(f"{volume}-tmpfs", driver_opts={"type": "tmpfs", "device": "tmpfs"})
+        fourth = Experiment("data").submit(dataclasses.replace(config, compute_target=tmpfs))
+        fourth.wait_for_completion()
+        assert tmpfs.blob_bytes_sent == 20 * 64 * 1024 and _seen(out, fourth.id)["written"] == "yes"
     finally:
-        target.client.volumes.get(volume).remove(force=True)
+        for name in (volume, f"{volume}-tmpfs"):
+            with contextlib.suppress(Exception):
+                target.client.volumes.get(name).remove(force=True)
 
 
 def _driver_log(run_id: str, tmp_path: Path) -> str:
@@ -698,11 +707,11 @@ def test_a_canceled_runs_output_is_copied(tmp_path: Path) -> None:
     assert (out / run.id / "checkpoint.txt").read_text() == "epoch 1"
 
 
-def test_a_reattached_run_copies_its_outputs_only_where_they_were_staged(tmp_path: Path) -> None:
-    """A retry reattaches with the task's own outputs; if they are no longer those the run was staged
-    (and its output folders claimed) with, the run keeps its files in its artifacts."""
-    from tests.helpers import wait_until
-
+def test_a_reattached_run_copies_its_outputs_where_the_retry_says_unless_that_holds_another_runs_data(
+        tmp_path: Path) -> None:
+    """A retry reattaches with the task's own outputs, checked and claimed as at staging: a new,
+    empty URI is used; one holding another run's data is refused, and the run keeps its files in its
+    artifacts."""
     go = tmp_path / "go"
     write_script(tmp_path / "src", f"""
         import os, sys, time
@@ -711,17 +720,24 @@ def test_a_reattached_run_copies_its_outputs_only_where_they_were_staged(tmp_pat
             time.sleep(0.1)
     """)
 
-    def config(out: Path) -> ScriptRunConfig:
+    def config(uri: str) -> ScriptRunConfig:
         return ScriptRunConfig(tmp_path / "src", "train.py", arguments=["${{outputs.model}}"],
-                               outputs={"model": Output(f"{out}/{{run_id}}/")})
+                               outputs={"model": Output(uri)})
 
-    first = Experiment("data").submit(config(tmp_path / "models"), run_key="reattach-outputs")
-    same = Experiment("data").submit(config(tmp_path / "models"), run_key="reattach-outputs")
-    assert same.id == first.id and same.outputs == first.outputs
-    moved = Experiment("data").submit(config(tmp_path / "elsewhere"), run_key="reattach-outputs")
-    assert moved.id == first.id and moved.outputs is None
     go.write_text("go")
-    moved.wait_for_completion()
-    wait_until(lambda: not (tmp_path / "elsewhere").exists(), timeout=5, message="nothing copied elsewhere")
+    taken = Experiment("data").submit(config(str(tmp_path / "taken")))  # a fixed URI, now another run's data
+    taken.wait_for_completion()
+    go.unlink()
+    first = Experiment("data").submit(config(f"{tmp_path}/models/{{run_id}}/"), run_key="reattach-outputs")
+    same = Experiment("data").submit(config(f"{tmp_path}/models/{{run_id}}/"), run_key="reattach-outputs")
+    assert same.id == first.id and same.outputs == first.outputs
+    moved = Experiment("data").submit(config(f"{tmp_path}/elsewhere/{{run_id}}/"), run_key="reattach-outputs")
+    assert moved.id == first.id and moved.outputs is not None
+    assert moved.outputs[0].uri == f"{tmp_path}/elsewhere/{first.id}"
+    refused = Experiment("data").submit(config(str(tmp_path / "taken")), run_key="reattach-outputs")
+    assert refused.id == first.id and refused.outputs is None
+    go.write_text("go")
+    refused.wait_for_completion()
+    assert json.loads((tmp_path / "taken" / MARKER).read_text())["run_id"] == taken.id
     kept = MlflowClient().download_artifacts(first.id, "outputs_not_copied/model", str(tmp_path / "dl"))
     assert (Path(kept) / "model.txt").read_text() == "weights"

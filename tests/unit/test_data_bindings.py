@@ -961,7 +961,8 @@ def test_a_callers_own_variables_of_the_same_storage_are_not_mixed_with_a_connec
     from airflow_provider.core.data.job_credentials import check_not_set_by_caller
 
     direct = {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_ENDPOINT_URL": "http://minio:9000"}
-    check_not_set_by_caller(direct, {"secret_environment_variables": {"HF_TOKEN": "x"}})
+    check_not_set_by_caller(direct, {"secret_environment_variables": {"HF_TOKEN": "x"},
+                                     "ScriptRunConfig.environment_variables": {"AWS_CA_BUNDLE": "/etc/ca.pem"}})
     with pytest.raises(ConfigurationError, match="sets AWS_SECRET_ACCESS_KEY") as caught:
         check_not_set_by_caller(direct, {"secret_environment_variables": {"AWS_SECRET_ACCESS_KEY": "mine"}})
     assert caught.value.field == "secret_environment_variables"

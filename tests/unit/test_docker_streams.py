@@ -198,6 +198,10 @@ def test_the_sync_program_asks_only_for_missing_blobs_checks_them_and_evicts_unu
     done, _ = _sync(cache, want[1:], blobs, keep_days=1, job="job-3", keep_jobs=("job-2",))
     assert json.loads(done.stdout)["evicted"] == 1 and not old.exists()
     assert (cache / "jobs" / "job-2" / old_digest).read_bytes() == blobs[old_digest]
+    # job-1's container is gone, but its folder is new: another submitter may be about to create it
+    assert sorted(p.name for p in (cache / "jobs").iterdir()) == ["job-1", "job-2", "job-3"]
+    os.utime(cache / "jobs" / "job-1", (1_000_000, 1_000_000))
+    done, _ = _sync(cache, want[1:], blobs, job="job-3", keep_jobs=("job-2",))
     assert sorted(p.name for p in (cache / "jobs").iterdir()) == ["job-2", "job-3"]
 
 

@@ -44,9 +44,11 @@ _VARIABLES: dict[str, dict[str, str]] = {
              "tenant_id": "AZURE_STORAGE_TENANT_ID", "client_id": "AZURE_STORAGE_CLIENT_ID",
              "client_secret": "AZURE_STORAGE_CLIENT_SECRET"},
 }
-_GROUP_PREFIXES = ("AWS_", "AZURE_")
-"""A storage's variables belong together: keys from one place with an endpoint from another would
-send the keys where they do not belong."""
+_GROUPS = [set(names.values()) for names in _VARIABLES.values()]
+"""A storage's credential variables belong together: keys from one place with an endpoint from
+another would send the keys where they do not belong."""
+_AZURE_CREDENTIALS = ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING",
+                      "AZURE_STORAGE_CLIENT_SECRET")
 _FIX = ("use mode='download' (or 'upload' for an output), or give the script its own credentials "
         "(secret_environment_variables).")
 
@@ -95,7 +97,7 @@ def job_variables(bindings: Iterable[DirectBinding]) -> dict[str, str]:
                                          "has one value of each variable.",
                                          "use one connection for both, or mode='download' for one of them.")
             variables[variable], set_by[variable] = text, binding.field
-    if any(name.startswith("AZURE_STORAGE_") for name in variables):
+    if any(name in variables for name in _AZURE_CREDENTIALS):
         variables["AZURE_STORAGE_ANON"] = "false"  # adlfs is anonymous unless told otherwise
     return variables
 
@@ -107,16 +109,16 @@ def check_not_set_by_caller(variables: Mapping[str, str], given: Mapping[str, Ma
     :param given: the caller's variables by the field that sets them (``secret_environment_variables``...).
     :raises ConfigurationError: naming the field and the variable.
     """
-    for prefix in _GROUP_PREFIXES:
-        if not any(name.startswith(prefix) for name in variables):
+    for group in _GROUPS:
+        if not group & set(variables):
             continue
         for field, values in given.items():
-            clash = sorted(name for name in values if name.startswith(prefix))
+            clash = sorted(group & set(values))
             if clash:
                 raise ConfigurationError(field, f"sets {clash[0]} while a direct input or output's connection gives "
-                                         f"the script its {prefix}* variables: keys from one place and settings "
-                                         "from another would be sent together.",
-                                         f"remove the {prefix}* variables, or the direct binding's connection.")
+                                         f"the script {', '.join(sorted(group & set(variables)))}: keys from one "
+                                         "place and an endpoint or keys from another would be sent together.",
+                                         f"remove {', '.join(clash)}, or the direct binding's connection.")
 
 
 def _flattened(options: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -41,6 +41,7 @@ __all__ = [
     "INPUTS_TAG",
     "OUTPUTS_TAG",
     "RunData",
+    "claim_outputs",
     "declare_outputs",
     "expand_placeholders",
     "placeholder_names",
@@ -98,14 +99,7 @@ class RunData:
         :param tracking_uri: MLflow, for ``runs:/`` and ``models:/`` inputs.
         :param run_is_active: whether another run (an output's claim) has not ended.
         """
-        for name, declared in declare_outputs(self.outputs, run_id).items():
-            where = f"ScriptRunConfig.outputs[{name!r}]"
-            output = self.outputs[name]
-            scheme = parse_location(declared.uri, where).scheme
-            options = resolve_options(where, scheme, output.connection, output.storage_options)
-            check_output(declared, run_id, options, where, run_is_active)
-            remember_inline(run_id, name, output.storage_options)
-            self.declared[name] = declared
+        self.declared.update(claim_outputs(self.outputs, run_id, run_is_active))
         entries: list[ManifestEntry] = []
         for plan in self.inputs:
             if plan.binding.mode == "download":
@@ -214,6 +208,29 @@ def declare_outputs(outputs: dict[str, Output], run_id: str) -> dict[str, Declar
         location = parse_location(output.resolved_uri(run_id, name), f"ScriptRunConfig.outputs[{name!r}]")
         uri = location.path if location.is_local else location.uri
         declared[name] = DeclaredOutput(name, uri, output.mode, output.connection, output.overwrite)
+    return declared
+
+
+def claim_outputs(outputs: dict[str, Output], run_id: str,
+                  run_is_active: Callable[[str], bool] = lambda _: True) -> dict[str, DeclaredOutput]:
+    """Declare ``run_id``'s outputs (:func:`declare_outputs`), check that each URI holds no other
+    run's data and claim it for this run (a claim it holds already is kept), and remember their
+    inline storage options for whoever copies them in this process.
+
+    :param outputs: validated outputs by name.
+    :param run_id: the run.
+    :param run_is_active: whether another run (an output's claim) has not ended.
+    :raises ConfigurationError: naming the output whose URI holds another run's data.
+    :raises DataTransferError: its storage could not be reached (a retry may help).
+    """
+    declared = declare_outputs(outputs, run_id)
+    for name, output in declared.items():
+        where = f"ScriptRunConfig.outputs[{name!r}]"
+        given = outputs[name]
+        options = resolve_options(where, parse_location(output.uri, where).scheme, given.connection,
+                                  given.storage_options)
+        check_output(output, run_id, options, where, run_is_active)
+        remember_inline(run_id, name, given.storage_options)
     return declared
 
 

@@ -292,23 +292,21 @@ class DockerTarget(ComputeTarget):
 
         :param mounts: ``{path on the daemon's host: path in the container}``, bound read-only.
         """
+        import docker
+
         image = environment.image or self.image
-        options = dict(self.run_options)
-        links, cache_folder = self._cached_inputs(image, job_id, snapshot, store)
         binds = [f"{host}:{inside}:ro" for host, inside in (mounts or {}).items()]
-        if links:
-            binds.append(f"{cache_folder}:{CACHE_MOUNT}:ro")
-        if binds:
-            given = options.get("volumes") or []
-            if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
-                given = [f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}" for host, spec in given.items()]
-            options["volumes"] = [*given, *binds]
-        labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
-        # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
-        container = self.client.containers.create(
-            image, [self.python, "-I", "-S", "-c", ENTRY_PROGRAM, JOB_ROOT], labels=labels,
-            name=f"training-run-{job_id}", stdin_open=True, detach=False, **options,
-        )
+        links, cache_folder = self._cached_inputs(image, job_id, snapshot, store)
+        try:
+            container = self._create(image, job_id, binds, cache_folder if links else None)
+        except docker.errors.APIError as exc:
+            if not links:
+                raise
+            # a daemon that cannot bind its own volume's folder (Docker Desktop shares only the host's paths)
+            log.warning("Job %s: the input cache folder %s cannot be bound (%s); its inputs are sent with it",
+                        job_id, cache_folder, _first_line(exc))
+            links = {}
+            container = self._create(image, job_id, binds)
         records: list[bytes | FileRecord] = [record("d", 0o755, folder)
                                              for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
         for entry in snapshot.entries:
@@ -330,6 +328,28 @@ class DockerTarget(ComputeTarget):
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
 
+    def _create(self, image: str, job_id: str, binds: list[str], cache_folder: str | None = None) -> Any:
+        """Create the job's container (not started), with ``binds`` added to the run options' volumes
+        and the job's input cache folder bound read-only (a bind mount: refused when the folder is
+        missing, never replaced by an empty one)."""
+        import docker
+
+        options = dict(self.run_options)
+        if cache_folder is not None:
+            options["mounts"] = [*options.get("mounts", []),
+                                 docker.types.Mount(CACHE_MOUNT, cache_folder, type="bind", read_only=True)]
+        if binds:
+            given = options.get("volumes") or []
+            if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
+                given = [f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}" for host, spec in given.items()]
+            options["volumes"] = [*given, *binds]
+        labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
+        # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
+        return self.client.containers.create(
+            image, [self.python, "-I", "-S", "-c", ENTRY_PROGRAM, JOB_ROOT], labels=labels,
+            name=f"training-run-{job_id}", stdin_open=True, detach=False, **options,
+        )
+
     def _cached_inputs(self, image: str, job_id: str, snapshot: Snapshot,
                        store: SnapshotStore) -> tuple[dict[str, str], str]:
         """Bring the cache volume up to date with the job's data input files and make the job's folder
@@ -344,6 +364,15 @@ class DockerTarget(ComputeTarget):
         if not inputs or self.input_cache_volume is None:
             return {}, ""
         blobs = {entry.digest: CachedBlob(entry.digest, entry.size, store.blob_path(entry.digest)) for entry in inputs}
+        try:
+            attributes = self.client.volumes.get(self.input_cache_volume).attrs
+        except docker.errors.NotFound:
+            attributes = {"Driver": "local"}  # the sync creates it
+        if attributes.get("Driver") != "local" or attributes.get("Options"):
+            log.warning("Job %s: the input cache volume %s is not a plain local volume (driver %s, options %s): its "
+                        "folder is not there while no container uses it, so inputs are sent with the job", job_id,
+                        self.input_cache_volume, attributes.get("Driver"), attributes.get("Options"))
+            return {}, ""
         running = {str(c.labels.get(LABEL_RUN_ID)) for c in
                    self.client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
         try:

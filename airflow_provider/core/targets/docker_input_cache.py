@@ -7,7 +7,8 @@ network, the volume read-write. Over its attach stream it is told every input bl
 answers which ones it lacks, receives only those (each checked against its sha256 before it is
 kept, written under a name of its own and renamed: concurrent syncs and an interrupted one never
 leave a partial blob), and makes the job's own folder of hard links to them (``jobs/<job id>/``).
-It removes the folders of jobs whose containers are gone, and blobs no job asked for in
+It removes the folders of jobs whose containers are gone (an hour after they were made: another
+submitter's job may be between its sync and its container), and blobs no job asked for in
 :data:`KEEP_DAYS` days (a running job's links keep its files).
 
 The job's container gets only its own folder, bound read-only at :data:`CACHE_MOUNT`: its input
@@ -41,6 +42,8 @@ SYNC_LABEL = "training.input_cache_sync"
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{1,127}\Z")  # Docker's rule for volume names
 _IO_TIMEOUT_SECONDS = 300.0
 """The longest the sync container may stay silent or stop reading (a daemon gone, a stuck stream)."""
+_FINAL_TIMEOUT_SECONDS = 1800.0
+"""The longest its last answer may take (it links the job's files and evicts unused ones first)."""
 
 SYNC_PROGRAM = r"""import hashlib, json, os, sys, time
 root, keep_days, job, stream = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.stdin.buffer
@@ -98,13 +101,19 @@ for digest in wanted:
         os.link(where(digest), os.path.join(links, digest))
     except FileExistsError:
         pass
+    except FileNotFoundError:  # evicted by a sync that read its time just before this one refreshed it
+        sys.exit("blob %s was evicted while this job was staged: stage it again" % digest)
 keep = set(request["keep_jobs"]) | {job}
 evicted = freed = 0
-for name in os.listdir(jobs):
-    if name not in keep:
+for name in os.listdir(jobs):  # another sync may remove the same folder meanwhile
+    try:
+        if name in keep or os.stat(os.path.join(jobs, name)).st_mtime >= now - 3600:
+            continue
         for link in os.listdir(os.path.join(jobs, name)):
             os.unlink(os.path.join(jobs, name, link))
         os.rmdir(os.path.join(jobs, name))
+    except OSError:
+        pass
 for folder, cutoff in ((blobs, now - keep_days * 86400), (partial, now - 86400)):
     for path, _, names in os.walk(folder):
         for name in names:
@@ -121,8 +130,9 @@ sys.stdout.write(json.dumps({"evicted": evicted, "freed": freed}) + "\n")
 """
 """The sync container's program (Python >= 3.9, standard library only): ``SYNC_PROGRAM CACHE_ROOT
 KEEP_DAYS JOB_ID``. In: a JSON line ``{"want": [[digest, size], ...], "keep_jobs": [job id, ...]}``
-(the jobs whose containers exist), then a ``b DIGEST SIZE`` record with the content of each blob it
-said it lacks, then ``e``. Out: a JSON line of the missing digests, then one of counts."""
+(the jobs whose containers exist: the others' folders go once an hour old), then a ``b DIGEST
+SIZE`` record with the content of each blob it said it lacks, then ``e``. Out: a JSON line of the
+missing digests, then one of counts."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +218,8 @@ def sync_blobs(client: Any, image: str, python: str, volume: str, job_id: str, b
         finally:
             close_stream(stream)
     finally:
-        container.remove(force=True)
+        with contextlib.suppress(Exception):  # gone already (another process removed it as a leftover)
+            container.remove(force=True)
 
 
 def _remove_leftovers(client: Any) -> None:
@@ -232,6 +243,7 @@ def _exchange(sock: Any, blobs: Mapping[str, CachedBlob], keep_jobs: list[str]) 
             sock.sendall(chunk)
         sent += blob.size
     sock.sendall(b"e\n")
+    sock.settimeout(_FINAL_TIMEOUT_SECONDS)  # linking and eviction over a large cache, in silence
     counts = json.loads(replies.line())
     return SyncResult(len(missing), sent, int(counts["evicted"]))
 
