@@ -32,7 +32,7 @@ from airflow_provider.core.data.locations import (
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 
 __all__ = ["MARKER", "OUTPUTS_DIR", "OUTPUTS_TAG", "DeclaredOutput", "UploadedOutput", "check_output",
-           "declared_outputs", "outputs_from_dict", "outputs_to_dict", "upload_output"]
+           "outputs_from_dict", "outputs_to_dict", "upload_output"]
 
 log = logging.getLogger(__name__)
 OUTPUTS_DIR = ".outputs"
@@ -91,19 +91,6 @@ class UploadedOutput:
     def size(self) -> int:
         """Total bytes copied."""
         return sum(int(item[2]) for item in self.files)
-
-
-def declared_outputs(tags: Mapping[str, str]) -> list[DeclaredOutput]:
-    """The outputs a run's tag records (none when the tag is missing or unreadable). A record the
-    script may have rewritten: never where outputs are copied to (see :data:`OUTPUTS_TAG`).
-
-    :param tags: the run's tags.
-    """
-    try:
-        data = json.loads(tags.get(OUTPUTS_TAG) or "{}")
-    except ValueError:
-        return []
-    return list(outputs_from_dict(data)) if isinstance(data, dict) else []
 
 
 def outputs_to_dict(outputs: Iterable[DeclaredOutput]) -> dict[str, dict[str, Any]]:
