@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,14 +257,29 @@ def ssh_loopback() -> SSHHost:
 
 
 @pytest.fixture(scope="session")
-def ssh_container() -> SSHHost:
-    """The SSH host container training-runs-ssh-host at 172.28.0.10:22 (own filesystem and hostname)."""
+def ssh_container() -> Iterator[SSHHost]:
+    """The SSH host container training-runs-ssh-host at 172.28.0.10:22 (own filesystem and hostname).
+    The work roots the session's tests made there (``/tmp/tr-*``, ``/tmp/training-runs-*``: hundreds
+    of MB each, with environments) are removed when the session ends."""
     host = container_host()
     if host is None:
         skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
     assert host is not None
     restore_host_key(host)  # an interrupted earlier session may have left it rotated
-    return host
+    before = _work_roots(host.name)
+    yield host
+    made = sorted(_work_roots(host.name) - before)
+    if made:
+        subprocess.run(["docker", "exec", host.name, "rm", "-rf", "--", *made], capture_output=True, timeout=300,
+                       check=False)
+
+
+def _work_roots(container: str) -> set[str]:
+    """The tests' work roots in ``container``'s ``/tmp``."""
+    listed = subprocess.run(["docker", "exec", container, "sh", "-c",
+                             "ls -d /tmp/tr-* /tmp/training-runs-* /tmp/data-* 2>/dev/null"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    return {line for line in listed.stdout.splitlines() if line.startswith("/tmp/")}
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@ and the target installs them offline; a host's blob store is its wheel cache."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from airflow_provider.core.targets.local import LocalTarget
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import Tags
-from tests.helpers import make_wheel, remove_new_images, write_script
+from tests.conftest import skip_or_fail
+from tests.helpers import make_wheel, remove_new_images, serve_folder, write_script
 from tests.ssh_hosts import SSHHost
 
 SKLEARN_SCRIPT = """
@@ -330,6 +333,60 @@ def test_an_azure_ml_curated_environment_runs_a_v1_script_unchanged(where: str, 
     assert lines[0].startswith("sklearn 1.7.2 mlflow 3.5.0"), lines
     assert MlflowClient().get_metric_history(run_id, "accuracy")[0].value == 1.0
     assert _lock_pins(run_id, tmp_path / "lock")["scikit-learn"] == "1.7.2"
+    assert not target.prepare_environment(environment).built, "prepared once per host"
+
+
+TORCH_CPU_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+"""PyTorch's own CPU build, as its index serves it; this kind of machine keeps the file on disk."""
+TORCH_SCRIPT = """
+    import mlflow
+    import torch
+    from azureml.core import Run
+    run = Run.get_context()
+    weights = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    run.log("total", float(weights.sum()))
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "mlflow", mlflow.__version__)
+"""
+
+
+@pytest.fixture(scope="module")
+def pytorch_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A mirror of PyTorch's CPU index (what a firewalled site keeps), served from 127.0.0.1 with the
+    real CPU wheel: the submitting side resolves and downloads from it; the targets never see it."""
+    if not TORCH_CPU_WHEEL.is_file():
+        skip_or_fail(f"needs PyTorch's CPU wheel at {TORCH_CPU_WHEEL}")
+    root = tmp_path_factory.mktemp("pytorch-mirror")
+    (root / "files").mkdir()
+    (root / "files" / TORCH_CPU_WHEEL.name).symlink_to(TORCH_CPU_WHEEL)
+    digest = hashlib.sha256()
+    with TORCH_CPU_WHEEL.open("rb") as wheel:
+        for chunk in iter(lambda: wheel.read(1 << 20), b""):
+            digest.update(chunk)
+    (root / "simple" / "torch").mkdir(parents=True)
+    link = f"../../files/{TORCH_CPU_WHEEL.name.replace('+', '%2B')}#sha256={digest.hexdigest()}"
+    (root / "simple" / "torch" / "index.html").write_text(
+        f'<html><body><a href="{link}" data-requires-python="&gt;=3.10">{TORCH_CPU_WHEEL.name}</a></body></html>\n')
+    with serve_folder(root) as url:
+        yield f"{url}/simple"
+
+
+@pytest.mark.parametrize("where", ["ssh", "docker"])
+def test_the_curated_pytorch_cpu_environment_from_a_mirror_of_pytorchs_index(
+        where: str, request: pytest.FixtureRequest, pytorch_mirror: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """``AzureML-pytorch-*-cpu`` on a host without an index: PyTorch's CPU build from the site's mirror
+    of its index (named on the submitting side), the rest from PyPI, all installed offline there."""
+    monkeypatch.setenv("TRAINING_RUNS_PYTORCH_INDEX_URL", pytorch_mirror)
+    target = _target(where, request)
+    environment = Environment.get("AzureML-pytorch-1.13-ubuntu20.04-py38-cpu")
+    assert environment.version == "2" and environment.azureml_compat
+    write_script(tmp_path / "src", TORCH_SCRIPT)
+    run_id, lines = _completed(target, environment, tmp_path / "src", "curated-pytorch")
+    assert lines[0] == "torch 2.13.0+cpu cuda False mlflow 3.5.0", lines
+    assert MlflowClient().get_metric_history(run_id, "total")[0].value == 15.0
+    pins = _lock_pins(run_id, tmp_path / "lock")
+    assert pins["torch"] == "2.13.0+cpu" and {"sympy", "networkx", "filelock"} <= set(pins)
+    assert not any(name.startswith("nvidia") for name in pins), "the CPU build needs no CUDA packages"
     assert not target.prepare_environment(environment).built, "prepared once per host"
 
 

@@ -190,7 +190,8 @@ def test_a_lock_is_kept_until_it_is_forgotten(isolated_state: Path, tmp_path: Pa
         lock_requirements([str(wheel)], platform)
 
 
-def test_curated_environments_and_their_azure_ml_names(isolated_state: Path) -> None:
+def test_curated_environments_and_their_azure_ml_names(isolated_state: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     sklearn = Environment.get("AzureML-sklearn-1.0-ubuntu20.04-py38-cpu")
     assert sklearn.azureml_compat and sklearn.kind == "pip" and sklearn.version == "1"
     assert "scikit-learn==1.7.2" in sklearn.requirements()
@@ -200,8 +201,18 @@ def test_curated_environments_and_their_azure_ml_names(isolated_state: Path) -> 
     assert minimal.kind == "current" and minimal.azureml_compat
     torch = Environment.get("AzureML-pytorch-1.10-ubuntu18.04-py37-cpu-inference")
     assert any(line.startswith("torch==") and line.endswith("+cpu") for line in torch.requirements())
+    assert torch.version == "2" and "torch==2.13.0+cpu" in torch.requirements()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in torch.requirements()
+    assert "torch==2.9.1+cpu" in Environment.get("training-pytorch-cpu", 1).requirements(), "earlier versions stay"
+    monkeypatch.setenv("TRAINING_RUNS_PYTORCH_INDEX_URL", "https://mirror.example/pytorch-cpu/simple")
+    mirrored = Environment.get("training-pytorch-cpu")
+    assert "--extra-index-url https://mirror.example/pytorch-cpu/simple" in mirrored.requirements()
+    assert not any("download.pytorch.org" in line for line in mirrored.requirements())
+    monkeypatch.delenv("TRAINING_RUNS_PYTORCH_INDEX_URL")
     with pytest.raises(ConfigurationError, match="GPU"):
         Environment.get("AzureML-pytorch-1.10-ubuntu18.04-py38-cuda11-gpu")
+    with pytest.raises(ConfigurationError, match=r"no version 7.*use one of 1, 2"):
+        Environment.get("training-pytorch-cpu", 7)
     with pytest.raises(ConfigurationError, match="no version 7"):
         Environment.get("training-sklearn", 7)
     for env in Environment.list().values():

@@ -9,6 +9,12 @@ name                       what it is
 ``training-pytorch-cpu``   PyTorch (CPU build, from PyTorch's own index) and the MLflow client, pinned
 =========================  ======================================================================
 
+Each name keeps its earlier versions (``Environment.get(name, version=1)``); without a version the
+latest is used. PyTorch's CPU builds come from its own index, ``download.pytorch.org/whl/cpu``; a
+site behind a firewall names its mirror of that index in the environment variable
+:data:`PYTORCH_INDEX_VARIABLE` on the machines that submit runs (the targets never need it: the
+wheels are sent to them).
+
 Each is resolved into a lock for the target's platform like any environment (the pins fix the
 versions; the lock fixes their dependencies and wheel hashes), built once per host (a cached venv,
 or an image on the Docker target) and reused. Azure ML v1's curated names resolve to them with
@@ -19,13 +25,21 @@ or an image on the Docker target) and reused. Azure ML v1's curated names resolv
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
 
-__all__ = ["AZUREML_ALIASES", "CURATED", "curated_environment", "curated_names"]
+__all__ = ["AZUREML_ALIASES", "CURATED", "PYTORCH_INDEX", "PYTORCH_INDEX_VARIABLE", "curated_environment",
+           "curated_names"]
+
+PYTORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+"""PyTorch's own index of CPU builds."""
+PYTORCH_INDEX_VARIABLE = "TRAINING_RUNS_PYTORCH_INDEX_URL"
+"""The environment variable naming a mirror of :data:`PYTORCH_INDEX` (a PEP 503 simple index URL)."""
+_PYTORCH_INDEX_LINE = "--extra-index-url {pytorch_index}"
 
 
 @dataclass(frozen=True)
@@ -36,15 +50,19 @@ class _Curated:
 
 
 _MLFLOW = "mlflow-skinny==3.5.0"
-CURATED: dict[str, _Curated] = {
-    "training-minimal": _Curated("1", (), "the target's Python as it is, with the provider's runtime"),
-    "training-sklearn": _Curated("1", ("scikit-learn==1.7.2", "numpy==2.2.6", "scipy==1.15.3", "pandas==2.3.3",
-                                       _MLFLOW), "scikit-learn 1.7, NumPy, SciPy, pandas, MLflow client"),
-    "training-pytorch-cpu": _Curated("1", ("--extra-index-url https://download.pytorch.org/whl/cpu",
-                                           "torch==2.9.1+cpu", "numpy==2.2.6", _MLFLOW),
-                                     "PyTorch 2.9 (CPU build), NumPy, MLflow client"),
+CURATED: dict[str, tuple[_Curated, ...]] = {
+    "training-minimal": (_Curated("1", (), "the target's Python as it is, with the provider's runtime"),),
+    "training-sklearn": (_Curated("1", ("scikit-learn==1.7.2", "numpy==2.2.6", "scipy==1.15.3", "pandas==2.3.3",
+                                        _MLFLOW), "scikit-learn 1.7, NumPy, SciPy, pandas, MLflow client"),),
+    "training-pytorch-cpu": (
+        _Curated("1", (_PYTORCH_INDEX_LINE, "torch==2.9.1+cpu", "numpy==2.2.6", _MLFLOW),
+                 "PyTorch 2.9 (CPU build), NumPy, MLflow client"),
+        _Curated("2", (_PYTORCH_INDEX_LINE, "torch==2.13.0+cpu", "numpy==2.2.6", _MLFLOW),
+                 "PyTorch 2.13 (CPU build), NumPy, MLflow client"),
+    ),
 }
-"""The curated environments by name (Python 3.10 to 3.13)."""
+"""The curated environments by name, oldest version first (Python 3.10 to 3.13; PyTorch 2.13's CPU
+build from Python 3.10)."""
 
 AZUREML_ALIASES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"AzureML-Minimal(?:-.*)?\Z", re.IGNORECASE), "training-minimal"),
@@ -52,7 +70,7 @@ AZUREML_ALIASES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"AzureML-(?:pytorch|acpt-pytorch)-.*cpu.*\Z", re.IGNORECASE), "training-pytorch-cpu"),
 )
 """Azure ML v1 curated names and the environment each resolves to (with ``azureml_compat`` on)."""
-_LISTED_ALIASES = ("AzureML-Minimal", "AzureML-sklearn-1.7-cpu", "AzureML-pytorch-2.9-cpu")
+_LISTED_ALIASES = ("AzureML-Minimal", "AzureML-sklearn-1.7-cpu", "AzureML-pytorch-2.13-cpu")
 _GPU = re.compile(r"AzureML-.*(?:gpu|cuda)", re.IGNORECASE)
 
 
@@ -78,12 +96,14 @@ def curated_environment(name: str, version: str | int | None = None) -> Environm
                     "environment", f"{name!r} is an Azure ML GPU environment; the curated set here is CPU only.",
                     "build a GPU environment from your own Dockerfile or conda specification (CUDA from the image).")
             return None
-    curated = CURATED[target]
-    if version is not None and str(version) != curated.version:
+    versions = CURATED[target]
+    curated = versions[-1] if version is None else next((v for v in versions if v.version == str(version)), None)
+    if curated is None:
         raise ConfigurationError("environment.version", f"curated environment {name!r} has no version {version!r}.",
-                                 f"use version {curated.version} or omit it.")
+                                 f"use one of {', '.join(v.version for v in versions)}, or omit it for the latest.")
+    pytorch_index = os.environ.get(PYTORCH_INDEX_VARIABLE, "").strip() or PYTORCH_INDEX
     env = Environment(name)
     env.version = curated.version
-    env.python.pip_packages = list(curated.pip_packages)
+    env.python.pip_packages = [line.format(pytorch_index=pytorch_index) for line in curated.pip_packages]
     env.azureml_compat = compat
     return env
