@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow_provider.core.errors import (
         ConfigurationError,
         EnvironmentBuildError,
+        RunCanceledError,
         RunFailedError,
         TargetError,
         TrackingError,
@@ -46,6 +47,7 @@ __all__ = [
     "PyTorchConfiguration",
     "Resources",
     "Run",
+    "RunCanceledError",
     "RunFailedError",
     "RunState",
     "ScriptRun",
@@ -72,6 +74,7 @@ _WHERE = {
     "TensorflowConfiguration": "distributed",
     "ConfigurationError": "errors",
     "EnvironmentBuildError": "errors",
+    "RunCanceledError": "errors",
     "RunFailedError": "errors",
     "TargetError": "errors",
     "TrackingError": "errors",

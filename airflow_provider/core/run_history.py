@@ -3,6 +3,7 @@ the snapshot it ran. Reads only: nothing here drives a job."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider.core.data.outputs import OUTPUTS_TAG
+from airflow_provider.core.data.run_data import INPUTS_TAG
 from airflow_provider.core.errors import ArtifactNotFoundError, ConfigurationError, TrackingError
+from airflow_provider.core.run_definition import DEFINITION_TAG
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT
@@ -39,11 +43,21 @@ class RunHistory:
         return self.experiment.tracker
 
     def get_details(self) -> dict[str, Any]:
-        """Status, times, target, snapshot, environment, git properties, error, log files."""
+        """Status, times, target, snapshot, environment, git properties, error, log files, with
+        Azure ML v1's keys (``runId``, ``target``, ``status``, ``startTimeUtc``, ``endTimeUtc``,
+        ``properties``, ``inputDatasets``, ``outputDatasets``, ``logFiles``, ``submittedBy``,
+        ``runDefinition``): the shape is documented in ``docs/run-details.md``."""
         run = self.tracker.get_run(self.id)
         tags = run.data.tags
         details: dict[str, Any] = {
             "runId": self.id,
+            "displayName": run.info.run_name,
+            "submittedBy": tags.get(Tags.USER),
+            "runDefinition": self._run_definition(tags),
+            "inputDatasets": _bindings(tags.get(INPUTS_TAG)),
+            "outputDatasets": _bindings(tags.get(OUTPUTS_TAG)),
+            "tags": {k: v for k, v in tags.items() if not k.startswith(("mlflow.", "training."))},
+            "parameters": dict(run.data.params),
             "experimentId": run.info.experiment_id,
             "status": tags.get(Tags.STATE, RunState.QUEUED.value),
             "mlflowStatus": run.info.status,
@@ -72,6 +86,19 @@ class RunHistory:
             log = failing_rank.group(0) if failing_rank else DRIVER_LOG_ARTIFACT
             details["error"] = {"message": tags[Tags.ERROR], "logTail": self._log_tail(log)}
         return details
+
+    def _run_definition(self, tags: dict[str, str]) -> dict[str, Any]:
+        """What the run was asked to do (:mod:`~airflow_provider.core.run_definition`); for a run
+        submitted before it was recorded, what its tags tell."""
+        recorded = tags.get(DEFINITION_TAG)
+        if not recorded:
+            return {"command": tags.get(Tags.COMMAND), "target": tags.get(Tags.TARGET)}
+        definition: dict[str, Any] = json.loads(recorded)
+        if set(definition) == {"artifact"}:
+            with tempfile.TemporaryDirectory(prefix="definition-") as scratch:
+                local = self.tracker.download_artifact(self.id, str(definition["artifact"]), scratch)
+                definition = json.loads(Path(local).read_text())
+        return definition
 
     def get_metrics(self) -> dict[str, float | list[float]]:
         """Every metric: one value, or the list of values of a series (ordered by step)."""
@@ -127,6 +154,18 @@ class RunHistory:
                 stream.seek(max(0, os.path.getsize(local) - 8192))
                 text = stream.read().decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _bindings(recorded: str | None) -> list[dict[str, Any]]:
+    """A run's inputs or outputs as its tag records them: name, URI, mode (never credentials)."""
+    if not recorded:
+        return []
+    try:
+        bindings = json.loads(recorded)
+    except ValueError:
+        return []
+    return [{"name": name, "uri": value.get("uri"), "mode": value.get("mode"), "connection": value.get("connection")}
+            for name, value in sorted(bindings.items()) if isinstance(value, dict)]
 
 
 def _iso(milliseconds: int | None) -> str | None:

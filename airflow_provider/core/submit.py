@@ -15,10 +15,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from airflow_provider.core import run_listing
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.background import OrderedWrites
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
@@ -34,6 +35,13 @@ from airflow_provider.core.errors import (
     EnvironmentBuildError,
 )
 from airflow_provider.core.git import read_git_state
+from airflow_provider.core.run_definition import (
+    DEFINITION_ARTIFACT,
+    DEFINITION_TAG,
+    definition_record,
+    distribution_tags,
+    run_definition,
+)
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets import resolve_target
@@ -43,6 +51,12 @@ from airflow_provider.core.variables import validate_variables
 from airflow_provider.runtime import COMPAT_PATH_DIR, RUNTIME_DIR, job_files, rank_launcher
 from airflow_provider.runtime import events as events_module
 from airflow_provider.runtime.job_runner import RANKS_DIR
+
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment as MlflowExperiment
+    from mlflow.entities import Run as MlflowRun
+
+    from airflow_provider.core.hyperdrive.run import HyperDriveRun
 
 __all__ = ["Experiment", "ScriptRun", "StagedRun", "Submittable"]
 
@@ -75,6 +89,8 @@ class Experiment:
         self.name = name
         self.tracker = Tracker(tracking_uri)
         self._id: str | None = None
+        self.archived = False
+        """Whether the experiment was archived when :meth:`list` found it."""
 
     @property
     def tracking_uri(self) -> str:
@@ -83,10 +99,133 @@ class Experiment:
 
     @property
     def id(self) -> str:
-        """The MLflow experiment id (the experiment is created on first use)."""
+        """The MLflow experiment id (the experiment is created on first use).
+
+        :raises ConfigurationError: the experiment is archived (reactivate it first).
+        """
         if self._id is None:
-            self._id = self.tracker.experiment_id(self.name)
+            found = self.tracker.client.get_experiment_by_name(self.name)
+            if found is not None and found.lifecycle_stage == "deleted":
+                raise ConfigurationError("Experiment.name", f"experiment {self.name!r} is archived.",
+                                         f"reactivate it (Experiment({self.name!r}).reactivate(), or "
+                                         f"`training-runs archive --undo {self.name}`), or use another name.")
+            self._id = str(found.experiment_id) if found is not None else self.tracker.experiment_id(self.name)
         return self._id
+
+    # ------------------------------------------------------------------ finding runs again, archiving
+    @classmethod
+    def list(cls, experiment_name: str | None = None, view_type: str = "ActiveOnly",
+             tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> list[Experiment]:
+        """The experiments of the tracking store, by name (Azure ML v1's ``Experiment.list``).
+
+        :param experiment_name: only the experiment of this name.
+        :param view_type: ``"ActiveOnly"`` (default), ``"ArchivedOnly"`` or ``"All"``.
+        :param tags: only experiments with these tags and values.
+        :param tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else the embedded store.
+        """
+        view = run_listing.view_type(view_type, "Experiment.list.view_type")
+        tracker = Tracker(tracking_uri)
+        found = []
+        for experiment in run_listing.experiments(tracker, view, experiment_name, tags):
+            handle = cls(experiment.name, tracking_uri)
+            handle.tracker = tracker
+            handle._id = str(experiment.experiment_id)
+            handle.archived = experiment.lifecycle_stage == "deleted"
+            found.append(handle)
+        return found
+
+    def archive(self) -> None:
+        """Hide the experiment from lists, searches and the MLflow UI, deleting nothing (MLflow's
+        soft delete): its runs stay readable by id, and :meth:`reactivate` brings it back. A run
+        cannot be submitted to it meanwhile."""
+        found = self._existing("archive")
+        if found.lifecycle_stage != "deleted":
+            self.tracker.client.delete_experiment(found.experiment_id)
+        self._id = None
+
+    def reactivate(self, new_name: str | None = None) -> None:
+        """Bring an archived experiment back, under ``new_name`` if given (another experiment may
+        have taken its name meanwhile).
+
+        :param new_name: the name it comes back under.
+        :raises ConfigurationError: no experiment of this name, or ``new_name`` is taken.
+        """
+        found = self._existing("reactivate")
+        if new_name is not None and new_name != self.name:
+            taken = self.tracker.client.get_experiment_by_name(new_name)
+            if taken is not None:
+                raise ConfigurationError("Experiment.reactivate.new_name",
+                                         f"an experiment named {new_name!r} already exists.", "choose another name.")
+        if found.lifecycle_stage == "deleted":
+            self.tracker.client.restore_experiment(found.experiment_id)
+        if new_name is not None and new_name != self.name:
+            self.tracker.client.rename_experiment(found.experiment_id, new_name)
+            self.name = new_name
+        self._id = str(found.experiment_id)
+        self.archived = False
+
+    def get_runs(self, type: str | None = None, tags: dict[str, str] | str | None = None,
+                 properties: dict[str, str] | None = None, include_children: bool = False,
+                 status: str | None = None, limit: int | None = None) -> Iterator[ScriptRun | HyperDriveRun]:
+        """The experiment's runs, newest first (Azure ML v1's ``experiment.get_runs``).
+
+        :param type: ``"sweep"`` for sweeps only, ``"run"`` for single runs; None for both.
+        :param tags: tags (and values) each run has; a string is a tag that must be present.
+        :param properties: as ``tags`` (Azure ML's properties are tags here).
+        :param include_children: also sweeps' trials and child runs.
+        :param status: only runs in this state (``Completed``, ``Failed``, ``Running``, ...).
+        :param limit: at most this many runs.
+        """
+        found = self.tracker.client.get_experiment_by_name(self.name)
+        if found is None:
+            return
+        text = run_listing.filter_string(status, tags, properties)
+        for run in run_listing.runs(self.tracker, str(found.experiment_id), text, include_children, limit, type):
+            yield self.handle_for(run)
+
+    def get_run(self, run_id: str) -> ScriptRun | HyperDriveRun:
+        """A handle on one of the experiment's runs, from any process (v1's ``Run(experiment, run_id)``).
+
+        A single run's handle reads status, details, metrics and files; it can also cancel a run of the
+        local target. A sweep's is a ``HyperDriveRun`` with its trials and best run.
+
+        :param run_id: the MLflow run id.
+        :raises ConfigurationError: the run is not in this experiment.
+        """
+        run = self.tracker.get_run(run_id)
+        found = self.tracker.client.get_experiment_by_name(self.name)
+        if found is None or run.info.experiment_id != str(found.experiment_id):
+            raise ConfigurationError("run_id", f"run {run_id} is not in experiment {self.name!r}.",
+                                     "pass the run's own experiment (its name is in the MLflow UI).")
+        return self.handle_for(run)
+
+    def handle_for(self, run: MlflowRun) -> ScriptRun | HyperDriveRun:
+        """The handle of an MLflow run of this experiment: a ``HyperDriveRun`` for a sweep, else a
+        :class:`ScriptRun` (able to cancel its job when it runs on the local target).
+
+        :param run: the run as MLflow returned it.
+        """
+        tags = run.data.tags
+        if tags.get(Tags.SWEEP_ROLE) == "sweep":
+            from airflow_provider.core.hyperdrive.run import HyperDriveRun
+            from airflow_provider.core.hyperdrive.sweep import Sweep
+
+            return HyperDriveRun(Sweep.load(self, run.info.run_id))
+        target: ComputeTarget | None = None
+        handle: JobHandle | None = None
+        job = tags.get(Tags.JOB)
+        if job and not RunState(tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal:
+            parsed = JobHandle.from_dict(json.loads(job))
+            if parsed.target == "local" and parsed.job_id == run.info.run_id:
+                target, handle = resolve_target("local"), parsed
+        return ScriptRun(self, run.info.run_id, target, handle)
+
+    def _existing(self, action: str) -> MlflowExperiment:
+        found = self.tracker.client.get_experiment_by_name(self.name)
+        if found is None:
+            raise ConfigurationError("Experiment.name", f"no experiment named {self.name!r} to {action}.",
+                                     "check the name: Experiment.list(view_type=\"All\") lists them.")
+        return found
 
     def submit(self, config: Submittable[RunT], tags: dict[str, str] | None = None, *,
                run_key: str | None = None, reattach: bool = True, run_name: str | None = None,
@@ -178,6 +317,14 @@ class Experiment:
             initial_tags[Tags.ENVIRONMENT_NAME] = str(resolved.environment)
         if resolved.azureml_compat:
             initial_tags[Tags.AZUREML_COMPAT] = "true"
+        distribution = resolved.distributed_job_config
+        launcher = None if distribution is None else target.distribution_launcher(distribution)
+        nodes = resolved.resources.nodes if resolved.resources else None
+        initial_tags.update(distribution_tags(distribution, launcher, nodes))
+        definition_tag, definition_text = definition_record(
+            run_definition(resolved, initial_tags[Tags.TARGET], launcher))
+        initial_tags[DEFINITION_TAG] = definition_tag
+        initial_tags.setdefault(Tags.USER, _submitting_user())
         run_id = self.tracker.create_run(self.id, initial_tags, run_name)
         handle: JobHandle | None = None
         # What the job does not need goes to MLflow while the environment and the job are prepared;
@@ -187,6 +334,9 @@ class Experiment:
             if params:
                 self.tracker.log_params(run_id, params)  # refused values fail here, before anything else
             writes.submit(lambda: self.tracker.log_text(run_id, snapshot.manifest_json(), "snapshot/manifest.json"))
+            if definition_text is not None:
+                long_definition = definition_text
+                writes.submit(lambda: self.tracker.log_text(run_id, long_definition, DEFINITION_ARTIFACT))
             if git is not None and git.diff:
                 diff = git.diff
                 writes.submit(lambda: self.tracker.log_text(run_id, diff, "git/uncommitted.diff"))
@@ -420,3 +570,13 @@ def _validate_tags(tags: object) -> None:
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise ConfigurationError("Experiment.submit.tags", f"must map strings to strings, got {tags!r}.",
                                  'pass {"team": "search"}; convert values with str().')
+
+
+def _submitting_user() -> str:
+    """Who submits (MLflow's ``mlflow.user``, Azure ML's ``submittedBy``): the login name here."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (some containers)
+        return f"uid {os.getuid()}"

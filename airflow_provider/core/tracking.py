@@ -114,6 +114,7 @@ class Tags:
     EVENTS_OFFSET = "training.relay.events_offset"
     DROPPED_EVENTS = "training.relay.dropped_events"
     RUN_NAME = "mlflow.runName"
+    USER = "mlflow.user"
     SOURCE_NAME = "mlflow.source.name"
     SOURCE_TYPE = "mlflow.source.type"
     PARENT_RUN_ID = "mlflow.parentRunId"

@@ -82,7 +82,7 @@ WORK_DIR = "work"
 RANKS_DIR = "ranks"  # per-rank logs of distributed runs
 COLLECTED_PATHS = (EVENTS_FILE, RANKS_DIR, f"{WORK_DIR}/outputs", f"{WORK_DIR}/logs")
 """What a watcher reads from the job folder once the job has ended; ``exit.json`` says which were
-absent, so a watcher that must fetch each file over a connection skips those."""
+absent (or empty folders), so a watcher that must fetch each file over a connection skips those."""
 RUNNER_LOG = "runner.log"  # the supervisor's own output
 LAUNCH_MARKER = ".launched"  # created (exclusively) by a launch in progress or done
 JOB_MARKER_VARIABLE = "TRAINING_RUN_JOB_DIR"
@@ -630,9 +630,11 @@ class JobRunner:
             environment.pop(name, None)
         environment[JOB_MARKER_VARIABLE] = self.job_dir  # inherited: finds a daemon even once it has left
         _make_output_dirs(environment.get("TRAINING_RUNS_OUTPUT_DIRS"))
+        cwd = self.path(launch.get("cwd", WORK_DIR))
+        _make_run_folders(cwd)
         log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            return Child(spawn_in_new_session(launch["argv"], self.path(launch.get("cwd", WORK_DIR)), environment, log))
+            return Child(spawn_in_new_session(launch["argv"], cwd, environment, log))
         finally:
             os.close(log)
 
@@ -682,7 +684,7 @@ class JobRunner:
                             "ended_at": time.time()}
         if self.echo is not None:
             ending["driver_log_bytes"] = self.echo.finish()
-        ending["absent"] = [name for name in COLLECTED_PATHS if not os.path.lexists(self.path(name))]
+        ending["absent"] = [name for name in COLLECTED_PATHS if _absent_or_empty(self.path(name))]
         write_json_atomically(self.path(EXIT_STATE), ending)
         # Also the supervisor's last output line: a container target reads it from the container's
         # log without copying a file out of its filesystem (on stderr when stdout echoes driver.log).
@@ -769,6 +771,31 @@ def main(argv: list[str], launch: bytes | None = None) -> int:
     if len(argv) == 3 and code == 0:
         return run_exit_code(read_exit_json(argv[1]))
     return code
+
+
+def _absent_or_empty(path: str) -> bool:
+    """Nothing to collect at ``path``: missing, or an empty folder (``./outputs`` and ``./logs`` are
+    made for every run)."""
+    if not os.path.lexists(path):
+        return True
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+def _make_run_folders(cwd: str) -> None:
+    """Create ``./outputs`` and ``./logs`` in the command's working folder, as Azure ML does: v1
+    scripts write ``outputs/model.pkl`` without creating the folder. A file of that name in the
+    snapshot is left as it is (the script sees it, as before)."""
+    for name in ("outputs", "logs"):
+        try:  # noqa: SIM105 - contextlib is an import the supervisor's start does without
+            os.mkdir(os.path.join(cwd, name))
+        except OSError:
+            pass
 
 
 def _make_output_dirs(listed: str | None) -> None:

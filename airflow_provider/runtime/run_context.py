@@ -73,6 +73,32 @@ class Run:
         self._child = ""  # the key of a child run (Azure ML v1 compatibility); "" for the run itself
 
     # ------------------------------------------------------------------ construction
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """``Run(experiment, run_id)``, outside a script, is Azure ML v1's way to get a handle on an
+        existing run from any process: it returns ``experiment.get_run(run_id)`` (a ``ScriptRun``, or
+        a ``HyperDriveRun`` for a sweep). Inside a script use :meth:`get_context`."""
+        experiment = args[0] if args else kwargs.get("experiment")
+        if experiment is not None and not isinstance(experiment, str) and hasattr(experiment, "get_run"):
+            run_id = args[1] if len(args) > 1 else kwargs.get("run_id")
+            return experiment.get_run(run_id)
+        return super().__new__(cls)
+
+    @staticmethod
+    def list(experiment: Any, type: str | None = None, tags: Any = None,
+             properties: Any = None, status: str | None = None, include_children: bool = False) -> Any:
+        """The runs of ``experiment``, newest first (Azure ML v1's ``Run.list``): a generator of run
+        handles, as ``experiment.get_runs`` gives.
+
+        :param experiment: an ``Experiment``.
+        :param type: ``"sweep"`` for sweeps only, ``"run"`` for single runs; None for both.
+        :param tags: tags (and values) each run has; a string is a tag that must be present.
+        :param properties: as ``tags``.
+        :param status: only runs in this state (``Completed``, ``Failed``, ``Running``, ...).
+        :param include_children: also sweeps' trials and child runs.
+        """
+        return experiment.get_runs(type=type, tags=tags, properties=properties, include_children=include_children,
+                                   status=status)
+
     @classmethod
     def get_context(cls, allow_offline: bool = True) -> Run:
         """Return the run this script is part of, or an offline run outside a submitted run.

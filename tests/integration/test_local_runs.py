@@ -182,6 +182,19 @@ def _recorded_pids(path: Path, count: int) -> list[int]:
     return [int(p) for p in path.read_text().split()]
 
 
+def test_outputs_and_logs_folders_exist_before_the_script_starts(tmp_path: Path) -> None:
+    """v1 scripts write ``outputs/x.csv`` and ``logs/y`` without creating the folders."""
+    write_script(tmp_path / "src", """
+        open("outputs/metrics.csv", "w").write("epoch,loss\\n1,0.5\\n")
+        open("logs/train.log", "w").write("started")
+    """)
+    run = Experiment("folders").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    details = run.wait_for_completion()
+    assert details["status"] == "Completed", details
+    assert run.download_file("outputs/metrics.csv", tmp_path / "m.csv").read_text() == "epoch,loss\n1,0.5\n"
+    assert "logs/train.log" in details["logFiles"]
+
+
 def test_timeout_stops_the_whole_process_tree(tmp_path: Path) -> None:
     run, pids = _submit_spawning_script(tmp_path, "timeout", max_run_duration_seconds=3)
     with pytest.raises(RunFailedError) as caught:

@@ -91,7 +91,7 @@ def _stream_with_launch(job_json: dict[str, object], launch: dict[str, object], 
 def test_launch_parameters_start_the_command_and_its_secrets_never_reach_the_disk(tmp_path: Path) -> None:
     python = _python39()
     script = (b"import os\nprint('secret seen' if os.environ['SECRET'][::-1] == 't3rc3s' else 'secret missing')\n"
-              b"print('cwd', os.getcwd())\nos.makedirs('outputs')\n")
+              b"print('cwd', os.getcwd())\nopen('outputs/model.txt', 'w').write('m')\n")
     spec: dict[str, object] = {"argv": [python, "train.py"], "env": {"SECRET": "s3cr3t", "PLAIN": "a=b"},
                                "secret_env": ["SECRET"], "echo_output": True}
     public = dict(spec, env={"PLAIN": "a=b"})

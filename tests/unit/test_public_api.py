@@ -32,6 +32,7 @@ CORE_API = {
     "RunState",
     "ConfigurationError",
     "EnvironmentBuildError",
+    "RunCanceledError",
     "RunFailedError",
     "TargetError",
     "TrackingError",
@@ -107,6 +108,32 @@ def test_core_name_resolves_to_its_object(name: str) -> None:
 def test_core_error_classes_share_one_base() -> None:
     for name in ("ConfigurationError", "EnvironmentBuildError", "RunFailedError", "TargetError", "TrackingError"):
         assert issubclass(getattr(core, name), core.TrainingRunError), name
+
+
+def test_a_cancel_is_told_from_a_crash() -> None:
+    assert issubclass(core.RunCanceledError, core.RunFailedError)
+
+
+EXPERIMENT_METHODS = {
+    # Azure ML v1's names and parameters, in order
+    "list": ["experiment_name", "view_type", "tags"],
+    "archive": [],
+    "reactivate": ["new_name"],
+    "get_runs": ["type", "tags", "properties", "include_children"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPERIMENT_METHODS))
+def test_experiment_keeps_azure_ml_v1_run_history_methods(method: str) -> None:
+    parameters = [name for name in inspect.signature(getattr(core.Experiment, method)).parameters
+                  if name not in ("self", "cls")]
+    assert parameters[:len(EXPERIMENT_METHODS[method])] == EXPERIMENT_METHODS[method]
+
+
+def test_run_list_and_run_of_experiment_and_id_keep_azure_ml_v1_names() -> None:
+    assert list(inspect.signature(core.Run.list).parameters)[:6] == [
+        "experiment", "type", "tags", "properties", "status", "include_children"]
+    assert callable(core.Experiment.get_run)
 
 
 def test_core_dir_lists_the_public_names() -> None:

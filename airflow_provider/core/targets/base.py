@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from airflow_provider.core.distributed import DistributedConfig, MpiConfiguration, PyTorchConfiguration
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError
@@ -228,6 +229,18 @@ class ComputeTarget(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """One line for the run's details, e.g. ``"local (this machine: host1)"``."""
+
+    def distribution_launcher(self, config: DistributedConfig) -> str:
+        """What starts a distributed run's processes here (recorded on the run): ``mpirun`` for MPI,
+        ``torchrun`` for PyTorch, one process per task with its ``TF_CONFIG`` for TensorFlow.
+
+        :param config: the run's distribution.
+        """
+        if isinstance(config, MpiConfiguration):
+            return "mpirun"
+        if isinstance(config, PyTorchConfiguration):
+            return "torchrun"
+        return "TF_CONFIG"
 
     def secret_environment(self) -> dict[str, str]:
         """Variables a detached process (the finalizer) needs to rebuild this target from

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from airflow_provider.core.distributed import DistributedConfig, MpiConfiguration, PyTorchConfiguration
 from airflow_provider.core.environments.conda_builder import CondaMode
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
@@ -131,6 +132,13 @@ class SlurmTarget(ComputeTarget):
 
     def secret_environment(self) -> dict[str, str]:
         return self.login.secret_environment()
+
+    def distribution_launcher(self, config: DistributedConfig) -> str:
+        if isinstance(config, MpiConfiguration):
+            return "srun (PMIx)" if self.defaults.mpi_launcher == "srun" else "mpirun in the allocation"
+        if isinstance(config, PyTorchConfiguration):
+            return "torchrun per node under srun"
+        return "srun tasks with TF_CONFIG"
 
     def describe(self) -> str:
         partition = f", partition {self.defaults.partition}" if self.defaults.partition else ""
