@@ -10,5 +10,5 @@ if [ -f scripts/components.sh ]; then
     bash scripts/components.sh
 fi
 .venv/bin/ruff check airflow_provider tests benchmarks
-.venv/bin/mypy airflow_provider/core airflow_provider/runtime
+.venv/bin/mypy airflow_provider/core airflow_provider/runtime airflow_provider/cli
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"

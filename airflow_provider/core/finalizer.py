@@ -8,6 +8,10 @@ task process dies, or by the task itself if it finalized first) and finalizes th
 has. It imports neither Airflow nor anything that needs an Airflow connection: the target is
 rebuilt from its spec, and tracking credentials come in its environment.
 
+With ``watch=True`` it is also the detached watcher of a run nobody waits for (``training-runs
+submit`` without ``--stream``): it watches the run to its natural end and finalizes it, stopping
+nothing.
+
 Usage: ``python -m airflow_provider.core.finalizer '<JSON>'``; its output goes to
 ``<state>/logs/finalizer-<run id>.log``.
 """
@@ -36,14 +40,15 @@ _STOP_TIMEOUT_SECONDS = 120.0
 _ATTEMPTS = 5
 
 
-def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = None) -> None:
+def finalize_in_background(run: ScriptRun, environment: dict[str, str] | None = None, watch: bool = False) -> None:
     """Start the finalizer for ``run`` as a detached process (own session, no stdin).
 
     :param run: a submitted run with a target and a job handle.
     :param environment: extra variables for the finalizer (tracking credentials): never in argv.
+    :param watch: watch the run to its own end instead of stopping it.
     """
     assert run.target is not None
-    description = describe(run)
+    description = {**describe(run), "watch": watch}
     folder = state_dir() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"finalizer-{run.id}.log", "ab") as log:
@@ -86,8 +91,11 @@ def script_run(description: dict[str, Any]) -> ScriptRun:
 def main(argv: list[str]) -> int:
     """Finalize the run described by ``argv[1]``; retry while the tracking store is busy."""
     logging.basicConfig(level=logging.INFO)
-    run = script_run(json.loads(argv[1]))
+    description = json.loads(argv[1])
+    run = script_run(description)
     assert run.target is not None and run.handle is not None
+    if description.get("watch"):
+        return _watch(run)
     deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         try:
@@ -106,6 +114,20 @@ def main(argv: list[str]) -> int:
         except Exception:
             logging.exception("Finalizing run %s failed (attempt %d of %d)", run.id, attempt, _ATTEMPTS)
             time.sleep(2 * attempt)
+    return 1
+
+
+def _watch(run: ScriptRun) -> int:
+    """Watch ``run`` to its end and finalize it; a watch broken by the tracking store or the target
+    is taken up again (the run's relay resumes from its recorded offset)."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            details = run.wait_for_completion(raise_on_error=False)
+            logging.info("Run %s finalized: %s", run.id, details["status"])
+            return 0
+        except Exception:
+            logging.exception("Watching run %s failed (attempt %d of %d)", run.id, attempt, _ATTEMPTS)
+            time.sleep(5 * attempt)
     return 1
 
 

@@ -8,6 +8,7 @@ reattaches to a job that outlived its worker, or collects a result that is alrea
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from functools import cached_property
@@ -188,6 +189,46 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         self._credentials: dict[str, str] = {}
         self._killed = False
         self._redact = Redactor(())
+
+    @classmethod
+    def from_yaml(cls, task_id: str, path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None,
+                  entry_point: str | None = None, **kwargs: Any) -> SubmitTrainingRunOperator:
+        """The task of a job file: an Azure ML v2 command job YAML or an MLflow ``MLproject`` (the
+        format of ``training-runs submit``; ``docs/job-yaml.md``), read and checked when the DAG file
+        is parsed, so a broken job file is an import error naming every problem with its line.
+
+        The file gives what to run, the environment, inputs and outputs, distribution, resources,
+        time limit, experiment, tags and ``compute`` (an Airflow connection id, or ``local``);
+        ``kwargs`` are the operator's other parameters and win over the file (``compute_target``,
+        ``tracking_conn_id``, ``deferrable``, ``retries``, ...).
+
+        :param task_id: the task's id.
+        :param path: the job file (relative paths in it are relative to its folder).
+        :param overrides: fields to set, by dotted path (``{"inputs.epochs": 5}``), or an MLproject's
+            parameter values.
+        :param entry_point: the MLproject entry point (default ``main``).
+        :raises ConfigurationError: the file has problems (all listed), or is a sweep job (use
+            :class:`~airflow_provider.operators.hyperparameter_sweep.HyperparameterSweepOperator`).
+        """
+        from airflow_provider.core.job_spec import load_job
+
+        job = load_job(path, overrides=overrides, entry_point=entry_point)
+        if job.kind == "sweep":
+            raise ConfigurationError("path", f"{job.source_path} is a sweep job.",
+                                     "build its trials' run with a command job file, and sweep it with "
+                                     "HyperparameterSweepOperator.")
+        config = job.script_run_config(kwargs.pop("compute_target", None))
+        arguments: dict[str, Any] = {
+            "source_directory": str(config.source_directory), "script": config.script and str(config.script),
+            "command": config.command, "arguments": config.arguments, "compute_target": config.compute_target,
+            "environment": config.environment, "distributed_job_config": config.distributed_job_config,
+            "max_run_duration_seconds": config.max_run_duration_seconds,
+            "environment_variables": config.environment_variables, "azureml_compat": config.azureml_compat,
+            "compute_resources": config.resources, "inputs": config.inputs, "outputs": config.outputs,
+            "experiment_name": job.experiment_name, "tags": job.run_tags(),
+        }
+        arguments.update(kwargs)
+        return cls(task_id=task_id, **arguments)
 
     # ------------------------------------------------------------------ hooks (built lazily)
     @cached_property

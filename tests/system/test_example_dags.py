@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,42 @@ def test_deferrable_mode_end_to_end_in_dag_test(run_dag: Callable[..., dict[str,
     assert sorted(m.value for m in history) == [float(i) for i in range(20)]
     printed = [line for line in outcome["output"].splitlines() if "[run] line " in line]
     assert len(printed) == 20, "every output line is shown exactly once across trigger and worker"
+
+
+FROM_YAML_DAG = '''
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider.operators import SubmitTrainingRunOperator
+
+with DAG("from_yaml", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    SubmitTrainingRunOperator.from_yaml("train", {job!r}, overrides={{"inputs.epochs": 4}}, retries=0)
+'''
+
+
+def test_a_task_from_a_job_yaml_file(run_dag: Callable[..., dict[str, Any]], client: MlflowClient,
+                                      tmp_path: Path) -> None:
+    """``SubmitTrainingRunOperator.from_yaml``: the job file ``training-runs submit`` takes, as a task."""
+    jobs = tmp_path / "jobs"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "jobs", jobs)
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "from_yaml.py").write_text(FROM_YAML_DAG.format(job=str(jobs / "train.yml")))
+    outcome = run_dag("from_yaml", dags_folder=dags)
+    assert outcome["state"] == "success", outcome["output"][-3000:]
+    result = outcome["xcom"]["train"]
+    run = client.get_run(result["run_id"])
+    assert result["status"] == "Completed" and run.info.run_name is not None
+    assert run.data.tags["example"] == "job-yaml" and run.data.tags["model"] == "linear"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "job-yaml-examples"
+
+    (jobs / "broken.yml").write_text("code: src\ncommand: python train.py\nlimits:\n  timeout: soon\n")
+    (dags / "from_yaml.py").write_text(FROM_YAML_DAG.format(job=str(jobs / "broken.yml")).replace(
+        '"from_yaml"', '"from_yaml_broken"'))
+    broken = subprocess.run([sys.executable, "-c", (dags / "from_yaml.py").read_text()], capture_output=True,
+                            text=True, timeout=120)
+    assert broken.returncode != 0 and "broken.yml:4" in broken.stderr and "limits.timeout" in broken.stderr
 
 
 SERVER_DAG = '''

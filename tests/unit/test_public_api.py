@@ -455,3 +455,30 @@ def test_environment_and_conda_dependencies_methods_exist() -> None:
         assert callable(getattr(core.CondaDependencies, name)), name
     assert list(inspect.signature(core.CondaDependencies.create).parameters) == [
         "pip_packages", "conda_packages", "python_version", "pin_sdk_version", "pip_indexurl", "channels"]
+
+
+# ---------------------------------------------------------------------- job files and the command line
+def test_job_files_load_with_the_documented_signature() -> None:
+    from airflow_provider.core.job_spec import load_job
+
+    parameters = inspect.signature(load_job).parameters
+    assert list(parameters) == ["path", "overrides", "entry_point"]
+    assert parameters["overrides"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_operator_from_yaml_keeps_its_signature() -> None:
+    from airflow_provider.operators import SubmitTrainingRunOperator
+
+    parameters = inspect.signature(SubmitTrainingRunOperator.from_yaml).parameters
+    assert list(parameters)[:4] == ["task_id", "path", "overrides", "entry_point"]
+
+
+def test_the_command_line_has_the_documented_commands() -> None:
+    from airflow_provider.cli.main import parser
+
+    commands = next(action for action in parser()._actions if action.dest == "command")
+    assert set(commands.choices) == {"submit", "list", "show", "logs", "cancel", "download", "experiments",
+                                     "archive", "environments"}
+    environments = commands.choices["environments"]
+    actions = next(action for action in environments._actions if action.dest == "action")
+    assert set(actions.choices) == {"list", "show", "build"}
