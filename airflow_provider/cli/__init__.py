@@ -9,6 +9,7 @@ module             job
 ``runs``           ``list``, ``show``, ``logs``, ``cancel``, ``download``
 ``experiments``    ``experiments``, ``archive``
 ``environments``   ``environments list|show|build``
+``tensorboard``    ``tensorboard RUN...``: TensorBoard on runs' ``./logs`` while they run
 =================  ============================================================================
 
 It uses the core API only (``airflow_provider.core``); Airflow is imported only to read a

@@ -27,7 +27,7 @@ Command = Callable[["Context", argparse.Namespace, TextIO], int]
 
 def parser() -> argparse.ArgumentParser:
     """The command line's parser (every command, with its help)."""
-    from airflow_provider.cli import environments, experiments, runs, submit
+    from airflow_provider.cli import environments, experiments, runs, submit, tensorboard
 
     top = argparse.ArgumentParser(
         prog="training-runs",
@@ -93,6 +93,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("experiment", metavar="EXPERIMENT", help="the experiment's name")
     sub.add_argument("--undo", action="store_true", help="bring an archived experiment back")
     sub.add_argument("--new-name", help="with --undo: the name it comes back under")
+
+    sub = command("tensorboard", tensorboard.tensorboard, "TensorBoard on runs' ./logs while they run")
+    sub.add_argument("runs", metavar="RUN", nargs="+", help="run ids")
+    sub.add_argument("--logdir", help="where the runs' logs are kept (default: a new folder in the state folder)")
+    sub.add_argument("--host", default="127.0.0.1", help="the address TensorBoard listens on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=6006, help="its port (default 6006)")
+    sub.add_argument("--interval", type=float, default=5.0, help="seconds between syncs (default 5)")
+    sub.add_argument("--reload-interval", type=float, default=5.0, help="TensorBoard's own reload interval")
+    sub.add_argument("--no-server", action="store_true", help="only keep --logdir up to date")
+    sub.add_argument("--exit-when-done", action="store_true", help="stop TensorBoard when every run has ended")
 
     envs = command("environments", _usage, "registered and curated environments")
     actions = envs.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -26,6 +26,7 @@ from airflow_provider.core.collect import is_plain_file, uploadable_files
 from airflow_provider.core.data.bindings import is_binding_name, recordable_uri
 from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput, upload_output
 from airflow_provider.core.errors import ConfigurationError, TargetError, TrackingError, TrackingUnavailableError
+from airflow_provider.core.live_logs import LiveLogUploader
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal, now_iso
@@ -131,7 +132,7 @@ class RunWatcher:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial_line = ""
         self._last_upload = time.monotonic()
-        self._uploaded_logs: dict[str, tuple[int, int]] = {}
+        self._live_logs = LiveLogUploader(tracker, run_id)
         self._failing_rank = ""
         self._queue_reason: str | None = None
 
@@ -366,19 +367,15 @@ class RunWatcher:
         return "\n".join(lines[-_LOG_TAIL_LINES:])
 
     def _upload_logs(self) -> None:
-        """Upload the driver log and changed files of ``./logs`` while the run goes on."""
+        """Upload the driver log, and what the files of ``./logs`` gained, while the run goes on
+        (:mod:`~airflow_provider.core.live_logs`)."""
         self._last_upload = time.monotonic()
         try:
             with tempfile.TemporaryDirectory(prefix="watch-") as scratch:
                 self._upload_driver_log(Path(scratch))
                 logs = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/logs", Path(scratch))
                 if logs is not None and logs.is_dir() and not logs.is_symlink():
-                    files, _notes = uploadable_files(logs, "logs")  # noted once, when the run is finalized
-                    for path, key in files:
-                        stat = path.stat()
-                        if self._uploaded_logs.get(key) != (stat.st_size, stat.st_mtime_ns):
-                            self.tracker.log_artifact(self.run_id, path, Path("logs", key).parent.as_posix())
-                            self._uploaded_logs[key] = (stat.st_size, stat.st_mtime_ns)
+                    self._live_logs.upload(logs)  # what each file gained: live/logs/<file>/<part>
         except Exception:
             log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
 

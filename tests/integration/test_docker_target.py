@@ -177,3 +177,28 @@ def test_the_containers_output_is_its_driver_log_streamed_to_the_launching_proce
     logged = run.download_file("system_logs/driver.log", tmp_path / "driver.log").read_bytes()
     assert logged == b"started\n\xff not utf-8, no newline"
     assert f"/job/{job_runner.DRIVER_LOG}" not in copied
+
+
+def test_logs_go_up_as_they_grow_from_a_container(target: DockerTarget, tmp_path: Path) -> None:
+    """``./logs`` in a container reaches MLflow while the run goes on, each byte once (parts)."""
+    from airflow_provider.core.live_logs import LIVE_LOGS, Part
+
+    write_script(tmp_path / "src", """
+        import time
+        with open("logs/progress.log", "w") as out:
+            out.write("half way\\n")
+        time.sleep(3)
+        with open("logs/progress.log", "a") as out:
+            out.write("three quarters\\n")
+        time.sleep(3)
+    """)
+    run = Experiment("docker-live-logs").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    run.log_upload_interval = 0.5
+    assert run.wait_for_completion()["status"] == "Completed"
+    listed = MlflowClient().list_artifacts(run.id, f"{LIVE_LOGS}/progress.log")
+    parts = sorted((Part.parse(Path(entry.path).name) for entry in listed), key=lambda part: part.start if part else 0)
+    assert parts and all(part is not None and part.generation == 0 for part in parts)
+    assert [(p.start, p.end) for p in parts if p] == list(zip([0, *[p.end for p in parts if p][:-1]],
+                                                               [p.end for p in parts if p], strict=True))
+    assert parts[-1] is not None and parts[-1].end == len("half way\nthree quarters\n"), "each byte went up once"
+    assert run.download_file("logs/progress.log", tmp_path / "p.log").read_text() == "half way\nthree quarters\n"

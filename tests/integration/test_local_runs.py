@@ -473,29 +473,48 @@ def test_a_source_directory_over_the_limit_fails_before_any_run_exists(tmp_path:
 
 
 def test_logs_folder_and_driver_log_are_uploaded_while_the_run_goes_on(tmp_path: Path) -> None:
-    go_file = tmp_path / "go"
+    """``./logs`` goes up while the run goes on as what each file gained (parts), which a reader puts
+    back together; the whole files are in ``logs/`` once it ends."""
+    from airflow_provider.core.live_logs import LiveLogReader
+    from airflow_provider.core.tracking import Tracker
+
     write_script(tmp_path / "src", """
         import os, time
-        os.makedirs("logs", exist_ok=True)
+        def wait_for(name):
+            while not os.path.exists(os.path.join(os.environ["GO_DIR"], name)):
+                time.sleep(0.05)
         with open("logs/progress.log", "w") as out:
             out.write("half way\\n")
         print("still training", flush=True)
-        while not os.path.exists(os.environ["GO_FILE"]):
-            time.sleep(0.05)
+        wait_for("second")
+        with open("logs/progress.log", "a") as out:
+            out.write("three quarters\\n")
+        wait_for("end")
     """)
-    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"GO_FILE": str(go_file)})
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"GO_DIR": str(tmp_path)})
     run = Experiment("interim-uploads").submit(config)
     run.log_upload_interval = 0.3
     waiter = threading.Thread(target=run.wait_for_completion)
     waiter.start()
+    reader = LiveLogReader(Tracker(), run.id, tmp_path / "mirror")
+    mirrored = tmp_path / "mirror" / "progress.log"
+    part = "live/logs/progress.log/0000-{:016d}-{:016d}.part"
     try:
-        wait_until(lambda: {"logs/progress.log", "system_logs/driver.log"} <= artifacts(run.id),
+        wait_until(lambda: {part.format(0, 9), "system_logs/driver.log"} <= artifacts(run.id),
                    message="interim uploads")
+        assert reader.sync(ended=False) == 9 and mirrored.read_text() == "half way\n"
+        (tmp_path / "second").write_text("go")
+        wait_until(lambda: part.format(9, 24) in artifacts(run.id), message="the appended bytes alone")
+        assert reader.sync(ended=False) == 15, "only what was appended is read again"
+        assert mirrored.read_text() == "half way\nthree quarters\n"
+        assert reader.sync(ended=False) == 0
         assert run.get_details()["status"] == "Running"
     finally:
-        go_file.write_text("go")
+        (tmp_path / "end").write_text("go")
         waiter.join()
     assert run.get_details()["status"] == "Completed"
+    assert "logs/progress.log" in artifacts(run.id)
+    assert reader.sync(ended=True) == 0, "the whole file is what the parts made"
 
 
 def test_a_detached_finalizer_records_a_run_whose_watcher_is_gone(tmp_path: Path) -> None:

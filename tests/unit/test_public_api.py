@@ -478,7 +478,7 @@ def test_the_command_line_has_the_documented_commands() -> None:
 
     commands = next(action for action in parser()._actions if action.dest == "command")
     assert set(commands.choices) == {"submit", "list", "show", "logs", "cancel", "download", "experiments",
-                                     "archive", "environments"}
+                                     "archive", "environments", "tensorboard"}
     environments = commands.choices["environments"]
     actions = next(action for action in environments._actions if action.dest == "action")
     assert set(actions.choices) == {"list", "show", "build"}
