@@ -164,3 +164,32 @@ def serve_folder(folder: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+GROWING_LOG_SCRIPT = """
+    import time
+    with open("logs/progress.log", "w") as out:
+        out.write("half way\\n")
+    time.sleep(3)
+    with open("logs/progress.log", "a") as out:
+        out.write("three quarters\\n")
+    time.sleep(3)
+"""
+"""A script whose ``./logs/progress.log`` grows while it runs (a part, then the appended bytes)."""
+
+
+def assert_live_log_parts(run: Any, scratch: Path) -> None:
+    """``run`` (of :data:`GROWING_LOG_SCRIPT`) uploaded its growing log while it went on as contiguous
+    parts, each byte once, and the whole file at its end."""
+    from mlflow.tracking import MlflowClient
+
+    from airflow_provider.core.live_logs import LIVE_LOGS, Part
+
+    listed = MlflowClient().list_artifacts(run.id, f"{LIVE_LOGS}/progress.log")
+    parts = sorted((part for part in (Part.parse(Path(entry.path).name) for entry in listed) if part is not None),
+                   key=lambda part: part.start)
+    assert parts and len(parts) == len(listed), "parts uploaded while the run went on"
+    assert all(part.generation == 0 for part in parts)
+    assert [part.start for part in parts] == [0, *(part.end for part in parts[:-1])], "contiguous: each byte once"
+    assert parts[-1].end == len("half way\nthree quarters\n")
+    assert run.download_file("logs/progress.log", scratch / "p.log").read_text() == "half way\nthree quarters\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from airflow_provider.core.collect import uploadable_files
 if TYPE_CHECKING:
     from airflow_provider.core.tracking import Tracker
 
-__all__ = ["LIVE_LOGS", "LiveLogReader", "LiveLogUploader", "Part", "part_name"]
+__all__ = ["GROWN_LIMIT", "LIVE_LOGS", "Grown", "LiveLogReader", "LiveLogUploader", "Part", "grown_files", "part_name"]
 
 LIVE_LOGS = "live/logs"
 """Where the parts of ``./logs`` go while the run goes on."""
@@ -58,8 +59,44 @@ def part_name(part: Part) -> str:
     return f"{part.generation:04d}-{part.start:016d}-{part.end:016d}.part"
 
 
+@dataclass(frozen=True)
+class Grown:
+    """What a file gained: ``data`` from byte ``start`` (0 for a new or rewritten file)."""
+
+    start: int
+    data: bytes
+
+
+GROWN_LIMIT = 64 << 20
+"""The most bytes of one file read in one interval (the rest comes at the next)."""
+
+
+def grown_files(folder: Path, sent: Mapping[str, int], limit: int = GROWN_LIMIT) -> dict[str, Grown]:
+    """What the files of a local ``folder`` gained past ``sent`` (a rewritten, smaller file: all of
+    it from byte 0); files that gained nothing are left out.
+
+    :param folder: the folder (a job's ``work/logs``, here or fetched from its target).
+    :param sent: the bytes already sent of each file, by its path inside the folder.
+    :param limit: the most bytes read of one file.
+    """
+    grown: dict[str, Grown] = {}
+    files, _notes = uploadable_files(folder, "logs")  # noted once, when the run is finalized
+    for path, key in files:
+        size = path.stat().st_size
+        start = sent.get(key, 0)
+        if size < start:
+            start = 0
+        if size == start:
+            continue
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            data = stream.read(min(size - start, limit))
+        grown[key] = Grown(start, data)
+    return grown
+
+
 class LiveLogUploader:
-    """Uploads what the files of a run's ``./logs`` gained since the last call.
+    """Uploads what the files of a run's ``./logs`` gained, as parts.
 
     :param tracker: the run's tracker.
     :param run_id: the run.
@@ -71,32 +108,31 @@ class LiveLogUploader:
         self._sent: dict[str, tuple[int, int]] = {}  # file -> (generation, bytes sent)
         self.bytes_sent = 0
 
-    def upload(self, folder: Path) -> int:
-        """Upload the new bytes of every file of ``folder`` (a run's ``./logs``, as fetched from its
-        target); return how many bytes went.
+    @property
+    def sent(self) -> dict[str, int]:
+        """The bytes sent of each file (of its current generation), by its path inside ``./logs``."""
+        return {key: end for key, (_generation, end) in self._sent.items()}
 
-        :param folder: the folder.
+    def upload(self, grown: Mapping[str, Grown]) -> int:
+        """Upload what each file gained (from :func:`grown_files` or a target's
+        :meth:`~airflow_provider.core.targets.base.ComputeTarget.read_grown`); return the bytes sent.
+
+        :param grown: by the file's path inside ``./logs``.
         """
-        files, _notes = uploadable_files(folder, "logs")  # noted once, when the run is finalized
         sent = 0
         with tempfile.TemporaryDirectory(prefix="live-logs-") as scratch:
-            for path, key in files:
-                size = path.stat().st_size
-                generation, start = self._sent.get(key, (0, 0))
-                if size < start:  # rewritten: its parts start again
-                    generation, start = generation + 1, 0
-                if size == start:
-                    continue
-                with open(path, "rb") as stream:
-                    stream.seek(start)
-                    data = stream.read(size - start)
-                end = start + len(data)
-                part = Path(scratch) / part_name(Part(generation, start, end))
-                part.write_bytes(data)
+            for key, piece in sorted(grown.items()):
+                generation, end = self._sent.get(key, (0, 0))
+                if piece.start != end:
+                    if piece.start != 0:
+                        continue  # not what follows what was sent: read again at the next interval
+                    generation += 1  # rewritten: its parts start again
+                part = Path(scratch) / part_name(Part(generation, piece.start, piece.start + len(piece.data)))
+                part.write_bytes(piece.data)
                 self.tracker.log_artifact(self.run_id, part, f"{LIVE_LOGS}/{key}")
                 part.unlink()
-                self._sent[key] = (generation, end)
-                sent += len(data)
+                self._sent[key] = (generation, piece.start + len(piece.data))
+                sent += len(piece.data)
         self.bytes_sent += sent
         return sent
 

@@ -373,9 +373,9 @@ class RunWatcher:
         try:
             with tempfile.TemporaryDirectory(prefix="watch-") as scratch:
                 self._upload_driver_log(Path(scratch))
-                logs = self.target.fetch(self.handle, f"{job_runner.WORK_DIR}/logs", Path(scratch))
-                if logs is not None and logs.is_dir() and not logs.is_symlink():
-                    self._live_logs.upload(logs)  # what each file gained: live/logs/<file>/<part>
+                grown = self.target.read_grown(self.handle, f"{job_runner.WORK_DIR}/logs", self._live_logs.sent,
+                                               Path(scratch))
+                self._live_logs.upload(grown)  # what each file gained: live/logs/<file>/<part>
         except Exception:
             log.warning("Interim upload of run %s logs failed", self.run_id, exc_info=True)
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import Experiment, RunFailedError, ScriptRunConfig, TargetError
 from airflow_provider.core.targets.docker import DEFAULT_IMAGE, LABEL_MANAGED, DockerTarget
-from tests.helpers import write_script
+from tests.helpers import GROWING_LOG_SCRIPT, assert_live_log_parts, write_script
 
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
 
@@ -181,24 +181,8 @@ def test_the_containers_output_is_its_driver_log_streamed_to_the_launching_proce
 
 def test_logs_go_up_as_they_grow_from_a_container(target: DockerTarget, tmp_path: Path) -> None:
     """``./logs`` in a container reaches MLflow while the run goes on, each byte once (parts)."""
-    from airflow_provider.core.live_logs import LIVE_LOGS, Part
-
-    write_script(tmp_path / "src", """
-        import time
-        with open("logs/progress.log", "w") as out:
-            out.write("half way\\n")
-        time.sleep(3)
-        with open("logs/progress.log", "a") as out:
-            out.write("three quarters\\n")
-        time.sleep(3)
-    """)
+    write_script(tmp_path / "src", GROWING_LOG_SCRIPT)
     run = Experiment("docker-live-logs").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
     run.log_upload_interval = 0.5
     assert run.wait_for_completion()["status"] == "Completed"
-    listed = MlflowClient().list_artifacts(run.id, f"{LIVE_LOGS}/progress.log")
-    parts = sorted((Part.parse(Path(entry.path).name) for entry in listed), key=lambda part: part.start if part else 0)
-    assert parts and all(part is not None and part.generation == 0 for part in parts)
-    assert [(p.start, p.end) for p in parts if p] == list(zip([0, *[p.end for p in parts if p][:-1]],
-                                                               [p.end for p in parts if p], strict=True))
-    assert parts[-1] is not None and parts[-1].end == len("half way\nthree quarters\n"), "each byte went up once"
-    assert run.download_file("logs/progress.log", tmp_path / "p.log").read_text() == "half way\nthree quarters\n"
+    assert_live_log_parts(run, tmp_path)

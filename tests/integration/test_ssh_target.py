@@ -25,7 +25,7 @@ from airflow_provider.core import (
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import Tags
-from tests.helpers import make_wheel, pid_alive, wait_until, write_script
+from tests.helpers import GROWING_LOG_SCRIPT, assert_live_log_parts, make_wheel, pid_alive, wait_until, write_script
 from tests.ssh_hosts import SSHHost, cut_sessions, restore_host_key, rotate_host_key
 
 
@@ -361,3 +361,14 @@ def test_waiting_on_a_job_returns_as_soon_as_it_ends(ssh_loopback: SSHHost, tmp_
         assert target.wakes_on_end, "so the watcher need not poll fast"
     finally:
         assert run.wait_for_completion()["status"] == "Completed"
+
+
+def test_logs_go_up_as_they_grow_on_a_host(ssh_container: SSHHost, tmp_path: Path) -> None:
+    """``./logs`` on an SSH host reaches MLflow while the run goes on: only the new bytes of each file
+    are read there (SFTP, from the last offset) and uploaded (parts)."""
+    target = _target(ssh_container)
+    write_script(tmp_path / "src", GROWING_LOG_SCRIPT)
+    run = Experiment("ssh-live-logs").submit(ScriptRunConfig(tmp_path / "src", "train.py", compute_target=target))
+    run.log_upload_interval = 0.5
+    assert run.wait_for_completion()["status"] == "Completed"
+    assert_live_log_parts(run, tmp_path)

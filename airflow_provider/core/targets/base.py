@@ -24,6 +24,7 @@ from airflow_provider.core.distributed import DistributedConfig, MpiConfiguratio
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError
+from airflow_provider.core.live_logs import Grown, grown_files
 from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.runtime import job_runner
@@ -336,6 +337,22 @@ class ComputeTarget(abc.ABC):
     @abc.abstractmethod
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         """Return up to ``limit`` bytes of the driver log or events file from ``offset``."""
+
+    def read_grown(self, handle: JobHandle, relative_dir: str, sent: Mapping[str, int],
+                   scratch: Path) -> dict[str, Grown]:
+        """What the files of the job folder's ``relative_dir`` gained past ``sent`` (a job's live
+        ``./logs``: :mod:`~airflow_provider.core.live_logs`). By default the folder is fetched and
+        compared here; a target that reads its files in place from an offset sends only the new bytes.
+
+        :param handle: the job.
+        :param relative_dir: a folder inside the job folder, e.g. ``"work/logs"``.
+        :param sent: the bytes already read of each file, by its path inside the folder.
+        :param scratch: a local folder the target may copy into.
+        """
+        folder = self.fetch(handle, relative_dir, scratch)
+        if folder is None or folder.is_symlink() or not folder.is_dir():
+            return {}
+        return grown_files(folder, sent)
 
     @abc.abstractmethod
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:

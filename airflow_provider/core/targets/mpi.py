@@ -30,6 +30,7 @@ from airflow_provider.core.distributed import LAUNCHER_MODULE
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.live_logs import Grown
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.ssh import SSHTarget
@@ -231,6 +232,10 @@ class MPITarget(ComputeTarget):
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         return self.first.read(self._node_handle(handle), channel, offset, limit)
+
+    def read_grown(self, handle: JobHandle, relative_dir: str, sent: Mapping[str, int],
+                   scratch: Path) -> dict[str, Grown]:
+        return self.first.read_grown(self._node_handle(handle), relative_dir, sent, scratch)
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         node_handle = self._node_handle(handle)

@@ -38,6 +38,7 @@ from airflow_provider.core.environments.conda_builder import CondaMode
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
+from airflow_provider.core.live_logs import Grown
 from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
@@ -296,6 +297,10 @@ class SlurmTarget(ComputeTarget):
 
     def read(self, handle: JobHandle, channel: Channel, offset: int, limit: int = 4 << 20) -> bytes:
         return self.login.read(self._ssh(handle), channel, offset, limit)
+
+    def read_grown(self, handle: JobHandle, relative_dir: str, sent: Mapping[str, int],
+                   scratch: Path) -> dict[str, Grown]:
+        return self.login.read_grown(self._ssh(handle), relative_dir, sent, scratch)
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         return self.login.fetch(self._ssh(handle), relative_path, scratch)

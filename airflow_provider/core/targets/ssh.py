@@ -26,6 +26,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -50,6 +51,7 @@ from airflow_provider.core.errors import (
     TargetConfigurationError,
     TargetError,
 )
+from airflow_provider.core.live_logs import GROWN_LIMIT, Grown
 from airflow_provider.core.paths import state_dir
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
@@ -562,6 +564,39 @@ class SSHTarget(ComputeTarget):
                 return b""
 
         return self.connection.retrying(read_from_offset, what="reading the job's log")
+
+    def read_grown(self, handle: JobHandle, relative_dir: str, sent: Mapping[str, int],
+                   scratch: Path) -> dict[str, Grown]:
+        """Only the new bytes of each file, read in place over SFTP (links and special files are
+        never followed)."""
+        root = f"{self._job_dir(handle)}/{relative_dir}"
+
+        def walk() -> dict[str, Grown]:
+            sftp = self.connection.sftp
+            grown: dict[str, Grown] = {}
+            pending = [""]
+            while pending:
+                prefix = pending.pop()
+                try:
+                    entries = sftp.listdir_attr(f"{root}/{prefix}" if prefix else root)
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    key = f"{prefix}/{entry.filename}" if prefix else entry.filename
+                    mode = entry.st_mode or 0
+                    if stat.S_ISDIR(mode):
+                        pending.append(key)
+                        continue
+                    size = entry.st_size or 0
+                    start = sent.get(key, 0) if size >= sent.get(key, 0) else 0
+                    if not stat.S_ISREG(mode) or size == start:
+                        continue
+                    with sftp.open(f"{root}/{key}", "rb") as remote:
+                        remote.seek(start)
+                        grown[key] = Grown(start, bytes(remote.read(min(size - start, GROWN_LIMIT))))
+            return grown
+
+        return self.connection.retrying(walk, what="reading the job's logs")
 
     def fetch(self, handle: JobHandle, relative_path: str, scratch: Path) -> Path | None:
         self.hello()
