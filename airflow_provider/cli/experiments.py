@@ -15,11 +15,12 @@ __all__ = ["archive", "list_experiments"]
 
 def list_experiments(context: Context, args: argparse.Namespace, out: TextIO) -> int:
     """Print the experiments: active ones, or ``--archived`` / ``--all``."""
-    from airflow_provider.core.submit import Experiment
+    from airflow_provider.core import run_listing
+    from airflow_provider.core.tracking import Tracker
 
-    view = "All" if args.all else "ArchivedOnly" if args.archived else "ActiveOnly"
-    found = Experiment.list(view_type=view, tracking_uri=context.tracking_uri)
-    rows = [{"name": e.name, "id": e.id, "archived": e.archived} for e in found]
+    view = "all" if args.all else "archived" if args.archived else "active"
+    found = run_listing.experiments(Tracker(context.tracking_uri), view)
+    rows = [{"name": e.name, "id": str(e.experiment_id), "archived": run_listing.is_archived(e)} for e in found]
     if args.json:
         json.dump(rows, out, indent=2)
         out.write("\n")

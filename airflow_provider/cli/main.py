@@ -2,7 +2,8 @@
 
 Exit status: 0 done (a submitted run that was waited for completed); 1 the run failed; 2 a
 configuration error (fix the command, the job file or the connection: retrying will not help); 3 an
-error a retry may fix (a tracking server or target that did not answer); 130 the run was canceled.
+error a retry may fix (a tracking server or target that did not answer); 4 ``--stream`` was
+interrupted (the run goes on, watched in the background); 130 the run was canceled.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--experiment", help="the experiment (default: the job's experiment_name, else the folder's "
                                           "name)")
     sub.add_argument("--validate", action="store_true", help="only check the job file: every problem at once")
+    sub.add_argument("--run-key", help=argparse.SUPPRESS)  # a sweep's driver started again picks it up
 
     sub = command("list", runs.list_runs, "list runs, newest first")
     sub.add_argument("--experiment", "-e", help="only this experiment's runs (default: every active experiment)")
@@ -160,8 +162,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         sys.stderr.write(f"training-runs: {exc}\n({retry})\n")
         return EXIT_RETRYABLE if is_retryable(exc) else EXIT_CONFIGURATION
     except KeyboardInterrupt:
-        sys.stderr.write("training-runs: interrupted (a submitted run goes on; `training-runs cancel RUN` stops it)\n")
-        return EXIT_CANCELED
+        sys.stderr.write("training-runs: interrupted\n")
+        return 4
 
 
 def main_exit() -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["cancel", "download", "list_runs", "logs", "show"]
 
 _DRIVER_LOG = "system_logs/driver.log"
+_ENDED = ("Completed", "Failed", "Canceled")
 
 
 def list_runs(context: Context, args: argparse.Namespace, out: TextIO) -> int:
@@ -30,21 +31,22 @@ def list_runs(context: Context, args: argparse.Namespace, out: TextIO) -> int:
     tags = dict(_key_value(item, "--tag") for item in args.tag or [])
     experiments = [context.experiment(args.experiment)] if args.experiment else Experiment.list(
         tracking_uri=context.tracking_uri)
-    text = run_listing.filter_string(args.status, tags or None)
+    selected = run_listing.run_filter(args.status, tags or None, field="--tag")
+    limit = args.limit or None
     rows: list[dict[str, Any]] = []
     for experiment in experiments:
         found = experiment.tracker.client.get_experiment_by_name(experiment.name)
         if found is None:
             raise ConfigurationError("--experiment", f"no experiment named {experiment.name!r}.",
                                      "`training-runs experiments` lists them.")
-        for run in run_listing.runs(experiment.tracker, str(found.experiment_id), text, args.all, args.limit):
+        for run in run_listing.runs(experiment.tracker, str(found.experiment_id), selected, args.all, limit):
             rows.append({"run_id": run.info.run_id, "experiment": experiment.name,
                          "status": run.data.tags.get(Tags.STATE, RunState.QUEUED.value),
                          "started": _time(run.info.start_time), "name": run.info.run_name,
                          "target": run.data.tags.get(Tags.TARGET, ""),
                          "command": run.data.tags.get(Tags.COMMAND, "")})
     rows.sort(key=lambda row: row["started"] or "", reverse=True)
-    rows = rows[:args.limit] if args.limit else rows
+    rows = rows[:limit] if limit else rows
     if args.json:
         json.dump(rows, out, indent=2)
         out.write("\n")
@@ -92,21 +94,40 @@ def cancel(context: Context, args: argparse.Namespace, out: TextIO) -> int:
     from airflow_provider.core.script_run import ScriptRun
 
     run = context.run(args.run, args.target)
+    status = run.get_status()
+    if status in _ENDED:
+        out.write(f"run {run.id} already ended {status}\n")
+        return 0
     if isinstance(run, ScriptRun) and (run.target is None or run.handle is None):
-        status = run.get_details()["status"]
-        if status in ("Completed", "Failed", "Canceled"):
-            out.write(f"run {run.id} already ended {status}\n")
-            return 0
-        raise ConfigurationError("--target", f"run {run.id} runs on {run.get_details()['target']}; this process "
+        tags = run.experiment.tracker.get_run(run.id).data.tags
+        if "training.job" not in tags:
+            raise ConfigurationError("RUN", f"run {run.id} is {status} and its job was never launched (a sweep's "
+                                     "staged trial, or a submission that died).",
+                                     "cancel the sweep or the task that submitted it.")
+        raise ConfigurationError("--target", f"run {run.id} runs on {tags.get('training.target')}; this process "
                                  "cannot reach its job without the target.",
                                  "pass --target with the connection id it was submitted to.")
-    run.cancel()
-    deadline = time.monotonic() + 120  # the run's watcher (maybe another process) records the ending
+    if isinstance(run, ScriptRun):
+        assert run.target is not None and run.handle is not None
+        run.target.cancel(run.handle, wait=False)  # its supervisor stops the job; its watcher records the ending
+        deadline = time.monotonic() + 60
+        status = run.get_status()  # drives the run from here when no watcher of this machine holds it
+        while status not in _ENDED and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = run.get_status()
+        if status not in _ENDED:  # nobody recorded it: this process does
+            run.cancel()
+    else:
+        run.cancel()  # a sweep: its driver (wherever it runs) stops the trials when it sees the sweep ended
+    deadline = time.monotonic() + 60
     status = run.get_status()
-    while status not in ("Completed", "Failed", "Canceled") and time.monotonic() < deadline:
+    while status not in _ENDED and time.monotonic() < deadline:
         time.sleep(0.5)
         status = run.get_status()
     out.write(f"run {run.id}: {status}\n")
+    if status not in _ENDED:
+        sys.stderr.write(f"training-runs: run {run.id} is still {status}; its job was asked to stop\n")
+        return 3
     return 0
 
 

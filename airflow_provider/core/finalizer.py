@@ -117,18 +117,31 @@ def main(argv: list[str]) -> int:
     return 1
 
 
+_WATCH_GIVE_UP_SECONDS = 24 * 3600.0
+
+
 def _watch(run: ScriptRun) -> int:
-    """Watch ``run`` to its end and finalize it; a watch broken by the tracking store or the target
-    is taken up again (the run's relay resumes from its recorded offset)."""
-    for attempt in range(1, _ATTEMPTS + 1):
+    """Watch ``run`` to its end and finalize it. A watch broken by the tracking store or the target
+    (after the watcher's own retries) is taken up again with a growing pause (the run's relay resumes
+    from its recorded offset); only a day of failures in a row ends it."""
+    failing_since: float | None = None
+    pause = 5.0
+    while True:
+        started = time.monotonic()
         try:
             details = run.wait_for_completion(raise_on_error=False)
             logging.info("Run %s finalized: %s", run.id, details["status"])
             return 0
         except Exception:
-            logging.exception("Watching run %s failed (attempt %d of %d)", run.id, attempt, _ATTEMPTS)
-            time.sleep(5 * attempt)
-    return 1
+            now = time.monotonic()
+            if now - started > 600:  # it watched for a while: a new failure, not the same one again
+                failing_since, pause = None, 5.0
+            failing_since = failing_since or now
+            logging.exception("Watching run %s failed; taking it up again in %.0f s", run.id, pause)
+            if now - failing_since > _WATCH_GIVE_UP_SECONDS:
+                return 1
+            time.sleep(pause)
+            pause = min(300.0, pause * 2)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,18 @@ The distribution tags (``training.distribution.*``): ``type`` (``mpi``, ``pytorc
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.distributed import MpiConfiguration, PyTorchConfiguration, TensorflowConfiguration
+from airflow_provider.core.environments.locking import redact
 
 if TYPE_CHECKING:
     from airflow_provider.core.config import ResolvedRunConfig
     from airflow_provider.core.distributed import DistributedConfig
 
 __all__ = ["DEFINITION_ARTIFACT", "DEFINITION_TAG", "DISTRIBUTION_TAG_PREFIX", "definition_record",
-           "distribution_tags", "run_definition"]
+           "distribution_tags", "recordable_variables", "run_definition"]
 
 DEFINITION_TAG = "training.run_definition"
 """The run's definition as JSON (or ``{"artifact": DEFINITION_ARTIFACT}`` when it is too long)."""
@@ -48,8 +50,8 @@ def run_definition(resolved: ResolvedRunConfig, target: str, launcher: str | Non
     resources = resolved.resources
     definition: dict[str, Any] = {
         "script": resolved.script,
-        "command": None if resolved.script is not None else resolved.describe_command(),
-        "arguments": list(resolved.arguments),
+        "command": None if resolved.script is not None else redact(resolved.describe_command()),
+        "arguments": [redact(argument) for argument in resolved.arguments],
         "target": target,
         "framework": "Python",
         "communicator": _communicator(config),
@@ -60,7 +62,7 @@ def run_definition(resolved: ResolvedRunConfig, target: str, launcher: str | Non
             "name": environment.name, "version": environment.version,
             "kind": environment.kind,
         },
-        "environmentVariables": dict(resolved.environment_variables),
+        "environmentVariables": recordable_variables(resolved.environment_variables),
         "mpi": {"processCountPerNode": config.process_count_per_node if isinstance(config, MpiConfiguration) else 1},
         "pyTorch": {
             "communicationBackend": config.communication_backend if isinstance(config, PyTorchConfiguration) else None,
@@ -75,6 +77,17 @@ def run_definition(resolved: ResolvedRunConfig, target: str, launcher: str | Non
         "azuremlCompat": resolved.azureml_compat,
     }
     return definition
+
+
+def recordable_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    """``variables`` as they may be recorded: their names, each value ``***``. A plain variable may
+    still carry a secret (a value a DAG renders from a connection's password, a token under an
+    innocent name), and MLflow is readable by everyone who reads the runs; the values are in the
+    job's environment only, as ``secret_environment_variables`` always are.
+
+    :param variables: the run's plain environment variables.
+    """
+    return dict.fromkeys(variables, "***")
 
 
 def definition_record(definition: dict[str, Any]) -> tuple[str, str | None]:

@@ -36,6 +36,7 @@ class RunHistory:
     def __init__(self, experiment: Experiment, run_id: str) -> None:
         self.experiment = experiment
         self.id = run_id
+        self._long_definition: dict[str, Any] | None = None  # read once: a definition never changes
 
     @property
     def tracker(self) -> Tracker:
@@ -90,15 +91,23 @@ class RunHistory:
     def _run_definition(self, tags: dict[str, str]) -> dict[str, Any]:
         """What the run was asked to do (:mod:`~airflow_provider.core.run_definition`); for a run
         submitted before it was recorded, what its tags tell."""
+        fallback = {"command": tags.get(Tags.COMMAND), "target": tags.get(Tags.TARGET)}
         recorded = tags.get(DEFINITION_TAG)
         if not recorded:
-            return {"command": tags.get(Tags.COMMAND), "target": tags.get(Tags.TARGET)}
-        definition: dict[str, Any] = json.loads(recorded)
-        if set(definition) == {"artifact"}:
-            with tempfile.TemporaryDirectory(prefix="definition-") as scratch:
-                local = self.tracker.download_artifact(self.id, str(definition["artifact"]), scratch)
-                definition = json.loads(Path(local).read_text())
-        return definition
+            return fallback
+        try:
+            definition = json.loads(recorded)
+            if not isinstance(definition, dict):
+                raise ValueError("not a JSON object")
+            if set(definition) == {"artifact"}:
+                if self._long_definition is None:
+                    with tempfile.TemporaryDirectory(prefix="definition-") as scratch:
+                        local = self.tracker.download_artifact(self.id, str(definition["artifact"]), scratch)
+                        self._long_definition = json.loads(Path(local).read_text())
+                definition = self._long_definition
+        except (ValueError, TrackingError) as exc:  # rewritten by the script, or its artifact not there (yet)
+            return {**fallback, "unreadable": f"{DEFINITION_TAG}: {type(exc).__name__}: {exc}"[:300]}
+        return dict(definition)
 
     def get_metrics(self) -> dict[str, float | list[float]]:
         """Every metric: one value, or the list of values of a series (ordered by step)."""

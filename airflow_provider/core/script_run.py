@@ -90,6 +90,9 @@ class ScriptRun(RunHistory):
         :param output: a callable receiving each output line (instead of printing).
         :param poll_interval: the longest pause between polls of the target.
         :param log_offset: skip this many bytes of output (already shown by an earlier watcher).
+
+        A handle without its job (a run found by its id, on a target this process does not reach)
+        waits until the run's own watcher (its Airflow task, or a background watcher) has ended it.
         """
         sink = output or (print if show_output else None)
         watcher = None
@@ -99,6 +102,9 @@ class ScriptRun(RunHistory):
                 if not _state_of(run).is_terminal:
                     watcher = self.watcher(sink, log_offset, run=run)
                     watcher.finalize(watcher.watch(poll_interval), cleanup_in_background=True)
+        else:  # a run found by its id whose job this process cannot reach: its own watcher ends it
+            while not self._state().is_terminal:
+                time.sleep(max(poll_interval, 2.0))
         try:
             details = self.get_details()
         finally:

@@ -101,14 +101,18 @@ class Experiment:
     def id(self) -> str:
         """The MLflow experiment id (the experiment is created on first use).
 
-        :raises ConfigurationError: the experiment is archived (reactivate it first).
+        :raises ConfigurationError: the experiment is archived (reactivate it first), or deleted in MLflow.
         """
         if self._id is None:
             found = self.tracker.client.get_experiment_by_name(self.name)
-            if found is not None and found.lifecycle_stage == "deleted":
+            if found is not None and run_listing.is_archived(found):
                 raise ConfigurationError("Experiment.name", f"experiment {self.name!r} is archived.",
                                          f"reactivate it (Experiment({self.name!r}).reactivate(), or "
                                          f"`training-runs archive --undo {self.name}`), or use another name.")
+            if found is not None and found.lifecycle_stage == "deleted":
+                raise ConfigurationError("Experiment.name", f"experiment {self.name!r} was deleted in MLflow.",
+                                         f"restore it (`mlflow experiments restore --experiment-id "
+                                         f"{found.experiment_id}`), or use another name.")
             self._id = str(found.experiment_id) if found is not None else self.tracker.experiment_id(self.name)
         return self._id
 
@@ -129,23 +133,24 @@ class Experiment:
         for experiment in run_listing.experiments(tracker, view, experiment_name, tags):
             handle = cls(experiment.name, tracking_uri)
             handle.tracker = tracker
-            handle._id = str(experiment.experiment_id)
-            handle.archived = experiment.lifecycle_stage == "deleted"
+            handle.archived = run_listing.is_archived(experiment)
+            if not handle.archived:  # an archived one is checked again when used
+                handle._id = str(experiment.experiment_id)
             found.append(handle)
         return found
 
     def archive(self) -> None:
-        """Hide the experiment from lists, searches and the MLflow UI, deleting nothing (MLflow's
-        soft delete): its runs stay readable by id, and :meth:`reactivate` brings it back. A run
-        cannot be submitted to it meanwhile."""
+        """Hide the experiment from :meth:`list` and ``training-runs list`` and refuse new runs in it,
+        deleting nothing: it gets the tag ``training.archived``, its runs stay as they are (one still
+        going ends and is recorded normally) and readable by id, and :meth:`reactivate` brings it back.
+        (MLflow's own delete is not used: it marks every run deleted, and ``mlflow gc`` purges them.)"""
         found = self._existing("archive")
-        if found.lifecycle_stage != "deleted":
-            self.tracker.client.delete_experiment(found.experiment_id)
+        self.tracker.client.set_experiment_tag(found.experiment_id, run_listing.ARCHIVED_TAG, "true")
         self._id = None
+        self.archived = True
 
     def reactivate(self, new_name: str | None = None) -> None:
-        """Bring an archived experiment back, under ``new_name`` if given (another experiment may
-        have taken its name meanwhile).
+        """Bring an archived experiment back, under ``new_name`` if given.
 
         :param new_name: the name it comes back under.
         :raises ConfigurationError: no experiment of this name, or ``new_name`` is taken.
@@ -156,12 +161,12 @@ class Experiment:
             if taken is not None:
                 raise ConfigurationError("Experiment.reactivate.new_name",
                                          f"an experiment named {new_name!r} already exists.", "choose another name.")
-        if found.lifecycle_stage == "deleted":
-            self.tracker.client.restore_experiment(found.experiment_id)
+        if run_listing.is_archived(found):
+            self.tracker.client.delete_experiment_tag(found.experiment_id, run_listing.ARCHIVED_TAG)
         if new_name is not None and new_name != self.name:
             self.tracker.client.rename_experiment(found.experiment_id, new_name)
             self.name = new_name
-        self._id = str(found.experiment_id)
+        self._id = None
         self.archived = False
 
     def get_runs(self, type: str | None = None, tags: dict[str, str] | str | None = None,
@@ -179,8 +184,8 @@ class Experiment:
         found = self.tracker.client.get_experiment_by_name(self.name)
         if found is None:
             return
-        text = run_listing.filter_string(status, tags, properties)
-        for run in run_listing.runs(self.tracker, str(found.experiment_id), text, include_children, limit, type):
+        selected = run_listing.run_filter(status, tags, properties)
+        for run in run_listing.runs(self.tracker, str(found.experiment_id), selected, include_children, limit, type):
             yield self.handle_for(run)
 
     def get_run(self, run_id: str) -> ScriptRun | HyperDriveRun:
@@ -212,12 +217,11 @@ class Experiment:
 
             return HyperDriveRun(Sweep.load(self, run.info.run_id))
         target: ComputeTarget | None = None
-        handle: JobHandle | None = None
-        job = tags.get(Tags.JOB)
-        if job and not RunState(tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal:
-            parsed = JobHandle.from_dict(json.loads(job))
-            if parsed.target == "local" and parsed.job_id == run.info.run_id:
-                target, handle = resolve_target("local"), parsed
+        handle = _local_job_here(run)
+        if handle is not None:
+            from airflow_provider.core.targets.local import LocalTarget
+
+            target = LocalTarget(jobs_root=Path(handle.location).parent)
         return ScriptRun(self, run.info.run_id, target, handle)
 
     def _existing(self, action: str) -> MlflowExperiment:
@@ -570,6 +574,26 @@ def _validate_tags(tags: object) -> None:
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise ConfigurationError("Experiment.submit.tags", f"must map strings to strings, got {tags!r}.",
                                  'pass {"team": "search"}; convert values with str().')
+
+
+def _local_job_here(run: MlflowRun) -> JobHandle | None:
+    """The job of a run still going on the local target of this machine (whatever state folder
+    started it), or None: another machine's, another target's, or not a folder of this user's."""
+    tags = run.data.tags
+    job = tags.get(Tags.JOB)
+    if not job or RunState(tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal:
+        return None
+    try:
+        handle = JobHandle.from_dict(json.loads(job))
+    except (ValueError, KeyError, TypeError):
+        return None
+    import socket
+
+    folder = Path(handle.location)
+    if (handle.target != "local" or handle.job_id != run.info.run_id or handle.host != socket.gethostname()
+            or folder.name != handle.job_id or not folder.is_dir() or folder.stat().st_uid != os.getuid()):
+        return None
+    return handle
 
 
 def _submitting_user() -> str:

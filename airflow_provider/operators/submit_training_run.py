@@ -217,6 +217,12 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
             raise ConfigurationError("path", f"{job.source_path} is a sweep job.",
                                      "build its trials' run with a command job file, and sweep it with "
                                      "HyperparameterSweepOperator.")
+        if job.run.copied_variables and "secret_environment_variables" not in kwargs:
+            raise ConfigurationError("docker_env.environment", f"{job.source_path} copies "
+                                     f"{', '.join(job.run.copied_variables)} from the submitting process, which a "
+                                     "DAG file must not capture when it is parsed.",
+                                     "pass them with secret_environment_variables= (from an Airflow connection or "
+                                     "variable, templated).")
         config = job.script_run_config(kwargs.pop("compute_target", None))
         arguments: dict[str, Any] = {
             "source_directory": str(config.source_directory), "script": config.script and str(config.script),

@@ -78,7 +78,11 @@ class Run:
         existing run from any process: it returns ``experiment.get_run(run_id)`` (a ``ScriptRun``, or
         a ``HyperDriveRun`` for a sweep). Inside a script use :meth:`get_context`."""
         experiment = args[0] if args else kwargs.get("experiment")
-        if experiment is not None and not isinstance(experiment, str) and hasattr(experiment, "get_run"):
+        if experiment is not None and not isinstance(experiment, str):
+            if not hasattr(type(experiment), "get_run"):
+                raise TypeError(f"Run({type(experiment).__name__}, run_id): a handle on an existing run needs an "
+                                "airflow_provider.core.Experiment, outside a training script; inside one, use "
+                                "Run.get_context().")
             run_id = args[1] if len(args) > 1 else kwargs.get("run_id")
             return experiment.get_run(run_id)
         return super().__new__(cls)

@@ -185,3 +185,79 @@ def test_target_from_an_airflow_connection(docker_target: object, tmp_path: Path
     assert done.stdout.splitlines()[1:] == ["in docker"], (done.stdout, time.monotonic() - started)
     unknown = _cli(environment, "submit", str(tmp_path / "job.yml"), "--target", "no_such_conn", check=2)
     assert "no Airflow connection 'no_such_conn'" in unknown.stderr
+
+
+SLOW_SWEEP = """
+type: sweep
+experiment_name: {experiment}
+trial:
+  code: src
+  command: python slow.py --lr ${{{{search_space.lr}}}}
+search_space:
+  lr: {{type: choice, values: [0.1, 0.2]}}
+sampling_algorithm: grid
+objective: {{goal: maximize, primary_metric: score}}
+limits: {{max_concurrent_trials: 2}}
+"""
+
+
+def test_a_sweep_without_stream_runs_in_the_background_and_cancel_stops_its_trials(
+        tmp_path: Path, isolated_state: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    jobs = _jobs(tmp_path)
+    background = _cli(environment, "submit", str(jobs / "sweep.yml"), timeout=300)
+    sweep_id = background.stdout.strip()
+    assert "the sweep runs in the background" in background.stderr
+
+    def status(run_id: str) -> str:
+        return str(json.loads(_cli(environment, "show", run_id).stdout)["status"])
+
+    wait_until(lambda: status(sweep_id) == "Completed", timeout=300, message="the background sweep to end")
+    assert len(json.loads(_cli(environment, "show", sweep_id).stdout)["trials"]) == 4
+
+    (jobs / "src" / "slow.py").write_text(
+        "import time\nfrom airflow_provider.core import Run\nRun.get_context().log('score', 1.0)\n"
+        "print('trial started', flush=True)\ntime.sleep(120)\n")
+    (jobs / "slow.yml").write_text(SLOW_SWEEP.format(experiment=f"slow-{uuid.uuid4().hex[:6]}"))
+    slow_id = _cli(environment, "submit", str(jobs / "slow.yml")).stdout.strip()
+
+    def trials() -> list[dict[str, str]]:
+        found: list[dict[str, str]] = json.loads(_cli(environment, "list", "--all", "--json", "--limit", "0").stdout)
+        return [row for row in found if row["run_id"] != slow_id and row["experiment"].startswith("slow-")]
+
+    wait_until(lambda: [row["status"] for row in trials()] == ["Running", "Running"], timeout=120,
+               message="both trials to run")
+    assert _cli(environment, "cancel", slow_id).stdout.strip() == f"run {slow_id}: Canceled"
+    wait_until(lambda: {row["status"] for row in trials()} == {"Canceled"}, timeout=120,
+               message="the background driver to stop the trials")
+
+
+def test_list_limit_zero_lists_every_run(tmp_path: Path, isolated_state: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    (tmp_path / "src").mkdir()
+    (tmp_path / "ok.yml").write_text("code: src\ncommand: echo ok\nexperiment_name: many\n")
+    for _ in range(3):
+        _cli(environment, "submit", str(tmp_path / "ok.yml"), "--stream")
+    assert len(json.loads(_cli(environment, "list", "--json", "--limit", "0").stdout)) == 3
+    assert len(json.loads(_cli(environment, "list", "--json", "--limit", "2").stdout)) == 2
+
+
+def test_interrupting_stream_leaves_the_run_going_and_watched_in_the_background(
+        tmp_path: Path, isolated_state: Path) -> None:
+    import signal
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    (tmp_path / "src").mkdir()
+    (tmp_path / "job.yml").write_text(
+        "code: src\ncommand: python -c \"import time; print('begun', flush=True); time.sleep(4); print('done')\"\n")
+    streaming = subprocess.Popen([CLI, "submit", str(tmp_path / "job.yml"), "--stream"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=environment)
+    assert streaming.stdout is not None
+    run_id = streaming.stdout.readline().strip()
+    assert streaming.stdout.readline().strip() == "begun"
+    streaming.send_signal(signal.SIGINT)
+    assert streaming.wait(timeout=60) == 4
+    assert "goes on in the background" in streaming.stderr.read()
+    wait_until(lambda: json.loads(_cli(environment, "show", run_id).stdout)["status"] == "Completed",
+               timeout=60, message="the background watcher to finish the run")
+    assert _cli(environment, "logs", run_id).stdout.split() == ["begun", "done"]

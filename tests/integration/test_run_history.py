@@ -75,7 +75,7 @@ def test_get_details_has_azure_ml_v1_keys_and_the_run_definition(tmp_path: Path)
     assert definition["arguments"] == ["--data", "${{inputs.rows}}", "--lr", "0.1"]
     assert definition["framework"] == "Python" and definition["communicator"] == "None"
     assert definition["nodeCount"] == 1 and definition["maxRunDurationSeconds"] == 600
-    assert definition["environmentVariables"] == {"MODE": "fast"}
+    assert definition["environmentVariables"] == {"MODE": "***"}, "names only: a value may hold a secret"
     assert definition["mpi"] == {"processCountPerNode": 1}
     assert definition["target"] == details["target"] and definition["target"].startswith("local")
     assert "system_logs/driver.log" in details["logFiles"]
@@ -133,14 +133,24 @@ def test_the_hyperdrive_notebook_idiom_reads_the_best_trials_arguments(tmp_path:
 
 
 def test_archive_hides_an_experiment_and_reactivate_brings_it_back(store: str, tmp_path: Path) -> None:
-    write_script(tmp_path / "src", "print('ok')\n")
+    write_script(tmp_path / "src", "import os, time\nwhile not os.path.exists(os.environ['GO']):\n"
+                                   "    time.sleep(0.05)\nprint('ok')\n")
     name = _name(f"archive-{store}")
     experiment = Experiment(name)
-    run = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    config = ScriptRunConfig(tmp_path / "src", "train.py", environment_variables={"GO": str(tmp_path / "go")})
+    (tmp_path / "go").write_text("go")
+    run = experiment.submit(config)
     run.wait_for_completion()
+    deleted = experiment.submit(config)
+    deleted.wait_for_completion()
+    MlflowClient().delete_run(deleted.id)  # deleted by hand: archiving and reactivating keep it deleted
+    (tmp_path / "go").unlink()
+    live = experiment.submit(config)
     assert name in [e.name for e in Experiment.list()]
 
-    experiment.archive()
+    experiment.archive()  # with a run still going: it ends and is recorded as usual
+    (tmp_path / "go").write_text("go")
+    assert live.wait_for_completion()["status"] == "Completed"
     assert name not in [e.name for e in Experiment.list()]
     archived = Experiment.list(experiment_name=name, view_type="ArchivedOnly")
     assert [(e.name, e.archived) for e in archived] == [(name, True)]
@@ -154,8 +164,9 @@ def test_archive_hides_an_experiment_and_reactivate_brings_it_back(store: str, t
     renamed = _name(f"reactivated-{store}")
     Experiment(name).reactivate(new_name=renamed)
     assert renamed in [e.name for e in Experiment.list()] and name not in [e.name for e in Experiment.list()]
-    assert [r.id for r in Experiment(renamed).get_runs()] == [run.id]
-    again = Experiment(renamed).submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    assert [r.id for r in Experiment(renamed).get_runs()] == [live.id, run.id]
+    assert MlflowClient().get_run(deleted.id).info.lifecycle_stage == "deleted"
+    again = Experiment(renamed).submit(config)
     assert again.wait_for_completion()["status"] == "Completed"
 
 
@@ -173,6 +184,13 @@ def test_run_list_and_get_runs_filter_by_status_tags_and_type(store: str, tmp_pa
     assert [r.id for r in Run.list(experiment, status="Failed")] == [bad.id]
     assert [r.id for r in Run.list(experiment, tags={"kind": "a"})] == [good.id]
     assert [r.id for r in Run.list(experiment, tags="kind")] == [bad.id, good.id]
+    quoted = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", arguments=["0"]),
+                               tags={"owner": "O'Brien", "path": "C:\\data", "note": "", "both": "'\""})
+    quoted.wait_for_completion()
+    for tags in ({"owner": "O'Brien"}, {"path": "C:\\data"}, {"both": "'\""}, "note"):
+        assert [r.id for r in Run.list(experiment, tags=tags)] == [quoted.id], tags
+    with pytest.raises(ConfigurationError, match="tag name"):
+        list(Run.list(experiment, tags={"a`b": "1"}))
     assert list(Run.list(experiment, type="sweep")) == []
     with pytest.raises(ConfigurationError, match="status"):
         list(Run.list(experiment, status="Done"))
@@ -197,3 +215,41 @@ def test_a_handle_from_another_process_reads_and_cancels_the_run(tmp_path: Path)
         run.wait_for_completion()
     with pytest.raises(ConfigurationError, match="not in experiment"):
         Run(Experiment(_name("other")), run.id)
+
+
+def test_a_handle_in_another_state_folder_of_this_machine_reads_waits_for_and_cancels_a_local_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started by one state folder (an Airflow worker's) is reachable from a shell using another."""
+    write_script(tmp_path / "src", "import time\nprint('started', flush=True)\ntime.sleep(120)\n")
+    name = _name("elsewhere")
+    run = Experiment(name).submit(ScriptRunConfig(tmp_path / "src", "train.py"))
+    wait_until(lambda: run.get_status() == "Running", timeout=60, message="the run to start")
+    other = tmp_path / "other-state"
+    other.mkdir()
+    program = ("import sys, threading\nfrom airflow_provider.core import Experiment, Run\n"
+               "handle = Run(Experiment(sys.argv[1]), sys.argv[2])\nprint(handle.get_status(), flush=True)\n"
+               "waiter = Run(Experiment(sys.argv[1]), sys.argv[2])\nwaiter.handle = waiter.target = None\n"
+               "seen = []\nthread = threading.Thread(target=lambda: seen.append(waiter.wait_for_completion("
+               "raise_on_error=False)['status']))\nthread.start()\nhandle.cancel()\nthread.join(120)\n"
+               "print(handle.get_status(), seen)\n")
+    done = subprocess.run([sys.executable, "-c", program, name, run.id], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "TRAINING_RUNS_HOME": str(other)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["Running", "Canceled ['Canceled']"], done.stdout
+    with pytest.raises(RunCanceledError):
+        run.wait_for_completion()
+
+
+def test_variable_values_and_url_credentials_never_reach_the_definition(tmp_path: Path) -> None:
+    write_script(tmp_path / "src", "print('ok')\n")
+    config = ScriptRunConfig(tmp_path / "src", "train.py",
+                             arguments=["--index", "https://user:hunter2@pypi.example/simple"],
+                             environment_variables={"API_TOKEN": "t0ken", "DB_PASSWORD": "pw", "MODE": "fast",
+                                                    "MIRROR": "https://me:s3cret@mirror.example/x"})
+    run = Experiment(_name("secrets")).submit(config)
+    run.wait_for_completion()
+    tag = MlflowClient().get_run(run.id).data.tags[DEFINITION_TAG]
+    for secret in ("t0ken", "hunter2", "s3cret", '"pw"'):
+        assert secret not in tag, secret
+    variables = run.get_details()["runDefinition"]["environmentVariables"]
+    assert variables == dict.fromkeys(("API_TOKEN", "DB_PASSWORD", "MODE", "MIRROR"), "***")

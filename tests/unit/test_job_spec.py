@@ -156,10 +156,18 @@ def test_an_optional_input_without_a_path_drops_its_bracketed_part(job_dir: Path
         inputs:
           data: {type: uri_folder, path: data}
           extra: {type: uri_folder, optional: true}
-    """, command="python train.py --data ${{inputs.data}} [--extra ${{inputs.extra}}] [--also ${{inputs.data}}]")
+    """, command="python train.py --data ${{inputs.data}} $[[--extra ${{inputs.extra}}]] $[[--also ${{inputs.data}}]]")
     config = job.script_run_config()
     assert config.arguments == ["--data", "${{inputs.data}}", "--also", "${{inputs.data}}"]
     assert config.inputs is not None and set(config.inputs) == {"data"}
+
+
+def test_brackets_that_are_not_an_optional_part_are_kept(job_dir: Path) -> None:
+    job = command_job(job_dir, """
+        inputs:
+          width: 64
+    """, command="python train.py --layers [${{inputs.width}},${{inputs.width}}]")
+    assert job.script_run_config().arguments == ["--layers", "[64,64]"]
 
 
 @pytest.mark.parametrize(("distribution", "instances", "expected"), [
@@ -503,7 +511,7 @@ SWEEP = """
       code: src
       command: >-
         python train.py --data ${{{{inputs.data}}}} --learning-rate ${{{{search_space.lr}}}}
-        --batch=${{{{search_space.batch}}}}
+        --batch=${{{{search_space.batch}}}} --layers ${{{{search_space.layers}}}}
       environment: training-minimal
     inputs:
       data: {{type: uri_folder, path: data}}
@@ -520,6 +528,13 @@ SWEEP = """
 
 def sweep_job(folder: Path, sampling: str = "random", policy: str = "", lr_type: str = "uniform") -> JobSpec:
     return load_job(write(folder, "sweep.yml", SWEEP.format(sampling=sampling, policy=policy, lr_type=lr_type)))
+
+
+def test_a_search_space_entry_the_trial_command_does_not_use_is_refused(job_dir: Path) -> None:
+    (job_dir / "sweep.yml").write_text(SWEEP.format(sampling="random", policy="", lr_type="uniform").replace(
+        " --layers ${{search_space.layers}}", ""))
+    with pytest.raises(ConfigurationError, match=r"search_space\.layers: is not used by trial\.command"):
+        load_job(job_dir / "sweep.yml")
 
 
 def test_a_sweep_builds_the_hyperdrive_config(job_dir: Path) -> None:
@@ -568,7 +583,9 @@ def test_random_and_bayesian_sampling(job_dir: Path, sampling: str, lr_type: str
 def test_grid_sampling(job_dir: Path) -> None:
     path = write(job_dir, "grid.yml", """
         type: sweep
-        trial: {code: src, command: "python train.py --batch ${{search_space.batch}}"}
+        trial:
+          code: src
+          command: python train.py --batch ${{search_space.batch}} --optimizer ${{search_space.optimizer}}
         search_space:
           batch: {type: choice, values: [16, 32]}
           optimizer: {type: choice, values: [adam, sgd, rmsprop]}
@@ -605,7 +622,11 @@ def test_every_early_termination_policy(job_dir: Path, policy: str, expected: ob
 def test_every_search_space_expression(job_dir: Path) -> None:
     path = write(job_dir, "space.yml", """
         type: sweep
-        trial: {code: src, command: python train.py}
+        trial:
+          code: src
+          command: >-
+            python train.py --a ${{search_space.a}} --b ${{search_space.b}} --c ${{search_space.c}}
+            --d ${{search_space.d}} --e ${{search_space.e}}
         search_space:
           a: {type: choice, values: [1, "two", true]}
           b: {type: randint, upper: 10}
@@ -620,8 +641,8 @@ def test_every_search_space_expression(job_dir: Path) -> None:
     assert config.hyperparameter_sampling.parameter_space == {
         "--a": choice(1, "two", True), "--b": randint(10), "--c": loguniform(-7, 0), "--d": normal(0, 1),
         "--e": qlognormal(0, 0.5, 2)}
-    assert config.run_config.arguments == []
-    assert trial_arguments(config.run_config.arguments, {"--b": 3}) == ["--b", 3]
+    assert trial_arguments(config.run_config.arguments, {"--a": 1, "--b": 3, "--c": 0.5, "--d": 0.1, "--e": 2}) == [
+        "--a", 1, "--b", 3, "--c", 0.5, "--d", 0.1, "--e", 2]
 
 
 def test_a_trial_from_its_own_file(job_dir: Path) -> None:
@@ -741,7 +762,7 @@ def test_sweep_settings_the_core_refuses_point_at_their_field(job_dir: Path) -> 
     assert "is only filled in a command of the form python <script>.py <arguments>" in str(shell)
     no_total = problems_of(write(job_dir, "total.yml", """
         type: sweep
-        trial: {code: src, command: python train.py}
+        trial: {code: src, command: "python train.py --lr ${{search_space.lr}}"}
         search_space: {lr: {type: uniform, min_value: 0, max_value: 1}}
         sampling_algorithm: random
         objective: {goal: maximize, primary_metric: acc}
@@ -874,3 +895,30 @@ def test_the_example_job_files_load_and_validate(name: str) -> None:
         assert (settings.max_total_runs, settings.primary_metric_name) == (4, "loss")
         assert set(job.hyperdrive_config().hyperparameter_sampling.parameter_space) == {"--learning-rate",
                                                                                        "--batch-size"}
+
+
+def test_set_values_keep_their_text_unless_json_reads_them() -> None:
+    from airflow_provider.cli.submit import overrides
+
+    assert overrides(["inputs.version=010", "inputs.time=1:30", "inputs.lr=0.1", "inputs.on=true",
+                      "inputs.sizes=[1, 2]", "inputs.name=yes"]) == {
+        "inputs.version": "010", "inputs.time": "1:30", "inputs.lr": 0.1, "inputs.on": True,
+        "inputs.sizes": [1, 2], "inputs.name": "yes"}
+    assert overrides(["alpha=0.5", "flag=yes"], as_text=True) == {"alpha": "0.5", "flag": "yes"}
+    with pytest.raises(ConfigurationError, match="KEY=VALUE"):
+        overrides(["novalue"])
+
+
+def test_an_mlproject_copies_docker_env_variables_as_secrets_when_submitted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "train.py").write_text("print('ok')\n")
+    (tmp_path / "MLproject").write_text(
+        "name: copies\ndocker_env:\n  image: python:3.11-slim\n  environment: [AWS_SECRET_ACCESS_KEY, [MODE, fast]]\n"
+        "entry_points:\n  main:\n    command: python train.py\n")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    job = load_job(tmp_path)
+    assert dict(job.run.environment_variables) == {"MODE": "fast"}, "a copied value is never in the spec"
+    with pytest.raises(ConfigurationError, match="AWS_SECRET_ACCESS_KEY"):
+        job.secret_variables()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalr")
+    assert job.secret_variables() == {"AWS_SECRET_ACCESS_KEY": "wJalr"}

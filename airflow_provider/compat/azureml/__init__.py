@@ -18,6 +18,7 @@ is importable too (the provider's own environment), the copy defers to it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 __all__ = ["offline_path", "shim_path"]
 
@@ -121,7 +122,9 @@ def offline_path() -> str:
     parent.mkdir(exist_ok=True)
     folder = parent / f"{__version__}-{digest.hexdigest()[:16]}"
     if folder.is_dir():
-        return str(folder)
+        if _made_as(folder, files):
+            return str(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # changed since, or not ours: made again
     scratch = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent)
     try:
         for relative, content in files.items():
@@ -132,8 +135,26 @@ def offline_path() -> str:
         try:
             os.rename(scratch, folder)
         except OSError:
-            if not folder.is_dir():  # not another process that made it first
+            if not folder.is_dir() or not _made_as(folder, files):  # another process made it first, or not
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return str(folder)
+
+
+def _made_as(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether ``folder`` is this user's, writable by nobody else, and holds exactly ``files`` (a
+    folder of a shared cache that someone else made or changed is never put on a script's path)."""
+    import stat
+
+    try:
+        info = folder.stat()
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        for relative, content in files.items():
+            path = folder.joinpath(*relative.split("/"))
+            if path.is_symlink() or path.read_bytes() != content:
+                return False
+    except OSError:
+        return False
+    return True

@@ -122,6 +122,10 @@ class SweepDriver:
         remaining = None if settings.max_duration_minutes is None else \
             settings.max_duration_minutes * 60 - sweep.elapsed_seconds()
         self._deadline = None if remaining is None else time.monotonic() + remaining
+        self._parent_checked_at = time.monotonic()
+        self.parent_check_interval = 5.0
+        """Seconds between reads of the parent's state: a sweep canceled from another process (its
+        parent run ended, e.g. by ``training-runs cancel``) stops its trials."""
         self._take_stock_of_earlier_trials()
 
     # ------------------------------------------------------------------ the loop
@@ -258,6 +262,15 @@ class SweepDriver:
     def _check_deadline(self) -> None:
         if self.stopped is None and self._deadline is not None and time.monotonic() >= self._deadline:
             self.stop(f"the sweep's max_duration_minutes ({self.sweep.settings.max_duration_minutes:g}) was reached")
+        if self.stopped is None and time.monotonic() - self._parent_checked_at >= self.parent_check_interval:
+            self._parent_checked_at = time.monotonic()
+            try:
+                ended = self.sweep.state().is_terminal
+            except Exception:  # the tracking store did not answer: read it again next time
+                log.warning("Reading sweep %s's state failed", self.sweep.parent_run_id, exc_info=True)
+                return
+            if ended:
+                self.stop("the sweep was canceled")
 
     def _stage_next(self) -> PendingTrial | None:
         while self._next_index < self._total:

@@ -115,7 +115,11 @@ class HyperDriveRun:
         """The driver that launches and watches trials (created on first use)."""
         if self._driver is None:
             if self.config is None:
-                raise RuntimeError("this HyperDriveRun was loaded without its HyperDriveConfig; it cannot run trials")
+                raise ConfigurationError(
+                    "HyperDriveRun", f"sweep {self.id} was loaded by its id, without its HyperDriveConfig: this "
+                    "handle cannot launch or watch its trials.",
+                    "wait for it where it was submitted (its Airflow task, or `training-runs submit` in the "
+                    "background), or read its results with get_details() / get_children().")
             self._driver = SweepDriver(self.sweep, self.config.run_config, tags=self._tags,
                                        secret_variables=self._secret_variables)
         return self._driver
@@ -194,6 +198,11 @@ class HyperDriveRun:
                 time.sleep(self._driver.poll_interval)
         if not self.sweep.state().is_terminal:
             self.sweep.finish(RunState.CANCELED, stopped=reason)
+        if self._driver is None:  # a handle loaded by id: the sweep's driver (elsewhere) stops its trials when
+            for result in self.sweep.results():  # it sees the parent ended; trials of this machine stop now too
+                trial = self.experiment.handle_for(self.experiment.tracker.get_run(result.run_id))
+                if not isinstance(trial, HyperDriveRun) and trial.handle is not None:
+                    trial.cancel(wait=False)
 
     # ------------------------------------------------------------------ results
     def get_details(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["PLACEHOLDER", "CommandNames", "PreparedCommand", "prepare_command"]
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_.-]+?)\s*\}\}")
-_OPTIONAL = re.compile(r"\[([^\[\]]*?\$\{\{[^\[\]]*?)\]")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)  # Azure ML's optional part: $[[--x ${{inputs.x}}]]
 _PYTHON = re.compile(r"python(?:3(?:\.\d+)?)?")
 _SHELL_SYNTAX = re.compile(r"[;&|<>`\$(){}*?~#\\\n]")
 _FLAG_EQUALS = re.compile(r"(-[^=\s]+)=(.+)", re.DOTALL)

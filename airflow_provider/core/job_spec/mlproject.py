@@ -119,7 +119,8 @@ def read_mlproject(check: Checker, root: Node, project_file: Path, entry_point: 
         return None
     run = CommandSpec(source_directory=folder, script=prepared.script, command=prepared.command,
                       arguments=prepared.arguments, environment=environment[0] if environment else None,
-                      environment_variables=environment[1] if environment else {}, inputs=bindings)
+                      environment_variables=environment[1] if environment else {},
+                      copied_variables=environment[2] if environment else (), inputs=bindings)
     return Project(run, name, chosen, parameters)
 
 
@@ -202,11 +203,13 @@ def _parameter(check: Checker, name: str, node: Node, path: str, values: Mapping
                                     must_exist=False)
         if location is None:
             return None
-        if _URI.match(location) or Path(location).exists():
-            binding = _binding_name(name, bindings)
-            bindings[binding] = DataInput(location)
-            return f"${{{{inputs.{binding}}}}}", location
-        return shlex.quote(location), location
+        if not _URI.match(location) and not Path(location).exists():  # as `mlflow run` refuses it
+            check.add(at, path, f"{where} is the path {location!r}, where no file or folder exists",
+                      "give an existing file or folder (relative to the MLproject's folder), or a URI")
+            return None
+        binding = _binding_name(name, bindings)
+        bindings[binding] = DataInput(location)
+        return f"${{{{inputs.{binding}}}}}", location
     return shlex.quote(text), text
 
 
@@ -230,8 +233,9 @@ def _binding_name(name: str, taken: Mapping[str, object]) -> str:
 
 
 def _environment(check: Checker, keys: dict[str, Node], folder: Path, name: str
-                 ) -> tuple[Environment, dict[str, str]] | None:
-    """The project's environment and variables; None for none or on problems (recorded)."""
+                 ) -> tuple[Environment, dict[str, str], tuple[str, ...]] | None:
+    """The project's environment, its variables, and the names of those copied from the submitting
+    process (``docker_env.environment: [NAME]``); None for none or on problems (recorded)."""
     given = [key for key in ("python_env", "conda_env", "docker_env") if key in keys]
     if len(given) > 1:
         check.add(keys[given[1]], given[1], f"is given together with {given[0]}", "give one environment")
@@ -250,11 +254,12 @@ def _environment(check: Checker, keys: dict[str, Node], folder: Path, name: str
         return None
     if given[0] == "conda_env":
         environment = check.call(node, given[0], lambda: Environment.from_conda_specification(name, path))
-        return None if environment is None else (environment, {})
+        return None if environment is None else (environment, {}, ())
     return _python_env(check, path, name)
 
 
-def _python_env(check: Checker, path: Path, name: str) -> tuple[Environment, dict[str, str]] | None:
+def _python_env(check: Checker, path: Path, name: str
+                ) -> tuple[Environment, dict[str, str], tuple[str, ...]] | None:
     root, problems = read_yaml_file(path, str(path))
     check.add_parsed(problems)
     if root is None:
@@ -289,14 +294,14 @@ def _python_env(check: Checker, path: Path, name: str) -> tuple[Environment, dic
                 lines.append(line.strip())
     environment = Environment(name)
     environment.python.pip_packages = lines
-    return environment, {}
+    return environment, {}, ()
 
 
 def _requirements_reader(name: str, path: Path) -> Callable[[], Environment]:
     return lambda: Environment.from_pip_requirements(name, path)
 
 
-def _docker(check: Checker, node: Node, name: str) -> tuple[Environment, dict[str, str]] | None:
+def _docker(check: Checker, node: Node, name: str) -> tuple[Environment, dict[str, str], tuple[str, ...]] | None:
     keys = check.mapping(node, "docker_env", ("image", "environment"), required=("image",), elsewhere={
         "volumes": "has no equivalent here: bind data as a path parameter (a download input)",
         "run_params": "has no equivalent here: the Docker target's connection sets the container's options"})
@@ -304,6 +309,7 @@ def _docker(check: Checker, node: Node, name: str) -> tuple[Environment, dict[st
         return None
     image = check.string(keys["image"], "docker_env.image", 'write an image, e.g. "python:3.11-slim"')
     variables: dict[str, str] = {}
+    copied: list[str] = []
     child = keys.get("environment")
     if child is not None:
         if not child.is_sequence:
@@ -312,12 +318,8 @@ def _docker(check: Checker, node: Node, name: str) -> tuple[Environment, dict[st
             return None
         for index, item in enumerate(child.value):
             where = f"docker_env.environment[{index}]"
-            if isinstance(item.value, str):
-                if item.value not in os.environ:
-                    check.add(item, where, f"copies {item.value} from this process's environment, where it is not set",
-                              f"set {item.value}, or write [{item.value}, value]")
-                    continue
-                variables[item.value] = os.environ[item.value]
+            if isinstance(item.value, str):  # copied from the submitting process when the run is submitted
+                copied.append(item.value)
             elif item.is_sequence and len(item.value) == 2 and isinstance(item.value[0].value, str):
                 value = check.text(item.value[1], where)
                 if value is not None:
@@ -327,4 +329,4 @@ def _docker(check: Checker, node: Node, name: str) -> tuple[Environment, dict[st
     if image is None:
         return None
     environment = Environment.from_docker_image(name, image)
-    return environment, variables
+    return environment, variables, tuple(copied)

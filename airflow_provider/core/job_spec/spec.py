@@ -8,6 +8,7 @@ it gets without touching the spec.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ class CommandSpec:
     arguments: tuple[str, ...] = ()
     environment: Environment | str | None = None
     environment_variables: Mapping[str, str] = field(default_factory=dict)
+    copied_variables: tuple[str, ...] = ()
     distribution: DistributedConfig | None = None
     resources: Resources | None = None
     timeout_seconds: float | None = None
@@ -275,6 +277,20 @@ class JobSpec:
         merged.update(tags or {})
         return merged
 
+    def secret_variables(self) -> dict[str, str]:
+        """The variables the job copies from the submitting process's environment (an MLproject's
+        ``docker_env.environment: [NAME]``), read now: they go to the run as secret variables (its
+        process's environment, never MLflow).
+
+        :raises ConfigurationError: one of them is not set here.
+        """
+        missing = [name for name in self.run.copied_variables if name not in os.environ]
+        if missing:
+            raise ConfigurationError("docker_env.environment", f"copies {', '.join(missing)} from this process's "
+                                     "environment, where it is not set.",
+                                     f"set {', '.join(missing)} before submitting, or write [NAME, value] in the file.")
+        return {name: os.environ[name] for name in self.run.copied_variables}
+
     def submit(self, experiment: Experiment | None = None, *, compute_target: str | ComputeTarget | None = None,
                tracking_uri: str | None = None, tags: Mapping[str, str] | None = None,
                run_key: str | None = None) -> ScriptRun | HyperDriveRun:
@@ -295,4 +311,5 @@ class JobSpec:
             return target.submit(self.hyperdrive_config(compute_target), self.run_tags(tags), run_key=run_key,
                                  run_name=self.run_name)
         return target.submit(self.script_run_config(compute_target), self.run_tags(tags), run_key=run_key,
-                             run_name=self.run_name, params=dict(self.parameters) or None)
+                             run_name=self.run_name, params=dict(self.parameters) or None,
+                             secret_variables=self.secret_variables() or None)

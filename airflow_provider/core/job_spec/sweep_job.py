@@ -116,6 +116,12 @@ def read_sweep(check: Checker, keys: dict[str, Node], root: Node, job_file: Path
     space: dict[str, ParameterExpression] = {}
     children: Anchors = {}
     for name, node in space_nodes.items():
+        if flags is not None and name not in flags:
+            check.add(keys["search_space"].key_positions.get(name, node.position), join("search_space", name),
+                      "is not used by trial.command (Azure ML passes a sampled value only where "
+                      "${{search_space.<name>}} is written; sweeping it would multiply trials that all run alike)",
+                      f"pass it: --{name} ${{{{search_space.{name}}}}} in trial.command, or remove it")
+            continue
         flag = argument_name((flags or {}).get(name, name))
         expression = _expression(check, node, join("search_space", name))
         if expression is not None:
