@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
 
@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.sdk import BaseOperator
 
-__all__ = ["MLflowRunLink", "mlflow_run_url"]
+    from airflow_provider.core.submit import Experiment
+
+__all__ = ["MLflowRunLink", "link_run", "mlflow_run_url"]
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
@@ -35,3 +37,20 @@ class MLflowRunLink(BaseOperatorLink):
 
         value = XCom.get_value(ti_key=ti_key, key=self.xcom_key)
         return str(value) if value else ""
+
+
+def link_run(ti: Any, experiment: Experiment, run_id: str, what: str, log: Any) -> str | None:
+    """Give the task's "MLflow run" link the address of ``run_id`` (its XCom) and log that address.
+
+    :param ti: the task instance.
+    :param experiment: the run's experiment.
+    :param run_id: the run (a sweep's parent run, for a sweep's task).
+    :param what: how the log line names it (``"MLflow run"``, ``"MLflow sweep run"``).
+    :param log: the task's logger.
+    :return: the address, or None for a store without a UI (a local store).
+    """
+    url = mlflow_run_url(experiment.tracking_uri, experiment.id, run_id)
+    ti.xcom_push(key=MLflowRunLink().xcom_key, value=url or "")  # "": no UI for a local store
+    if url:
+        log.info("%s: %s", what, url)
+    return url

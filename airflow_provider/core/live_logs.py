@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -169,19 +169,21 @@ class LiveLogReader:
     def _parts(self) -> dict[str, list[Part]]:
         """Every file's parts, by the file's path inside ``./logs``."""
         found: dict[str, list[Part]] = {}
-        pending = [LIVE_LOGS]
+        for path, _size in self._files(LIVE_LOGS):
+            part = Part.parse(path.name)
+            if part is not None:
+                found.setdefault(str(path.parent.relative_to(LIVE_LOGS)), []).append(part)
+        return found
+
+    def _files(self, folder: str) -> Iterator[tuple[PurePosixPath, int]]:
+        """Every artifact file under ``folder`` (recursively), with its size."""
+        pending = [folder]
         while pending:
-            folder = pending.pop()
-            for entry in self.tracker.client.list_artifacts(self.run_id, folder):
+            for entry in self.tracker.client.list_artifacts(self.run_id, pending.pop()):
                 if entry.is_dir:
                     pending.append(entry.path)
-                    continue
-                path = PurePosixPath(entry.path)
-                part = Part.parse(path.name)
-                if part is not None:
-                    key = str(path.parent.relative_to(LIVE_LOGS))
-                    found.setdefault(key, []).append(part)
-        return found
+                else:
+                    yield PurePosixPath(entry.path), int(entry.file_size or 0)
 
     def _apply(self, key: str, parts: list[Part]) -> int:
         generation = max(part.generation for part in parts)
@@ -206,21 +208,15 @@ class LiveLogReader:
 
     def _sync_final(self) -> int:
         written = 0
-        pending = ["logs"]
-        while pending:
-            folder = pending.pop()
-            for entry in self.tracker.client.list_artifacts(self.run_id, folder):
-                if entry.is_dir:
-                    pending.append(entry.path)
-                    continue
-                key = str(PurePosixPath(entry.path).relative_to("logs"))
-                local = self._local(key)
-                if local.exists() and local.stat().st_size == entry.file_size:
-                    continue
-                data = self._download(entry.path)
-                local.write_bytes(data)
-                self._have[key] = (self._have.get(key, (0, 0))[0], len(data))
-                written += len(data)
+        for path, size in self._files("logs"):
+            key = str(path.relative_to("logs"))
+            local = self._local(key)
+            if local.exists() and local.stat().st_size == size:
+                continue
+            data = self._download(str(path))
+            local.write_bytes(data)
+            self._have[key] = (self._have.get(key, (0, 0))[0], len(data))
+            written += len(data)
         return written
 
     def _local(self, key: str) -> Path:

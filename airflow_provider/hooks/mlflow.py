@@ -32,6 +32,18 @@ _ONE_MACHINE_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "Debu
 """Executors that run every task on the scheduler's machine."""
 
 
+QUIET_MLFLOW = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+"""What keeps MLflow's progress bars (stderr: red ``ERROR - Downloading artifacts: 0%|...`` lines in
+a task log) and its "View run" line per ended run out of task logs; a value set already is kept."""
+
+
+def quiet_mlflow_output() -> None:
+    """Keep MLflow's progress bars and "View run" lines out of this process's output (the task's
+    log): the task logs the run's address itself."""
+    for name, value in QUIET_MLFLOW.items():
+        os.environ.setdefault(name, value)
+
+
 class MLflowTrackingHook(BaseHook):
     """Resolve the MLflow tracking URI and credentials for a run.
 
@@ -46,6 +58,7 @@ class MLflowTrackingHook(BaseHook):
     def __init__(self, tracking_conn_id: str | None = None) -> None:
         super().__init__()
         self.tracking_conn_id = tracking_conn_id
+        quiet_mlflow_output()
 
     @cached_property
     def _connection(self) -> Any:

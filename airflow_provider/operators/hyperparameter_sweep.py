@@ -33,6 +33,7 @@ from airflow_provider.core.hyperdrive import (
 from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
+from airflow_provider.links import MLflowRunLink, link_run
 from airflow_provider.operators.submit_training_run import SubmitTrainingRunOperator
 from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name
 
@@ -109,6 +110,7 @@ class HyperparameterSweepOperator(SubmitTrainingRunOperator):
             raise RuntimeError(f"the task was killed while starting sweep {sweep_run.id}; it was canceled")
         self.log.info("Sweep %s started in experiment %r (tracking %s)", sweep_run.id, experiment.name,
                       experiment.tracking_uri)
+        link_run(ti, experiment, sweep_run.id, "MLflow sweep run", self.log)
         details = sweep_run.wait_for_completion(output=self._log_output, raise_on_error=False,
                                                 poll_interval=self.trial_poll_interval)
         for trial in details["trials"]:
@@ -162,6 +164,7 @@ class PlanHyperparameterSweepOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("experiment_name",)
+    operator_extra_links = (MLflowRunLink(),)
     ui_color = "#c7e8f5"
 
     def __init__(self, *, hyperparameter_sampling: ParameterSampling, primary_metric_name: str,
@@ -190,6 +193,8 @@ class PlanHyperparameterSweepOperator(BaseOperator):
         except TrainingRunError as exc:
             raise_for_airflow(exc)
         self.log.info("Sweep %s planned %d trials", trials[0]["parent_run_id"] if trials else "-", len(trials))
+        if trials:
+            link_run(ti, experiment, str(trials[0]["parent_run_id"]), "MLflow sweep run", self.log)
         return trials
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TrainingRunError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
-from airflow_provider.core.hyperdrive.settings import trial_run_config
+from airflow_provider.core.hyperdrive.settings import trial_arguments, trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.resources import Resources
 from airflow_provider.core.script_run import ScriptRun
@@ -35,7 +35,7 @@ from airflow_provider.core.variables import validate_variables
 from airflow_provider.hooks.compute import ComputeHook, compute_hook_for
 from airflow_provider.hooks.data_connections import register_data_connections
 from airflow_provider.hooks.mlflow import MLflowTrackingHook
-from airflow_provider.links import MLflowRunLink, mlflow_run_url
+from airflow_provider.links import MLflowRunLink, link_run, mlflow_run_url
 from airflow_provider.operators.data_lineage import (
     DataPlaceholders,
     LineageMixin,
@@ -43,7 +43,7 @@ from airflow_provider.operators.data_lineage import (
     data_assets,
     data_secret_values,
 )
-from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name
+from airflow_provider.operators.task_runs import raise_for_airflow, task_run_key, task_run_name, trial_run_name
 from airflow_provider.redaction import Redactor, register_with_airflow
 from airflow_provider.run_reference import RunReference
 
@@ -62,6 +62,11 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+TRIAL_LABEL = "training_trial_label"
+"""The context variable holding a mapped sweep trial's label (``trial 3: lr=0.05, epochs=10``): its
+name in Airflow's grid, unless the DAG sets its own ``map_index_template`` (which may use it)."""
 
 
 class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
@@ -248,12 +253,25 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         return MLflowTrackingHook(self.tracking_conn_id)
 
     # ------------------------------------------------------------------ execution
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+    def _do_render_template_fields(self, parent: Any, template_fields: Iterable[str], context: Context,
+                                   jinja_env: Any, seen_oids: set[int]) -> None:
         """Render as Airflow does, with ``${{inputs.<name>}}`` / ``${{outputs.<name>}}`` left for
-        the run (Jinja would otherwise fail on ``inputs`` being undefined)."""
+        the run (Jinja would otherwise fail on ``inputs`` being undefined); a mapped sweep trial's
+        arguments carry its values (what Rendered Templates shows) and it gets its label in the grid.
+        (Airflow calls this for a task and, unmapped, for each task of a mapped one.)"""
+        if parent is not self:  # a nested templated object
+            super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+            return
         context.setdefault("inputs", DataPlaceholders("inputs"))  # type: ignore[typeddict-item]
         context.setdefault("outputs", DataPlaceholders("outputs"))  # type: ignore[typeddict-item]
-        super().render_template_fields(context, jinja_env)
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        if self.sweep_trial is not None:
+            trial = TrialPlan.from_dict(self.sweep_trial)
+            self.arguments = trial_arguments(self.arguments, trial.hyperparameters)
+            values = ", ".join(f"{str(name).lstrip('-')}={value}" for name, value in trial.hyperparameters.items())
+            context[TRIAL_LABEL] = f"trial {trial.trial_index}: {values}"  # type: ignore[literal-required]
+            if context.get("map_index_template") is None:  # the grid shows each trial's values
+                context["map_index_template"] = "{{ " + TRIAL_LABEL + " }}"
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -277,8 +295,9 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
             "airflow.map_index": str(ti.map_index),
             "airflow.try_number": str(ti.try_number),
         }
+        run_name = task_run_name(ti) if trial is None else trial_run_name(experiment, trial)
         run = experiment.submit(config, tags, run_key=task_run_key(ti), reattach=self.reattach_on_retry,
-                                run_name=task_run_name(ti), secret_variables=secrets,
+                                run_name=run_name, secret_variables=secrets,
                                 params=trial.params() if trial is not None else None)
         if trial is not None:
             run.monitor_factory = TrialMonitor.from_tags  # its watcher (or trigger) applies the sweep's policy
@@ -294,10 +313,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
                                            outputs=None if run.outputs is None else outputs_to_dict(run.outputs))
         self.log.info("Training run %s submitted to %s (experiment %r, tracking %s)", run.id,
                       self.compute_hook.target_reference, experiment.name, experiment.tracking_uri)
-        url = mlflow_run_url(experiment.tracking_uri, experiment.id, run.id)
-        ti.xcom_push(key=MLflowRunLink().xcom_key, value=url or "")  # "": no UI for a local store
-        if url:
-            self.log.info("MLflow run: %s", url)
+        link_run(ti, experiment, run.id, "MLflow run", self.log)
         if self.deferrable and self._reference is not None and not RunState(run.get_status()).is_terminal:
             log_offset = run.watch_for(float(self.defer_after_seconds), output=self._log_output,
                                        poll_interval=self.poll_interval)

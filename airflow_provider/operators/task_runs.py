@@ -18,11 +18,16 @@ retryable (transient)             re-raised as it is: the task's ``retries`` app
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider.core.errors import TrainingRunError, is_retryable, is_run_failure
 
-__all__ = ["MAX_RUN_NAME", "TRIAL_SUFFIX_ROOM", "raise_for_airflow", "task_run_key", "task_run_name"]
+if TYPE_CHECKING:
+    from airflow_provider.core.hyperdrive.sweep import TrialPlan
+    from airflow_provider.core.submit import Experiment
+
+__all__ = ["MAX_RUN_NAME", "TRIAL_SUFFIX_ROOM", "raise_for_airflow", "task_run_key", "task_run_name",
+           "trial_run_name"]
 
 MAX_RUN_NAME = 250
 """The longest run name MLflow stores."""
@@ -46,6 +51,17 @@ def task_run_name(ti: Any, sweep: bool = False) -> str:
     """
     limit = MAX_RUN_NAME - (TRIAL_SUFFIX_ROOM if sweep else 0)
     return f"{ti.task_id}-{ti.run_id}"[:limit]
+
+
+def trial_run_name(experiment: Experiment, trial: TrialPlan) -> str:
+    """The MLflow run name of a mapped sweep trial: ``<parent>_<index>``, as a sweep's own driver
+    names its trials.
+
+    :param experiment: the sweep's experiment.
+    :param trial: the planned trial.
+    """
+    parent = experiment.tracker.get_run(trial.parent_run_id).info.run_name or trial.parent_run_id
+    return f"{parent[:MAX_RUN_NAME - TRIAL_SUFFIX_ROOM]}_{trial.trial_index}"
 
 
 def raise_for_airflow(exc: TrainingRunError) -> NoReturn:

@@ -32,6 +32,8 @@ def main() -> None:
             outcome["tasks"][ti.task_id] = str(ti.state)  # type: ignore[index]
             if ti.map_index >= 0:
                 outcome["mapped"].setdefault(ti.task_id, {})[str(ti.map_index)] = str(ti.state)  # type: ignore[attr-defined]
+                outcome.setdefault("rendered_map_index", {}).setdefault(  # type: ignore[attr-defined]
+                    ti.task_id, {})[str(ti.map_index)] = ti.rendered_map_index
             query = XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=dag_id,
                                        task_ids=ti.task_id)
             value = session.scalars(query).first()

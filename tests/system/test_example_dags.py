@@ -139,9 +139,16 @@ from datetime import datetime
 from airflow.sdk import DAG
 from airflow_provider.operators import SubmitTrainingRunOperator
 
+from airflow_provider.core.hyperdrive import GridParameterSampling, choice
+from airflow_provider.operators import HyperparameterSweepOperator
+
 with DAG("tracked_on_server", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     SubmitTrainingRunOperator(task_id="train", source_directory={source!r}, script="train.py",
                               tracking_conn_id="mlflow_live", experiment_name="on-server")
+    HyperparameterSweepOperator(task_id="sweep", source_directory={source!r}, script="train.py",
+                                tracking_conn_id="mlflow_live", experiment_name="on-server-sweep",
+                                hyperparameter_sampling=GridParameterSampling({{"--lr": choice(0.1, 0.2)}}),
+                                primary_metric_name="score", primary_metric_goal="MAXIMIZE", max_concurrent_runs=2)
 '''
 
 
@@ -166,6 +173,15 @@ def test_operator_with_an_mlflow_connection_links_to_the_server(
     assert f"MLflow run: {result['tracking_url']}" in outcome["output"]
     links = outcome["xcom_links"]["train"]
     assert links == {"_link_MLflowRunLink": result["tracking_url"]}
+
+    sweep = outcome["xcom"]["sweep"]
+    experiment_id = client.get_run(sweep["parent_run_id"]).info.experiment_id
+    sweep_url = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{sweep['parent_run_id']}"
+    assert outcome["xcom_links"]["sweep"] == {"_link_MLflowRunLink": sweep_url}, "the sweep task links its parent"
+    assert f"MLflow sweep run: {sweep_url}" in outcome["output"]
+    assert "seed" not in client.get_run(sweep["parent_run_id"]).data.params, "a grid samples nothing"
+    assert "Downloading artifacts" not in outcome["output"], "MLflow's progress bars stay out of task logs"
+    assert "View run" not in outcome["output"], "and its 'View run' lines"
 
 
 def test_train_docker(run_dag: Callable[..., dict[str, Any]], client: MlflowClient) -> None:
@@ -343,6 +359,11 @@ def test_sweep_mapped_runs_one_task_per_trial_and_selects_the_best(
     best_index = max(completed, key=lambda i: (completed[i], -i))
     assert best["best_run"]["trial_index"] == best_index
     assert parent.data.tags[Tags.SWEEP_BEST_RUN_ID] == children[best_index].info.run_id
+    for index, child in children.items():
+        assert child.info.run_name == f"{parent.info.run_name}_{index}", "named as a sweep's own trials are"
+    labels = outcome["rendered_map_index"]["trial"]
+    assert labels["2"] == "trial 2: learning-rate=0.05, epochs=10", labels
+    assert len(set(labels.values())) == 6, "each trial's values in the grid"
 
 
 MAPPED_SWEEP_DAG = '''

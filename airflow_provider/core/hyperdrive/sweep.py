@@ -195,7 +195,8 @@ class Sweep:
         try:
             tracker.log_text(run_id, json.dumps(described, indent=2), "hyperdrive/settings.json")
             tracker.log_params(run_id, {
-                "sampling": settings.sampling.kind, "seed": str(seed),
+                "sampling": settings.sampling.kind,
+                **({"seed": str(seed)} if settings.sampling.kind != "grid" else {}),  # a grid samples nothing
                 "primary_metric_name": settings.primary_metric_name,
                 "primary_metric_goal": settings.primary_metric_goal.value,
                 "max_total_runs": str(settings.max_total_runs),
