@@ -5,6 +5,7 @@
 # own Debian packages (no registry is needed). Runs as root (CI does); elsewhere it does what it
 # can and the tests that need a missing component skip (or fail, in CI). PostgreSQL and Redis are
 # only installed here: scripts/cluster.sh starts them for the multi-worker deployment's tests.
+# Chromium and its chromedriver are installed for the browser system tests (tests/system/test_browser_ui.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BASE_IMAGE=${TRAINING_RUNS_BASE_IMAGE:-training-runs/python:3.11}
@@ -16,12 +17,13 @@ if ! command -v dockerd >/dev/null 2>&1 || ! dpkg -s python3-venv >/dev/null 2>&
     || ! dpkg -s openmpi-bin >/dev/null 2>&1 || ! dpkg -s mpich >/dev/null 2>&1 \
     || ! dpkg -s postgresql >/dev/null 2>&1 || ! dpkg -s redis-server >/dev/null 2>&1 \
     || ! dpkg -s slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin >/dev/null 2>&1 \
-    || ! dpkg -s radosgw ceph-mon ceph-osd rsync >/dev/null 2>&1; then
+    || ! dpkg -s radosgw ceph-mon ceph-osd rsync >/dev/null 2>&1 \
+    || ! dpkg -s chromium chromium-driver >/dev/null 2>&1; then
     if have_root; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io python3-venv python3-pip openssl \
             openssh-server openssh-client openmpi-bin mpich postgresql redis-server \
             slurmctld slurmd slurmdbd slurm-client munge mariadb-server slurm-wlm-mysql-plugin \
-            radosgw ceph-mon ceph-osd rsync >/dev/null
+            radosgw ceph-mon ceph-osd rsync chromium chromium-driver >/dev/null
     else
         echo "components: not root, cannot install docker.io; Docker tests will skip" >&2
     fi

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.errors import ArtifactNotFoundError, ConfigurationError, TrackingError
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def cancel(context: Context, args: argparse.Namespace, out: TextIO) -> int:
         return 0
     if isinstance(run, ScriptRun) and (run.target is None or run.handle is None):
         tags = run.experiment.tracker.get_run(run.id).data.tags
-        if "training.job" not in tags:
+        if job_record(tags) is None:
             raise ConfigurationError("RUN", f"run {run.id} is {status} and its job was never launched (a sweep's "
                                      "staged trial, or a submission that died).",
                                      "cancel the sweep or the task that submitted it.")

@@ -1,8 +1,8 @@
 """Relays a run's events (metrics, tags, files, tables) from its target to MLflow.
 
 The events file on the target is the durable journal. The relay reads it from a byte offset, turns
-complete lines into MLflow writes, and records the new offset as the run tag
-``training.relay.events_offset`` in the same ``log_batch`` call as the last metrics. A relay that
+complete lines into MLflow writes, and records the new offset in the run's bookkeeping tag
+(``training.bookkeeping``: ``events_offset``) in the same ``log_batch`` call as the last metrics. A relay that
 restarts (a new watcher, a retried task) resumes from that tag. If it died between writing metrics
 and the offset, it replays them: MLflow's SQL store ignores a metric value identical in key, value,
 step and timestamp, and every event carries its own step and timestamp, so nothing is doubled.
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from airflow_provider.core.bookkeeping import read_bookkeeping
 from airflow_provider.core.collect import UNREADABLE_ERRORS
 from airflow_provider.core.nested_runs import ChildRuns, artifact_exists, register_model
 from airflow_provider.core.run_warnings import RunWarnings
@@ -72,9 +73,10 @@ class EventRelay:
         self.handle = handle
         self.run_id = run_id
         tags = run_tags if run_tags is not None else tracker.get_run(run_id).data.tags
-        self.offset = int(tags.get(Tags.EVENTS_OFFSET, "0"))
+        recorded = read_bookkeeping(tags)
+        self.offset = int(recorded.get("events_offset", 0))
         self.relayed = 0
-        self.dropped = int(tags.get(Tags.DROPPED_EVENTS, "0"))
+        self.dropped = int(recorded.get("dropped_events", 0))
         self.warnings = RunWarnings(tracker, run_id, RunWarnings.recorded_in(tags))
         """Notes of what was skipped; the watcher adds its own (files it did not follow)."""
         self._tables: dict[str, list[dict[str, Any]]] = {}
@@ -147,10 +149,12 @@ class EventRelay:
             self.tracker.set_tags(self.run_id, tags)
             tags = {}
         self.warnings.flush()
-        tags[Tags.EVENTS_OFFSET] = str(new_offset)
-        if self.dropped:
-            tags[Tags.DROPPED_EVENTS] = str(self.dropped)
+        tags.update(self._position(new_offset))
         self._log_metrics(self.run_id, metrics, tags)
+
+    def _position(self, offset: int) -> dict[str, str]:
+        """The bookkeeping tag recording how far the events file was relayed (and what was dropped)."""
+        return self.tracker.bookkeeping_tags(self.run_id, {"events_offset": offset, "dropped_events": self.dropped})
 
     def _drop(self, problem: str) -> None:
         self.dropped += 1
@@ -191,8 +195,7 @@ class EventRelay:
                 self._drop(f"events file: a line of more than {_READ_LIMIT} bytes at offset {position - _READ_LIMIT} "
                            "is not an event; skipped")
                 self.warnings.flush()
-                self.tracker.set_tags(self.run_id, {Tags.EVENTS_OFFSET: str(self.offset),
-                                                    Tags.DROPPED_EVENTS: str(self.dropped)})
+                self.tracker.set_tags(self.run_id, self._position(self.offset))
                 return True
             if len(chunk) < _READ_LIMIT:
                 return False

@@ -16,7 +16,9 @@ The distribution tags (``training.distribution.*``): ``type`` (``mpi``, ``pytorc
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider.core.distributed import MpiConfiguration, PyTorchConfiguration, TensorflowConfiguration
@@ -25,6 +27,7 @@ from airflow_provider.core.environments.locking import redact
 if TYPE_CHECKING:
     from airflow_provider.core.config import ResolvedRunConfig
     from airflow_provider.core.distributed import DistributedConfig
+    from airflow_provider.core.tracking import Tracker
 
 __all__ = ["DEFINITION_ARTIFACT", "DEFINITION_TAG", "DISTRIBUTION_TAG_PREFIX", "definition_record",
            "distribution_tags", "recordable_variables", "run_definition"]
@@ -141,3 +144,28 @@ def _node_count(config: DistributedConfig | None, nodes: int | None) -> int:
     if isinstance(config, (MpiConfiguration, PyTorchConfiguration)):
         return config.node_count
     return nodes or 1
+
+
+def read_run_definition(tracker: Tracker, run_id: str, tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The definition a run recorded at submit: its tag, or the artifact the tag names when it was
+    too long for one; None for a run submitted before definitions were recorded.
+
+    :param tracker: where the run lives.
+    :param run_id: the run.
+    :param tags: the run's tags.
+    :raises ValueError: the tag holds no definition (a script rewrote it).
+    :raises TrackingError: the artifact cannot be read (not there yet, or the store is down).
+    """
+    recorded = tags.get(DEFINITION_TAG)
+    if not recorded:
+        return None
+    definition = json.loads(recorded)
+    if not isinstance(definition, dict):
+        raise ValueError("not a JSON object")
+    if set(definition) == {"artifact"}:
+        with tempfile.TemporaryDirectory(prefix="definition-") as scratch:
+            local = tracker.download_artifact(run_id, str(definition["artifact"]), scratch)
+            definition = json.loads(Path(local).read_text(encoding="utf-8"))
+        if not isinstance(definition, dict):
+            raise ValueError(f"{DEFINITION_ARTIFACT} is not a JSON object")
+    return definition

@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider.core.bookkeeping import read_bookkeeping
 from airflow_provider.core.data.outputs import OUTPUTS_TAG
 from airflow_provider.core.data.run_data import INPUTS_TAG
 from airflow_provider.core.errors import ArtifactNotFoundError, ConfigurationError, TrackingError
-from airflow_provider.core.run_definition import DEFINITION_TAG
+from airflow_provider.core.run_definition import DEFINITION_TAG, read_run_definition
 from airflow_provider.core.snapshot import SnapshotStore
 from airflow_provider.core.tracking import RunState, Tags, Tracker
 from airflow_provider.core.watcher import DRIVER_LOG_ARTIFACT
@@ -36,7 +37,7 @@ class RunHistory:
     def __init__(self, experiment: Experiment, run_id: str) -> None:
         self.experiment = experiment
         self.id = run_id
-        self._long_definition: dict[str, Any] | None = None  # read once: a definition never changes
+        self._definition: dict[str, Any] | None = None  # read once: a definition never changes
 
     @property
     def tracker(self) -> Tracker:
@@ -74,8 +75,7 @@ class RunHistory:
             },
             "properties": {k: v for k, v in tags.items() if k.startswith("mlflow.source.git.")
                            or k == "training.git.dirty"},
-            "stateTimes": {k[len(Tags.STATE_TIME_PREFIX):]: v for k, v in tags.items()
-                           if k.startswith(Tags.STATE_TIME_PREFIX)},
+            "stateTimes": read_bookkeeping(tags).get("state_times", {}),
             "artifactUri": run.info.artifact_uri,
             "logFiles": [*self.tracker.list_artifacts(self.id, "system_logs", run.info.artifact_uri),
                          *self.tracker.list_artifacts(self.id, "logs", run.info.artifact_uri)],
@@ -92,21 +92,14 @@ class RunHistory:
         """What the run was asked to do (:mod:`~airflow_provider.core.run_definition`); for a run
         submitted before it was recorded, what its tags tell."""
         fallback = {"command": tags.get(Tags.COMMAND), "target": tags.get(Tags.TARGET)}
-        recorded = tags.get(DEFINITION_TAG)
-        if not recorded:
-            return fallback
         try:
-            definition = json.loads(recorded)
-            if not isinstance(definition, dict):
-                raise ValueError("not a JSON object")
-            if set(definition) == {"artifact"}:
-                if self._long_definition is None:
-                    with tempfile.TemporaryDirectory(prefix="definition-") as scratch:
-                        local = self.tracker.download_artifact(self.id, str(definition["artifact"]), scratch)
-                        self._long_definition = json.loads(Path(local).read_text())
-                definition = self._long_definition
+            if self._definition is None:  # read once: a definition never changes
+                self._definition = read_run_definition(self.tracker, self.id, tags)
         except (ValueError, TrackingError) as exc:  # rewritten by the script, or its artifact not there (yet)
             return {**fallback, "unreadable": f"{DEFINITION_TAG}: {type(exc).__name__}: {exc}"[:300]}
+        definition = self._definition
+        if definition is None:
+            return fallback
         return dict(definition)
 
     def get_metrics(self) -> dict[str, float | list[float]]:

@@ -17,11 +17,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_provider.core import run_listing
 from airflow_provider.core.azureml_compat import azureml_variables, expand_arguments
 from airflow_provider.core.background import OrderedWrites
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.config import ResolvedRunConfig, ScriptRunConfig
 from airflow_provider.core.data.inputs import INPUTS_DIR
 from airflow_provider.core.data.job_credentials import check_not_set_by_caller
@@ -362,9 +363,11 @@ class Experiment:
                 Tags.ENVIRONMENT_FINGERPRINT: prepared.fingerprint,
                 Tags.ENVIRONMENT_DESCRIPTION: prepared.description,
             }))
-            mounts = {"mounts": data.binds} if data.binds else {}
+            staging: dict[str, Any] = {"mounts": data.binds} if data.binds else {}
+            if target.stages_resources and resolved.resources is not None:
+                staging["resources"] = resolved.resources
             handle = target.stage(run_id, staged_snapshot, store, job_files(resolved.azureml_compat), prepared,
-                                  **mounts)
+                                  **staging)
             spec = self._job_spec(run_id, target, handle, resolved, prepared, secret_variables, data)
             writes.wait()
         except BaseException as exc:
@@ -393,9 +396,10 @@ class Experiment:
         if state.is_terminal:
             return None
         handle = target.find(run_id)  # the job's id is the run's id, never read from a tag
-        if handle is not None and (previous.data.tags.get(Tags.JOB) or target.was_launched(handle)):
-            if not previous.data.tags.get(Tags.JOB):  # the process that launched it died before saying so
-                self.tracker.set_state(run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+        recorded = job_record(previous.data.tags)
+        if handle is not None and (recorded or target.was_launched(handle)):
+            if not recorded:  # the process that launched it died before saying so
+                self.tracker.set_state(run_id, RunState.RUNNING, job=handle.to_dict())
             log.info("Reattaching to run %s (key %s) on %s", run_id, run_key, target.describe())
             return ScriptRun(self, run_id, target, handle, outputs=outputs)
         self.tracker.end(run_id, RunState.FAILED,
@@ -502,7 +506,7 @@ class StagedRun:
         """Start the job detached; the run is Running when this returns."""
         try:
             self.target.launch(self.handle, self.spec)
-            self.experiment.tracker.set_state(self.id, RunState.RUNNING, {Tags.JOB: json.dumps(self.handle.to_dict())})
+            self.experiment.tracker.set_state(self.id, RunState.RUNNING, job=self.handle.to_dict())
         except BaseException as exc:
             self.experiment._fail_before_start(self.id, self.target, self.handle, exc)
             raise
@@ -580,11 +584,11 @@ def _local_job_here(run: MlflowRun) -> JobHandle | None:
     """The job of a run still going on the local target of this machine (whatever state folder
     started it), or None: another machine's, another target's, or not a folder of this user's."""
     tags = run.data.tags
-    job = tags.get(Tags.JOB)
+    job = job_record(tags)
     if not job or RunState(tags.get(Tags.STATE, RunState.QUEUED.value)).is_terminal:
         return None
     try:
-        handle = JobHandle.from_dict(json.loads(job))
+        handle = JobHandle.from_dict(job)
     except (ValueError, KeyError, TypeError):
         return None
     import socket

@@ -25,17 +25,19 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+from airflow_provider.core.bookkeeping import BookkeepingCache, read_bookkeeping, run_key_hash_pattern
 from airflow_provider.core.errors import (
     ArtifactNotFoundError,
     ConfigurationError,
@@ -96,11 +98,10 @@ class Tags:
     """Names of the tags this provider writes (one place, never repeated as literals)."""
 
     STATE = "training.state"
-    STATE_TIME_PREFIX = "training.state_time."
     RUN_KEY = "training.run_key"
-    RUN_KEY_HASH = "training.run_key_hash"
+    BOOKKEEPING = "training.bookkeeping"
+    """One JSON tag: run-key hash, job handle, relay offset, state times (:mod:`.bookkeeping`)."""
     TARGET = "training.target"
-    JOB = "training.job"
     SNAPSHOT_ID = "training.snapshot_id"
     SOURCE_DIRECTORY = "training.source_directory"
     COMMAND = "training.command"
@@ -111,8 +112,6 @@ class Tags:
     ERROR = "training.error"
     QUEUE_REASON = "training.queue_reason"
     EXIT_CODE = "training.exit_code"
-    EVENTS_OFFSET = "training.relay.events_offset"
-    DROPPED_EVENTS = "training.relay.dropped_events"
     RUN_NAME = "mlflow.runName"
     USER = "mlflow.user"
     SOURCE_NAME = "mlflow.source.name"
@@ -522,11 +521,16 @@ class Tracker:
         :param experiment_id: where to look.
         :param run_key: the run key (dag, task, logical run, map index).
         """
-        runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{Tags.RUN_KEY_HASH}` = '{run_key_hash(run_key)}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        return runs[0] if runs else None
+        key_hash = run_key_hash(run_key)
+        for filter_string in (f"tags.`{Tags.BOOKKEEPING}` LIKE '{run_key_hash_pattern(key_hash)}'",
+                              f"tags.`training.run_key_hash` = '{key_hash}'"):  # a run of an earlier version
+            runs = [run for run in self.client.search_runs([experiment_id], filter_string=filter_string,
+                                                           order_by=["attributes.start_time DESC"], max_results=10)
+                    if read_bookkeeping(run.data.tags).get("run_key_hash") == key_hash]
+            if runs:
+                self._bookkeeping.seed(runs[0].info.run_id, read_bookkeeping(runs[0].data.tags))
+                return runs[0]
+        return None
 
     def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None = None) -> str:
         """Create a run with ``tags`` (state Queued) and return its id.
@@ -536,12 +540,27 @@ class Tracker:
         :param run_name: MLflow's display name.
         """
         initial = dict(tags)
+        bookkeeping: dict[str, Any] = {"state_times": {RunState.QUEUED.value: now_iso()}}
         if Tags.RUN_KEY in initial:
-            initial[Tags.RUN_KEY_HASH] = run_key_hash(initial[Tags.RUN_KEY])
+            bookkeeping["run_key_hash"] = run_key_hash(initial[Tags.RUN_KEY])
         initial[Tags.STATE] = RunState.QUEUED.value
-        initial[Tags.STATE_TIME_PREFIX + RunState.QUEUED.value] = now_iso()
+        initial[Tags.BOOKKEEPING] = json.dumps(bookkeeping, sort_keys=True)
         run = self.client.create_run(experiment_id, tags=_clip_tags(initial), run_name=run_name)
+        self._bookkeeping.seed(run.info.run_id, bookkeeping)
         return str(run.info.run_id)
+
+    def bookkeeping_tags(self, run_id: str, changes: Mapping[str, Any]) -> dict[str, str]:
+        """The bookkeeping tag with ``changes`` merged in (:mod:`.bookkeeping`), to write along with
+        other tags or metrics.
+
+        :param run_id: the MLflow run id.
+        :param changes: fields to set (``state_times`` entries are added to the recorded ones).
+        """
+        return self._bookkeeping.merged(run_id, changes)
+
+    @property
+    def _bookkeeping(self) -> BookkeepingCache:
+        return BookkeepingCache(self.tracking_uri, lambda run_id: self.client.get_run(run_id).data.tags)
 
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Run]:
         """Every run whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first.
@@ -574,11 +593,13 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
     def get_run(self, run_id: str) -> Run:
-        """Fetch a run.
+        """Fetch a run (what it records of itself is remembered for the next bookkeeping write).
 
         :param run_id: the MLflow run id.
         """
-        return self.client.get_run(run_id)
+        run = self.client.get_run(run_id)
+        self._bookkeeping.seed(run_id, read_bookkeeping(run.data.tags))
+        return run
 
     def download_artifact(self, run_id: str, name: str, folder: str) -> str:
         """Download the artifact ``name`` of a run into ``folder``; return its local path.
@@ -597,14 +618,21 @@ class Tracker:
             raise ArtifactNotFoundError(f"run {run_id} has no artifact {name!r}: {exc.__cause__}") from exc.__cause__
 
     # ------------------------------------------------------------------ writes
-    def set_state(self, run_id: str, state: RunState, extra_tags: dict[str, str] | None = None) -> None:
-        """Record the detailed state (with its time) and any extra tags in one call.
+    def set_state(self, run_id: str, state: RunState, extra_tags: dict[str, str] | None = None,
+                  job: Mapping[str, Any] | None = None, passed: Mapping[RunState, str] | None = None) -> None:
+        """Record the detailed state (with its time), the job's handle and any extra tags in one call.
 
         :param run_id: the MLflow run id.
         :param state: the state entered now.
         :param extra_tags: more tags to set in the same call.
+        :param job: the launched job's handle (``JobHandle.to_dict()``), recorded with the state.
+        :param passed: states gone through on the way, with when they were entered.
         """
-        tags = {Tags.STATE: state.value, Tags.STATE_TIME_PREFIX + state.value: now_iso()}
+        times = {earlier.value: when for earlier, when in (passed or {}).items()}
+        changes: dict[str, Any] = {"state_times": {**times, state.value: now_iso()}}
+        if job is not None:
+            changes["job"] = dict(job)
+        tags = {Tags.STATE: state.value, **self.bookkeeping_tags(run_id, changes)}
         tags.update(extra_tags or {})
         self.set_tags(run_id, tags)
 

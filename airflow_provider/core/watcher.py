@@ -28,6 +28,7 @@ from airflow_provider.core.data.outputs import OUTPUTS_DIR, DeclaredOutput, uplo
 from airflow_provider.core.errors import ConfigurationError, TargetError, TrackingError, TrackingUnavailableError
 from airflow_provider.core.live_logs import LiveLogUploader
 from airflow_provider.core.relay import EventRelay
+from airflow_provider.core.run_definition import DEFINITION_TAG, read_run_definition
 from airflow_provider.core.targets.base import ComputeTarget, JobHandle, JobStatus
 from airflow_provider.core.tracking import RunState, Tags, Tracker, is_refusal, now_iso
 from airflow_provider.runtime import job_runner
@@ -304,6 +305,7 @@ class RunWatcher:
                 except Exception as exc:
                     log.exception("Finalizing run %s: finishing its child runs and models failed", self.run_id)
                     problems.append(f"{type(exc).__name__}: {exc}")
+                self._log_argument_params()
         finally:
             showing.stop()
         if problems:
@@ -324,7 +326,7 @@ class RunWatcher:
                 error = azureml_module_hint(error, self.log_tail())
         if self._failing_rank and state is RunState.FAILED:
             error = f"{error}; {self._failing_rank}"
-        tags = {Tags.STATE_TIME_PREFIX + RunState.FINALIZING.value: began}
+        tags: dict[str, str] = {}
         if status.exit_code is not None:
             tags[Tags.EXIT_CODE] = str(status.exit_code)
         if error:
@@ -332,12 +334,55 @@ class RunWatcher:
             # and tags are no place for those. get_details() reads the tail from the driver log.
             tags[Tags.ERROR] = error
         self.tracker.terminate(self.run_id, state)
-        self.tracker.set_state(self.run_id, state, tags)  # one call: the ending's tags come with the state
+        # one call: the ending's tags come with the state (and when finalizing began)
+        self.tracker.set_state(self.run_id, state, tags, passed={RunState.FINALIZING: began})
         if cleanup_in_background:
             self._cleanup = BackgroundCall(f"cleanup-{self.run_id}", lambda: self.target.cleanup(self.handle))
         else:
             self.target.cleanup(self.handle)
         return state
+
+    def _log_argument_params(self) -> None:
+        """Log the run's arguments as params (:mod:`~airflow_provider.core.argument_params`), those
+        the run does not have yet, on every ending: at the end, not at submit, as MLflow never
+        changes a param and a script logging its own (``mlflow.log_params(vars(args))``, autolog)
+        would fail on a value spelled differently (``1e-3`` and ``0.001``). The script's params and a
+        trial's hyperparameters win. A failure is noted in the run's warnings, never its outcome."""
+        # Imported here: they import the hyperdrive package, which imports this module.
+        from airflow_provider.core.argument_params import argument_params
+        from airflow_provider.core.hyperdrive.sweep import ROLE_PARENT
+
+        try:
+            run = self.tracker.get_run(self.run_id)
+            tags = run.data.tags
+            if tags.get(Tags.SWEEP_ROLE) == ROLE_PARENT:  # no job of its own: its arguments are its trials'
+                return
+            arguments = self._recorded_arguments(tags)
+            if not arguments:
+                return
+            missing = {k: v for k, v in argument_params(arguments).items() if k not in run.data.params}
+            if missing:
+                self.tracker.log_params(self.run_id, missing)
+        except Exception as exc:
+            log.debug("Run %s: logging its arguments as params failed", self.run_id, exc_info=True)
+            with contextlib.suppress(Exception):
+                self.relay.warnings.add(f"the arguments were not logged as params: {type(exc).__name__}: {exc}"[:500])
+                self.relay.warnings.flush()
+
+    def _recorded_arguments(self, tags: Mapping[str, str]) -> list[object]:
+        """The arguments of the run's definition (:mod:`~airflow_provider.core.run_definition`: the
+        tag, or the artifact it names); none for a run submitted before definitions were recorded.
+
+        :param tags: the run's tags.
+        :raises ValueError: the definition is not one (the script rewrote the tag).
+        """
+        definition = read_run_definition(self.tracker, self.run_id, tags)
+        arguments = definition.get("arguments") if definition is not None else None
+        if arguments is None:
+            return []
+        if not isinstance(arguments, list):
+            raise ValueError(f"{DEFINITION_TAG}: its arguments are not a list")
+        return arguments
 
     def wait_for_cleanup(self) -> None:
         """Wait for a cleanup :meth:`finalize` left running in the background (if any).

@@ -14,6 +14,8 @@ from airflow.sdk import BaseHook
 
 from airflow_provider.core.errors import TargetConfigurationError
 from airflow_provider.core.targets.base import ComputeTarget
+from airflow_provider.core.targets.reachability import reachability
+from airflow_provider.hooks.connection_test import connection_test_result
 
 __all__ = [
     "ComputeHook",
@@ -58,6 +60,16 @@ class ComputeHook(BaseHook):
     def get_target(self) -> ComputeTarget:
         """Build the configured core compute target."""
         raise NotImplementedError
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Reach the target as a run would, without running anything (the connection form's Test
+        button): the daemon, the host with the connection's host-key rules, every MPI host and its
+        launcher, the Slurm login node.
+
+        :return: whether it worked, and what answered or what to fix (and whether testing again later
+            can help).
+        """
+        return connection_test_result(lambda: reachability(self.get_target()))
 
 
 class LocalComputeHook(ComputeHook):

@@ -64,7 +64,8 @@ def tls_settings(fields: _Fields, host: str | None) -> tuple[dict[str, Any] | No
     verify = _boolean(fields, "tls_verify")
     hostname = fields.text("tls_hostname", "write the host name the daemon's certificate carries, e.g. "
                            "docker.example.com (no scheme, no port).", lambda v: bool(_HOSTNAME.match(v)))
-    if not tls and verify is None and hostname is None and not (host or "").strip().startswith("https://"):
+    # tls_verify on (the form's default) only says how TLS checks the daemon: alone it asks for no TLS.
+    if not tls and verify is not False and hostname is None and not (host or "").strip().startswith("https://"):
         return None, {}
     if bool(tls.get("client_cert")) != bool(tls.get("client_key")):
         missing = "tls_client_private_key" if tls.get("client_cert") else "tls_client_cert"

@@ -132,6 +132,22 @@ class MLflowTrackingHook(BaseHook):
             return {"MLFLOW_TRACKING_TOKEN": str(token or connection.password)}
         return {}
 
+    def test_connection(self) -> tuple[bool, str]:
+        """Reach the tracking store with the connection's credentials (the connection form's Test
+        button), without changing this process's environment.
+
+        :return: whether it worked, and what answered or what to fix.
+        """
+        from airflow_provider.hooks.connection_test import connection_test_result
+        from airflow_provider.hooks.tracking_reachability import tracking_reachability
+
+        def reach() -> str:
+            uri = self.get_tracking_uri()
+            self.check_shared_by_every_worker(uri)
+            return tracking_reachability(uri, self.get_credentials())
+
+        return connection_test_result(reach)
+
     def configure_process(self) -> str:
         """Put the credentials in this process's environment (MLflow reads them there), after
         checking the store is one every worker reaches (:meth:`check_shared_by_every_worker`).

@@ -39,7 +39,7 @@ The job folder (one per run, named by its run id, on every target)
 ``driver.log``     the command's stdout and stderr (appended; watchers read it from byte offsets).
 ``events.jsonl``   the script's events, one JSON object per line (:mod:`events`); the watcher
                    relays complete lines from a byte offset and stores the offset in the run's
-                   tag ``training.relay.events_offset`` with the values it relayed, so a new
+                   tag ``training.bookkeeping`` with the values it relayed, so a new
                    watcher resumes where the last stopped, nothing lost or doubled.
 ``uploads/``       files the script passed to ``upload_file`` / ``log_image`` (copies).
 ``work/``          the snapshot, the script's working folder (``./outputs``, ``./logs``).

@@ -442,6 +442,10 @@ class Child:
         self.returncode: int | None = None
 
 
+_POPEN_KEPT: list[object] = []
+"""The ``Popen`` objects of :func:`spawn_in_new_session`'s fallback, never finalized before exit."""
+
+
 def spawn_in_new_session(argv: list[str], cwd: str, env: dict[str, str], output: int) -> int:
     """Start ``argv`` (found on ``env``'s ``PATH``) in ``cwd`` as the leader of a new session, its
     stdin ``/dev/null``, stdout and stderr ``output``; return its pid. As ``subprocess.Popen(...,
@@ -470,8 +474,12 @@ def spawn_in_new_session(argv: list[str], cwd: str, env: dict[str, str], output:
     except NotImplementedError:
         import subprocess
 
-        return subprocess.Popen(argv, executable=program, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True).pid
+        process = subprocess.Popen(argv, executable=program, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        # Kept alive: a Popen object's finalizer reaps its child when the child has already ended,
+        # and the caller's own waitpid would then find no child and lose the exit status.
+        _POPEN_KEPT.append(process)
+        return process.pid
     finally:
         os.chdir(previous)
 

@@ -554,11 +554,22 @@ def _uv_from_blob(root: str, digest: str) -> str | None:
     return tool
 
 
+CACHE_LIMIT_DEFAULTS: dict[str, float] = {
+    "blob_cache_max_bytes": 10 << 30, "env_cache_max_count": 20, "env_cache_max_bytes": 50 << 30,
+    "kept_job_max_age_days": 7,
+}
+"""The host's cache bounds when the connection sets none (the SSH connection form shows these)."""
+
+
+def _limit(limits: dict[str, Any], name: str) -> float:
+    return float(limits.get(name, CACHE_LIMIT_DEFAULTS[name]))
+
+
 def _evict_environments(root: str, limits: dict[str, Any], keep: tuple[str, ...] = ()) -> list[str]:
     """Least recently used environments beyond ``env_cache_max_count`` / ``env_cache_max_bytes``
     (never one a running job uses), each logged to ``logs/evictions.log``."""
-    removed = venv_builder.evict_environments(os.path.join(root, "envs"), int(limits.get("env_cache_max_count", 20)),
-                                              int(limits.get("env_cache_max_bytes", 50 << 30)), keep)
+    removed = venv_builder.evict_environments(os.path.join(root, "envs"), int(_limit(limits, "env_cache_max_count")),
+                                              int(_limit(limits, "env_cache_max_bytes")), keep)
     if removed:
         os.makedirs(os.path.join(root, "logs"), exist_ok=True)
         with open(os.path.join(root, "logs", "evictions.log"), "a", encoding="utf-8") as log:
@@ -578,7 +589,7 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
         pass
     open(stamp, "w").close()
     evicted = 0
-    blob_max = int(limits.get("blob_cache_max_bytes", 10 << 30))
+    blob_max = int(_limit(limits, "blob_cache_max_bytes"))
     blobs = []
     for folder, _dirs, files in os.walk(os.path.join(root, "blobs")):
         for name in files:
@@ -599,7 +610,7 @@ def _collect_garbage(root: str, limits: dict[str, Any]) -> int:
         with contextlib.suppress(OSError):
             os.unlink(path + _VERIFIED_SUFFIX)
     evicted += len(_evict_environments(root, limits))
-    kept_days = float(limits.get("kept_job_max_age_days", 7))
+    kept_days = float(_limit(limits, "kept_job_max_age_days"))
     jobs_dir = os.path.join(root, "jobs")
     if os.path.isdir(jobs_dir):
         for name in os.listdir(jobs_dir):

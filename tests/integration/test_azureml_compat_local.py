@@ -16,10 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import Environment, Experiment, ScriptRunConfig
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.relay import EventRelay
 from airflow_provider.core.tracking import Tags
 from tests.conftest import skip_or_fail
-from tests.helpers import make_wheel, wait_until, write_script
+from tests.helpers import make_wheel, rewrite_bookkeeping, wait_until, write_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "azureml_v1_examples"
 
@@ -210,10 +211,10 @@ def test_replayed_child_and_model_events_create_nothing_twice(tmp_path: Path) ->
     experiment = Experiment("v1-replay")
     run = experiment.submit(ScriptRunConfig(tmp_path / "src", "train.py", azureml_compat=True))
     assert run.target is not None and run.handle is not None
-    work = Path(json.loads(MlflowClient().get_run(run.id).data.tags[Tags.JOB])["location"]) / "work"
+    work = Path((job_record(MlflowClient().get_run(run.id).data.tags) or {})["location"]) / "work"
     wait_until(lambda: (work / "logged").exists(), timeout=60, message="the script to log")
     EventRelay(run.tracker, run.target, run.handle, run.id).pump()
-    run.tracker.set_tags(run.id, {Tags.EVENTS_OFFSET: "0"})  # as if the relay died before saving its offset
+    rewrite_bookkeeping(run.id, events_offset=0)  # as if the relay died before saving its offset
     replay = EventRelay(run.tracker, run.target, run.handle, run.id)
     assert replay.pump() > 0
     (work / "go").touch()

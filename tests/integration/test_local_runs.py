@@ -23,13 +23,14 @@ from airflow_provider.core import (
     ScriptRun,
     ScriptRunConfig,
 )
+from airflow_provider.core.bookkeeping import job_record, read_bookkeeping
 from airflow_provider.core.errors import ConfigurationError, SnapshotError, TargetError, TrackingError
 from airflow_provider.core.finalizer import finalize_in_background
 from airflow_provider.core.targets.base import JobHandle, JobStatus
 from airflow_provider.core.targets.local import LocalTarget
 from airflow_provider.core.tracking import Tags
 from airflow_provider.core.watcher import RunWatcher
-from tests.helpers import make_wheel, pid_alive, processes_in_group, wait_until, write_script
+from tests.helpers import make_wheel, pid_alive, processes_in_group, rewrite_bookkeeping, wait_until, write_script
 
 pytestmark = pytest.mark.usefixtures("tracking_uri")
 
@@ -117,7 +118,7 @@ def test_successful_run_lands_metrics_tags_files_and_outputs(tmp_path: Path) -> 
     assert scores == {"columns": ["fold", "auc"], "data": [[1, 0.7], [2, 0.8]]}
     driver = run.download_file("system_logs/driver.log", tmp_path / "driver.log").read_text()
     assert "hello from the script" in driver and "stderr line" in driver
-    assert not Path(json.loads(tags[Tags.JOB])["location"]).exists()  # the job folder is cleaned up
+    assert not Path((job_record(tags) or {})["location"]).exists()  # the job folder is cleaned up
 
 
 def test_failing_script_still_uploads_outputs_and_logs(tmp_path: Path) -> None:
@@ -255,10 +256,10 @@ def test_relay_resumes_from_its_offset_after_a_watcher_restart(tmp_path: Path) -
         return len(MlflowClient().get_metric_history(first.id, "m"))
 
     wait_until(lambda: relayed() == 3000, message="first 3000 values relayed")
-    offset = int(run_tags(first.id)[Tags.EVENTS_OFFSET])
+    offset = int(read_bookkeeping(run_tags(first.id))["events_offset"])
     assert offset > 0
     # A watcher that died after writing metrics but before recording its offset replays them.
-    MlflowClient().set_tag(first.id, Tags.EVENTS_OFFSET, "0")
+    rewrite_bookkeeping(first.id, events_offset=0)
     second = experiment.submit(config, run_key="dag/task/run1/-1")  # a new watcher reattaches
     assert second.id == first.id
     go_file.write_text("go")
@@ -560,7 +561,7 @@ def test_events_mlflow_would_refuse_are_dropped_and_the_rest_arrives(tmp_path: P
     assert details["status"] == "Completed"
     assert any(line.startswith("refused: metric name 'top-1 acc@val' cannot be stored") for line in lines)
     assert run.get_metrics() == {"loss": [1.0, 0.5, pytest.approx(1 / 3)]}
-    assert run_tags(run.id)[Tags.DROPPED_EVENTS] == "2"
+    assert read_bookkeeping(run_tags(run.id))["dropped_events"] == 2
 
 
 def test_a_slow_finalize_shows_the_state_finalizing_and_a_quick_one_only_records_when_it_began(
@@ -659,7 +660,7 @@ def test_a_watcher_without_live_tracking_leaves_mlflow_to_the_finalizer(tmp_path
     status = watcher.watch(poll_interval=0.05)
     assert status.state == "ended" and lines == ["done"]
     assert MlflowClient().get_metric_history(run.id, "m") == []
-    assert Tags.EVENTS_OFFSET not in run_tags(run.id)
+    assert "events_offset" not in read_bookkeeping(run_tags(run.id))
     run.wait_for_completion(log_offset=watcher.log_offset)  # the worker finalizes and relays
     assert [m.value for m in MlflowClient().get_metric_history(run.id, "m")] == [0.0, 1.0, 2.0, 3.0, 4.0]
 

@@ -16,11 +16,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import Experiment, ScriptRunConfig
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.targets.base import JobHandle
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.core.targets.ssh_connection import SSHSettings
 from airflow_provider.core.tracking import WARNINGS_ARTIFACT, RunState, Tags
-from tests.helpers import wait_until, write_script
+from tests.helpers import rewrite_bookkeeping, wait_until, write_script
 from tests.ssh_hosts import SSHHost
 
 SECRET = "postgres://u:Pw-Alpha-7731@db/x"
@@ -104,8 +105,8 @@ def _victim(folder: Path) -> Path:
 
 
 def _rewrite_job_tag(run_id: str, victim: Path) -> None:
-    MlflowClient().set_tag(run_id, Tags.JOB, json.dumps(
-        {"target": "local", "job_id": "../" * 20 + str(victim).lstrip("/"), "location": str(victim)}))
+    rewrite_bookkeeping(run_id, job={"target": "local", "job_id": "../" * 20 + str(victim).lstrip("/"),
+                                     "location": str(victim)})
 
 
 def test_a_rewritten_job_tag_never_points_the_reattach_or_cleanup_elsewhere(tmp_path: Path) -> None:
@@ -190,7 +191,7 @@ def test_a_script_cannot_set_the_providers_or_mlflows_tags(tmp_path: Path) -> No
     assert tags[Tags.STATE] == "Completed"
     assert "mlflow.source.git.repoURL" not in tags
     assert tags.get("mlflow.user") != "mallory"
-    assert json.loads(tags[Tags.JOB])["job_id"] == run.id
+    assert (job_record(tags) or {})["job_id"] == run.id
     assert tags["mlflow.note.content"] == "a description the user may set"
     warnings = _warnings(run.id, tmp_path)
     assert "'training.job' belongs to the provider" in warnings and "'mlflow.user'" in warnings

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import ConfigurationError, Experiment, ScriptRunConfig
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.hyperdrive import (
     BanditPolicy,
     BayesianParameterSampling,
@@ -190,7 +191,8 @@ def test_concurrency_never_exceeds_the_limit_and_the_parent_records_the_best(tmp
     assert [c["hyperparameters"]["curve"] for c in worst_first][:2] == [0, 1]
     child = client.get_run(best.id)
     assert child.data.tags[Tags.PARENT_RUN_ID] == run.id and child.data.tags["team"] == "search"
-    assert child.data.params == {"curve": "6"} and child.info.run_name == "grid_6"
+    # the sampled value, and the rest of the trial's arguments (logged as params when it ended)
+    assert child.data.params == {"curve": "6", "pause": "0.15"} and child.info.run_name == "grid_6"
     assert "--curve 6" in child.data.tags[Tags.COMMAND]
     assert any(line.startswith("[trial 6] ") for line in lines) or details["status"] == "Completed"
 
@@ -253,7 +255,7 @@ def test_max_duration_stops_the_sweep_and_cancels_running_trials(tmp_path: Path)
     for index in (2, 3):  # staged ahead for the next free slots, never started
         never_started = client.get_run(details["trials"][index]["run_id"]).data.tags
         assert never_started[Tags.ERROR].startswith("never started: the sweep's max_duration_minutes")
-        assert Tags.JOB not in never_started
+        assert job_record(never_started) is None
     assert details["status"] == "Failed" and details["error"] == "no trial completed"
     assert MlflowClient().get_run(run.id).info.status == "FAILED"
 

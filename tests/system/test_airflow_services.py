@@ -36,6 +36,7 @@ import airflow_provider
 from tests.conftest import skip_or_fail
 from tests.helpers import pid_alive, stop_process_tree, wait_until
 from tests.ssh_hosts import SLURM_SHARED, SSHHost, container_host, restore_host_key, slurm_login
+from tests.system.airflow_api import api_call, trigger_dag
 
 pytestmark = pytest.mark.slow
 
@@ -208,22 +209,10 @@ class Airflow:
     slurm_control: Path | None = None  # CONTROL_DIR of the Slurm DAG, here, when the cluster answers
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One API request. The standalone's metadata database is SQLite: while the scheduler holds
-        its write lock past SQLite's busy timeout, the API server answers 500 (seen once in CI), so
-        a server error is asked again, for up to 30 s."""
-        deadline = time.monotonic() + 30
-        while True:
-            response = self.api.request(method, path, **kwargs)
-            if response.status_code < 500 or time.monotonic() > deadline:
-                return response
-            time.sleep(1)
+        return api_call(self.api, method, path, **kwargs)
 
     def trigger(self, dag_id: str) -> str:
-        response = self.call("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-        assert response.status_code == 200, response.text
-        response = self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None})
-        assert response.status_code == 200, response.text
-        return str(response.json()["dag_run_id"])
+        return trigger_dag(self.api, dag_id)
 
     def task(self, dag_id: str, run_id: str) -> dict[str, Any]:
         response = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/train")

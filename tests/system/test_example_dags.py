@@ -322,7 +322,9 @@ def test_sweep_local_runs_every_trial_as_a_child_and_returns_the_best(
     assert len(children) == result["trials"] == 6
     assert {c.data.tags[Tags.SWEEP_TRIAL_INDEX] for c in children} == {str(i) for i in range(6)}
     for child in children:
-        assert set(child.data.params) == {"learning-rate", "samples"}
+        # the sampled values, and the trial's other arguments (logged as params when it ended)
+        assert set(child.data.params) == {"learning-rate", "samples", "epochs", "epoch-seconds"}
+        assert child.data.params["epochs"] == "20" and child.data.params["epoch-seconds"] == "0.1"
         assert f"--learning-rate {child.data.params['learning-rate']}" in child.data.tags[Tags.COMMAND]
         assert child.data.tags[Tags.STATE] in ("Completed", "Canceled")
         if child.data.tags[Tags.STATE] == "Canceled":

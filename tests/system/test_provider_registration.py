@@ -209,14 +209,28 @@ def test_providers_list_shows_the_provider(airflow_views: dict[str, Any]) -> Non
     assert rows[0]["description"].startswith("Submit machine-learning training runs")
 
 
+def _scalars_as_text(value: Any) -> Any:
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _scalars_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scalars_as_text(v) for v in value]
+    return value
+
+
 def test_providers_get_shows_the_provider_info(airflow_views: dict[str, Any]) -> None:
     assert airflow_views["get"] == [{"Provider": DISTRIBUTION, "Version": airflow_provider.__version__}]
     (full,) = airflow_views["get_full"]
     expected = airflow_provider.get_provider_info()
-    # Airflow may add keys of its own (documentation-url); everything we declare is shown unchanged
+    # Airflow may add keys of its own (documentation-url); everything we declare is shown unchanged,
+    # but for the CLI's output, which writes numbers and booleans as their text ("True", "10")
     assert {k: full.get(k) for k in expected if k != "description"} == {
-        k: v for k, v in expected.items() if k != "description"}
+        k: _scalars_as_text(v) for k, v in expected.items() if k != "description"}
     assert full["description"] == expected["description"].strip(" \n.")
+    # the Providers page's documentation link: the package's page (which shows the README), from
+    # the package metadata's Documentation URL, not a page of Airflow's own documentation
+    assert full["documentation-url"] == "https://pypi.org/project/airflow-provider-training-runs/"
 
 
 def test_providers_hooks_shows_every_connection_type(airflow_views: dict[str, Any]) -> None:

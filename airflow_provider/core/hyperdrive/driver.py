@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from airflow_provider.core.bookkeeping import job_record
 from airflow_provider.core.config import ScriptRunConfig
 from airflow_provider.core.errors import TargetError, TrackingUnavailableError
 from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
@@ -352,12 +353,12 @@ class SweepDriver:
                 self._record(index, json.loads(tags.get(Tags.SWEEP_HYPERPARAMETERS, "{}")), child.info.run_id)
             elif state.is_terminal:
                 continue  # canceled by a task kill: it runs again
-            elif Tags.JOB in tags:
+            elif job_record(tags) is not None:
                 self._to_reattach.append(index)
             else:
                 handle = target.find(child.info.run_id)
                 if handle is not None:  # launched a moment before its driver died
-                    tracker.set_state(child.info.run_id, RunState.RUNNING, {Tags.JOB: json.dumps(handle.to_dict())})
+                    tracker.set_state(child.info.run_id, RunState.RUNNING, job=handle.to_dict())
                     self._existing[index] = tracker.get_run(child.info.run_id)
                     self._to_reattach.append(index)
                     continue

@@ -269,6 +269,10 @@ class ComputeTarget(abc.ABC):
             its image here).
         """
 
+    stages_resources: ClassVar[bool] = False
+    """True when the run's resources are applied by :meth:`stage` (its ``resources`` argument): a
+    container target, whose limits are fixed when the container is created."""
+
     binds_mounts: ClassVar[bool] = False
     """True when ``mount`` inputs are bound into the job by :meth:`stage` (its ``mounts``
     argument: ``{path on the host: path in the job}``); a container target."""

@@ -43,6 +43,7 @@ from airflow_provider.core.environments.docker_images import IMAGE_REPOSITORY
 from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetConfigurationError, TargetError, TrainingRunError
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.docker_input_cache import (
@@ -52,6 +53,13 @@ from airflow_provider.core.targets.docker_input_cache import (
     check_volume_name,
     link_target,
     sync_blobs,
+)
+from airflow_provider.core.targets.docker_resources import (
+    LABEL_MEMORY_LIMIT,
+    check_gpu_runtime,
+    container_limits,
+    memory_limit_source,
+    out_of_memory_message,
 )
 from airflow_provider.core.targets.docker_streams import (
     END,
@@ -239,6 +247,22 @@ class DockerTarget(ComputeTarget):
     def check(self) -> None:
         _ = self.client
 
+    def check_resources(self, resources: Resources | None, field: str = "ScriptRunConfig.resources") -> None:
+        """Refuse what the daemon cannot give, before anything is created: a field Docker does not
+        honour, or GPUs (the run's, or the connection's ``gpus``) on a daemon without a GPU runtime.
+
+        :param resources: what the run asks for.
+        :param field: how the caller names the resources in messages.
+        """
+        super().check_resources(resources, field)
+        if resources is not None and resources.gpus:
+            asking = f"{field}.gpus"
+        elif (resources is None or resources.gpus is None) and self.run_options.get("device_requests"):
+            asking = "the connection's gpus"
+        else:
+            return
+        check_gpu_runtime(self.client.info(), self.base_url or "the local socket", asking)
+
     # ------------------------------------------------------------------ environment and staging
     @_docker_errors
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
@@ -275,6 +299,8 @@ class DockerTarget(ComputeTarget):
                                    lock=resolved.conda_lock if lock is None else lock.text())
 
     binds_mounts = True
+    stages_resources = True
+    supported_resources: ClassVar[frozenset[str]] = frozenset({"gpus", "cpus", "memory_gb", "shm_size_gb"})
 
     def mount_input(self, name: str, path: str, field: str) -> str:
         """A ``mount`` input is a read-only bind mount of ``path`` on the daemon's host, at
@@ -286,11 +312,13 @@ class DockerTarget(ComputeTarget):
 
     @_docker_errors
     def stage(self, job_id: str, snapshot: Snapshot, store: SnapshotStore, extras: Mapping[str, bytes],
-              environment: PreparedEnvironment, mounts: Mapping[str, str] | None = None) -> JobHandle:
+              environment: PreparedEnvironment, mounts: Mapping[str, str] | None = None,
+              resources: Resources | None = None) -> JobHandle:
         """Create the job's container from the environment's image (not started) and put the job
         folder into it.
 
         :param mounts: ``{path on the daemon's host: path in the container}``, bound read-only.
+        :param resources: the run's own limits, over the connection's (:func:`container_limits`).
         """
         import docker
 
@@ -298,7 +326,7 @@ class DockerTarget(ComputeTarget):
         binds = [f"{host}:{inside}:ro" for host, inside in (mounts or {}).items()]
         links, cache_folder = self._cached_inputs(image, job_id, snapshot, store)
         try:
-            container = self._create(image, job_id, binds, cache_folder if links else None)
+            container = self._create(image, job_id, binds, cache_folder if links else None, resources)
         except docker.errors.APIError as exc:
             if not links:
                 raise
@@ -306,7 +334,7 @@ class DockerTarget(ComputeTarget):
             log.warning("Job %s: the input cache folder %s cannot be bound (%s); its inputs are sent with it",
                         job_id, cache_folder, _first_line(exc))
             links = {}
-            container = self._create(image, job_id, binds)
+            container = self._create(image, job_id, binds, resources=resources)
         records: list[bytes | FileRecord] = [record("d", 0o755, folder)
                                              for folder in (job_runner.UPLOADS_DIR, job_runner.WORK_DIR)]
         for entry in snapshot.entries:
@@ -328,13 +356,14 @@ class DockerTarget(ComputeTarget):
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))
 
-    def _create(self, image: str, job_id: str, binds: list[str], cache_folder: str | None = None) -> Any:
+    def _create(self, image: str, job_id: str, binds: list[str], cache_folder: str | None = None,
+                resources: Resources | None = None) -> Any:
         """Create the job's container (not started), with ``binds`` added to the run options' volumes
         and the job's input cache folder bound read-only (a bind mount: refused when the folder is
         missing, never replaced by an empty one)."""
         import docker
 
-        options = dict(self.run_options)
+        options = {**self.run_options, **container_limits(resources)}
         if cache_folder is not None:
             options["mounts"] = [*options.get("mounts", []),
                                  docker.types.Mount(CACHE_MOUNT, cache_folder, type="bind", read_only=True)]
@@ -343,7 +372,8 @@ class DockerTarget(ComputeTarget):
             if isinstance(given, dict):  # docker-py's {host: {"bind": ..., "mode": ...}} form
                 given = [f"{host}:{spec['bind']}:{spec.get('mode', 'rw')}" for host, spec in given.items()]
             options["volumes"] = [*given, *binds]
-        labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true"}
+        labels = {**options.pop("labels", {}), LABEL_RUN_ID: job_id, LABEL_MANAGED: "true",
+                  LABEL_MEMORY_LIMIT: memory_limit_source(resources, self.run_options)}
         # stdin open, and closed once the launching process has sent the job folder (StdinOnce).
         return self.client.containers.create(
             image, [self.python, "-I", "-S", "-c", ENTRY_PROGRAM, JOB_ROOT], labels=labels,
@@ -446,12 +476,10 @@ class DockerTarget(ComputeTarget):
             status = JobStatus.from_exit_json(json.loads(exit_state))
             if state.get("OOMKilled"):
                 return JobStatus(status.state, status.exit_code, status.signal, status.reason,
-                                 f"{status.message}: the container ran out of memory (OOMKilled at its limit of "
-                                 f"{attrs['HostConfig'].get('Memory')} bytes); raise mem_limit")
+                                 f"{status.message}: {out_of_memory_message(attrs)}")
             return status
         if state.get("OOMKilled"):
-            return JobStatus("lost", message=f"the container ran out of memory and was killed (OOMKilled, exit code "
-                                             f"{state.get('ExitCode')}); raise the memory limit (mem_limit)")
+            return JobStatus("lost", message=f"{out_of_memory_message(attrs)} (exit code {state.get('ExitCode')})")
         if state.get("Status") == "created":
             if state.get("Error"):
                 return JobStatus("lost", message=f"the container never started: {state['Error']}")
