@@ -147,9 +147,11 @@ def get_provider_info() -> dict[str, Any]:
                     "tls_client_private_key": {"label": "TLS client key (path or PEM)", "schema": _MULTILINE,
                                                "description": f"{_PATH_OR_PEM} Unencrypted. Formerly tls_client_key "
                                                               "(still read, but Airflow shows that name in clear)."},
-                    "tls_verify": {"label": "Verify the daemon's certificate", "schema": _boolean(True),
-                                   "description": "When TLS is used: check the daemon against the TLS CA certificate "
-                                                  "(on by default). Alone, it asks for no TLS."},
+                    "tls_skip_verify": {"label": "Skip checking the daemon's certificate (insecure)",
+                                        "schema": _boolean(False),
+                                        "description": "Off: TLS checks the daemon against the TLS CA certificate. "
+                                                       "On: TLS without that check. (tls_verify, from before, is "
+                                                       "still read.)"},
                     "tls_hostname": {"label": "TLS host name", "schema": _examples(_STRING, "docker.example.com"),
                                      "description": "The name the daemon's certificate carries, when not the "
                                                     "host's, e.g. docker.example.com."},

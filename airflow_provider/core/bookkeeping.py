@@ -62,7 +62,11 @@ def read_bookkeeping(tags: Mapping[str, str]) -> dict[str, Any]:
     recorded = _json_object(tags.get(BOOKKEEPING_TAG))
     if recorded is not None:
         times.update(recorded.get("state_times") or {})
+        legacy_offset = data.get("events_offset")
         data.update(recorded)
+        if legacy_offset is not None:  # an earlier version's watcher, still going during an upgrade,
+            # advances the old tag, written with its metrics like this one: the further one counts
+            data["events_offset"] = max(int(data.get("events_offset") or 0), int(legacy_offset))
     if times:
         data["state_times"] = times
     return data
@@ -125,7 +129,8 @@ class BookkeepingCache:
 
     def merged(self, run_id: str, changes: Mapping[str, Any]) -> dict[str, str]:
         """The tag to write for ``changes`` merged into what the run holds (``state_times`` merged
-        entry by entry), remembered as written.
+        entry by entry). Remembered only once written (:meth:`written`): an offset the relay has
+        not yet written with its metrics never reaches MLflow through another write first.
 
         :param run_id: the run.
         :param changes: fields to set.
@@ -143,8 +148,17 @@ class BookkeepingCache:
                     data["state_times"] = {**(data.get("state_times") or {}), **value}
                 else:
                     data[field] = value
-            self._remember(key, data)
             return {BOOKKEEPING_TAG: json.dumps(data, sort_keys=True)}
+
+    def written(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Remember the bookkeeping tag among ``tags`` once MLflow has it.
+
+        :param run_id: the run.
+        :param tags: the tags just written.
+        """
+        recorded = _json_object(tags.get(BOOKKEEPING_TAG))
+        if recorded is not None:
+            self.seed(run_id, recorded)
 
     def _remember(self, key: tuple[str, str], data: dict[str, Any]) -> None:
         self._known[key] = data

@@ -522,15 +522,16 @@ class Tracker:
         :param run_key: the run key (dag, task, logical run, map index).
         """
         key_hash = run_key_hash(run_key)
-        for filter_string in (f"tags.`{Tags.BOOKKEEPING}` LIKE '{run_key_hash_pattern(key_hash)}'",
-                              f"tags.`training.run_key_hash` = '{key_hash}'"):  # a run of an earlier version
-            runs = [run for run in self.client.search_runs([experiment_id], filter_string=filter_string,
-                                                           order_by=["attributes.start_time DESC"], max_results=10)
-                    if read_bookkeeping(run.data.tags).get("run_key_hash") == key_hash]
-            if runs:
-                self._bookkeeping.seed(runs[0].info.run_id, read_bookkeeping(runs[0].data.tags))
-                return runs[0]
-        return None
+        runs = [run for filter_string in (f"tags.`{Tags.BOOKKEEPING}` LIKE '{run_key_hash_pattern(key_hash)}'",
+                                          f"tags.`training.run_key_hash` = '{key_hash}'")  # an earlier version's
+                for run in self.client.search_runs([experiment_id], filter_string=filter_string,
+                                                   order_by=["attributes.start_time DESC"], max_results=10)
+                if read_bookkeeping(run.data.tags).get("run_key_hash") == key_hash]
+        if not runs:
+            return None
+        newest = max(runs, key=lambda run: run.info.start_time or 0)
+        self._bookkeeping.seed(newest.info.run_id, read_bookkeeping(newest.data.tags))
+        return newest
 
     def create_run(self, experiment_id: str, tags: dict[str, str], run_name: str | None = None) -> str:
         """Create a run with ``tags`` (state Queued) and return its id.
@@ -551,7 +552,7 @@ class Tracker:
 
     def bookkeeping_tags(self, run_id: str, changes: Mapping[str, Any]) -> dict[str, str]:
         """The bookkeeping tag with ``changes`` merged in (:mod:`.bookkeeping`), to write along with
-        other tags or metrics.
+        other tags or metrics; remembered once :meth:`set_tags` or :meth:`log_metrics` wrote it.
 
         :param run_id: the MLflow run id.
         :param changes: fields to set (``state_times`` entries are added to the recorded ones).
@@ -647,6 +648,7 @@ class Tracker:
         items = [RunTag(k, v) for k, v in _clip_tags(tags).items()]
         for start in range(0, len(items), _MAX_TAGS_PER_BATCH):
             self.client.log_batch(run_id, tags=items[start : start + _MAX_TAGS_PER_BATCH], synchronous=True)
+        self._bookkeeping.written(run_id, tags)
 
     def log_metrics(self, run_id: str, metrics: Sequence[MetricValue],
                     tags: dict[str, str] | None = None) -> None:
@@ -672,6 +674,7 @@ class Tracker:
             size += cost
         if chunk or tag_items:
             self.client.log_batch(run_id, metrics=chunk, tags=tag_items, synchronous=True)
+        self._bookkeeping.written(run_id, tags or {})
 
     def log_artifact(self, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or a folder's contents as run artifacts.

@@ -362,12 +362,31 @@ class RunWatcher:
                 return
             missing = {k: v for k, v in argument_params(arguments).items() if k not in run.data.params}
             if missing:
-                self.tracker.log_params(self.run_id, missing)
+                try:
+                    self.tracker.log_params(self.run_id, missing)
+                except Exception as exc:
+                    if not is_refusal(exc):
+                        raise
+                    self._log_params_one_by_one(missing)
         except Exception as exc:
             log.debug("Run %s: logging its arguments as params failed", self.run_id, exc_info=True)
             with contextlib.suppress(Exception):
                 self.relay.warnings.add(f"the arguments were not logged as params: {type(exc).__name__}: {exc}"[:500])
                 self.relay.warnings.flush()
+
+    def _log_params_one_by_one(self, params: Mapping[str, str]) -> None:
+        """After MLflow refused a batch: each param on its own, those it refuses noted in the warnings."""
+        refused = []
+        for name, value in params.items():
+            try:
+                self.tracker.log_params(self.run_id, {name: value})
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                refused.append(name)
+        if refused:
+            self.relay.warnings.add(f"MLflow refused the argument params {', '.join(refused)}"[:500])
+            self.relay.warnings.flush()
 
     def _recorded_arguments(self, tags: Mapping[str, str]) -> list[object]:
         """The arguments of the run's definition (:mod:`~airflow_provider.core.run_definition`: the

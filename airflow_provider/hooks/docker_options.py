@@ -107,7 +107,8 @@ def docker_target_settings(conn_id: str | None, host: str | None, login: str | N
 
 
 KNOWN_EXTRA_FIELDS = frozenset({
-    "tls_ca_cert", "tls_client_cert", "tls_client_private_key", "tls_verify", "tls_hostname", "registry", "image",
+    "tls_ca_cert", "tls_client_cert", "tls_client_private_key", "tls_verify", "tls_skip_verify", "tls_hostname",
+    "registry", "image",
     "python", "network", "user", "shm_size", "mem_limit", "cpus", "gpus", "volumes", "labels", "conda",
     "input_cache_volume",
 })

@@ -62,10 +62,14 @@ def tls_settings(fields: _Fields, host: str | None) -> tuple[dict[str, Any] | No
             tls[name] = str(path)
     _check_pair(fields, contents)
     verify = _boolean(fields, "tls_verify")
+    if _boolean(fields, "tls_skip_verify"):  # the form's switch (off by default: the certificate is checked)
+        if verify:
+            raise fields.error("tls_skip_verify", "is on while tls_verify is true.",
+                               "keep one of them: turn tls_skip_verify off, or remove tls_verify.")
+        verify = False
     hostname = fields.text("tls_hostname", "write the host name the daemon's certificate carries, e.g. "
                            "docker.example.com (no scheme, no port).", lambda v: bool(_HOSTNAME.match(v)))
-    # tls_verify on (the form's default) only says how TLS checks the daemon: alone it asks for no TLS.
-    if not tls and verify is not False and hostname is None and not (host or "").strip().startswith("https://"):
+    if not tls and verify is None and hostname is None and not (host or "").strip().startswith("https://"):
         return None, {}
     if bool(tls.get("client_cert")) != bool(tls.get("client_key")):
         missing = "tls_client_private_key" if tls.get("client_cert") else "tls_client_cert"

@@ -2,7 +2,8 @@
 
 A tracking server is asked for its version and for one experiment, with the connection's own
 credentials sent in the request (this process's environment is left alone: the Test button runs
-in Airflow's API server). A store on this machine's disk (SQLite, a folder) is opened read-only.
+in Airflow's API server). A database store is connected to and its MLflow tables counted; a store on
+this machine's disk (SQLite, a folder) is opened read-only. Credentials in a URI are never shown.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from airflow_provider.core.environments.locking import redact
 from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.tracking import tracking_uri_scheme
 
@@ -32,6 +34,8 @@ def tracking_reachability(uri: str, credentials: Mapping[str, str]) -> str:
     scheme = tracking_uri_scheme(uri)
     if scheme in ("http", "https"):
         return _server(uri.rstrip("/"), credentials)
+    if scheme in ("postgresql", "mysql", "mssql"):
+        return _database(uri)
     if scheme == "sqlite":
         return _sqlite(uri)
     if scheme in ("file", ""):
@@ -39,12 +43,14 @@ def tracking_reachability(uri: str, credentials: Mapping[str, str]) -> str:
         if not path.is_dir():
             return f"MLflow folder store {path} does not exist yet: the first run makes it."
         return f"MLflow folder store {path}: {sum(1 for p in path.iterdir() if p.name.isdigit())} experiments."
-    return f"Tracking URI {uri} ({scheme}): MLflow's client reaches it with its own configuration; not tested here."
+    return (f"Tracking URI {redact(uri)} ({scheme}): not tested by this button; MLflow's client reaches it with its "
+            "own configuration.")
 
 
-def _server(base: str, credentials: Mapping[str, str]) -> str:
+def _server(url: str, credentials: Mapping[str, str]) -> str:
     import httpx
 
+    base = redact(url)  # what messages show
     auth: httpx.Auth | None = None
     headers = {}
     if credentials.get("MLFLOW_TRACKING_USERNAME"):
@@ -53,10 +59,10 @@ def _server(base: str, credentials: Mapping[str, str]) -> str:
         headers["Authorization"] = f"Bearer {credentials['MLFLOW_TRACKING_TOKEN']}"
     try:
         with httpx.Client(auth=auth, headers=headers, timeout=_TIMEOUT_SECONDS, follow_redirects=True) as client:
-            version = client.get(f"{base}/version")
-            search = client.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1})
+            version = client.get(f"{url}/version")
+            search = client.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1})
     except httpx.HTTPError as exc:
-        raise TargetError(f"the MLflow tracking server at {base} cannot be reached ({exc}).") from None
+        raise TargetError(f"the MLflow tracking server at {base} cannot be reached ({redact(str(exc))}).") from None
     if search.status_code in (401, 403):
         raise ConfigurationError("login/password (or token)",
                                  f"the tracking server at {base} refused them (HTTP {search.status_code}).",
@@ -71,6 +77,31 @@ def _server(base: str, credentials: Mapping[str, str]) -> str:
     user = credentials.get("MLFLOW_TRACKING_USERNAME")
     who = f" as {user}" if user else (" with the token" if credentials.get("MLFLOW_TRACKING_TOKEN") else "")
     return f"MLflow tracking server at {base} (MLflow {shown}) answered an experiment search{who}."
+
+
+def _database(uri: str) -> str:
+    import sqlalchemy
+
+    shown = redact(uri)
+    arguments = {"connect_timeout": int(_TIMEOUT_SECONDS)} if uri.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=arguments, poolclass=sqlalchemy.pool.NullPool)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise ConfigurationError("host", f"{shown} needs a database driver this machine lacks ({exc}).",
+                                 "install it where Airflow and the workers run, or name an installed driver in the "
+                                 "URI (e.g. postgresql+psycopg2://).") from None
+    try:
+        with engine.connect() as connection:
+            if not sqlalchemy.inspect(connection).has_table("experiments"):
+                return f"Database {shown} answered; it has no MLflow tables yet (the first run makes them)."
+            count = connection.execute(sqlalchemy.text("SELECT count(*) FROM experiments")).scalar()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc  # the driver's own message, without SQLAlchemy's footer
+        first_line = (redact(str(cause)).splitlines() or [""])[0]
+        raise TargetError(f"the MLflow database {shown} cannot be reached ({first_line}).") from None
+    finally:
+        engine.dispose()
+    return f"MLflow database store {shown}: {count} experiments."
 
 
 def _sqlite(uri: str) -> str:

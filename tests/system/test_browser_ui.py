@@ -298,8 +298,8 @@ def test_connection_form(page: Browser, ui: Services, type_name: str) -> None:
         shown = " ".join(" ".join(e.text.split()) for e in help_text)
         assert " ".join(spec.get("description", "").split()) in shown, f"{name}: help text {shown!r}"
     if info["connection-type"] == "training_docker":
-        verify = _field(page, "Verify the daemon's certificate").find_element(By.XPATH, ".//input[@type='checkbox']")
-        assert verify.is_selected(), "the Docker form's 'Verify the daemon's certificate' switch is off by default"
+        skip = _field(page, fields["tls_skip_verify"]["label"]).find_element(By.XPATH, ".//input[@type='checkbox']")
+        assert not skip.is_selected(), "the Docker form's 'Skip checking the daemon's certificate' switch is on"
     if info["connection-type"] == "training_mpi":
         _field(page, fields["hosts"]["label"])
     if info["connection-type"] == "training_ssh":

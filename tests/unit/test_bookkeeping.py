@@ -37,12 +37,25 @@ def test_writes_merge_into_what_the_run_holds_reading_it_once() -> None:
         return {BOOKKEEPING_TAG: json.dumps({"run_key_hash": "h", "state_times": {"Queued": "t0"}})}
 
     cache = BookkeepingCache("store-merge-test", read_tags)
-    first = json.loads(cache.merged("run-a", {"state_times": {"Running": "t1"}, "job": {"job_id": "run-a"}})[
-        BOOKKEEPING_TAG])
+    first_tags = cache.merged("run-a", {"state_times": {"Running": "t1"}, "job": {"job_id": "run-a"}})
+    cache.written("run-a", first_tags)
+    first = json.loads(first_tags[BOOKKEEPING_TAG])
     second = json.loads(cache.merged("run-a", {"events_offset": 10})[BOOKKEEPING_TAG])
     assert reads == ["run-a"]
     assert second == {**first, "events_offset": 10}
     assert second["state_times"] == {"Queued": "t0", "Running": "t1"} and second["run_key_hash"] == "h"
+
+
+def test_an_offset_not_yet_written_with_its_metrics_never_goes_out_with_another_write() -> None:
+    cache = BookkeepingCache("store-offset-test", lambda run_id: {})
+    cache.merged("run-b", {"events_offset": 500})  # the relay's, its metrics not yet written (or failed)
+    state_write = json.loads(cache.merged("run-b", {"state_times": {"Finalizing": "t2"}})[BOOKKEEPING_TAG])
+    assert "events_offset" not in state_write
+
+
+def test_an_earlier_versions_offset_still_advancing_during_an_upgrade_counts() -> None:
+    tags = {"training.relay.events_offset": "900", BOOKKEEPING_TAG: json.dumps({"events_offset": 400})}
+    assert read_bookkeeping(tags)["events_offset"] == 900
 
 
 def test_a_retry_finds_its_run_by_key_and_a_run_of_an_earlier_version_too(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import airflow_provider
+from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.hooks.docker_options import docker_target_settings
 from airflow_provider.hooks.ssh_options import ssh_target_arguments
 from airflow_provider.runtime.remote_agent import CACHE_LIMIT_DEFAULTS
@@ -37,7 +38,7 @@ def test_fields_the_hooks_ignore_are_hidden() -> None:
 
 def test_the_docker_forms_defaults_are_what_the_hook_does_without_them() -> None:
     defaults = _defaults("training_docker")
-    assert defaults["tls_verify"] is True  # shown on: TLS checks the daemon unless told not to
+    assert defaults["tls_skip_verify"] is False  # shown off: TLS checks the daemon unless told not to
     for host in ("unix:///var/run/docker.sock", "tcp://127.0.0.1:2375"):  # the default alone asks for no TLS
         assert docker_target_settings("c", host, None, None, defaults) == docker_target_settings("c", host, None,
                                                                                                  None, {})
@@ -46,8 +47,14 @@ def test_the_docker_forms_defaults_are_what_the_hook_does_without_them() -> None
 def test_tls_is_verified_by_default_once_a_tls_field_is_set(tmp_path: Any) -> None:
     settings = docker_target_settings("c", "https://docker.example.com:2376", None, None, _defaults("training_docker"))
     assert settings["tls"] is not None and settings["tls"]["verify"] is True
-    off = docker_target_settings("c", "tcp://127.0.0.1:2376", None, None, {"tls_verify": False})
-    assert off["tls"] is not None and off["tls"]["verify"] is False
+    for unchecked in ({"tls_verify": False}, {"tls_skip_verify": True}):
+        off = docker_target_settings("c", "tcp://127.0.0.1:2376", None, None, unchecked)
+        assert off["tls"] is not None and off["tls"]["verify"] is False
+    # a connection made before the switch, asking for TLS with tls_verify alone, still gets it
+    earlier = docker_target_settings("c", "tcp://docker.example.com:2376", None, None, {"tls_verify": True})
+    assert earlier["tls"] is not None and earlier["tls"]["verify"] is True
+    with pytest.raises(ConfigurationError, match="tls_skip_verify"):
+        docker_target_settings("c", "tcp://127.0.0.1:2376", None, None, {"tls_verify": True, "tls_skip_verify": True})
 
 
 @pytest.mark.parametrize("conn_type", ["training_ssh", "training_mpi", "training_slurm"])
@@ -93,3 +100,4 @@ def test_every_example_is_accepted_by_its_hook() -> None:
                     for name, field in _TYPES["training_ssh"]["conn-fields"].items()
                     if field["schema"].get("examples") and name not in ("host_key", "key_file")}
     ssh_target_arguments("c", "h", None, None, "pw", ssh_examples)
+

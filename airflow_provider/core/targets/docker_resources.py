@@ -39,8 +39,8 @@ def container_limits(resources: Resources | None) -> dict[str, Any]:
         options["mem_limit"] = options["memswap_limit"] = int(resources.memory_gb * _GIB)
     if resources.shm_size_gb is not None:
         options["shm_size"] = int(resources.shm_size_gb * _GIB)
-    if resources.gpus:
-        options["device_requests"] = [{"count": resources.gpus, "capabilities": [["gpu"]]}]
+    if resources.gpus is not None:  # 0: none, whatever the connection gives
+        options["device_requests"] = [{"count": resources.gpus, "capabilities": [["gpu"]]}] if resources.gpus else []
     return options
 
 

@@ -43,18 +43,41 @@ def reachability(target: ComputeTarget) -> str:
     from airflow_provider.core.targets.slurm import SlurmTarget
     from airflow_provider.core.targets.ssh import SSHTarget
 
-    if isinstance(target, LocalTarget):
-        return _local(target)
-    if isinstance(target, DockerTarget):
-        return _docker(target)
+    try:
+        if isinstance(target, LocalTarget):
+            return _local(target)
+        if isinstance(target, DockerTarget):
+            return _docker(target)
+        if isinstance(target, MPITarget):
+            return _mpi(target)
+        if isinstance(target, SlurmTarget):
+            return _slurm(target)
+        if isinstance(target, SSHTarget):
+            return _ssh(target)
+        target.check()
+        return f"Reached {target.describe()}."
+    finally:
+        _close(target)
+
+
+def _close(target: ComputeTarget) -> None:
+    """Close what the test opened (SSH sessions end the hosts' helper agents; a Docker client its pool)."""
+    from airflow_provider.core.targets.docker import DockerTarget
+    from airflow_provider.core.targets.mpi import MPITarget
+    from airflow_provider.core.targets.slurm import SlurmTarget
+    from airflow_provider.core.targets.ssh import SSHTarget
+
+    nodes: list[SSHTarget] = []
     if isinstance(target, MPITarget):
-        return _mpi(target)
-    if isinstance(target, SlurmTarget):
-        return _slurm(target)
-    if isinstance(target, SSHTarget):
-        return _ssh(target)
-    target.check()
-    return f"Reached {target.describe()}."
+        nodes = list(target.nodes)
+    elif isinstance(target, SlurmTarget):
+        nodes = [target.login]
+    elif isinstance(target, SSHTarget):
+        nodes = [target]
+    for node in nodes:
+        node.connection.close()
+    if isinstance(target, DockerTarget) and target._client is not None:
+        target._client.close()
 
 
 def _local(target: LocalTarget) -> str:
