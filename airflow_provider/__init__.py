@@ -81,6 +81,19 @@ _SSH_HOST_ONLY_FIELDS: dict[str, Any] = {
     "env_cache_max_gb": {"label": "Environment cache bound (GB)", "schema": _integer(50)},
 }
 
+_HOST_SHARING_FIELDS: dict[str, Any] = {
+    "gpus": {"label": "GPUs of the host",
+             "schema": _examples(_STRING, "0,1,2,3", "[0, 1]", "GPU-8f6a2b1c-3d4e-5f60-7182-93a4b5c6d7e8"),
+             "description": "Indices as nvidia-smi -L numbers them (or GPU-... UUIDs), shared by runs that ask for "
+                            "resources.gpus. Empty: nvidia-smi -L on the host."},
+    "reservations_file": {"label": "GPU reservations file",
+                          "schema": _examples(_STRING, "/var/tmp/training-runs/reservations.json"),
+                          "description": "Where runs reserve the host's GPUs; the same for every connection to the "
+                                         "host (default /var/tmp/training-runs/reservations.json)."},
+    "queue_timeout_seconds": {"label": "GPU queue timeout (s)", "schema": _integer(86400, 1),
+                              "description": "How long a run waits Queued for free GPUs before it fails."},
+}
+
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "training_local": (),
     "training_docker": ("password", "tls_client_private_key"),
@@ -134,7 +147,7 @@ def get_provider_info() -> dict[str, Any]:
                 "training_local", "compute.LocalComputeHook", "Training: local processes",
                 {"jobs_root": {"label": "Jobs folder", "schema": _STRING,
                                "description": "Where job folders are made (default: under $AIRFLOW_HOME)."},
-                 "conda": _CONDA_FIELD},
+                 "conda": _CONDA_FIELD, **_HOST_SHARING_FIELDS},
                 ["host", "schema", "login", "password", "port", "extra"],
             ),
             _connection_type(
@@ -193,7 +206,7 @@ def get_provider_info() -> dict[str, Any]:
             ),
             _connection_type(
                 "training_ssh", "compute.SSHComputeHook", "Training: SSH host",
-                {**_ssh_fields(""), **_SSH_HOST_ONLY_FIELDS, "conda": _CONDA_FIELD},
+                {**_ssh_fields(""), **_SSH_HOST_ONLY_FIELDS, "conda": _CONDA_FIELD, **_HOST_SHARING_FIELDS},
                 ["schema"],
                 {"host": "Host", "login": "User", "password": "Password (when no key is set)"},
                 {"host": "gpu-1.example.com", "port": "22", "login": "the remote user (default: this worker's)"},

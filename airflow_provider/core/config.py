@@ -38,6 +38,8 @@ __all__ = ["Argument", "ResolvedRunConfig", "ScriptRunConfig"]
 
 Argument = Union[str, int, float, bool, "os.PathLike[str]"]
 DEFAULT_SNAPSHOT_SIZE_LIMIT_MB = 300.0
+DEFAULT_SYSTEM_METRICS_INTERVAL_SECONDS = 10.0
+"""MLflow's own default sampling interval for system metrics."""
 
 
 @dataclass
@@ -67,6 +69,9 @@ class ScriptRunConfig:
         input); ``${{inputs.<name>}}`` in ``arguments`` or ``command`` becomes its path on the target.
     :param outputs: folders the run writes, ``{name: Output(...)}``; ``${{outputs.<name>}}``
         becomes the folder to write to, copied to the output's URI when the run ends.
+    :param system_metrics_interval_seconds: how often CPU, memory, disk, network and GPU use are
+        sampled on every node of the run, as MLflow's ``system/...`` metrics; None takes
+        ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` when set, else 10 s; 0 records none.
     """
 
     source_directory: str | os.PathLike[str]
@@ -83,6 +88,7 @@ class ScriptRunConfig:
     resources: Resources | dict[str, Any] | None = None
     inputs: dict[str, Input | str] | None = None
     outputs: dict[str, Output | str] | None = None
+    system_metrics_interval_seconds: float | None = None
 
     def submit_to(self, experiment: Experiment, tags: dict[str, str] | None = None, *, run_key: str | None = None,
                   reattach: bool = True, run_name: str | None = None,
@@ -116,6 +122,7 @@ class ScriptRunConfig:
                                      "set azureml_compat=True to run Azure ML v1 scripts unchanged, else leave it "
                                      "False.")
         resources = _validate_resources(self.resources, self.distributed_job_config)
+        metrics_interval = _validate_metrics_interval(self.system_metrics_interval_seconds)
         inputs, outputs = validate_bindings("ScriptRunConfig", _merged(self.inputs, v1_inputs, "inputs"),
                                             _merged(self.outputs, v1_outputs, "outputs"))
         _validate_placeholders([*arguments, *(command or [])], inputs, outputs)
@@ -133,6 +140,7 @@ class ScriptRunConfig:
             resources=resources,
             inputs=inputs,
             outputs=outputs,
+            system_metrics_interval_seconds=metrics_interval,
         )
 
 
@@ -159,6 +167,7 @@ class ResolvedRunConfig:
     resources: Resources | None = None
     inputs: dict[str, Input] = field(default_factory=dict)
     outputs: dict[str, Output] = field(default_factory=dict)
+    system_metrics_interval_seconds: float | None = DEFAULT_SYSTEM_METRICS_INTERVAL_SECONDS
 
     def argv(self, python: str) -> list[str]:
         """The command line of the run, for a given interpreter.
@@ -388,6 +397,32 @@ def _validate_distribution(config: object) -> None:
             _field("distributed_job_config"), f"{type(config).__name__} is not a distributed configuration.",
             "pass MpiConfiguration, PyTorchConfiguration or TensorflowConfiguration.",
         )
+
+
+def _validate_metrics_interval(value: object) -> float | None:
+    """``system_metrics_interval_seconds``: None takes MLflow's ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    when set (else 10 s); 0 turns sampling off; at least 1 s otherwise."""
+    fix = "pass a number of seconds of at least 1 (default 10), or 0 to record no system metrics."
+    field = _field("system_metrics_interval_seconds")
+    if value is None:
+        configured = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "").strip()
+        if not configured:
+            return DEFAULT_SYSTEM_METRICS_INTERVAL_SECONDS
+        field = "the environment variable MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+        try:
+            value = float(configured)
+        except ValueError:
+            raise ConfigurationError(field, f"must be a number of seconds, got {configured!r}.", fix) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(field, f"must be a number of seconds, got {value!r}.", fix)
+    if value == 0:
+        return None
+    if value < 0:
+        raise ConfigurationError(field, f"is {value:g}: an interval cannot be negative.", fix)
+    if value < 1:
+        raise ConfigurationError(field, f"is {value:g}: sampling more often than every second costs the run time.",
+                                 fix)
+    return float(value)
 
 
 def _validate_positive(name: str, value: object, unit: str, alternative: str) -> float | None:

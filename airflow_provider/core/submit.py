@@ -456,6 +456,8 @@ class Experiment:
             events_module.UPLOADS_DIR_VARIABLE: paths["uploads"],
             **resolved.distribution_variables(),
             rank_launcher.RANK_LOG_DIR_VARIABLE: f"{paths['job_dir']}/{RANKS_DIR}",
+            **({rank_launcher.SYSTEM_METRICS_VARIABLE: f"{resolved.system_metrics_interval_seconds:g}"}
+               if resolved.system_metrics_interval_seconds and resolved.distributed_job_config is not None else {}),
             "PYTHONUNBUFFERED": "1",
             **data_variables,
             "PYTHONPATH": os.pathsep.join(p for p in (resolved.environment_variables.get("PYTHONPATH"), runtime) if p),
@@ -470,6 +472,7 @@ class Experiment:
             max_run_duration_seconds=resolved.max_run_duration_seconds,
             secret_names=tuple(secrets or {}),
             resources=resolved.resources,
+            system_metrics_interval_seconds=resolved.system_metrics_interval_seconds,
         )
 
     def _fail_before_start(self, run_id: str, target: ComputeTarget, handle: JobHandle | None,

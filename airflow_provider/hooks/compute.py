@@ -76,13 +76,17 @@ class LocalComputeHook(ComputeHook):
     """Runs jobs as processes on the worker's machine (``compute_target="local"``).
 
     A connection is optional; its extra field ``jobs_root`` moves the job folders, and ``conda``
-    (``auto``, ``rattler``, ``translate``) says how conda specifications are built.
+    (``auto``, ``rattler``, ``translate``) says how conda specifications are built. ``gpus``
+    (``[0, 1, 2, 3]`` or ``"0,1,2,3"``; default: what ``nvidia-smi -L`` lists), ``reservations_file``
+    and ``queue_timeout_seconds`` say how runs share this machine's GPUs
+    (:mod:`~airflow_provider.core.targets.host_sharing`).
     """
 
     conn_type = "training_local"
     hook_name = "Training: local processes"
 
     def get_target(self) -> ComputeTarget:
+        from airflow_provider.core.targets.host_sharing import HostSharing
         from airflow_provider.core.targets.local import LocalTarget
 
         extra = self.connection_extra
@@ -91,7 +95,8 @@ class LocalComputeHook(ComputeHook):
             raise TargetConfigurationError(
                 f"connection {self.conn_id!r} extra.conda is {conda!r}: use \"auto\", \"rattler\" (real conda "
                 "environments with py-rattler) or \"translate\" (a virtual environment from PyPI).")
-        return LocalTarget(jobs_root=extra.get("jobs_root"), conda=conda)
+        return LocalTarget(jobs_root=extra.get("jobs_root"), conda=conda,
+                           host_sharing=HostSharing.from_extra(extra, f"connection {self.conn_id!r} extra"))
 
     @property
     def target_reference(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider.core.errors import ConfigurationError
+from airflow_provider.core.targets.host_sharing import HostSharing
 
 __all__ = ["KNOWN_EXTRA_FIELDS", "ssh_target_arguments"]
 
@@ -19,7 +20,8 @@ _STRINGS = ("private_key", "key_file", "passphrase", "host_key", "known_hosts", 
 _BOOLEANS = ("accept_unknown_host_keys", "keep_failed_job_folders")
 _NUMBERS = ("connect_timeout", "keepalive", "blob_cache_max_mb", "env_cache_max_count", "env_cache_max_gb",
             "kept_job_max_age_days")
-KNOWN_EXTRA_FIELDS = frozenset((*_STRINGS, *_BOOLEANS, *_NUMBERS))
+_HOST_SHARING = ("gpus", "reservations_file", "queue_timeout_seconds")  # read by HostSharing.from_extra
+KNOWN_EXTRA_FIELDS = frozenset((*_STRINGS, *_BOOLEANS, *_NUMBERS, *_HOST_SHARING))
 
 
 def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login: str | None,
@@ -92,7 +94,8 @@ def ssh_target_arguments(conn_id: str, host: str | None, port: int | None, login
     return {"settings": settings, "work_root": extra.get("work_root", "~/.training-runs"),
             "python": extra.get("python", "python3"),
             "keep_failed_job_folders": bool(extra.get("keep_failed_job_folders", True)), "cache_limits": limits,
-            "conda": extra.get("conda", "auto")}
+            "conda": extra.get("conda", "auto"),
+            "host_sharing": HostSharing.from_extra(extra, f"connection {conn_id!r} extra")}
 
 
 def _check_key(conn_id: str, extra: dict[str, Any]) -> None:

@@ -111,6 +111,9 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
     :param outputs: folders the run writes, ``{name: Output(uri, ...)}``, copied to their URI when
         the run ends; each is an outlet of the task: an ``Asset`` for a fixed URI, else an event of
         the ``AssetAlias`` ``training-output:<dag>.<task>.<name>``. (templated)
+    :param system_metrics_interval_seconds: how often CPU, memory, disk, network and the run's GPUs
+        are sampled on each of its nodes, as MLflow's ``system/...`` metrics (default 10, or
+        ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``; 0: none).
     """
 
     template_fields: Sequence[str] = (
@@ -156,6 +159,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         compute_resources: Resources | dict[str, Any] | None = None,
         inputs: dict[str, Input | str] | None = None,
         outputs: dict[str, Output | str] | None = None,
+        system_metrics_interval_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -176,6 +180,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
         self.environment = environment
         self.distributed_job_config = distributed_job_config
         self.max_run_duration_seconds = max_run_duration_seconds
+        self.system_metrics_interval_seconds = system_metrics_interval_seconds
         self.compute_resources = (compute_resources.to_dict() if isinstance(compute_resources, Resources)
                                   else compute_resources)
         self.environment_variables = environment_variables
@@ -409,6 +414,7 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
             resources=self.compute_resources,
             inputs=self.inputs,
             outputs=self.outputs,
+            system_metrics_interval_seconds=self.system_metrics_interval_seconds,
         )
         return config, {**secrets, **credentials}
 

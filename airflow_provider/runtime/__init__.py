@@ -65,8 +65,9 @@ COMPAT_PATH_DIR = "azureml_compat"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE = os.path.dirname(_HERE)
-_HOST_MODULES = ("remote_agent.py", "job_runner.py", "venv_builder.py", "conda_installer.py")
-_JOB_MODULES = ("__init__.py", "events.py", "run_context.py", "rank_launcher.py")
+_HOST_MODULES = ("remote_agent.py", "job_runner.py", "venv_builder.py", "conda_installer.py", "system_metrics.py",
+                 "host_resources.py", "gpu_reservations.py", "resource_limits.py")
+_JOB_MODULES = ("__init__.py", "events.py", "run_context.py", "rank_launcher.py", "system_metrics.py")
 _CORE_STAND_IN = (b'"""In a job only ``Run`` is here: the rest of the core stays on the submitting side."""\n'
                   b"from airflow_provider.core.run_context import Run\n__all__ = [\"Run\"]\n")
 

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         grace_seconds: float
         cwd: str
         echo_output: bool  # also copy driver.log to the supervisor's stdout as it grows (containers)
+        host_resources: dict[str, Any]  # GPUs, CPUs, memory on a shared host (:mod:`host_resources`)
+        system_metrics_interval_seconds: float | None  # sample the node's use (:mod:`system_metrics`)
 
     class RunnerJson(TypedDict, total=False):
         """``runner.json``: the supervisor, and once started the command (pids, start ticks)."""
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
         child_pgid: int
         child_start_ticks: int | None
         started_at: float
+        queued: str  # before the command starts: why it waits (GPUs of the host all reserved)
 
     class ExitJson(TypedDict, total=False):
         """``exit.json``: how the job ended, written atomically last."""
@@ -102,6 +105,22 @@ ECHO_INTERVAL_SECONDS = 0.1
 """With ``echo_output``: the longest time between a line reaching driver.log and stdout."""
 _STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGHUP")
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def runtime_module(name: str) -> Any:
+    """A module of the runtime shipped beside this file (imported when a job needs it: the
+    supervisor runs as a plain file under ``-I -S``, or as part of the package).
+
+    :param name: the module's name, e.g. ``"system_metrics"``.
+    """
+    import importlib
+
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
+    folder = os.path.dirname(os.path.abspath(__file__))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 def write_json_atomically(path: str, data: Mapping[str, Any]) -> None:
@@ -329,6 +348,8 @@ def job_state(job_dir: str) -> dict[str, Any]:
             return {"state": "running"}  # a launch is starting it right now
         return {"state": "lost", "message": "the job was staged but its supervisor never started"}
     if is_alive(int(state["runner_pid"]), state.get("runner_start_ticks")):
+        if state.get("queued") and "child_pid" not in state:
+            return {"state": "queued", "message": state["queued"]}
         return {"state": "running"}
     exit_state = read_exit_json(job_dir)  # it may have just finished
     if exit_state is not None:
@@ -522,6 +543,9 @@ class JobRunner:
         self.spec: JobJson = {}
         self.echo: OutputEcho | None = None
         self._started_at = 0.0
+        self.host_resources: Any = None  # a host_resources.HostResourceSession while it holds them
+        self.sampler: Any = None  # a system_metrics.SystemMetricsSampler while the command runs
+        self.command_environment: dict[str, str] = {}
         if launch is None:
             self._read_spec()
 
@@ -547,6 +571,17 @@ class JobRunner:
                               dict(self.spec, env={k: v for k, v in self.spec["env"].items() if k not in secret}))
 
     def run(self) -> int:
+        """Run the job to its end; see the module docstring. What it reserved on the host is given
+        back even when the supervisor itself fails."""
+        try:
+            return self._run()
+        except BaseException:
+            if self.host_resources is not None:
+                self.host_resources.release()
+                self.host_resources = None
+            raise
+
+    def _run(self) -> int:
         launch = decode_launch(self._launch) if self._launch is not None else None
         failure = self._start(launch) if launch is not None else None  # a container's: the command first
         import signal
@@ -559,6 +594,10 @@ class JobRunner:
             write_json_atomically(self.path(RUNNER_STATE), {
                 "runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid()),
             })
+            unavailable = self._acquire_host_resources()
+            if unavailable is not None:
+                self._finish(None, None, *unavailable)
+                return 1
             failure = self._start(self.spec)
         else:
             self._read_spec()
@@ -579,6 +618,7 @@ class JobRunner:
         # The deadline runs on the monotonic clock: a wall-clock jump neither ends a run early nor late.
         deadline = time.monotonic() + float(limit) if limit else None
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *stop_signals})
+        self._start_sampler()  # its thread inherits the blocked signals: they still reach sigtimedwait
         while True:
             self._reap()
             if self.child_status is not None:
@@ -611,10 +651,70 @@ class JobRunner:
             message = f"the command was killed by signal {signal.Signals(killed_by).name}"
         elif exit_code:
             message = f"the command exited with code {exit_code}"
+        if reason == REASON_EXITED and (killed_by is not None or exit_code) and self.host_resources is not None:
+            message = self.host_resources.out_of_memory_message(killed_by, _log_tail(self.path(DRIVER_LOG))) or message
         self._finish(exit_code, killed_by, reason, message)
         return 0
 
     # ------------------------------------------------------------------ helpers
+    def _acquire_host_resources(self) -> tuple[str, str] | None:
+        """Reserve the host's share the run asked for (``host_resources``), waiting while its GPUs
+        are held by other jobs (shown as ``queued`` in ``runner.json``); None once it holds it, else
+        the ending's reason and message."""
+        request = self.spec.get("host_resources")
+        if not request:
+            return None
+        state: RunnerJson = {"runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid())}
+
+        def show_queued(reason: str) -> None:
+            write_json_atomically(self.path(RUNNER_STATE), dict(state, queued=reason))
+
+        module: Any = None
+        try:
+            module = runtime_module("host_resources")
+            session = module.HostResourceSession(self.job_dir, request)
+            session.acquire(show_queued, lambda: self.stop_reason is not None)
+        except Exception as exc:
+            if module is not None and isinstance(exc, module.ResourcesUnavailable):
+                return (REASON_CANCELED if exc.canceled else REASON_LAUNCH_FAILED), str(exc)
+            ledger = request.get("ledger") or "/var/tmp/training-runs/reservations.json"
+            return REASON_LAUNCH_FAILED, (
+                f"could not reserve the run's resources on this host ({type(exc).__name__}: {exc}); check that the "
+                f"reservation file {ledger} and its folder are writable by this user, or set the connection's "
+                "reservations_file (a retry helps only once that is fixed)")
+        self.host_resources = session
+        write_json_atomically(self.path(RUNNER_STATE), state)
+        if self.stop_reason is not None:
+            return REASON_CANCELED, "the run was canceled"
+        _append_line(self.path(DRIVER_LOG), f"[training-runs] {session.describe()}")
+        return None
+
+    def _start_sampler(self) -> None:
+        """Sample the node's CPU, memory, disk, network and the run's GPUs into the events file,
+        as MLflow's ``system/...`` metrics, while the command runs."""
+        interval = self.spec.get("system_metrics_interval_seconds")
+        if not interval:
+            return
+        environment = self.command_environment
+        node_count = max(_whole(environment.get("TRAINING_RUNS_NODE_COUNT")),
+                         _whole(environment.get("SLURM_JOB_NUM_NODES")))
+        given_gpus = bool(self.host_resources is not None and self.host_resources.gpus)
+        log = self.path(DRIVER_LOG)
+
+        def ready(description: str) -> None:  # in the sampler's thread: NVML may take its time
+            if given_gpus and "no GPU metrics" in description:
+                _append_line(log, f"[training-runs] {description}")
+
+        try:
+            module = runtime_module("system_metrics")
+            self.sampler = module.SystemMetricsSampler(self.path(EVENTS_FILE), float(interval),
+                                                       node_id="node_0" if node_count > 1 else None, env=environment,
+                                                       on_ready=ready)
+            self.sampler.start()
+        except Exception as exc:  # the run goes on without system metrics
+            self.sampler = None
+            _append_line(log, f"[training-runs] no system metrics: {exc}")
+
     def _start(self, launch: JobJson) -> OSError | None:
         """Start the command (:meth:`_start_child`); the error when it could not be started."""
         try:
@@ -636,13 +736,25 @@ class JobRunner:
             environment["PATH"] = os.pathsep.join([*prepend, environment.get("PATH", os.defpath)])
         for name in launch.get("unset_env", []):
             environment.pop(name, None)
+        if self.host_resources is not None:
+            environment.update(self.host_resources.command_environment(environment))
         environment[JOB_MARKER_VARIABLE] = self.job_dir  # inherited: finds a daemon even once it has left
         _make_output_dirs(environment.get("TRAINING_RUNS_OUTPUT_DIRS"))
         cwd = self.path(launch.get("cwd", WORK_DIR))
         _make_run_folders(cwd)
+        self.command_environment = environment
         log = os.open(self.path(DRIVER_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            return Child(spawn_in_new_session(launch["argv"], cwd, environment, log))
+            if self.host_resources is None:
+                return Child(spawn_in_new_session(launch["argv"], cwd, environment, log))
+            with self.host_resources.around_spawn() as window:  # born inside the run's CPU and memory limits
+                child = Child(spawn_in_new_session(launch["argv"], cwd, environment, log))
+                try:
+                    window.limit_child(child.pid)
+                except OSError as exc:  # the command runs: supervised, without the memory limit it asked for
+                    _append_line(self.path(DRIVER_LOG), f"[training-runs] the memory limit could not be applied to "
+                                 f"the command ({exc}): it runs without it")
+                return child
         finally:
             os.close(log)
 
@@ -688,6 +800,12 @@ class JobRunner:
             time.sleep(0.02)
 
     def _finish(self, exit_code: int | None, killed_by: int | None, reason: str, message: str) -> None:
+        if self.sampler is not None:  # its last line is written before exit.json, the final record
+            self.sampler.stop()
+            self.sampler = None
+        if self.host_resources is not None:
+            self.host_resources.release()
+            self.host_resources = None
         ending: ExitJson = {"exit_code": exit_code, "signal": killed_by, "reason": reason, "message": message,
                             "ended_at": time.time()}
         if self.echo is not None:
@@ -704,6 +822,31 @@ class JobRunner:
             stream.flush()
         except (OSError, ValueError):
             pass  # no one reads this process's output: exit.json is enough
+
+
+def _whole(text: str | None) -> int:
+    return int(text) if text and text.strip().isdigit() else 1
+
+
+def _log_tail(path: str, size: int = 8192) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, os.path.getsize(path) - size))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _append_line(path: str, line: str) -> None:
+    """Append one line to a log the job's watchers show (the driver log), never failing the job."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, (line + "\n").encode())
+        finally:
+            os.close(descriptor)
+    except OSError:
+        pass
 
 
 def _stop_signals() -> tuple[int, ...]:

@@ -52,6 +52,8 @@ RANK_VARIABLE = "TRAINING_RUNS_RANK"
 _RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK")
 _NODE_RANK_SOURCES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")  # of a torchnode
 _SLURM_LAUNCH_NODE = "@slurm-launch-node"  # torchnode's --master on Slurm: the node srun ran on
+SYSTEM_METRICS_VARIABLE = "TRAINING_RUNS_SYSTEM_METRICS_INTERVAL"
+"""Seconds between system-metrics samples of a multi-node run's nodes other than the supervisor's."""
 EVENTS_HOST_VARIABLE = "TRAINING_RUNS_EVENTS_HOST"  # the supervisor's host, when nodes share the job folder
 _EVENTS_FILE_VARIABLE = "TRAINING_RUN_EVENTS_FILE"  # events.EVENTS_FILE_VARIABLE (this module imports nothing)
 _TF_RENDEZVOUS_SECONDS = 300.0  # for every task of a TensorFlow job on Slurm to write its address
@@ -83,6 +85,7 @@ def run_rank(command: list[str]) -> int:
         child: _Child = _ForkedScript(command[len(_SCRIPT_PREFIX) + 1:])
     else:
         child = _Spawned(command)
+    sampler = _node_sampler(_node_index_if_first_on_node(rank))  # after the fork: no thread is copied
     stopped: list[int] = []
 
     def forward(received: int, _frame: object) -> None:
@@ -100,6 +103,8 @@ def run_rank(command: list[str]) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
     code = child.wait()
+    if sampler is not None:
+        sampler.stop()
     completed = os.path.join(folder, f"rank_{rank}.completed")
     if code < 0 and not stopped and os.path.exists(completed):
         # The script returned, then a native library crashed while the interpreter shut down (gloo's
@@ -122,6 +127,39 @@ def run_rank(command: list[str]) -> int:
             with contextlib.suppress(OSError):
                 os.kill(os.getppid(), signal.SIGTERM)
     return code if code >= 0 else 128 - code
+
+
+def _node_index_if_first_on_node(rank: int) -> int | None:
+    """This node's index in the run when this rank is the first on its node, else None."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or "GROUP_RANK" in os.environ:
+        return None  # a worker torchrun started: its node's torchnode samples the node
+    local = next((os.environ[name] for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
+                  if os.environ.get(name)), None)
+    if local is None or local.strip() != "0":
+        return None
+    if os.environ.get("SLURM_NODEID", "").isdigit() and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        return int(os.environ["SLURM_NODEID"])
+    per_node = os.environ.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1")
+    return rank // int(per_node) if per_node.isdigit() and int(per_node) > 0 else None
+
+
+def _node_sampler(node_index: int | None) -> Any:
+    """A system-metrics sampler for this node, when it is not the supervisor's (node 0, which its
+    supervisor samples) of a run across several nodes; None otherwise."""
+    interval = os.environ.get(SYSTEM_METRICS_VARIABLE)
+    nodes = os.environ.get("TRAINING_RUNS_NODE_COUNT", "1")
+    events = os.environ.get(_EVENTS_FILE_VARIABLE)
+    if not interval or not node_index or not events or not nodes.isdigit() or int(nodes) <= 1:
+        return None
+    try:
+        from airflow_provider.runtime.system_metrics import SystemMetricsSampler
+
+        sampler = SystemMetricsSampler(events, float(interval), node_id=f"node_{node_index}", env=dict(os.environ))
+        sampler.start()
+        return sampler
+    except Exception as exc:  # the rank runs on without this node's system metrics
+        print(f"[training_runs_launcher] node {node_index}: no system metrics: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def _events_of_this_node() -> None:
@@ -302,7 +340,13 @@ def run_torch_node(master: str, port: str, command: list[str]) -> int:
         return 2
     import subprocess
 
-    return subprocess.call(command)
+    _events_of_this_node()
+    sampler = _node_sampler(int(node_rank) if node_rank.isdigit() else None)
+    try:
+        return subprocess.call(command)
+    finally:
+        if sampler is not None:
+            sampler.stop()
 
 
 def run_tensorflow(workers: int, parameter_servers: int, command: list[str]) -> int:

@@ -13,8 +13,11 @@ param or tag, nor in any file of a worker's state; a wrong password fails the ta
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a topology of a do
 DOCKER_IMAGE = "training-runs/python:3.11"
 SSH_WORK_ROOT = "/root/cluster-runs"
 SSH_CONTROL = "/root/cluster-control"  # on the SSH host container: executions and go files of its runs
+GPU_RESERVATIONS = "/var/tmp/cluster-gpu-reservations.json"  # on the SSH host container
 DOCKER_CONTROL = "/control"  # in a Docker target's container: a folder of this machine, bind-mounted
 
 SPREAD_SCRIPT = """
@@ -66,6 +70,16 @@ while not os.path.exists(os.path.join(control, name + ".go")) or ticks < 3:
     time.sleep(0.2)
 os.makedirs("outputs", exist_ok=True)
 open("outputs/done.txt", "w").write(str(ticks))
+"""
+
+# Asks for the SSH host's only GPU: writes when it held it and what it was given, for 4 s.
+GPU_SCRIPT = """
+import json, os, time
+started = time.time()
+time.sleep(4)
+os.makedirs("outputs", exist_ok=True)
+json.dump({"start": started, "end": time.time(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")},
+          open("outputs/held.json", "w"))
 """
 
 # The load: 500 values of "m" (0..499), an output file; the same script runs under BashOperator
@@ -162,6 +176,20 @@ with DAG("cl_outage", schedule=None, start_date=datetime(2026, 1, 1), catchup=Fa
             environment_variables={{"CONTROL": {docker_control!r}, "RUN_NAME": f"cl_outage_{{i}}"}},
         )
 
+def gpu_tasks(dag_id, pool=None):
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False, max_active_tasks=10) as dag:
+        for i in range(3):
+            SubmitTrainingRunOperator(
+                task_id=f"train_{{i}}", source_directory={gpu_source!r}, script="train.py", experiment_name=dag_id,
+                compute_target="cl_ssh_gpu", tracking_conn_id=TRACKING, compute_resources={{"gpus": 1}},
+                deferrable=True, defer_after_seconds=0, poll_interval=1, system_metrics_interval_seconds=0,
+                **({{"pool": pool, "pool_slots": 1}} if pool else {{}}),
+            )
+    return dag
+
+gpu_pool = gpu_tasks("cl_gpu_pool", pool="cl_gpu")
+gpu_queue = gpu_tasks("cl_gpu_queue")
+
 docker_retry = ticking("cl_docker_retry", "cl_docker", {docker_control!r})
 ssh_retry = ticking("cl_ssh_retry", "cl_ssh", {ssh_control!r})
 deferred_triggerer = ticking("cl_deferred_triggerer", "cl_docker", {docker_control!r}, deferrable=True)
@@ -182,12 +210,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     control.chmod(0o777)
     dags = folder / "dags"
     for name, script in (("spread_source", SPREAD_SCRIPT), ("ticking_source", TICKING_SCRIPT),
-                         ("load_source", LOAD_SCRIPT)):
+                         ("load_source", LOAD_SCRIPT), ("gpu_source", GPU_SCRIPT)):
         (dags / name).mkdir(parents=True)
         (dags / name / "train.py").write_text(textwrap.dedent(script))
     (dags / "cluster_dags.py").write_text(DAGS.format(
         tracking=TRACKING_CONN_ID, spread_source=str(dags / "spread_source"),
         ticking_source=str(dags / "ticking_source"), load_source=str(dags / "load_source"), load_tasks=LOAD_TASKS,
+        gpu_source=str(dags / "gpu_source"),
         sweep_trials=SWEEP_TRIALS, docker_control=DOCKER_CONTROL, ssh_control=SSH_CONTROL))
     topology = start_cluster(folder)
     topology.control = control  # type: ignore[attr-defined]
@@ -200,7 +229,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                     login=ssh_host.username,
                                     extra={"key_file": str(ssh_host.key_path), "host_key": ssh_host.host_public_key,
                                            "work_root": SSH_WORK_ROOT})
-            _on_ssh_host(f"rm -rf {SSH_CONTROL} && mkdir -p {SSH_CONTROL}")
+            _on_ssh_host(f"rm -rf {SSH_CONTROL} {GPU_RESERVATIONS} && mkdir -p {SSH_CONTROL}")
+            # The host declares one GPU: runs that ask for it take turns, whichever worker started them.
+            topology.add_connection("cl_ssh_gpu", "training_ssh", host=ssh_host.host, port=ssh_host.port,
+                                    login=ssh_host.username,
+                                    extra={"key_file": str(ssh_host.key_path), "host_key": ssh_host.host_public_key,
+                                           "work_root": SSH_WORK_ROOT, "gpus": "0",
+                                           "reservations_file": GPU_RESERVATIONS})
         topology.add_connection("mlflow_wrong_password", "mlflow", host=topology.tracking_uri(), login="trainer",
                                 password="not-the-password-0000")
         yield topology
@@ -369,6 +404,66 @@ def test_a_deferred_task_survives_a_restart_of_the_triggerer(cluster: Cluster) -
     assert len(_executions(cluster, dag_id, on_ssh_host=False)) == 1
     ticks = _ticks(cluster, dag_id)
     assert sorted(ticks) == [float(i) for i in range(len(ticks))], "ticks lost or doubled"
+
+
+# ----------------------------------------------------------------------------------- GPU hosts
+def _overlap(intervals: list[tuple[float, float]]) -> bool:
+    ordered = sorted(intervals)
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(ordered))
+
+
+def _held(cluster: Cluster, dag_id: str) -> list[dict[str, Any]]:
+    client = cluster.mlflow()
+    held = []
+    for run in cluster.runs_of(dag_id):
+        with tempfile.TemporaryDirectory() as scratch:
+            path = client.download_artifacts(run.info.run_id, "outputs/held.json", scratch)
+            held.append({**json.loads(Path(path).read_text()), "run_id": run.info.run_id})
+    return held
+
+
+def _task_interval(task: dict[str, Any]) -> tuple[float, float]:
+    from datetime import datetime
+
+    start, end = (datetime.fromisoformat(task[name]).timestamp() for name in ("start_date", "end_date"))
+    return start, end
+
+
+def _gpu_dag(cluster: Cluster, dag_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if container_host() is None:
+        skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
+    run_id = cluster.trigger(dag_id)
+    tasks = cluster.wait_for_dag_run(dag_id, run_id, timeout=600)
+    assert {ti["state"] for ti in tasks} == {"success"}, cluster.task_logs(dag_id)[-6000:]
+    held = _held(cluster, dag_id)
+    assert len(held) == 3 and {h["cuda"] for h in held} == {"0"}
+    # The host's reservation is the guarantee: never two runs on its one GPU, with a pool or without.
+    assert not _overlap([(h["start"], h["end"]) for h in held]), held
+    ledger = json.loads(_on_ssh_host(f"cat {GPU_RESERVATIONS}") or "{}")
+    assert ledger.get("holders", {}) == {}, f"a reservation was left: {ledger}"
+    return tasks, held
+
+
+def test_a_pool_counting_deferred_tasks_starts_one_gpu_task_at_a_time(cluster: Cluster) -> None:
+    response = cluster.api.post("/api/v2/pools", json={"name": "cl_gpu", "slots": 1, "include_deferred": True,
+                                                       "description": "the SSH host's one GPU"})
+    assert response.status_code in (200, 201, 409), response.text
+    tasks, _ = _gpu_dag(cluster, "cl_gpu_pool")
+    # Deferred tasks hold their slot: the next task starts only when the last one ended, so none
+    # waits Queued on the host using a worker or triggerer slot meanwhile.
+    assert not _overlap([_task_interval(ti) for ti in tasks]), [(ti["start_date"], ti["end_date"]) for ti in tasks]
+
+
+def test_without_a_pool_gpu_tasks_start_together_and_their_runs_take_turns_on_the_host(cluster: Cluster) -> None:
+    tasks, held = _gpu_dag(cluster, "cl_gpu_queue")
+    assert _overlap([_task_interval(ti) for ti in tasks]), "the tasks never ran at once: nothing was tested"
+    client = cluster.mlflow()
+    waited = []
+    for entry in held:
+        with tempfile.TemporaryDirectory() as scratch:
+            log = Path(client.download_artifacts(entry["run_id"], "system_logs/driver.log", scratch)).read_text()
+        waited.append("reserved after waiting" in log)
+    assert any(waited), "no run waited Queued for the GPU"
 
 
 # ----------------------------------------------------------------------------------- outage

@@ -83,6 +83,7 @@ OPERATOR_PARAMETERS = {
     "compute_resources": None,
     "inputs": None,
     "outputs": None,
+    "system_metrics_interval_seconds": None,
 }
 TEMPLATED = {"source_directory", "script", "command", "arguments", "environment_variables",
              "secret_environment_variables", "experiment_name", "tags", "compute_resources", "inputs", "outputs"}
@@ -171,6 +172,13 @@ def test_input_and_output_fields_and_modes() -> None:
     assert INPUT_MODES == ("download", "direct", "mount") and OUTPUT_MODES == ("upload", "direct")
     parameters = inspect.signature(core.ScriptRunConfig).parameters
     assert parameters["inputs"].default is None and parameters["outputs"].default is None
+
+
+def test_resources_and_system_metrics_fields() -> None:
+    """Resources(gpus, cpus, memory_gb, shm_size_gb, gpu_type) and the sampling interval keep their names."""
+    assert {"gpus", "cpus", "memory_gb", "shm_size_gb", "gpu_type"} <= set(inspect.signature(core.Resources).parameters)
+    parameters = inspect.signature(core.ScriptRunConfig).parameters
+    assert parameters["system_metrics_interval_seconds"].default is None
 
 
 # ---------------------------------------------------------------------- airflow_provider (package)

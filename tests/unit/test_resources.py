@@ -73,7 +73,12 @@ def test_a_target_that_cannot_honour_a_field_refuses_the_run_before_it_exists(tm
     experiment = Experiment("resources-refused")
     with pytest.raises(ConfigurationError) as caught:
         experiment.submit(ScriptRunConfig(tmp_path, "train.py", compute_target=LocalTarget(),
+                                          resources=Resources(shm_size_gb=1)))
+    assert caught.value.field == "ScriptRunConfig.resources.shm_size_gb"
+    assert "not honoured by the local target" in str(caught.value)
+    with pytest.raises(ConfigurationError) as caught:  # this machine has no GPU (nvidia-smi lists none)
+        experiment.submit(ScriptRunConfig(tmp_path, "train.py", compute_target=LocalTarget(),
                                           resources=Resources(gpus=1)))
     assert caught.value.field == "ScriptRunConfig.resources.gpus"
-    assert "not honoured by the local target" in str(caught.value)
+    assert "asks for 1 GPU;" in str(caught.value) and "nvidia-smi -L lists none" in str(caught.value)
     assert experiment.tracker.client.search_runs([experiment.id]) == []

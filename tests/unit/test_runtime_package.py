@@ -41,8 +41,9 @@ def _run(python: str, code: str, path: Path, **kwargs: object) -> subprocess.Com
 
 
 def test_the_runtime_package_lists_every_module() -> None:
-    assert RUNTIME_MODULES == ["conda_installer", "events", "job_runner", "rank_launcher", "remote_agent",
-                               "run_context", "venv_builder"]
+    assert RUNTIME_MODULES == ["conda_installer", "events", "gpu_reservations", "host_resources", "job_runner",
+                               "rank_launcher", "remote_agent", "resource_limits", "run_context", "system_metrics",
+                               "venv_builder"]
 
 
 def test_every_runtime_module_imports_with_the_standard_library_alone_on_python_3_9() -> None:
@@ -99,12 +100,14 @@ def test_job_files_are_the_runtime_modules_and_nothing_of_the_submitting_side(az
     files = runtime.job_files(azureml_compat)
     shipped = {path for path in files if path.startswith("runtime/airflow_provider/runtime/")}
     assert shipped == {f"runtime/airflow_provider/runtime/{name}.py"
-                       for name in ("__init__", "events", "run_context", "rank_launcher")}
+                       for name in ("__init__", "events", "run_context", "rank_launcher", "system_metrics")}
     assert files["runtime/airflow_provider/core/__init__.py"].count(b"import") == 1, "the core stand-in imports more"
     alias = files["runtime/airflow_provider/core/run_context.py"]
     assert b"from airflow_provider.runtime.run_context import Run" in alias
     assert any(path.startswith("runtime/azureml_compat/azureml/") for path in files) == azureml_compat
-    assert set(runtime.host_files()) == {"conda_installer.py", "job_runner.py", "remote_agent.py", "venv_builder.py"}
+    assert set(runtime.host_files()) == {"conda_installer.py", "job_runner.py", "remote_agent.py", "venv_builder.py",
+                                         "system_metrics.py", "host_resources.py", "gpu_reservations.py",
+                                         "resource_limits.py"}
     assert len(runtime.host_files_version()) == 16
 
 

@@ -82,6 +82,8 @@ class JobSpec:
     :param secret_names: variables of ``env`` whose values are secrets: the supervisor removes them
         from ``job.json`` as soon as it has read it, so no folder kept on a target holds them.
     :param resources: what the run asked for (only fields in the target's ``supported_resources``).
+    :param system_metrics_interval_seconds: how often the supervisor samples the node's use into the
+        events file (MLflow's ``system/...`` metrics); None for never.
     """
 
     argv: tuple[str, ...]
@@ -92,6 +94,7 @@ class JobSpec:
     grace_seconds: float = 10.0
     secret_names: tuple[str, ...] = ()
     resources: Resources | None = None
+    system_metrics_interval_seconds: float | None = None
 
     def to_job_json(self, with_secrets: bool = True) -> job_runner.JobJson:
         """The runner's ``job.json``.
@@ -108,6 +111,7 @@ class JobSpec:
             "path_prepend": list(self.path_prepend),
             "max_run_duration_seconds": self.max_run_duration_seconds,
             "grace_seconds": self.grace_seconds,
+            "system_metrics_interval_seconds": self.system_metrics_interval_seconds,
         }
 
 

@@ -350,8 +350,8 @@ class DockerTarget(ComputeTarget):
             with open(store.blob_path(entry.digest), "rb") as blob:
                 records.append(record("f", mode, path, blob.read()))
         supervisor_pyc, compiled = compiled_supervisor()
-        for relative, content in {**extras, "job_runner.py": host_files()["job_runner.py"],
-                                  supervisor_pyc: compiled}.items():
+        supervisor_files = {name: host_files()[name] for name in ("job_runner.py", "system_metrics.py")}
+        for relative, content in {**extras, **supervisor_files, supervisor_pyc: compiled}.items():
             records.append(record("f", 0o644, relative, content))
         self._unsent[str(container.id)] = records  # launch adds job.json and streams them
         return JobHandle(self.kind, job_id, str(container.id))

@@ -22,6 +22,7 @@ from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError, TargetError
 from airflow_provider.core.paths import private_folder, state_dir
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
     Channel,
@@ -32,6 +33,7 @@ from airflow_provider.core.targets.base import (
     check_job_id,
     job_dir_under,
 )
+from airflow_provider.core.targets.host_sharing import HOST_RESOURCE_FIELDS, HostSharing
 from airflow_provider.runtime import job_runner
 
 __all__ = ["LocalTarget"]
@@ -47,13 +49,18 @@ class LocalTarget(ComputeTarget):
     :param environment_cache: the cache of managed virtual environments.
     :param conda: how conda specifications are built here when no ``environment_cache`` is given
         (``"auto"``, ``"rattler"``, ``"translate"``: see :class:`EnvironmentCache`).
+    :param host_sharing: this machine's GPUs and reservation file (GPUs, CPUs and memory of runs:
+        :mod:`~airflow_provider.core.targets.host_sharing`).
     """
 
     kind: ClassVar[str] = "local"
+    supported_resources: ClassVar[frozenset[str]] = HOST_RESOURCE_FIELDS
 
     def __init__(self, jobs_root: str | Path | None = None,
-                 environment_cache: EnvironmentCache | None = None, conda: CondaMode = "auto") -> None:
+                 environment_cache: EnvironmentCache | None = None, conda: CondaMode = "auto",
+                 host_sharing: HostSharing | None = None) -> None:
         self.jobs_root = Path(jobs_root) if jobs_root else state_dir() / "local" / "jobs"
+        self.host_sharing = host_sharing or HostSharing()
         self.environment_cache = environment_cache or EnvironmentCache(conda=conda)
         self._runners: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -69,11 +76,24 @@ class LocalTarget(ComputeTarget):
         self.environment_cache.conda = mode
 
     def to_spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "jobs_root": str(self.jobs_root), "conda": self.conda}
+        return {"kind": self.kind, "jobs_root": str(self.jobs_root), "conda": self.conda,
+                "host_sharing": self.host_sharing.to_spec()}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> LocalTarget:
-        return cls(jobs_root=spec.get("jobs_root"), conda=spec.get("conda", "auto"))
+        return cls(jobs_root=spec.get("jobs_root"), conda=spec.get("conda", "auto"),
+                   host_sharing=HostSharing.from_spec(spec.get("host_sharing")))
+
+    def check_resources(self, resources: Resources | None, field: str = "ScriptRunConfig.resources") -> None:
+        """Refuse what this machine can never give: more GPUs than it declares (or than ``nvidia-smi
+        -L`` lists), too little memory to start."""
+        super().check_resources(resources, field)
+        discovered = None
+        if resources is not None and resources.gpus and self.host_sharing.gpus is None:
+            from airflow_provider.runtime.gpu_reservations import discover_gpus
+
+            discovered = tuple(discover_gpus())
+        self.host_sharing.check(resources, f"this machine ({socket.gethostname()})", field, discovered)
 
     def describe(self) -> str:
         return f"local ({socket.gethostname()})"
@@ -126,7 +146,7 @@ class LocalTarget(ComputeTarget):
         spec_path = job_dir / job_runner.JOB_SPEC
         descriptor = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle_file:
-            json.dump(spec.to_job_json(), handle_file)
+            json.dump({**spec.to_job_json(), **self.host_sharing.job_json(spec.resources)}, handle_file)
         try:
             self._runners[handle.job_id] = job_runner.start_supervisor(str(job_dir), _LAUNCH_TIMEOUT_SECONDS)
         except RuntimeError as exc:

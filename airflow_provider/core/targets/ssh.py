@@ -53,6 +53,7 @@ from airflow_provider.core.errors import (
 )
 from airflow_provider.core.live_logs import GROWN_LIMIT, Grown
 from airflow_provider.core.paths import state_dir
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import (
     Channel,
@@ -63,6 +64,7 @@ from airflow_provider.core.targets.base import (
     check_job_id,
     job_dir_under,
 )
+from airflow_provider.core.targets.host_sharing import HOST_RESOURCE_FIELDS, HostSharing
 from airflow_provider.core.targets.openssh import OpenSSHUnavailable, openssh_request
 from airflow_provider.core.targets.ssh_connection import SSHConnection, SSHSettings
 from airflow_provider.core.targets.tar_stream import BlobTarStream
@@ -98,17 +100,22 @@ class SSHTarget(ComputeTarget):
     :param conda: how conda specifications are built on the host (see :meth:`conda_mode`): ``"auto"``,
         ``"rattler"`` (a real conda environment; the ``conda`` extra here, nothing there) or
         ``"translate"`` (a virtual environment from PyPI).
+    :param host_sharing: the host's GPUs and reservation file (GPUs, CPUs and memory of runs:
+        :mod:`~airflow_provider.core.targets.host_sharing`).
     """
 
     kind: ClassVar[str] = "ssh"
+    supported_resources: ClassVar[frozenset[str]] = HOST_RESOURCE_FIELDS
     wakes_on_end: ClassVar[bool] = True
 
     def __init__(self, settings: SSHSettings, work_root: str = "~/.training-runs", python: str = "python3",
                  keep_failed_job_folders: bool = True, cache_limits: dict[str, float] | None = None,
-                 build_timeout_seconds: float = 1800.0, conda: CondaMode = "auto") -> None:
+                 build_timeout_seconds: float = 1800.0, conda: CondaMode = "auto",
+                 host_sharing: HostSharing | None = None) -> None:
         if conda not in ("auto", "rattler", "translate"):
             raise ConfigurationError("conda", f"is {conda!r}.", 'use "auto", "rattler" or "translate".')
         self.settings = settings
+        self.host_sharing = host_sharing or HostSharing()
         self.conda = conda
         self.work_root = work_root
         self.python = python
@@ -137,7 +144,8 @@ class SSHTarget(ComputeTarget):
         fields = {k: v for k, v in vars(self.settings).items() if k not in _SECRET_FIELDS}
         return {"kind": self.kind, "settings": fields, "work_root": self.work_root, "python": self.python,
                 "keep_failed_job_folders": self.keep_failed_job_folders, "cache_limits": self.cache_limits,
-                "build_timeout_seconds": self.build_timeout_seconds, "conda": self.conda}
+                "build_timeout_seconds": self.build_timeout_seconds, "conda": self.conda,
+                "host_sharing": self.host_sharing.to_spec()}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], secrets: dict[str, str] | None = None) -> SSHTarget:
@@ -154,7 +162,15 @@ class SSHTarget(ComputeTarget):
         settings = SSHSettings(**{**spec["settings"], **{k: v for k, v in secrets.items() if k in _SECRET_FIELDS}})
         return cls(settings, spec.get("work_root", "~/.training-runs"), spec.get("python", "python3"),
                    bool(spec.get("keep_failed_job_folders", True)), spec.get("cache_limits"),
-                   float(spec.get("build_timeout_seconds", 1800.0)), spec.get("conda", "auto"))
+                   float(spec.get("build_timeout_seconds", 1800.0)), spec.get("conda", "auto"),
+                   HostSharing.from_spec(spec.get("host_sharing")))
+
+    def check_resources(self, resources: Resources | None, field: str = "ScriptRunConfig.resources") -> None:
+        """Refuse what the host can never give (more GPUs than its connection declares); a host that
+        declares none is asked by the job's supervisor (``nvidia-smi -L``), which fails at once when
+        it has too few."""
+        super().check_resources(resources, field)
+        self.host_sharing.check(resources, f"the host {self.settings.address}", field)
 
     def secrets(self) -> dict[str, str]:
         """The private key, passphrase and password this target was given (never in its spec)."""
@@ -465,7 +481,10 @@ class SSHTarget(ComputeTarget):
         manifest, extras, store = pending
         request = {"root": self.root, "job_dir": self._job_dir(handle), "manifest": manifest,
                    "extras": {k: base64.b64decode(v).decode() for k, v in extras.items()},
-                   "job_json": spec.to_job_json(with_secrets)}
+                   "job_json": {**spec.to_job_json(with_secrets),
+                                # this host's GPUs, CPUs and memory: for a job its own supervisor runs here,
+                                # not a folder a scheduler's job (Slurm) or another node's launcher uses
+                                **(self.host_sharing.job_json(spec.resources) if operation == "launch" else {})}}
         answer = self.agent(operation, request)
         if answer.get("damaged"):
             log.warning("%s: %d blob(s) of job %s were altered on the host; sending them again", self.settings.address,
