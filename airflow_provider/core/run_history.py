@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["RunHistory"]
 
 
+SYSTEM_METRICS_PREFIX = "system/"
+"""MLflow's prefix of system metrics (sampled by the job's supervisor, not logged by the script)."""
+
+
 class RunHistory:
     """What any run's handle can read back from MLflow (:class:`~airflow_provider.core.script_run.ScriptRun`
     adds status and control).
@@ -102,11 +106,17 @@ class RunHistory:
             return fallback
         return dict(definition)
 
-    def get_metrics(self) -> dict[str, float | list[float]]:
-        """Every metric: one value, or the list of values of a series (ordered by step)."""
+    def get_metrics(self, include_system: bool = False) -> dict[str, float | list[float]]:
+        """Every metric the run logged: one value, or the list of values of a series (ordered by step).
+
+        :param include_system: also the system metrics its target sampled (``system/...``; as in Azure
+            ML, they are left out by default).
+        """
         run = self.tracker.get_run(self.id)
         metrics: dict[str, float | list[float]] = {}
         for key in sorted(run.data.metrics):
+            if key.startswith(SYSTEM_METRICS_PREFIX) and not include_system:
+                continue
             values = [m.value for m in self.tracker.metric_history(self.id, key)]
             metrics[key] = values[0] if len(values) == 1 else values
         return metrics

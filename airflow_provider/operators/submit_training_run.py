@@ -28,6 +28,7 @@ from airflow_provider.core.hyperdrive.early_termination import TrialMonitor
 from airflow_provider.core.hyperdrive.settings import trial_arguments, trial_run_config
 from airflow_provider.core.hyperdrive.sweep import TrialPlan
 from airflow_provider.core.resources import Resources
+from airflow_provider.core.run_history import SYSTEM_METRICS_PREFIX
 from airflow_provider.core.script_run import ScriptRun
 from airflow_provider.core.submit import Experiment
 from airflow_provider.core.tracking import RunState, Tags
@@ -474,7 +475,8 @@ class SubmitTrainingRunOperator(LineageMixin, BaseOperator):
                 f"Training run {run.id} ended {details['status']}: {error.get('message', 'unknown error')}\n"
                 f"--- last lines of its log ---\n{error.get('logTail', '')}"
             ))
-        final_metrics = dict(run.tracker.get_run(run.id).data.metrics)
+        final_metrics = {key: value for key, value in run.tracker.get_run(run.id).data.metrics.items()
+                         if not key.startswith(SYSTEM_METRICS_PREFIX)}  # the script's own (system ones: MLflow)
         return {
             "run_id": run.id,
             "experiment_id": details["experimentId"],

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         cwd: str
         echo_output: bool  # also copy driver.log to the supervisor's stdout as it grows (containers)
         host_resources: dict[str, Any]  # GPUs, CPUs, memory on a shared host (:mod:`host_resources`)
+        node_reservations: dict[str, Any]  # GPUs on the other nodes of a multi-node run (NodeHolders)
         system_metrics_interval_seconds: float | None  # sample the node's use (:mod:`system_metrics`)
 
     class RunnerJson(TypedDict, total=False):
@@ -662,7 +663,8 @@ class JobRunner:
         are held by other jobs (shown as ``queued`` in ``runner.json``); None once it holds it, else
         the ending's reason and message."""
         request = self.spec.get("host_resources")
-        if not request:
+        nodes = self.spec.get("node_reservations")
+        if not request and not nodes:
             return None
         state: RunnerJson = {"runner_pid": os.getpid(), "runner_start_ticks": process_start_ticks(os.getpid())}
 
@@ -672,12 +674,15 @@ class JobRunner:
         module: Any = None
         try:
             module = runtime_module("host_resources")
-            session = module.HostResourceSession(self.job_dir, request)
-            session.acquire(show_queued, lambda: self.stop_reason is not None)
+            session = module.HostResourceSession(self.job_dir, request or {})
+            if nodes:
+                session.acquire_across(nodes, show_queued, lambda: self.stop_reason is not None)
+            else:
+                session.acquire(show_queued, lambda: self.stop_reason is not None)
         except Exception as exc:
             if module is not None and isinstance(exc, module.ResourcesUnavailable):
                 return (REASON_CANCELED if exc.canceled else REASON_LAUNCH_FAILED), str(exc)
-            ledger = request.get("ledger") or "/var/tmp/training-runs/reservations.json"
+            ledger = (request or {}).get("ledger") or "/var/tmp/training-runs/reservations.json"
             return REASON_LAUNCH_FAILED, (
                 f"could not reserve the run's resources on this host ({type(exc).__name__}: {exc}); check that the "
                 f"reservation file {ledger} and its folder are writable by this user, or set the connection's "

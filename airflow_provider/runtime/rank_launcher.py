@@ -52,6 +52,7 @@ RANK_VARIABLE = "TRAINING_RUNS_RANK"
 _RANK_SOURCES = (RANK_VARIABLE, "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK")
 _NODE_RANK_SOURCES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")  # of a torchnode
 _SLURM_LAUNCH_NODE = "@slurm-launch-node"  # torchnode's --master on Slurm: the node srun ran on
+NODE_GPUS_VARIABLE = "TRAINING_RUNS_NODE_GPUS"  # host_resources.NODE_GPUS_VARIABLE (this module imports nothing)
 SYSTEM_METRICS_VARIABLE = "TRAINING_RUNS_SYSTEM_METRICS_INTERVAL"
 """Seconds between system-metrics samples of a multi-node run's nodes other than the supervisor's."""
 EVENTS_HOST_VARIABLE = "TRAINING_RUNS_EVENTS_HOST"  # the supervisor's host, when nodes share the job folder
@@ -77,6 +78,7 @@ def run_rank(command: list[str]) -> int:
         rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
         os.environ[RANK_VARIABLE] = str(rank)
     _events_of_this_node()
+    _gpus_of_this_node(_node_index(rank))
     if "GROUP_RANK" in os.environ and "NODE_RANK" not in os.environ:  # torchrun's name for it
         os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
     folder = os.environ.get(RANK_LOG_DIR_VARIABLE) or "."
@@ -129,6 +131,24 @@ def run_rank(command: list[str]) -> int:
     return code if code >= 0 else 128 - code
 
 
+def _node_index(rank: int) -> int | None:
+    """This rank's node in a run whose ranks are placed by slot (``--host h1:n,h2:n``)."""
+    per_node = os.environ.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1")
+    return rank // int(per_node) if per_node.isdigit() and int(per_node) > 0 else None
+
+
+def _gpus_of_this_node(node_index: int | None) -> None:
+    """The GPUs the run reserved on this node (``TRAINING_RUNS_NODE_GPUS``: ``0,1;2,3``, node 0
+    first) become this process's ``CUDA_VISIBLE_DEVICES``, in ``nvidia-smi``'s order."""
+    reserved = os.environ.get(NODE_GPUS_VARIABLE)
+    if not reserved or node_index is None:
+        return
+    nodes = reserved.split(";")
+    if node_index < len(nodes):
+        os.environ["CUDA_VISIBLE_DEVICES"] = nodes[node_index]
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
 def _node_index_if_first_on_node(rank: int) -> int | None:
     """This node's index in the run when this rank is the first on its node, else None."""
     if "TORCHELASTIC_RUN_ID" in os.environ or "GROUP_RANK" in os.environ:
@@ -139,8 +159,7 @@ def _node_index_if_first_on_node(rank: int) -> int | None:
         return None
     if os.environ.get("SLURM_NODEID", "").isdigit() and "OMPI_COMM_WORLD_RANK" not in os.environ:
         return int(os.environ["SLURM_NODEID"])
-    per_node = os.environ.get("TRAINING_RUNS_PROCESSES_PER_NODE", "1")
-    return rank // int(per_node) if per_node.isdigit() and int(per_node) > 0 else None
+    return _node_index(rank)
 
 
 def _node_sampler(node_index: int | None) -> Any:
@@ -341,6 +360,7 @@ def run_torch_node(master: str, port: str, command: list[str]) -> int:
     import subprocess
 
     _events_of_this_node()
+    _gpus_of_this_node(int(node_rank) if node_rank.isdigit() else None)
     sampler = _node_sampler(int(node_rank) if node_rank.isdigit() else None)
     try:
         return subprocess.call(command)

@@ -334,7 +334,8 @@ def test_the_remote_helper_is_shipped_once_per_version_and_then_started_without_
         assert first.root == str(root)
         (runtime,) = (root / "runtime").iterdir()
         assert sorted(p.name for p in runtime.glob("*.py")) == [
-            "conda_installer.py", "job_runner.py", "remote_agent.py", "venv_builder.py"]
+            "conda_installer.py", "gpu_reservations.py", "host_resources.py", "job_runner.py", "remote_agent.py",
+            "resource_limits.py", "system_metrics.py", "venv_builder.py"]
         warm = _target(ssh_loopback, root=f"~/{name}")  # a new task: a new connection to a host that has it
         warm.check()
         assert warm.root == str(root)

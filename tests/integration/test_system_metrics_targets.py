@@ -79,6 +79,9 @@ def test_a_local_run_records_the_nodes_use_at_its_interval(tmp_path: Path) -> No
     run_id = _run(LocalTarget(), tmp_path)
     _check_node(run_id, "system/")
     assert not any(key.startswith("system/node_") for key in MlflowClient().get_run(run_id).data.metrics)
+    run = Experiment("system-metrics").get_run(run_id)
+    assert list(run.get_metrics()) == ["steps"]  # the script's own, as Azure ML's get_metrics
+    assert "system/cpu_utilization_percentage" in run.get_metrics(include_system=True)
 
 
 def test_a_docker_run_records_its_containers_use(docker_target: ComputeTarget, tmp_path: Path) -> None:

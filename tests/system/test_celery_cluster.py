@@ -429,10 +429,20 @@ def _task_interval(task: dict[str, Any]) -> tuple[float, float]:
     return start, end
 
 
-def _gpu_dag(cluster: Cluster, dag_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _gpu_dag(cluster: Cluster, dag_id: str, watch: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if container_host() is None:
         skip_or_fail("no SSH host container at 172.28.0.10:22 (run scripts/components.sh as root)")
     run_id = cluster.trigger(dag_id)
+    if watch is not None:  # called every 0.3 s until every task has ended
+        ended = {"success", "failed", "upstream_failed", "skipped"}
+
+        def done() -> bool:
+            watch()
+            tasks = cluster._answered(lambda: cluster.task_instances(dag_id, run_id))
+            time.sleep(0.3)
+            return bool(tasks) and all(ti["state"] in ended for ti in tasks)
+
+        wait_until(done, timeout=600, message=f"every task of {dag_id} to end")
     tasks = cluster.wait_for_dag_run(dag_id, run_id, timeout=600)
     assert {ti["state"] for ti in tasks} == {"success"}, cluster.task_logs(dag_id)[-6000:]
     held = _held(cluster, dag_id)
@@ -444,26 +454,41 @@ def _gpu_dag(cluster: Cluster, dag_id: str) -> tuple[list[dict[str, Any]], list[
     return tasks, held
 
 
-def test_a_pool_counting_deferred_tasks_starts_one_gpu_task_at_a_time(cluster: Cluster) -> None:
-    response = cluster.api.post("/api/v2/pools", json={"name": "cl_gpu", "slots": 1, "include_deferred": True,
-                                                       "description": "the SSH host's one GPU"})
-    assert response.status_code in (200, 201, 409), response.text
-    tasks, _ = _gpu_dag(cluster, "cl_gpu_pool")
-    # Deferred tasks hold their slot: the next task starts only when the last one ended, so none
-    # waits Queued on the host using a worker or triggerer slot meanwhile.
-    assert not _overlap([_task_interval(ti) for ti in tasks]), [(ti["start_date"], ti["end_date"]) for ti in tasks]
-
-
-def test_without_a_pool_gpu_tasks_start_together_and_their_runs_take_turns_on_the_host(cluster: Cluster) -> None:
-    tasks, held = _gpu_dag(cluster, "cl_gpu_queue")
-    assert _overlap([_task_interval(ti) for ti in tasks]), "the tasks never ran at once: nothing was tested"
+def _waited_on_the_host(cluster: Cluster, held: list[dict[str, Any]]) -> list[bool]:
+    """Per run: whether it waited Queued on the host for the GPU (its driver log's first line)."""
     client = cluster.mlflow()
     waited = []
     for entry in held:
         with tempfile.TemporaryDirectory() as scratch:
             log = Path(client.download_artifacts(entry["run_id"], "system_logs/driver.log", scratch)).read_text()
+        assert "GPUs 0 reserved" in log, log[:2000]
         waited.append("reserved after waiting" in log)
-    assert any(waited), "no run waited Queued for the GPU"
+    return waited
+
+
+def test_a_pool_counting_deferred_tasks_holds_a_slot_while_a_gpu_run_is_watched(cluster: Cluster) -> None:
+    response = cluster.api.post("/api/v2/pools", json={"name": "cl_gpu", "slots": 1, "include_deferred": True,
+                                                       "description": "the SSH host's one GPU"})
+    assert response.status_code in (200, 201, 409), response.text
+    seen: list[dict[str, Any]] = []
+
+    def watch() -> None:
+        answer = cluster.api.get("/api/v2/pools/cl_gpu")
+        if answer.status_code == 200:
+            seen.append(answer.json())
+
+    _gpu_dag(cluster, "cl_gpu_pool", watch)
+    # The deferred task, whose run holds the GPU, keeps its slot: the pool never lets a second task
+    # start meanwhile (the host's reservation is the guarantee, the pool keeps tasks from waiting on it).
+    occupied = [p["running_slots"] + p["queued_slots"] + p["deferred_slots"] for p in seen]
+    assert seen and max(occupied) <= 1, seen
+    assert max(p["deferred_slots"] for p in seen) == 1, "no task was seen deferred: nothing was tested"
+
+
+def test_without_a_pool_gpu_tasks_start_together_and_their_runs_take_turns_on_the_host(cluster: Cluster) -> None:
+    tasks, held = _gpu_dag(cluster, "cl_gpu_queue")
+    assert _overlap([_task_interval(ti) for ti in tasks]), "the tasks never ran at once: nothing was tested"
+    assert any(_waited_on_the_host(cluster, held)), "no run waited Queued for the GPU"
 
 
 # ----------------------------------------------------------------------------------- outage

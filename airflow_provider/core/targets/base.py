@@ -84,6 +84,9 @@ class JobSpec:
     :param resources: what the run asked for (only fields in the target's ``supported_resources``).
     :param system_metrics_interval_seconds: how often the supervisor samples the node's use into the
         events file (MLflow's ``system/...`` metrics); None for never.
+    :param node_reservations: for a multi-node run, the GPUs its supervisor reserves on the other
+        nodes before the launcher starts (``{"first_host", "nodes"}``, see
+        :class:`airflow_provider.runtime.host_resources.NodeHolders`).
     """
 
     argv: tuple[str, ...]
@@ -95,6 +98,7 @@ class JobSpec:
     secret_names: tuple[str, ...] = ()
     resources: Resources | None = None
     system_metrics_interval_seconds: float | None = None
+    node_reservations: dict[str, Any] | None = None
 
     def to_job_json(self, with_secrets: bool = True) -> job_runner.JobJson:
         """The runner's ``job.json``.
@@ -112,6 +116,7 @@ class JobSpec:
             "max_run_duration_seconds": self.max_run_duration_seconds,
             "grace_seconds": self.grace_seconds,
             "system_metrics_interval_seconds": self.system_metrics_interval_seconds,
+            **({"node_reservations": self.node_reservations} if self.node_reservations else {}),
         }
 
 

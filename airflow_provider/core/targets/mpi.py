@@ -31,10 +31,12 @@ from airflow_provider.core.environments.prepared import PreparedEnvironment
 from airflow_provider.core.environments.spec import Environment
 from airflow_provider.core.errors import ConfigurationError
 from airflow_provider.core.live_logs import Grown
+from airflow_provider.core.resources import Resources
 from airflow_provider.core.snapshot import Snapshot, SnapshotStore
 from airflow_provider.core.targets.base import Channel, ComputeTarget, JobHandle, JobSpec, JobStatus
 from airflow_provider.core.targets.ssh import SSHTarget
 from airflow_provider.runtime import job_runner
+from airflow_provider.runtime.host_resources import NODE_GPUS_VARIABLE
 
 __all__ = ["SECRETS_VARIABLE", "MPITarget", "at_once"]
 
@@ -65,6 +67,12 @@ def at_once(items: Sequence[N], action: Callable[[N], T]) -> list[T]:
     return [future.result() for future in futures]
 
 
+def _node_gpus_placeholder(spec: JobSpec) -> dict[str, str]:
+    """The variable the supervisor fills with every node's reserved GPUs, named here so that the
+    launcher exports it to every rank (``-x``)."""
+    return {NODE_GPUS_VARIABLE: ""} if spec.resources is not None and spec.resources.gpus else {}
+
+
 class MPITarget(ComputeTarget):
     """Run distributed jobs across SSH hosts with ``mpirun`` (Open MPI).
 
@@ -77,6 +85,8 @@ class MPITarget(ComputeTarget):
 
     kind: ClassVar[str] = "mpi"
     wakes_on_end: ClassVar[bool] = True
+    supported_resources: ClassVar[frozenset[str]] = frozenset({"gpus"})
+    """GPUs per node, reserved on every node before the launcher starts (each host's ``gpus``)."""
 
     def __init__(self, nodes: list[SSHTarget], slots: list[int] | None = None,
                  mpirun_options: list[str] | None = None, launcher: str = "openmpi") -> None:
@@ -123,6 +133,12 @@ class MPITarget(ComputeTarget):
     def check(self) -> None:
         at_once(self.nodes, SSHTarget.check)
 
+    def check_resources(self, resources: Resources | None, field: str = "ScriptRunConfig.resources") -> None:
+        """Refuse what a node can never give: more GPUs per node than a host declares."""
+        super().check_resources(resources, field)
+        for node in self.nodes:
+            node.host_sharing.check(resources, f"the host {node.settings.address}", field)
+
     # ------------------------------------------------------------------ preparing
     def prepare_environment(self, environment: Environment | None) -> PreparedEnvironment:
         prepared = at_once(self.nodes, lambda node: node.prepare_environment(environment))
@@ -149,6 +165,8 @@ class MPITarget(ComputeTarget):
     def launch(self, handle: JobHandle, spec: JobSpec) -> None:
         node_handle = self._node_handle(handle)
         launching = self._across_hosts(spec)  # checks the hosts' slots before any node is touched
+        if spec.resources is not None and spec.resources.gpus:
+            launching = dataclasses.replace(launching, node_reservations=self._node_reservations(spec, handle))
         at_once(self.nodes[1:], lambda node: node.materialize(node_handle, spec))
         self.first.launch(node_handle, launching)  # once every rank's folder exists
 
@@ -174,9 +192,20 @@ class MPITarget(ComputeTarget):
         hosts = [f"{node.settings.host}:{per_node}" for node in self.nodes[:node_count]]
         total = argv[argv.index("-np") + 1]
         rank_command = argv[argv.index("--oversubscribe") + 1:]
-        environment = {**spec.env, "MPI4PY_MPIABI": "mpich" if self.launcher == "mpich" else "openmpi"}
+        environment = {**spec.env, "MPI4PY_MPIABI": "mpich" if self.launcher == "mpich" else "openmpi",
+                       **_node_gpus_placeholder(spec)}
         return dataclasses.replace(spec, argv=(*self._launcher_prefix(hosts, total, environment), *rank_command),
                                    env=environment)
+
+    def _node_reservations(self, spec: JobSpec, handle: JobHandle) -> dict[str, Any]:
+        """What the supervisor on the first node reserves on the others (their ``gpus`` each)."""
+        assert spec.resources is not None
+        node_count = int(spec.env.get("TRAINING_RUNS_NODE_COUNT", "1"))
+        wanted = Resources(gpus=spec.resources.gpus)
+        return {"first_host": self.first.settings.host, "nodes": [
+            {"host": node.settings.host, "python": node.python, "script": f"{node.runtime_dir}/host_resources.py",
+             "job_dir": handle.location, "request": node.host_sharing.job_json(wanted)["host_resources"]}
+            for node in self.nodes[1:node_count]]}
 
     def _launcher_prefix(self, hosts: list[str], total: str, environment: Mapping[str, str]) -> list[str]:
         """The launcher's command line up to the per-rank command."""
@@ -198,7 +227,8 @@ class MPITarget(ComputeTarget):
         port = str(random.randint(29500, 39999))
         torchrun = [python, "-m", "torch.distributed.run", "--nnodes", str(node_count), "--nproc_per_node", per_node,
                     "--max_restarts", "0", *argv[argv.index("--no-python"):]]
-        environment = {**spec.env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+        environment = {**spec.env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                       **_node_gpus_placeholder(spec)}
         hosts = [f"{node.settings.host}:1" for node in self.nodes[:node_count]]
         launcher = [python, "-m", LAUNCHER_MODULE, "torchnode", "--master", master, "--port", port, "--"]
         prefix = self._launcher_prefix(hosts, str(node_count), environment)
