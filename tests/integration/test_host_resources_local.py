@@ -191,3 +191,40 @@ def test_a_run_asking_for_no_gpu_on_a_sharing_host_sees_none(ledger: Path, tmp_p
     assert seen["cuda"] == ""  # not a GPU another run reserved
     log = run.download_file("system_logs/driver.log", str(tmp_path / "driver.log")).read_text()
     assert "only to runs that ask for them (resources.gpus)" in log
+
+
+def test_a_watcher_killed_mid_run_does_not_leak_the_runs_gpus(ledger: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    write_script(tmp_path / "a", HOLDS_UNTIL_RELEASED)
+    watcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from airflow_provider.core import Experiment, Resources, ScriptRunConfig
+        from airflow_provider.core.targets.host_sharing import HostSharing
+        from airflow_provider.core.targets.local import LocalTarget
+        target = LocalTarget(host_sharing=HostSharing(("0",), {str(ledger)!r}, 120.0))
+        config = ScriptRunConfig({str(tmp_path / "a")!r}, "train.py", arguments=[{str(tmp_path / "release-a")!r}],
+                                 compute_target=target, resources=Resources(gpus=1), system_metrics_interval_seconds=0)
+        run = Experiment("shared-gpus").submit(config)
+        open({str(tmp_path / "run-id")!r}, "w").write(run.id)
+        run.wait_for_completion()
+    """)], start_new_session=True)
+    try:
+        wait_until((tmp_path / "release-a.started").exists, 120, "the watched run to start")
+        os.kill(watcher.pid, signal.SIGKILL)  # the process that submitted and watched the run dies
+        watcher.wait()
+        assert [entry["gpus"] for entry in ReservationLedger(str(ledger)).holders().values()] == [["0"]]
+        (tmp_path / "release-a").touch()  # the job goes on without its watcher, and ends
+        wait_until(lambda: ReservationLedger(str(ledger)).holders() == {}, 60, "the job to release its GPU")
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    second = _holding_run(_target(ledger, gpus=("0",)), tmp_path / "b", tmp_path / "release-b", gpus=1)
+    wait_until((tmp_path / "release-b.started").exists, 60, "the next run to get the freed GPU")
+    (tmp_path / "release-b").touch()
+    assert second.wait_for_completion()["status"] == "Completed"
+    assert _devices(second, tmp_path / "b") == ["0"]
+    first = Experiment("shared-gpus").get_run((tmp_path / "run-id").read_text())  # a new watcher records its end
+    assert first.wait_for_completion()["status"] == "Completed"
