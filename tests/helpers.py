@@ -207,3 +207,11 @@ def rewrite_bookkeeping(run_id: str, **changes: Any) -> None:
     client = MlflowClient()
     data = {**read_bookkeeping(client.get_run(run_id).data.tags), **changes}
     client.set_tag(run_id, BOOKKEEPING_TAG, json.dumps(data, sort_keys=True))
+
+
+def script_metrics(run_id: str) -> dict[str, float]:
+    """The run's latest metrics without the sampler's ``system/`` ones, whose presence depends on run length."""
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    return {key: value for key, value in metrics.items() if not key.startswith("system/")}

@@ -19,7 +19,7 @@ from airflow_provider.core import (
     TensorflowConfiguration,
 )
 from tests.conftest import skip_or_fail
-from tests.helpers import pid_alive, wait_until, write_script
+from tests.helpers import pid_alive, script_metrics, wait_until, write_script
 from tests.ssh_hosts import SSHHost
 
 
@@ -62,7 +62,7 @@ def test_four_mpi_ranks_allreduce_with_rank_logs_and_metrics_apart(tmp_path: Pat
         f"system_logs/rank_{r}.log" for r in range(4)]
     rank_2 = run.download_file("system_logs/rank_2.log", tmp_path / "r2.log").read_text()
     assert rank_2 == "rank 2 of 4: sum 6 env 2\n"
-    metrics = MlflowClient().get_run(run.id).data.metrics
+    metrics = script_metrics(run.id)
     assert metrics == {"loss": 1.0, "rank_1/loss": 0.5, "rank_2/loss": pytest.approx(1 / 3), "rank_3/loss": 0.25}
 
 
@@ -250,7 +250,7 @@ def test_mpi_ranks_on_one_ssh_host(mpi_hosts: list[SSHHost], tmp_path: Path) -> 
     lines: list[str] = []
     assert run.wait_for_completion(output=lines.append)["status"] == "Completed"
     assert lines == ["rank 0 of 2 on mpi-1"]
-    assert set(MlflowClient().get_run(run.id).data.metrics) == {"host_rank", "rank_1/host_rank"}
+    assert set(script_metrics(run.id)) == {"host_rank", "rank_1/host_rank"}
 
 
 TORCH_PYTHON = Path("/var/lib/training-runs-components/torch-venv/bin/python")
@@ -287,7 +287,7 @@ def test_torchrun_two_processes_allreduce_with_gloo(tmp_path: Path) -> None:
     assert details["status"] == "Completed", details
     assert lines[-1] == "rank 0: sum 3.0 world 2 node 0", lines  # after torchrun's own notice
     assert not any(line.startswith("rank 1") for line in lines), "rank 1 is in its own log"
-    assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}
+    assert script_metrics(run.id) == {"sum": 3.0, "rank_1/sum": 3.0}
     assert "system_logs/rank_1.log" in _artifacts(run.id, "system_logs")
 
 

@@ -16,7 +16,7 @@ from airflow_provider.core import ConfigurationError, Experiment, MpiConfigurati
 from airflow_provider.core.targets.mpi import MPITarget
 from airflow_provider.hooks.compute import compute_hook_for
 from tests.distributed_scripts import MPI_RANKS_SCRIPT, TORCH_ALLREDUCE_SCRIPT, remote_torch_environment
-from tests.helpers import wait_until, write_script
+from tests.helpers import script_metrics, wait_until, write_script
 from tests.ssh_hosts import SSHHost
 
 WORK_ROOT = "/root/mpi-runs"
@@ -66,7 +66,7 @@ def test_six_ranks_across_three_hosts(target: MPITarget, tmp_path: Path) -> None
     assert [line for line in lines if line.startswith("rank ")] == ["rank 0 of 6 on mpi-1: sum 15"]
     logs = {r: run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}.log").read_text() for r in range(6)}
     assert {log.split(" on ")[1].split(":")[0] for log in logs.values()} == {"mpi-1", "mpi-2", "mpi-3"}
-    metrics = MlflowClient().get_run(run.id).data.metrics
+    metrics = script_metrics(run.id)
     assert metrics == {"rank_seen": 0.0, **{f"rank_{r}/rank_seen": float(r) for r in range(1, 6)}}
     assert MlflowClient().get_run(run.id).data.tags["training.target"].startswith("mpi (172.28.0.21:22")
 
@@ -142,7 +142,7 @@ def test_pytorch_two_nodes_one_process_each(target: MPITarget, mpi_hosts: list[S
     assert not any("rank 1 of 2" in line for line in lines), lines
     rank_1 = run.download_file("system_logs/rank_1.log", tmp_path / "r1.log").read_text()
     assert "rank 1 of 2 node 1 on mpi-2: sum 3.0" in rank_1.splitlines(), rank_1
-    assert MlflowClient().get_run(run.id).data.metrics == {"sum": 3.0, "rank_1/sum": 3.0}
+    assert script_metrics(run.id) == {"sum": 3.0, "rank_1/sum": 3.0}
 
 
 def test_the_spec_rebuilds_every_node_without_secrets(mpi_hosts: list[SSHHost],
@@ -198,7 +198,7 @@ def test_mpich_ranks_across_two_hosts_and_a_failing_rank_stops_them(mpich_target
     assert lines == ["rank 0 of 4 on mpi-1"]
     logs = [run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}").read_text() for r in range(4)]
     assert {log.split(" on ")[1].strip() for log in logs} == {"mpi-1", "mpi-2"}
-    assert set(MlflowClient().get_run(run.id).data.metrics) == {"pmi_rank", "rank_1/pmi_rank", "rank_2/pmi_rank",
+    assert set(script_metrics(run.id)) == {"pmi_rank", "rank_1/pmi_rank", "rank_2/pmi_rank",
                                                                "rank_3/pmi_rank"}
     failing = Experiment("mpich-hosts").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=mpich_target, distributed_job_config=config,

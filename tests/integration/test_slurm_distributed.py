@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from airflow_provider.core import (
     Experiment,
@@ -25,7 +24,7 @@ from airflow_provider.core.targets.slurm import SlurmTarget
 from airflow_provider.core.targets.slurm_batch import SlurmDefaults
 from tests.conftest import skip_or_fail
 from tests.distributed_scripts import MPI_RANKS_SCRIPT, TORCH_ALLREDUCE_SCRIPT, remote_torch_environment
-from tests.helpers import wait_until, write_script
+from tests.helpers import script_metrics, wait_until, write_script
 from tests.integration.slurm_support import accounted, processes_on_nodes, slurm_target
 from tests.ssh_hosts import SLURM_NODES, SSHHost
 
@@ -50,7 +49,7 @@ def test_two_nodes_by_two_mpi_ranks(launcher: str, slurm: SlurmTarget, slurm_clu
     logs = {r: run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}.log").read_text() for r in range(4)}
     hosts = {r: log.split(" on ")[1].split(":")[0] for r, log in logs.items()}
     assert hosts == {0: "slurm-node-1", 1: "slurm-node-1", 2: "slurm-node-2", 3: "slurm-node-2"}, logs
-    metrics = MlflowClient().get_run(run.id).data.metrics
+    metrics = script_metrics(run.id)
     assert metrics == {"rank_seen": 0.0, **{f"rank_{r}/rank_seen": float(r) for r in range(1, 4)}}
     assert accounted(slurm_cluster, run.id, "NNodes,AllocCPUS,State") == [["2", "4", "COMPLETED"]]
 
@@ -73,7 +72,7 @@ def test_pytorch_on_two_nodes_one_torchrun_each(slurm: SlurmTarget, tmp_path: Pa
     assert "rank 0 of 4 node 0 on slurm-node-1: sum 10.0" in lines, lines
     rank_3 = run.download_file("system_logs/rank_3.log", tmp_path / "r3.log").read_text()
     assert "rank 3 of 4 node 1 on slurm-node-2: sum 10.0" in rank_3.splitlines(), rank_3
-    assert MlflowClient().get_run(run.id).data.metrics == {"sum": 10.0, **{f"rank_{r}/sum": 10.0 for r in (1, 2, 3)}}
+    assert script_metrics(run.id) == {"sum": 10.0, **{f"rank_{r}/sum": 10.0 for r in (1, 2, 3)}}
 
 
 def test_tensorflow_tasks_spread_over_two_nodes_each_with_its_tf_config(slurm: SlurmTarget, tmp_path: Path) -> None:
