@@ -60,16 +60,23 @@ def login(host: SSHHost, command: str) -> str:
 
 
 def accounted(host: SSHHost, run_id: str, fields: str) -> list[list[str]]:
-    """``sacct``'s lines for the run's job, once accounting has them (it lags the queue by a moment)."""
+    """``sacct``'s lines for the run's job, once accounting has them with the job's final state: it
+    lags the queue by a moment, and a run ends when its ``exit.json`` is written, a moment before
+    Slurm records the job's end (its epilog, ``COMPLETING``)."""
     lines: list[list[str]] = []
 
     def found() -> bool:
-        lines[:] = [line.split("|") for line in login(host, f"sacct -n -X -P --name training-{run_id} -o {fields}")
-                    .splitlines() if line]
-        return bool(lines)
+        rows = [line.split("|") for line in login(host, f"sacct -n -X -P --name training-{run_id} -o {fields},State")
+                .splitlines() if line]
+        lines[:] = [row[:-1] for row in rows]
+        return bool(rows) and all(row[-1].split()[0] not in _UNSETTLED_STATES for row in rows)
 
-    wait_until(found, timeout=30, message=f"sacct to account for run {run_id}")
+    wait_until(found, timeout=60, message=f"sacct to account for the end of run {run_id}'s job")
     return lines
+
+
+_UNSETTLED_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING",
+                               "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"})
 
 
 def gate_file(name: str) -> Path:

@@ -132,8 +132,8 @@ def test_timeout_stops_every_rank(tmp_path: Path) -> None:
     """)
     run = Experiment("mpi-timeout").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", distributed_job_config=MpiConfiguration(process_count_per_node=2),
-        max_run_duration_seconds=3, environment_variables={"PIDS": str(pids)}))
-    with pytest.raises(RunFailedError, match="max_run_duration_seconds=3"):
+        max_run_duration_seconds=8, environment_variables={"PIDS": str(pids)}))
+    with pytest.raises(RunFailedError, match="max_run_duration_seconds=8"):
         run.wait_for_completion()
     assert len(pids.read_text().split()) == 2
     for pid in map(int, pids.read_text().split()):

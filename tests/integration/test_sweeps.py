@@ -483,7 +483,7 @@ def test_the_policy_is_consulted_when_its_metric_arrives_not_for_every_event(tmp
             run.log("loss", 1.0 / (i + 1))
             if i in (10, 20):
                 run.log("score", i)
-            time.sleep(0.03)
+            time.sleep(0.1)
     """)
     run = Experiment("monitor-cadence").submit(ScriptRunConfig(tmp_path / "src", "train.py"))
 

@@ -277,10 +277,10 @@ def test_the_sampler_writes_one_complete_sample_every_interval(tmp_path: Path) -
             assert {key.removeprefix(prefix) for key in values} == HOST_KEYS
             assert all(key.startswith(prefix) and key.count("/") == prefix.count("/") for key in values)
         timestamps = [timestamp for _, timestamp, _ in samples]
-        assert abs(timestamps[0] - started - interval * 1000) < 150
+        assert abs(timestamps[0] - started - interval * 1000) < 250  # a loaded machine wakes threads late
         gaps = [later - earlier for earlier, later in itertools.pairwise(timestamps)]
-        assert all(abs(gap - interval * 1000) < 150 for gap in gaps), gaps
-        assert abs(sum(gaps) / len(gaps) - interval * 1000) < 30, "points on a fixed grid: no drift"
+        assert all(abs(gap - interval * 1000) < 250 for gap in gaps), gaps
+        assert abs(sum(gaps) / len(gaps) - interval * 1000) < 60, "points on a fixed grid: no drift"
         assert sampler.problems() == []
         assert sampler.describe().startswith("system metrics every 0.3s: cpu, memory, disk, network; "), \
             sampler.describe()
@@ -293,13 +293,13 @@ def test_the_sampler_writes_one_complete_sample_every_interval(tmp_path: Path) -
 @linux_only
 def test_stop_takes_a_last_sample_once_a_point_was_written(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    sampler = SystemMetricsSampler(str(path), 1, env={"CUDA_VISIBLE_DEVICES": ""})
+    sampler = SystemMetricsSampler(str(path), 2, env={"CUDA_VISIBLE_DEVICES": ""})
     sampler.start()
-    time.sleep(1.7)
+    time.sleep(3.0)
     began = time.monotonic()
     sampler.stop()
-    assert time.monotonic() - began < 1, "stop wakes the thread"
-    assert [step for step, _, _ in read_samples(path)] == [0, 1]  # the point at 1 s, the last at 1.7 s
+    assert time.monotonic() - began < 1.5, "stop wakes the thread"
+    assert [step for step, _, _ in read_samples(path)] == [0, 1]  # the point at 2 s, the last at 3 s
     (_, _, values) = read_samples(path)[-1]
     assert {key.removeprefix("system/") for key in values} == HOST_KEYS
 
@@ -325,7 +325,7 @@ def test_an_unwritable_events_file_is_reported_not_raised(tmp_path: Path) -> Non
     path = tmp_path / "missing-folder" / "events.jsonl"
     sampler = SystemMetricsSampler(str(path), 0.1, env={"CUDA_VISIBLE_DEVICES": "-1"})
     sampler.start()
-    time.sleep(0.35)
+    time.sleep(0.6)
     sampler.stop()
     assert not path.exists()
     problems = sampler.problems()
