@@ -11,4 +11,4 @@ if [ -f scripts/components.sh ]; then
 fi
 .venv/bin/ruff check airflow_provider tests benchmarks
 .venv/bin/mypy airflow_provider/core airflow_provider/runtime airflow_provider/cli
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"
