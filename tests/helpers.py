@@ -213,5 +213,7 @@ def script_metrics(run_id: str) -> dict[str, float]:
     """The run's latest metrics without the sampler's ``system/`` ones, whose presence depends on run length."""
     from mlflow.tracking import MlflowClient
 
+    from airflow_provider.core.run_history import SYSTEM_METRICS_PREFIX
+
     metrics = MlflowClient().get_run(run_id).data.metrics
-    return {key: value for key, value in metrics.items() if not key.startswith("system/")}
+    return {key: value for key, value in metrics.items() if not key.startswith(SYSTEM_METRICS_PREFIX)}

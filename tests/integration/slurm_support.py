@@ -69,7 +69,7 @@ def accounted(host: SSHHost, run_id: str, fields: str) -> list[list[str]]:
         rows = [line.split("|") for line in login(host, f"sacct -n -X -P --name training-{run_id} -o {fields},State")
                 .splitlines() if line]
         lines[:] = [row[:-1] for row in rows]
-        return bool(rows) and all(row[-1].split()[0] not in _UNSETTLED_STATES for row in rows)
+        return bool(rows) and all((row[-1].split() or [""])[0] not in _UNSETTLED_STATES for row in rows)
 
     wait_until(found, timeout=60, message=f"sacct to account for the end of run {run_id}'s job")
     return lines

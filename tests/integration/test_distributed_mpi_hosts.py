@@ -198,8 +198,7 @@ def test_mpich_ranks_across_two_hosts_and_a_failing_rank_stops_them(mpich_target
     assert lines == ["rank 0 of 4 on mpi-1"]
     logs = [run.download_file(f"system_logs/rank_{r}.log", tmp_path / f"r{r}").read_text() for r in range(4)]
     assert {log.split(" on ")[1].strip() for log in logs} == {"mpi-1", "mpi-2"}
-    assert set(script_metrics(run.id)) == {"pmi_rank", "rank_1/pmi_rank", "rank_2/pmi_rank",
-                                                               "rank_3/pmi_rank"}
+    assert set(script_metrics(run.id)) == {"pmi_rank", "rank_1/pmi_rank", "rank_2/pmi_rank", "rank_3/pmi_rank"}
     failing = Experiment("mpich-hosts").submit(ScriptRunConfig(
         tmp_path / "src", "train.py", compute_target=mpich_target, distributed_job_config=config,
         environment_variables={"FAIL_RANK": "3"}))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -194,10 +197,6 @@ def test_a_run_asking_for_no_gpu_on_a_sharing_host_sees_none(ledger: Path, tmp_p
 
 
 def test_a_watcher_killed_mid_run_does_not_leak_the_runs_gpus(ledger: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    import textwrap
-
     write_script(tmp_path / "a", HOLDS_UNTIL_RELEASED)
     watcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         from airflow_provider.core import Experiment, Resources, ScriptRunConfig
